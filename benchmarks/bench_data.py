@@ -1,0 +1,45 @@
+"""Wall time of the MovieLens builder on real ML-100K and on ML-1M-size synthetic data.
+
+    python benchmarks/bench_data.py
+
+The ML-1M-size case writes synthetic ML-1M files first (timed apart) and then builds from the
+folder, the same code path a real ml-1m/ folder takes. Target: each build well under a minute
+on 2 CPU cores.
+"""
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from anywhere
+
+from dporec import movielens, synthetic  # noqa: E402
+
+
+def timed(label: str, fn):
+    start = time.perf_counter()
+    result = fn()
+    print(f"{label:<42} {time.perf_counter() - start:6.2f} s")
+    return result
+
+
+def describe(summary: dict) -> str:
+    examples = sum(s["examples"] for s in summary["splits"].values())
+    return f"{summary['ratings']:,} ratings, {summary['rating_users']:,} users -> {examples:,} examples"
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        if movielens.recbole_ml100k_dir() is None:
+            print("recbole:ml-100k: skipped (recbole is not installed)")
+        else:
+            s = timed("build recbole:ml-100k", lambda: movielens.build_from_source("recbole:ml-100k", tmp / "100k"))
+            print(f"  {describe(s)}")
+        folder = timed("write synthetic ML-1M size (6,040 users)", lambda: synthetic.write_ml1m(tmp / "ml-1m"))
+        s = timed("build from the synthetic ml-1m/ folder", lambda: movielens.build_from_source(folder, tmp / "1m"))
+        print(f"  {describe(s)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,65 @@
+"""Build train/val/test preference pairs from MovieLens ratings (logic: dporec/movielens.py).
+
+    # CPU smoke run, no download (synthetic ML-1M-format ratings, 40 users):
+    python data/prepare_movielens.py --source synthetic:40 --out data/generated/tiny
+    # real MovieLens-100K, shipped inside the recbole package:
+    python data/prepare_movielens.py --source recbole:ml-100k --out data/generated/ml-100k
+    # MovieLens-1M (what the thesis uses; download ml-1m.zip yourself, never commit it):
+    python data/prepare_movielens.py --source downloads/ml-1m.zip --out data/generated/ml-1m --seed 42
+
+Writes OUT/train.jsonl, val.jsonl, test.jsonl (users disjoint, answer in position A for half of
+each split) and OUT/summary.json, and prints the summary. Check a file with data/check_dataset.py.
+"""
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # data/ is not a package
+
+from dporec import UserError, movielens  # noqa: E402
+from dporec.config import run_main  # noqa: E402
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--source", required=True,
+                   help="ml-1m/ folder or ml-1m.zip, recbole:ml-100k, or synthetic[:N_USERS]")
+    p.add_argument("--out", required=True, type=Path, help="output folder")
+    p.add_argument("--seed", type=int, default=0, help="picks targets, negatives, splits and positions")
+    p.add_argument("--history-len", type=int, default=5, help="liked movies shown before the pair")
+    p.add_argument("--max-per-user", type=int, default=3, help="examples per user at most")
+    p.add_argument("--val-fraction", type=float, default=0.1, help="share of users in val")
+    p.add_argument("--test-fraction", type=float, default=0.1, help="share of users in test")
+    p.add_argument("--allow-md5-mismatch", action="store_true",
+                   help="accept an ml-1m.zip whose MD5 differs from the published one")
+    p.add_argument("--force", action="store_true", help="write into a non-empty --out folder")
+    return p.parse_args(argv)
+
+
+def print_summary(summary: dict) -> None:
+    print(f"source {summary['source']}: {summary['ratings']:,} ratings by {summary['rating_users']:,} users "
+          f"on {summary['movies']:,} movies; seed {summary['seed']}, history {summary['history_len']}, "
+          f"at most {summary['max_examples_per_user']} per user; {summary['users_without_examples']:,} users "
+          f"have too few liked movies for an example")
+    print(f"{'split':<6} {'users':>6} {'examples':>9} {'A':>6} {'B':>6}  negatives")
+    for name, s in summary["splits"].items():
+        kinds = ", ".join(f"{k} {v}" for k, v in s["negative_kinds"].items()) or "-"
+        print(f"{name:<6} {s['users']:>6} {s['examples']:>9} {s['A']:>6} {s['B']:>6}  {kinds}")
+    print(f"built in {summary['seconds']:.1f} s")
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.out.is_file() or (args.out.is_dir() and any(args.out.iterdir()) and not args.force):
+        raise UserError(f"{args.out} exists and is not empty; choose another --out or pass --force")
+    summary = movielens.build_from_source(
+        args.source, args.out, seed=args.seed, history_len=args.history_len,
+        max_examples_per_user=args.max_per_user, val_fraction=args.val_fraction,
+        test_fraction=args.test_fraction, allow_md5_mismatch=args.allow_md5_mismatch)
+    print_summary(summary)
+    print(f"wrote {args.out}/train.jsonl, val.jsonl, test.jsonl and summary.json")
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)

