@@ -223,7 +223,7 @@ def parse_args(description: str, argv: list[str] | None = None, extra: Callable 
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. dpo.beta=0.5 seed=3")
     if extra:
         extra(p)
-    args = p.parse_args(argv)
+    args = p.parse_intermixed_args(argv)  # flags may come after KEY=VALUE overrides
     cfg = load_config(args.config, args.overrides)
     if args.resume:
         cfg["resume"] = True

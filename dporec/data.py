@@ -275,12 +275,19 @@ def rebalance(examples: list[Example]) -> list[Example]:
 
 
 def random_balanced_positions(examples: list[Example], rng) -> list[Example]:
-    """Put the correct answer in position A for exactly half (±1) of the examples, at random."""
-    n = len(examples)
-    n_a = n // 2 + int(n % 2 == 1 and rng.random() < 0.5)
-    letters = ["A"] * n_a + ["B"] * (n - n_a)
-    rng.shuffle(letters)
-    return [e if e.label == L else swap(e) for e, L in zip(examples, letters)]
+    """The examples in a random order, with the correct answer in position A for exactly half (±1)
+    of every prefix of the result.
+
+    Scripts take the first N rows of a file (data.max_*_examples): a file balanced only as a whole
+    can be 65% one letter in its first 64 rows, enough for a short run to learn the position.
+    Alternating letters over a shuffled order keeps every prefix balanced; the alternation itself
+    is invisible to the model, which sees one example at a time (and the trainer reshuffles).
+    """
+    order = list(examples)
+    rng.shuffle(order)
+    first = rng.choice(LETTERS)
+    letters = [first if i % 2 == 0 else other_letter(first) for i in range(len(order))]
+    return [e if e.label == L else swap(e) for e, L in zip(order, letters)]
 
 
 # ---------------------------------------------------------------------------------------------

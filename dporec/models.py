@@ -105,6 +105,24 @@ def _unsloth_load(cfg: dict, name: str):
         load_in_4bit=cfg["model"]["load_in_4bit"])
 
 
+def disable_cpu_weight_packing(model) -> int:
+    """Keep bitsandbytes 4-bit layers in their training layout on CPU; returns how many were changed.
+
+    On CPUs with AVX512-BF16, bitsandbytes 0.50 repacks a Linear4bit weight for a faster kernel at
+    its first no-grad forward in eval mode, and keeps that layout afterwards. Training steps after
+    any evaluation then run through that kernel, which has no autograd formula: gradients stop at
+    every 4-bit layer (LoRA gradients off by >100%, with only a torch warning). Repacking also
+    rounds the absmax scales to bf16, and unpacking (on save) re-quantizes them, so the frozen base
+    drifts. Evaluation is a little slower without it; it is correct.
+    """
+    n = 0
+    for m in model.modules():
+        if getattr(m, "support_avx512bf16_for_cpu", False):
+            m.support_avx512bf16_for_cpu = False
+            n += 1
+    return n
+
+
 def load_base(cfg: dict, backend: str):
     """The (optionally 4-bit) base model and its tokenizer, frozen."""
     name = cfg["model"]["name"]
@@ -115,6 +133,7 @@ def load_base(cfg: dict, backend: str):
             tok.pad_token = tok.eos_token
     else:
         model, tok = _hf_load(cfg, name), load_tokenizer(name)
+        disable_cpu_weight_packing(model)
     for p in model.parameters():
         p.requires_grad_(False)
     return model, tok
@@ -298,7 +317,24 @@ def convert_gguf(gguf_file: str | Path, out_dir: str | Path) -> Path:
         raise RuntimeError(f"GGUF conversion mismatch: missing {real_missing[:5]}, unexpected {unexpected[:5]}")
     if missing:
         dst.tie_weights()
+    _special_tokens_from_config(tok, config)
     out = Path(out_dir)
     dst.save_pretrained(out)
     tok.save_pretrained(out)
     return out
+
+
+def _special_tokens_from_config(tok, config) -> None:
+    """Make the tokenizer's EOS/PAD the model's.
+
+    transformers' GGUF tokenizer reader gives SmolLM2-135M-Instruct eos_token '<|im_start|>' (id 1,
+    its BOS) while the model config says eos 2 ('<|im_end|>', where an answer ends). TRL appends the
+    tokenizer's EOS to every completion, so the wrong one would teach the model to end answers by
+    opening a new turn.
+    """
+    for attr in ("eos", "pad"):
+        tid = getattr(config, f"{attr}_token_id", None)
+        if isinstance(tid, list):
+            tid = tid[0] if tid else None
+        if tid is not None and getattr(tok, f"{attr}_token_id") != tid:
+            setattr(tok, f"{attr}_token", tok.convert_ids_to_tokens(tid))

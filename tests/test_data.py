@@ -97,9 +97,12 @@ def test_rejected_differs_from_chosen_and_argues_for_the_other_option(i):
 def test_random_balanced_positions_half_a(n):
     exs = [data.parse_record(precursor_record(i), f"x:{i}", f"x:{i}") for i in range(n)]
     out = data.random_balanced_positions(exs, random.Random(0))
-    b = data.balance(out)
-    assert abs(b["A"] - b["B"]) <= 1
-    assert [correct_title(e) for e in out] == [correct_title(e) for e in exs]
+    for k in range(1, n + 1):  # every prefix, since scripts take the first N rows of a file
+        b = data.balance(out[:k])
+        assert abs(b["A"] - b["B"]) <= 1
+    by_id = {e.pair_id: correct_title(e) for e in exs}
+    assert sorted(e.pair_id for e in out) == sorted(by_id)
+    assert all(correct_title(e) == by_id[e.pair_id] for e in out)
 
 
 def test_rebalance_always_a_gives_half_and_keeps_answers_correct(tmp_path):

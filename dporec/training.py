@@ -1,0 +1,327 @@
+"""Thin glue around TRL's SFTTrainer / DPOTrainer, shared by train_sft.py and train_dpo.py.
+
+What lives here: loading + validating the stage's data, the TrainingArguments both stages share
+(precision, optimizer, eval/save cadence, seeds), resume/overwrite checks on the stage folder, OOM
+advice, and metrics.json built from the Trainer's own log history. TRL does the actual work
+(completion-only SFT loss, DPO losses, reference handling, logging of rewards/*).
+
+Nothing here imports transformers/trl/peft at module import time (see models.resolve_backend).
+"""
+from __future__ import annotations
+
+import json
+import math
+import resource
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from . import UserError
+from . import data as D
+from .config import stage_dir
+
+# What the DPO reference is, recorded in run_info.json and metrics.json. TRL 1.14, given a
+# PeftModel and ref_model=None, copies the trainable 'default' adapter into a frozen 'ref' adapter
+# and scores the reference through it. From an SFT adapter that copy *is* the SFT model; from a
+# fresh LoRA (lora_B = 0) the copy adds nothing, so the reference is exactly the base model.
+REFERENCE_SFT = "sft_adapter (frozen copy)"
+REFERENCE_BASE = "base model (frozen copy of the zero-initialised LoRA)"
+
+OOM_ADVICE = ("out of memory. Lower train.batch_size (raise train.grad_accum to keep the effective batch "
+              "size), shorten model.max_seq_length, set train.gradient_checkpointing=true, or use a smaller "
+              "lora.r. Then rerun with --resume to continue from the last checkpoint.")
+
+
+# ---------------------------------------------------------------------------------------------
+# Data
+
+def load_stage_data(cfg: dict) -> tuple[list, list]:
+    """Train and validation examples, validated (FILE:LINE errors) before any model is loaded.
+
+    A training set where one option letter dominates is trained on, but loudly: the model can learn
+    the position instead of the preference (the precursor's always-A data).
+    """
+    dc = cfg["data"]
+    train = D.load_examples(dc["train_file"], dc["max_train_examples"])
+    val = D.load_examples(dc["val_file"], dc["max_val_examples"])
+    for exs, name in ((train, dc["train_file"]), (val, dc["val_file"])):
+        warning = D.balance_warning(exs, name)
+        if warning:
+            print("\n" + "!" * 100 + f"\n{warning}\n" + "!" * 100 + "\n", file=sys.stderr, flush=True)
+    b = D.balance(train)
+    print(f"[data] train {b['n']} examples (A {b['A']} / B {b['B']}) from {dc['train_file']}; "
+          f"val {len(val)} from {dc['val_file']}")
+    return train, val
+
+
+def to_dataset(rows: list[dict]):
+    from datasets import Dataset
+    return Dataset.from_list(rows)
+
+
+# ---------------------------------------------------------------------------------------------
+# Run folder: resume / overwrite
+
+def checkpoints_in(path: Path) -> list[Path]:
+    return sorted(Path(path).glob("checkpoint-[0-9]*"), key=lambda p: int(p.name.split("-")[1]))
+
+
+def resume_checkpoint(path: Path, cfg: dict) -> str | None:
+    """The checkpoint to continue from (resume=true), or None for a fresh start.
+
+    Call after config.prepare_run_dir (which refuses finished runs). A folder holding checkpoints
+    of an unfinished run is neither silently continued nor silently mixed with a new run.
+    """
+    from transformers.trainer_utils import get_last_checkpoint
+    path = Path(path)
+    last = get_last_checkpoint(str(path)) if path.is_dir() else None
+    if cfg.get("resume"):
+        if last is None:
+            raise UserError(f"resume requested, but {path} has no checkpoint-N folder to continue from. "
+                            f"Run without --resume to start a fresh run.")
+        print(f"[resume] continuing from {last}")
+        return last
+    if last is not None:
+        if not cfg.get("overwrite"):
+            raise UserError(f"{path} holds checkpoints of an unfinished run ({Path(last).name}). "
+                            f"Pass --resume to continue it, or --overwrite to start over.")
+        import shutil
+        for ckpt in checkpoints_in(path):
+            shutil.rmtree(ckpt)
+    return None
+
+
+def sft_adapter_path(cfg: dict) -> Path:
+    """The adapter DPO starts from when dpo.init=sft; a clear error when it has not been trained."""
+    path = Path(cfg["dpo"]["sft_adapter"] or stage_dir(cfg, "sft"))
+    if not (path / "adapter_config.json").is_file():
+        raise UserError(f"dpo.init=sft needs a trained SFT adapter in {path}, but there is none. Run "
+                        f"python train_sft.py --config <same config> first, point dpo.sft_adapter at one, "
+                        f"or set dpo.init=base.")
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# Trainer arguments shared by SFT and DPO
+
+def precision_flags() -> dict:
+    if not torch.cuda.is_available():
+        return {"use_cpu": True, "bf16": False, "fp16": False}
+    bf16 = torch.cuda.is_bf16_supported()
+    return {"bf16": bf16, "fp16": not bf16}
+
+
+def resolve_optim(name: str) -> str:
+    # bitsandbytes' 8-bit optimizers have no CPU kernels.
+    if "8bit" in name and not torch.cuda.is_available():
+        print(f"[optim] train.optim={name} needs a CUDA GPU; using adamw_torch on CPU")
+        return "adamw_torch"
+    return name
+
+
+def trainer_args(cfg: dict, stage: str, out_dir: Path, backend: str) -> dict:
+    """Keyword arguments common to SFTConfig and DPOConfig, from the config's train/<stage> sections."""
+    tc, sc = cfg["train"], cfg[stage]
+    return dict(
+        output_dir=str(out_dir),
+        per_device_train_batch_size=tc["batch_size"],
+        per_device_eval_batch_size=tc["batch_size"],
+        gradient_accumulation_steps=tc["grad_accum"],
+        learning_rate=sc["learning_rate"],
+        num_train_epochs=sc["epochs"],
+        max_steps=sc["max_steps"],
+        lr_scheduler_type=tc["lr_scheduler"],
+        warmup_steps=tc["warmup_ratio"],  # transformers 5: a float in [0, 1) is a ratio of total steps
+        weight_decay=tc["weight_decay"],
+        max_grad_norm=tc["max_grad_norm"],
+        optim=resolve_optim(tc["optim"]),
+        # Unsloth's get_peft_model already installed its own checkpointing; a second wrap breaks it.
+        gradient_checkpointing=tc["gradient_checkpointing"] and backend != "unsloth",
+        max_length=cfg["model"]["max_seq_length"],
+        logging_steps=tc["logging_steps"],
+        eval_strategy="steps",
+        eval_steps=tc["eval_steps"],
+        # The step-0 evaluation is the baseline every curve is read against (and, for DPO, shows the
+        # reference equals the policy at init: rewards ~0). Not repeated when resuming.
+        eval_on_start=not cfg.get("resume"),
+        save_strategy="steps",
+        save_steps=tc["save_steps"],
+        save_total_limit=tc["save_total_limit"],
+        seed=cfg["seed"],
+        data_seed=cfg["seed"],
+        report_to="none",
+        dataloader_num_workers=0,
+        **precision_flags(),
+    )
+
+
+def sft_config(cfg: dict, out_dir: Path, backend: str):
+    from trl import SFTConfig
+    # prompt/completion rows: TRL masks the prompt and appends EOS to the completion.
+    return SFTConfig(**trainer_args(cfg, "sft", out_dir, backend), completion_only_loss=True)
+
+
+def dpo_config(cfg: dict, out_dir: Path, backend: str):
+    from trl import DPOConfig
+    dc = cfg["dpo"]
+    return DPOConfig(**trainer_args(cfg, "dpo", out_dir, backend), beta=dc["beta"],
+                     loss_type=list(dc["loss_type"]), loss_weights=dc["loss_weights"],
+                     precompute_ref_log_probs=dc["precompute_ref_log_probs"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Adapter precision and resume workarounds
+
+def adapters_to_fp32(trainer, backend: str) -> int:
+    """Keep every LoRA weight (trainable and TRL's frozen 'ref' copy) in fp32; returns how many changed.
+
+    TRL 1.14 casts the trainable adapter of a 4-bit model to bf16 when the trainer is built, but a
+    resumed run gets fp32 adapters back (Trainer reloads the checkpoint through PEFT, which upcasts),
+    so the two halves of a resumed run would train at different precision; and the 'ref' copy is
+    taken before the cast, so policy and reference would differ at init by bf16 rounding. fp32
+    adapters (PEFT's own default) fix both; they are a few MB. Unsloth manages its own dtypes.
+    """
+    if backend == "unsloth":
+        return 0
+    changed = 0
+    for name, p in trainer.model.named_parameters():
+        if "lora_" in name and p.dtype != torch.float32:
+            p.data = p.data.float()
+            changed += 1
+    return changed
+
+
+# ---------------------------------------------------------------------------------------------
+# Training with OOM advice, metrics
+
+def _is_oom(e: BaseException) -> bool:
+    return isinstance(e, torch.cuda.OutOfMemoryError) or (
+        isinstance(e, RuntimeError) and "out of memory" in str(e).lower())
+
+
+def load_trainable_adapter(model, checkpoint: str | Path) -> bool:
+    """Load the checkpoint's trainable ('default') adapter into the model; True if there was one.
+
+    transformers 5.17's Trainer, resuming a PeftModel whose checkpoint also holds adapter
+    sub-folders (DPO's frozen ref/), reloads only the sub-folders: the policy would silently
+    restart from its initial weights with the optimizer state of step N. Loading it here first
+    is harmless when the Trainer does load it (SFT).
+    """
+    from peft import PeftModel, set_peft_model_state_dict
+    from safetensors.torch import load_file
+    weights = Path(checkpoint) / "adapter_model.safetensors"
+    if not (isinstance(model, PeftModel) and weights.is_file()):
+        return False
+    result = set_peft_model_state_dict(model, load_file(str(weights)), adapter_name="default")
+    if result.unexpected_keys:
+        raise UserError(f"{weights}: adapter does not fit this model (unexpected keys such as "
+                        f"{result.unexpected_keys[0]}); was the config changed since the checkpoint?")
+    return True
+
+
+def train(trainer, resume_from: str | None = None) -> float:
+    """trainer.train() (continuing from a checkpoint when given); returns wall seconds.
+
+    Out-of-memory becomes a UserError naming the knobs to turn; a final evaluation is added when
+    the last step was not an eval step, so every run ends with validation metrics.
+    """
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    if resume_from:
+        load_trainable_adapter(trainer.model, resume_from)
+    start = time.perf_counter()
+    try:
+        trainer.train(resume_from_checkpoint=resume_from)
+        evals = [h for h in trainer.state.log_history if "eval_loss" in h]
+        if not evals or evals[-1].get("step") != trainer.state.global_step:
+            trainer.evaluate()
+    except Exception as e:  # noqa: BLE001 - only OOM is translated; everything else propagates
+        if _is_oom(e):
+            raise UserError(OOM_ADVICE) from None
+        raise
+    return time.perf_counter() - start
+
+
+def peak_memory() -> dict:
+    if torch.cuda.is_available():
+        return {"peak_memory_mb": torch.cuda.max_memory_allocated() / 2**20,
+                "peak_memory_kind": "cuda max_memory_allocated"}
+    # ru_maxrss is in KiB on Linux
+    return {"peak_memory_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "peak_memory_kind": "process peak RSS"}
+
+
+_SUMMARY_KEYS = ("train_runtime", "train_samples_per_second", "train_steps_per_second", "train_loss",
+                 "train_tokens_per_second")
+
+
+def collect_metrics(trainer, wall_time_s: float, **extra) -> dict:
+    """metrics.json content from trainer.state.log_history (restored from checkpoints on resume)."""
+    hist = trainer.state.log_history
+    train_hist = [h for h in hist if "loss" in h and "eval_loss" not in h]
+    eval_hist = [h for h in hist if "eval_loss" in h]
+    summary = next((h for h in reversed(hist) if "train_runtime" in h), {})
+    runtime = summary.get("train_runtime")
+    # TRL counts the tokens this process trained on (attention-mask sum) as num_tokens.
+    num_tokens = train_hist[-1].get("num_tokens") if train_hist else None
+    last_train = train_hist[-1] if train_hist else {}
+    out = {
+        "steps": trainer.state.global_step,
+        "epochs": trainer.state.epoch,
+        **extra,
+        "final_train_loss": summary.get("train_loss"),
+        "final_eval": eval_hist[-1] if eval_hist else None,
+        "initial_eval": eval_hist[0] if eval_hist and eval_hist[0].get("step") == 0 else None,
+        "final_train_metrics": {k: v for k, v in last_train.items()
+                                if k.startswith(("rewards/", "logps/", "loss", "mean_token_accuracy"))},
+        "tokens": num_tokens,
+        "tokens_per_second": (num_tokens / runtime) if num_tokens and runtime else None,
+        "train_runtime_s": runtime,
+        "wall_time_s": wall_time_s,
+        **peak_memory(),
+        "train_history": train_hist,
+        "eval_history": eval_hist,
+    }
+    return _finite(out)
+
+
+def _finite(obj):
+    """JSON has no NaN/inf; write them as null instead of producing an unreadable file."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def save_outputs(trainer, tokenizer, out_dir: Path) -> None:
+    """Adapter (+ a ref/ sub-folder for DPO from SFT) and tokenizer into the stage folder."""
+    trainer.save_model(str(out_dir))
+    tokenizer.save_pretrained(str(out_dir))
+
+
+def write_metrics(out_dir: Path, metrics: dict) -> Path:
+    """metrics.json is the 'finished' marker prepare_run_dir checks: write it last."""
+    path = Path(out_dir) / "metrics.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(metrics, indent=2, default=str) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def summary_line(stage: str, m: dict) -> str:
+    ev = m.get("final_eval") or {}
+    parts = [f"[{stage}] done: {m['steps']} steps in {m['wall_time_s']:.1f}s",
+             f"train loss {m['final_train_loss']:.4f}" if m.get("final_train_loss") is not None else "",
+             f"eval loss {ev['eval_loss']:.4f}" if ev.get("eval_loss") is not None else ""]
+    if "eval_rewards/accuracies" in ev:
+        parts.append(f"eval reward acc {ev['eval_rewards/accuracies']:.3f}, "
+                     f"margin {ev['eval_rewards/margins']:.4f}")
+    if m.get("tokens_per_second"):
+        parts.append(f"{m['tokens_per_second']:.0f} tok/s")
+    parts.append(f"peak mem {m['peak_memory_mb']:.0f} MB")
+    return ", ".join(p for p in parts if p)

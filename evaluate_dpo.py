@@ -1,0 +1,236 @@
+"""Compare base, SFT and DPO on the held-out test pairs: position-debiased likelihood scoring and an
+honest statistical verdict.
+
+Commands:
+    # CPU smoke run on the tiny random Llama (after train_sft.py and train_dpo.py with the same config)
+    python evaluate_dpo.py --config configs/tiny.yaml
+    # a real run; add free-text generation; add the 4-bit vs 16-bit stability check; evaluate again
+    python evaluate_dpo.py --config configs/llama3_8b.yaml
+    python evaluate_dpo.py --config configs/llama3_8b.yaml eval.generate=true
+    python evaluate_dpo.py --config configs/llama3_8b.yaml eval.stability=true --overwrite
+    # more adapters next to base/sft/dpo (e.g. the compute-matched SFT control)
+    python evaluate_dpo.py --config configs/llama3_8b.yaml "eval.adapters={sft_control: runs/x/sft_control}"
+
+Writes <output_dir>/eval/: predictions.csv (one row per test pair, option order and model),
+accuracy.png, confidence.png, report.md, config.yaml, run_info.json and, last (marking the
+evaluation finished), results.json.
+
+How it measures:
+  - Every test pair is scored in its original option order and with the options swapped, so a
+    model that always answers "A" scores 50%, not 100% (the precursor's always-A labels).
+  - Likelihood scoring, no sampling: for both orders the model scores both complete answers;
+    the decision is the option whose "The better recommendation is Option X" has the higher
+    log-prob (dporec/scoring.py). Full-answer log-probs (the quantity DPO trains) are reported too.
+  - The 4-bit base is loaded once; adapters are switched with set_adapter; the base is scored with
+    its adapters disabled. A DPO run started from SFT also saved a ref/ sub-folder (the frozen
+    reference); the top-level adapter, the policy, is what is evaluated.
+  - Verdict: two-order accuracy DPO vs SFT, user-clustered paired bootstrap CI, exact McNemar test,
+    and the number of test pairs a difference of this size would need (dporec/stats.py).
+  - eval.generate=true adds greedy generation, parsed strictly (an answer naming both options or
+    neither is invalid). eval.stability=true loads the base again unquantized and reports how many
+    decisions change between 4-bit and 16-bit (fp32 on CPU).
+"""
+from __future__ import annotations
+
+import gc
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+from dporec import UserError, report, scoring, stats
+from dporec import data as D
+from dporec import models
+from dporec.config import parse_args, prepare_run_dir, run_main, stage_dir, write_run_info
+
+TRAINED_BY = {"sft": "train_sft.py", "dpo": "train_dpo.py"}
+
+
+def find_adapters(cfg: dict, config_path: str) -> dict[str, Path | None]:
+    """{name: adapter folder, or None for the base model}, in evaluation order; fails before loading."""
+    found: dict[str, Path | None] = {}
+    extra = dict(cfg["eval"]["adapters"] or {})
+    for name in cfg["eval"]["models"]:
+        if name == "base":
+            found[name] = None
+        elif name in TRAINED_BY:
+            found[name] = stage_dir(cfg, name)
+        elif name not in extra:
+            raise UserError(f"eval.models: unknown model {name!r}; use base, sft, dpo or a name from eval.adapters")
+    for name, path in extra.items():
+        if name == "base" or name in TRAINED_BY and name in cfg["eval"]["models"]:
+            raise UserError(f"eval.adapters: the name {name!r} is taken by a built-in model; choose another")
+        found[name] = Path(str(path))
+    if not found:
+        raise UserError("eval.models is empty and eval.adapters names nothing: nothing to evaluate")
+    for name, path in found.items():
+        if path is None:
+            continue
+        if not (path / "adapter_config.json").is_file():
+            how = (f"train it with: python {TRAINED_BY[name]} --config {config_path}" if name in TRAINED_BY
+                   else "check eval.adapters")
+            raise UserError(f"eval.models asks for {name!r}, but {path} holds no adapter "
+                            f"(no adapter_config.json); {how}")
+        models.check_adapter(path, cfg["model"]["name"])
+    return found
+
+
+def _active(model, name: str, adapters: dict):
+    """Context in which `model` behaves as model `name`."""
+    if adapters[name] is None:
+        return model.disable_adapter() if hasattr(model, "disable_adapter") else nullcontext()
+    model.set_adapter(name)
+    return nullcontext()
+
+
+def score_all(model, tok, examples, adapters: dict, cfg: dict, tag: str = "", info=None) -> tuple[dict, dict]:
+    """({name: prediction rows}, {name: seconds}) for every model, likelihood (+ generation) scoring."""
+    ec, fmt = cfg["eval"], cfg["data"]["prompt_format"]
+    rows, seconds = {}, {}
+    for name in adapters:
+        t0 = time.perf_counter()
+        with _active(model, name, adapters):
+            r = scoring.score_pairs(model, tok, examples, fmt, ec["batch_size"], desc=f"scoring {name}{tag}",
+                                    model_name=name, info=info)
+            if ec["generate"] and not tag:
+                gen = scoring.generate_choices(model, tok, examples, fmt, ec["batch_size"], ec["max_new_tokens"],
+                                               model_name=name, desc=f"generating {name}")
+                r = scoring.attach_generations(r, gen)
+                valid = sum(g["parsed"] is not None for g in gen)
+                print(f"[eval] {name}: {valid}/{len(gen)} generated answers name exactly one option")
+        rows[name], seconds[name] = r, time.perf_counter() - t0
+        print(f"[eval] {name}{tag}: scored {len(examples)} pairs x 2 orders in {seconds[name]:.1f}s")
+    return rows, seconds
+
+
+def load_models(cfg: dict, backend: str, adapters: dict):
+    base, tok = models.load_base(cfg, backend)
+    with_adapters = {n: p for n, p in adapters.items() if p is not None}
+    model = models.attach_adapters(base, with_adapters, cfg["model"]["name"]) if with_adapters else base
+    model.eval()
+    return model, tok
+
+
+def _release() -> None:
+    """Return freed model memory (call after dropping the last reference to a model)."""
+    import torch
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _unquantized_bytes(model, dtype) -> int:
+    import torch
+    n = 0
+    for p in model.parameters():
+        qs = getattr(p, "quant_state", None)  # bitsandbytes packs two 4-bit values per byte
+        n += int(torch.Size(qs.shape).numel()) if qs is not None else p.numel()
+    return n * torch.empty((), dtype=dtype).element_size()
+
+
+def _available_bytes() -> int:
+    import torch
+    if torch.cuda.is_available():
+        return torch.cuda.mem_get_info()[0]
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import os
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def stability(cfg, backend, examples, adapters, rows_q, needed: int) -> dict:
+    """Score again with the base unquantized; agreement of choices and accuracy change per model."""
+    import copy
+    cfg16 = copy.deepcopy(cfg)
+    cfg16["model"]["load_in_4bit"] = False
+    dtype = models.compute_dtype(cfg16)
+    out = {"precision": str(dtype).replace("torch.", ""), "status": "skipped"}
+    avail = _available_bytes()
+    if needed * 1.25 > avail:
+        out["reason"] = (f"the unquantized weights need about {needed / 2**30:.1f} GiB, "
+                         f"{avail / 2**30:.1f} GiB is free")
+        print(f"[eval] stability check skipped: {out['reason']}")
+        return out
+    model, tok = load_models(cfg16, backend, adapters)
+    if getattr(model, "is_loaded_in_4bit", False) or getattr(model.config, "quantization_config", None):
+        out["reason"] = f"{cfg['model']['name']} is a pre-quantized checkpoint; it has no 16-bit weights"
+        print(f"[eval] stability check skipped: {out['reason']}")
+        del model
+        _release()
+        return out
+    rows16, _ = score_all(model, tok, examples, adapters, cfg16, tag=f" ({out['precision']})")
+    del model
+    _release()
+    out["status"] = "done"
+    out["models"] = {}
+    for name, rq in rows_q.items():
+        r16 = {(r["pair_id"], r["order"]): r for r in rows16[name]}
+        same = sum(r["choice"] == r16[(r["pair_id"], r["order"])]["choice"] for r in rq)
+        acc_q = stats.model_metrics(rq)["accuracy"]
+        acc_16 = stats.model_metrics(rows16[name])["accuracy"]
+        out["models"][name] = {"choice_agreement": same / len(rq), "decisions": len(rq),
+                               "accuracy_4bit": acc_q, f"accuracy_{out['precision']}": acc_16,
+                               "accuracy_change": acc_16 - acc_q}
+        print(f"[eval] stability {name}: {100 * same / len(rq):.1f}% of decisions unchanged, "
+              f"accuracy {100 * acc_q:.1f}% (4-bit) -> {100 * acc_16:.1f}% ({out['precision']})")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, cfg = parse_args(__doc__, argv)
+    backend = models.resolve_backend(cfg["model"]["backend"])  # imports unsloth first when chosen
+    ec = cfg["eval"]
+    test_file = cfg["data"]["test_file"]
+    examples = D.load_examples(test_file, limit=cfg["data"]["max_test_examples"])
+    warning = D.balance_warning(examples, test_file)
+    if warning:  # harmless for the two-order metrics, but worth knowing
+        print(warning)
+    adapters = find_adapters(cfg, args.config)
+    eval_dir = prepare_run_dir(stage_dir(cfg, "eval"), cfg, done_marker="results.json")
+    print(f"[eval] {len(examples)} test pairs from {test_file}; models: {', '.join(adapters)}")
+
+    t0 = time.perf_counter()
+    model, tok = load_models(cfg, backend, adapters)
+    info = scoring.ScoringInfo()
+    rows, seconds = score_all(model, tok, examples, adapters, cfg, info=info)
+    needed = _unquantized_bytes(model, models.compute_dtype(cfg)) if ec["stability"] else 0
+    del model  # the 4-bit model goes before a 16-bit copy may be loaded
+    _release()
+
+    results = {"models": {name: stats.model_metrics(r, alpha=ec["alpha"]) for name, r in rows.items()}}
+    results["comparison"] = (stats.compare(rows["sft"], rows["dpo"], n_boot=ec["bootstrap_samples"],
+                                           seed=cfg["seed"], alpha=ec["alpha"])
+                             if "sft" in rows and "dpo" in rows else None)
+    if ec["stability"]:
+        if cfg["model"]["load_in_4bit"]:
+            results["stability"] = stability(cfg, backend, examples, adapters, rows, needed)
+        else:
+            results["stability"] = {"status": "skipped", "reason": "model.load_in_4bit=false: nothing to compare"}
+    results["meta"] = {
+        "test_file": str(test_file), "n_pairs": len(examples), "prompt_format": cfg["data"]["prompt_format"],
+        "model": cfg["model"]["name"], "backend": backend, "load_in_4bit": cfg["model"]["load_in_4bit"],
+        "scoring": "likelihood, both option orders", "decision_span_fallbacks": info.fallback_decision_spans,
+        "adapters": {n: (str(p) if p else None) for n, p in adapters.items()},
+        "seconds_per_model": seconds, "wall_seconds": round(time.perf_counter() - t0, 1),
+        "test_balance": D.balance(examples),
+    }
+
+    all_rows = [r for name in rows for r in rows[name]]
+    report.write_predictions(eval_dir, all_rows)
+    report.plot_accuracy(eval_dir, results)
+    report.plot_confidence(eval_dir, rows)
+    report.write_report_md(eval_dir, results)
+    write_run_info(eval_dir, cfg, stage="eval", backend=backend, adapters=results["meta"]["adapters"])
+    path = report.write_results(eval_dir, results)  # last: its presence marks a finished evaluation
+
+    print(report.format_table(results))
+    print(report.format_verdict(results))
+    print(f"[eval] results: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)

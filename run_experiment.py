@@ -1,0 +1,341 @@
+"""The whole experiment in one command: data -> SFT -> DPO -> evaluation, skipping finished stages.
+
+Commands:
+    # CPU smoke run on the tiny random Llama (about a minute; inputs from `make models data-tiny`)
+    python run_experiment.py --config configs/tiny.yaml output_dir=runs/smoke
+    # the CPU demo: SmolLM2-135M on MovieLens-100K (what `make demo` runs)
+    python run_experiment.py --config configs/cpu_demo.yaml
+    # the thesis setup on a GPU; repeat over seeds; add the compute-matched SFT control arm
+    python run_experiment.py --config configs/llama3_8b.yaml
+    python run_experiment.py --config configs/llama3_8b.yaml "seeds=[1, 2, 3]"
+    python run_experiment.py --config configs/llama3_8b.yaml experiment.control_arm=true
+    # run it again: finished stages are skipped, an interrupted stage continues from its last checkpoint;
+    # --overwrite trains and evaluates everything again
+    python run_experiment.py --config configs/llama3_8b.yaml --overwrite
+
+Stages and the file that marks each one finished (a stage whose marker exists is skipped):
+    data         data.train_file/val_file/test_file; built from data.source when missing
+    sft          <run>/sft/metrics.json                         (train_sft.py)
+    dpo          <run>/dpo/metrics.json                         (train_dpo.py)
+    sft_control  <run>/sft_control/metrics.json, with experiment.control_arm=true: SFT continued from
+                 the SFT adapter for as many optimizer steps as the DPO stage took, so "DPO beats SFT"
+                 can be told apart from "more training beats less" (train_sft.py)
+    eval         <run>/eval/results.json                        (evaluate_dpo.py)
+<run> is output_dir, or output_dir/seed-<s> for each s in `seeds`. With seeds, output_dir/aggregate.json
+and aggregate.md hold mean ± sd per metric and model, the per-seed verdicts and a pooled comparison.
+Each stage runs in this process through its script's main(), with the same config and overrides.
+A stage folder without its marker but with checkpoint-N/ folders is continued (--resume is passed to
+it), so rerunning this command after an interruption is all it takes; --resume here is accepted for
+symmetry with the stage scripts. --overwrite reruns every stage (data files are kept).
+"""
+from __future__ import annotations
+
+import csv
+import gc
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from dporec import UserError, report, stats  # noqa: E402
+from dporec.config import load_config, parse_args, run_main  # noqa: E402
+
+# Overrides that run_experiment decides per stage or per seed instead of passing them through.
+_OWN_KEYS = ("seeds", "resume", "overwrite")
+METRICS = ("accuracy", "accuracy_original_order", "accuracy_swapped_order", "accuracy_both_orders",
+           "consistency", "first_option_rate", "mean_margin")
+CONTROL = "sft_control"
+
+
+# ---------------------------------------------------------------------------------------------
+# Stages
+
+def ensure_data(cfg: dict) -> str:
+    """'skipped' when the three data files exist; otherwise build them from data.source."""
+    d = cfg["data"]
+    files = [Path(d[k]) for k in ("train_file", "val_file", "test_file")]
+    if all(f.is_file() for f in files):
+        return "skipped"
+    if not d["source"]:
+        missing = ", ".join(str(f) for f in files if not f.is_file())
+        raise UserError(f"data files missing ({missing}) and data.source is not set; build them with "
+                        f"python data/prepare_movielens.py --source <ml-1m.zip | recbole:ml-100k> "
+                        f"--out {files[0].parent}, or set data.source")
+    folder = files[0].parent
+    expected = [folder / f"{s}.jsonl" for s in ("train", "val", "test")]
+    if [f.resolve() for f in files] != [f.resolve() for f in expected]:
+        raise UserError(f"data.source builds train.jsonl, val.jsonl and test.jsonl in one folder; point "
+                        f"data.train_file/val_file/test_file at {expected[0]}, {expected[1]}, {expected[2]}")
+    from dporec import movielens
+    print(f"[data] building {folder} from {d['source']} (seed {cfg['seed']})")
+    summary = movielens.build_from_source(d["source"], folder, seed=cfg["seed"])
+    print(f"[data] {json.dumps(summary['splits'])}")
+    return "built"
+
+
+def run_stage(name: str, marker: Path, main, argv: list[str], overwrite: bool) -> str:
+    """Run one stage's main() unless its marker file says it already finished."""
+    folder = marker.parent
+    if marker.is_file() and not overwrite:
+        print(f"[{name}] skipped: {marker} exists")
+        return "skipped"
+    flags = []
+    if overwrite:
+        flags = ["--overwrite"]
+    elif any(folder.glob("checkpoint-[0-9]*")):
+        flags = ["--resume"]
+        print(f"[{name}] {folder} holds an unfinished run: resuming it")
+    print(f"[{name}] running with: {' '.join([*argv, *flags])}")
+    t0 = time.perf_counter()
+    code = main([*argv, *flags])
+    _release()
+    print(f"[{name}] finished in {time.perf_counter() - t0:.1f} s")
+    if code:
+        raise UserError(f"stage {name} failed (exit status {code}); fix the error above and rerun this command")
+    if not marker.is_file():
+        raise UserError(f"stage {name} ended without writing {marker}")
+    return "done"
+
+
+def _release() -> None:
+    """Free the previous stage's model before the next one loads its own."""
+    import torch
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def run_once(config: str, overrides: list[str], overwrite: bool) -> tuple[dict, dict]:
+    """SFT -> DPO (-> control) -> eval for one run folder. Returns (results, {stage: status})."""
+    import evaluate_dpo
+    import train_dpo
+    import train_sft
+    cfg = load_config(config, overrides)
+    out = Path(cfg["output_dir"])
+    argv = ["--config", config, *overrides]
+    status = {"sft": run_stage("sft", out / "sft" / "metrics.json", train_sft.main, argv, overwrite)}
+    status["dpo"] = run_stage("dpo", out / "dpo" / "metrics.json", train_dpo.main, argv, overwrite)
+    eval_argv, expected = argv, set(cfg["eval"]["models"]) | set(cfg["eval"]["adapters"])
+    if cfg["experiment"]["control_arm"]:
+        control = control_overrides(cfg)
+        status[CONTROL] = run_stage(CONTROL, out / CONTROL / "metrics.json", train_sft.main,
+                                    argv + control, overwrite)
+        adapters = {**cfg["eval"]["adapters"], CONTROL: str(out / CONTROL)}
+        eval_argv, expected = argv + [f"eval.adapters={json.dumps(adapters)}"], expected | {CONTROL}
+    results_file = out / "eval" / "results.json"
+    # An evaluation that lacks a model asked for now (e.g. the control arm was switched on later) is redone.
+    stale = results_file.is_file() and not expected <= set(_read_json(results_file)["models"])
+    status["eval"] = run_stage("eval", results_file, evaluate_dpo.main, eval_argv, overwrite or stale)
+    results = _read_json(results_file)
+    if CONTROL in results["models"] and "dpo" in results["models"]:
+        results["comparison_control"] = control_comparison(out / "eval", cfg)
+    return results, status
+
+
+def control_overrides(cfg: dict) -> list[str]:
+    """SFT continued from the SFT adapter for exactly as many optimizer steps as DPO took."""
+    out = Path(cfg["output_dir"])
+    steps = _read_json(out / "dpo" / "metrics.json").get("steps")
+    if not isinstance(steps, int) or steps <= 0:
+        raise UserError(f"{out / 'dpo' / 'metrics.json'} has no positive 'steps' count; cannot size the control arm")
+    return [f"sft.init_adapter={out / 'sft'}", f"sft.run_name={CONTROL}", f"sft.max_steps={steps}"]
+
+
+def control_comparison(eval_dir: Path, cfg: dict) -> dict:
+    """DPO vs the compute-matched SFT control (the control plays the 'sft' side of stats.compare)."""
+    rows = read_predictions(eval_dir / "predictions.csv")
+    ec = cfg["eval"]
+    comp = stats.compare(rows[CONTROL], rows["dpo"], n_boot=ec["bootstrap_samples"], seed=cfg["seed"],
+                         alpha=ec["alpha"])
+    _write_if_changed(eval_dir / "comparison_control.json", json.dumps(report._jsonable(comp), indent=2) + "\n")
+    return comp
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading results back
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise UserError(f"cannot read {path}: {e}") from None
+
+
+def read_predictions(path: Path) -> dict[str, list[dict]]:
+    """predictions.csv (report.write_predictions) back into typed prediction rows, by model.
+
+    Empty cells were None or absent fields: they are dropped again, except 'parsed' where the
+    file has generations (an invalid generated answer is parsed=None, not a missing field).
+    """
+    with open(path, newline="", encoding="utf-8") as f:
+        raw = list(csv.DictReader(f))
+    has_generation = any(r.get("generated") for r in raw)
+    by_model: dict[str, list[dict]] = {}
+    for r in raw:
+        row = {}
+        for k, v in r.items():
+            if v == "":
+                if k == "parsed" and has_generation:
+                    row[k] = None
+                continue
+            if k.startswith("logp_"):
+                row[k] = float(v)
+            elif k in ("correct", "correct_full"):
+                row[k] = v == "True"
+            else:
+                row[k] = v
+        by_model.setdefault(row["model"], []).append(row)
+    return by_model
+
+
+# ---------------------------------------------------------------------------------------------
+# Aggregation over seeds
+
+def _metric(m: dict, key: str):
+    return m["confidence"]["mean_margin"] if key == "mean_margin" else m.get(key)
+
+
+def _mean_sd(values: list[float]) -> dict:
+    v = np.array([x for x in values if x is not None], dtype=float)
+    sd = float(v.std(ddof=1)) if v.size > 1 else None
+    return {"mean": float(v.mean()) if v.size else None, "sd": sd, "values": values}
+
+
+def pooled_rows(runs: dict, model: str) -> list[dict]:
+    """One model's rows from every seed; pair ids prefixed by seed, user ids kept, so the
+    user-clustered bootstrap resamples a user together with all of that user's rows in every seed."""
+    return [{**r, "pair_id": f"seed{seed}:{r['pair_id']}"} for seed, rows in runs.items() for r in rows[model]]
+
+
+def aggregate(results_by_seed: dict, out_dir: Path, cfg: dict) -> dict:
+    """aggregate.json + aggregate.md from each seed's results.json and predictions.csv."""
+    models = list(next(iter(results_by_seed.values()))["models"])
+    metrics = {m: {k: _mean_sd([_metric(r["models"][m], k) for r in results_by_seed.values()]) for k in METRICS}
+               for m in models}
+    per_seed = {str(s): {"output_dir": str(out_dir / f"seed-{s}"), "comparison": _brief(r.get("comparison")),
+                         "comparison_control": _brief(r.get("comparison_control"))}
+                for s, r in results_by_seed.items()}
+    rows = {s: read_predictions(out_dir / f"seed-{s}" / "eval" / "predictions.csv") for s in results_by_seed}
+    ec = cfg["eval"]
+    kw = dict(n_boot=ec["bootstrap_samples"], seed=cfg["seed"], alpha=ec["alpha"])
+    pooled = stats.compare(pooled_rows(rows, "sft"), pooled_rows(rows, "dpo"), **kw) if "sft" in models and "dpo" in models else None
+    pooled_control = (stats.compare(pooled_rows(rows, CONTROL), pooled_rows(rows, "dpo"), **kw)
+                      if CONTROL in models and "dpo" in models else None)
+    agg = report._jsonable({"seeds": list(results_by_seed), "models": models, "metrics": metrics,
+                            "per_seed": per_seed, "pooled": pooled, "pooled_control": pooled_control,
+                            "note": "pooled: all seeds' test decisions together; the bootstrap CI resamples "
+                                    "users across seeds, but the McNemar p treats each seed's copy of a test "
+                                    "pair as independent, so it is optimistic"})
+    _write_if_changed(out_dir / "aggregate.json", json.dumps(agg, indent=2) + "\n")
+    _write_if_changed(out_dir / "aggregate.md", aggregate_markdown(agg) + "\n")
+    return agg
+
+
+def _write_if_changed(path: Path, text: str) -> None:
+    """Rewriting identical content would make a fully skipped rerun look like it produced something."""
+    if not (path.is_file() and path.read_text(encoding="utf-8") == text):
+        path.write_text(text, encoding="utf-8")
+
+
+def _brief(c: dict | None) -> dict | None:
+    keys = ("sft_accuracy", "dpo_accuracy", "difference", "ci95", "mcnemar_p", "significant", "verdict")
+    return {k: c[k] for k in keys} if c else None
+
+
+def _pm(s: dict, pct: bool) -> str:
+    if s["mean"] is None:
+        return "n/a"
+    scale, unit = (100, "%") if pct else (1, "")
+    sd = "" if s["sd"] is None else f" ± {scale * s['sd']:.1f}"
+    return f"{scale * s['mean']:.1f}{sd}{unit}" if pct else f"{s['mean']:+.2f}{sd}"
+
+
+def aggregate_markdown(agg: dict) -> str:
+    lines = [f"# DPO vs SFT over seeds {', '.join(map(str, agg['seeds']))}", "",
+             "Mean ± sample sd over seeds (training seed; same test pairs).", "",
+             "| Model | " + " | ".join(METRICS) + " |", "|---|" + "---:|" * len(METRICS)]
+    for m, ms in agg["metrics"].items():
+        lines.append(f"| {m} | " + " | ".join(_pm(ms[k], k != "mean_margin") for k in METRICS) + " |")
+    lines += ["", "## Per seed", "", "| Seed | SFT | DPO | DPO − SFT [95% CI] | McNemar p | Verdict |",
+              "|---|---:|---:|---:|---:|---|"]
+    for s, r in agg["per_seed"].items():
+        c = r["comparison"]
+        if c:
+            lines.append(f"| {s} | {100 * c['sft_accuracy']:.1f}% | {100 * c['dpo_accuracy']:.1f}% | "
+                         f"{100 * c['difference']:+.1f} [{100 * c['ci95'][0]:+.1f}, {100 * c['ci95'][1]:+.1f}] | "
+                         f"{stats.format_p(c['mcnemar_p'])} | {c['verdict']} |")
+    for key, title in (("pooled", "Pooled over seeds: DPO vs SFT"),
+                       ("pooled_control", "Pooled over seeds: DPO vs the compute-matched SFT control")):
+        if agg[key]:
+            lines += ["", f"## {title}", "", f"**{stats.verdict_sentence(agg[key])}**"]
+    lines += ["", f"Note: {agg['note']}."]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+
+def main(argv: list[str] | None = None) -> int:
+    args, cfg = parse_args(__doc__, argv)
+    overwrite = cfg["overwrite"]
+    passthrough = [o for o in args.overrides if o.split("=", 1)[0].strip() not in _OWN_KEYS]
+    t0 = time.perf_counter()
+    status = {"data": ensure_data(cfg)}
+    out_dir = Path(cfg["output_dir"])
+    seeds = cfg["seeds"]
+
+    if not seeds:
+        results, st = run_once(args.config, passthrough, overwrite)
+        status.update(st)
+        print(report.format_table(results))
+        print(report.format_verdict(results))
+        if results.get("comparison_control"):
+            print(_control_block(results["comparison_control"]))
+        _print_status(status, time.perf_counter() - t0)
+        print(f"results: {out_dir / 'eval' / 'results.json'}")
+        return 0
+
+    if len(set(seeds)) != len(seeds) or not all(isinstance(s, int) for s in seeds):
+        raise UserError(f"seeds must be distinct integers, got {seeds}")
+    results_by_seed = {}
+    for s in seeds:
+        run_dir = out_dir / f"seed-{s}"
+        print(f"\n===== seed {s}: {run_dir} =====")
+        results, st = run_once(args.config, passthrough + [f"seed={s}", f"output_dir={run_dir}"], overwrite)
+        results_by_seed[s] = results
+        status.update({f"{k} (seed {s})": v for k, v in st.items()})
+    agg = aggregate(results_by_seed, out_dir, cfg)
+
+    for s, results in results_by_seed.items():
+        print(f"\nseed {s}:")
+        print(report.format_table(results))
+    print()
+    print(aggregate_markdown(agg))
+    if agg["pooled"]:
+        print(report.format_verdict({"comparison": agg["pooled"]}))
+    _print_status(status, time.perf_counter() - t0)
+    for s in seeds:
+        print(f"results (seed {s}): {out_dir / f'seed-{s}' / 'eval' / 'results.json'}")
+    print(f"aggregate: {out_dir / 'aggregate.json'} and {out_dir / 'aggregate.md'}")
+    return 0
+
+
+def _control_block(c: dict) -> str:
+    return ("Compute-matched control (SFT continued for as many steps as DPO) vs DPO:\n  "
+            + stats.verdict_sentence(c).replace("vs SFT", "vs SFT-control"))
+
+
+def _print_status(status: dict, seconds: float) -> None:
+    done = [k for k, v in status.items() if v != "skipped"]
+    skipped = [k for k, v in status.items() if v == "skipped"]
+    print(f"stages run: {', '.join(done) or 'none'}; skipped (already finished): {', '.join(skipped) or 'none'}; "
+          f"{seconds:.0f} s")
+
+
+if __name__ == "__main__":
+    run_main(main)

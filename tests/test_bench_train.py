@@ -1,0 +1,102 @@
+"""The pure parts of benchmarks/bench_train.py: GPU peak lookup, FLOP/MFU arithmetic, the RTX 3090
+extrapolation, steady-state tokens/s, batch parsing, and the model shapes' parameter counts (built
+on the meta device: nothing allocated). The GPU runs themselves are in benchmarks/gpu_run.sh."""
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+_spec = importlib.util.spec_from_file_location("bench_train", ROOT / "benchmarks" / "bench_train.py")
+bt = importlib.util.module_from_spec(_spec)
+sys.modules["bench_train"] = bt
+_spec.loader.exec_module(bt)
+
+from dporec import UserError  # noqa: E402
+
+
+@pytest.mark.parametrize("name, label, tflops, gbs", [
+    ("NVIDIA H100 80GB HBM3", "H100 SXM", 989, 3350),
+    ("NVIDIA H100 PCIe", "H100 PCIe", 756, 2000),
+    ("NVIDIA H200", "H200 SXM", 989, 4800),
+    ("NVIDIA A100-SXM4-80GB", "A100 80GB", 312, 2039),
+    ("NVIDIA A100-PCIE-40GB", "A100 40GB", 312, 1555),
+    ("NVIDIA GeForce RTX 3090", "RTX 3090", 71, 936),
+    ("NVIDIA L4", "L4", 121, 300),
+    ("Tesla T4", "T4 (fp16)", 65, 320),
+])
+def test_gpu_spec_known(name, label, tflops, gbs):
+    assert bt.gpu_spec(name) == {"label": label, "bf16_tflops": tflops, "bandwidth_gbs": gbs}
+
+
+@pytest.mark.parametrize("name", ["NVIDIA L40S", "NVIDIA GeForce RTX 4090", "cpu", "", None])
+def test_gpu_spec_unknown_is_none(name):
+    assert bt.gpu_spec(name) is None  # L40S must not match the L4 entry
+
+
+def test_flops_per_token_conventions():
+    n = 8e9
+    assert bt.flops_per_token(n, "sft", "6n") == 48e9
+    assert bt.flops_per_token(n, "dpo", "6n") == 64e9  # + reference forward 2N
+    assert bt.flops_per_token(n, "sft", "lora", gradient_checkpointing=True) == 48e9  # 4N + 2N recompute
+    assert bt.flops_per_token(n, "sft", "lora", gradient_checkpointing=False) == 32e9
+    assert bt.flops_per_token(n, "dpo", "lora", gradient_checkpointing=False) == 48e9
+    with pytest.raises(ValueError):
+        bt.flops_per_token(n, "sft", "5n")
+    with pytest.raises(ValueError):
+        bt.flops_per_token(n, "eval")
+
+
+def test_mfu_arithmetic():
+    # 1,000 tokens/s x 6 x 8.03e9 FLOPs = 48.18 TFLOP/s of 989 -> 4.87%
+    assert bt.mfu(1000.0, 6 * 8.03e9, 989.0) == pytest.approx(0.048716, rel=1e-4)
+    assert bt.mfu(None, 1.0, 989.0) is None
+    assert bt.mfu(1000.0, 1.0, None) is None
+
+
+def test_predict_3090_arithmetic():
+    h100 = bt.gpu_spec("NVIDIA H100 80GB HBM3")
+    p = bt.predict_3090(2000.0, h100, tokens_per_unit=300.0, units=5400, epochs=1.0, peak_mb=20000.0)
+    assert p["tokens"] == 1.62e6
+    assert p["hours_compute_bound"] == pytest.approx(1.62e6 / (2000 * 71 / 989) / 3600)  # 3.13 h
+    assert p["hours_compute_bound"] == pytest.approx(3.1344, rel=1e-3)
+    assert p["hours_bandwidth_bound"] == pytest.approx(1.62e6 / (2000 * 936 / 3350) / 3600)  # 0.81 h
+    assert p["fits_24gb"] and p["headroom_mb"] == pytest.approx(24576 - 20000)
+    dpo = bt.predict_3090(2000.0, h100, 600.0, 5400, 3.0, peak_mb=25000.0)
+    assert dpo["hours_compute_bound"] == pytest.approx(6 * p["hours_compute_bound"])  # 2x tokens, 3 epochs
+    assert dpo["fits_24gb"] is False
+    assert "fits_24gb" not in bt.predict_3090(2000.0, h100, 300.0, 5400, 1.0)
+
+
+def test_steady_tokens_per_s_skips_warmup():
+    steps = [{"step": s, "t": 10.0 + s + (5.0 if s > 1 else 0.0), "num_tokens": 100 * s} for s in (1, 2, 3, 4)]
+    # step 1 ends at 11, then 17, 18, 19: from the end of step 2, 200 tokens in 2 s
+    assert bt.steady_tokens_per_s(steps, warmup=2) == pytest.approx(100.0)
+    assert bt.steady_tokens_per_s(steps[:2], warmup=2) == pytest.approx(100 / 6)  # shrinks to time step 2
+    assert bt.steady_tokens_per_s(steps[:1], warmup=2) is None
+    assert bt.steady_tokens_per_s([{"step": 1, "t": 1.0}, {"step": 2, "t": 2.0}], warmup=1) is None
+
+
+def test_parse_batch_sizes():
+    assert bt.parse_batch_sizes("1x8, 4x2") == [(1, 8), (4, 2)]
+    for bad in ("8", "0x8", "1x", "ax2"):
+        with pytest.raises(UserError):
+            bt.parse_batch_sizes(bad)
+
+
+def test_llama3_8b_shape_has_8_03b_parameters():
+    cfg = bt.llama_config("llama3-8b", vocab_size=49152)  # a smaller tokenizer keeps Llama 3's vocab
+    assert cfg.vocab_size == 128256 and cfg.num_key_value_heads == 8
+    assert cfg.rope_parameters["rope_theta"] == 500000.0
+    n = bt.count_params(cfg)
+    # embed + lm_head 2*128256*4096, 32 layers of attention (GQA) + MLP + 2 norms, final norm
+    layer = 2 * 4096 * 4096 + 2 * 4096 * 1024 + 3 * 4096 * 14336 + 2 * 4096
+    assert n == 2 * 128256 * 4096 + 32 * layer + 4096 == 8_030_261_248
+
+
+def test_small_shape_matches_smollm2_135m():
+    n = bt.count_params(bt.llama_config("small"))
+    assert n == 134_515_008  # tied embeddings counted once

@@ -1,0 +1,117 @@
+"""verify_setup.py on the tiny config: passes when model and data are present, and fails with a
+message that names the problem (FILE:LINE for data, the adapter folder for evaluation)."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+import verify_setup
+from conftest import TINY_CONFIG, tiny_overrides
+
+
+def run(capsys, *argv):
+    code = verify_setup.main(["--config", str(TINY_CONFIG), *argv])
+    return code, capsys.readouterr().out
+
+
+def fail_rows(out: str) -> list[str]:
+    return [line for line in out.splitlines() if line.lstrip().startswith(("✗", "X "))]
+
+
+def test_good_tiny_config_passes(capsys, tiny_data, tiny_model, tmp_path):
+    code, out = run(capsys, *tiny_overrides(tiny_data, tiny_model, tmp_path / "run"))
+    assert code == 0, out
+    assert fail_rows(out) == []
+    for name in ("packages", "4-bit matmul", "model", "memory", "data: files", "data: users", "data: pairs",
+                 "data: ids", "disk"):
+        assert any(line.lstrip().startswith("✓") and f" {name} " in line for line in out.splitlines()), (name, out)
+    # Adapters that do not exist yet are only a warning before training.
+    assert "adapter: sft" in out and "not trained yet" in out
+
+
+def _copy_data(tiny_data, tmp_path):
+    dst = tmp_path / "data"
+    shutil.copytree(tiny_data, dst)
+    return dst
+
+
+def test_broken_data_file_names_file_and_line(capsys, tiny_data, tiny_model, tmp_path):
+    data = _copy_data(tiny_data, tmp_path)
+    val = data / "val.jsonl"
+    lines = val.read_text().splitlines()
+    rec = json.loads(lines[2])
+    del rec["output"]
+    lines[2] = json.dumps(rec)
+    val.write_text("\n".join(lines) + "\n")
+    code, out = run(capsys, *tiny_overrides(data, tiny_model, tmp_path / "run"))
+    assert code == 1
+    assert f"{val}:3: missing field 'output'" in out
+    assert any("data: val" in line for line in fail_rows(out)), out
+    assert "fix:" in out
+
+
+def test_user_in_two_splits_fails(capsys, tiny_data, tiny_model, tmp_path):
+    data = _copy_data(tiny_data, tmp_path)
+    train_user = json.loads((data / "train.jsonl").read_text().splitlines()[0])["user_id"]
+    test = data / "test.jsonl"
+    lines = test.read_text().splitlines()
+    rec = json.loads(lines[0])
+    rec["user_id"] = train_user
+    lines[0] = json.dumps(rec)
+    test.write_text("\n".join(lines) + "\n")
+    code, out = run(capsys, *tiny_overrides(data, tiny_model, tmp_path / "run"))
+    assert code == 1
+    assert any("data: users" in line and "train and test" in line for line in fail_rows(out)), out
+    assert f"{test}:1" in out
+
+
+def test_missing_adapter_fails_for_eval(capsys, tiny_data, tiny_model, tmp_path):
+    run_dir = tmp_path / "run"
+    code, out = run(capsys, "--for-eval", *tiny_overrides(tiny_data, tiny_model, run_dir))
+    assert code == 1
+    failed = fail_rows(out)
+    assert any("adapter: sft" in line and str(run_dir / "sft") in line for line in failed), out
+    assert any("adapter: dpo" in line for line in failed), out
+
+
+def test_adapter_of_another_base_model_fails(capsys, tiny_data, tiny_model, tmp_path):
+    run_dir = tmp_path / "run"
+    (run_dir / "sft").mkdir(parents=True)
+    (run_dir / "sft" / "adapter_config.json").write_text(
+        json.dumps({"base_model_name_or_path": "meta-llama/Meta-Llama-3-8B", "r": 8}))
+    code, out = run(capsys, *tiny_overrides(tiny_data, tiny_model, run_dir))
+    assert code == 1
+    assert any("adapter: sft" in line and "Meta-Llama-3-8B" in line for line in fail_rows(out)), out
+
+
+def test_missing_model_folder_gives_build_command(capsys, tiny_data, tmp_path):
+    missing = tmp_path / "models" / "tiny-llama"
+    code, out = run(capsys, *tiny_overrides(tiny_data, missing, tmp_path / "run"))
+    assert code == 1
+    assert f"folder not found: {missing}" in out
+    assert "scripts/build_tiny_model.py" in out
+
+
+def test_a_crashing_check_becomes_a_failed_row(tiny_cfg):
+    def check_boom(ctx):
+        raise RuntimeError("boom")
+
+    rows = verify_setup.run_checks([check_boom, verify_setup.check_python], verify_setup.Ctx(tiny_cfg, "x.yaml"))
+    assert rows[0][0] == verify_setup.FAIL and rows[0][1] == "boom" and "RuntimeError: boom" in rows[0][2]
+    assert rows[1][0] == verify_setup.OK
+
+
+def test_pins_come_from_the_requirements_files():
+    core = verify_setup.parse_pins(verify_setup.ROOT / "requirements-core.txt")
+    gpu = verify_setup.parse_pins(verify_setup.ROOT / "requirements.txt")
+    assert str(core["trl"].specifier) == "==1.14.0"
+    assert "unsloth" in gpu and "trl" in gpu  # -r requirements-core.txt is followed
+
+
+@pytest.mark.slow
+def test_smoke_trains_a_few_steps(capsys, tiny_data, tiny_model, tmp_path):
+    code, out = run(capsys, "--smoke", *tiny_overrides(tiny_data, tiny_model, tmp_path / "run"))
+    assert code == 0, out
+    assert any(line.lstrip().startswith("✓") and "smoke training" in line for line in out.splitlines()), out
