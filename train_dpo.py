@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from dporec import data as D
 from dporec import models, training
-from dporec.config import parse_args, prepare_run_dir, run_main, stage_dir, write_run_info
+from dporec.config import parse_args, prepare_run_dir, run_main, stage_dir
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,15 +64,11 @@ def main(argv: list[str] | None = None) -> int:
     training.adapters_to_fp32(trainer, backend)
     wall = training.train(trainer, resume_from)
 
-    training.save_outputs(trainer, tok, out)
     facts = {"stage": "dpo", "backend": backend, "init": init, "reference_model": reference,
              "sft_adapter": str(adapter) if adapter else None, "resumed_from": resume_from,
              "loss_type": cfg["dpo"]["loss_type"], "beta": cfg["dpo"]["beta"],
              "n_train": len(train_exs), "n_val": len(val_exs), "train_balance": D.balance(train_exs)}
-    write_run_info(out, cfg, **facts)
-    metrics = training.collect_metrics(trainer, wall, **facts)
-    training.write_metrics(out, metrics)
-    print(training.summary_line("dpo", metrics))
+    training.finish_run(trainer, tok, out, cfg, wall, **facts)
     print(f"[dpo] adapter saved to {out} (reference: {reference})")
     return 0
 

@@ -20,7 +20,7 @@ import torch
 
 from . import UserError
 from . import data as D
-from .config import stage_dir
+from .config import stage_dir, write_run_info
 
 # What the DPO reference is, recorded in run_info.json and metrics.json. TRL 1.14, given a
 # PeftModel and ref_model=None, copies the trainable 'default' adapter into a frozen 'ref' adapter
@@ -302,6 +302,16 @@ def save_outputs(trainer, tokenizer, out_dir: Path) -> None:
     """Adapter (+ a ref/ sub-folder for DPO from SFT) and tokenizer into the stage folder."""
     trainer.save_model(str(out_dir))
     tokenizer.save_pretrained(str(out_dir))
+
+
+def finish_run(trainer, tokenizer, out_dir: Path, cfg: dict, wall_time_s: float, **facts) -> dict:
+    """Save the adapter and tokenizer, then run_info.json, then (last: the 'finished' marker) metrics.json."""
+    save_outputs(trainer, tokenizer, out_dir)
+    write_run_info(out_dir, cfg, **facts)
+    metrics = collect_metrics(trainer, wall_time_s, **facts)
+    write_metrics(out_dir, metrics)
+    print(summary_line(facts["stage"], metrics))
+    return metrics
 
 
 def write_metrics(out_dir: Path, metrics: dict) -> Path:
