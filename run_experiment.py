@@ -30,7 +30,6 @@ symmetry with the stage scripts. --overwrite reruns every stage (data files are 
 """
 from __future__ import annotations
 
-import csv
 import gc
 import json
 import sys
@@ -149,7 +148,7 @@ def control_overrides(cfg: dict) -> list[str]:
 
 def control_comparison(eval_dir: Path, cfg: dict) -> dict:
     """DPO vs the compute-matched SFT control (the control plays the 'sft' side of stats.compare)."""
-    rows = read_predictions(eval_dir / "predictions.csv")
+    rows = report.read_predictions(eval_dir / "predictions.csv")
     ec = cfg["eval"]
     comp = stats.compare(rows[CONTROL], rows["dpo"], n_boot=ec["bootstrap_samples"], seed=cfg["seed"],
                          alpha=ec["alpha"])
@@ -165,33 +164,6 @@ def _read_json(path: Path) -> dict:
         return json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise UserError(f"cannot read {path}: {e}") from None
-
-
-def read_predictions(path: Path) -> dict[str, list[dict]]:
-    """predictions.csv (report.write_predictions) back into typed prediction rows, by model.
-
-    Empty cells were None or absent fields: they are dropped again, except 'parsed' where the
-    file has generations (an invalid generated answer is parsed=None, not a missing field).
-    """
-    with open(path, newline="", encoding="utf-8") as f:
-        raw = list(csv.DictReader(f))
-    has_generation = any(r.get("generated") for r in raw)
-    by_model: dict[str, list[dict]] = {}
-    for r in raw:
-        row = {}
-        for k, v in r.items():
-            if v == "":
-                if k == "parsed" and has_generation:
-                    row[k] = None
-                continue
-            if k.startswith("logp_"):
-                row[k] = float(v)
-            elif k in ("correct", "correct_full"):
-                row[k] = v == "True"
-            else:
-                row[k] = v
-        by_model.setdefault(row["model"], []).append(row)
-    return by_model
 
 
 # ---------------------------------------------------------------------------------------------
@@ -221,7 +193,7 @@ def aggregate(results_by_seed: dict, out_dir: Path, cfg: dict) -> dict:
     per_seed = {str(s): {"output_dir": str(out_dir / f"seed-{s}"), "comparison": _brief(r.get("comparison")),
                          "comparison_control": _brief(r.get("comparison_control"))}
                 for s, r in results_by_seed.items()}
-    rows = {s: read_predictions(out_dir / f"seed-{s}" / "eval" / "predictions.csv") for s in results_by_seed}
+    rows = {s: report.read_predictions(out_dir / f"seed-{s}" / "eval" / "predictions.csv") for s in results_by_seed}
     ec = cfg["eval"]
     kw = dict(n_boot=ec["bootstrap_samples"], seed=cfg["seed"], alpha=ec["alpha"])
     pooled = stats.compare(pooled_rows(rows, "sft"), pooled_rows(rows, "dpo"), **kw) if "sft" in models and "dpo" in models else None

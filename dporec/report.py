@@ -79,6 +79,33 @@ def write_predictions(eval_dir, rows) -> Path:
 # Plots
 # --------------------------------------------------------------------------------------------
 
+def read_predictions(path: Path) -> dict[str, list[dict]]:
+    """predictions.csv (write_predictions) back into typed prediction rows, by model.
+
+    Empty cells were None or absent fields: they are dropped again, except 'parsed' where the
+    file has generations (an invalid generated answer is parsed=None, not a missing field).
+    """
+    with open(path, newline="", encoding="utf-8") as f:
+        raw = list(csv.DictReader(f))
+    has_generation = any(r.get("generated") for r in raw)
+    by_model: dict[str, list[dict]] = {}
+    for r in raw:
+        row = {}
+        for k, v in r.items():
+            if v == "":
+                if k == "parsed" and has_generation:
+                    row[k] = None
+                continue
+            if k.startswith("logp_"):
+                row[k] = float(v)
+            elif k in ("correct", "correct_full"):
+                row[k] = v == "True"
+            else:
+                row[k] = v
+        by_model.setdefault(row["model"], []).append(row)
+    return by_model
+
+
 def _figure(width: float, height: float):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure

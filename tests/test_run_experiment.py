@@ -108,7 +108,7 @@ def test_predictions_round_trip_through_the_csv(tmp_path):
     sft = _rows("sft", {"p1": (True, False), "p2": (False, False), "p3": (True, True)})
     dpo = _rows("dpo", {"p1": (True, True), "p2": (True, False), "p3": (True, True)})
     report.write_predictions(tmp_path, sft + dpo)
-    back = rx.read_predictions(tmp_path / "predictions.csv")
+    back = report.read_predictions(tmp_path / "predictions.csv")
     assert back["sft"][1]["correct"] is False and isinstance(back["sft"][0]["logp_a"], float)
     assert stats.compare(back["sft"], back["dpo"], n_boot=50) == stats.compare(sft, dpo, n_boot=50)
 
