@@ -32,7 +32,6 @@ How it measures:
 """
 from __future__ import annotations
 
-import gc
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -110,14 +109,6 @@ def load_models(cfg: dict, backend: str, adapters: dict):
     return model, tok
 
 
-def _release() -> None:
-    """Return freed model memory (call after dropping the last reference to a model)."""
-    import torch
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
 def _unquantized_bytes(model, dtype) -> int:
     import torch
     n = 0
@@ -159,11 +150,11 @@ def stability(cfg, backend, examples, adapters, rows_q, needed: int) -> dict:
         out["reason"] = f"{cfg['model']['name']} is a pre-quantized checkpoint; it has no 16-bit weights"
         print(f"[eval] stability check skipped: {out['reason']}")
         del model
-        _release()
+        models.release_memory()
         return out
     rows16, _ = score_all(model, tok, examples, adapters, cfg16, tag=f" ({out['precision']})")
     del model
-    _release()
+    models.release_memory()
     out["status"] = "done"
     out["models"] = {}
     for name, rq in rows_q.items():
@@ -198,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     rows, seconds = score_all(model, tok, examples, adapters, cfg, info=info)
     needed = _unquantized_bytes(model, models.compute_dtype(cfg)) if ec["stability"] else 0
     del model  # the 4-bit model goes before a 16-bit copy may be loaded
-    _release()
+    models.release_memory()
 
     results = {"models": {name: stats.model_metrics(r, alpha=ec["alpha"]) for name, r in rows.items()}}
     results["comparison"] = (stats.compare(rows["sft"], rows["dpo"], n_boot=ec["bootstrap_samples"],

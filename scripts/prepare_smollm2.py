@@ -13,13 +13,11 @@ checked by loading it twice, in 4-bit (the training path) and in fp32, and runni
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dporec import UserError  # noqa: E402
 from dporec.config import load_config, run_main  # noqa: E402
 from dporec import models  # noqa: E402
 
@@ -50,11 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="models/smollm2-135m-instruct", help="model folder to create")
     p.add_argument("--force", action="store_true", help="replace an existing folder")
     args = p.parse_args(argv)
-    out = Path(args.out)
-    if out.exists() and any(out.iterdir()):
-        if not args.force:
-            raise UserError(f"{out} already exists; pass --force to rebuild it")
-        shutil.rmtree(out)
+    out = models.claim_model_dir(args.out, args.force)
     gguf = models.smollm2_gguf_path()
     print(f"converting {gguf} -> {out}")
     models.convert_gguf(gguf, out)

@@ -20,7 +20,7 @@ def _cfg(tiny_data, tiny_model, tmp_path, *extra):
 
 
 @pytest.fixture(scope="module")
-def test_examples(tiny_data):
+def heldout_examples(tiny_data):
     return D.load_examples(tiny_data / "test.jsonl")
 
 
@@ -34,14 +34,14 @@ def _by_key(rows):
     return {(r["pair_id"], r["order"]): r for r in rows}
 
 
-def test_full_answer_scores_match_trl_dpo_logps(tiny_data, tiny_model, tmp_path, test_examples):
+def test_full_answer_scores_match_trl_dpo_logps(tiny_data, tiny_model, tmp_path, heldout_examples):
     """Our full-answer log-probs are the chosen/rejected sums TRL's DPOTrainer computes."""
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
 
     cfg = _cfg(tiny_data, tiny_model, tmp_path, "model.load_in_4bit=false")
     model, tok = models.load_base(cfg, "hf")
-    exs = test_examples[:3]
+    exs = heldout_examples[:3]
     rows = D.to_dpo_rows(exs)
     args = DPOConfig(output_dir=str(tmp_path / "dpo"), use_cpu=True, bf16=False, report_to="none",
                      per_device_train_batch_size=len(exs))
@@ -62,9 +62,9 @@ def test_full_answer_scores_match_trl_dpo_logps(tiny_data, tiny_model, tmp_path,
         assert rejected == pytest.approx(trl_rejected[i].item(), abs=1e-4)
 
 
-def test_batching_and_padding_do_not_change_scores(base_4bit, test_examples):
+def test_batching_and_padding_do_not_change_scores(base_4bit, heldout_examples):
     model, tok = base_4bit
-    exs = test_examples[:4]  # 16 sequences of different lengths: two padded batches of 8
+    exs = heldout_examples[:4]  # 16 sequences of different lengths: two padded batches of 8
     one = scoring.score_pairs(model, tok, exs, batch_size=1)
     eight = scoring.score_pairs(model, tok, exs, batch_size=8)
     assert len(one) == len(eight) == 2 * len(exs)
@@ -88,11 +88,11 @@ def lora_4bit(tiny_data, tiny_model, tmp_path_factory):
     return model, tok
 
 
-def test_shared_prefix_equals_full_sequences(lora_4bit, test_examples):
+def test_shared_prefix_equals_full_sequences(lora_4bit, heldout_examples):
     """Prefix sharing (one cached forward over prompt + common answer tokens, then the two
     continuations) gives the per-answer scores of full sequences, under 4-bit + LoRA."""
     model, tok = lora_4bit
-    exs = test_examples[:3]
+    exs = heldout_examples[:3]
     full = scoring.score_pairs(model, tok, exs, batch_size=8, share_prefix=False)
     for bs in (1, 8):  # one example-order per batch; six (12 answers) of different lengths padded together
         info = scoring.ScoringInfo()
@@ -122,11 +122,11 @@ def test_shared_prefix_equals_full_sequences(lora_4bit, test_examples):
         assert torch.allclose(ga, wa, atol=1e-4) and torch.allclose(gb, wb, atol=1e-4)
 
 
-def test_decision_score_is_the_answer_prefix(base_4bit, test_examples):
+def test_decision_score_is_the_answer_prefix(base_4bit, heldout_examples):
     """logp_a/logp_b sum exactly the tokens of 'The better recommendation is Option X' (checked
     against an unpadded forward with all logits), and the span is an exact token prefix."""
     model, tok = base_4bit
-    ex = test_examples[0]
+    ex = heldout_examples[0]
     info = scoring.ScoringInfo()
     row = _by_key(scoring.score_pairs(model, tok, [ex], batch_size=4, info=info))[(ex.pair_id, "original")]
     assert info.n_sequences == 4 and info.fallback_decision_spans == 0
@@ -141,9 +141,9 @@ def test_decision_score_is_the_answer_prefix(base_4bit, test_examples):
     assert row["logp_a_full"] < row["logp_a"]  # the full answer has many more tokens
 
 
-def test_swapped_order_exchanges_options_and_flips_label(base_4bit, test_examples):
+def test_swapped_order_exchanges_options_and_flips_label(base_4bit, heldout_examples):
     model, tok = base_4bit
-    ex = test_examples[0]
+    ex = heldout_examples[0]
     plain = replace(ex, extra={}, pair_id="no-ids")  # option ids fall back to texts
     rows = _by_key(scoring.score_pairs(model, tok, [ex, plain], batch_size=8))
     o, s = rows[(ex.pair_id, "original")], rows[(ex.pair_id, "swapped")]
@@ -197,13 +197,13 @@ def always_a_adapter(tiny_data, tiny_model, tmp_path_factory):
     return out / "adapter"
 
 
-def test_always_a_model_is_exposed_not_rewarded(always_a_adapter, tiny_data, tiny_model, tmp_path, test_examples):
+def test_always_a_model_is_exposed_not_rewarded(always_a_adapter, tiny_data, tiny_model, tmp_path, heldout_examples):
     cfg = _cfg(tiny_data, tiny_model, tmp_path)  # evaluated on the 4-bit base, as in evaluate_dpo.py
     base, tok = models.load_base(cfg, "hf")
     model = models.attach_adapters(base, {"always_a": always_a_adapter}, str(tiny_model))
-    assert 0.4 <= D.balance(test_examples)["a_fraction"] <= 0.6
+    assert 0.4 <= D.balance(heldout_examples)["a_fraction"] <= 0.6
 
-    rows = scoring.score_pairs(model, tok, test_examples, model_name="always_a")
+    rows = scoring.score_pairs(model, tok, heldout_examples, model_name="always_a")
     # it really answers A: by a wide margin, in every decision
     assert min(r["logp_a"] - r["logp_b"] for r in rows) > 1.0
     m = stats.model_metrics(rows)
@@ -214,7 +214,7 @@ def test_always_a_model_is_exposed_not_rewarded(always_a_adapter, tiny_data, tin
 
     # The precursor's setting: every test answer in position A. One-order accuracy would be 100%;
     # the two-order accuracy stays at chance.
-    all_a = [e if e.label == "A" else D.swap(e) for e in test_examples]
+    all_a = [e if e.label == "A" else D.swap(e) for e in heldout_examples]
     m_a = stats.model_metrics(scoring.score_pairs(model, tok, all_a, model_name="always_a"))
     assert m_a["accuracy_original_order"] == 1.0
     assert m_a["accuracy"] == 0.5 and m_a["consistency"] == 0.0
@@ -238,9 +238,9 @@ def test_parse_choice_is_strict_and_unbiased(text, expected):
     assert scoring.parse_choice(text) == expected
 
 
-def test_generate_choices_rows(base_4bit, test_examples):
+def test_generate_choices_rows(base_4bit, heldout_examples):
     model, tok = base_4bit
-    exs = test_examples[:3]
+    exs = heldout_examples[:3]
     gen = scoring.generate_choices(model, tok, exs, batch_size=4, max_new_tokens=6, model_name="base")
     assert len(gen) == 2 * len(exs)
     assert {(g["pair_id"], g["order"]) for g in gen} == {(e.pair_id, o) for e in exs for o in scoring.ORDERS}
