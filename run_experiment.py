@@ -75,6 +75,8 @@ def ensure_data(cfg: dict) -> str:
     print(f"[data] building {folder} from {d['source']} (seed {cfg['seed']})")
     summary = movielens.build_from_source(d["source"], folder, seed=cfg["seed"])
     print(f"[data] {json.dumps(summary['splits'])}")
+    for note in summary.get("notes", []):  # a thesis:FILE source says how its split relates to users
+        print(f"[data] {note}")
     return "built"
 
 

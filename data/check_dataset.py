@@ -4,6 +4,8 @@
     python data/check_dataset.py data/generated/tiny/{train,val,test}.jsonl     # + users shared by splits
     python data/check_dataset.py old_always_A.jsonl --rebalance balanced.jsonl   # fix position bias
 
+Accepts both layouts (the thesis's one-line `History: ... Option A: ... Option B: ...` and options on
+their own lines) and hand-made variants (no final period, extra spaces, CRLF, BOM, blank lines).
 Checks every line (thesis format, see dporec/data.py) and that each example's rejected answer
 differs from its chosen one; prints counts, A/B balance and negative kinds; warns loudly when one
 position holds more than 60% of the answers. With several files, users or ids found in two files
@@ -52,6 +54,15 @@ def report(path: Path, examples: list[data.Example]) -> None:
     print(f"  answer in position A: {b['A']} ({100 * b['a_fraction']:.1f}%), B: {b['B']}")
     kinds = Counter(e.extra.get("negative_kind", "unrecorded") for e in examples)
     print("  negatives: " + ", ".join(f"{k} {v}" for k, v in sorted(kinds.items())))
+    layouts = Counter(data.layout(e) for e in examples)
+    print("  options: " + ", ".join(f"{k} {v}" for k, v in sorted(layouts.items()))
+          + " (inline = the thesis's one-line layout)")
+    mirrored = sum(data.reasoning_is_mirrored(e) for e in examples)
+    print(f"  DPO rejected answers: {mirrored} with the reasoning mirrored to the other option, "
+          f"{b['n'] - mirrored} decision sentence only (free-text reasoning, see README)")
+    if not users and layouts.get("inline"):
+        print(f"  to train and evaluate on it, split it (one line per user in the thesis's file): "
+              f"python data/prepare_movielens.py --source thesis:{path} --out data/generated/thesis")
     warning = data.balance_warning(examples, str(path))
     if warning:
         print(f"\n{'!' * 100}\n{warning}\n{'!' * 100}\n", file=sys.stderr)

@@ -6,9 +6,15 @@
     python data/prepare_movielens.py --source recbole:ml-100k --out data/generated/ml-100k
     # MovieLens-1M (what the thesis uses; download ml-1m.zip yourself, never commit it):
     python data/prepare_movielens.py --source downloads/ml-1m.zip --out data/generated/ml-1m --seed 42
+    # the thesis's own finished file (one line per user): split it; with --ml1m, recover each line's user
+    python data/prepare_movielens.py --source thesis:contrastive_rec_train.jsonl --out data/generated/thesis
+    python data/prepare_movielens.py --source thesis:contrastive_rec_train.jsonl --ml1m downloads/ml-1m.zip \
+        --out data/generated/thesis
 
 Writes OUT/train.jsonl, val.jsonl, test.jsonl (users disjoint, answer in position A for half of
 each split) and OUT/summary.json, and prints the summary. Check a file with data/check_dataset.py.
+With thesis:FILE only --seed, --val-fraction, --test-fraction, --ml1m and --allow-md5-mismatch apply
+(the file's histories and options are already fixed; dporec/thesis.py says how it is split).
 """
 import argparse
 import sys
@@ -16,14 +22,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # data/ is not a package
 
-from dporec import UserError, movielens  # noqa: E402
+from dporec import UserError, movielens, thesis  # noqa: E402
 from dporec.config import run_main  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--source", required=True,
-                   help="ml-1m/ folder or ml-1m.zip, recbole:ml-100k, or synthetic[:N_USERS]")
+                   help="ml-1m/ folder or ml-1m.zip, recbole:ml-100k, synthetic[:N_USERS], or thesis:FILE "
+                        "(a finished thesis-layout jsonl such as contrastive_rec_train.jsonl)")
+    p.add_argument("--ml1m", metavar="PATH",
+                   help="with thesis:FILE: ml-1m.zip or folder to recover each line's user id from the ratings")
     p.add_argument("--out", required=True, type=Path, help="output folder")
     p.add_argument("--seed", type=int, default=0, help="picks targets, negatives, splits and positions")
     p.add_argument("--history-len", type=int, default=5, help="liked movies shown before the pair")
@@ -52,11 +61,19 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.out.is_file() or (args.out.is_dir() and any(args.out.iterdir()) and not args.force):
         raise UserError(f"{args.out} exists and is not empty; choose another --out or pass --force")
+    source = args.source
+    if args.ml1m:
+        if not source.startswith("thesis:"):
+            raise UserError("--ml1m goes with --source thesis:FILE (an ml-1m source is given as --source itself)")
+        source = f"{source}?ml1m={args.ml1m}"
     summary = movielens.build_from_source(
-        args.source, args.out, seed=args.seed, history_len=args.history_len,
+        source, args.out, seed=args.seed, history_len=args.history_len,
         max_examples_per_user=args.max_per_user, val_fraction=args.val_fraction,
         test_fraction=args.test_fraction, allow_md5_mismatch=args.allow_md5_mismatch)
-    print_summary(summary)
+    if summary.get("kind") == "thesis":
+        print(thesis.format_summary(summary))
+    else:
+        print_summary(summary)
     print(f"wrote {args.out}/train.jsonl, val.jsonl, test.jsonl and summary.json")
     return 0
 

@@ -1,20 +1,27 @@
 """The thesis record format and everything done with it: load, validate, balance, swap, convert.
 
-A record is one JSON object per line with the thesis fields
+A record is one JSON object per line with the thesis fields. Two layouts of `input` are accepted:
 
-    {"instruction": "...",
-     "input": "History: Toy Story (1995) (Animation|Children's|Comedy), ...\\n"
-              "Option A: Heat (1995) (Action|Crime|Thriller).\\nOption B: Casper (1995) (Children's).",
-     "output": "The better recommendation is Option A. Reasoning: ..."}
+    inline (the thesis's own contrastive_rec_train.jsonl: history titles only, everything on one line)
+      "History: Night River, The (1990), Hello, Stranger (1943). Option A: Garden Letter (1930)
+       (Fantasy|Musical). Option B: Winter Machine, The (1951) (Drama|Adventure)."
+    own-line (what data/prepare_movielens.py writes: history with genres, each option on its line)
+      "History: Heat (1995) (Action|Crime|Thriller), ...\nOption A: Casino (1995) (Drama).\nOption B: ..."
+
+and `output` is "The better recommendation is Option A. Reasoning: ...". An option runs from its
+"Option X:" marker to the next marker or the end of its line, without the final period; the history is
+never split (its titles contain commas, colons, periods and parentheses). Hand-made variants are
+accepted: a missing final period, extra spaces, CRLF line endings, a UTF-8 BOM, blank lines.
 
 Builders (data/prepare_movielens.py) add structured fields the scripts may use: `id`, `user_id`,
 `label`, `history`, `option_a`, `option_b` (dicts with item_id/title/year/genres),
 `negative_kind` ("disliked" | "unseen_popular") and `reasons` ({"A": ..., "B": ...}: the reasoning
-text arguing for each option, so a rejected answer can argue for the other option).
+text arguing for each option, so a rejected answer can argue for the other option). A record without
+them (the thesis's file) works everywhere; its pair id is "<file name>:<line>".
 
 The letter is the label; everything else about an example is position-free. `swap()` exchanges the
-two options and flips every letter reference in one pass (the precursor's two sequential string
-replaces undid each other and made rejected == chosen).
+two option texts in place and flips every letter reference of the output in one pass (the
+precursor's two sequential string replaces undid each other and made rejected == chosen).
 """
 from __future__ import annotations
 
@@ -31,10 +38,16 @@ ANSWER_PREFIX = "The better recommendation is Option "
 LETTERS = ("A", "B")
 IMBALANCE_WARN = 0.60  # warn when one letter holds more than this share of the answers
 
-_OPTION_RE = {L: re.compile(rf"^\s*Option {L}\s*:\s*(.+?)\s*$", re.MULTILINE) for L in LETTERS}
+_MARKER_RE = re.compile(r"\bOption[ \t]+([AB])[ \t]*:")
 _DECISION_RE = re.compile(r"Option\s+([AB])\b")
-_ANSWER_RE = re.compile(r"^\s*The better recommendation is Option ([AB])\b\.?\s*(.*)$", re.DOTALL)
+_ANSWER_RE = re.compile(r"^\s*The\s+better\s+recommendation\s+is\s+Option\s+([AB])\b\.?\s*(.*)$", re.DOTALL)
 _LETTER_REF_RE = re.compile(r"\b(Option|option)(\s+)([AB])\b")
+# The thesis's reasoning: "<x>" is the chosen option's genres (or title), "<y>" the other option's.
+_THESIS_REASONING_RE = re.compile(
+    r"^Reasoning:\s*The user has shown a strong preference for themes found in (?P<x>.+?)\.\s*"
+    r"Option (?P<letter>[AB]) \((?P<y>.+)\) does not align with their recent viewing patterns\.?$", re.DOTALL)
+# A next-movie record (the thesis's movielens_train.jsonl): refused as a whole file, not line by line.
+_NEXT_MOVIE_RE = re.compile(r"should (they )?watch|watch next", re.IGNORECASE)
 
 
 @dataclass
@@ -43,7 +56,7 @@ class Example:
     input: str
     output: str
     label: str                 # "A" or "B": which option the user liked
-    option_a: str              # option texts as they appear after "Option A:" / "Option B:"
+    option_a: str              # option texts after "Option A:" / "Option B:" (final period not included)
     option_b: str
     reasoning: str             # output text after the decision sentence (may be "")
     pair_id: str               # stable id: the record's "id", else "<file name>:<line>"
@@ -73,40 +86,106 @@ def _swap_letter_refs(text: str) -> str:
     return _LETTER_REF_RE.sub(lambda m: f"{m[1]}{m[2]}{other_letter(m[3])}", text)
 
 
-def _exchange(text: str, pairs: list[tuple[str, str]]) -> str:
-    """Exchange each (x, y) pair of substrings in one pass, so x->y is never undone by y->x."""
-    mapping = {}
-    for x, y in pairs:
-        if x and y and x != y and x not in mapping and y not in mapping:
-            mapping[x], mapping[y] = y, x
-    if not mapping:
-        return text
-    pat = re.compile("|".join(re.escape(k) for k in sorted(mapping, key=len, reverse=True)))
-    return pat.sub(lambda m: mapping[m[0]], text)
+def option_spans(text: str) -> dict[str, tuple[int, int]] | str:
+    """{letter: (start, end)} of each option's text in `input`, or what is wrong with `input`.
+
+    An option's text starts after its 'Option X:' marker and stops at the other marker or at the
+    end of its line, without surrounding spaces and without one final period. Both layouts and
+    their hand-made variants give the same texts.
+    """
+    markers = list(_MARKER_RE.finditer(text))
+    for L in LETTERS:
+        n = sum(m[1] == L for m in markers)
+        if n != 1:
+            return f"field 'input' has {'no' if not n else 'more than one'} parseable 'Option {L}: ...' line"
+    spans = {}
+    for i, m in enumerate(markers):
+        stop = markers[i + 1].start() if i + 1 < len(markers) else len(text)
+        newline = text.find("\n", m.end(), stop)
+        start, end = m.end(), stop if newline < 0 else newline
+        while start < end and text[start].isspace():
+            start += 1
+        while end > start and text[end - 1].isspace():
+            end -= 1
+        if end > start and text[end - 1] == ".":
+            end -= 1
+            while end > start and text[end - 1].isspace():
+                end -= 1
+        if end == start:
+            return f"field 'input': 'Option {m[1]}:' is followed by no movie"
+        spans[m[1]] = (start, end)
+    if not history_text(text):
+        return f"field 'input' has no history before 'Option {markers[0][1]}:'"
+    return spans
 
 
-def _mentions(option_text: str) -> tuple[str, str]:
-    """'Heat (1995) (Action|Crime).' -> ('Heat (1995)', '(Action|Crime)'): what a reasoning quotes."""
-    t = option_text.rstrip(".").strip()
-    m = re.match(r"^(.*?)\s*(\([^()]*\))?$", t)
-    title, genres = m.group(1), m.group(2) or ""
-    if genres and re.fullmatch(r"\(\d{4}\)", genres):  # '(1995)' is the year, not genres
-        title, genres = t, ""
-    return title, genres
+def history_text(text: str) -> str:
+    """The history part of `input`: before the first option marker, without 'History:' and final period."""
+    m = _MARKER_RE.search(text)
+    head = re.sub(r"^\s*History\s*:", "", text[:m.start() if m else len(text)])
+    return head.strip().rstrip(".").strip()
+
+
+def layout(ex: Example) -> str:
+    """'inline' (both options on one line, as in the thesis's file) or 'own-line'."""
+    spans = option_spans(ex.input)
+    lo, hi = sorted(spans.values())
+    return "own-line" if "\n" in ex.input[lo[0]:hi[0]] else "inline"
+
+
+def option_mentions(option_text: str) -> dict[str, str]:
+    """'Heat (1995) (Action|Crime)' -> the forms a reasoning may quote it by: genres, title, display."""
+    t = option_text.strip().rstrip(".").strip()
+    m = re.match(r"^(.*?)\s*\(([^()]*)\)$", t)
+    if not m or re.fullmatch(r"\d{4}", m.group(2)):  # '(1995)' is the year, not genres
+        return {"title": t, "display": t}
+    return {"genres": m.group(2), "title": m.group(1), "display": t}
+
+
+def _mirror_thesis_reasoning(ex: Example) -> str | None:
+    """The thesis reasoning rewritten to argue for the other option, or None when it is not that template.
+
+    "...themes found in <chosen's genres>. Option <other> (<other's genres>) does not align..." becomes
+    "...themes found in <other's genres>. Option <chosen> (<chosen's genres>) does not align...": every
+    other character stays. A title or 'title (genres)' in place of the genres is mirrored the same way.
+    """
+    m = _THESIS_REASONING_RE.match(ex.reasoning)
+    if not m or m["letter"] != ex.other:
+        return None
+    chosen, other = option_mentions(ex.option(ex.label)), option_mentions(ex.option(ex.other))
+    kx = next((k for k in ("genres", "display", "title") if chosen.get(k) == m["x"] and k in other), None)
+    ky = next((k for k in ("genres", "display", "title") if other.get(k) == m["y"] and k in chosen), None)
+    if kx is None or ky is None:
+        return None
+    r = ex.reasoning
+    return (r[:m.start("x")] + other[kx] + r[m.end("x"):m.start("letter")] + ex.label
+            + r[m.end("letter"):m.start("y")] + chosen[ky] + r[m.end("y"):])
 
 
 def reasoning_for(ex: Example, letter: str) -> str:
-    """Reasoning text arguing for option `letter`.
+    """Reasoning text arguing for option `letter` ("" for both letters when it cannot be derived).
 
-    Uses the record's `reasons` when the builder supplied them; otherwise derives it from the
-    record's own reasoning by exchanging the two options' titles, genre lists and letters.
+    From the record's `reasons` when the builder supplied them; for the thesis's reasoning template,
+    its mirror image; any other free text cannot be rewritten to argue for the other option safely,
+    so both answers are the decision sentence alone (DPO then contrasts the letters only; SFT still
+    trains on the record's own answer, see sft_output).
     """
     if ex.reasons and ex.reasons.get(letter):
         return ex.reasons[letter]
-    if letter == ex.label:
-        return ex.reasoning
-    (ta, ga), (tb, gb) = _mentions(ex.option_a), _mentions(ex.option_b)
-    return _swap_letter_refs(_exchange(ex.reasoning, [(ta, tb), (ga, gb)]))
+    mirrored = _mirror_thesis_reasoning(ex)
+    if mirrored is None:
+        return ""
+    return ex.reasoning if letter == ex.label else mirrored
+
+
+def reasoning_is_mirrored(ex: Example) -> bool:
+    """Whether the rejected answer carries reasoning (reasons or the thesis template) or is decision-only."""
+    return bool(reasoning_for(ex, ex.other))
+
+
+def sft_output(ex: Example) -> str:
+    """What SFT trains on: the record's own answer (the chosen reasoning when `reasons` gives it)."""
+    return answer_text(ex.label, (ex.reasons or {}).get(ex.label) or ex.reasoning)
 
 
 def chosen_output(ex: Example) -> str:
@@ -119,21 +198,21 @@ def rejected_output(ex: Example) -> str:
 
 
 def swap(ex: Example) -> Example:
-    """The same example with the two options exchanged and the label flipped."""
-    a_line = _OPTION_RE["A"].search(ex.input)
-    b_line = _OPTION_RE["B"].search(ex.input)
-    spans = sorted([(a_line.start(1), a_line.end(1), ex.option_b), (b_line.start(1), b_line.end(1), ex.option_a)])
-    new_input = ex.input
-    for start, end, text in reversed(spans):
-        new_input = new_input[:start] + text + new_input[end:]
-    label = ex.other
-    reasoning = _swap_letter_refs(ex.reasoning)
+    """The same example with the two option texts exchanged in place and the label flipped.
+
+    Every other character of `input` stays; the output's letters (the decision and every 'Option X'
+    in the reasoning) flip in one pass, so the reasoning keeps arguing for the same movie.
+    """
+    spans = option_spans(ex.input)
+    (s1, e1), (s2, e2) = sorted(spans.values())
+    t = ex.input
+    new_input = t[:s1] + t[s2:e2] + t[e1:s2] + t[s1:e1] + t[e2:]
     reasons = {"A": ex.reasons["B"], "B": ex.reasons["A"]} if ex.reasons else None
     extra = dict(ex.extra)
     if "option_a" in extra and "option_b" in extra:
         extra["option_a"], extra["option_b"] = ex.extra["option_b"], ex.extra["option_a"]
-    return replace(ex, input=new_input, output=answer_text(label, reasoning), label=label,
-                   option_a=ex.option_b, option_b=ex.option_a, reasoning=reasoning,
+    return replace(ex, input=new_input, output=_swap_letter_refs(ex.output), label=ex.other,
+                   option_a=ex.option_b, option_b=ex.option_a, reasoning=_swap_letter_refs(ex.reasoning),
                    reasons=reasons, extra=extra)
 
 
@@ -149,13 +228,12 @@ def parse_record(obj, where: str, default_id: str) -> Example:
             raise UserError(f"{where}: missing field '{key}'")
         if not isinstance(obj[key], str):
             raise UserError(f"{where}: field '{key}' must be a string")
-    opts = {}
-    for L in LETTERS:
-        found = _OPTION_RE[L].findall(obj["input"])
-        if len(found) != 1:
-            what = "no" if not found else "more than one"
-            raise UserError(f"{where}: field 'input' has {what} parseable 'Option {L}: ...' line")
-        opts[L] = found[0]
+    spans = option_spans(obj["input"])
+    if isinstance(spans, str):
+        raise UserError(f"{where}: {spans}")
+    opts = {L: obj["input"][a:b] for L, (a, b) in spans.items()}
+    if opts["A"] == opts["B"]:
+        raise UserError(f"{where}: field 'input': Option A and Option B are the same movie ({opts['A']!r})")
     m = _ANSWER_RE.match(obj["output"])
     named = set(_DECISION_RE.findall(m.group(0) if m else obj["output"]))
     if m is None:
@@ -170,7 +248,8 @@ def parse_record(obj, where: str, default_id: str) -> Example:
     if "label" in obj and obj["label"] != label:
         raise UserError(f"{where}: field 'label' is {obj['label']!r} but 'output' names Option {label}")
     reasons = obj.get("reasons")
-    if reasons is not None and not (isinstance(reasons, dict) and set(reasons) == {"A", "B"}):
+    if reasons is not None and not (isinstance(reasons, dict) and set(reasons) == {"A", "B"}
+                                    and all(isinstance(v, str) for v in reasons.values())):
         raise UserError(f"{where}: field 'reasons' must map both 'A' and 'B' to a text")
     known = {"instruction", "input", "output", "id", "user_id", "label", "reasons"}
     return Example(
@@ -182,39 +261,60 @@ def parse_record(obj, where: str, default_id: str) -> Example:
     )
 
 
-def load_examples(path: str | Path, limit: int | None = None, max_errors: int = 20) -> list[Example]:
-    """Load and validate every line of a JSONL file.
+def _not_pairwise(path: Path, line: int, first: dict, n_lines: int) -> UserError:
+    """One message for a file none of whose lines offers two options (e.g. a next-movie file)."""
+    kind = ("a next-movie file (like the thesis's movielens_train.jsonl: 'what should they watch next?' -> "
+            "'The user should watch ...')" if _NEXT_MOVIE_RE.search(first["input"] + " " + first["output"])
+            else "not a pairwise file")
+    return UserError(
+        f"{path}: this is {kind}, not pairwise preference data: none of its {n_lines} lines has "
+        f"'Option A: ...' and 'Option B: ...' in 'input' (line {line} 'output' starts {first['output'][:60]!r}). "
+        f"This project compares two options per line: use the thesis's contrastive_rec_train.jsonl "
+        f"(python data/prepare_movielens.py --source thesis:FILE ...) or build pairs from ratings with "
+        f"data/prepare_movielens.py --source ml-1m.zip")
 
-    All invalid lines (up to `max_errors`) are reported together as 'FILE:LINE: problem'.
+
+def load_examples(path: str | Path, limit: int | None = None, max_errors: int = 20) -> list[Example]:
+    """Load and validate every line of a JSONL file (UTF-8, with or without BOM; LF or CRLF).
+
+    All invalid lines (up to `max_errors`) are reported together as 'FILE:LINE: problem'. A file in
+    which no line has two options (a next-movie file) gets one message saying so instead.
     """
     path = Path(path)
     if not path.is_file():
         raise UserError(f"data file not found: {path}")
-    examples, errors = [], []
-    with path.open(encoding="utf-8") as f:
+    examples, errors, no_options, first, n_lines = [], [], 0, None, 0
+    with path.open(encoding="utf-8-sig") as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
                 continue
+            n_lines += 1
             where = f"{path}:{n}"
             try:
                 try:
                     obj = json.loads(line)
                 except json.JSONDecodeError as e:
                     raise UserError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
+                if (isinstance(obj, dict) and all(isinstance(obj.get(k), str) for k in ("input", "output"))
+                        and not _MARKER_RE.search(obj["input"])):
+                    no_options += 1
+                    first = first or (n, obj)
                 examples.append(parse_record(obj, where, f"{path.name}:{n}"))
             except UserError as e:
                 errors.append(str(e))
-                if len(errors) >= max_errors:
-                    errors.append(f"{path}: stopped after {max_errors} errors")
-                    break
+    if no_options and not examples:
+        raise _not_pairwise(path, *first, n_lines)
     if errors:
-        raise UserError("invalid data file:\n  " + "\n  ".join(errors))
+        shown = errors[:max_errors] + ([f"{path}: {len(errors) - max_errors} more invalid lines not shown"]
+                                       if len(errors) > max_errors else [])
+        raise UserError(f"invalid data file ({len(errors)} bad of {n_lines} lines):\n  " + "\n  ".join(shown))
     if not examples:
         raise UserError(f"{path}: no examples (the file is empty)")
     ids = [e.pair_id for e in examples]
     if len(set(ids)) != len(ids):
-        dup = next(i for i in ids if ids.count(i) > 1)
-        raise UserError(f"{path}: duplicate example id {dup!r}")
+        seen = {}
+        dup = next(e for e in examples if seen.setdefault(e.pair_id, e) is not e)
+        raise UserError(f"{dup.source}: duplicate example id {dup.pair_id!r} (first at {seen[dup.pair_id].source})")
     return examples[:limit] if limit else examples
 
 
@@ -312,11 +412,15 @@ def format_prompt(ex: Example, fmt: str = "alpaca", tokenizer=None) -> str:
 
 def to_sft_rows(examples, fmt: str = "alpaca", tokenizer=None) -> list[dict]:
     """prompt/completion rows: TRL trains on the completion only (prompt tokens masked)."""
-    return [{"prompt": format_prompt(e, fmt, tokenizer), "completion": chosen_output(e)} for e in examples]
+    return [{"prompt": format_prompt(e, fmt, tokenizer), "completion": sft_output(e)} for e in examples]
 
 
 def to_dpo_rows(examples, fmt: str = "alpaca", tokenizer=None) -> list[dict]:
-    """prompt/chosen/rejected rows. A rejected equal to its chosen is an error, not a warning."""
+    """prompt/chosen/rejected rows. A rejected equal to its chosen is an error, not a warning.
+
+    The rejected answer names the other option with reasoning for it (reasoning_for); where a record's
+    free-text reasoning cannot be mirrored, both answers are the decision sentence alone.
+    """
     rows = []
     for e in examples:
         chosen, rejected = chosen_output(e), rejected_output(e)

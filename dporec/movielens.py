@@ -392,7 +392,14 @@ def build_from_source(source: str, out_dir: str | Path, seed: int = 0, history_l
                       max_examples_per_user: int = 3, val_fraction: float = 0.1, test_fraction: float = 0.1,
                       like_threshold: int = 4, dislike_threshold: int = 2,
                       allow_md5_mismatch: bool = False) -> dict:
-    """Write out_dir/{train,val,test}.jsonl and out_dir/summary.json; return the summary."""
+    """Write out_dir/{train,val,test}.jsonl and out_dir/summary.json; return the summary.
+
+    A `thesis:FILE[?ml1m=PATH]` source splits a finished thesis-layout file instead (dporec.thesis).
+    """
+    if str(source).startswith("thesis:"):
+        from . import thesis
+        return thesis.build_from_source(str(source), out_dir, seed=seed, val_fraction=val_fraction,
+                                        test_fraction=test_fraction, allow_md5_mismatch=allow_md5_mismatch)
     start = time.perf_counter()
     ratings, movies = load_source(str(source), allow_md5_mismatch)
     params = {"seed": seed, "history_len": history_len, "max_examples_per_user": max_examples_per_user,

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from dporec import UserError, data
+from dporec import UserError, data, synthetic
 
 ROOT = Path(__file__).resolve().parent.parent
 CHECK = ROOT / "data" / "check_dataset.py"
@@ -31,6 +31,22 @@ def precursor_record(i: int) -> dict:
                    f"for themes found in {good}. Option B ({bad_genres}) does not align with their recent "
                    f"viewing patterns."),
     }
+
+
+TITLES = synthetic.thesis_titles(40, seed=1)  # made-up, with commas, colons, periods, parentheses
+GENRES = ["Fantasy|Musical", "Drama|Adventure", "Comedy", "Action|Crime|Thriller", "Children's|Sci-Fi"]
+
+
+def thesis_record(i: int) -> dict:
+    """A line in the thesis's own layout: history titles only, both options inline, every answer A."""
+    history = ", ".join(TITLES[(i + k) % 20] for k in range(5))
+    a, b = TITLES[20 + i % 10], TITLES[30 + i % 10]
+    ga, gb = GENRES[i % 5], GENRES[(i + 2) % 5]
+    return {"instruction": data.INSTRUCTION,
+            "input": f"History: {history}. Option A: {a} ({ga}). Option B: {b} ({gb}).",
+            "output": (f"The better recommendation is Option A. Reasoning: The user has shown a strong preference "
+                       f"for themes found in {ga}. Option B ({gb}) does not align with their recent viewing "
+                       f"patterns.")}
 
 
 def write_lines(path: Path, lines: list[str]) -> Path:
@@ -177,3 +193,190 @@ def test_check_cli_reports_users_shared_between_files(tmp_path):
     clean = write_lines(tmp_path / "val.jsonl", [rec(4, 4)])
     ok = check_cli(train, clean)
     assert ok.returncode == 0 and "user overlap: none" in ok.stdout
+
+
+# ---------------------------------------------------------------------------------------------
+# The thesis's own layout (inline options) and hand-made variants
+
+def test_thesis_layout_parses_without_splitting_history_on_commas():
+    rec = thesis_record(3)
+    ex = data.parse_record(rec, "t.jsonl:1", "t.jsonl:1")
+    assert ex.label == "A" and data.layout(ex) == "inline"
+    assert ex.option_a == f"{TITLES[23]} ({GENRES[3]})" and ex.option_b == f"{TITLES[33]} ({GENRES[0]})"
+    assert data.history_text(ex.input) == ", ".join(TITLES[3 + k] for k in range(5))
+    assert any("," in t for t in TITLES[3:8]) and any(":" in t or "." in t[:-7] for t in TITLES[3:8])
+
+
+def test_both_layouts_give_the_same_options():
+    inline = data.parse_record(thesis_record(0), "a:1", "a:1")
+    own = {**thesis_record(0), "input": f"History: x, y\nOption A: {inline.option_a}.\nOption B: {inline.option_b}."}
+    own_line = data.parse_record(own, "b:1", "b:1")
+    assert data.layout(own_line) == "own-line"
+    assert (own_line.option_a, own_line.option_b, own_line.label) == (inline.option_a, inline.option_b, "A")
+
+
+def _variant(rec: dict, kind: str) -> dict:
+    inp = rec["input"]
+    if kind == "no final period":
+        return {**rec, "input": inp[:-1], "output": rec["output"].rstrip(".")}
+    if kind == "extra spaces":
+        return {**rec, "input": "  " + inp.replace(". Option", ".   Option").replace("Option A:", "Option  A :  ")
+                .replace("History:", "History:  ") + "  ",
+                "output": rec["output"].replace("is Option A.", "is  Option A.   ")}
+    if kind == "CRLF inside own-line input":
+        return {**rec, "input": inp.replace(". Option", ".\r\nOption")}
+    return rec
+
+
+@pytest.mark.parametrize("kind", ["no final period", "extra spaces", "CRLF inside own-line input"])
+def test_hand_made_variants_parse_like_the_original(kind):
+    clean = data.parse_record(thesis_record(1), "c:1", "c:1")
+    ex = data.parse_record(_variant(thesis_record(1), kind), "v:1", "v:1")
+    assert (ex.option_a, ex.option_b, ex.label) == (clean.option_a, clean.option_b, clean.label)
+    assert data.history_text(ex.input) == data.history_text(clean.input)
+    s = data.swap(ex)
+    assert (s.option_a, s.option_b) == (clean.option_b, clean.option_a)
+    assert data.swap(s) == ex
+    # the mirrored reasoning keeps the record's own punctuation (here: its missing final period)
+    assert data.rejected_output(ex).rstrip(".") == data.rejected_output(clean).rstrip(".")
+    assert data.rejected_output(ex) != data.chosen_output(ex)
+
+
+@pytest.mark.parametrize("kind", ["CRLF", "BOM", "blank lines", "all"])
+def test_file_level_variants_load(tmp_path, kind):
+    lines = [json.dumps(thesis_record(i)) for i in range(6)]
+    text = "\n".join(lines) + "\n"
+    if kind in ("blank lines", "all"):
+        text = "\n" + "\n\n  \n".join(lines) + "\n\n"
+    raw = text.encode("utf-8")
+    if kind in ("CRLF", "all"):
+        raw = raw.replace(b"\n", b"\r\n")
+    if kind in ("BOM", "all"):
+        raw = b"\xef\xbb\xbf" + raw
+    path = tmp_path / "hand.jsonl"
+    path.write_bytes(raw)
+    exs = data.load_examples(path)
+    assert [(e.option_a, e.option_b) for e in exs] == [
+        (e.option_a, e.option_b) for e in (data.parse_record(thesis_record(i), "x", "x") for i in range(6))]
+    result = check_cli(path)
+    assert result.returncode == 0, result.stderr
+    assert "6 examples" in result.stdout and "inline 6" in result.stdout
+
+
+def _genre_claims(output: str) -> tuple[str, str, str]:
+    """(letter answered, preferred genres, (letter, genres) said not to align) from a thesis-template answer."""
+    m = re.match(r"The better recommendation is Option ([AB])\. Reasoning: The user has shown a strong preference "
+                 r"for themes found in (.+)\. Option ([AB]) \((.+)\) does not align", output)
+    return m[1], m[2], (m[3], m[4])
+
+
+def _genres(option_text: str) -> str:
+    return option_text.rsplit(" (", 1)[1].rstrip(")")
+
+
+def test_rebalance_thesis_layout_letters_follow_options_history_untouched(tmp_path):
+    path = write_lines(tmp_path / "t.jsonl", [json.dumps(thesis_record(i)) for i in range(11)])
+    exs = data.load_examples(path)
+    fixed = data.rebalance(exs)
+    assert sorted(data.balance(fixed)[L] for L in "AB") == [5, 6]
+    swapped = 0
+    for before, after in zip(exs, fixed):
+        if after.label == before.label:
+            assert after == before
+            continue
+        swapped += 1
+        # every character of input other than the two option texts is unchanged
+        assert after.input == before.input.replace(before.option_a, "\0").replace(before.option_b, before.option_a) \
+            .replace("\0", before.option_b)
+        assert data.history_text(after.input) == data.history_text(before.input)
+        assert f"Option A: {before.option_b}. Option B: {before.option_a}." in after.input
+        letter, liked, (bad_letter, bad) = _genre_claims(after.output)
+        assert letter == after.label == "B" and liked == _genres(after.option_b)
+        assert bad_letter == "A" and bad == _genres(after.option_a)
+        assert data.parse_record({"instruction": after.instruction, "input": after.input, "output": after.output},
+                                 "r", "r").label == "B"
+    assert swapped == 5
+
+
+@pytest.mark.parametrize("i", range(5))
+def test_thesis_dpo_rows_rejected_argues_for_the_other_option(i):
+    ex = data.parse_record(thesis_record(i), "t:1", "t:1")
+    for e in (ex, data.swap(ex)):
+        row = data.to_dpo_rows([e])[0]
+        assert row["chosen"] == e.output and row["chosen"] != row["rejected"]
+        letter, liked, (bad_letter, bad) = _genre_claims(row["rejected"])
+        assert letter == e.other and liked == _genres(e.option(e.other))
+        assert bad_letter == e.label and bad == _genres(e.option(e.label))
+        assert data.reasoning_is_mirrored(e)
+        assert data.to_sft_rows([e])[0]["completion"] == e.output
+
+
+def test_free_text_reasoning_gives_decision_only_dpo_pair_but_full_sft_answer():
+    rec = {**thesis_record(0), "output": "The better recommendation is Option A. Reasoning: it is a lovely film."}
+    ex = data.parse_record(rec, "f:1", "f:1")
+    assert not data.reasoning_is_mirrored(ex)
+    row = data.to_dpo_rows([ex])[0]
+    assert (row["chosen"], row["rejected"]) == (data.answer_text("A"), data.answer_text("B"))
+    assert data.to_sft_rows([ex])[0]["completion"] == rec["output"]
+    # a template whose genres match neither option is not mirrored either (it would praise the wrong movie)
+    odd = {**thesis_record(0), "output": thesis_record(0)["output"].replace(GENRES[0], "Western")}
+    assert not data.reasoning_is_mirrored(data.parse_record(odd, "f:2", "f:2"))
+
+
+THESIS_BROKEN = {
+    "not an object": ("[1, 2]", "expected a JSON object, got list"),
+    "two Option A": (json.dumps({**thesis_record(0), "input": thesis_record(0)["input"] + " Option A: X (1990)."}),
+                     "more than one parseable 'Option A: ...' line"),
+    "empty option": (json.dumps({**thesis_record(0), "input": re.sub(r"Option B: .*", "Option B: .",
+                                                                     thesis_record(0)["input"])}),
+                     "'Option B:' is followed by no movie"),
+    "same movie twice": (json.dumps({**thesis_record(0), "input": f"History: {TITLES[0]}. Option A: {TITLES[1]} "
+                                                                  f"(Drama). Option B: {TITLES[1]} (Drama)."}),
+                         "Option A and Option B are the same movie"),
+    "no history": (json.dumps({**thesis_record(0), "input": "History:  Option A: X (1990) (Drama). Option B: Y (1991) (Comedy)."}),
+                   "field 'input' has no history before 'Option A:'"),
+    "answer not first": (json.dumps({**thesis_record(0), "output": "Reasoning: fine. So Option A."}),
+                         "field 'output' must start with"),
+    "label disagrees": (json.dumps({**thesis_record(0), "label": "B"}), "field 'label' is 'B' but 'output' names"),
+    "bad reasons": (json.dumps({**thesis_record(0), "reasons": {"A": "x"}}), "field 'reasons' must map both"),
+    "no Option B inline": (json.dumps({**thesis_record(0), "input": thesis_record(0)["input"].split(" Option B")[0]}),
+                           "no parseable 'Option B: ...' line"),
+}
+
+
+@pytest.mark.parametrize("kind", THESIS_BROKEN)
+def test_each_malformed_thesis_line_named_alone(tmp_path, kind):
+    bad_line, message = THESIS_BROKEN[kind]
+    good = [json.dumps(thesis_record(i)) for i in range(4)]
+    path = write_lines(tmp_path / "bad.jsonl", [good[0], bad_line, good[1], bad_line, good[2]])
+    with pytest.raises(UserError) as err:
+        data.load_examples(path)
+    text = str(err.value)
+    assert f"{path}:2: " in text and f"{path}:4: " in text and message in text
+    assert not any(f"{path}:{n}:" in text for n in (1, 3, 5))  # only the bad lines are named
+    result = check_cli(path)
+    assert result.returncode == 2 and f"{path}:4: " in result.stderr and "Traceback" not in result.stderr
+
+
+def test_duplicate_id_names_both_lines(tmp_path):
+    lines = [json.dumps({**thesis_record(i), "id": "same" if i in (1, 3) else f"p{i}"}) for i in range(4)]
+    with pytest.raises(UserError, match=re.escape(f"{tmp_path / 'd.jsonl'}:4: duplicate example id 'same' (first at ")):
+        data.load_examples(write_lines(tmp_path / "d.jsonl", lines))
+
+
+def next_movie_record(i: int) -> dict:
+    return {"instruction": "Recommend a movie.",
+            "input": f"User history: {TITLES[i % 20]}, {TITLES[(i + 1) % 20]}. Based on these preferences, what "
+                     f"should they watch next?",
+            "output": f"The user should watch {TITLES[20 + i % 20]}. Reasoning: it suits them."}
+
+
+def test_next_movie_file_is_refused_with_one_message(tmp_path):
+    path = write_lines(tmp_path / "movielens_train.jsonl", [json.dumps(next_movie_record(i)) for i in range(300)])
+    with pytest.raises(UserError) as err:
+        data.load_examples(path)
+    text = str(err.value)
+    assert "next-movie file" in text and "not pairwise" in text and "none of its 300 lines" in text
+    assert f"{path}:2:" not in text and "\n" not in text
+    result = check_cli(path)
+    assert result.returncode == 2 and result.stderr.count("next-movie") == 1
