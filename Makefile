@@ -30,8 +30,9 @@ models/smollm2-135m-instruct/config.json: | $(STAMP)
 data/generated/tiny/train.jsonl: | $(STAMP)
 	$(PYTHON) data/prepare_movielens.py --source synthetic:200 --out data/generated/tiny --force
 
+# seed 42 = configs/cpu_demo.yaml's seed: the same dataset run_experiment.py builds from data.source
 data/generated/ml100k/train.jsonl: | $(STAMP)
-	$(PYTHON) data/prepare_movielens.py --source recbole:ml-100k --out data/generated/ml100k --force
+	$(PYTHON) data/prepare_movielens.py --source recbole:ml-100k --out data/generated/ml100k --seed 42 --force
 
 models: models/tiny-llama/config.json
 data-tiny: data/generated/tiny/train.jsonl

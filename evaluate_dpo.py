@@ -10,10 +10,21 @@ Commands:
     python evaluate_dpo.py --config configs/llama3_8b.yaml eval.stability=true --overwrite
     # more adapters next to base/sft/dpo (e.g. the compute-matched SFT control)
     python evaluate_dpo.py --config configs/llama3_8b.yaml "eval.adapters={sft_control: runs/x/sft_control}"
+    # re-analyse a finished evaluation from its predictions.csv: no model is loaded (seconds, no GPU)
+    python evaluate_dpo.py --config configs/tiny.yaml --from-predictions runs/tiny/eval/predictions.csv
+    python evaluate_dpo.py --config configs/tiny.yaml --from-predictions old/predictions.csv output_dir=runs/re
 
 Writes <output_dir>/eval/: predictions.csv (one row per test pair, option order and model),
 accuracy.png, confidence.png, report.md, config.yaml, run_info.json and, last (marking the
 evaluation finished), results.json.
+
+--from-predictions PATH recomputes every statistic, results.json, report.md and the plots into
+<output_dir>/eval/ from a predictions.csv (this version's or an earlier one's), with this config's
+eval.bootstrap_samples, eval.alpha and seed. PATH = <output_dir>/eval/predictions.csv re-analyses in
+place: predictions.csv, config.yaml and run_info.json stay as scored, the old results.json is kept
+as results.previous.json, and what a CSV cannot give back (timings, the stability check, the scoring
+setup) is carried over from it. Any other PATH is copied into <output_dir>/eval/, which must not
+hold a finished evaluation unless --overwrite is given.
 
 How it measures:
   - Every test pair is scored in its original option order and with the options swapped, so a
@@ -24,8 +35,10 @@ How it measures:
   - The 4-bit base is loaded once; adapters are switched with set_adapter; the base is scored with
     its adapters disabled. A DPO run started from SFT also saved a ref/ sub-folder (the frozen
     reference); the top-level adapter, the policy, is what is evaluated.
-  - Verdict: two-order accuracy DPO vs SFT, user-clustered paired bootstrap CI, exact McNemar test,
-    and the number of test pairs a difference of this size would need (dporec/stats.py).
+  - Verdict: two-order accuracy DPO vs SFT; a paired sign-flip permutation test over users of that
+    same difference and the CI that inverts it; an exact McNemar test on right-in-both-orders as a
+    secondary line; the test size a difference of this size would need (dporec/stats.py). With an
+    sft_control adapter, DPO vs that control too, and what the control matches (dporec/analysis.py).
   - eval.generate=true adds greedy generation, parsed strictly (an answer naming both options or
     neither is invalid). eval.stability=true loads the base again unquantized and reports how many
     decisions change between 4-bit and 16-bit (fp32 on CPU).
@@ -36,16 +49,19 @@ import time
 from contextlib import nullcontext
 from pathlib import Path
 
-from dporec import UserError, report, scoring, stats
+from dporec import UserError, analysis, report, stats
 from dporec import data as D
-from dporec import models
 from dporec.config import parse_args, prepare_run_dir, run_main, stage_dir, write_run_info
+
+# The ML stack (torch, transformers, peft via dporec.models/scoring) is imported inside the functions
+# that score, so --from-predictions runs without it.
 
 TRAINED_BY = {"sft": "train_sft.py", "dpo": "train_dpo.py"}
 
 
 def find_adapters(cfg: dict, config_path: str) -> dict[str, Path | None]:
     """{name: adapter folder, or None for the base model}, in evaluation order; fails before loading."""
+    from dporec import models
     found: dict[str, Path | None] = {}
     extra = dict(cfg["eval"]["adapters"] or {})
     for name in cfg["eval"]["models"]:
@@ -83,6 +99,7 @@ def _active(model, name: str, adapters: dict):
 
 def score_all(model, tok, examples, adapters: dict, cfg: dict, tag: str = "", info=None) -> tuple[dict, dict]:
     """({name: prediction rows}, {name: seconds}) for every model, likelihood (+ generation) scoring."""
+    from dporec import scoring
     ec, fmt = cfg["eval"], cfg["data"]["prompt_format"]
     rows, seconds = {}, {}
     for name in adapters:
@@ -102,6 +119,7 @@ def score_all(model, tok, examples, adapters: dict, cfg: dict, tag: str = "", in
 
 
 def load_models(cfg: dict, backend: str, adapters: dict):
+    from dporec import models
     base, tok = models.load_base(cfg, backend)
     with_adapters = {n: p for n, p in adapters.items() if p is not None}
     model = models.attach_adapters(base, with_adapters, cfg["model"]["name"]) if with_adapters else base
@@ -132,9 +150,16 @@ def _available_bytes() -> int:
     return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
+def _accuracy(rows) -> float:
+    scores = stats.per_pair_scores(rows)[0]
+    return sum(scores.values()) / len(scores)
+
+
 def stability(cfg, backend, examples, adapters, rows_q, needed: int) -> dict:
     """Score again with the base unquantized; agreement of choices and accuracy change per model."""
     import copy
+
+    from dporec import models
     cfg16 = copy.deepcopy(cfg)
     cfg16["model"]["load_in_4bit"] = False
     dtype = models.compute_dtype(cfg16)
@@ -160,8 +185,7 @@ def stability(cfg, backend, examples, adapters, rows_q, needed: int) -> dict:
     for name, rq in rows_q.items():
         r16 = {(r["pair_id"], r["order"]): r for r in rows16[name]}
         same = sum(r["choice"] == r16[(r["pair_id"], r["order"])]["choice"] for r in rq)
-        acc_q = stats.model_metrics(rq)["accuracy"]
-        acc_16 = stats.model_metrics(rows16[name])["accuracy"]
+        acc_q, acc_16 = _accuracy(rq), _accuracy(rows16[name])
         out["models"][name] = {"choice_agreement": same / len(rq), "decisions": len(rq),
                                "accuracy_4bit": acc_q, f"accuracy_{out['precision']}": acc_16,
                                "accuracy_change": acc_16 - acc_q}
@@ -170,8 +194,50 @@ def stability(cfg, backend, examples, adapters, rows_q, needed: int) -> dict:
     return out
 
 
+def _analyse(rows: dict, cfg: dict, meta: dict, where: str) -> dict:
+    try:
+        return analysis.build_results(rows, cfg, meta, control_dir=cfg["eval"]["adapters"].get(analysis.CONTROL))
+    except ValueError as e:  # the prediction-row contract (dporec/metrics.py)
+        raise UserError(f"{where}: {e}") from None
+
+
+def reanalyse(cfg: dict, source: Path) -> tuple[dict, Path]:
+    """--from-predictions: every statistic, results.json, report.md and plots from a predictions.csv."""
+    eval_dir = stage_dir(cfg, "eval")
+    target = eval_dir / "predictions.csv"
+    in_place = target.is_file() and source.resolve() == target.resolve()
+    rows = report.read_predictions(source)
+    previous = {}
+    if in_place and (eval_dir / "results.json").is_file():
+        previous = analysis._read_json(eval_dir / "results.json")
+    elif not in_place:
+        data = source.read_bytes()  # before prepare_run_dir may clear a folder that holds the source
+        eval_dir = prepare_run_dir(eval_dir, cfg, done_marker="results.json")
+        target.write_bytes(data)
+        write_run_info(eval_dir, cfg, stage="eval", reanalysed_from=str(source))
+    meta = {**previous.get("meta", {}), "reanalysed_from": str(source), "reanalysis_settings": {
+        "bootstrap_samples": cfg["eval"]["bootstrap_samples"], "alpha": cfg["eval"]["alpha"], "seed": cfg["seed"]}}
+    results = _analyse(rows, cfg, meta, str(source))
+    results["meta"]["n_pairs"] = next(iter(results["models"].values()))["n_pairs"]
+    if "stability" in previous:
+        results["stability"] = previous["stability"]
+    if previous:  # kept: the numbers it held were derived, but a user may want to compare
+        (eval_dir / "results.json").replace(eval_dir / "results.previous.json")
+    print(f"[eval] re-analysed {source}: models {', '.join(rows)}; no model loaded")
+    return results, report.write_evaluation(eval_dir, results, rows, predictions=False)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args, cfg = parse_args(__doc__, argv)
+    args, cfg = parse_args(__doc__, argv, extra=lambda p: p.add_argument(
+        "--from-predictions", metavar="PATH", help="recompute every statistic from this predictions.csv; no model"))
+    if args.from_predictions:
+        results, path = reanalyse(cfg, Path(args.from_predictions))
+        print(report.format_table(results))
+        print(report.format_verdict(results))
+        print(f"[eval] results: {path}")
+        return 0
+
+    from dporec import models
     backend = models.resolve_backend(cfg["model"]["backend"])  # imports unsloth first when chosen
     ec = cfg["eval"]
     test_file = cfg["data"]["test_file"]
@@ -185,38 +251,30 @@ def main(argv: list[str] | None = None) -> int:
 
     t0 = time.perf_counter()
     model, tok = load_models(cfg, backend, adapters)
+    from dporec import scoring
     info = scoring.ScoringInfo()
     rows, seconds = score_all(model, tok, examples, adapters, cfg, info=info)
     needed = _unquantized_bytes(model, models.compute_dtype(cfg)) if ec["stability"] else 0
     del model  # the 4-bit model goes before a 16-bit copy may be loaded
     models.release_memory()
 
-    results = {"models": {name: stats.model_metrics(r, alpha=ec["alpha"]) for name, r in rows.items()}}
-    results["comparison"] = (stats.compare(rows["sft"], rows["dpo"], n_boot=ec["bootstrap_samples"],
-                                           seed=cfg["seed"], alpha=ec["alpha"])
-                             if "sft" in rows and "dpo" in rows else None)
+    meta = {
+        "test_file": str(test_file), "n_pairs": len(examples), "prompt_format": cfg["data"]["prompt_format"],
+        "model": cfg["model"]["name"], "backend": backend, "load_in_4bit": cfg["model"]["load_in_4bit"],
+        "scoring": "likelihood, both option orders", "decision_span_fallbacks": info.fallback_decision_spans,
+        "adapters": {n: (str(p) if p else None) for n, p in adapters.items()},
+        "seconds_per_model": seconds, "test_balance": D.balance(examples),
+    }
+    results = _analyse(rows, cfg, meta, str(test_file))
     if ec["stability"]:
         if cfg["model"]["load_in_4bit"]:
             results["stability"] = stability(cfg, backend, examples, adapters, rows, needed)
         else:
             results["stability"] = {"status": "skipped", "reason": "model.load_in_4bit=false: nothing to compare"}
-    results["meta"] = {
-        "test_file": str(test_file), "n_pairs": len(examples), "prompt_format": cfg["data"]["prompt_format"],
-        "model": cfg["model"]["name"], "backend": backend, "load_in_4bit": cfg["model"]["load_in_4bit"],
-        "scoring": "likelihood, both option orders", "decision_span_fallbacks": info.fallback_decision_spans,
-        "adapters": {n: (str(p) if p else None) for n, p in adapters.items()},
-        "seconds_per_model": seconds, "wall_seconds": round(time.perf_counter() - t0, 1),
-        "test_balance": D.balance(examples),
-    }
+    results["meta"]["wall_seconds"] = round(time.perf_counter() - t0, 1)
 
-    all_rows = [r for name in rows for r in rows[name]]
-    report.write_predictions(eval_dir, all_rows)
-    report.plot_accuracy(eval_dir, results)
-    report.plot_confidence(eval_dir, rows)
-    report.write_report_md(eval_dir, results)
-    write_run_info(eval_dir, cfg, stage="eval", backend=backend, adapters=results["meta"]["adapters"])
-    path = report.write_results(eval_dir, results)  # last: its presence marks a finished evaluation
-
+    write_run_info(eval_dir, cfg, stage="eval", backend=backend, adapters=meta["adapters"])
+    path = report.write_evaluation(eval_dir, results, rows)  # results.json last: marks a finished evaluation
     print(report.format_table(results))
     print(report.format_verdict(results))
     print(f"[eval] results: {path}")

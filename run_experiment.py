@@ -18,11 +18,14 @@ Stages and the file that marks each one finished (a stage whose marker exists is
     sft          <run>/sft/metrics.json                         (train_sft.py)
     dpo          <run>/dpo/metrics.json                         (train_dpo.py)
     sft_control  <run>/sft_control/metrics.json, with experiment.control_arm=true: SFT continued from
-                 the SFT adapter for as many optimizer steps as the DPO stage took, so "DPO beats SFT"
-                 can be told apart from "more training beats less" (train_sft.py)
+                 the SFT adapter for as many optimizer steps as the DPO stage took, at the DPO stage's
+                 learning rate (batch, schedule, warmup, optimizer, examples and seed are shared), so
+                 "DPO beats SFT" can be told apart from "more training beats less" (train_sft.py);
+                 report.md lists what is matched and what cannot be
     eval         <run>/eval/results.json                        (evaluate_dpo.py)
 <run> is output_dir, or output_dir/seed-<s> for each s in `seeds`. With seeds, output_dir/aggregate.json
-and aggregate.md hold mean ± sd per metric and model, the per-seed verdicts and a pooled comparison.
+and aggregate.md hold mean ± sd per metric and model, the per-seed verdicts and a pooled comparison
+(each test pair's score averaged over the seeds first: n is the number of distinct pairs).
 Each stage runs in this process through its script's main(), with the same config and overrides.
 A stage folder without its marker but with checkpoint-N/ folders is continued (--resume is passed to
 it), so rerunning this command after an interruption is all it takes; --resume here is accepted for
@@ -35,21 +38,17 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 ROOT = Path(__file__).resolve().parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from dporec import UserError, report, stats  # noqa: E402
+from dporec import UserError, analysis, report  # noqa: E402
 from dporec.models import release_memory  # noqa: E402
 from dporec.config import load_config, parse_args, run_main  # noqa: E402
 
 # Overrides that run_experiment decides per stage or per seed instead of passing them through.
 _OWN_KEYS = ("seeds", "resume", "overwrite")
-METRICS = ("accuracy", "accuracy_original_order", "accuracy_swapped_order", "accuracy_both_orders",
-           "consistency", "first_option_rate", "mean_margin")
-CONTROL = "sft_control"
+CONTROL = analysis.CONTROL
 
 
 # ---------------------------------------------------------------------------------------------
@@ -116,7 +115,7 @@ def run_once(config: str, overrides: list[str], overwrite: bool) -> tuple[dict, 
     status["dpo"] = run_stage("dpo", out / "dpo" / "metrics.json", train_dpo.main, argv, overwrite)
     eval_argv, expected = argv, set(cfg["eval"]["models"]) | set(cfg["eval"]["adapters"])
     if cfg["experiment"]["control_arm"]:
-        control = control_overrides(cfg)
+        control = analysis.control_overrides(out / "dpo", out / "sft", CONTROL)
         status[CONTROL] = run_stage(CONTROL, out / CONTROL / "metrics.json", train_sft.main,
                                     argv + control, overwrite)
         adapters = {**cfg["eval"]["adapters"], CONTROL: str(out / CONTROL)}
@@ -126,28 +125,11 @@ def run_once(config: str, overrides: list[str], overwrite: bool) -> tuple[dict, 
     stale = results_file.is_file() and not expected <= set(_read_json(results_file)["models"])
     status["eval"] = run_stage("eval", results_file, evaluate_dpo.main, eval_argv, overwrite or stale)
     results = _read_json(results_file)
-    if CONTROL in results["models"] and "dpo" in results["models"]:
-        results["comparison_control"] = control_comparison(out / "eval", cfg)
+    if results.get("comparison") and "p_value" not in results["comparison"]:
+        print("[eval] results.json predates the paired permutation test: re-analysing its predictions.csv")
+        evaluate_dpo.main([*eval_argv, "--from-predictions", str(out / "eval" / "predictions.csv")])
+        results = _read_json(results_file)
     return results, status
-
-
-def control_overrides(cfg: dict) -> list[str]:
-    """SFT continued from the SFT adapter for exactly as many optimizer steps as DPO took."""
-    out = Path(cfg["output_dir"])
-    steps = _read_json(out / "dpo" / "metrics.json").get("steps")
-    if not isinstance(steps, int) or steps <= 0:
-        raise UserError(f"{out / 'dpo' / 'metrics.json'} has no positive 'steps' count; cannot size the control arm")
-    return [f"sft.init_adapter={out / 'sft'}", f"sft.run_name={CONTROL}", f"sft.max_steps={steps}"]
-
-
-def control_comparison(eval_dir: Path, cfg: dict) -> dict:
-    """DPO vs the compute-matched SFT control (the control plays the 'sft' side of stats.compare)."""
-    rows = report.read_predictions(eval_dir / "predictions.csv")
-    ec = cfg["eval"]
-    comp = stats.compare(rows[CONTROL], rows["dpo"], n_boot=ec["bootstrap_samples"], seed=cfg["seed"],
-                         alpha=ec["alpha"])
-    _write_if_changed(eval_dir / "comparison_control.json", json.dumps(report._jsonable(comp), indent=2) + "\n")
-    return comp
 
 
 # ---------------------------------------------------------------------------------------------
@@ -163,43 +145,12 @@ def _read_json(path: Path) -> dict:
 # ---------------------------------------------------------------------------------------------
 # Aggregation over seeds
 
-def _metric(m: dict, key: str):
-    return m["confidence"]["mean_margin"] if key == "mean_margin" else m.get(key)
-
-
-def _mean_sd(values: list[float]) -> dict:
-    v = np.array([x for x in values if x is not None], dtype=float)
-    sd = float(v.std(ddof=1)) if v.size > 1 else None
-    return {"mean": float(v.mean()) if v.size else None, "sd": sd, "values": values}
-
-
-def pooled_rows(runs: dict, model: str) -> list[dict]:
-    """One model's rows from every seed; pair ids prefixed by seed, user ids kept, so the
-    user-clustered bootstrap resamples a user together with all of that user's rows in every seed."""
-    return [{**r, "pair_id": f"seed{seed}:{r['pair_id']}"} for seed, rows in runs.items() for r in rows[model]]
-
-
 def aggregate(results_by_seed: dict, out_dir: Path, cfg: dict) -> dict:
     """aggregate.json + aggregate.md from each seed's results.json and predictions.csv."""
-    models = list(next(iter(results_by_seed.values()))["models"])
-    metrics = {m: {k: _mean_sd([_metric(r["models"][m], k) for r in results_by_seed.values()]) for k in METRICS}
-               for m in models}
-    per_seed = {str(s): {"output_dir": str(out_dir / f"seed-{s}"), "comparison": _brief(r.get("comparison")),
-                         "comparison_control": _brief(r.get("comparison_control"))}
-                for s, r in results_by_seed.items()}
     rows = {s: report.read_predictions(out_dir / f"seed-{s}" / "eval" / "predictions.csv") for s in results_by_seed}
-    ec = cfg["eval"]
-    kw = dict(n_boot=ec["bootstrap_samples"], seed=cfg["seed"], alpha=ec["alpha"])
-    pooled = stats.compare(pooled_rows(rows, "sft"), pooled_rows(rows, "dpo"), **kw) if "sft" in models and "dpo" in models else None
-    pooled_control = (stats.compare(pooled_rows(rows, CONTROL), pooled_rows(rows, "dpo"), **kw)
-                      if CONTROL in models and "dpo" in models else None)
-    agg = report._jsonable({"seeds": list(results_by_seed), "models": models, "metrics": metrics,
-                            "per_seed": per_seed, "pooled": pooled, "pooled_control": pooled_control,
-                            "note": "pooled: all seeds' test decisions together; the bootstrap CI resamples "
-                                    "users across seeds, but the McNemar p treats each seed's copy of a test "
-                                    "pair as independent, so it is optimistic"})
+    agg = report._jsonable(analysis.aggregate_seeds(results_by_seed, rows, cfg, out_dir))
     _write_if_changed(out_dir / "aggregate.json", json.dumps(agg, indent=2) + "\n")
-    _write_if_changed(out_dir / "aggregate.md", aggregate_markdown(agg) + "\n")
+    _write_if_changed(out_dir / "aggregate.md", report.aggregate_markdown(agg) + "\n")
     return agg
 
 
@@ -207,41 +158,6 @@ def _write_if_changed(path: Path, text: str) -> None:
     """Rewriting identical content would make a fully skipped rerun look like it produced something."""
     if not (path.is_file() and path.read_text(encoding="utf-8") == text):
         path.write_text(text, encoding="utf-8")
-
-
-def _brief(c: dict | None) -> dict | None:
-    keys = ("sft_accuracy", "dpo_accuracy", "difference", "ci95", "mcnemar_p", "significant", "verdict")
-    return {k: c[k] for k in keys} if c else None
-
-
-def _pm(s: dict, pct: bool) -> str:
-    if s["mean"] is None:
-        return "n/a"
-    scale, unit = (100, "%") if pct else (1, "")
-    sd = "" if s["sd"] is None else f" ± {scale * s['sd']:.1f}"
-    return f"{scale * s['mean']:.1f}{sd}{unit}" if pct else f"{s['mean']:+.2f}{sd}"
-
-
-def aggregate_markdown(agg: dict) -> str:
-    lines = [f"# DPO vs SFT over seeds {', '.join(map(str, agg['seeds']))}", "",
-             "Mean ± sample sd over seeds (training seed; same test pairs).", "",
-             "| Model | " + " | ".join(METRICS) + " |", "|---|" + "---:|" * len(METRICS)]
-    for m, ms in agg["metrics"].items():
-        lines.append(f"| {m} | " + " | ".join(_pm(ms[k], k != "mean_margin") for k in METRICS) + " |")
-    lines += ["", "## Per seed", "", "| Seed | SFT | DPO | DPO − SFT [95% CI] | McNemar p | Verdict |",
-              "|---|---:|---:|---:|---:|---|"]
-    for s, r in agg["per_seed"].items():
-        c = r["comparison"]
-        if c:
-            lines.append(f"| {s} | {100 * c['sft_accuracy']:.1f}% | {100 * c['dpo_accuracy']:.1f}% | "
-                         f"{100 * c['difference']:+.1f} [{100 * c['ci95'][0]:+.1f}, {100 * c['ci95'][1]:+.1f}] | "
-                         f"{stats.format_p(c['mcnemar_p'])} | {c['verdict']} |")
-    for key, title in (("pooled", "Pooled over seeds: DPO vs SFT"),
-                       ("pooled_control", "Pooled over seeds: DPO vs the compute-matched SFT control")):
-        if agg[key]:
-            lines += ["", f"## {title}", "", f"**{stats.verdict_sentence(agg[key])}**"]
-    lines += ["", f"Note: {agg['note']}."]
-    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -260,8 +176,6 @@ def main(argv: list[str] | None = None) -> int:
         status.update(st)
         print(report.format_table(results))
         print(report.format_verdict(results))
-        if results.get("comparison_control"):
-            print(_control_block(results["comparison_control"]))
         _print_status(status, time.perf_counter() - t0)
         print(f"results: {out_dir / 'eval' / 'results.json'}")
         return 0
@@ -281,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nseed {s}:")
         print(report.format_table(results))
     print()
-    print(aggregate_markdown(agg))
+    print(report.aggregate_markdown(agg))
     if agg["pooled"]:
         print(report.format_verdict({"comparison": agg["pooled"]}))
     _print_status(status, time.perf_counter() - t0)
@@ -289,11 +203,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"results (seed {s}): {out_dir / f'seed-{s}' / 'eval' / 'results.json'}")
     print(f"aggregate: {out_dir / 'aggregate.json'} and {out_dir / 'aggregate.md'}")
     return 0
-
-
-def _control_block(c: dict) -> str:
-    return ("Compute-matched control (SFT continued for as many steps as DPO) vs DPO:\n  "
-            + stats.verdict_sentence(c).replace("vs SFT", "vs SFT-control"))
 
 
 def _print_status(status: dict, seconds: float) -> None:

@@ -8,7 +8,9 @@ Modules, by concept:
   models   - backend choice (unsloth / hf), 4-bit loading, LoRA, adapters, tiny test model
   training - thin glue around TRL's SFTTrainer / DPOTrainer (resume, metrics, OOM advice)
   scoring  - likelihood scoring of both answers in both option orders; optional generation
-  stats    - Wilson intervals, McNemar, paired bootstrap, power, verdict
+  metrics  - the prediction-row contract and per-model metrics with user-clustered bootstrap intervals
+  stats    - the paired permutation test over users and its CI, bootstrap, McNemar, test size, verdict
+  analysis - from prediction rows to results.json content: comparisons, control arm, seeds
   report   - results.json, predictions.csv, plots, report.md, console tables
 
 Nothing here imports transformers/trl/peft at module import time: Unsloth must be imported

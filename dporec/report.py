@@ -1,9 +1,13 @@
 """Reporting: results.json, predictions.csv, accuracy/confidence plots, report.md and console text.
 
-The results dict (built by the evaluation script) is laid out as
+The results dict (dporec/analysis.build_results) is laid out as
 
-    {"models": {name: stats.model_metrics(rows)},
+    {"models": {name: metrics.model_metrics(rows)},
      "comparison": stats.compare(rows_sft, rows_dpo) or None (when "sft" or "dpo" is missing),
+     "comparison_control": stats.compare(rows_sft_control, rows_dpo) or None,
+     "control_arm": analysis.control_matching(...) or None,
+     "baselines": optional {name: {"accuracy": float | None, "accuracy_ci95": [lo, hi] (optional),
+                                   "n_pairs": int (optional), "reason": str (optional, when not available)}},
      "meta": {...}}   # free-form: test file, n_pairs, config path, timings
 
 Plots use matplotlib's Agg canvas directly (no pyplot), so they work headless and never touch the
@@ -18,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import stats
+from . import UserError, metrics, stats
 
 # predictions.csv columns, in this order; any other keys the scorer adds follow, sorted by name.
 PREDICTION_COLUMNS = (
@@ -79,29 +83,52 @@ def write_predictions(eval_dir, rows) -> Path:
 # Plots
 # --------------------------------------------------------------------------------------------
 
-def read_predictions(path: Path) -> dict[str, list[dict]]:
-    """predictions.csv (write_predictions) back into typed prediction rows, by model.
+def read_predictions(path) -> dict[str, list[dict]]:
+    """predictions.csv (write_predictions, this or any earlier version) back into typed prediction
+    rows, by model, in file order.
 
-    Empty cells were None or absent fields: they are dropped again, except 'parsed' where the
-    file has generations (an invalid generated answer is parsed=None, not a missing field).
+    Empty cells were None or absent fields: they are dropped again, except 'parsed' where the file
+    has generations (an invalid generated answer is parsed=None, not a missing field). A malformed
+    file raises UserError naming FILE:LINE and the column.
     """
-    with open(path, newline="", encoding="utf-8") as f:
-        raw = list(csv.DictReader(f))
-    has_generation = any(r.get("generated") for r in raw)
+    path = Path(path)
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            raw = [(reader.line_num, r) for r in reader]
+            columns = reader.fieldnames or []
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise UserError(f"cannot read {path}: {e}") from None
+    missing = [c for c in ("model", "pair_id", "order", "label", "logp_a", "logp_b") if c not in columns]
+    if missing:
+        raise UserError(f"{path}: not a predictions.csv: no column(s) {missing} (has {columns[:8]})")
+    if not raw:
+        raise UserError(f"{path}: no prediction rows")
+    has_generation = any(r.get("generated") for _, r in raw)
     by_model: dict[str, list[dict]] = {}
-    for r in raw:
+    for line, r in raw:
+        if None in r:
+            raise UserError(f"{path}:{line}: more cells than the header has columns")
         row = {}
         for k, v in r.items():
-            if v == "":
+            if v is None or v == "":
                 if k == "parsed" and has_generation:
                     row[k] = None
                 continue
             if k.startswith("logp_"):
-                row[k] = float(v)
+                try:
+                    row[k] = float(v)
+                except ValueError:
+                    raise UserError(f"{path}:{line}: column {k!r} must be a number, got {v!r}") from None
             elif k in ("correct", "correct_full"):
+                if v not in ("True", "False"):
+                    raise UserError(f"{path}:{line}: column {k!r} must be True or False, got {v!r}")
                 row[k] = v == "True"
             else:
                 row[k] = v
+        for k in ("model", "pair_id", "order", "label", "logp_a", "logp_b"):
+            if k not in row:
+                raise UserError(f"{path}:{line}: column {k!r} is empty")
         by_model.setdefault(row["model"], []).append(row)
     return by_model
 
@@ -117,7 +144,7 @@ def _figure(width: float, height: float):
 
 def plot_accuracy(eval_dir, results: dict) -> Path:
     """accuracy.png: per model, bars for original order, swapped order and two-order average, with
-    Wilson 95% intervals."""
+    95% intervals from the user-clustered bootstrap (metrics.model_metrics)."""
     models = results["models"]
     if not models:
         raise ValueError("plot_accuracy: results has no models")
@@ -131,13 +158,14 @@ def plot_accuracy(eval_dir, results: dict) -> Path:
     for i, (key, label, alpha) in enumerate(bars):
         vals = np.array([m[key] for m in models.values()])
         cis = np.array([m[key + "_ci95"] for m in models.values()], dtype=float)
-        yerr = np.vstack([vals - cis[:, 0], cis[:, 1] - vals])
+        yerr = np.maximum(0, np.vstack([vals - cis[:, 0], cis[:, 1] - vals]))
         ax.bar(x + (i - 1) * width, vals, width, yerr=yerr, capsize=3, label=label,
                color="#4C72B0", alpha=alpha, edgecolor="black", linewidth=0.5)
     ax.axhline(0.5, color="grey", linestyle="--", linewidth=0.8, label="chance")
     ax.set_xticks(x, [f"{name}\n(n={m['n_pairs']})" for name, m in models.items()])
     ax.set_ylim(0, 1.05)
-    ax.set_ylabel("accuracy (Wilson 95% CI)")
+    how = next(iter(models.values())).get("clustering")
+    ax.set_ylabel("accuracy (95% CI, " + metrics.bootstrap_label(how or metrics.BY_USERS) + ")")
     ax.set_title("Pairwise ranking accuracy by option order")
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, fontsize=8, frameon=False)
     fig.tight_layout()
@@ -183,12 +211,13 @@ def plot_confidence(eval_dir, rows_by_model: dict) -> Path:
 # Text
 # --------------------------------------------------------------------------------------------
 
+
 def _pct(x) -> str:
     return "n/a" if x is None else f"{100 * x:.1f}%"
 
 
 def _ci(ci) -> str:
-    return f"[{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]"
+    return "" if ci is None else f"[{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]"
 
 
 def _md_table(models: dict, block: str | None) -> list[str]:
@@ -204,36 +233,107 @@ def _md_table(models: dict, block: str | None) -> list[str]:
     return lines
 
 
+# ---- baselines (results["baselines"], filled by the baseline rules when the evaluation has them)
+
+def strongest_baseline(results: dict) -> tuple[str, dict] | None:
+    """(name, block) of the available baseline with the highest accuracy, or None."""
+    avail = [(n, b) for n, b in (results.get("baselines") or {}).items() if b.get("accuracy") is not None]
+    return max(avail, key=lambda nb: nb[1]["accuracy"]) if avail else None
+
+
+def _baseline_md(results: dict) -> list[str]:
+    base = results.get("baselines") or {}
+    if not base:
+        return []
+    lines = ["", "## Baselines (simple rules on the same test pairs, both orders)", "",
+             "| Baseline | Pairs | Two-order accuracy [95% CI] |", "|---|---:|---:|"]
+    for name, b in base.items():
+        if b.get("accuracy") is None:
+            lines.append(f"| {name} | {b.get('n_pairs', '')} | not available: {b.get('reason', 'no data')} |")
+        else:
+            lines.append(f"| {name} | {b.get('n_pairs', '')} | {_pct(b['accuracy'])} {_ci(b.get('accuracy_ci95'))} |")
+    return lines
+
+
+def baseline_verdict(results: dict) -> str | None:
+    """Whether each model's two-order accuracy beats the strongest baseline's (point estimates)."""
+    top = strongest_baseline(results)
+    if top is None:
+        return None
+    name, b = top
+    parts = []
+    for model, m in results["models"].items():
+        pts = stats._signed(100 * (m["accuracy"] - b["accuracy"]))
+        word = "beats it" if m["accuracy"] > b["accuracy"] else "does not beat it"
+        parts.append(f"{model} {_pct(m['accuracy'])} {word} ({pts} points)")
+    return f"Strongest baseline: {name} at {_pct(b['accuracy'])}; " + "; ".join(parts) + "."
+
+
+# ---- comparisons
+
 def _sentence(comparison: dict) -> str:
     return comparison.get("sentence") or stats.verdict_sentence(comparison)
 
 
 def _comparison_lines(c: dict) -> list[str]:
+    a, b = c.get("names") or ("SFT", "DPO")
+    sg = stats._signed
     lo, hi = c["ci95"]
-    need = c["min_pairs_for_power80"]
-    return [
-        f"- Test pairs: {c['n_pairs']:,} from {c['n_users']:,} users, each scored in both option orders",
-        f"- Two-order accuracy: SFT {_pct(c['sft_accuracy'])}, DPO {_pct(c['dpo_accuracy'])}; "
-        f"difference (DPO \u2212 SFT) {stats._signed(100 * c['difference'])} points",
-        f"- 95% CI of the difference: {stats._signed(100 * lo)} to {stats._signed(100 * hi)} points "
-        f"(paired bootstrap resampling users, {c['n_boot']:,} resamples, percentile)",
-        f"- Exact McNemar (sign) test on pairs whose two-order scores differ: DPO better on "
-        f"{c['n_discordant']['dpo_better']}, SFT better on {c['n_discordant']['sft_better']}; "
-        f"{stats.format_p(c['mcnemar_p'])}",
-        "- Test pairs for 80% power at this difference and discordance: "
-        + ("n/a (no difference)" if need is None else f"{need:,}"),
+    runs = c.get("n_runs", 1)
+    lines = [
+        f"- Test pairs: {c['n_pairs']:,} from {c['n_users']:,} users, each scored in both option orders"
+        + (f"; each pair's score averaged over {runs} seeds first" if runs > 1 else "")
+        + ("; no user ids, so every pair is its own cluster" if c.get("clustering") == stats.BY_PAIRS else ""),
+        f"- Two-order accuracy: {a} {_pct(c['sft_accuracy'])}, {b} {_pct(c['dpo_accuracy'])}; "
+        f"difference ({b} \u2212 {a}) {sg(100 * c['difference'])} points; {b} scores higher on "
+        f"{c['pairs_dpo_higher']} pairs, {a} on {c['pairs_sft_higher']}",
+        f"- Paired test: {c['test']}: {stats.format_p(c['p_value'])}",
+        f"- 95% CI of the difference: {sg(100 * lo)} to {sg(100 * hi)} points (excludes 0 exactly when "
+        f"p < {c['alpha']:g}); {c['bootstrap']}: {sg(100 * c['bootstrap_ci95'][0])} to "
+        f"{sg(100 * c['bootstrap_ci95'][1])} points",
     ]
+    mc = c.get("mcnemar_both_orders")
+    if mc:
+        lines.append(f"- Secondary, a different quantity: exact McNemar test on strict right-in-both-orders "
+                     f"correctness: only {b} right in both on {mc['dpo_only']} pairs, only {a} on "
+                     f"{mc['sft_only']}; {stats.format_p(mc['p'])}")
+    need, need2 = c["min_pairs_for_power80"], c["min_pairs_for_2_points"]
+    lines.append(f"- Test size for {100 * c['power']:g}% power, from the per-pair differences (sd "
+                 f"{c['sd_pair_difference']:.3f}) and the design effect of clustering ({c['design_effect']:.2f}): "
+                 + ("n/a for this difference" if need is None else f"{need:,} pairs for a difference this size")
+                 + ("" if need2 is None else f", {need2:,} pairs for 2 points"))
+    return lines
+
+
+def _control_md(results: dict) -> list[str]:
+    c = results.get("comparison_control")
+    if not c:
+        return []
+    lines = ["", "## DPO vs the compute-matched SFT control", "",
+             "SFT continued from the SFT adapter for as many optimizer steps as DPO took: tells \"DPO beats SFT\" "
+             "apart from \"more training beats less\".", ""] + _comparison_lines(c) + ["", f"**{_sentence(c)}**"]
+    match = results.get("control_arm")
+    if match:
+        lines += ["", "| What | DPO | SFT control | Matched |", "|---|---:|---:|---|"]
+        lines += [f"| {i['what']} | {i['dpo']} | {i['control']} | {'yes' if i['matched'] else 'NO'} |"
+                  for i in match["items"]]
+        lines += ["", f"Not matchable: {match['not_matchable']}."]
+    else:
+        lines += ["", "What the control matches is unknown: its run folder or the DPO run folder (config.yaml, "
+                      "metrics.json) is not there."]
+    return lines
 
 
 def write_report_md(eval_dir, results: dict) -> Path:
-    """report.md: model table, SFT-vs-DPO comparison and verdict sentence."""
+    """report.md: model table, baselines, SFT-vs-DPO comparison, verdict, control arm, run facts."""
     models = results["models"]
+    how = metrics.bootstrap_label(next(iter(models.values())).get("clustering") or metrics.BY_USERS)
     lines = ["# Evaluation: DPO vs SFT ranking adherence", ""]
     lines += _md_table(models, None)
-    lines += ["", "Accuracy averages both option orders of every test pair (2 decisions per pair); the Wilson "
-              "interval treats those decisions as independent, so it is slightly too narrow. "
-              "Consistency: the same movie is chosen in both orders. Margin: log p(correct answer) "
-              "\u2212 log p(wrong answer) of the decision sentence, in nats. Exact ties count as wrong."]
+    lines += ["", f"Accuracy averages both option orders of every test pair; intervals: percentile {how} of the "
+              "per-pair scores. Consistency: the same movie is chosen in both orders. Margin: log p(correct "
+              "answer) \u2212 log p(wrong answer) of the decision sentence, in nats. Exact ties count as wrong."]
+    lines += _baseline_md(results)
     if all(m.get("full_answer") for m in models.values()):
         lines += ["", "## Full-answer scores (decision + reasoning + EOS)", ""]
         lines += _md_table(models, "full_answer")
@@ -251,9 +351,13 @@ def write_report_md(eval_dir, results: dict) -> Path:
         lines += _comparison_lines(c)
         lines += ["", f"**{_sentence(c)}**", "",
                   "The verdict label compares the point estimates with the 2-point threshold; read it "
-                  "together with the confidence interval and the p-value."]
+                  "together with the confidence interval and the p-value, which test that same difference."]
     else:
         lines.append("No comparison: it needs predictions from both an `sft` and a `dpo` model.")
+    clause = baseline_verdict(results)
+    if clause:
+        lines += ["", clause]
+    lines += _control_md(results)
     meta = {k: v for k, v in (results.get("meta") or {}).items() if isinstance(v, (str, int, float, bool))}
     if meta:
         lines += ["", "## Run", ""] + [f"- {k}: {v}" for k, v in meta.items()]
@@ -263,8 +367,21 @@ def write_report_md(eval_dir, results: dict) -> Path:
     return path
 
 
+def write_evaluation(eval_dir, results: dict, rows_by_model: dict, predictions: bool = True) -> Path:
+    """Every evaluation file; results.json last (its presence marks a finished evaluation)."""
+    if predictions:
+        write_predictions(eval_dir, [r for rows in rows_by_model.values() for r in rows])
+    plot_accuracy(eval_dir, results)
+    plot_confidence(eval_dir, rows_by_model)
+    write_report_md(eval_dir, results)
+    if results.get("comparison_control"):
+        path = Path(eval_dir) / "comparison_control.json"
+        path.write_text(json.dumps(_jsonable(results["comparison_control"]), indent=2) + "\n", encoding="utf-8")
+    return write_results(eval_dir, results)
+
+
 def format_table(results: dict) -> str:
-    """Fixed-width plain-text table of the per-model metrics, for the console."""
+    """Fixed-width plain-text table of the per-model metrics (and baselines), for the console."""
     header = ("model", "pairs", "acc", "95% CI", "orig", "swap", "both", "consist", "first-A", "margin")
     rows = []
     for name, m in results["models"].items():
@@ -272,15 +389,64 @@ def format_table(results: dict) -> str:
                      _pct(m["accuracy_original_order"]), _pct(m["accuracy_swapped_order"]),
                      _pct(m["accuracy_both_orders"]), _pct(m["consistency"]),
                      _pct(m["first_option_rate"]), f"{m['confidence']['mean_margin']:+.2f}"))
+    for name, b in (results.get("baselines") or {}).items():
+        rows.append((f"baseline: {name}", str(b.get("n_pairs", "")), _pct(b.get("accuracy")),
+                     _ci(b.get("accuracy_ci95")), "", "", "", "", "", ""))
     widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
     fmt = lambda r: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
     return "\n".join([fmt(header), "  ".join("-" * w for w in widths)] + [fmt(r) for r in rows])
 
 
 def format_verdict(results: dict) -> str:
-    """Console block with the SFT-vs-DPO comparison and the verdict sentence."""
+    """Console block with the SFT-vs-DPO comparison, the verdict sentence, the baseline clause and
+    the control arm's sentence."""
     c = results.get("comparison")
     rule = "=" * 72
     if not c:
         return "\n".join([rule, "No SFT-vs-DPO comparison (needs both 'sft' and 'dpo' predictions).", rule])
-    return "\n".join([rule, "SFT vs DPO"] + _comparison_lines(c) + ["", _sentence(c), rule])
+    lines = [rule, "SFT vs DPO"] + _comparison_lines(c) + ["", _sentence(c)]
+    clause = baseline_verdict(results)
+    if clause:
+        lines += [clause]
+    cc = results.get("comparison_control")
+    if cc:
+        lines += ["", "Compute-matched control (SFT continued for as many steps as DPO) vs DPO:", _sentence(cc)]
+        match = results.get("control_arm")
+        if match:
+            lines.append(f"Matched: {', '.join(match['matched'])}"
+                         + (f"; NOT matched: {', '.join(match['not_matched'])}" if match["not_matched"] else ""))
+    return "\n".join(lines + [rule])
+
+
+# ---- seeds (analysis.aggregate_seeds)
+
+def _pm(s: dict, pct: bool) -> str:
+    if s["mean"] is None:
+        return "n/a"
+    scale, unit = (100, "%") if pct else (1, "")
+    sd = "" if s["sd"] is None else f" ± {scale * s['sd']:.1f}"
+    return f"{scale * s['mean']:.1f}{sd}{unit}" if pct else f"{s['mean']:+.2f}{sd}"
+
+
+def aggregate_markdown(agg: dict) -> str:
+    keys = list(next(iter(agg["metrics"].values())))
+    lines = [f"# DPO vs SFT over seeds {', '.join(map(str, agg['seeds']))}", "",
+             "Mean ± sample sd over seeds (training seed; same test pairs).", "",
+             "| Model | " + " | ".join(keys) + " |", "|---|" + "---:|" * len(keys)]
+    for m, ms in agg["metrics"].items():
+        lines.append(f"| {m} | " + " | ".join(_pm(ms[k], k != "mean_margin") for k in keys) + " |")
+    lines += ["", "## Per seed", "", "| Seed | SFT | DPO | DPO − SFT [95% CI] | Paired test p | Verdict |",
+              "|---|---:|---:|---:|---:|---|"]
+    for s, r in agg["per_seed"].items():
+        c = r["comparison"]
+        if c:
+            p = "n/a" if c.get("p_value") is None else stats.format_p(c["p_value"])
+            lines.append(f"| {s} | {100 * c['sft_accuracy']:.1f}% | {100 * c['dpo_accuracy']:.1f}% | "
+                         f"{100 * c['difference']:+.1f} [{100 * c['ci95'][0]:+.1f}, {100 * c['ci95'][1]:+.1f}] | "
+                         f"{p} | {c['verdict']} |")
+    for key, title in (("pooled", "Pooled over seeds: DPO vs SFT"),
+                       ("pooled_control", "Pooled over seeds: DPO vs the compute-matched SFT control")):
+        if agg.get(key):
+            lines += ["", f"## {title}", ""] + _comparison_lines(agg[key]) + ["", f"**{_sentence(agg[key])}**"]
+    lines += ["", f"Note: {agg['note']}."]
+    return "\n".join(lines)

@@ -1,300 +1,126 @@
-"""Statistics for the SFT-vs-DPO comparison: Wilson intervals, two-order metrics, exact McNemar,
-a user-clustered paired bootstrap, a McNemar power calculation and the verdict.
+"""Statistics for comparing two models on the same test pairs, and the verdict.
 
-Input: the scorer's prediction rows, one per (test pair, option order, model):
+The verdict prints the difference of two-order accuracies, i.e. the mean over test pairs of the
+per-pair difference d = score_DPO - score_SFT (scores in {0, 0.5, 1}). Everything here tests or
+bounds that same mean (README "Reading the verdict"):
 
-    {"model", "pair_id", "user_id", "order": "original"|"swapped", "label": "A"|"B",
-     "logp_a", "logp_b",                  # decision scores ("The better recommendation is Option A/B")
-     "logp_a_full", "logp_b_full",        # full answers incl. reasoning and EOS (optional)
-     "choice", "correct", "choice_full", "correct_full",
-     "option_a_id", "option_b_id",        # movie in each position
-     optional "generated", "parsed": "A"|"B"|None}
+  - p-value: a paired sign-flip permutation test of mean(d) = 0 that flips the sign of each USER's
+    total difference (pairs of one user share a history, so a user is the unit that is exchangeable
+    under "the models are equally good"); exact over all sign vectors for up to 12 users.
+  - 95% CI: the differences delta that the same test does not reject when d - delta is tested, so
+    the CI excludes 0 exactly when p < alpha and the two can never point different ways.
+  - A user-clustered percentile bootstrap CI of mean(d) is reported next to it, and an exact
+    McNemar test on strict right-in-both-orders correctness as a secondary line (a different
+    quantity: it ignores pairs a model gets right in one order only).
+  - Test size for 80% power from the variance of d and the users' design effect.
+  - Seeds: each test pair's scores are averaged over seeds first, so n is the number of distinct
+    pairs and repeating a seed adds nothing.
 
-Choices are re-derived from the log-probs (the scores are the source of truth) and checked against
-the stored "choice"/"correct" fields, so a scorer bug fails loudly instead of skewing the numbers.
-An exact tie (logp_a == logp_b) is choice "tie": wrong, and not a first-option pick.
-
-Every test pair is scored in both option orders, because position bias in LLM judges is large
-(NOTES.md). The headline metric is the two-order accuracy: the mean over the 2n decisions, which is
-also the mean of per-pair scores in {0, 0.5, 1}.
+Per-model metrics (two-order accuracy with user-clustered bootstrap intervals) live in
+dporec/metrics.py and are re-exported here.
 """
 from __future__ import annotations
 
+import itertools
 import math
-from collections import defaultdict
 
 import numpy as np
-from scipy import special
 from scipy import stats as sps
 
-ORDERS = ("original", "swapped")
-LETTERS = ("A", "B")
-TIE = "tie"
+from .metrics import (BY_PAIRS, ORDERS, LETTERS, TIE, bootstrap_label, both_orders_correct,  # noqa: F401
+                      clusters, margins, model_metrics, per_pair_scores)
+
 SUPPORT_MARGIN_POINTS = 2.0  # the research question's "meaningfully better" threshold
-_REQUIRED = ("model", "pair_id", "user_id", "order", "label", "logp_a", "logp_b", "option_a_id", "option_b_id")
+EXACT_MAX_CLUSTERS = 12      # up to 2^12 = 4,096 sign vectors: enumerate them all
 _MINUS = "\u2212"
 
 
 # --------------------------------------------------------------------------------------------
-# Intervals and small helpers
-# --------------------------------------------------------------------------------------------
+# Resampling
 
-def wilson_ci(k: int, n: int, alpha: float = 0.05) -> tuple[float, float]:
-    """Wilson score interval for k successes out of n (closed form)."""
-    if n <= 0:
-        raise ValueError(f"wilson_ci needs n > 0, got n={n}")
-    if not 0 <= k <= n:
-        raise ValueError(f"wilson_ci needs 0 <= k <= n, got k={k}, n={n}")
-    z = float(sps.norm.ppf(1 - alpha / 2))
-    p = k / n
-    denom = 1 + z * z / n
-    center = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    # At k=0 or k=n the closed form lands on the bound only up to rounding; pin it exactly.
-    lo = 0.0 if k == 0 else max(0.0, center - half)
-    hi = 1.0 if k == n else min(1.0, center + half)
-    return (lo, hi)
+def _cluster_sums(values, labels):
+    v = np.asarray(values, dtype=float)
+    _, inv = np.unique(np.asarray([str(c) for c in labels]), return_inverse=True)
+    if inv.size != v.shape[0]:
+        raise ValueError(f"{v.shape[0]} values but {inv.size} cluster labels")
+    if v.shape[0] == 0:
+        raise ValueError("need at least one value")
+    sums = (np.bincount(inv, weights=v) if v.ndim == 1
+            else np.column_stack([np.bincount(inv, weights=v[:, j]) for j in range(v.shape[1])]))
+    return sums, np.bincount(inv).astype(float)
 
-
-def _choice(la: float, lb: float, where: str) -> str:
-    if math.isnan(la) or math.isnan(lb):
-        raise ValueError(f"{where}: log-prob is NaN (logp_a={la}, logp_b={lb})")
-    if la > lb:
-        return "A"
-    if lb > la:
-        return "B"
-    return TIE
-
-
-def _where(row: dict) -> str:
-    return f"model {row.get('model')!r}, pair {row.get('pair_id')!r}, order {row.get('order')!r}"
-
-
-# --------------------------------------------------------------------------------------------
-# Row validation and per-pair grouping
-# --------------------------------------------------------------------------------------------
-
-def _group(rows) -> dict[str, dict[str, dict]]:
-    """{pair_id: {"original": row, "swapped": row}} for ONE model, after checking the contract."""
-    rows = list(rows)
-    if not rows:
-        raise ValueError("no prediction rows")
-    models = sorted({str(r.get("model")) for r in rows})
-    if len(models) != 1:
-        raise ValueError(f"expected rows of one model, got models {models}")
-    pairs: dict[str, dict[str, dict]] = defaultdict(dict)
-    for r in rows:
-        missing = [k for k in _REQUIRED if k not in r]
-        if missing:
-            raise ValueError(f"{_where(r)}: prediction row lacks field(s) {missing}")
-        if r["order"] not in ORDERS:
-            raise ValueError(f"{_where(r)}: order must be one of {ORDERS}, got {r['order']!r}")
-        if r["label"] not in LETTERS:
-            raise ValueError(f"{_where(r)}: label must be 'A' or 'B', got {r['label']!r}")
-        pid = str(r["pair_id"])
-        if r["order"] in pairs[pid]:
-            raise ValueError(f"{_where(r)}: duplicate row for this pair and order")
-        pairs[pid][r["order"]] = r
-    for pid, by_order in pairs.items():
-        lacking = [o for o in ORDERS if o not in by_order]
-        if lacking:
-            raise ValueError(f"model {models[0]!r}, pair {pid!r}: missing the {lacking[0]!r} order; every "
-                             f"test pair must be scored in both option orders")
-        o, s = by_order["original"], by_order["swapped"]
-        if str(o["user_id"]) != str(s["user_id"]):
-            raise ValueError(f"model {models[0]!r}, pair {pid!r}: user_id differs between orders "
-                             f"({o['user_id']!r} vs {s['user_id']!r})")
-        if (str(o["option_a_id"]), str(o["option_b_id"])) != (str(s["option_b_id"]), str(s["option_a_id"])):
-            raise ValueError(f"model {models[0]!r}, pair {pid!r}: the swapped order must exchange the two "
-                             f"movies (original A={o['option_a_id']!r}, B={o['option_b_id']!r}; swapped "
-                             f"A={s['option_a_id']!r}, B={s['option_b_id']!r})")
-        if _movie(o, o["label"]) != _movie(s, s["label"]):
-            raise ValueError(f"model {models[0]!r}, pair {pid!r}: the correct movie differs between orders "
-                             f"({_movie(o, o['label'])!r} vs {_movie(s, s['label'])!r})")
-    return dict(pairs)
-
-
-def _movie(row: dict, letter: str) -> str | None:
-    if letter == "A":
-        return str(row["option_a_id"])
-    if letter == "B":
-        return str(row["option_b_id"])
-    return None  # a tie or an unparsable output picks no movie
-
-
-def _decision(row: dict, kind: str) -> tuple[str, bool, float]:
-    """(choice, correct, margin) of one row; kind 'decision' or 'full'. Checks the stored fields."""
-    suffix = "" if kind == "decision" else "_full"
-    la, lb = float(row["logp_a" + suffix]), float(row["logp_b" + suffix])
-    choice = _choice(la, lb, _where(row))
-    correct = choice == row["label"]
-    stored_choice, stored_correct = row.get("choice" + suffix), row.get("correct" + suffix)
-    if stored_choice is not None and stored_choice != choice:
-        raise ValueError(f"{_where(row)}: stored choice{suffix}={stored_choice!r} disagrees with the scores "
-                         f"(logp_a{suffix}={la}, logp_b{suffix}={lb} -> {choice!r}; exact ties must be 'tie')")
-    if stored_correct is not None and bool(stored_correct) != correct:
-        raise ValueError(f"{_where(row)}: stored correct{suffix}={stored_correct!r} disagrees with the scores")
-    margin = (la - lb) if row["label"] == "A" else (lb - la)
-    return choice, correct, margin
-
-
-def _has_full(rows) -> bool:
-    flags = {("logp_a_full" in r and "logp_b_full" in r) for r in rows}
-    if len(flags) > 1:
-        raise ValueError("some prediction rows have full-answer scores (logp_a_full/logp_b_full) and some do not")
-    return flags == {True}
-
-
-def _has_generation(rows) -> bool:
-    flags = {"parsed" in r for r in rows}
-    if len(flags) > 1:
-        raise ValueError("some prediction rows have a 'parsed' generation field and some do not")
-    return flags == {True}
-
-
-# --------------------------------------------------------------------------------------------
-# Per-model metrics
-# --------------------------------------------------------------------------------------------
-
-def _accuracy_block(pairs: dict, kind: str, alpha: float) -> dict:
-    n = len(pairs)
-    correct = {o: 0 for o in ORDERS}
-    both = consistent = first = ties = 0
-    margins = []
-    for by_order in pairs.values():
-        picked = {}
-        ok = {}
-        for o in ORDERS:
-            row = by_order[o]
-            choice, is_correct, margin = _decision(row, kind)
-            correct[o] += is_correct
-            ok[o] = is_correct
-            first += choice == "A"
-            ties += choice == TIE
-            picked[o] = _movie(row, choice)
-            margins.append(margin)
-        both += ok["original"] and ok["swapped"]
-        consistent += picked["original"] is not None and picked["original"] == picked["swapped"]
-    k = correct["original"] + correct["swapped"]
-    m = np.asarray(margins, dtype=float)
-    return {
-        "accuracy": k / (2 * n),
-        # Wilson over the 2n decisions treats the two orders of a pair as independent; they are
-        # positively correlated, so this interval is somewhat too narrow. compare() clusters properly.
-        "accuracy_ci95": wilson_ci(k, 2 * n, alpha),
-        "accuracy_original_order": correct["original"] / n,
-        "accuracy_original_order_ci95": wilson_ci(correct["original"], n, alpha),
-        "accuracy_swapped_order": correct["swapped"] / n,
-        "accuracy_swapped_order_ci95": wilson_ci(correct["swapped"], n, alpha),
-        "accuracy_both_orders": both / n,
-        "accuracy_both_orders_ci95": wilson_ci(both, n, alpha),
-        "consistency": consistent / n,
-        "first_option_rate": first / (2 * n),
-        "confidence": {
-            "mean_margin": float(np.mean(m)),
-            "median_margin": float(np.median(m)),
-            # sigmoid(margin) is the probability of the right letter when the choice is restricted to A/B
-            "mean_prob_correct": float(np.mean(special.expit(m))),
-        },
-        "counts": {"decisions": 2 * n, "correct": k, "ties": ties},
-    }
-
-
-def _generation_block(pairs: dict, alpha: float) -> dict:
-    n = len(pairs)
-    valid = correct = first = consistent = 0
-    for by_order in pairs.values():
-        picked = {}
-        for o in ORDERS:
-            row = by_order[o]
-            parsed = row["parsed"]
-            if parsed not in (None, "A", "B"):
-                raise ValueError(f"{_where(row)}: parsed must be 'A', 'B' or null, got {parsed!r}")
-            valid += parsed is not None
-            correct += parsed == row["label"]
-            first += parsed == "A"
-            picked[o] = _movie(row, parsed)
-        consistent += picked["original"] is not None and picked["original"] == picked["swapped"]
-    return {
-        "valid_rate": valid / (2 * n),
-        "accuracy": correct / (2 * n),  # invalid outputs count as wrong
-        "accuracy_ci95": wilson_ci(correct, 2 * n, alpha),
-        "accuracy_among_valid": (correct / valid) if valid else None,
-        "consistency": consistent / n,
-        "first_option_rate": first / (2 * n),
-        "counts": {"decisions": 2 * n, "valid": valid, "correct": correct},
-    }
-
-
-def model_metrics(rows, alpha: float = 0.05) -> dict:
-    """Metrics for one model's prediction rows (both orders of every pair required).
-
-    Keys: model, n_pairs, n_users, accuracy, accuracy_ci95, accuracy_{original,swapped,both}_order(s)
-    (+ _ci95), consistency, first_option_rate, confidence{mean_margin, median_margin,
-    mean_prob_correct}, counts{decisions, correct, ties}, full_answer (same accuracy block from the
-    full-answer scores, or None), generation (or None).
-    """
-    rows = list(rows)
-    pairs = _group(rows)
-    out = {
-        "model": str(rows[0]["model"]),
-        "n_pairs": len(pairs),
-        "n_users": len({str(p["original"]["user_id"]) for p in pairs.values()}),
-    }
-    out.update(_accuracy_block(pairs, "decision", alpha))
-    out["full_answer"] = _accuracy_block(pairs, "full", alpha) if _has_full(rows) else None
-    out["generation"] = _generation_block(pairs, alpha) if _has_generation(rows) else None
-    return out
-
-
-def per_pair_scores(rows, kind: str = "decision") -> tuple[dict[str, float], dict[str, str]]:
-    """({pair_id: two-order score in {0, 0.5, 1}}, {pair_id: user_id}) for one model.
-
-    kind: "decision" (default) or "full" (full-answer scores)."""
-    if kind not in ("decision", "full"):
-        raise ValueError(f"kind must be 'decision' or 'full', got {kind!r}")
-    pairs = _group(rows)
-    scores, users = {}, {}
-    for pid, by_order in pairs.items():
-        scores[pid] = sum(_decision(by_order[o], kind)[1] for o in ORDERS) / 2
-        users[pid] = str(by_order["original"]["user_id"])
-    return scores, users
-
-
-def margins(rows, kind: str = "decision") -> np.ndarray:
-    """Per-decision margins logp[correct] - logp[wrong] (2n values) for one model; kind as above."""
-    if kind not in ("decision", "full"):
-        raise ValueError(f"kind must be 'decision' or 'full', got {kind!r}")
-    pairs = _group(rows)
-    return np.array([_decision(by_order[o], kind)[2] for by_order in pairs.values() for o in ORDERS])
-
-
-# --------------------------------------------------------------------------------------------
-# Comparison: bootstrap, McNemar, power, verdict
-# --------------------------------------------------------------------------------------------
 
 def cluster_bootstrap_ci(values, clusters, n_boot: int = 2000, seed: int = 0, alpha: float = 0.05,
-                         chunk: int = 250) -> tuple[float, float]:
+                         chunk: int = 250):
     """Percentile CI of mean(values) resampling CLUSTERS with replacement (all items of a drawn
-    cluster come along). Pass one cluster per item for the ordinary item bootstrap."""
+    cluster come along). values: 1-D -> (lo, hi); 2-D (items x k) -> [(lo, hi)] per column, all
+    from the same resamples. Pass one cluster per item for the ordinary item bootstrap."""
     v = np.asarray(values, dtype=float)
-    if v.size == 0:
-        raise ValueError("cluster_bootstrap_ci needs at least one value")
-    _, inv = np.unique(np.asarray([str(c) for c in clusters]), return_inverse=True)
-    if inv.size != v.size:
-        raise ValueError(f"{v.size} values but {inv.size} cluster labels")
-    sums = np.bincount(inv, weights=v)
-    sizes = np.bincount(inv).astype(float)
-    n_clusters = sums.size
+    sums, sizes = _cluster_sums(v, clusters)
+    k = sums.shape[0]
+    s2 = sums.reshape(k, -1)
     rng = np.random.default_rng(seed)
-    stats = np.empty(n_boot)
-    # Chunked so ML-1M-sized user counts do not need an n_boot x n_users matrix at once.
+    stats = np.empty((n_boot, s2.shape[1]))
+    # Chunked so ML-1M-sized user counts never need an n_boot x n_users matrix at once.
     for start in range(0, n_boot, chunk):
         stop = min(n_boot, start + chunk)
-        idx = rng.integers(0, n_clusters, size=(stop - start, n_clusters))
-        stats[start:stop] = sums[idx].sum(axis=1) / sizes[idx].sum(axis=1)
-    lo, hi = np.quantile(stats, [alpha / 2, 1 - alpha / 2])
-    return (float(lo), float(hi))
+        idx = rng.integers(0, k, size=(stop - start, k))
+        counts = np.stack([np.bincount(row, minlength=k) for row in idx]).astype(float)
+        stats[start:stop] = (counts @ s2) / (counts @ sizes)[:, None]
+    q = np.quantile(stats, [alpha / 2, 1 - alpha / 2], axis=0)
+    cis = [(float(q[0, j]), float(q[1, j])) for j in range(s2.shape[1])]
+    return cis[0] if v.ndim == 1 else cis
+
+
+def sign_flip_test(values, clusters, n_perm: int = 2000, seed: int = 0, alpha: float = 0.05,
+                   bounds: tuple[float, float] = (-1.0, 1.0)) -> dict:
+    """Two-sided paired permutation test of mean(values) = 0, flipping the sign of each cluster's
+    total, and its inversion into a CI. Returns {p_value, ci95, exact, n_sign_vectors}.
+
+    For a shift delta the statistic of sign vector e is T_e(delta) = sum_u e_u (S_u - delta n_u) / N
+    and the observed one is mean - delta; delta is not rejected when enough |T_e| >= |T_obs|. Each
+    such condition is a quadratic inequality in delta whose solution is an interval containing the
+    mean, so the accepted set is an interval (computed exactly here) and contains 0 iff p >= alpha.
+    """
+    sums, sizes = _cluster_sums(values, clusters)
+    n_clusters, total = sums.size, sizes.sum()
+    mean = sums.sum() / total
+    exact = n_clusters <= EXACT_MAX_CLUSTERS
+    if exact:
+        signs = np.array(list(itertools.product((1.0, -1.0), repeat=n_clusters)))
+        a, b = signs @ sums / total, signs @ sizes / total
+    else:
+        rng = np.random.default_rng(seed)
+        a, b = np.empty(n_perm), np.empty(n_perm)
+        for start in range(0, n_perm, 500):
+            e = rng.choice((-1.0, 1.0), size=(min(n_perm, start + 500) - start, n_clusters))
+            a[start:start + len(e)], b[start:start + len(e)] = e @ sums / total, e @ sizes / total
+    # (a - delta b)^2 >= (mean - delta)^2  <=>  A delta^2 + B delta + C >= 0 with A = b^2 - 1 <= 0.
+    A, B, C = b * b - 1.0, 2.0 * (mean - a * b), a * a - mean * mean
+    lo = np.full(a.size, -np.inf)
+    hi = np.full(a.size, np.inf)
+    quad = A < -1e-12  # A == 0 only for the all-equal sign vectors, where |T_e| == |T_obs| always
+    disc = np.maximum(B[quad] ** 2 - 4 * A[quad] * C[quad], 0.0)
+    r1, r2 = (-B[quad] + np.sqrt(disc)) / (2 * A[quad]), (-B[quad] - np.sqrt(disc)) / (2 * A[quad])
+    tol = 1e-9  # equal statistics count as "at least as extreme"
+    lo[quad], hi[quad] = np.minimum(r1, r2) - tol, np.maximum(r1, r2) + tol
+    lo, hi = np.minimum(lo, mean), np.maximum(hi, mean)  # every interval holds the mean (T_obs = 0 there)
+    k = a.size
+    count0 = int(np.sum((lo <= 0) & (hi >= 0)))
+    p = count0 / k if exact else (1 + count0) / (k + 1)
+    # smallest number of accepting sign vectors for p >= alpha
+    need = math.ceil(alpha * k - 1e-9) if exact else math.ceil(alpha * (k + 1) - 1e-9) - 1
+    if need <= 0:
+        ci = bounds
+    elif need > k:
+        ci = (mean, mean)
+    else:
+        ci = (float(np.sort(lo)[need - 1]), float(np.sort(hi)[::-1][need - 1]))
+    ci = tuple(float(mean) if abs(x - mean) <= 2 * tol else float(min(max(x, bounds[0]), bounds[1])) for x in ci)
+    # The all-plus and all-minus sign vectors always count: with few clusters no outcome is significant.
+    min_p = 2 / k if exact else 1 / (k + 1)
+    return {"p_value": float(min(1.0, p)), "ci95": ci, "exact": exact, "n_sign_vectors": int(k),
+            "min_p": float(min_p), "n_clusters": int(n_clusters)}
 
 
 def mcnemar_exact_p(b: int, c: int) -> float:
@@ -304,21 +130,36 @@ def mcnemar_exact_p(b: int, c: int) -> float:
     return float(sps.binomtest(b, b + c, 0.5).pvalue)
 
 
-def required_pairs_mcnemar(p_discordant: float, delta: float, alpha: float = 0.05,
-                           power: float = 0.8) -> int | None:
-    """Connor (1987) sample size for McNemar's test:
-    n = [z_{1-a/2} sqrt(p_d) + z_{power} sqrt(p_d - delta^2)]^2 / delta^2, rounded up.
-    p_d: fraction of discordant pairs; delta: difference of the two one-sided discordant fractions.
-    None when delta == 0 (no difference to detect)."""
-    if delta == 0:
-        return None
-    if not 0 < p_discordant <= 1 or delta * delta > p_discordant + 1e-12:
-        raise ValueError(f"need 0 < delta^2 <= p_discordant <= 1, got p_d={p_discordant}, delta={delta}")
-    za = float(sps.norm.ppf(1 - alpha / 2))
-    zb = float(sps.norm.ppf(power))
-    n = (za * math.sqrt(p_discordant) + zb * math.sqrt(max(0.0, p_discordant - delta * delta))) ** 2 / delta ** 2
-    return int(math.ceil(round(n, 9)))
+# --------------------------------------------------------------------------------------------
+# Test size
 
+def design_effect(values, clusters) -> float:
+    """Var(mean) with clustering / Var(mean) as if pairs were independent, at least 1.
+
+    The clustered variance is the cluster-robust sum of squared user totals of the residuals
+    (scaled by U/(U-1)); 1 when it cannot be estimated (fewer than 2 users, or no variance)."""
+    v = np.asarray(values, dtype=float)
+    sums, sizes = _cluster_sums(v - v.mean(), clusters)
+    n, u = v.size, sums.size
+    if u < 2 or n < 2 or v.var(ddof=1) == 0:
+        return 1.0
+    clustered = u / (u - 1) * float(np.sum(sums ** 2)) / n ** 2
+    return max(1.0, float(clustered / (v.var(ddof=1) / n)))
+
+
+def required_pairs(sd: float, delta: float, design_effect: float = 1.0, alpha: float = 0.05,
+                   power: float = 0.8) -> int | None:
+    """Test pairs to detect a mean per-pair difference `delta` with a two-sided level-alpha test:
+    n = (z_{1-alpha/2} + z_power)^2 * sd^2 * design_effect / delta^2, rounded up. sd: standard
+    deviation of the per-pair differences. None when delta or sd is 0."""
+    if delta == 0 or sd == 0:
+        return None
+    z = float(sps.norm.ppf(1 - alpha / 2)) + float(sps.norm.ppf(power))
+    return int(math.ceil(round(z * z * sd * sd * design_effect / (delta * delta), 9)))
+
+
+# --------------------------------------------------------------------------------------------
+# Comparison and verdict
 
 def verdict(sft_acc: float, dpo_acc: float) -> str:
     """SUPPORTED if DPO beats SFT by more than 2 points, PARTIALLY SUPPORTED if by (0, 2], else
@@ -332,60 +173,99 @@ def verdict(sft_acc: float, dpo_acc: float) -> str:
     return "NOT SUPPORTED"
 
 
-def compare(rows_sft, rows_dpo, n_boot: int = 2000, seed: int = 0, alpha: float = 0.05,
-            power: float = 0.8) -> dict:
-    """Paired SFT-vs-DPO comparison on the same test pairs (two-order per-pair scores).
+def pooled_pair_scores(runs) -> tuple[dict[str, float], dict[str, str | None]]:
+    """Per-pair two-order scores averaged over runs (seeds) of one model; every run must hold the
+    same test pairs with the same users."""
+    runs = list(runs)
+    if not runs:
+        raise ValueError("no runs to pool")
+    tables = [per_pair_scores(r) for r in runs]
+    scores0, users = tables[0]
+    for i, (scores, u) in enumerate(tables[1:], start=2):
+        if set(scores) != set(scores0) or u != users:
+            raise ValueError(f"run {i} was scored on other test pairs (or users) than run 1; seeds can only "
+                             f"be pooled over the same test set")
+    return {p: float(np.mean([t[0][p] for t in tables])) for p in scores0}, users
 
-    Keys: n_pairs, n_users, sft_accuracy, dpo_accuracy, difference (dpo - sft), ci95 (user-clustered
-    paired bootstrap, percentile), mcnemar_p, n_discordant{dpo_better, sft_better},
-    discordant_fraction, win_difference, significant, alpha, n_boot, seed, min_pairs_for_power80,
-    verdict, sentence.
+
+def compare(rows_sft, rows_dpo, n_boot: int = 2000, seed: int = 0, alpha: float = 0.05,
+            power: float = 0.8, names: tuple[str, str] = ("SFT", "DPO")) -> dict:
+    """Paired comparison of two models (sft side, dpo side) on the same test pairs; see compare_runs."""
+    return compare_runs([rows_sft], [rows_dpo], n_boot=n_boot, seed=seed, alpha=alpha, power=power, names=names)
+
+
+def compare_runs(runs_sft, runs_dpo, n_boot: int = 2000, seed: int = 0, alpha: float = 0.05,
+                 power: float = 0.8, names: tuple[str, str] = ("SFT", "DPO")) -> dict:
+    """Paired comparison on the same test pairs; each side is a list of runs (seeds) whose per-pair
+    scores are averaged first, so n_pairs counts distinct pairs.
+
+    Keys: names, n_pairs, n_users, n_runs, clustering, sft_accuracy, dpo_accuracy, difference
+    (dpo - sft), p_value and ci95 (sign-flip test over users and its inversion), test,
+    significant, bootstrap_ci95, pairs_dpo_higher, pairs_sft_higher, mcnemar_both_orders
+    ({dpo_only, sft_only, p} or None when pooling runs), mcnemar_p, sd_pair_difference,
+    design_effect, min_pairs_for_power80 (a difference this size), min_pairs_for_2_points,
+    alpha, n_boot, seed, power, verdict, sentence.
     """
-    s_scores, s_users = per_pair_scores(rows_sft)
-    d_scores, d_users = per_pair_scores(rows_dpo)
+    runs_sft, runs_dpo = list(runs_sft), list(runs_dpo)
+    s_scores, s_users = pooled_pair_scores(runs_sft)
+    d_scores, d_users = pooled_pair_scores(runs_dpo)
     if set(s_scores) != set(d_scores):
         only_s = sorted(set(s_scores) - set(d_scores))
         only_d = sorted(set(d_scores) - set(s_scores))
-        raise ValueError(f"SFT and DPO were scored on different test pairs: {len(only_s)} only in SFT "
-                         f"(e.g. {only_s[:3]}), {len(only_d)} only in DPO (e.g. {only_d[:3]})")
+        raise ValueError(f"{names[0]} and {names[1]} were scored on different test pairs: {len(only_s)} only in "
+                         f"{names[0]} (e.g. {only_s[:3]}), {len(only_d)} only in {names[1]} (e.g. {only_d[:3]})")
     pids = sorted(s_scores)
     for pid in pids:
         if s_users[pid] != d_users[pid]:
-            raise ValueError(f"pair {pid!r}: user_id {s_users[pid]!r} in SFT rows but {d_users[pid]!r} in DPO rows")
+            raise ValueError(f"pair {pid!r}: user_id {s_users[pid]!r} in {names[0]} rows but {d_users[pid]!r} "
+                             f"in {names[1]} rows")
     s = np.array([s_scores[p] for p in pids])
     d = np.array([d_scores[p] for p in pids])
-    users = [s_users[p] for p in pids]
-    diff_per_pair = d - s
-    n = len(pids)
-    # Pairs of one user share a history, so their outcomes are correlated: resample users, not pairs.
-    ci = cluster_bootstrap_ci(diff_per_pair, users, n_boot=n_boot, seed=seed, alpha=alpha)
-    # Discordant = the two models' two-order scores differ. Counting which model scores higher and
-    # testing against Binomial(b+c, 0.5) is the exact sign test on paired scores; when per-pair
-    # outcomes are binary (both orders agree) it is exactly McNemar's exact test.
-    b = int(np.sum(diff_per_pair > 0))
-    c = int(np.sum(diff_per_pair < 0))
-    p = mcnemar_exact_p(b, c)
-    p_d = (b + c) / n
-    delta = (b - c) / n
+    diff = d - s
+    labels, clustering = clusters(s_users)
+    test = sign_flip_test(diff, labels, n_perm=n_boot, seed=seed, alpha=alpha)
+    how = "all" if test["exact"] else "random"
+    unit = "pairs" if clustering == BY_PAIRS else "users"
+    mcnemar = None
+    if len(runs_sft) == 1 and len(runs_dpo) == 1:
+        sb, db = both_orders_correct(runs_sft[0]), both_orders_correct(runs_dpo[0])
+        b = sum(db[p] and not sb[p] for p in pids)
+        c = sum(sb[p] and not db[p] for p in pids)
+        mcnemar = {"dpo_only": b, "sft_only": c, "p": mcnemar_exact_p(b, c)}
+    sd = float(diff.std(ddof=1)) if diff.size > 1 else 0.0
+    deff = design_effect(diff, labels)
     sft_acc, dpo_acc = float(s.mean()), float(d.mean())
+    kw = dict(alpha=alpha, power=power)
     out = {
-        "n_pairs": n,
-        "n_users": len(set(users)),
+        "names": list(names),
+        "n_pairs": len(pids),
+        "n_users": len({u for u in s_users.values() if u is not None}),
+        "n_runs": len(runs_sft),
+        "clustering": clustering,
         "sft_accuracy": sft_acc,
         "dpo_accuracy": dpo_acc,
         "difference": dpo_acc - sft_acc,
-        "ci95": ci,
-        "mcnemar_p": p,
-        "n_discordant": {"dpo_better": b, "sft_better": c},
-        "discordant_fraction": p_d,
-        "win_difference": delta,
-        "significant": bool(p < alpha),
+        "ci95": test["ci95"],
+        "p_value": test["p_value"],
+        "test": (f"paired sign-flip permutation test of the mean per-pair difference, flipping whole {unit} "
+                 f"({how} {test['n_sign_vectors']:,} sign vectors); CI: the differences it does not reject"),
+        "significant": bool(test["p_value"] < alpha),
+        "min_attainable_p": test["min_p"],
+        "n_clusters": test["n_clusters"],
+        "bootstrap_ci95": cluster_bootstrap_ci(diff, labels, n_boot=n_boot, seed=seed, alpha=alpha),
+        "bootstrap": f"percentile {bootstrap_label(clustering)}, {n_boot:,} resamples",
+        "pairs_dpo_higher": int(np.sum(diff > 0)),
+        "pairs_sft_higher": int(np.sum(diff < 0)),
+        "mcnemar_both_orders": mcnemar,
+        "mcnemar_p": mcnemar["p"] if mcnemar else None,
+        "sd_pair_difference": sd,
+        "design_effect": deff,
+        "min_pairs_for_power80": required_pairs(sd, dpo_acc - sft_acc, deff, **kw),
+        "min_pairs_for_2_points": required_pairs(sd, SUPPORT_MARGIN_POINTS / 100, deff, **kw),
         "alpha": alpha,
         "n_boot": n_boot,
         "seed": seed,
         "power": power,
-        # From the observed discordance; on a small test set this estimate is itself noisy.
-        "min_pairs_for_power80": required_pairs_mcnemar(p_d, delta, alpha, power) if b + c else None,
         "verdict": verdict(sft_acc, dpo_acc),
     }
     out["sentence"] = verdict_sentence(out)
@@ -394,7 +274,6 @@ def compare(rows_sft, rows_dpo, n_boot: int = 2000, seed: int = 0, alpha: float 
 
 # --------------------------------------------------------------------------------------------
 # Wording
-# --------------------------------------------------------------------------------------------
 
 def _signed(x: float, decimals: int = 1) -> str:
     text = f"{x:+.{decimals}f}"
@@ -435,20 +314,25 @@ def _about(n: int) -> str:
 
 
 def verdict_sentence(comparison: dict) -> str:
-    """One honest sentence: verdict, accuracies, difference with CI, McNemar p, power."""
+    """One honest sentence: verdict, accuracies, difference with CI, the paired test's p, test size."""
     c = comparison
+    a_name, b_name = c.get("names") or ("SFT", "DPO")
     level = f"{100 * (1 - c.get('alpha', 0.05)):g}%"
     lo, hi = c["ci95"]
-    head = (f"{c['verdict']}: DPO {100 * c['dpo_accuracy']:.1f}% vs SFT {100 * c['sft_accuracy']:.1f}% "
+    head = (f"{c['verdict']}: {b_name} {100 * c['dpo_accuracy']:.1f}% vs {a_name} {100 * c['sft_accuracy']:.1f}% "
             f"({_points(c['difference'])} points, {level} CI {_signed(100 * lo)} to {_signed(100 * hi)})")
-    sig = ("significant" if c["significant"] else "not significant") + f" (McNemar {format_p(c['mcnemar_p'])})"
+    unit = "pairs, no user ids" if c.get("clustering") == BY_PAIRS else "users"
+    few = ""
+    if c.get("min_attainable_p", 0) >= c.get("alpha", 0.05):
+        few = f"; {c['n_clusters']} {unit.split(',')[0]} cannot give p < {c.get('alpha', 0.05):g}"
+    sig = (("significant" if c["significant"] else "not significant")
+           + f" (paired permutation test over {unit}, {format_p(c['p_value'])}{few})")
     n, need = c["n_pairs"], c["min_pairs_for_power80"]
-    disc = c["n_discordant"]
     pw = f"{100 * c.get('power', 0.8):g}%"
-    if disc["dpo_better"] + disc["sft_better"] == 0:
+    if c.get("pairs_dpo_higher", 1) + c.get("pairs_sft_higher", 1) == 0:
         tail = f"the models score identically on all {n:,} test pairs, so no test size would separate them"
     elif need is None:
-        tail = "DPO and SFT each win equally many discordant pairs, so no test size would detect a difference"
+        tail = "the per-pair differences average exactly 0, so no test size would detect a difference"
     elif need <= n:
         tail = (f"the {n:,} test pairs give at least {pw} power for a difference this size "
                 f"(about {_about(need)} needed)")

@@ -1,10 +1,16 @@
 """evaluate_dpo.py end to end on the tiny config: base + SFT + DPO adapters trained by the real
-training scripts, results.json / predictions.csv / plots / report.md, and its input errors."""
+training scripts, results.json / predictions.csv / plots / report.md, its input errors, and
+--from-predictions (re-analysis without a model) on that evaluation and on a predictions.csv
+written by the previous version (tests/fixtures/legacy_eval, from a tiny synthetic run)."""
 from __future__ import annotations
 
 import csv
 import json
 import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -13,13 +19,16 @@ import train_dpo
 import train_sft
 from dporec import UserError
 
-from conftest import TINY_CONFIG, tiny_overrides
+from conftest import ROOT, TINY_CONFIG, tiny_overrides
+
+LEGACY = Path(__file__).parent / "fixtures" / "legacy_eval"
 
 FAST = ["sft.max_steps=2", "dpo.max_steps=2", "train.eval_steps=1000", "train.save_steps=1000",
         "data.max_train_examples=8", "data.max_val_examples=4", "data.max_test_examples=8"]
 MODEL_KEYS = ("n_pairs", "accuracy", "accuracy_original_order", "accuracy_swapped_order", "accuracy_both_orders",
               "consistency", "first_option_rate", "confidence")
-COMPARISON_KEYS = ("sft_accuracy", "dpo_accuracy", "difference", "ci95", "mcnemar_p", "verdict", "significant")
+COMPARISON_KEYS = ("sft_accuracy", "dpo_accuracy", "difference", "ci95", "p_value", "mcnemar_p", "verdict",
+                   "significant", "bootstrap_ci95", "min_pairs_for_2_points", "clustering")
 
 
 @pytest.fixture(scope="module")
@@ -58,6 +67,9 @@ def test_results_json(evaluated):
     assert c["difference"] == pytest.approx(c["dpo_accuracy"] - c["sft_accuracy"])
     assert c["sft_accuracy"] == res["models"]["sft"]["accuracy"]
     assert c["verdict"] in ("SUPPORTED", "PARTIALLY SUPPORTED", "NOT SUPPORTED")
+    lo, hi = c["ci95"]
+    assert (c["p_value"] < c["alpha"]) == (not lo <= 0 <= hi)
+    assert c["clustering"] == "users" and c["n_users"] > 1
     stab = res["stability"]
     assert stab["status"] == "done" and stab["precision"] == "float32"
     for name in ("base", "sft", "dpo"):
@@ -115,3 +127,83 @@ def test_malformed_test_file_names_file_and_line(tiny_data, tiny_model, tmp_path
             f"data.test_file={bad}"]
     with pytest.raises(UserError, match=re.escape(f"{bad}:3: not valid JSON")):
         evaluate_dpo.main(args)
+
+
+# ---------------------------------------------------------------- --from-predictions
+
+def _stats_part(res: dict) -> dict:
+    return {k: res[k] for k in ("models", "comparison", "comparison_control", "control_arm")}
+
+
+def test_from_predictions_reproduces_the_evaluation(evaluated, trained_run, tmp_path, capsys):
+    _, args = trained_run
+    original = json.loads((evaluated / "results.json").read_text())
+    # Into another run folder: the CSV is copied there, every number recomputed, no model loaded.
+    assert evaluate_dpo.main([*args, f"output_dir={tmp_path / 're'}", "--from-predictions",
+                              str(evaluated / "predictions.csv")]) == 0
+    out = tmp_path / "re" / "eval"
+    again = json.loads((out / "results.json").read_text())
+    assert _stats_part(again) == _stats_part(original)
+    assert again["meta"]["reanalysed_from"] == str(evaluated / "predictions.csv")
+    assert (out / "predictions.csv").read_bytes() == (evaluated / "predictions.csv").read_bytes()
+    for name in ("report.md", "accuracy.png", "confidence.png", "config.yaml"):
+        assert (out / name).is_file(), name
+    assert original["comparison"]["sentence"] in (out / "report.md").read_text()
+    assert original["comparison"]["sentence"] in capsys.readouterr().out
+
+    # A finished evaluation is not replaced by another file's analysis without --overwrite ...
+    with pytest.raises(UserError, match="already holds a finished run"):
+        evaluate_dpo.main([*args, f"output_dir={tmp_path / 're'}", "--from-predictions", str(LEGACY / "predictions.csv")])
+    # ... but re-analysing its own predictions.csv in place is what the flag is for: the scored CSV stays,
+    # the previous results.json is kept, and what a CSV cannot give back (stability, timings) carries over.
+    run2 = tmp_path / "run2"
+    shutil.copytree(evaluated, run2 / "eval")
+    csv_before = (run2 / "eval" / "predictions.csv").read_bytes()
+    assert evaluate_dpo.main([*args, f"output_dir={run2}", "eval.bootstrap_samples=300",
+                              "--from-predictions", str(run2 / "eval" / "predictions.csv")]) == 0
+    inplace = json.loads((run2 / "eval" / "results.json").read_text())
+    assert (run2 / "eval" / "predictions.csv").read_bytes() == csv_before
+    assert json.loads((run2 / "eval" / "results.previous.json").read_text()) == original
+    assert inplace["stability"] == original["stability"]
+    assert inplace["meta"]["seconds_per_model"] == original["meta"]["seconds_per_model"]
+    assert inplace["comparison"]["n_boot"] == 300  # the statistics follow this config
+    assert inplace["models"]["sft"]["accuracy"] == original["models"]["sft"]["accuracy"]
+
+
+def test_from_predictions_reads_the_previous_versions_file_without_the_ml_stack(tmp_path):
+    # A predictions.csv written by the previous version (before this analysis existed), re-analysed
+    # in a fresh interpreter: no torch/transformers/peft/trl may be imported on this path.
+    code = ("import sys, evaluate_dpo; "
+            f"rc = evaluate_dpo.main(['--config', {str(TINY_CONFIG)!r}, 'output_dir={tmp_path / 'legacy'}', "
+            f"'--from-predictions', {str(LEGACY / 'predictions.csv')!r}]); "
+            "heavy = sorted({'torch', 'transformers', 'peft', 'trl', 'bitsandbytes'} & set(sys.modules)); "
+            "print('HEAVY', heavy); sys.exit(rc)")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "HEAVY []" in proc.stdout
+    old = json.loads((LEGACY / "results.json").read_text())
+    new = json.loads((tmp_path / "legacy" / "eval" / "results.json").read_text())
+    assert list(new["models"]) == list(old["models"]) == ["base", "sft", "dpo"]
+    for name, m in old["models"].items():
+        for key in ("n_pairs", "accuracy", "accuracy_original_order", "accuracy_swapped_order",
+                    "accuracy_both_orders", "consistency", "first_option_rate", "confidence"):
+            assert new["models"][name][key] == pytest.approx(m[key]), (name, key)
+        assert new["models"][name]["generation"]["valid_rate"] == m["generation"]["valid_rate"]
+    for key in ("n_pairs", "n_users", "sft_accuracy", "dpo_accuracy", "difference", "verdict"):
+        assert new["comparison"][key] == old["comparison"][key], key
+    assert "p_value" in new["comparison"] and "p_value" not in old["comparison"]
+
+
+def test_from_predictions_errors_name_file_and_line(tmp_path):
+    bad = tmp_path / "predictions.csv"
+    lines = (LEGACY / "predictions.csv").read_text(encoding="utf-8").splitlines()
+    bad.write_text("\n".join(lines[:3] + [lines[3].replace(",-", ",oops-", 1)] + lines[4:]) + "\n", encoding="utf-8")
+    args = ["--config", str(TINY_CONFIG), f"output_dir={tmp_path / 'r'}", "--from-predictions"]
+    with pytest.raises(UserError, match=re.escape(f"{bad}:4: column 'logp_a' must be a number")):
+        evaluate_dpo.main([*args, str(bad)])
+    one_order = tmp_path / "one_order.csv"
+    one_order.write_text("\n".join(l for l in lines if ",swapped," not in l) + "\n", encoding="utf-8")
+    with pytest.raises(UserError, match=re.escape(f"{one_order}: model 'base', pair") + ".*both option orders"):
+        evaluate_dpo.main([*args, str(one_order)])
+    with pytest.raises(UserError, match="cannot read"):
+        evaluate_dpo.main([*args, str(tmp_path / "missing.csv")])

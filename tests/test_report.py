@@ -126,3 +126,57 @@ def test_console_table_and_verdict(results):
     block = report.format_verdict(results)
     assert results["comparison"]["sentence"] in block
     assert "McNemar" in block
+
+
+def test_report_names_the_test_the_verdict_uses(tmp_path, results):
+    text = report.write_report_md(tmp_path, results).read_text(encoding="utf-8")
+    c = results["comparison"]
+    assert "paired sign-flip permutation test of the mean per-pair difference, flipping whole users" in text
+    assert stats.format_p(c["p_value"]) in text
+    assert "Secondary, a different quantity: exact McNemar test on strict right-in-both-orders" in text
+    assert "bootstrap over users" in text and "Wilson" not in text
+    assert "design effect" in text and f"{c['min_pairs_for_2_points']:,} pairs for 2 points" in text
+
+
+def test_report_without_user_ids_says_pairs(tmp_path, rows_by_model):
+    rows = {m: [{k: v for k, v in r.items() if k != "user_id"} for r in rs] for m, rs in rows_by_model.items()}
+    res = {"models": {m: stats.model_metrics(r, n_boot=100) for m, r in rows.items()},
+           "comparison": stats.compare(rows["sft"], rows["dpo"], n_boot=100), "meta": {}}
+    text = report.write_report_md(tmp_path, res).read_text(encoding="utf-8")
+    assert "bootstrap over pairs (no user ids)" in text and "no user ids, so every pair is its own cluster" in text
+    assert "bootstrap over pairs (no user ids)" in report.format_verdict(res)
+    back = json.loads(report.write_results(tmp_path, res).read_text())
+    assert back["comparison"]["clustering"] == "pairs (no user ids)"
+    assert back["models"]["sft"]["interval"].startswith("percentile bootstrap over pairs (no user ids)")
+
+
+def test_baselines_are_rendered_beside_the_models(tmp_path, results):
+    res = dict(results, baselines={
+        "mean rating": {"accuracy": 0.75, "accuracy_ci95": [0.68, 0.81], "n_pairs": 60},
+        "popularity": {"accuracy": 0.58, "n_pairs": 60},
+        "genre overlap": {"accuracy": None, "reason": "the test file has no history genres"}})
+    text = report.write_report_md(tmp_path, res).read_text(encoding="utf-8")
+    assert "| mean rating | 60 | 75.0% [68.0, 81.0] |" in text
+    assert "| popularity | 60 | 58.0%  |" in text
+    assert "| genre overlap |  | not available: the test file has no history genres |" in text
+    sft, dpo = res["models"]["sft"]["accuracy"], res["models"]["dpo"]["accuracy"]
+    clause = report.baseline_verdict(res)
+    assert clause.startswith("Strongest baseline: mean rating at 75.0%; ")
+    assert f"sft {100 * sft:.1f}% {'beats it' if sft > 0.75 else 'does not beat it'}" in clause
+    assert f"dpo {100 * dpo:.1f}% {'beats it' if dpo > 0.75 else 'does not beat it'}" in clause
+    assert clause in text and clause in report.format_verdict(res)
+    table = report.format_table(res)
+    assert "baseline: mean rating" in table and len({len(line) for line in table.splitlines()}) == 1
+    assert report.baseline_verdict(results) is None  # no baselines, no clause
+
+
+def test_aggregate_markdown_uses_the_pooled_paired_test(rows_by_model):
+    from dporec import analysis
+    from dporec.config import load_config
+    cfg = load_config(None, ["eval.bootstrap_samples=100"])
+    res = {"models": {m: stats.model_metrics(r, n_boot=50) for m, r in rows_by_model.items()},
+           "comparison": stats.compare(rows_by_model["sft"], rows_by_model["dpo"], n_boot=100)}
+    agg = analysis.aggregate_seeds({1: res, 2: res}, {1: rows_by_model, 2: rows_by_model}, cfg, "runs/x")
+    md = report.aggregate_markdown(report._jsonable(agg))
+    assert "averaged over 2 seeds first" in md and agg["pooled"]["n_pairs"] == 60
+    assert agg["pooled"]["sentence"] in md

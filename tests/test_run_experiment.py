@@ -10,7 +10,7 @@ import pytest
 
 import run_experiment as rx
 from conftest import TINY_CONFIG, tiny_overrides
-from dporec import UserError, report, stats
+from dporec import UserError, analysis, report, stats
 
 # Fewer steps and test pairs than configs/tiny.yaml: two seeds x (SFT, DPO, control, eval) must stay quick.
 FAST = ["sft.max_steps=2", "dpo.max_steps=3", "data.max_train_examples=12", "data.max_val_examples=4",
@@ -26,7 +26,7 @@ def _finished_files(root: Path) -> dict[Path, int]:
 def test_seeds_and_control_arm_end_to_end_then_skipped(capsys, tiny_data, tiny_model, tmp_path):
     out = tmp_path / "run"
     argv = ["--config", str(TINY_CONFIG), *tiny_overrides(tiny_data, tiny_model, out), *FAST,
-            "seeds=[1, 2]", "experiment.control_arm=true"]
+            "seeds=[1, 2]", "experiment.control_arm=true", "dpo.learning_rate=5e-4"]
     assert rx.main(argv) == 0
     first = capsys.readouterr().out
 
@@ -42,21 +42,31 @@ def test_seeds_and_control_arm_end_to_end_then_skipped(capsys, tiny_data, tiny_m
     acc = agg["metrics"]["dpo"]["accuracy"]
     assert len(acc["values"]) == 2 and acc["mean"] == pytest.approx(sum(acc["values"]) / 2)
     per_seed = json.loads((out / "seed-1" / "eval" / "results.json").read_text())
-    # Pooled: every seed's pairs, each user still one bootstrap cluster across seeds.
-    assert agg["pooled"]["n_pairs"] == 2 * per_seed["comparison"]["n_pairs"]
+    # Pooled: each test pair averaged over the seeds first, so n counts distinct pairs and users.
+    assert agg["pooled"]["n_pairs"] == per_seed["comparison"]["n_pairs"]
     assert agg["pooled"]["n_users"] == per_seed["comparison"]["n_users"]
+    assert agg["pooled"]["n_runs"] == 2
     assert agg["pooled_control"]["n_pairs"] == agg["pooled"]["n_pairs"]
     assert "Pooled over seeds" in (out / "aggregate.md").read_text()
 
-    # The control arm continues the SFT adapter for exactly as many optimizer steps as DPO took.
+    # The control arm continues the SFT adapter for as many optimizer steps as DPO took, at DPO's
+    # learning rate (set apart from SFT's by the dpo.learning_rate override above).
     for s in (1, 2):
         run = out / f"seed-{s}"
         dpo_steps = json.loads((run / "dpo" / "metrics.json").read_text())["steps"]
         control = json.loads((run / "sft_control" / "metrics.json").read_text())
         assert control["steps"] == dpo_steps == 3
         assert control["init_adapter"] == str(run / "sft")
+        assert "learning_rate: 0.0005" in (run / "sft_control" / "config.yaml").read_text()
         assert (run / "sft_control" / "adapter_config.json").is_file()
-        assert "sft_control" in json.loads((run / "eval" / "results.json").read_text())["models"]
+        res = json.loads((run / "eval" / "results.json").read_text())
+        assert "sft_control" in res["models"] and res["comparison_control"]["names"] == ["SFT control", "DPO"]
+        matched = res["control_arm"]["matched"]
+        for what in ("optimizer steps", "examples seen", "learning rate", "schedule", "warmup ratio", "seed"):
+            assert what in matched, what
+        assert res["control_arm"]["not_matched"] == []
+        report_md = (run / "eval" / "report.md").read_text()
+        assert "compute-matched SFT control" in report_md and "| learning rate | 0.0005 | 0.0005 | yes |" in report_md
         assert (run / "eval" / "comparison_control.json").is_file()
         assert json.loads((run / "sft" / "run_info.json").read_text())["seed"] == s
     assert "SFT vs DPO" in first and "aggregate:" in first
@@ -113,11 +123,37 @@ def test_predictions_round_trip_through_the_csv(tmp_path):
     assert stats.compare(back["sft"], back["dpo"], n_boot=50) == stats.compare(sft, dpo, n_boot=50)
 
 
-def test_pooled_rows_prefix_pairs_but_keep_users():
-    runs = {1: {"dpo": _rows("dpo", {"p1": (True, True)})}, 2: {"dpo": _rows("dpo", {"p1": (False, True)})}}
-    pooled = rx.pooled_rows(runs, "dpo")
-    assert {r["pair_id"] for r in pooled} == {"seed1:p1", "seed2:p1"}
-    assert {r["user_id"] for r in pooled} == {"u1"}
+def test_identical_seeds_pool_to_one_seed(tmp_path):
+    # seeds [1, 1]: the same predictions twice must give the n and p of one seed, not a smaller p.
+    sft = _rows("sft", {f"p{i}": (i % 3 > 0, i % 4 > 0) for i in range(10)})
+    dpo = _rows("dpo", {f"p{i}": (True, i % 5 > 0) for i in range(10)})
+    from dporec.config import load_config
+    cfg = load_config(TINY_CONFIG, ["eval.bootstrap_samples=300"])
+    one = stats.compare(sft, dpo, n_boot=300, seed=cfg["seed"])
+    res = {"models": {"sft": stats.model_metrics(sft, n_boot=50), "dpo": stats.model_metrics(dpo, n_boot=50)}}
+    for k in (2, 3):
+        agg = analysis.aggregate_seeds({s: res for s in range(k)}, {s: {"sft": sft, "dpo": dpo} for s in range(k)},
+                                       cfg, tmp_path)
+        assert agg["pooled"]["n_pairs"] == one["n_pairs"] and agg["pooled"]["p_value"] == one["p_value"]
+        assert agg["pooled"]["ci95"] == one["ci95"] and agg["pooled_control"] is None
+        assert agg["metrics"]["dpo"]["accuracy"]["sd"] == 0.0
+
+
+def test_results_from_the_previous_version_are_reanalysed_not_rescored(tmp_path, capsys):
+    # A run folder finished by the previous version: stages are skipped, and the evaluation's own
+    # predictions.csv is re-analysed (no model) so the verdict uses the paired permutation test.
+    legacy = Path(__file__).parent / "fixtures" / "legacy_eval"
+    out = tmp_path / "run"
+    for stage in ("sft", "dpo"):
+        (out / stage).mkdir(parents=True)
+        (out / stage / "metrics.json").write_text("{}")
+    (out / "eval").mkdir()
+    for name in ("predictions.csv", "results.json"):
+        (out / "eval" / name).write_bytes((legacy / name).read_bytes())
+    results, status = rx.run_once(str(TINY_CONFIG), [f"output_dir={out}"], overwrite=False)
+    assert status == {"sft": "skipped", "dpo": "skipped", "eval": "skipped"}
+    assert "p_value" in results["comparison"] and "predates" in capsys.readouterr().out
+    assert json.loads((out / "eval" / "results.previous.json").read_text()) == json.loads((legacy / "results.json").read_text())
 
 
 def test_data_is_built_from_source_when_missing(tmp_path):

@@ -1,5 +1,7 @@
-"""Tests for dporec.stats: known values for Wilson/McNemar/power, bootstrap behaviour, verdict edges,
-and the position-bias metrics on hand-built prediction rows."""
+"""Tests for dporec.stats and dporec.metrics: the paired test tests the difference the verdict prints
+(the issue-10 counterexample), p-value and CI agree, exact values for the sign-flip test, McNemar and
+test size, bootstrap behaviour, pooling seeds, pairs without user ids, verdict edges, and the
+position-bias metrics on hand-built prediction rows."""
 import math
 
 import numpy as np
@@ -61,30 +63,6 @@ def balanced_spec(n, picks, users=None):
     return [(f"p{i}", str(i % users if users else i), "AB"[i % 2], picks) for i in range(n)]
 
 
-# ---------------------------------------------------------------- Wilson
-
-def test_wilson_textbook_value():
-    lo, hi = stats.wilson_ci(81, 263)
-    assert lo == pytest.approx(0.2553, abs=1e-4)
-    assert hi == pytest.approx(0.3662, abs=1e-4)
-
-
-@pytest.mark.parametrize("k,n", [(0, 10), (1, 10), (5, 10), (10, 10), (37, 120), (800, 1000)])
-def test_wilson_matches_scipy(k, n):
-    ref = sps.binomtest(k, n).proportion_ci(confidence_level=0.95, method="wilson")
-    assert stats.wilson_ci(k, n) == pytest.approx((ref.low, ref.high), abs=1e-12)
-
-
-def test_wilson_bounds_and_errors():
-    assert stats.wilson_ci(0, 5)[0] == 0.0
-    assert stats.wilson_ci(5, 5)[1] == 1.0
-    assert stats.wilson_ci(5, 10, alpha=0.01)[0] < stats.wilson_ci(5, 10, alpha=0.05)[0]
-    with pytest.raises(ValueError):
-        stats.wilson_ci(0, 0)
-    with pytest.raises(ValueError):
-        stats.wilson_ci(11, 10)
-
-
 # ---------------------------------------------------------------- per-model metrics
 
 def test_always_a_on_balanced_pairs():
@@ -102,7 +80,17 @@ def test_perfect_model():
     assert (m["accuracy"], m["first_option_rate"], m["consistency"]) == (1.0, 0.5, 1.0)
     assert m["accuracy_both_orders"] == 1.0
     assert m["counts"] == {"decisions": 20, "correct": 20, "ties": 0}
-    assert m["accuracy_ci95"] == stats.wilson_ci(20, 20)
+    assert m["accuracy_ci95"] == (1.0, 1.0)
+
+
+def test_always_b_model_gets_a_zero_width_interval():
+    # An always-"B" model scores exactly 0.5 on every pair: there is no sampling uncertainty in its
+    # two-order accuracy. Wilson on the 180 decisions of 90 pairs claimed [42.8, 57.2].
+    m = stats.model_metrics(rows_from("sft", balanced_spec(90, ("B", "B"), users=30)), n_boot=500)
+    assert m["accuracy"] == 0.5
+    assert m["accuracy_ci95"] == pytest.approx((0.5, 0.5), abs=1e-12)
+    assert m["accuracy_original_order_ci95"][1] - m["accuracy_original_order_ci95"][0] > 0.1  # 0/1 per pair there
+    assert m["clustering"] == "users" and m["n_users"] == 30
 
 
 def test_consistent_but_wrong_model_is_consistent():
@@ -196,29 +184,89 @@ def test_per_pair_scores():
 
 # ---------------------------------------------------------------- comparison
 
-def test_mcnemar_hand_computed_b1_c9():
-    # 1 pair DPO-only right, 9 pairs SFT-only right, 20 concordant pairs (binary per-pair outcomes)
+def issue10_counterexample():
+    """200 pairs from 100 users: DPO right in one order only where SFT is wrong in both (34 pairs),
+    SFT right in both where DPO is wrong in both (18), identical on 148 (140 right, 8 wrong)."""
     sft_spec, dpo_spec = [], []
-    for i in range(30):
-        pid, uid, lab = f"p{i}", f"u{i}", "AB"[i % 2]
-        s, d = ("good", "good"), ("good", "good")
-        if i == 0:
-            s = ("bad", "bad")
-        elif i <= 9:
-            d = ("bad", "bad")
-        elif i >= 25:
-            s = d = ("bad", "bad")
+    for i in range(200):
+        pid, uid, lab = f"p{i}", f"u{i // 2}", "AB"[i % 2]
+        if i < 34:
+            s, d = ("bad", "bad"), ("good", "bad")
+        elif i < 52:
+            s, d = ("good", "good"), ("bad", "bad")
+        else:
+            s = d = ("good", "good") if i < 192 else ("bad", "bad")
         sft_spec.append((pid, uid, lab, s))
         dpo_spec.append((pid, uid, lab, d))
-    c = stats.compare(rows_from("sft", sft_spec), rows_from("dpo", dpo_spec), n_boot=300)
-    assert c["n_discordant"] == {"dpo_better": 1, "sft_better": 9}
-    hand = 2 * (math.comb(10, 0) + math.comb(10, 1)) / 2 ** 10
-    assert hand == 0.021484375
-    assert c["mcnemar_p"] == pytest.approx(hand, abs=1e-12)
-    assert c["mcnemar_p"] == pytest.approx(sps.binomtest(1, 10, 0.5).pvalue)
-    assert c["significant"] is True
-    assert c["difference"] == pytest.approx((16 - 24) / 30)
+    return rows_from("sft", sft_spec), rows_from("dpo", dpo_spec)
+
+
+def test_issue10_counterexample_is_not_significant_and_not_supported():
+    # The old sign test counted 34 DPO "wins" of half a pair against 18 SFT wins of a whole pair and
+    # called DPO significantly better (p = 0.036) while the estimate favoured SFT.
+    sft, dpo = issue10_counterexample()
+    c = stats.compare(sft, dpo, n_boot=2000)
+    assert (c["sft_accuracy"], c["dpo_accuracy"]) == (0.79, 0.785)
+    assert c["difference"] == pytest.approx(-0.005)
+    assert c["n_pairs"] == 200 and c["n_users"] == 100 and c["clustering"] == "users"
     assert c["verdict"] == "NOT SUPPORTED"
+    assert c["significant"] is False and c["p_value"] > 0.5
+    lo, hi = c["ci95"]
+    assert lo < c["difference"] < hi and lo < 0 < hi
+    assert (c["pairs_dpo_higher"], c["pairs_sft_higher"]) == (34, 18)
+    # The secondary McNemar on right-in-both-orders tests another quantity, and says so.
+    assert c["mcnemar_both_orders"] == {"dpo_only": 0, "sft_only": 18, "p": pytest.approx(2 / 2 ** 18)}
+    assert c["sentence"].startswith("NOT SUPPORTED: DPO 78.5% vs SFT 79.0% (\u22120.5 points, 95% CI \u2212")
+    assert "; not significant (paired permutation test over users, p = " in c["sentence"]
+    assert "McNemar" not in c["sentence"]
+
+
+def _brute_sign_flip_p(diff, users, delta=0.0):
+    """Exact two-sided sign-flip p by enumerating every user sign vector, for a shift delta."""
+    import itertools
+    groups = sorted(set(users))
+    totals = np.array([sum(d - delta for d, u in zip(diff, users) if u == g) for g in groups])
+    obs = abs(totals.sum())
+    hits = [abs(np.dot(e, totals)) >= obs - 1e-12 for e in itertools.product((1, -1), repeat=len(groups))]
+    return np.mean(hits)
+
+
+def test_sign_flip_exact_p_and_ci_by_brute_force():
+    rng = np.random.default_rng(4)
+    for _ in range(20):
+        n_users = int(rng.integers(3, 9))
+        users = [f"u{u}" for u in rng.integers(0, n_users, size=int(rng.integers(6, 25)))]
+        diff = rng.choice([-1, -0.5, 0, 0, 0.5, 1], size=len(users)) + (rng.random() < .5) * 0.5
+        diff = np.clip(diff, -1, 1)
+        t = stats.sign_flip_test(diff, users)
+        assert t["exact"]
+        assert t["p_value"] == pytest.approx(_brute_sign_flip_p(diff, users), abs=1e-12)
+        lo, hi = t["ci95"]
+        # The CI is the set of shifts the same test does not reject: inside just within, outside just beyond.
+        for edge, step in ((lo, -1e-6), (hi, 1e-6)):
+            if -1 < edge < 1:
+                assert _brute_sign_flip_p(diff, users, edge - step) >= 0.05
+                assert _brute_sign_flip_p(diff, users, edge + step) < 0.05
+
+
+@pytest.mark.parametrize("n_users", [6, 40])  # exact enumeration and random sign vectors
+def test_p_value_and_ci_agree(n_users):
+    # Whatever the data, p < alpha exactly when the CI excludes 0, and a significant result points
+    # the way the estimate does.
+    rng = np.random.default_rng(n_users)
+    seen = set()
+    for trial in range(60):
+        shift = rng.uniform(-0.4, 0.4)
+        users = [f"u{i % n_users}" for i in range(3 * n_users)]
+        diff = np.clip(np.round(2 * (rng.normal(shift, 0.6, size=len(users)))) / 2, -1, 1)
+        t = stats.sign_flip_test(diff, users, n_perm=400, seed=trial)
+        lo, hi = t["ci95"]
+        assert lo <= diff.mean() <= hi
+        assert (t["p_value"] < 0.05) == (not lo <= 0 <= hi), (trial, t, diff.mean())
+        if t["p_value"] < 0.05:
+            assert np.sign(lo) == np.sign(hi) == np.sign(diff.mean())
+        seen.add(t["p_value"] < 0.05)
+    assert seen == {True, False}  # both outcomes were exercised
 
 
 def test_mcnemar_helper_on_2x2():
@@ -235,7 +283,7 @@ def test_identical_models_give_degenerate_ci():
             for i in range(40)]
     c = stats.compare(rows_from("sft", spec), rows_from("dpo", spec), n_boot=500)
     assert c["difference"] == 0 and c["ci95"] == (0.0, 0.0)
-    assert c["mcnemar_p"] == 1.0 and c["min_pairs_for_power80"] is None
+    assert c["p_value"] == 1.0 and c["mcnemar_p"] == 1.0 and c["min_pairs_for_power80"] is None
     assert c["verdict"] == "NOT SUPPORTED"
     assert "identically" in c["sentence"]
 
@@ -300,24 +348,100 @@ def test_compare_requires_same_pairs_and_users():
         stats.compare(sft, dpo)
 
 
-def test_power_matches_notes_range():
-    # NOTES: +2 points at ~80% accuracy needs ~1,200-2,900 pairs for 6-15% discordance.
-    assert 1150 <= stats.required_pairs_mcnemar(0.06, 0.02) <= 1200
-    assert 2900 <= stats.required_pairs_mcnemar(0.15, 0.02) <= 2960
-    assert stats.required_pairs_mcnemar(0.15, -0.02) == stats.required_pairs_mcnemar(0.15, 0.02)
-    assert stats.required_pairs_mcnemar(0.1, 0.0) is None
-    # Connor's formula by hand for p_d=0.1, delta=0.05
-    z1, z2 = sps.norm.ppf(0.975), sps.norm.ppf(0.8)
-    assert stats.required_pairs_mcnemar(0.1, 0.05) == math.ceil(
-        (z1 * math.sqrt(0.1) + z2 * math.sqrt(0.1 - 0.0025)) ** 2 / 0.0025)
+def test_required_pairs_matches_the_known_range():
+    # README "Reading the verdict": +2 points at ~80% accuracy needs ~1,200-2,900 pairs when the models
+    # disagree on 6-15% of pairs. With binary per-pair outcomes the per-pair difference has variance
+    # p_d - delta^2.
+    sd = lambda p_d, delta: math.sqrt(p_d - delta ** 2)
+    assert 1150 <= stats.required_pairs(sd(0.06, 0.02), 0.02) <= 1200
+    assert 2900 <= stats.required_pairs(sd(0.15, 0.02), 0.02) <= 2960
+    assert stats.required_pairs(0.3, -0.02) == stats.required_pairs(0.3, 0.02)
+    assert stats.required_pairs(0.3, 0.0) is None and stats.required_pairs(0.0, 0.02) is None
+    z = sps.norm.ppf(0.975) + sps.norm.ppf(0.8)
+    assert stats.required_pairs(0.4, 0.05, design_effect=1.7) == math.ceil(z * z * 0.16 * 1.7 / 0.0025)
 
 
-def test_power_none_when_wins_balanced():
+def test_design_effect():
+    rng = np.random.default_rng(7)
+    values = rng.normal(size=400)
+    assert stats.design_effect(values, range(400)) == pytest.approx(1.0, abs=1e-9)  # one pair per user
+    # Every user's 4 pairs identical: a user is one observation counted 4 times -> effect ~4.
+    same = np.repeat(rng.normal(size=100), 4)
+    assert stats.design_effect(same, np.repeat(np.arange(100), 4)) == pytest.approx(4.0, rel=0.05)
+    assert stats.design_effect(same, ["u"] * 400) == 1.0  # one user: cannot be estimated
+
+
+def test_compare_reports_test_size_with_design_effect():
+    sft, dpo = issue10_counterexample()
+    c = stats.compare(sft, dpo, n_boot=200)
+    d = np.array([0.5] * 34 + [-1.0] * 18 + [0.0] * 148)
+    assert c["sd_pair_difference"] == pytest.approx(d.std(ddof=1))
+    assert c["design_effect"] >= 1
+    assert c["min_pairs_for_2_points"] == stats.required_pairs(d.std(ddof=1), 0.02, c["design_effect"])
+    assert c["min_pairs_for_power80"] == stats.required_pairs(d.std(ddof=1), -0.005, c["design_effect"])
+
+
+def test_power_none_when_differences_average_zero():
     sft = rows_from("sft", [("p0", "u", "A", ("good",) * 2), ("p1", "u", "B", ("bad",) * 2)])
     dpo = rows_from("dpo", [("p0", "u", "A", ("bad",) * 2), ("p1", "u", "B", ("good",) * 2)])
     c = stats.compare(sft, dpo, n_boot=100)
-    assert c["min_pairs_for_power80"] is None and c["discordant_fraction"] == 1.0
-    assert "equally many" in c["sentence"]
+    assert c["min_pairs_for_power80"] is None and c["min_pairs_for_2_points"] is not None
+    assert "average exactly 0" in c["sentence"]
+
+
+# ---------------------------------------------------------------- seeds and missing user ids
+
+def test_pooling_identical_seeds_changes_nothing():
+    # seeds [1, 1]: the same predictions twice carry no new information: same n and same p.
+    rng = np.random.default_rng(9)
+    spec_s = [(f"p{i}", f"u{i % 25}", "AB"[i % 2], ("good" if rng.random() < .7 else "bad", "good")) for i in range(100)]
+    spec_d = [(f"p{i}", f"u{i % 25}", "AB"[i % 2], ("good" if rng.random() < .8 else "bad", "good")) for i in range(100)]
+    sft, dpo = rows_from("sft", spec_s), rows_from("dpo", spec_d)
+    one = stats.compare(sft, dpo, n_boot=500)
+    for k in (2, 3):
+        pooled = stats.compare_runs([sft] * k, [dpo] * k, n_boot=500)
+        assert pooled["n_pairs"] == one["n_pairs"] == 100 and pooled["n_users"] == 25
+        assert pooled["p_value"] == one["p_value"] and pooled["ci95"] == one["ci95"]
+        assert pooled["difference"] == one["difference"] and pooled["n_runs"] == k
+    assert one["p_value"] < 0.2  # a p-value that pooling copies could have shrunk
+
+
+def test_pooling_averages_each_pair_over_seeds():
+    s1 = rows_from("sft", [("p0", "u0", "A", ("good",) * 2), ("p1", "u1", "A", ("bad",) * 2)])
+    s2 = rows_from("sft", [("p0", "u0", "A", ("bad",) * 2), ("p1", "u1", "A", ("bad",) * 2)])
+    d = rows_from("dpo", [("p0", "u0", "A", ("good",) * 2), ("p1", "u1", "A", ("good",) * 2)])
+    c = stats.compare_runs([s1, s2], [d, d], n_boot=100)
+    assert c["n_pairs"] == 2 and c["sft_accuracy"] == 0.25 and c["dpo_accuracy"] == 1.0
+    assert c["mcnemar_both_orders"] is None  # right-in-both-orders is not defined for an average
+    with pytest.raises(ValueError, match="other test pairs"):
+        stats.compare_runs([s1, s1[:2]], [d, d])
+
+
+@pytest.mark.parametrize("missing", ["absent", "empty", "pair_id"])
+def test_records_without_user_ids_cluster_by_pair(missing):
+    sft, dpo = issue10_counterexample()
+    for r in sft + dpo:
+        if missing == "absent":
+            del r["user_id"]
+        else:
+            r["user_id"] = "" if missing == "empty" else r["pair_id"]  # the scorer's stand-in
+    c = stats.compare(sft, dpo, n_boot=300)
+    assert c["clustering"] == "pairs (no user ids)" and c["n_users"] == 0 and c["n_pairs"] == 200
+    assert "flipping whole pairs" in c["test"] and c["bootstrap"].startswith("percentile bootstrap over pairs (no user ids)")
+    assert "paired permutation test over pairs, no user ids" in c["sentence"]
+    m = stats.model_metrics(sft, n_boot=100)
+    assert m["clustering"] == "pairs (no user ids)" and "bootstrap over pairs (no user ids)" in m["interval"]
+    # Pairs as clusters and users as clusters give different answers here (2 pairs per user).
+    by_user = stats.compare(*issue10_counterexample(), n_boot=300)
+    assert c["design_effect"] != by_user["design_effect"]
+
+
+def test_records_without_movie_ids_still_measure_consistency():
+    rows = rows_from("sft", [("p0", "u", "A", ("good", "good")), ("p1", "u", "B", ("A", "A"))])
+    for r in rows:
+        del r["option_a_id"], r["option_b_id"]
+    m = stats.model_metrics(rows, n_boot=50)
+    assert m["consistency"] == 0.5 and m["accuracy"] == 0.75
 
 
 # ---------------------------------------------------------------- verdict
@@ -339,18 +463,19 @@ def test_verdict_edges(sft, dpo, expected):
 
 def test_verdict_sentence_example():
     c = {"verdict": "PARTIALLY SUPPORTED", "dpo_accuracy": 0.81, "sft_accuracy": 0.80, "difference": 0.01,
-         "ci95": (-0.012, 0.031), "mcnemar_p": 0.41, "significant": False, "alpha": 0.05,
-         "n_discordant": {"dpo_better": 60, "sft_better": 50}, "min_pairs_for_power80": 2941, "n_pairs": 1000}
+         "ci95": (-0.012, 0.031), "p_value": 0.41, "significant": False, "alpha": 0.05,
+         "pairs_dpo_higher": 60, "pairs_sft_higher": 50, "min_pairs_for_power80": 2941, "n_pairs": 1000}
     assert stats.verdict_sentence(c) == (
         "PARTIALLY SUPPORTED: DPO 81.0% vs SFT 80.0% (+1.0 points, 95% CI \u22121.2 to +3.1); "
-        "not significant (McNemar p = 0.41); about 2,900 test pairs would be needed to detect a "
-        "difference this size with 80% power (this test has 1,000).")
-    c.update(min_pairs_for_power80=800, mcnemar_p=0.0004, significant=True, difference=0.0204,
-             verdict="SUPPORTED")
+        "not significant (paired permutation test over users, p = 0.41); about 2,900 test pairs would be "
+        "needed to detect a difference this size with 80% power (this test has 1,000).")
+    c.update(min_pairs_for_power80=800, p_value=0.0004, significant=True, difference=0.0204,
+             ci95=(0.004, 0.037), verdict="SUPPORTED", names=["SFT control", "DPO"])
     s = stats.verdict_sentence(c)
     assert "(+2.04 points" in s  # one decimal would read "+2.0" next to SUPPORTED
-    assert "significant (McNemar p < 0.001)" in s and "not significant" not in s
+    assert "; significant (paired permutation test over users, p < 0.001)" in s and "not significant" not in s
     assert "the 1,000 test pairs give at least 80% power" in s
+    assert "vs SFT control 80.0%" in s
 
 
 def test_format_p():
@@ -360,3 +485,17 @@ def test_format_p():
     assert stats.format_p(0.021484375) == "p = 0.021"
     assert stats.format_p(1.0) == "p = 1.00"
     assert stats.format_p(1e-5) == "p < 0.001"
+
+
+def test_too_few_users_can_never_be_significant_and_the_sentence_says_so():
+    # 5 users: the two all-equal sign vectors alone give p >= 2/32 > 0.05, whatever the data.
+    sft = rows_from("sft", [(f"p{i}", f"u{i}", "A", ("bad",) * 2) for i in range(5)])
+    dpo = rows_from("dpo", [(f"p{i}", f"u{i}", "A", ("good",) * 2) for i in range(5)])
+    c = stats.compare(sft, dpo, n_boot=200)
+    assert c["difference"] == 1.0 and c["p_value"] == pytest.approx(2 / 32) and not c["significant"]
+    assert c["min_attainable_p"] == pytest.approx(2 / 32) and c["ci95"][0] <= 0
+    assert "p = 0.062; 5 users cannot give p < 0.05)" in c["sentence"]
+    six = stats.compare(sft + rows_from("sft", [("p5", "u5", "A", ("bad",) * 2)]),
+                        dpo + rows_from("dpo", [("p5", "u5", "A", ("good",) * 2)]), n_boot=200)
+    assert six["significant"] and six["p_value"] == pytest.approx(2 / 64) and six["ci95"][0] > 0
+    assert "cannot give" not in six["sentence"]
