@@ -28,7 +28,7 @@ Assumptions:
 from __future__ import annotations
 
 from dporec import data as D
-from dporec import models, training
+from dporec import health, models, training
 from dporec.config import parse_args, prepare_run_dir, run_main, stage_dir
 
 
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     trainer = DPOTrainer(model=model, ref_model=None, args=training.dpo_config(cfg, out, backend),
                          train_dataset=train_ds, eval_dataset=val_ds, processing_class=tok)
     training.adapters_to_fp32(trainer, backend)
-    wall = training.train(trainer, resume_from)
+    wall = training.train(trainer, resume_from, callbacks=[health.make_callback("dpo", cfg["health"])])
 
     facts = {"stage": "dpo", "backend": backend, "init": init, "reference_model": reference,
              "sft_adapter": str(adapter) if adapter else None, "resumed_from": resume_from,

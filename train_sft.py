@@ -23,7 +23,7 @@ Assumptions:
 from __future__ import annotations
 
 from dporec import data as D
-from dporec import models, training
+from dporec import health, models, training
 from dporec.config import parse_args, prepare_run_dir, run_main, stage_dir
 
 
@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     trainer = SFTTrainer(model=model, args=training.sft_config(cfg, out, backend),
                          train_dataset=train_ds, eval_dataset=val_ds, processing_class=tok)
     training.adapters_to_fp32(trainer, backend)
-    wall = training.train(trainer, resume_from)
+    wall = training.train(trainer, resume_from, callbacks=[health.make_callback("sft", cfg["health"])])
 
     facts = {"stage": "sft", "backend": backend, "resumed_from": resume_from, "init_adapter": init_adapter,
              "n_train": len(train_exs), "n_val": len(val_exs), "train_balance": D.balance(train_exs)}

@@ -20,6 +20,7 @@ import torch
 
 from . import UserError
 from . import data as D
+from . import health
 from .config import stage_dir, write_run_info
 
 # What the DPO reference is, recorded in run_info.json and metrics.json. TRL 1.14, given a
@@ -151,7 +152,7 @@ def trainer_args(cfg: dict, stage: str, out_dir: Path, backend: str) -> dict:
         save_total_limit=tc["save_total_limit"],
         seed=cfg["seed"],
         data_seed=cfg["seed"],
-        report_to="none",
+        report_to=tc["report_to"],
         dataloader_num_workers=0,
         **precision_flags(),
     )
@@ -221,14 +222,16 @@ def load_trainable_adapter(model, checkpoint: str | Path) -> bool:
     return True
 
 
-def train(trainer, resume_from: str | None = None) -> float:
-    """trainer.train() (continuing from a checkpoint when given); returns wall seconds.
+def train(trainer, resume_from: str | None = None, callbacks=()) -> float:
+    """trainer.train() (continuing from a checkpoint when given) with extra callbacks; returns wall seconds.
 
     Out-of-memory becomes a UserError naming the knobs to turn; a final evaluation is added when
     the last step was not an eval step, so every run ends with validation metrics.
     """
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
+    for cb in callbacks:
+        trainer.add_callback(cb)
     if resume_from:
         load_trainable_adapter(trainer.model, resume_from)
     start = time.perf_counter()
@@ -309,8 +312,12 @@ def finish_run(trainer, tokenizer, out_dir: Path, cfg: dict, wall_time_s: float,
     save_outputs(trainer, tokenizer, out_dir)
     write_run_info(out_dir, cfg, **facts)
     metrics = collect_metrics(trainer, wall_time_s, **facts)
+    warmup = trainer.args.get_warmup_steps(trainer.state.max_steps) if trainer.state.max_steps > 0 else 0
+    metrics["health"] = _finite(health.check(facts["stage"], *health.split_history(trainer.state.log_history),
+                                             cfg["health"], warmup))
     write_metrics(out_dir, metrics)
     print(summary_line(facts["stage"], metrics))
+    health.print_warnings(facts["stage"], metrics["health"])
     return metrics
 
 
