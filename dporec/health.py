@@ -134,6 +134,8 @@ def make_callback(stage: str, thresholds: dict):
             self.seen: set[str] = set()
 
         def on_log(self, args, state, control, logs=None, **kwargs):
+            if not state.is_world_process_zero:
+                return
             warmup = int(args.get_warmup_steps(state.max_steps)) if state.max_steps > 0 else 0
             result = check(stage, *split_history(state.log_history), thresholds, warmup)
             new = [w for w in result["warnings"] if w["code"] not in self.seen]

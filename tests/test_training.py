@@ -227,9 +227,8 @@ def _interrupt_at(monkeypatch, step: int):
 
     real_train = training.train
 
-    def train_then_interrupt(trainer, resume_from=None):
-        trainer.add_callback(Interrupt())
-        return real_train(trainer, resume_from)
+    def train_then_interrupt(trainer, resume_from=None, callbacks=()):
+        return real_train(trainer, resume_from, callbacks=[*callbacks, Interrupt()])
 
     monkeypatch.setattr(training, "train", train_then_interrupt)
 
