@@ -73,7 +73,28 @@ def processes():
     process alone.
     """
     from accelerate import PartialState
-    return PartialState(cpu=not torch.cuda.is_available())
+    state = PartialState(cpu=not torch.cuda.is_available())
+    if state.num_processes > 1 and state.device.type == "cpu":
+        _allow_indexed_cpu_storages()
+    return state
+
+
+def _allow_indexed_cpu_storages() -> None:
+    """Let torch.load restore storages tagged "cpu:<rank>".
+
+    accelerate names each CPU process's device cpu:<rank>; optimizer states saved in a checkpoint
+    carry that tag, and transformers 5.17 resumes them with map_location=args.device ("cpu:0"),
+    which torch's default restore rejects, so resuming a multi-process CPU run would fail.
+    """
+    import torch.serialization as ser
+    if getattr(ser, "_dporec_cpu_index", False):
+        return
+
+    def restore(obj, location):
+        return obj.cpu() if isinstance(location, str) and location.startswith("cpu:") else None
+
+    ser.register_package(5, lambda obj: None, restore)
+    ser._dporec_cpu_index = True
 
 
 def prepare_stage_dir(cfg: dict, path: Path) -> tuple[Path, str | None]:

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import load_file
 
 from conftest import ROOT, TINY_CONFIG, tiny_overrides
 
@@ -28,7 +31,8 @@ def launch(script: str, overrides: list[str]) -> subprocess.CompletedProcess:
 @pytest.mark.skipif(not ACCELERATE.exists(), reason="accelerate's launcher is not installed next to python")
 def test_two_process_sft_then_dpo(tiny_data, tiny_model, tmp_path):
     # 32 training examples, batch 4, 2 processes: 4 steps are one epoch, each process its own 16.
-    over = tiny_overrides(tiny_data, tiny_model, tmp_path / "run") + ["sft.max_steps=4", "dpo.max_steps=4"]
+    over = tiny_overrides(tiny_data, tiny_model, tmp_path / "run") + ["sft.max_steps=4", "dpo.max_steps=4",
+                                                                        "train.save_steps=2"]
     for stage, script in (("sft", "train_sft.py"), ("dpo", "train_dpo.py")):
         proc = launch(script, over)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -45,4 +49,16 @@ def test_two_process_sft_then_dpo(tiny_data, tiny_model, tmp_path):
     # DPO from the SFT adapter under DDP keeps the reference semantics: rewards 0 at step 0
     init = json.loads((tmp_path / "run" / "dpo" / "metrics.json").read_text())["initial_eval"]
     assert abs(init["eval_rewards/chosen"]) < 1e-3
+
+    # An SFT run interrupted after checkpoint-2 and resumed under DDP ends where the straight run ended.
+    cut = tmp_path / "cut" / "sft"
+    cut.mkdir(parents=True)
+    shutil.copytree(tmp_path / "run" / "sft" / "checkpoint-2", cut / "checkpoint-2")
+    over_cut = [o for o in over if not o.startswith("output_dir=")] + [f"output_dir={tmp_path / 'cut'}", "--resume"]
+    proc = launch("train_sft.py", over_cut)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert json.loads((cut / "metrics.json").read_text())["resumed_from"].endswith("checkpoint-2")
+    a = load_file(str(tmp_path / "run" / "sft" / "adapter_model.safetensors"))
+    b = load_file(str(cut / "adapter_model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
 
