@@ -28,8 +28,8 @@ Assumptions:
 from __future__ import annotations
 
 from dporec import data as D
-from dporec import models, training
-from dporec.config import parse_args, prepare_run_dir, run_main, stage_dir
+from dporec import health, models, training
+from dporec.config import parse_args, run_main, stage_dir
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,8 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         models.check_adapter(adapter, cfg["model"]["name"])
     reference = training.REFERENCE_SFT if init == "sft" else training.REFERENCE_BASE
 
-    out = prepare_run_dir(stage_dir(cfg, "dpo"), cfg)
-    resume_from = training.resume_checkpoint(out, cfg)
+    out, resume_from = training.prepare_stage_dir(cfg, stage_dir(cfg, "dpo"))
 
     from transformers import set_seed
     set_seed(cfg["seed"])
@@ -62,14 +61,14 @@ def main(argv: list[str] | None = None) -> int:
     trainer = DPOTrainer(model=model, ref_model=None, args=training.dpo_config(cfg, out, backend),
                          train_dataset=train_ds, eval_dataset=val_ds, processing_class=tok)
     training.adapters_to_fp32(trainer, backend)
-    wall = training.train(trainer, resume_from)
+    wall = training.train(trainer, resume_from, callbacks=[health.make_callback("dpo", cfg["health"])])
 
     facts = {"stage": "dpo", "backend": backend, "init": init, "reference_model": reference,
              "sft_adapter": str(adapter) if adapter else None, "resumed_from": resume_from,
              "loss_type": cfg["dpo"]["loss_type"], "beta": cfg["dpo"]["beta"],
              "n_train": len(train_exs), "n_val": len(val_exs), "train_balance": D.balance(train_exs)}
-    training.finish_run(trainer, tok, out, cfg, wall, **facts)
-    print(f"[dpo] adapter saved to {out} (reference: {reference})")
+    if training.finish_run(trainer, tok, out, cfg, wall, **facts):  # {} on the other processes
+        print(f"[dpo] adapter saved to {out} (reference: {reference})")
     return 0
 
 

@@ -23,8 +23,8 @@ Assumptions:
 from __future__ import annotations
 
 from dporec import data as D
-from dporec import models, training
-from dporec.config import parse_args, prepare_run_dir, run_main, stage_dir
+from dporec import health, models, training
+from dporec.config import parse_args, run_main, stage_dir
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,8 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     init_adapter = cfg["sft"]["init_adapter"]
     if init_adapter:
         models.check_adapter(init_adapter, cfg["model"]["name"])
-    out = prepare_run_dir(stage_dir(cfg, cfg["sft"]["run_name"]), cfg)
-    resume_from = training.resume_checkpoint(out, cfg)
+    out, resume_from = training.prepare_stage_dir(cfg, stage_dir(cfg, cfg["sft"]["run_name"]))
 
     from transformers import set_seed
     set_seed(cfg["seed"])
@@ -51,12 +50,12 @@ def main(argv: list[str] | None = None) -> int:
     trainer = SFTTrainer(model=model, args=training.sft_config(cfg, out, backend),
                          train_dataset=train_ds, eval_dataset=val_ds, processing_class=tok)
     training.adapters_to_fp32(trainer, backend)
-    wall = training.train(trainer, resume_from)
+    wall = training.train(trainer, resume_from, callbacks=[health.make_callback("sft", cfg["health"])])
 
     facts = {"stage": "sft", "backend": backend, "resumed_from": resume_from, "init_adapter": init_adapter,
              "n_train": len(train_exs), "n_val": len(val_exs), "train_balance": D.balance(train_exs)}
-    training.finish_run(trainer, tok, out, cfg, wall, **facts)
-    print(f"[sft] adapter saved to {out}")
+    if training.finish_run(trainer, tok, out, cfg, wall, **facts):  # {} on the other processes
+        print(f"[sft] adapter saved to {out}")
     return 0
 
 

@@ -290,9 +290,9 @@ def _child_stage(stage: str, timing_file: str, train_argv: list[str]) -> None:
     from dporec import training
     original = training.train
 
-    def timed_train(trainer, resume_from=None):
-        trainer.add_callback(_step_timer(Path(timing_file)))  # transformers is loaded by now
-        return original(trainer, resume_from)
+    def timed_train(trainer, resume_from=None, callbacks=()):
+        # transformers is loaded by now
+        return original(trainer, resume_from, callbacks=[*callbacks, _step_timer(Path(timing_file))])
 
     training.train = timed_train
     script = __import__("train_sft" if stage == "sft" else "train_dpo")

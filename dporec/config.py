@@ -83,6 +83,8 @@ SCHEMA: dict[str, Any] = {
         "eval_steps": F(100, int),
         "save_steps": F(100, int),
         "save_total_limit": F(2, int),
+        "report_to": F("none", str, list, help="TRL/transformers loggers: none, tensorboard, wandb, trackio "
+                                               "(or a list of them)"),
     },
     "sft": {
         "init_adapter": F(None, str, NONE, help="continue training this adapter instead of a fresh LoRA "
@@ -113,6 +115,13 @@ SCHEMA: dict[str, Any] = {
         "stability": F(False, bool),
         "bootstrap_samples": F(2000, int),
         "alpha": F(0.05, float),
+    },
+    "health": {  # dporec/health.py: warnings in metrics.json, the report and the console
+        "max_chosen_logp_drop": F(5.0, float, help="DPO: warn when logps/chosen falls this many nats below "
+                                                   "its first value (likelihood displacement)"),
+        "min_eval_reward_accuracy": F(0.55, float, help="DPO: warn when the last eval rewards/accuracies is below"),
+        "max_eval_loss_rise": F(0.10, float, help="SFT: warn when the last eval loss is this fraction above "
+                                                 "its minimum (over-fitting)"),
     },
     "experiment": {
         "control_arm": F(False, bool, help="also run SFT continued for as many steps as the DPO stage"),

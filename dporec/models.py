@@ -101,7 +101,9 @@ def _hf_load(cfg: dict, name: str):
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=dtype)
-    kwargs["device_map"] = {"": 0} if torch.cuda.is_available() else {"": "cpu"}
+    # Under `accelerate launch` each process holds its own copy on its own GPU (DDP).
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    kwargs["device_map"] = {"": local_rank} if torch.cuda.is_available() else {"": "cpu"}
     return AutoModelForCausalLM.from_pretrained(name, **kwargs)
 
 

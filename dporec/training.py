@@ -20,7 +20,8 @@ import torch
 
 from . import UserError
 from . import data as D
-from .config import stage_dir, write_run_info
+from . import health
+from .config import prepare_run_dir, stage_dir, write_run_info
 
 # What the DPO reference is, recorded in run_info.json and metrics.json. TRL 1.14, given a
 # PeftModel and ref_model=None, copies the trainable 'default' adapter into a frozen 'ref' adapter
@@ -59,6 +60,86 @@ def load_stage_data(cfg: dict) -> tuple[list, list]:
 def to_dataset(rows: list[dict]):
     from datasets import Dataset
     return Dataset.from_list(rows)
+
+
+# ---------------------------------------------------------------------------------------------
+# Processes: one, or several under `accelerate launch` (DDP through the Trainer)
+
+def processes():
+    """accelerate's process state: one process, or the group `accelerate launch` started.
+
+    The Trainer shards the data and averages gradients over the group itself (DDP); what is ours
+    is that the run folder is prepared, and run_info.json / metrics.json written, by the main
+    process alone.
+    """
+    from accelerate import PartialState
+    state = PartialState(cpu=not torch.cuda.is_available())
+    if state.num_processes > 1 and state.device.type == "cpu":
+        _allow_indexed_cpu_storages()
+    return state
+
+
+def _allow_indexed_cpu_storages() -> None:
+    """Let torch.load restore storages tagged "cpu:<rank>".
+
+    accelerate names each CPU process's device cpu:<rank>; optimizer states saved in a checkpoint
+    carry that tag, and transformers 5.17 resumes them with map_location=args.device ("cpu:0"),
+    which torch's default restore rejects, so resuming a multi-process CPU run would fail.
+    """
+    import torch.serialization as ser
+    if getattr(ser, "_dporec_cpu_index", False):
+        return
+
+    def restore(obj, location):
+        return obj.cpu() if isinstance(location, str) and location.startswith("cpu:") else None
+
+    ser.register_package(5, lambda obj: None, restore)
+    ser._dporec_cpu_index = True
+
+
+def prepare_stage_dir(cfg: dict, path: Path) -> tuple[Path, str | None]:
+    """The stage folder and the checkpoint to resume from; the main process checks and cleans first.
+
+    Under several processes the others wait, then see the folder as the main process left it. A
+    refusal on the main process ends the launch (torchrun stops the whole group).
+    """
+    with processes().main_process_first():
+        out = prepare_run_dir(path, cfg)
+        return out, resume_checkpoint(out, cfg)
+
+
+class ShardLog:
+    """Wraps a data collator and fingerprints every example this process collates.
+
+    Under `accelerate launch` each process must train on its own shard; metrics.json reports how
+    many training examples each process saw and how many two processes both saw (0 within one
+    epoch), so a misconfigured launch that trains N copies on the same data is visible.
+    """
+
+    def __init__(self, collator):
+        self.collator, self.seen = collator, []
+
+    def __call__(self, features):
+        import hashlib
+        for f in features:
+            key = [f[k] for k in sorted(f) if k.endswith("input_ids") or k.endswith("_ids")]
+            self.seen.append(hashlib.sha1(repr(key).encode()).hexdigest()[:16])
+        return self.collator(features)
+
+
+def shard_report(trainer, log: ShardLog) -> dict:
+    """{world_size, training examples per process, examples seen by more than one process}."""
+    from accelerate.utils import gather_object
+    state = processes()
+    probe = ShardLog(lambda f: f)
+    probe(list(trainer.train_dataset))
+    train_keys = set(probe.seen)
+    mine = [k for k in log.seen if k in train_keys]
+    per_process = gather_object([mine]) if state.num_processes > 1 else [mine]
+    sets = [set(s) for s in per_process]
+    shared = set().union(*[a & b for i, a in enumerate(sets) for b in sets[i + 1:]]) if len(sets) > 1 else set()
+    return {"world_size": state.num_processes, "examples_per_process": [len(s) for s in per_process],
+            "distinct_examples_per_process": [len(s) for s in sets], "examples_in_two_processes": len(shared)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -151,7 +232,7 @@ def trainer_args(cfg: dict, stage: str, out_dir: Path, backend: str) -> dict:
         save_total_limit=tc["save_total_limit"],
         seed=cfg["seed"],
         data_seed=cfg["seed"],
-        report_to="none",
+        report_to=tc["report_to"],
         dataloader_num_workers=0,
         **precision_flags(),
     )
@@ -221,14 +302,18 @@ def load_trainable_adapter(model, checkpoint: str | Path) -> bool:
     return True
 
 
-def train(trainer, resume_from: str | None = None) -> float:
-    """trainer.train() (continuing from a checkpoint when given); returns wall seconds.
+def train(trainer, resume_from: str | None = None, callbacks=()) -> float:
+    """trainer.train() (continuing from a checkpoint when given) with extra callbacks; returns wall seconds.
 
     Out-of-memory becomes a UserError naming the knobs to turn; a final evaluation is added when
     the last step was not an eval step, so every run ends with validation metrics.
     """
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
+    for cb in callbacks:
+        trainer.add_callback(cb)
+    if getattr(trainer, "data_collator", None) is not None and not isinstance(trainer.data_collator, ShardLog):
+        trainer.data_collator = ShardLog(trainer.data_collator)
     if resume_from:
         load_trainable_adapter(trainer.model, resume_from)
     start = time.perf_counter()
@@ -298,19 +383,27 @@ def _finite(obj):
     return obj
 
 
-def save_outputs(trainer, tokenizer, out_dir: Path) -> None:
-    """Adapter (+ a ref/ sub-folder for DPO from SFT) and tokenizer into the stage folder."""
-    trainer.save_model(str(out_dir))
-    tokenizer.save_pretrained(str(out_dir))
-
-
 def finish_run(trainer, tokenizer, out_dir: Path, cfg: dict, wall_time_s: float, **facts) -> dict:
-    """Save the adapter and tokenizer, then run_info.json, then (last: the 'finished' marker) metrics.json."""
-    save_outputs(trainer, tokenizer, out_dir)
+    """Save the adapter and tokenizer, then run_info.json, then (last: the 'finished' marker) metrics.json.
+
+    Every process takes part (saving and the shard report gather across processes); only the main
+    process writes files and prints.
+    """
+    trainer.save_model(str(out_dir))  # the Trainer writes from the main process only
+    shards = shard_report(trainer, trainer.data_collator) if isinstance(trainer.data_collator, ShardLog) else None
+    if not processes().is_main_process:
+        return {}
+    tokenizer.save_pretrained(str(out_dir))
+    facts = {**facts, "world_size": processes().num_processes}
     write_run_info(out_dir, cfg, **facts)
     metrics = collect_metrics(trainer, wall_time_s, **facts)
+    metrics["data_shards"] = shards
+    warmup = trainer.args.get_warmup_steps(trainer.state.max_steps) if trainer.state.max_steps > 0 else 0
+    metrics["health"] = _finite(health.check(facts["stage"], *health.split_history(trainer.state.log_history),
+                                             cfg["health"], warmup))
     write_metrics(out_dir, metrics)
     print(summary_line(facts["stage"], metrics))
+    health.print_warnings(facts["stage"], metrics["health"])
     return metrics
 
 

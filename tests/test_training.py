@@ -52,6 +52,11 @@ def dpo_from_base(tiny_data, tiny_model, tmp_path_factory) -> Path:
     return run(train_dpo, tiny_data, tiny_model, tmp_path_factory.mktemp("dpo_base"), "dpo.init=base")
 
 
+def health_thresholds() -> dict:
+    from dporec.config import load_config
+    return load_config(TINY_CONFIG)["health"]
+
+
 def fresh_4bit_base(tiny_model):
     from dporec.config import load_config
     from dporec.models import load_base
@@ -65,6 +70,7 @@ def fresh_4bit_base(tiny_model):
 def test_sft_lowers_loss_and_moves_lora(sft_run):
     m = metrics(sft_run / "sft")
     assert m["steps"] == 8 and m["backend"] == "hf"
+    assert m["health"]["observed"]["eval_loss_last"] == m["final_eval"]["eval_loss"]
     assert m["initial_eval"]["step"] == 0
     assert m["final_eval"]["eval_loss"] < m["initial_eval"]["eval_loss"]
     losses = [h["loss"] for h in m["train_history"]]
@@ -140,6 +146,13 @@ def test_dpo_runs_reference_frozen_and_equal_at_init(which, request, tiny_model,
                 "logps/chosen", "logps/rejected"):
         assert key in m["final_train_metrics"] and f"eval_{key}" in final, key
     assert all(math.isfinite(h["loss"]) for h in m["train_history"])
+    # the health monitor read the same history: its verdict on reward accuracy follows the number
+    from dporec import health
+    assert set(m["health"]) == {"ok", "warnings", "observed"}
+    low = final["eval_rewards/accuracies"] < 0.55
+    assert low == ("low_reward_accuracy" in [w["code"] for w in m["health"]["warnings"]])
+    assert m["health"] == json.loads(json.dumps(health.check_dpo(
+        m["train_history"], m["eval_history"], health_thresholds(), warmup_steps=0)))
 
     policy, frozen = adapter_weights(root / "dpo"), adapter_weights(root / "dpo" / "ref")
     if which == "sft":
@@ -214,9 +227,8 @@ def _interrupt_at(monkeypatch, step: int):
 
     real_train = training.train
 
-    def train_then_interrupt(trainer, resume_from=None):
-        trainer.add_callback(Interrupt())
-        return real_train(trainer, resume_from)
+    def train_then_interrupt(trainer, resume_from=None, callbacks=()):
+        return real_train(trainer, resume_from, callbacks=[*callbacks, Interrupt()])
 
     monkeypatch.setattr(training, "train", train_then_interrupt)
 
