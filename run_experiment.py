@@ -34,6 +34,8 @@ symmetry with the stage scripts. --overwrite reruns every stage (data files are 
 from __future__ import annotations
 
 import json
+import shlex
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -103,20 +105,37 @@ def run_stage(name: str, marker: Path, main, argv: list[str], overwrite: bool) -
     return "done"
 
 
+def launched(script: str, launcher: str | None):
+    """The stage's main(), in this process; or, with experiment.launcher, the script under that command.
+
+    `accelerate launch --num_processes N` (several GPUs) needs processes of its own, so a launcher
+    runs the training script as a child process with the same arguments.
+    """
+    module = __import__(script)
+    if not launcher:
+        return module.main
+
+    def child(argv: list[str]) -> int:
+        cmd = [*shlex.split(launcher), str(ROOT / f"{script}.py"), *argv]
+        print(f"[launch] {shlex.join(cmd)}", flush=True)
+        return subprocess.call(cmd)
+    return child
+
+
 def run_once(config: str, overrides: list[str], overwrite: bool) -> tuple[dict, dict]:
     """SFT -> DPO (-> control) -> eval for one run folder. Returns (results, {stage: status})."""
     import evaluate_dpo
-    import train_dpo
-    import train_sft
     cfg = load_config(config, overrides)
+    sft_main = launched("train_sft", cfg["experiment"]["launcher"])
+    dpo_main = launched("train_dpo", cfg["experiment"]["launcher"])
     out = Path(cfg["output_dir"])
     argv = ["--config", config, *overrides]
-    status = {"sft": run_stage("sft", out / "sft" / "metrics.json", train_sft.main, argv, overwrite)}
-    status["dpo"] = run_stage("dpo", out / "dpo" / "metrics.json", train_dpo.main, argv, overwrite)
+    status = {"sft": run_stage("sft", out / "sft" / "metrics.json", sft_main, argv, overwrite)}
+    status["dpo"] = run_stage("dpo", out / "dpo" / "metrics.json", dpo_main, argv, overwrite)
     eval_argv, expected = argv, set(cfg["eval"]["models"]) | set(cfg["eval"]["adapters"])
     if cfg["experiment"]["control_arm"]:
         control = analysis.control_overrides(out / "dpo", out / "sft", CONTROL)
-        status[CONTROL] = run_stage(CONTROL, out / CONTROL / "metrics.json", train_sft.main,
+        status[CONTROL] = run_stage(CONTROL, out / CONTROL / "metrics.json", sft_main,
                                     argv + control, overwrite)
         adapters = {**cfg["eval"]["adapters"], CONTROL: str(out / CONTROL)}
         eval_argv, expected = argv + [f"eval.adapters={json.dumps(adapters)}"], expected | {CONTROL}

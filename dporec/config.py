@@ -125,6 +125,8 @@ SCHEMA: dict[str, Any] = {
     },
     "experiment": {
         "control_arm": F(False, bool, help="also run SFT continued for as many steps as the DPO stage"),
+        "launcher": F(None, str, NONE, help="run_experiment.py runs the training stages as child processes "
+                                            "under this command, e.g. 'accelerate launch --num_processes 2'"),
     },
 }
 

@@ -62,3 +62,17 @@ def test_two_process_sft_then_dpo(tiny_data, tiny_model, tmp_path):
     b = load_file(str(cut / "adapter_model.safetensors"))
     assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
 
+
+
+def test_run_experiment_runs_training_stages_under_a_launcher(tiny_data, tiny_model, tmp_path, capsys):
+    """experiment.launcher runs each training stage as a child process under that command (here the
+    plain interpreter; `accelerate launch ...` on a multi-GPU machine), then evaluates in-process."""
+    import run_experiment
+    over = tiny_overrides(tiny_data, tiny_model, tmp_path / "run") + [
+        "sft.max_steps=2", "dpo.max_steps=2", f"experiment.launcher={sys.executable}"]
+    assert run_experiment.main(["--config", str(TINY_CONFIG), *over]) == 0
+    out = capsys.readouterr().out
+    assert out.count("[launch] ") == 2 and "train_dpo.py" in out
+    for stage in ("sft", "dpo"):
+        assert json.loads((tmp_path / "run" / stage / "metrics.json").read_text())["steps"] == 2
+    assert (tmp_path / "run" / "eval" / "results.json").is_file()
