@@ -1,12 +1,15 @@
 """Check that this machine can run the experiment before spending hours on it.
 
-    python verify_setup.py --config configs/llama3_8b.yaml             # GPU: versions, GPU, Unsloth, 4-bit, model, data
+    python verify_setup.py --config configs/llama3_8b.yaml             # GPU: versions, GPU + driver, xformers, Unsloth, 4-bit, model, data
+    python verify_setup.py --config configs/llama3_8b.yaml --smoke     # GPU: also a few SFT+DPO steps with the resolved backend
     python verify_setup.py --config configs/cpu_demo.yaml              # CPU demo (what `make verify` runs)
     python verify_setup.py --config configs/tiny.yaml --smoke          # CPU smoke: also a few SFT+DPO steps on a tiny model
     python verify_setup.py --config configs/llama3_8b.yaml --for-eval  # before evaluate_dpo.py: adapters must exist
 
 Prints one row per check: ✓ fine, ! works but worth knowing (slow path, not trained yet, ...),
 ✗ will fail (each with the command or setting that fixes it). Exit status 1 when any check is ✗.
+A GPU nvidia-smi sees but torch cannot use, xformers that does not load, and a GPU-sized model
+(models.gpu_refusal: the rule the scripts apply) without a usable GPU are each a ✗.
 Without --smoke it runs in seconds and never trains, downloads or imports Unsloth on a CPU machine.
 """
 from __future__ import annotations
@@ -141,7 +144,7 @@ TORCH_FIX = ("pip install -r requirements.txt  (torch 2.10.0, the CUDA 12.8 buil
 
 def gpu_unusable_row(smi: dict, torch_version: str, torch_cuda: str | None):
     """nvidia-smi sees a GPU but torch.cuda.is_available() is False: a ✗ with the fix for the likely cause."""
-    from dporec.models import why_no_cuda
+    from dporec.hardware import why_no_cuda
     detail = why_no_cuda(smi, torch_cuda, torch_version)
     driver_cuda = _version_tuple(smi.get("cuda"))
     if torch_cuda is None:
@@ -175,7 +178,7 @@ def driver_row(smi: dict | None):
 
 def check_gpu(ctx):
     import torch
-    from dporec.models import bf16_supported, nvidia_smi
+    from dporec.hardware import bf16_supported, nvidia_smi
     smi = nvidia_smi()
     if not ctx.cuda:
         if smi is not None:
@@ -191,7 +194,7 @@ def check_gpu(ctx):
 
 def check_needs_gpu(ctx):
     """The scripts' own rule (models.gpu_refusal): a GPU-sized model without a usable CUDA device is a ✗."""
-    from dporec.models import gpu_refusal, why_no_cuda
+    from dporec.hardware import gpu_refusal, why_no_cuda
     message = gpu_refusal(ctx.cfg, ctx.cuda, ctx.cache.get("n_params"))
     if not message:
         return []

@@ -27,7 +27,8 @@ What it does, for one model shape and one batch of real-format training data:
 
 Measures (per backend, batch setting and stage):
   tokens/s        steady state: trained tokens (attention-mask sum TRL logs as num_tokens; for DPO
-                  chosen + rejected) over the wall time of optimizer steps after --warmup-steps
+                  chosen + rejected; under Unsloth, which never logs num_tokens, transformers'
+                  num_input_tokens_seen, the same count: training.trained_tokens) over the wall time of optimizer steps after --warmup-steps
                   (kernel compilation, autotuning), CUDA-synchronised; also the Trainer's own
                   whole-run figure from metrics.json (includes warm-up and the step-0 evaluation)
   peak memory     torch.cuda.max_memory_allocated / max_memory_reserved during training, plus the

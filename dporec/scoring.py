@@ -27,7 +27,9 @@ positions and masks are those of the full sequences, so the scores equal full-se
 float rounding (1e-6 to 1e-4 on a ~100-nat sum; share_prefix=False runs the full sequences, the
 reference in the tests).
 Under Unsloth full sequences are used: its patched forward treats any call with a cache as
-one-token decoding.
+one-token decoding. Unsloth also cuts input_ids longer than its max_seq_length, keeping the left
+end, which with left padding would score the wrong tokens: score_pairs and generate_choices refuse
+such input before any forward (length_limit / check_lengths) instead.
 
 Shared parts are LEFT-padded with explicit position ids (every one ends at the cache's last
 position), continuations RIGHT-padded (every one starts right after it). Only the logits of answer

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import ROOT, TINY_CONFIG
-from dporec import UserError, models
+from dporec import UserError, hardware, models
 from dporec.config import load_config
 
 
@@ -133,16 +133,16 @@ def test_prepare_smollm2_loads_in_4bit(tmp_path):
     ((8, 0), torch.bfloat16), ((8, 6), torch.bfloat16), ((9, 0), torch.bfloat16)])
 def test_auto_dtype_is_bf16_only_with_native_support(capability, expected):
     # A T4 (7.5) "supports" bf16 in torch.cuda.is_bf16_supported() by emulation; we count it as fp16.
-    assert models.bf16_supported(capability) == (expected == torch.bfloat16)
-    assert models.dtype_for("auto", capability) == expected
+    assert hardware.bf16_supported(capability) == (expected == torch.bfloat16)
+    assert hardware.dtype_for("auto", capability) == expected
     assert models.compute_dtype(load_config(TINY_CONFIG), capability) == expected
 
 
 def test_explicit_bf16_on_a_gpu_without_it_is_refused():
     with pytest.raises(UserError, match="compute capability >= 8.0.*7.5"):
-        models.dtype_for("bfloat16", (7, 5))
-    assert models.dtype_for("bfloat16", (8, 6)) == torch.bfloat16
-    assert models.dtype_for("float16", (8, 6)) == torch.float16
+        hardware.dtype_for("bfloat16", (7, 5))
+    assert hardware.dtype_for("bfloat16", (8, 6)) == torch.bfloat16
+    assert hardware.dtype_for("float16", (8, 6)) == torch.float16
 
 
 def test_unsloth_float16_on_ampere_fails_early():
@@ -194,29 +194,29 @@ def test_unsloth_refuses_a_chat_template_with_literal_bos():
 # Which configs need a GPU: one rule for verify_setup.py and the scripts
 
 def test_gpu_rule_from_name_and_size():
-    assert models.params_from_name("unsloth/llama-3-8b-bnb-4bit") == 8e9  # '4bit' is not a size
-    assert models.params_from_name("models/smollm2-135m-instruct") == 135e6
-    assert models.params_from_name("models/tiny-llama") is None
+    assert hardware.params_from_name("unsloth/llama-3-8b-bnb-4bit") == 8e9  # '4bit' is not a size
+    assert hardware.params_from_name("models/smollm2-135m-instruct") == 135e6
+    assert hardware.params_from_name("models/tiny-llama") is None
     big = load_config(ROOT / "configs" / "llama3_8b.yaml")
-    assert "needs a CUDA GPU" in models.gpu_refusal(big, cuda_usable=False)
-    assert "about 8B parameters" in models.gpu_refusal(big, cuda_usable=False)
-    assert models.gpu_refusal(big, cuda_usable=True) is None
+    assert "needs a CUDA GPU" in hardware.gpu_refusal(big, cuda_usable=False)
+    assert "about 8B parameters" in hardware.gpu_refusal(big, cuda_usable=False)
+    assert hardware.gpu_refusal(big, cuda_usable=True) is None
     # the opt-in takes both keys: allow_cpu alone (backend auto) still refuses
-    assert models.gpu_refusal(load_config(ROOT / "configs" / "llama3_8b.yaml", ["model.allow_cpu=true"]), False)
+    assert hardware.gpu_refusal(load_config(ROOT / "configs" / "llama3_8b.yaml", ["model.allow_cpu=true"]), False)
     opted = load_config(ROOT / "configs" / "llama3_8b.yaml", ["model.backend=hf", "model.allow_cpu=true"])
-    assert models.gpu_refusal(opted, False) is None
+    assert hardware.gpu_refusal(opted, False) is None
     for small in ("configs/tiny.yaml", "configs/cpu_demo.yaml"):
-        assert models.gpu_refusal(load_config(ROOT / small), False) is None
+        assert hardware.gpu_refusal(load_config(ROOT / small), False) is None
     # a counted size beats the name
-    assert models.gpu_refusal(load_config(TINY_CONFIG), False, n_params=3e9)
+    assert hardware.gpu_refusal(load_config(TINY_CONFIG), False, n_params=3e9)
 
 
 def test_why_no_cuda_names_the_gpu_and_the_torch_build():
     smi = {"name": "NVIDIA GeForce RTX 3090", "driver": "550.54.15", "cuda": "12.4"}
-    assert "nvidia-smi does not run" in models.why_no_cuda(None, None, "2.13.0+cpu")
-    text = models.why_no_cuda(smi, None, "2.13.0+cpu")
+    assert "nvidia-smi does not run" in hardware.why_no_cuda(None, None, "2.13.0+cpu")
+    text = hardware.why_no_cuda(smi, None, "2.13.0+cpu")
     assert "RTX 3090" in text and "CPU-only build" in text
-    assert "built for CUDA 13.0" in models.why_no_cuda(smi, "13.0", "2.14.1+cu130")
+    assert "built for CUDA 13.0" in hardware.why_no_cuda(smi, "13.0", "2.14.1+cu130")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CPU behaviour")
@@ -250,4 +250,4 @@ def test_prequantized_models_skip_the_stability_check_the_same_way(tiny_model):
     big = load_config(ROOT / "configs" / "llama3_8b.yaml")
     assert "pre-quantized" in models.prequantized_reason(big)  # decided from the name: no download
     assert models.prequantized_reason(load_config(TINY_CONFIG, [f"model.name={tiny_model}"])) is None
-    assert models.prequantized("some/model", {"quantization_config": {"load_in_4bit": True}})
+    assert hardware.prequantized("some/model", {"quantization_config": {"load_in_4bit": True}})
