@@ -164,6 +164,11 @@ def stability(cfg, backend, examples, adapters, rows_q, needed: int) -> dict:
     cfg16["model"]["load_in_4bit"] = False
     dtype = models.compute_dtype(cfg16)
     out = {"precision": str(dtype).replace("torch.", ""), "status": "skipped"}
+    reason = models.prequantized_reason(cfg)  # decided before loading: same under unsloth and hf, no download
+    if reason:
+        out["reason"] = reason
+        print(f"[eval] stability check skipped: {reason}")
+        return out
     avail = _available_bytes()
     if needed * 1.25 > avail:
         out["reason"] = (f"the unquantized weights need about {needed / 2**30:.1f} GiB, "
@@ -238,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     from dporec import models
-    backend = models.resolve_backend(cfg["model"]["backend"])  # imports unsloth first when chosen
+    backend = models.backend_for(cfg)  # refuses GPU-only configs on a CPU; imports unsloth first when chosen
     ec = cfg["eval"]
     test_file = cfg["data"]["test_file"]
     examples = D.load_examples(test_file, limit=cfg["data"]["max_test_examples"])

@@ -45,7 +45,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from dporec import UserError, analysis, report  # noqa: E402
-from dporec.models import release_memory  # noqa: E402
+from dporec.models import refuse_without_gpu, release_memory  # noqa: E402
 from dporec.config import load_config, parse_args, run_main  # noqa: E402
 
 # Overrides that run_experiment decides per stage or per seed instead of passing them through.
@@ -183,6 +183,7 @@ def _write_if_changed(path: Path, text: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args, cfg = parse_args(__doc__, argv)
+    refuse_without_gpu(cfg)  # before building data or loading anything: a GPU-sized model on a CPU stops here
     overwrite = cfg["overwrite"]
     passthrough = [o for o in args.overrides if o.split("=", 1)[0].strip() not in _OWN_KEYS]
     t0 = time.perf_counter()

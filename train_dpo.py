@@ -34,7 +34,7 @@ from dporec.config import parse_args, run_main, stage_dir
 
 def main(argv: list[str] | None = None) -> int:
     _, cfg = parse_args(__doc__, argv)
-    backend = models.resolve_backend(cfg["model"]["backend"])  # imports unsloth first when chosen
+    backend = models.backend_for(cfg)  # refuses GPU-only configs on a CPU; imports unsloth first when chosen
     train_exs, val_exs = training.load_stage_data(cfg)
     fmt = cfg["data"]["prompt_format"]
     D.to_dpo_rows(train_exs + val_exs)  # rejected == chosen fails here, before any model loads

@@ -1,12 +1,15 @@
 """Check that this machine can run the experiment before spending hours on it.
 
-    python verify_setup.py --config configs/llama3_8b.yaml             # GPU: versions, GPU, Unsloth, 4-bit, model, data
+    python verify_setup.py --config configs/llama3_8b.yaml             # GPU: versions, GPU + driver, xformers, Unsloth, 4-bit, model, data
+    python verify_setup.py --config configs/llama3_8b.yaml --smoke     # GPU: also a few SFT+DPO steps with the resolved backend
     python verify_setup.py --config configs/cpu_demo.yaml              # CPU demo (what `make verify` runs)
     python verify_setup.py --config configs/tiny.yaml --smoke          # CPU smoke: also a few SFT+DPO steps on a tiny model
     python verify_setup.py --config configs/llama3_8b.yaml --for-eval  # before evaluate_dpo.py: adapters must exist
 
 Prints one row per check: ✓ fine, ! works but worth knowing (slow path, not trained yet, ...),
 ✗ will fail (each with the command or setting that fixes it). Exit status 1 when any check is ✗.
+A GPU nvidia-smi sees but torch cannot use, xformers that does not load, and a GPU-sized model
+(models.gpu_refusal: the rule the scripts apply) without a usable GPU are each a ✗.
 Without --smoke it runs in seconds and never trains, downloads or imports Unsloth on a CPU machine.
 """
 from __future__ import annotations
@@ -32,7 +35,7 @@ from dporec import UserError  # noqa: E402
 from dporec import config as cfgmod  # noqa: E402
 
 OK, WARN, FAIL = "ok", "warn", "fail"
-GPU_ONLY_PACKAGES = ("unsloth", "unsloth_zoo", "xformers")
+GPU_ONLY_PACKAGES = ("unsloth", "unsloth_zoo", "xformers", "torchvision")
 # A version drift in these changes trainer/quantization behaviour (NOTES.md); in the rest it rarely matters.
 CRITICAL_PACKAGES = {"torch", "transformers", "trl", "peft", "bitsandbytes", "datasets", "accelerate"}
 MIN_PYTHON = (3, 10)  # transformers 5 and Unsloth need 3.10+
@@ -134,22 +137,115 @@ def check_packages(ctx):
 # ---------------------------------------------------------------------------------------------
 # Hardware and backend
 
+MIN_DRIVER = 570  # R570 shipped with CUDA 12.8, what torch 2.10.0's PyPI wheel (requirements.txt) is built for
+TORCH_FIX = ("pip install -r requirements.txt  (torch 2.10.0, the CUDA 12.8 build; needs NVIDIA driver R570+: "
+             "update the driver if nvidia-smi shows an older one)")
+
+
+def gpu_unusable_row(smi: dict, torch_version: str, torch_cuda: str | None):
+    """nvidia-smi sees a GPU but torch.cuda.is_available() is False: a ✗ with the fix for the likely cause."""
+    from dporec.hardware import why_no_cuda
+    detail = why_no_cuda(smi, torch_cuda, torch_version)
+    driver_cuda = _version_tuple(smi.get("cuda"))
+    if torch_cuda is None:
+        fix = TORCH_FIX
+    elif driver_cuda and _version_tuple(torch_cuda)[:1] > driver_cuda[:1]:
+        fix = (f"this torch needs a driver for CUDA {torch_cuda}, the driver offers {smi.get('cuda')}: "
+               f"update the NVIDIA driver, or {TORCH_FIX}")
+    else:
+        fix = f"check CUDA_VISIBLE_DEVICES and that no other process holds the GPU exclusively; else {TORCH_FIX}"
+    return row(FAIL, "gpu", detail, fix)
+
+
+def _version_tuple(v: str | None) -> tuple:
+    try:
+        return tuple(int(x) for x in str(v).split("+")[0].split("."))
+    except ValueError:
+        return ()
+
+
+def driver_row(smi: dict | None):
+    if smi is None:
+        return None
+    major = (_version_tuple(smi["driver"]) or (0,))[0]
+    text = f"NVIDIA driver {smi['driver']} (CUDA {smi.get('cuda') or '?'})"
+    if major and major < MIN_DRIVER:
+        return row(WARN, "driver", f"{text}: older than R{MIN_DRIVER}, which CUDA 12.8 (torch 2.10.0) was built "
+                                   f"for; it runs through CUDA minor-version compatibility, if kernels fail to "
+                                   f"load this is why", f"update the NVIDIA driver to R{MIN_DRIVER} or newer")
+    return row(OK, "driver", text)
+
+
 def check_gpu(ctx):
     import torch
+    from dporec.hardware import bf16_supported, nvidia_smi
+    smi = nvidia_smi()
     if not ctx.cuda:
+        if smi is not None:
+            return gpu_unusable_row(smi, torch.__version__, torch.version.cuda)
         return row(WARN, "gpu", "CPU only: the hf backend will be used, slowly (fine for configs/tiny.yaml "
                                 "and configs/cpu_demo.yaml; the 8B runs need a CUDA GPU)")
     p = torch.cuda.get_device_properties(0)
-    bf16 = torch.cuda.is_bf16_supported()
+    bf16 = bf16_supported((p.major, p.minor))
     detail = (f"{p.name}, {p.total_memory / GB:.1f} GiB, compute capability {p.major}.{p.minor}, "
-              f"bf16 {'yes' if bf16 else 'no (fp16 will be used)'}")
-    return row(OK, "gpu", detail)
+              f"bf16 {'yes' if bf16 else 'no (fp16 will be used)'}; torch {torch.__version__}")
+    return [r for r in (row(OK, "gpu", detail), driver_row(smi)) if r]
+
+
+def check_needs_gpu(ctx):
+    """The scripts' own rule (models.gpu_refusal): a GPU-sized model without a usable CUDA device is a ✗."""
+    from dporec.hardware import gpu_refusal, why_no_cuda
+    message = gpu_refusal(ctx.cfg, ctx.cuda, ctx.cache.get("n_params"))
+    if not message:
+        return []
+    detail = gpu_refusal(ctx.cfg, ctx.cuda, ctx.cache.get("n_params"), why_no_cuda(), hint=False)
+    return row(FAIL, "needs a gpu", detail,
+               "run it on a machine whose GPU torch can use (the gpu row says why this one cannot)")
+
+
+def xformers_mismatch(build: dict, torch_version: str, torch_cuda: str | None) -> str | None:
+    """Why xformers' compiled kernels (built for build['version']['torch'] / ['cuda']) do not fit this torch."""
+    want = build["version"]["torch"]
+    cuda = build["version"].get("cuda")
+    want_cuda = f"{cuda // 100}.{cuda % 100 // 10}" if isinstance(cuda, int) else None
+    if torch_cuda is None:
+        return f"xformers is built for torch {want} (CUDA {want_cuda}); torch {torch_version} is a CPU-only build"
+    if want_cuda and torch_cuda.split(".")[0] != want_cuda.split(".")[0]:
+        return (f"xformers is built for torch {want} (CUDA {want_cuda}); torch {torch_version} is built for "
+                f"CUDA {torch_cuda}, so its kernels cannot find libcudart.so.{want_cuda.split('.')[0]}")
+    if _version_tuple(want)[:3] != _version_tuple(torch_version)[:3]:
+        return f"xformers is built for torch {want}; torch {torch_version} is not the set requirements.txt pins"
+    return None
+
+
+def check_xformers(ctx):
+    """Installed but not loading, xformers is worse than absent: Unsloth falls back to PyTorch attention
+    with a one-line message, and runs slower with more memory than the pinned install."""
+    if not ctx.cuda or importlib.util.find_spec("xformers") is None:
+        return []
+    import torch
+    try:
+        import xformers
+        loaded, error = xformers._has_cpp_library, xformers._cpp_lib._cpp_library_load_exception
+    except Exception as e:  # noqa: BLE001 - any import failure is what the user needs to see
+        loaded, error = False, e
+    build_file = Path(importlib.util.find_spec("xformers").submodule_search_locations[0]) / "cpp_lib.json"
+    why = (xformers_mismatch(json.loads(build_file.read_text()), torch.__version__, torch.version.cuda)
+           if build_file.is_file() else None)
+    if loaded:
+        return row(OK, "xformers", f"{_installed('xformers')} loads its CUDA kernels")
+    detail = f"xformers {_installed('xformers')} is installed but does not load: {why or error}"
+    return row(FAIL, "xformers", detail.splitlines()[0],
+               "pip install -r requirements.txt (torch, torchvision and xformers built together), "
+               "or pip uninstall xformers to run on PyTorch attention knowingly")
 
 
 def check_backend(ctx):
     """models.resolve_backend's choice, without importing Unsloth where it cannot work (CPU)."""
     requested = ctx.cfg["model"]["backend"]
     has_unsloth = importlib.util.find_spec("unsloth") is not None
+    # what models.resolve_backend will pick; --smoke runs with it, so it imports what the real run imports
+    ctx.cache["backend"] = "unsloth" if requested != "hf" and ctx.cuda and has_unsloth else "hf"
     if requested == "hf":
         return row(OK, "backend", "hf (transformers + bitsandbytes + PEFT), as configured")
     if not ctx.cuda:
@@ -168,6 +264,7 @@ def check_backend(ctx):
         # before any check that imports them.
         import unsloth  # noqa: F401
     except Exception as e:  # an import error here is exactly what the user needs to see
+        ctx.cache["backend"] = "hf"
         return row(FAIL, "backend", f"unsloth is installed but fails to import: {type(e).__name__}: {e}",
                    "pip install -r requirements.txt, or pass model.backend=hf")
     return row(OK, "backend", f"{requested} -> unsloth {_installed('unsloth')} (imports fine)")
@@ -456,16 +553,24 @@ def check_smoke(ctx):
         tmp = Path(tmp)
         model_dir = models.build_tiny_llama(tmp / "tiny-llama", seed=0)
         movielens.build_from_source("synthetic:30", tmp / "data", seed=0)
-        argv = ["--config", str(ROOT / "configs" / "tiny.yaml"), f"model.name={model_dir}",
-                f"output_dir={tmp / 'run'}", f"data.train_file={tmp / 'data' / 'train.jsonl'}",
-                f"data.val_file={tmp / 'data' / 'val.jsonl'}", f"data.test_file={tmp / 'data' / 'test.jsonl'}",
-                "sft.max_steps=3", "dpo.max_steps=3", "data.max_train_examples=12"]
+        argv = smoke_argv(ctx, tmp, model_dir)
         for stage, script in (("SFT", train_sft), ("DPO", train_dpo)):
             code = _call_main(script.main, argv)
             if code:
                 return row(FAIL, "smoke training", f"{stage} exited with status {code} (output above)",
                            "read the error above; python train_sft.py --config configs/tiny.yaml reproduces it")
-    return row(OK, "smoke training", f"3 SFT + 3 DPO steps on a tiny 4-bit Llama in {time.time() - t0:.0f} s")
+    return row(OK, "smoke training", f"3 SFT + 3 DPO steps on a tiny 4-bit Llama in {time.time() - t0:.0f} s "
+                                     f"(backend {ctx.cache.get('backend', 'hf')})")
+
+
+def smoke_argv(ctx, tmp: Path, model_dir: Path) -> list[str]:
+    """The smoke run's command line. It passes the backend check_backend resolved for the user's config:
+    with backend auto the tiny config would import Unsloth after this process imported transformers."""
+    return ["--config", str(ROOT / "configs" / "tiny.yaml"), f"model.name={model_dir}",
+            f"model.backend={ctx.cache.get('backend', 'hf')}",
+            f"output_dir={tmp / 'run'}", f"data.train_file={tmp / 'data' / 'train.jsonl'}",
+            f"data.val_file={tmp / 'data' / 'val.jsonl'}", f"data.test_file={tmp / 'data' / 'test.jsonl'}",
+            "sft.max_steps=3", "dpo.max_steps=3", "data.max_train_examples=12"]
 
 
 def _call_main(main, argv) -> int:
@@ -529,8 +634,8 @@ def main(argv=None) -> int:
     import torch
     ctx = Ctx(cfg=cfg, config_path=args.config, for_eval=args.for_eval, cuda=torch.cuda.is_available())
     # check_backend first: on a GPU it imports Unsloth, which must precede transformers/peft.
-    checks = [check_python, check_backend, check_packages, check_gpu, check_bnb_4bit, check_model,
-              check_memory, check_data, check_disk, check_adapters]
+    checks = [check_python, check_backend, check_packages, check_gpu, check_xformers, check_bnb_4bit, check_model,
+              check_memory, check_needs_gpu, check_data, check_disk, check_adapters]
     if args.smoke:
         checks.append(check_smoke)
     print(f"verify_setup: {args.config}" + (" (for evaluation)" if args.for_eval else ""))

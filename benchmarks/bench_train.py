@@ -27,7 +27,8 @@ What it does, for one model shape and one batch of real-format training data:
 
 Measures (per backend, batch setting and stage):
   tokens/s        steady state: trained tokens (attention-mask sum TRL logs as num_tokens; for DPO
-                  chosen + rejected) over the wall time of optimizer steps after --warmup-steps
+                  chosen + rejected; under Unsloth, which never logs num_tokens, transformers'
+                  num_input_tokens_seen, the same count: training.trained_tokens) over the wall time of optimizer steps after --warmup-steps
                   (kernel compilation, autotuning), CUDA-synchronised; also the Trainer's own
                   whole-run figure from metrics.json (includes warm-up and the step-0 evaluation)
   peak memory     torch.cuda.max_memory_allocated / max_memory_reserved during training, plus the
@@ -301,6 +302,7 @@ def _child_stage(stage: str, timing_file: str, train_argv: list[str]) -> None:
 
 def _step_timer(path: Path):
     import torch
+    from dporec import training
     from transformers import TrainerCallback
     cuda = torch.cuda.is_available()
 
@@ -318,8 +320,10 @@ def _step_timer(path: Path):
             self.steps[state.global_step] = {"step": state.global_step, "t": now()}
 
         def on_log(self, args, state, control, logs=None, **kw):
-            if logs and "loss" in logs and "num_tokens" in logs and state.global_step in self.steps:
-                self.steps[state.global_step]["num_tokens"] = logs["num_tokens"]
+            # TRL's num_tokens, else num_input_tokens_seen (all Unsloth logs): training.trained_tokens
+            tokens = training.trained_tokens(logs or {})[0]
+            if logs and "loss" in logs and tokens is not None and state.global_step in self.steps:
+                self.steps[state.global_step]["num_tokens"] = tokens
 
         def on_train_end(self, args, state, control, **kw):
             info = {"steps": list(self.steps.values()), "device": "cpu"}

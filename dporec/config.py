@@ -51,6 +51,8 @@ SCHEMA: dict[str, Any] = {
         "load_in_4bit": F(True, bool),
         "dtype": F("auto", str, choices=("auto", "bfloat16", "float16", "float32")),
         "max_seq_length": F(512, int),
+        "allow_cpu": F(False, bool, help="with backend=hf: run a GPU-sized model (>= 2B parameters) on a CPU "
+                                         "anyway; otherwise every script refuses it without a CUDA GPU"),
     },
     "lora": {
         "r": F(16, int),

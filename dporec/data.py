@@ -393,11 +393,26 @@ def random_balanced_positions(examples: list[Example], rng) -> list[Example]:
 # ---------------------------------------------------------------------------------------------
 # Prompts and trainer rows
 
+def strip_template_bos(text: str, tokenizer) -> str:
+    """Drop the BOS a chat template writes as text when the tokenizer adds one itself on encoding.
+
+    The one place this happens, for every stage: TRL's SFT and DPO and our scoring all tokenize the
+    prompt with special tokens, so a template's '<|begin_of_text|>' would give two BOS tokens
+    (Unsloth's SFT data preparation drops one, TRL's DPO and scoring would not).
+    """
+    bos = getattr(tokenizer, "bos_token", None)
+    if not bos or not text.startswith(bos):
+        return text
+    adds_bos = tokenizer("")["input_ids"][:1] == [tokenizer.bos_token_id]
+    return text[len(bos):] if adds_bos else text
+
+
 def format_prompt(ex: Example, fmt: str = "alpaca", tokenizer=None) -> str:
     """The text the model sees before its answer.
 
     alpaca: the thesis's '### Instruction / ### Input / ### Response' layout.
-    chat:   the tokenizer's chat template with one user turn and the generation prompt.
+    chat:   the tokenizer's chat template with one user turn and the generation prompt, without
+            a BOS the tokenizer adds anyway (strip_template_bos).
     """
     if fmt == "alpaca":
         return f"### Instruction:\n{ex.instruction}\n\n### Input:\n{ex.input}\n\n### Response:\n"
@@ -406,7 +421,8 @@ def format_prompt(ex: Example, fmt: str = "alpaca", tokenizer=None) -> str:
             raise UserError("data.prompt_format=chat needs a tokenizer with a chat template; "
                             "use data.prompt_format=alpaca for this model")
         messages = [{"role": "user", "content": f"{ex.instruction}\n\n{ex.input}"}]
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return strip_template_bos(tokenizer.apply_chat_template(messages, tokenize=False,
+                                                                add_generation_prompt=True), tokenizer)
     raise UserError(f"unknown prompt format {fmt!r} (expected 'alpaca' or 'chat')")
 
 

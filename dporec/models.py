@@ -19,6 +19,8 @@ from pathlib import Path
 import torch
 
 from . import UserError
+from .hardware import (check_unsloth_dtype, cuda_capability, dtype_for,  # noqa: F401  (re-exported)
+                       prequantized_reason, refuse_without_gpu)
 
 
 def resolve_backend(requested: str, verbose: bool = True) -> str:
@@ -46,6 +48,18 @@ def resolve_backend(requested: str, verbose: bool = True) -> str:
     return backend
 
 
+def backend_for(cfg: dict) -> str:
+    """What every script calls first: refuse a GPU-sized model without a GPU (before any download),
+    resolve the backend (importing Unsloth first when chosen), and reject dtype settings this GPU or
+    Unsloth cannot run, all before a model is loaded."""
+    refuse_without_gpu(cfg)
+    backend = resolve_backend(cfg["model"]["backend"])
+    capability = cuda_capability()
+    check_unsloth_dtype(cfg, backend, capability)
+    dtype_for(cfg["model"]["dtype"], capability)
+    return backend
+
+
 def release_memory() -> None:
     """Hand freed model memory back (call after dropping the last reference to a model)."""
     import gc
@@ -58,14 +72,9 @@ def device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def compute_dtype(cfg: dict) -> torch.dtype:
-    """bf16 where the GPU supports it, fp16 on older GPUs, fp32 on CPU (CPU bf16 matmuls are slow)."""
-    name = cfg["model"]["dtype"]
-    if name != "auto":
-        return getattr(torch, name)
-    if torch.cuda.is_available():
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.float32
+def compute_dtype(cfg: dict, capability=...) -> torch.dtype:
+    """The compute dtype of this config on this machine (capability: pass one to ask about another GPU)."""
+    return dtype_for(cfg["model"]["dtype"], cuda_capability() if capability is ... else capability)
 
 
 def _check_model_name(name: str) -> None:
@@ -107,12 +116,34 @@ def _hf_load(cfg: dict, name: str):
     return AutoModelForCausalLM.from_pretrained(name, **kwargs)
 
 
-def _unsloth_load(cfg: dict, name: str):
+def _unsloth_load(cfg: dict, name: str, **kwargs):
+    """FastLanguageModel.from_pretrained with this config's length and dtype (bf16 only at capability >= 8.0)."""
     from unsloth import FastLanguageModel
-    dtype = None if cfg["model"]["dtype"] == "auto" else compute_dtype(cfg)
-    return FastLanguageModel.from_pretrained(
-        model_name=name, max_seq_length=cfg["model"]["max_seq_length"], dtype=dtype,
-        load_in_4bit=cfg["model"]["load_in_4bit"])
+    check_unsloth_dtype(cfg, "unsloth", cuda_capability())
+    model, tok = FastLanguageModel.from_pretrained(
+        model_name=name, max_seq_length=cfg["model"]["max_seq_length"], dtype=compute_dtype(cfg),
+        load_in_4bit=cfg["model"]["load_in_4bit"], **kwargs)
+    problem = unsloth_chat_bos_problem(tok) if cfg["data"]["prompt_format"] == "chat" else None
+    if problem:
+        raise UserError(problem)
+    return model, tok
+
+
+def unsloth_gradient_checkpointing(cfg: dict):
+    """Unsloth's use_gradient_checkpointing value for train.gradient_checkpointing."""
+    return "unsloth" if cfg["train"]["gradient_checkpointing"] else False
+
+
+def unsloth_chat_bos_problem(tok) -> str | None:
+    """Unsloth's SFT data preparation tokenizes without special tokens when the chat template holds
+    the BOS token as literal text; data.format_prompt has already removed the template's BOS, so SFT
+    would then train with no BOS at all while DPO and scoring have one. Refuse that tokenizer."""
+    bos, template = getattr(tok, "bos_token", None), getattr(tok, "chat_template", None) or ""
+    if bos and isinstance(template, str) and bos in template:
+        return (f"data.prompt_format=chat under Unsloth: this tokenizer's chat template contains the BOS token "
+                f"{bos!r} as text, so Unsloth's SFT would train without a BOS while DPO and scoring use one. "
+                f"Use model.backend=hf, or data.prompt_format=alpaca.")
+    return None
 
 
 def disable_cpu_weight_packing(model) -> int:
@@ -166,15 +197,17 @@ def load_for_training(cfg: dict, backend: str, adapter: str | Path | None = None
     if backend == "unsloth":
         from unsloth import FastLanguageModel
         if adapter is not None:
-            # Unsloth loads base + adapter together when given the adapter folder; trainable.
-            model, tok = _unsloth_load(cfg, str(adapter))
+            # Unsloth loads base + adapter together when given the adapter folder; trainable. Without
+            # use_gradient_checkpointing its default ("unsloth") would ignore train.gradient_checkpointing.
+            model, tok = _unsloth_load(cfg, str(adapter),
+                                       use_gradient_checkpointing=unsloth_gradient_checkpointing(cfg))
         else:
             model, tok = _unsloth_load(cfg, cfg["model"]["name"])
             lc = cfg["lora"]
             model = FastLanguageModel.get_peft_model(
                 model, r=lc["r"], target_modules=list(lc["target_modules"]), lora_alpha=lc["alpha"],
                 lora_dropout=lc["dropout"], bias="none",
-                use_gradient_checkpointing="unsloth" if gc else False, random_state=cfg["seed"])
+                use_gradient_checkpointing=unsloth_gradient_checkpointing(cfg), random_state=cfg["seed"])
         if tok.pad_token is None:
             tok.pad_token = tok.eos_token
         return model, tok

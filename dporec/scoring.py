@@ -27,7 +27,9 @@ positions and masks are those of the full sequences, so the scores equal full-se
 float rounding (1e-6 to 1e-4 on a ~100-nat sum; share_prefix=False runs the full sequences, the
 reference in the tests).
 Under Unsloth full sequences are used: its patched forward treats any call with a cache as
-one-token decoding.
+one-token decoding. Unsloth also cuts input_ids longer than its max_seq_length, keeping the left
+end, which with left padding would score the wrong tokens: score_pairs and generate_choices refuse
+such input before any forward (length_limit / check_lengths) instead.
 
 Shared parts are LEFT-padded with explicit position ids (every one ends at the cache's last
 position), continuations RIGHT-padded (every one starts right after it). Only the logits of answer
@@ -44,6 +46,7 @@ from dataclasses import dataclass
 
 import torch
 
+from . import UserError
 from . import data as D
 
 ORDERS = ("original", "swapped")
@@ -213,6 +216,46 @@ def can_share_prefix(model) -> bool:
     return not any("unsloth" in (getattr(type(m).forward, "__module__", None) or "") for m in (model, base))
 
 
+def length_limit(model) -> int | None:
+    """The longest input the model runs unchanged: Unsloth's max_seq_length (its forward cuts longer
+    input_ids to the first max_seq_length tokens, which with left padding drops the answer we score),
+    None for a plain transformers model. Under Unsloth without a readable limit: an error, not a guess."""
+    for m in _model_chain(model):
+        limit = getattr(m, "max_seq_length", None)
+        if isinstance(limit, int) and limit > 0:
+            return limit
+    if not can_share_prefix(model):
+        raise RuntimeError("model runs under Unsloth but exposes no max_seq_length: cannot check that "
+                           "scored sequences are not truncated")
+    return None
+
+
+def _model_chain(model):
+    """The model and the models it wraps (PeftModel -> LoraModel -> ForCausalLM -> decoder)."""
+    seen, todo = [], [model]
+    while todo:
+        m = todo.pop(0)
+        if m is None or any(m is s for s in seen):
+            continue
+        seen.append(m)
+        todo += [getattr(m, "base_model", None), getattr(m, "model", None)]
+    return seen
+
+
+class SequenceTooLong(UserError):
+    pass
+
+
+def check_lengths(lengths, limit: int | None, what: str = "scored sequence") -> None:
+    """Refuse input longer than the model's limit instead of letting it be silently cut."""
+    longest = max(lengths, default=0)
+    if limit is not None and longest > limit:
+        n = sum(x > limit for x in lengths)
+        raise SequenceTooLong(f"{n} {what}(s) are longer than the model's max_seq_length {limit} (longest "
+                              f"{longest} tokens); Unsloth would cut them and the scores would be wrong. "
+                              f"Raise model.max_seq_length to at least {longest}.")
+
+
 def _shared_length(a: _Seq, b: _Seq) -> int:
     # At least one token of each answer is left to the continuation: its log-prob comes from the
     # shared part's last logit, and a continuation cannot be empty.
@@ -337,6 +380,7 @@ def score_pairs(model, tokenizer, examples, fmt: str = "alpaca", batch_size: int
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     pairs = _build_pairs(examples, tokenizer, fmt)
+    check_lengths([len(s.ids) for p in pairs for s in p], length_limit(model))
     if share_prefix is None:
         share_prefix = can_share_prefix(model)
     if share_prefix:
@@ -414,6 +458,8 @@ def generate_choices(model, tokenizer, examples, fmt: str = "alpaca", batch_size
     for ex in examples:
         for order, e in orders(ex):
             items.append((ex, order, e, _ids(tokenizer, D.format_prompt(e, fmt, tokenizer))))
+    check_lengths([len(it[3]) + max_new_tokens for it in items], length_limit(model),
+                  "prompt + max_new_tokens")
     order_idx = sorted(range(len(items)), key=lambda k: -len(items[k][3]))
     texts: list[str | None] = [None] * len(items)
     dev = _model_device(model)

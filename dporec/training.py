@@ -187,11 +187,16 @@ def sft_adapter_path(cfg: dict) -> Path:
 # ---------------------------------------------------------------------------------------------
 # Trainer arguments shared by SFT and DPO
 
-def precision_flags() -> dict:
-    if not torch.cuda.is_available():
+def precision_flags(cfg: dict, capability=...) -> dict:
+    """Trainer precision flags from the model's compute dtype (models.compute_dtype), so the trainer and
+    the loaded model always agree: bf16 only on GPUs with native bf16 (compute capability >= 8.0),
+    fp16 on older GPUs, neither for fp32 (and use_cpu without a GPU)."""
+    from .models import compute_dtype, cuda_capability
+    capability = cuda_capability() if capability is ... else capability
+    if capability is None:
         return {"use_cpu": True, "bf16": False, "fp16": False}
-    bf16 = torch.cuda.is_bf16_supported()
-    return {"bf16": bf16, "fp16": not bf16}
+    dtype = compute_dtype(cfg, capability)
+    return {"bf16": dtype == torch.bfloat16, "fp16": dtype == torch.float16}
 
 
 def resolve_optim(name: str) -> str:
@@ -234,7 +239,10 @@ def trainer_args(cfg: dict, stage: str, out_dir: Path, backend: str) -> dict:
         data_seed=cfg["seed"],
         report_to=tc["report_to"],
         dataloader_num_workers=0,
-        **precision_flags(),
+        # Under Unsloth, TRL's own num_tokens is never logged (Unsloth replaces SFTTrainer.compute_loss);
+        # transformers' count of non-padding input tokens is logged under both backends.
+        include_num_input_tokens_seen="non_padding",
+        **precision_flags(cfg),
     )
 
 
@@ -342,16 +350,28 @@ _SUMMARY_KEYS = ("train_runtime", "train_samples_per_second", "train_steps_per_s
                  "train_tokens_per_second")
 
 
+def trained_tokens(log: dict) -> tuple[int | None, str | None]:
+    """(tokens trained on so far, which counter) from one training log entry.
+
+    TRL's num_tokens (attention-mask sum) when present; else transformers' num_input_tokens_seen
+    (non-padding tokens, include_num_input_tokens_seen="non_padding"), the only count under Unsloth.
+    """
+    for key in ("num_tokens", "num_input_tokens_seen"):
+        if log.get(key) is not None:
+            return log[key], key
+    return None, None
+
+
 def collect_metrics(trainer, wall_time_s: float, **extra) -> dict:
     """metrics.json content from trainer.state.log_history (restored from checkpoints on resume)."""
     hist = trainer.state.log_history
     train_hist = [h for h in hist if "loss" in h and "eval_loss" not in h]
     eval_hist = [h for h in hist if "eval_loss" in h]
-    summary = next((h for h in reversed(hist) if "train_runtime" in h), {})
+    # the end-of-training summary; with include_num_input_tokens_seen every step log has a train_runtime too
+    summary = next((h for h in reversed(hist) if "train_runtime" in h and "train_loss" in h), {})
     runtime = summary.get("train_runtime")
-    # TRL counts the tokens this process trained on (attention-mask sum) as num_tokens.
-    num_tokens = train_hist[-1].get("num_tokens") if train_hist else None
     last_train = train_hist[-1] if train_hist else {}
+    num_tokens, token_source = trained_tokens(last_train)
     out = {
         "steps": trainer.state.global_step,
         "epochs": trainer.state.epoch,
@@ -362,6 +382,7 @@ def collect_metrics(trainer, wall_time_s: float, **extra) -> dict:
         "final_train_metrics": {k: v for k, v in last_train.items()
                                 if k.startswith(("rewards/", "logps/", "loss", "mean_token_accuracy"))},
         "tokens": num_tokens,
+        "tokens_source": token_source,
         "tokens_per_second": (num_tokens / runtime) if num_tokens and runtime else None,
         "train_runtime_s": runtime,
         "wall_time_s": wall_time_s,

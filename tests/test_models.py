@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import ROOT, TINY_CONFIG
-from dporec import UserError, models
+from dporec import UserError, hardware, models
 from dporec.config import load_config
 
 
@@ -123,3 +123,131 @@ def test_prepare_smollm2_loads_in_4bit(tmp_path):
     assert tok.chat_template and tok.eos_token == "<|im_end|>" == tok.convert_ids_to_tokens(model.config.eos_token_id)
     with pytest.raises(UserError, match="--force"):
         mod["main"](["--out", str(out)])
+
+
+# ---------------------------------------------------------------------------------------------
+# Precision decisions, from a compute capability (None: no usable CUDA device)
+
+@pytest.mark.parametrize("capability, expected", [
+    (None, torch.float32), ((7, 5), torch.float16), ((7, 0), torch.float16),
+    ((8, 0), torch.bfloat16), ((8, 6), torch.bfloat16), ((9, 0), torch.bfloat16)])
+def test_auto_dtype_is_bf16_only_with_native_support(capability, expected):
+    # A T4 (7.5) "supports" bf16 in torch.cuda.is_bf16_supported() by emulation; we count it as fp16.
+    assert hardware.bf16_supported(capability) == (expected == torch.bfloat16)
+    assert hardware.dtype_for("auto", capability) == expected
+    assert models.compute_dtype(load_config(TINY_CONFIG), capability) == expected
+
+
+def test_explicit_bf16_on_a_gpu_without_it_is_refused():
+    with pytest.raises(UserError, match="compute capability >= 8.0.*7.5"):
+        hardware.dtype_for("bfloat16", (7, 5))
+    assert hardware.dtype_for("bfloat16", (8, 6)) == torch.bfloat16
+    assert hardware.dtype_for("float16", (8, 6)) == torch.float16
+
+
+def test_unsloth_float16_on_ampere_fails_early():
+    cfg = load_config(TINY_CONFIG, ["model.dtype=float16"])
+    with pytest.raises(UserError, match="Unsloth refuses.*model.dtype=auto"):
+        models.check_unsloth_dtype(cfg, "unsloth", (8, 6))
+    models.check_unsloth_dtype(cfg, "unsloth", (7, 5))  # T4: fp16 is Unsloth's own choice there
+    models.check_unsloth_dtype(cfg, "hf", (8, 6))
+
+
+def test_unsloth_gradient_checkpointing_follows_the_config():
+    assert models.unsloth_gradient_checkpointing(load_config(TINY_CONFIG, ["train.gradient_checkpointing=true"])) \
+        == "unsloth"
+    assert models.unsloth_gradient_checkpointing(load_config(TINY_CONFIG, ["train.gradient_checkpointing=false"])) \
+        is False
+
+
+def test_load_for_training_passes_gradient_checkpointing_to_unsloth_adapter_loads(tmp_path, monkeypatch):
+    """DPO-from-SFT and the control arm load an adapter folder through Unsloth; its default ("unsloth")
+    must not override train.gradient_checkpointing=false. Unsloth cannot run here: record the call."""
+    import sys
+    import types
+    calls = []
+
+    class FakeFast:
+        @staticmethod
+        def from_pretrained(**kw):
+            calls.append(kw)
+            return object(), types.SimpleNamespace(pad_token="<pad>", bos_token=None, chat_template=None)
+
+    monkeypatch.setitem(sys.modules, "unsloth", types.SimpleNamespace(FastLanguageModel=FakeFast))
+    monkeypatch.setattr(models, "cuda_capability", lambda: (8, 6))
+    for gc, expected in (("false", False), ("true", "unsloth")):
+        cfg = load_config(TINY_CONFIG, [f"train.gradient_checkpointing={gc}"])
+        models.load_for_training(cfg, "unsloth", adapter=tmp_path / "sft")
+        assert calls[-1]["use_gradient_checkpointing"] == expected
+        assert calls[-1]["model_name"] == str(tmp_path / "sft") and calls[-1]["dtype"] == torch.bfloat16
+
+
+def test_unsloth_refuses_a_chat_template_with_literal_bos():
+    from types import SimpleNamespace
+    literal = SimpleNamespace(bos_token="<s>", chat_template="<s>{% for m in messages %}{{ m.content }}{% endfor %}")
+    variable = SimpleNamespace(bos_token="<s>", chat_template="{{ bos_token }}{% for m in messages %}{% endfor %}")
+    assert "Unsloth's SFT would train without a BOS" in models.unsloth_chat_bos_problem(literal)
+    assert models.unsloth_chat_bos_problem(variable) is None
+
+
+# ---------------------------------------------------------------------------------------------
+# Which configs need a GPU: one rule for verify_setup.py and the scripts
+
+def test_gpu_rule_from_name_and_size():
+    assert hardware.params_from_name("unsloth/llama-3-8b-bnb-4bit") == 8e9  # '4bit' is not a size
+    assert hardware.params_from_name("models/smollm2-135m-instruct") == 135e6
+    assert hardware.params_from_name("models/tiny-llama") is None
+    big = load_config(ROOT / "configs" / "llama3_8b.yaml")
+    assert "needs a CUDA GPU" in hardware.gpu_refusal(big, cuda_usable=False)
+    assert "about 8B parameters" in hardware.gpu_refusal(big, cuda_usable=False)
+    assert hardware.gpu_refusal(big, cuda_usable=True) is None
+    # the opt-in takes both keys: allow_cpu alone (backend auto) still refuses
+    assert hardware.gpu_refusal(load_config(ROOT / "configs" / "llama3_8b.yaml", ["model.allow_cpu=true"]), False)
+    opted = load_config(ROOT / "configs" / "llama3_8b.yaml", ["model.backend=hf", "model.allow_cpu=true"])
+    assert hardware.gpu_refusal(opted, False) is None
+    for small in ("configs/tiny.yaml", "configs/cpu_demo.yaml"):
+        assert hardware.gpu_refusal(load_config(ROOT / small), False) is None
+    # a counted size beats the name
+    assert hardware.gpu_refusal(load_config(TINY_CONFIG), False, n_params=3e9)
+
+
+def test_why_no_cuda_names_the_gpu_and_the_torch_build():
+    smi = {"name": "NVIDIA GeForce RTX 3090", "driver": "550.54.15", "cuda": "12.4"}
+    assert "nvidia-smi does not run" in hardware.why_no_cuda(None, None, "2.13.0+cpu")
+    text = hardware.why_no_cuda(smi, None, "2.13.0+cpu")
+    assert "RTX 3090" in text and "CPU-only build" in text
+    assert "built for CUDA 13.0" in hardware.why_no_cuda(smi, "13.0", "2.14.1+cu130")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CPU behaviour")
+@pytest.mark.parametrize("script", ["train_sft.py", "train_dpo.py", "evaluate_dpo.py", "run_experiment.py"])
+def test_scripts_refuse_the_8b_config_on_cpu_before_loading(script, tmp_path):
+    """One clear message naming the GPU, exit status 2, no traceback, nothing downloaded or built."""
+    import subprocess
+    import sys
+    env = {**__import__("os").environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    out = tmp_path / "run"
+    res = subprocess.run([sys.executable, script, "--config", "configs/llama3_8b.yaml", f"output_dir={out}",
+                          "data.source=synthetic:20"], cwd=ROOT, capture_output=True, text=True, env=env,
+                         timeout=300)
+    assert res.returncode == 2, res.stderr[-2000:]
+    assert "Traceback" not in res.stderr
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: model unsloth/llama-3-8b-bnb-4bit"), res.stderr
+    assert "needs a CUDA GPU" in lines[0] and "model.backend=hf model.allow_cpu=true" in lines[0]
+    assert not out.exists() and not (tmp_path / "hf").exists()  # no run folder, no hub cache
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CPU behaviour")
+def test_explicit_opt_in_passes_the_gpu_guard(tmp_path):
+    cfg = load_config(ROOT / "configs" / "llama3_8b.yaml", ["model.backend=hf", "model.allow_cpu=true"])
+    assert models.backend_for(cfg) == "hf"
+    with pytest.raises(UserError, match="needs a CUDA GPU"):
+        models.backend_for(load_config(ROOT / "configs" / "llama3_8b.yaml"))
+
+
+def test_prequantized_models_skip_the_stability_check_the_same_way(tiny_model):
+    big = load_config(ROOT / "configs" / "llama3_8b.yaml")
+    assert "pre-quantized" in models.prequantized_reason(big)  # decided from the name: no download
+    assert models.prequantized_reason(load_config(TINY_CONFIG, [f"model.name={tiny_model}"])) is None
+    assert hardware.prequantized("some/model", {"quantization_config": {"load_in_4bit": True}})

@@ -1,5 +1,6 @@
 """notebooks/dpo_vs_sft.ipynb: valid nbformat-4 JSON whose cells only call things that exist here
-(scripts, Makefile targets, config files) and agree with the configs they use."""
+(scripts, Makefile targets, config files), rebuild a recycled Colab VM first (Drive, code, install),
+and keep everything a rerun with --resume needs on Drive."""
 from __future__ import annotations
 
 import json
@@ -7,9 +8,9 @@ import re
 import shlex
 
 import pytest
-import yaml
 
 from conftest import ROOT
+from dporec.config import load_config
 
 NOTEBOOK = ROOT / "notebooks" / "dpo_vs_sft.ipynb"
 
@@ -73,19 +74,63 @@ def test_called_scripts_targets_and_configs_exist(nb):
             assert (ROOT / c[c.index("-r") + 1]).is_file()
 
 
-def test_data_and_run_folders_match_the_configs(nb):
-    """Data is prepared into the folder the config reads, and the plots shown are where eval writes."""
-    cmds = _commands(nb)
-    configs = {c[c.index("--config") + 1] for c in cmds if "--config" in c}
-    loaded = {p: yaml.safe_load((ROOT / p).read_text()) for p in configs}
-    data_dirs = {str(ROOT / cfg["data"]["train_file"]).rsplit("/", 1)[0] for cfg in loaded.values()}
-    for c in cmds:
-        if c[:2] == ["python", "data/prepare_movielens.py"]:
-            out = c[c.index("--out") + 1]
-            assert str(ROOT / out) in data_dirs, f"data prepared into {out}, which no config used here reads"
-    text = "".join(_source(cell) for cell in nb["cells"] if cell["cell_type"] == "code")
-    main_out = loaded["configs/llama3_8b.yaml"]["output_dir"]
-    assert f"{main_out}/eval" in text
+def _code_cells(nb) -> list[str]:
+    return [_source(c) for c in nb["cells"] if c["cell_type"] == "code"]
+
+
+def _settings(nb) -> dict:
+    """The first code cell (plain assignments, no Colab import) evaluated: the paths every command uses."""
+    ns: dict = {}
+    exec(_code_cells(nb)[0], ns)  # noqa: S102 - our own notebook's settings cell
+    return ns
+
+
+def test_first_cells_mount_drive_get_the_code_and_install(nb):
+    """After a recycle the VM is bare: the first code cells must rebuild it, in this order."""
+    cells = _code_cells(nb)
+    settings = _settings(nb)
+    assert settings["REPO_URL"] == "" and "REPO_URL" in cells[0]  # the user sets it; nothing invented
+    assert 'drive.mount("/content/drive")' in cells[1]
+    assert re.search(r'os\.environ\["HF_HOME"\]\s*=\s*HF_HOME', cells[1])
+    assert settings["HF_HOME"].startswith(settings["DRIVE"] + "/")
+    assert "assert REPO_URL" in cells[2] and "!git clone {REPO_URL} {CODE}" in cells[2]
+    assert "pull --ff-only" in cells[2] and "%cd {CODE}" in cells[2]
+    assert "!pip install -q -r requirements.txt" in cells[3]
+    for later in cells[4:]:
+        assert "pip install" not in later and "drive.mount" not in later
+
+
+def test_every_command_writes_to_drive(nb):
+    """output_dir and the data files of every script call live on Drive, so --resume finds the
+    checkpoints after a recycle; nothing is written under the VM-local clone."""
+    settings = _settings(nb)
+    drive = settings["DRIVE"]
+    assert drive.startswith("/content/drive/MyDrive/")
+    calls = [c for c in _commands(nb) if c[0] == "python"]
+    stage_scripts = {"verify_setup.py", "train_sft.py", "train_dpo.py", "evaluate_dpo.py", "run_experiment.py"}
+    seen = set()
+    for c in calls:
+        if c[1] in stage_scripts:
+            seen.add(c[1])
+            var = next((a for a in c if a in ("{ARGS}", "{CONTROL_ARGS}")), None)
+            assert var, f"{' '.join(c)} does not pass the Drive overrides"
+            overrides = dict(kv.split("=", 1) for kv in settings[var.strip("{}")].split())
+            assert overrides["output_dir"].startswith(drive + "/runs/")
+            for key in ("data.train_file", "data.val_file", "data.test_file"):
+                assert overrides[key].startswith(drive + "/")
+            assert not any(a.startswith("output_dir=") for a in c), "a second output_dir would override Drive's"
+        if c[1] == "data/prepare_movielens.py":
+            assert c[c.index("--out") + 1] == "{DATA}" and c[c.index("--source") + 1].startswith("{DRIVE}/")
+    assert seen == stage_scripts
+    # the overrides are valid config keys
+    load_config(ROOT / "configs" / "llama3_8b.yaml", settings["ARGS"].split())
+    text = "".join(_code_cells(nb))
+    assert 'eval_dir = f"{RUN}/eval"' in text
+
+
+def test_resume_advice_matches_a_command(nb):
+    markdown = "".join(_source(c) for c in nb["cells"] if c["cell_type"] == "markdown")
+    assert "--resume" in markdown and "from the top" in markdown
 
 
 def test_no_placeholders(nb):

@@ -80,6 +80,10 @@ def test_sft_lowers_loss_and_moves_lora(sft_run):
     assert b and all(v.abs().max() > 0 for v in b.values())
     for key in ("tokens_per_second", "peak_memory_mb", "wall_time_s", "train_runtime_s"):
         assert m[key] > 0, key
+    # transformers' own count is logged too: under Unsloth it is the only one (no TRL num_tokens)
+    assert all(h["num_input_tokens_seen"] > 0 for h in m["train_history"])
+    assert m["tokens_source"] == "num_tokens"
+    assert m["train_history"][-1]["num_input_tokens_seen"] == m["tokens"]  # both count non-padding tokens
     assert m["peak_memory_kind"] == ("cuda max_memory_allocated" if torch.cuda.is_available()
                                      else "process peak RSS")
     info = json.loads((sft_run / "sft" / "run_info.json").read_text())
@@ -322,7 +326,53 @@ def test_trainer_args_cpu_flags_and_optim_fallback(tiny_cfg, capsys):
     assert args["report_to"] == "none" and args["eval_strategy"] == "steps"
     assert args["learning_rate"] == tiny_cfg["dpo"]["learning_rate"]
     assert args["max_length"] == tiny_cfg["model"]["max_seq_length"]
+    assert args["include_num_input_tokens_seen"] == "non_padding"
     assert training.trainer_args(tiny_cfg, "sft", Path("x"), "unsloth")["gradient_checkpointing"] is False
+
+
+@pytest.mark.parametrize("capability, bf16, fp16", [((8, 6), True, False), ((7, 5), False, True),
+                                                    ((9, 0), True, False)])
+def test_precision_flags_follow_the_model_dtype(tiny_cfg, capability, bf16, fp16):
+    """The trainer's flags come from models.compute_dtype, like the loaded model: a T4 (7.5) gets fp16
+    even though torch.cuda.is_bf16_supported() says True there (emulated)."""
+    assert training.precision_flags(tiny_cfg, capability) == {"bf16": bf16, "fp16": fp16}
+    tiny_cfg["model"]["dtype"] = "float16"
+    assert training.precision_flags(tiny_cfg, (8, 6)) == {"bf16": False, "fp16": True}
+    tiny_cfg["model"]["dtype"] = "float32"
+    assert training.precision_flags(tiny_cfg, (8, 6)) == {"bf16": False, "fp16": False}
+    assert training.precision_flags(tiny_cfg, None) == {"use_cpu": True, "bf16": False, "fp16": False}
+
+
+def test_tokens_fall_back_to_num_input_tokens_seen():
+    """Under Unsloth TRL's num_tokens is never logged (its compute_loss replacement skips it)."""
+    assert training.trained_tokens({"loss": 1.0, "num_tokens": 120.0, "num_input_tokens_seen": 120}) == \
+        (120.0, "num_tokens")
+    unsloth_log = {"loss": 1.0, "num_input_tokens_seen": 96, "step": 3}
+    assert training.trained_tokens(unsloth_log) == (96, "num_input_tokens_seen")
+    assert training.trained_tokens({"loss": 1.0}) == (None, None)
+
+    class Trainer:  # a log history as an Unsloth SFT run writes it
+        class state:
+            global_step, epoch = 2, 1.0
+            log_history = [{"loss": 2.0, "num_input_tokens_seen": 50, "step": 1},
+                           {"loss": 1.5, "num_input_tokens_seen": 100, "step": 2},
+                           {"train_runtime": 4.0, "train_loss": 1.75, "step": 2}]
+
+    m = training.collect_metrics(Trainer(), 5.0)
+    assert m["tokens"] == 100 and m["tokens_per_second"] == 25.0 and m["tokens_source"] == "num_input_tokens_seen"
+
+
+def test_step_timer_counts_tokens_without_trl_num_tokens(tmp_path):
+    """bench_train's step timer reads the same fallback (its SFT ratio needs tokens under Unsloth)."""
+    import importlib.util
+    from conftest import ROOT
+    spec = importlib.util.spec_from_file_location("bench_train", ROOT / "benchmarks" / "bench_train.py")
+    bench_train = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench_train)
+    timer = bench_train._step_timer(tmp_path / "t.json")
+    timer.on_step_end(None, type("S", (), {"global_step": 1})(), None)
+    timer.on_log(None, type("S", (), {"global_step": 1})(), None, logs={"loss": 1.0, "num_input_tokens_seen": 64})
+    assert timer.steps[1]["num_tokens"] == 64
 
 
 def test_oom_becomes_advice():

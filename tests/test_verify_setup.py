@@ -114,4 +114,68 @@ def test_pins_come_from_the_requirements_files():
 def test_smoke_trains_a_few_steps(capsys, tiny_data, tiny_model, tmp_path):
     code, out = run(capsys, "--smoke", *tiny_overrides(tiny_data, tiny_model, tmp_path / "run"))
     assert code == 0, out
-    assert any(line.lstrip().startswith("✓") and "smoke training" in line for line in out.splitlines()), out
+    assert any(line.lstrip().startswith("✓") and "smoke training" in line and "(backend hf)" in line
+               for line in out.splitlines()), out
+
+
+# ---------------------------------------------------------------------------------------------
+# GPU install problems (issue 11): each is a ✗ with its fix, decided by functions a CPU can run
+
+FAKE_SMI = """#!/bin/sh
+if [ "$1" = "--query-gpu=name,driver_version" ]; then echo "NVIDIA GeForce RTX 3090, 550.54.15"; exit 0; fi
+echo "| NVIDIA-SMI 550.54.15    Driver Version: 550.54.15    CUDA Version: 12.4 |"
+"""
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="CPU behaviour")
+def test_gpu_visible_but_unusable_by_torch_fails_with_fix(capsys, tiny_data, tiny_model, tmp_path, monkeypatch):
+    """nvidia-smi works (a real executable on PATH printing what a 3090 box prints), torch sees no GPU."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "nvidia-smi").write_text(FAKE_SMI)
+    (bin_dir / "nvidia-smi").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{__import__('os').environ['PATH']}")
+    code, out = run(capsys, *tiny_overrides(tiny_data, tiny_model, tmp_path / "run"))
+    assert code == 1
+    gpu = [line for line in fail_rows(out) if " gpu " in line]
+    assert gpu and "nvidia-smi sees NVIDIA GeForce RTX 3090 (driver 550.54.15, CUDA 12.4)" in gpu[0], out
+    assert "CPU-only build" in gpu[0]
+    assert "fix: pip install -r requirements.txt" in out and "R570" in out
+
+
+def test_gpu_unusable_fix_names_the_driver_when_torch_wants_newer_cuda():
+    smi = {"name": "NVIDIA GeForce RTX 3090", "driver": "550.54.15", "cuda": "12.4"}
+    status, name, detail, fix = verify_setup.gpu_unusable_row(smi, "2.14.1+cu130", "13.0")
+    assert status == verify_setup.FAIL and "built for CUDA 13.0" in detail
+    assert "update the NVIDIA driver" in fix and "requirements.txt" in fix
+    assert verify_setup.driver_row({**smi, "driver": "550.54.15"})[0] == verify_setup.WARN
+    assert verify_setup.driver_row({**smi, "driver": "570.86.10"})[0] == verify_setup.OK
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="CPU behaviour")
+def test_gpu_sized_config_without_gpu_is_a_failure(capsys, tiny_data, tmp_path):
+    """The 8B thesis config on a CPU: ✗ (the scripts would refuse it), unless explicitly opted in."""
+    cfg = str(verify_setup.ROOT / "configs" / "llama3_8b.yaml")
+    data = [f"data.train_file={tiny_data / 'train.jsonl'}", f"data.val_file={tiny_data / 'val.jsonl'}",
+            f"data.test_file={tiny_data / 'test.jsonl'}", f"output_dir={tmp_path / 'run'}"]
+    code = verify_setup.main(["--config", cfg, *data])
+    out = capsys.readouterr().out
+    assert code == 1
+    needs = [line for line in fail_rows(out) if "needs a gpu" in line]
+    assert needs and "unsloth/llama-3-8b-bnb-4bit (about 8B parameters) needs a CUDA GPU" in needs[0], out
+    verify_setup.main(["--config", cfg, *data, "model.backend=hf", "model.allow_cpu=true"])
+    assert "needs a gpu" not in capsys.readouterr().out
+
+
+def test_smoke_runs_with_the_resolved_backend(tiny_cfg, tmp_path):
+    """An hf config on a GPU box with Unsloth installed: the smoke run must not switch to Unsloth
+    (auto) after transformers was imported."""
+    ctx = verify_setup.Ctx(tiny_cfg, "x.yaml", cuda=True)
+    tiny_cfg["model"]["backend"] = "hf"
+    verify_setup.check_backend(ctx)  # requested hf: returns before any Unsloth import
+    assert ctx.cache["backend"] == "hf"
+    assert "model.backend=hf" in verify_setup.smoke_argv(ctx, tmp_path, tmp_path / "m")
+    ctx = verify_setup.Ctx(tiny_cfg, "x.yaml", cuda=False)
+    tiny_cfg["model"]["backend"] = "auto"
+    verify_setup.check_backend(ctx)
+    assert "model.backend=hf" in verify_setup.smoke_argv(ctx, tmp_path, tmp_path / "m")
