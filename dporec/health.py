@@ -125,8 +125,13 @@ def split_history(hist: list[dict]) -> tuple[list[dict], list[dict]]:
     return train, evals
 
 
+# Checked while training runs; the rest only make sense on a finished run (the step-0 evaluation has
+# reward accuracy ~0, and the first steps' margins are ~0 by construction).
+LIVE_CHECKS = ("non_finite", "likelihood_displacement", "rising_eval_loss")
+
+
 def make_callback(stage: str, thresholds: dict):
-    """A transformers TrainerCallback that warns on the console as soon as a check first fails."""
+    """A transformers TrainerCallback that warns on the console as soon as a live check first fails."""
     from transformers import TrainerCallback
 
     class HealthCallback(TrainerCallback):
@@ -138,7 +143,7 @@ def make_callback(stage: str, thresholds: dict):
                 return
             warmup = int(args.get_warmup_steps(state.max_steps)) if state.max_steps > 0 else 0
             result = check(stage, *split_history(state.log_history), thresholds, warmup)
-            new = [w for w in result["warnings"] if w["code"] not in self.seen]
+            new = [w for w in result["warnings"] if w["code"] in LIVE_CHECKS and w["code"] not in self.seen]
             self.seen.update(w["code"] for w in new)
             print_warnings(stage, {"warnings": new})
 

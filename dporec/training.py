@@ -128,18 +128,21 @@ class ShardLog:
 
 
 def shard_report(trainer, log: ShardLog) -> dict:
-    """{world_size, training examples per process, examples seen by more than one process}."""
+    """Training examples each process saw, and how many of one epoch's shards two processes shared."""
+    import math as _math
     from accelerate.utils import gather_object
     state = processes()
     probe = ShardLog(lambda f: f)
     probe(list(trainer.train_dataset))
     train_keys = set(probe.seen)
-    mine = [k for k in log.seen if k in train_keys]
+    mine = [k for k in log.seen if k in train_keys]  # evaluation batches go through the collator too
     per_process = gather_object([mine]) if state.num_processes > 1 else [mine]
-    sets = [set(s) for s in per_process]
-    shared = set().union(*[a & b for i, a in enumerate(sets) for b in sets[i + 1:]]) if len(sets) > 1 else set()
+    # Within one epoch the shards must be disjoint; later epochs reshuffle, so only the first is compared.
+    epoch = [set(s[:_math.ceil(len(train_keys) / state.num_processes)]) for s in per_process]
+    shared = set().union(*[a & b for i, a in enumerate(epoch) for b in epoch[i + 1:]])
     return {"world_size": state.num_processes, "examples_per_process": [len(s) for s in per_process],
-            "distinct_examples_per_process": [len(s) for s in sets], "examples_in_two_processes": len(shared)}
+            "first_epoch_examples_per_process": [len(s) for s in epoch],
+            "first_epoch_examples_in_two_processes": len(shared)}
 
 
 # ---------------------------------------------------------------------------------------------

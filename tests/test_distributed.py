@@ -42,8 +42,8 @@ def test_two_process_sft_then_dpo(tiny_data, tiny_model, tmp_path):
         assert m["world_size"] == 2 and m["steps"] == 4
         shards = m["data_shards"]
         assert shards["world_size"] == 2
-        assert shards["examples_per_process"] == [16, 16]          # each its own half ...
-        assert shards["examples_in_two_processes"] == 0             # ... and no example in both
+        assert shards["examples_per_process"] == [16, 16]                      # each its own half ...
+        assert shards["first_epoch_examples_in_two_processes"] == 0             # ... and no example in both
         # written by the main process alone: one summary line, not two
         assert proc.stdout.count(f"[{stage}] done:") == 1, proc.stdout
     # DPO from the SFT adapter under DDP keeps the reference semantics: rewards 0 at step 0
