@@ -27,10 +27,14 @@ def resolve_backend(requested: str, verbose: bool = True) -> str:
     """'auto' | 'unsloth' | 'hf' -> the backend actually used (importing Unsloth first if chosen)."""
     has_cuda = torch.cuda.is_available()
     has_unsloth = importlib.util.find_spec("unsloth") is not None
+    # Several processes (accelerate launch): the hf path is the one tested with DDP here; Unsloth's
+    # multi-GPU route has not been run with these scripts, so it is not chosen silently.
+    several = int(os.environ.get("WORLD_SIZE", "1")) > 1
     if requested == "auto":
-        backend = "unsloth" if has_cuda and has_unsloth else "hf"
+        backend = "unsloth" if has_cuda and has_unsloth and not several else "hf"
         why = ("CUDA GPU and unsloth found" if backend == "unsloth" else
-               "no CUDA GPU" if not has_cuda else "unsloth is not installed")
+               "no CUDA GPU" if not has_cuda else "unsloth is not installed" if not has_unsloth else
+               "several processes: DDP runs on the hf path")
         if verbose:
             print(f"[backend] auto -> {backend} ({why})")
     elif requested == "unsloth":
@@ -38,6 +42,9 @@ def resolve_backend(requested: str, verbose: bool = True) -> str:
             raise UserError("model.backend=unsloth needs a CUDA GPU; use model.backend=hf (or auto) on this machine")
         if not has_unsloth:
             raise UserError("model.backend=unsloth but unsloth is not installed: pip install -r requirements.txt")
+        if several:
+            raise UserError("model.backend=unsloth under accelerate launch with several processes is not supported "
+                            "by these scripts (untested); use model.backend=hf (or auto) for multi-GPU training")
         backend = "unsloth"
     elif requested == "hf":
         backend = "hf"

@@ -76,3 +76,16 @@ def test_run_experiment_runs_training_stages_under_a_launcher(tiny_data, tiny_mo
     for stage in ("sft", "dpo"):
         assert json.loads((tmp_path / "run" / stage / "metrics.json").read_text())["steps"] == 2
     assert (tmp_path / "run" / "eval" / "results.json").is_file()
+
+
+def test_several_processes_use_the_hf_backend(monkeypatch, capsys):
+    from dporec import UserError
+    from dporec.models import resolve_backend
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert resolve_backend("auto") == "hf"
+    monkeypatch.setattr("torch.cuda.is_available", lambda: True)
+    monkeypatch.setattr("importlib.util.find_spec", lambda name: object())  # as if unsloth were installed
+    assert resolve_backend("auto") == "hf"
+    assert "several processes" in capsys.readouterr().out
+    with pytest.raises(UserError, match="model.backend=hf"):
+        resolve_backend("unsloth")
