@@ -36,7 +36,7 @@ import time
 from contextlib import nullcontext
 from pathlib import Path
 
-from dporec import UserError, report, scoring, stats
+from dporec import UserError, baselines, report, scoring, stats
 from dporec import data as D
 from dporec import models
 from dporec.config import parse_args, prepare_run_dir, run_main, stage_dir, write_run_info
@@ -195,6 +195,9 @@ def main(argv: list[str] | None = None) -> int:
     results["comparison"] = (stats.compare(rows["sft"], rows["dpo"], n_boot=ec["bootstrap_samples"],
                                            seed=cfg["seed"], alpha=ec["alpha"])
                              if "sft" in rows and "dpo" in rows else None)
+    # simple rules on the same pairs (side files beside data.train_file) + each model's personalised subset
+    baselines.add_to_results(results, examples, cfg["data"]["train_file"], rows,
+                             n_boot=ec["bootstrap_samples"], seed=cfg["seed"], alpha=ec["alpha"])
     if ec["stability"]:
         if cfg["model"]["load_in_4bit"]:
             results["stability"] = stability(cfg, backend, examples, adapters, rows, needed)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import stats
+from . import baselines, stats
 
 # predictions.csv columns, in this order; any other keys the scorer adds follow, sorted by name.
 PREDICTION_COLUMNS = (
@@ -245,6 +245,7 @@ def write_report_md(eval_dir, results: dict) -> Path:
         for name, g in gen.items():
             lines.append(f"| {name} | {_pct(g['valid_rate'])} | {_pct(g['accuracy'])} {_ci(g['accuracy_ci95'])} | "
                          f"{_pct(g['consistency'])} | {_pct(g['first_option_rate'])} |")
+    lines += ["", *baselines.markdown(results)] if results.get("baselines") else []
     lines += ["", "## SFT vs DPO", ""]
     c = results.get("comparison")
     if c:
@@ -274,7 +275,8 @@ def format_table(results: dict) -> str:
                      _pct(m["first_option_rate"]), f"{m['confidence']['mean_margin']:+.2f}"))
     widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
     fmt = lambda r: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
-    return "\n".join([fmt(header), "  ".join("-" * w for w in widths)] + [fmt(r) for r in rows])
+    return "\n".join([fmt(header), "  ".join("-" * w for w in widths)] + [fmt(r) for r in rows]
+                     + baselines.table_lines(results))
 
 
 def format_verdict(results: dict) -> str:
@@ -283,4 +285,5 @@ def format_verdict(results: dict) -> str:
     rule = "=" * 72
     if not c:
         return "\n".join([rule, "No SFT-vs-DPO comparison (needs both 'sft' and 'dpo' predictions).", rule])
-    return "\n".join([rule, "SFT vs DPO"] + _comparison_lines(c) + ["", _sentence(c), rule])
+    clause = [baselines.verdict_clause(results)] if results.get("baselines") else []
+    return "\n".join([rule, "SFT vs DPO"] + _comparison_lines(c) + ["", _sentence(c)] + clause + [rule])
