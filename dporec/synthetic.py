@@ -28,15 +28,15 @@ TIE_PROBABILITY = 0.2      # share of ratings given in the same second as the pr
 ML1M_START, ML1M_END = 956703932, 1046454590  # the ML-1M timestamp range
 AGES = (1, 18, 25, 35, 45, 50, 56)  # ML-1M's age codes
 # Stars = 3 + TASTE_EFFECT x (has a liked genre - has a disliked genre) + user bias + noise. Strong
-# enough that a movie without a liked genre rarely reaches 4 stars (~5%), so the liked movies in a
-# history show the user's tastes and the genre-overlap rule picks the liked option ~90% of the time:
-# a tiny model can learn that in a minute, which is how the tests prove the pipeline learns.
+# enough that a movie without a liked genre rarely reaches 4 stars (~3%), so the liked movies in a
+# history show the user's tastes: on test pairs built from 600 users the genre-overlap rule picks
+# the liked movie 87-89% of the time, the mean-rating rule 75-79% (dporec.baselines, seeds 0 and 1).
 TASTE_EFFECT, USER_BIAS_SD, NOISE_SD = 2.0, 0.15, 0.25
 LIKED_GENRES, DISLIKED_GENRES = 2, 4  # few liked genres: they recur in a history
 # log-weights of a genre being drawn as liked (and, negated, as disliked): from +APPEAL to -APPEAL
-# over a fixed shuffle of GENRES
+# over a fixed shuffle of GENRES; some genres are liked by many users, as in MovieLens
 APPEAL = 1.5
-GENRE_APPEAL = tuple(np.linspace(APPEAL, -APPEAL, len(GENRES))[np.random.default_rng(1).permutation(len(GENRES))])
+GENRE_APPEAL = np.linspace(APPEAL, -APPEAL, len(GENRES))[np.random.default_rng(1).permutation(len(GENRES))]
 
 
 def _movies(rng, n_movies: int) -> tuple[np.ndarray, pd.DataFrame]:
@@ -59,11 +59,11 @@ def _movies(rng, n_movies: int) -> tuple[np.ndarray, pd.DataFrame]:
 def _tastes(rng, n_users: int) -> tuple[np.ndarray, np.ndarray]:
     """LIKED_GENRES liked and DISLIKED_GENRES disliked genres per user, never overlapping.
 
-    Drawn at random, weighted by a fixed appeal per genre (GENRE_APPEAL: some genres are liked by
-    many users, as in MovieLens), so tastes are personal but not uniform.
+    Drawn at random, weighted by a fixed appeal per genre (GENRE_APPEAL), so tastes are personal
+    but not uniform.
     """
     gumbel = lambda: -np.log(-np.log(rng.random((n_users, len(GENRES)))))  # noqa: E731
-    appeal = np.asarray(GENRE_APPEAL)
+    appeal = GENRE_APPEAL
     liked = np.zeros((n_users, len(GENRES)), bool)
     rows = np.arange(n_users)[:, None]
     liked[rows, (-(appeal + gumbel())).argsort(axis=1)[:, :LIKED_GENRES]] = True
@@ -151,44 +151,3 @@ def write_ml1m(out_dir: str | Path, n_users: int = ML1M_USERS, n_movies: int = M
     _write_dat(out / "users.dat", _users_table(rng, n_users))
     return out
 
-
-def pretraining_texts(n: int, seed: int = 0, history_len: int = 5) -> list[str]:
-    """Label-free text for pretraining the tiny test model (dporec.models.build_tiny_llama).
-
-    Each text is a prompt in the training layout (instruction, a history, Option A and Option B)
-    followed by which of the history's genres each option has, the options in random order. It
-    teaches reading genres and matching them against the history, never which option is better:
-    no text says which option a user likes, so the base model stays at chance on the real task.
-    """
-    from .data import INSTRUCTION  # local: data imports nothing from here, keep it that way
-    rng = np.random.default_rng(seed)
-    names = np.array(GENRES)
-    out = []
-    for _ in range(n):
-        taste = rng.choice(len(GENRES), LIKED_GENRES, replace=False)
-
-        def movie(from_taste: bool) -> tuple[str, set]:
-            k = rng.integers(1, 4)
-            genres = set(rng.choice(len(GENRES), k, replace=False).tolist())
-            if from_taste:
-                genres.add(int(rng.choice(taste)))
-            ordered = sorted(genres)
-            title = f"Synthetic Movie {rng.integers(1, ML1M_MOVIES + 1)} ({rng.integers(1919, 2001)})"
-            return f"{title} ({'|'.join(names[ordered])})", set(ordered)
-
-        history = [movie(True) for _ in range(history_len)]
-        seen = set().union(*(g for _, g in history))
-        options = [movie(bool(rng.random() < 0.5)) for _ in range(2)]
-        facts = []
-        for letter, (_, genres) in zip("AB", options):
-            shared = [str(names[g]) for g in sorted(genres & seen)]
-            has = ("none of them" if not shared else shared[0] if len(shared) == 1
-                   else ", ".join(shared[:-1]) + " and " + shared[-1])
-            facts.append(f"Option {letter} has {has}")
-        if rng.random() < 0.5:
-            facts.reverse()
-        out.append(f"### Instruction:\n{INSTRUCTION}\n\n### Input:\n"
-                   f"History: {', '.join(d for d, _ in history)}\n"
-                   f"Option A: {options[0][0]}.\nOption B: {options[1][0]}.\n\n### Response:\n"
-                   f"Of the genres in the history, {facts[0]}; {facts[1]}.")
-    return out

@@ -133,3 +133,14 @@ def test_builder_writes_training_users_ratings_only(tmp_path):
                    for s in movielens.SPLITS}
     assert {str(u) for u in ratings["user_id"].unique()} == split_users["train"]
     assert meta["ratings"] == len(ratings) and meta["like_threshold"] == 4
+
+
+def test_synthetic_ratings_follow_genre_tastes_strongly(tmp_path):
+    """The synthetic data's ground truth shows through the rules: genre overlap with the history
+    picks the liked movie far more often than chance (87-89% at 600 users), and better than the
+    movie's mean rating, which knows only which films are generally liked."""
+    movielens.build_from_source("synthetic:300", tmp_path, seed=0)
+    exs = [e for s in ("val", "test") for e in data.load_examples(tmp_path / f"{s}.jsonl")]
+    side, _ = baselines.find_side(tmp_path / "train.jsonl")
+    acc = {rule: sum(s.values()) / len(s) for rule, s in baselines.pair_scores(exs, side).items()}
+    assert acc["genre_overlap"] >= 0.82 and acc["genre_overlap"] > acc["mean_rating"] + 0.05, acc
