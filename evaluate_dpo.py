@@ -49,7 +49,7 @@ import time
 from contextlib import nullcontext
 from pathlib import Path
 
-from dporec import UserError, analysis, report, stats
+from dporec import UserError, analysis, baselines, report, stats
 from dporec import data as D
 from dporec.config import parse_args, prepare_run_dir, run_main, stage_dir, write_run_info
 
@@ -206,6 +206,20 @@ def _analyse(rows: dict, cfg: dict, meta: dict, where: str) -> dict:
         raise UserError(f"{where}: {e}") from None
 
 
+def _add_baselines(results: dict, cfg: dict, rows: dict) -> None:
+    """Baselines on the pairs of predictions.csv, from data.test_file (when it is there and holds them)."""
+    test_file = Path(cfg["data"]["test_file"])
+    wanted = {r["pair_id"] for r in next(iter(rows.values()))}
+    examples = D.load_examples(test_file) if test_file.is_file() else []
+    examples = [e for e in examples if e.pair_id in wanted]
+    if len(examples) != len(wanted):
+        print(f"[eval] baselines skipped: {test_file} does not hold the {len(wanted)} pairs of these predictions")
+        return
+    ec = cfg["eval"]
+    baselines.add_to_results(results, examples, cfg["data"]["train_file"], rows,
+                             n_boot=ec["bootstrap_samples"], seed=cfg["seed"], alpha=ec["alpha"])
+
+
 def reanalyse(cfg: dict, source: Path) -> tuple[dict, Path]:
     """--from-predictions: every statistic, results.json, report.md and plots from a predictions.csv."""
     eval_dir = stage_dir(cfg, "eval")
@@ -224,6 +238,7 @@ def reanalyse(cfg: dict, source: Path) -> tuple[dict, Path]:
         "bootstrap_samples": cfg["eval"]["bootstrap_samples"], "alpha": cfg["eval"]["alpha"], "seed": cfg["seed"]}}
     results = _analyse(rows, cfg, meta, str(source))
     results["meta"]["n_pairs"] = next(iter(results["models"].values()))["n_pairs"]
+    _add_baselines(results, cfg, rows)
     if "stability" in previous:
         results["stability"] = previous["stability"]
     if previous:  # kept: the numbers it held were derived, but a user may want to compare
@@ -271,6 +286,9 @@ def main(argv: list[str] | None = None) -> int:
         "seconds_per_model": seconds, "test_balance": D.balance(examples),
     }
     results = _analyse(rows, cfg, meta, str(test_file))
+    # simple rules on the same pairs (side files beside data.train_file) + each model's personalised subset
+    baselines.add_to_results(results, examples, cfg["data"]["train_file"], rows,
+                             n_boot=ec["bootstrap_samples"], seed=cfg["seed"], alpha=ec["alpha"])
     if ec["stability"]:
         if cfg["model"]["load_in_4bit"]:
             results["stability"] = stability(cfg, backend, examples, adapters, rows, needed)

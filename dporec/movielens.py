@@ -12,11 +12,12 @@ One example, for one user, everything in that user's time order (ties: file orde
             rated strictly earlier (so no history item can postdate the target);
   history   the `history_len` most recent of those earlier liked movies, oldest first;
   negative  a movie the user rated <= dislike_threshold ("disliked"); for a user with none, one of
-            the most-rated movies the user never rated ("unseen_popular").
+            the movies most rated by training users before the target's time that the user never
+            rated ("unseen_popular").
 Up to `max_examples_per_user` targets per user, drawn at random. Users are split into train/val/test
 (no user in two splits) and each split puts the answer in position A for exactly half (±1) of its
-examples. The reasoning argues for an option from its genre overlap with the history and is built
-the same way for both options, so it tells nothing the options do not show.
+examples. The reasoning states which of the history's genres each option has (or that it has none):
+true of the data, built from one template for both options, so it tells nothing the options do not show.
 """
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ from typing import Callable, NamedTuple
 import numpy as np
 import pandas as pd
 
-from . import UserError, data, synthetic
+from . import UserError, baselines, data, synthetic
 
 ML1M_MD5 = "c4d9eecfca2ab87c1945afe126590906"
 SPLITS = ("train", "val", "test")
@@ -261,7 +262,7 @@ def _pick_targets(ratings, like_threshold, history_len, max_per_user, rng):
     return targets, liked["item_id"].to_numpy()[hist_rows], liked["timestamp"].to_numpy()[hist_rows]
 
 
-def _pick_negatives(ratings, targets, dislike_threshold, rng) -> tuple[np.ndarray, np.ndarray]:
+def _pick_negatives(ratings, targets, dislike_threshold, train_users, rng) -> tuple[np.ndarray, np.ndarray]:
     """(negative item ids, kinds). A user's examples take distinct disliked movies while they last
     (a random rotation of the user's disliked list); users with none get unseen popular movies."""
     disliked = ratings[ratings["rating"] <= dislike_threshold]
@@ -274,27 +275,54 @@ def _pick_negatives(ratings, targets, dislike_threshold, rng) -> tuple[np.ndarra
     k = targets.groupby("user_id").cumcount().to_numpy()[has]
     negatives = np.zeros(len(targets), np.int64)
     negatives[has] = disliked["item_id"].to_numpy()[start + (offset + k) % n]
-    negatives[~has] = _unseen_popular(ratings, targets[~has], rng)
+    negatives[~has] = _unseen_popular(ratings, targets[~has], train_users, rng)
     return negatives, np.where(has, "disliked", "unseen_popular")
 
 
-def _unseen_popular(ratings, targets, rng) -> np.ndarray:
-    """For each target row, one of the POPULAR_POOL most-rated movies that its user never rated.
+def _popular_before(ratings, train_users, times) -> list[np.ndarray]:
+    """For each time, item ids by how many training users rated them strictly before it (most first,
+    ties by id). Popularity never counts a test user's ratings, or ratings from the target's future."""
+    train = ratings[ratings["user_id"].isin(train_users)].sort_values("timestamp", kind="stable")
+    items, stamps = train["item_id"].to_numpy(), train["timestamp"].to_numpy()
+    size = int(ratings["item_id"].max()) + 1
+    order = np.argsort(times, kind="stable")
+    counts, done, out = np.zeros(size, np.int64), 0, [None] * len(times)
+    for i in order:  # one pass in time order: each rating is counted once
+        upto = np.searchsorted(stamps, times[i], "left")
+        np.add.at(counts, items[done:upto], 1)
+        done = upto
+        rated = np.flatnonzero(counts)
+        out[i] = rated[np.lexsort((rated, -counts[rated]))]
+    return out
 
-    A loop over the few users without a disliked movie, not over ratings.
-    """
-    counts = ratings["item_id"].value_counts()
-    popular = counts.index.to_numpy()[np.lexsort((counts.index.to_numpy(), -counts.to_numpy()))]
+
+def _unseen_popular(ratings, targets, train_users, rng) -> np.ndarray:
+    """For each target row, one of the POPULAR_POOL movies most rated by training users before the
+    target's time that its user never rated (fewer rated ones: all movies training users rated earlier;
+    none: every movie, by training users' ratings at any time). A loop over the few users without a
+    disliked movie, not over ratings."""
     users, items = ratings["user_id"].to_numpy(), ratings["item_id"].to_numpy()
+    times = targets["timestamp"].to_numpy()
+    before = _popular_before(ratings, train_users, times)
+    train_counts = ratings[ratings["user_id"].isin(train_users)]["item_id"].value_counts()
+    everything = ratings["item_id"].unique()
+    fallback = np.r_[train_counts.index.to_numpy(), np.setdiff1d(everything, train_counts.index.to_numpy())]
     out = np.zeros(len(targets), np.int64)
-    for user, idx in targets.groupby("user_id").indices.items():
-        seen = items[np.searchsorted(users, user, "left"):np.searchsorted(users, user, "right")]
-        unseen = np.setdiff1d(popular[:POPULAR_POOL], seen)
-        if unseen.size == 0:  # the user rated every pool movie: widen to all movies
-            unseen = np.setdiff1d(popular, seen)
+    used: dict[int, list[int]] = {}  # a user's examples take distinct negatives while the pool lasts
+    for row, user in enumerate(targets["user_id"].to_numpy()):
+        rated = items[np.searchsorted(users, user, "left"):np.searchsorted(users, user, "right")]
+        seen = np.r_[rated, used.get(user, [])]
+        unseen = np.array([])
+        for pool in (before[row][:POPULAR_POOL], before[row], fallback):
+            unseen = pool[~np.isin(pool, seen)]
+            if unseen.size == 0:
+                unseen = pool[~np.isin(pool, rated)]
+            if unseen.size:
+                break
         if unseen.size == 0:
             raise UserError(f"user {user} rated every movie and none low enough to be a negative")
-        out[idx] = rng.permutation(unseen)[np.arange(idx.size) % unseen.size]
+        out[row] = rng.choice(unseen)
+        used.setdefault(user, []).append(out[row])
     return out
 
 
@@ -311,16 +339,31 @@ def _split_users(users: np.ndarray, val_fraction: float, test_fraction: float, r
 # ---------------------------------------------------------------------------------------------
 # Texts and records
 
-def _reasons(history: list[Movie], a: Movie, b: Movie) -> dict[str, str]:
-    """The reasoning for each option: the same genre-overlap template, so the text arguing for
-    the right option says nothing that the one arguing for the wrong option could not."""
-    counts = Counter(g for m in history for g in m.genres)
-    lean = " and ".join(sorted(counts, key=lambda g: (-counts[g], g))[:2])
+def shared_genres(history: list[Movie], movie: Movie) -> list[str]:
+    """The genres of `movie` that at least one history movie has, in the movie's own order."""
+    seen = {g for m in history for g in m.genres}
+    return [g for g in movie.genres if g in seen]
 
-    def argue(x: Movie, y: Movie) -> str:
-        return (f"Reasoning: The user's recent history leans towards {lean}; "
-                f"{x.display} fits that better than {y.display}.")
-    return {"A": argue(a, b), "B": argue(b, a)}
+
+def _shared_phrase(genres: list[str]) -> str:
+    if not genres:
+        return "none of them"
+    return genres[0] if len(genres) == 1 else ", ".join(genres[:-1]) + " and " + genres[-1]
+
+
+def reason_text(history: list[Movie], x: Movie, y: Movie) -> str:
+    """The reasoning for choosing x over y: which of the history's genres each of them has.
+
+    One template for both options (the rejected answer's reasoning is this with x and y exchanged),
+    and it states only facts the prompt shows, so it is true whichever option it is written for and
+    tells nothing the options do not.
+    """
+    return (f"Reasoning: Of the genres in the history, {x.display} has {_shared_phrase(shared_genres(history, x))}; "
+            f"{y.display} has {_shared_phrase(shared_genres(history, y))}.")
+
+
+def _reasons(history: list[Movie], a: Movie, b: Movie) -> dict[str, str]:
+    return {"A": reason_text(history, a, b), "B": reason_text(history, b, a)}
 
 
 def _movie_field(item: int, movie: Movie) -> dict:
@@ -355,10 +398,9 @@ def _check_args(history_len, max_examples_per_user, val_fraction, test_fraction,
         raise UserError(f"dislike_threshold ({dislike_threshold}) must be below like_threshold ({like_threshold})")
 
 
-def build_examples(ratings: pd.DataFrame, movies: dict[int, Movie], seed: int = 0, history_len: int = 5,
-                   max_examples_per_user: int = 3, val_fraction: float = 0.1, test_fraction: float = 0.1,
-                   like_threshold: int = 4, dislike_threshold: int = 2) -> dict[str, list[data.Example]]:
-    """{split: examples}, positions balanced per split. Deterministic for a seed."""
+def _build(ratings, movies, seed, history_len, max_examples_per_user, val_fraction, test_fraction,
+           like_threshold, dislike_threshold) -> tuple[dict[str, list[data.Example]], pd.DataFrame]:
+    """({split: examples}, the training users' ratings as the examples name movies)."""
     _check_args(history_len, max_examples_per_user, val_fraction, test_fraction, like_threshold,
                 dislike_threshold)
     ratings = _prepare(ratings, movies)
@@ -367,15 +409,25 @@ def build_examples(ratings: pd.DataFrame, movies: dict[int, Movie], seed: int = 
     if targets.empty:
         raise UserError(f"no user has a liked movie (rating >= {like_threshold}) preceded by "
                         f"{history_len} liked movies; lower history_len")
-    negatives, kinds = _pick_negatives(ratings, targets, dislike_threshold, _rng(seed, "negatives"))
     split_users = _split_users(targets["user_id"].unique(), val_fraction, test_fraction, _rng(seed, "split"))
+    negatives, kinds = _pick_negatives(ratings, targets, dislike_threshold, split_users["train"],
+                                       _rng(seed, "negatives"))
     split_of = {u: s for s, users in split_users.items() for u in users}
     k = targets.groupby("user_id").cumcount().to_numpy()
     splits = {s: [] for s in SPLITS}
     for i, (user, item, ts) in enumerate(targets.itertuples(index=False)):
         splits[split_of[user]].append(_example(user, k[i], item, ts, hist_items[i], hist_ts[i],
                                                negatives[i], kinds[i], movies))
-    return {s: data.random_balanced_positions(exs, random.Random(f"{seed}-{s}")) for s, exs in splits.items()}
+    splits = {s: data.random_balanced_positions(exs, random.Random(f"{seed}-{s}")) for s, exs in splits.items()}
+    return splits, ratings[ratings["user_id"].isin(split_users["train"])]
+
+
+def build_examples(ratings: pd.DataFrame, movies: dict[int, Movie], seed: int = 0, history_len: int = 5,
+                   max_examples_per_user: int = 3, val_fraction: float = 0.1, test_fraction: float = 0.1,
+                   like_threshold: int = 4, dislike_threshold: int = 2) -> dict[str, list[data.Example]]:
+    """{split: examples}, positions balanced per split. Deterministic for a seed."""
+    return _build(ratings, movies, seed, history_len, max_examples_per_user, val_fraction, test_fraction,
+                  like_threshold, dislike_threshold)[0]
 
 
 def summarize(splits: dict[str, list[data.Example]]) -> dict:
@@ -392,7 +444,8 @@ def build_from_source(source: str, out_dir: str | Path, seed: int = 0, history_l
                       max_examples_per_user: int = 3, val_fraction: float = 0.1, test_fraction: float = 0.1,
                       like_threshold: int = 4, dislike_threshold: int = 2,
                       allow_md5_mismatch: bool = False) -> dict:
-    """Write out_dir/{train,val,test}.jsonl and out_dir/summary.json; return the summary.
+    """Write out_dir/{train,val,test}.jsonl, the baselines' side files (dporec.baselines: the training
+    users' ratings) and out_dir/summary.json; return the summary.
 
     A `thesis:FILE[?ml1m=PATH]` source splits a finished thesis-layout file instead (dporec.thesis).
     """
@@ -405,10 +458,11 @@ def build_from_source(source: str, out_dir: str | Path, seed: int = 0, history_l
     params = {"seed": seed, "history_len": history_len, "max_examples_per_user": max_examples_per_user,
               "val_fraction": val_fraction, "test_fraction": test_fraction,
               "like_threshold": like_threshold, "dislike_threshold": dislike_threshold}
-    splits = build_examples(ratings, movies, **params)
+    splits, train_ratings = _build(ratings, movies, **params)
     out = Path(out_dir)
     for s, exs in splits.items():
         data.write_jsonl(out / f"{s}.jsonl", (data.to_record(e) for e in exs))
+    baselines.write_side_files(out, train_ratings, like_threshold)
     per_split = summarize(splits)
     rating_users = int(ratings["user_id"].nunique())
     summary = {"source": str(source), **params, "ratings": len(ratings), "movies": len(movies),

@@ -6,8 +6,8 @@ The results dict (dporec/analysis.build_results) is laid out as
      "comparison": stats.compare(rows_sft, rows_dpo) or None (when "sft" or "dpo" is missing),
      "comparison_control": stats.compare(rows_sft_control, rows_dpo) or None,
      "control_arm": analysis.control_matching(...) or None,
-     "baselines": optional {name: {"accuracy": float | None, "accuracy_ci95": [lo, hi] (optional),
-                                   "n_pairs": int (optional), "reason": str (optional, when not available)}},
+     "baselines": optional, dporec.baselines.add_to_results: {rule: {"label", "available", "accuracy",
+                  "n_pairs", "ci", "reason" when not available}},
      "meta": {...}}   # free-form: test file, n_pairs, config path, timings
 
 Plots use matplotlib's Agg canvas directly (no pyplot), so they work headless and never touch the
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import UserError, metrics, stats
+from . import UserError, baselines, metrics, stats
 
 # predictions.csv columns, in this order; any other keys the scorer adds follow, sorted by name.
 PREDICTION_COLUMNS = (
@@ -233,42 +233,6 @@ def _md_table(models: dict, block: str | None) -> list[str]:
     return lines
 
 
-# ---- baselines (results["baselines"], filled by the baseline rules when the evaluation has them)
-
-def strongest_baseline(results: dict) -> tuple[str, dict] | None:
-    """(name, block) of the available baseline with the highest accuracy, or None."""
-    avail = [(n, b) for n, b in (results.get("baselines") or {}).items() if b.get("accuracy") is not None]
-    return max(avail, key=lambda nb: nb[1]["accuracy"]) if avail else None
-
-
-def _baseline_md(results: dict) -> list[str]:
-    base = results.get("baselines") or {}
-    if not base:
-        return []
-    lines = ["", "## Baselines (simple rules on the same test pairs, both orders)", "",
-             "| Baseline | Pairs | Two-order accuracy [95% CI] |", "|---|---:|---:|"]
-    for name, b in base.items():
-        if b.get("accuracy") is None:
-            lines.append(f"| {name} | {b.get('n_pairs', '')} | not available: {b.get('reason', 'no data')} |")
-        else:
-            lines.append(f"| {name} | {b.get('n_pairs', '')} | {_pct(b['accuracy'])} {_ci(b.get('accuracy_ci95'))} |")
-    return lines
-
-
-def baseline_verdict(results: dict) -> str | None:
-    """Whether each model's two-order accuracy beats the strongest baseline's (point estimates)."""
-    top = strongest_baseline(results)
-    if top is None:
-        return None
-    name, b = top
-    parts = []
-    for model, m in results["models"].items():
-        pts = stats._signed(100 * (m["accuracy"] - b["accuracy"]))
-        word = "beats it" if m["accuracy"] > b["accuracy"] else "does not beat it"
-        parts.append(f"{model} {_pct(m['accuracy'])} {word} ({pts} points)")
-    return f"Strongest baseline: {name} at {_pct(b['accuracy'])}; " + "; ".join(parts) + "."
-
-
 # ---- comparisons
 
 def _sentence(comparison: dict) -> str:
@@ -333,7 +297,6 @@ def write_report_md(eval_dir, results: dict) -> Path:
     lines += ["", f"Accuracy averages both option orders of every test pair; intervals: percentile {how} of the "
               "per-pair scores. Consistency: the same movie is chosen in both orders. Margin: log p(correct "
               "answer) \u2212 log p(wrong answer) of the decision sentence, in nats. Exact ties count as wrong."]
-    lines += _baseline_md(results)
     if all(m.get("full_answer") for m in models.values()):
         lines += ["", "## Full-answer scores (decision + reasoning + EOS)", ""]
         lines += _md_table(models, "full_answer")
@@ -345,6 +308,7 @@ def write_report_md(eval_dir, results: dict) -> Path:
         for name, g in gen.items():
             lines.append(f"| {name} | {_pct(g['valid_rate'])} | {_pct(g['accuracy'])} {_ci(g['accuracy_ci95'])} | "
                          f"{_pct(g['consistency'])} | {_pct(g['first_option_rate'])} |")
+    lines += ["", *baselines.markdown(results)] if results.get("baselines") else []
     lines += ["", "## SFT vs DPO", ""]
     c = results.get("comparison")
     if c:
@@ -354,9 +318,6 @@ def write_report_md(eval_dir, results: dict) -> Path:
                   "together with the confidence interval and the p-value, which test that same difference."]
     else:
         lines.append("No comparison: it needs predictions from both an `sft` and a `dpo` model.")
-    clause = baseline_verdict(results)
-    if clause:
-        lines += ["", clause]
     lines += _control_md(results)
     meta = {k: v for k, v in (results.get("meta") or {}).items() if isinstance(v, (str, int, float, bool))}
     if meta:
@@ -389,12 +350,10 @@ def format_table(results: dict) -> str:
                      _pct(m["accuracy_original_order"]), _pct(m["accuracy_swapped_order"]),
                      _pct(m["accuracy_both_orders"]), _pct(m["consistency"]),
                      _pct(m["first_option_rate"]), f"{m['confidence']['mean_margin']:+.2f}"))
-    for name, b in (results.get("baselines") or {}).items():
-        rows.append((f"baseline: {name}", str(b.get("n_pairs", "")), _pct(b.get("accuracy")),
-                     _ci(b.get("accuracy_ci95")), "", "", "", "", "", ""))
     widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
     fmt = lambda r: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
-    return "\n".join([fmt(header), "  ".join("-" * w for w in widths)] + [fmt(r) for r in rows])
+    return "\n".join([fmt(header), "  ".join("-" * w for w in widths)] + [fmt(r) for r in rows]
+                     + baselines.table_lines(results))
 
 
 def format_verdict(results: dict) -> str:
@@ -405,9 +364,8 @@ def format_verdict(results: dict) -> str:
     if not c:
         return "\n".join([rule, "No SFT-vs-DPO comparison (needs both 'sft' and 'dpo' predictions).", rule])
     lines = [rule, "SFT vs DPO"] + _comparison_lines(c) + ["", _sentence(c)]
-    clause = baseline_verdict(results)
-    if clause:
-        lines += [clause]
+    if results.get("baselines"):
+        lines += [baselines.verdict_clause(results)]
     cc = results.get("comparison_control")
     if cc:
         lines += ["", "Compute-matched control (SFT continued for as many steps as DPO) vs DPO:", _sentence(cc)]

@@ -175,15 +175,50 @@ def test_same_second_ratings_never_enter_the_history(tmp_path):
         assert r["negative_kind"] == "disliked"
 
 
-def test_reasoning_is_the_same_template_for_both_options(built):
+def _phrase(genres: list[str]) -> str:
+    """An independent spelling of the reasons' genre list, so the test does not trust the builder's."""
+    if not genres:
+        return "none of them"
+    return " and ".join([", ".join(genres[:-1]), genres[-1]]) if len(genres) > 1 else genres[0]
+
+
+def test_reasons_state_true_genre_overlap_from_one_template(built):
+    """Each reason says which history genres each option has, true for every record, and the two
+    reasons are the same template with the options exchanged (nothing the options do not show)."""
+    n_none = n_some = 0
     for r in all_records(built):
-        shown = {L: f"{o['title']} ({'|'.join(o['genres'])})" for L, o in (("A", r["option_a"]), ("B", r["option_b"]))}
-        masked = {L: r["reasons"][L].replace(shown[L], "<FOR>").replace(shown[data.other_letter(L)], "<AGAINST>")
-                  for L in "AB"}
-        assert masked["A"] == masked["B"]
-        assert masked["A"].count("<FOR>") == 1 and masked["A"].count("<AGAINST>") == 1
-        assert not FORBIDDEN.search(masked["A"]), masked["A"]
-        assert "Option" not in r["reasons"]["A"]
+        history_genres = {g for h in r["history"] for g in h["genres"]}
+        opts = {"A": r["option_a"], "B": r["option_b"]}
+        shown = {L: f"{o['title']} ({'|'.join(o['genres'])})" for L, o in opts.items()}
+        shared = {L: [g for g in o["genres"] if g in history_genres] for L, o in opts.items()}
+        for L in "AB":
+            other = data.other_letter(L)
+            assert r["reasons"][L] == (f"Reasoning: Of the genres in the history, {shown[L]} has "
+                                       f"{_phrase(shared[L])}; {shown[other]} has {_phrase(shared[other])}.")
+            masked = r["reasons"][L].replace(shown[L], "<FOR>").replace(shown[other], "<AGAINST>")
+            assert not FORBIDDEN.search(masked), masked
+            assert "Option" not in r["reasons"][L]
+        n_none += sum(not shared[L] for L in "AB")
+        n_some += sum(bool(shared[L]) for L in "AB")
+    assert n_none and n_some  # both kinds of claim occur, so both are checked
+
+
+def test_unseen_popular_negatives_come_from_training_users_earlier_ratings(built):
+    """Popularity for the fallback negative never counts a val/test user's ratings, nor ratings
+    given after the target: the negative was rated by a training user before the target's time."""
+    train = pd.read_csv(built / "train_ratings.csv.gz")
+    checked = 0
+    for r in all_records(built):
+        if r["negative_kind"] != "unseen_popular":
+            continue
+        negative = r["option_b" if r["label"] == "A" else "option_a"]["item_id"]
+        earlier = train[train["timestamp"] < r["target_timestamp"]]
+        counts = earlier["item_id"].value_counts()
+        assert negative in counts.index
+        rank = (counts > counts[negative]).sum()
+        assert rank < movielens.POPULAR_POOL + 40  # in the pool, bar movies this user already rated
+        checked += 1
+    assert checked
 
 
 def test_same_seed_same_files_other_seed_other_files(ml1m_dir, built, tmp_path):

@@ -151,23 +151,28 @@ def test_report_without_user_ids_says_pairs(tmp_path, rows_by_model):
 
 
 def test_baselines_are_rendered_beside_the_models(tmp_path, results):
-    res = dict(results, baselines={
-        "mean rating": {"accuracy": 0.75, "accuracy_ci95": [0.68, 0.81], "n_pairs": 60},
-        "popularity": {"accuracy": 0.58, "n_pairs": 60},
-        "genre overlap": {"accuracy": None, "reason": "the test file has no history genres"}})
+    """The baselines block (dporec.baselines.add_to_results's layout) reaches report.md, the console
+    table and the verdict block; the verdict clause follows each model's paired CI against the best rule."""
+    res = json.loads(json.dumps(results))
+    res["baselines"] = {
+        "mean_rating": {"label": "mean rating among training users", "available": True, "accuracy": 0.75,
+                        "ci": [0.68, 0.81], "n_pairs": 60},
+        "popularity": {"label": "popularity among training users", "available": True, "accuracy": 0.58,
+                       "ci": [0.5, 0.66], "n_pairs": 60},
+        "genre_overlap": {"label": "genre overlap with the history", "available": False, "accuracy": None,
+                          "ci": None, "n_pairs": 60, "reason": "the test file has no history genres"}}
+    res["models"]["sft"]["vs_best_baseline"] = {"baseline": "mean_rating", "difference": 0.05, "ci": [0.01, 0.09]}
+    res["models"]["dpo"]["vs_best_baseline"] = {"baseline": "mean_rating", "difference": -0.02, "ci": [-0.08, 0.03]}
     text = report.write_report_md(tmp_path, res).read_text(encoding="utf-8")
-    assert "| mean rating | 60 | 75.0% [68.0, 81.0] |" in text
-    assert "| popularity | 60 | 58.0%  |" in text
-    assert "| genre overlap |  | not available: the test file has no history genres |" in text
-    sft, dpo = res["models"]["sft"]["accuracy"], res["models"]["dpo"]["accuracy"]
-    clause = report.baseline_verdict(res)
-    assert clause.startswith("Strongest baseline: mean rating at 75.0%; ")
-    assert f"sft {100 * sft:.1f}% {'beats it' if sft > 0.75 else 'does not beat it'}" in clause
-    assert f"dpo {100 * dpo:.1f}% {'beats it' if dpo > 0.75 else 'does not beat it'}" in clause
-    assert clause in text and clause in report.format_verdict(res)
+    assert "| mean rating among training users | 75.0% [68.0, 81.0] |" in text
+    assert "| genre overlap with the history | not available: the test file has no history genres |" in text
+    verdict = report.format_verdict(res)
+    assert "Strongest baseline: mean rating among training users, 75.0%." in verdict
+    assert "sft" in verdict and "beats it (+5.0 points" in verdict
+    assert "does not differ clearly from it (\u22122.0 points" in verdict
     table = report.format_table(res)
-    assert "baseline: mean rating" in table and len({len(line) for line in table.splitlines()}) == 1
-    assert report.baseline_verdict(results) is None  # no baselines, no clause
+    assert "popularity among training users" in table and "n/a" in table
+    assert "Strongest baseline" not in report.format_verdict(results)  # no baselines, no clause
 
 
 def test_aggregate_markdown_uses_the_pooled_paired_test(rows_by_model):
