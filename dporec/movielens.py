@@ -39,6 +39,7 @@ import numpy as np
 import pandas as pd
 
 from . import UserError, baselines, data, synthetic
+from .splits import balance, random_balanced_positions
 
 ML1M_MD5 = "c4d9eecfca2ab87c1945afe126590906"
 SPLITS = ("train", "val", "test")
@@ -418,7 +419,7 @@ def _build(ratings, movies, seed, history_len, max_examples_per_user, val_fracti
     for i, (user, item, ts) in enumerate(targets.itertuples(index=False)):
         splits[split_of[user]].append(_example(user, k[i], item, ts, hist_items[i], hist_ts[i],
                                                negatives[i], kinds[i], movies))
-    splits = {s: data.random_balanced_positions(exs, random.Random(f"{seed}-{s}")) for s, exs in splits.items()}
+    splits = {s: random_balanced_positions(exs, random.Random(f"{seed}-{s}")) for s, exs in splits.items()}
     return splits, ratings[ratings["user_id"].isin(split_users["train"])]
 
 
@@ -434,7 +435,7 @@ def summarize(splits: dict[str, list[data.Example]]) -> dict:
     """Users, examples, A/B counts and negative kinds per split."""
     out = {}
     for s, exs in splits.items():
-        b = data.balance(exs)
+        b = balance(exs)
         out[s] = {"users": len({e.user_id for e in exs}), "examples": b["n"], "A": b["A"], "B": b["B"],
                   "negative_kinds": dict(sorted(Counter(e.extra["negative_kind"] for e in exs).items()))}
     return out

@@ -38,14 +38,14 @@ _MODEL_COLORS = {"sft": "#4C72B0", "dpo": "#DD8452"}
 # Files
 # --------------------------------------------------------------------------------------------
 
-def _jsonable(obj):
+def jsonable(obj):
     """Tuples -> lists, numpy scalars -> Python, NaN/inf -> None (JSON has no NaN)."""
     if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
+        return {str(k): jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
+        return [jsonable(v) for v in obj]
     if isinstance(obj, np.ndarray):
-        return [_jsonable(v) for v in obj.tolist()]
+        return [jsonable(v) for v in obj.tolist()]
     if isinstance(obj, np.generic):
         obj = obj.item()
     if isinstance(obj, float) and not math.isfinite(obj):
@@ -59,7 +59,7 @@ def write_results(eval_dir, results: dict) -> Path:
     """Write results.json (indent 2) into eval_dir and return its path."""
     path = Path(eval_dir) / "results.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(_jsonable(results), indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    path.write_text(json.dumps(jsonable(results), indent=2, allow_nan=False) + "\n", encoding="utf-8")
     return path
 
 
@@ -337,7 +337,7 @@ def write_evaluation(eval_dir, results: dict, rows_by_model: dict, predictions: 
     write_report_md(eval_dir, results)
     if results.get("comparison_control"):
         path = Path(eval_dir) / "comparison_control.json"
-        path.write_text(json.dumps(_jsonable(results["comparison_control"]), indent=2) + "\n", encoding="utf-8")
+        path.write_text(json.dumps(jsonable(results["comparison_control"]), indent=2) + "\n", encoding="utf-8")
     return write_results(eval_dir, results)
 
 
@@ -384,6 +384,19 @@ def _pm(s: dict, pct: bool) -> str:
     scale, unit = (100, "%") if pct else (1, "")
     sd = "" if s["sd"] is None else f" ± {scale * s['sd']:.1f}"
     return f"{scale * s['mean']:.1f}{sd}{unit}" if pct else f"{s['mean']:+.2f}{sd}"
+
+
+def write_aggregate(out_dir, agg: dict) -> dict:
+    """aggregate.json + aggregate.md (analysis.aggregate_seeds) in out_dir; returns the JSON content.
+
+    Identical content is not rewritten: a fully skipped rerun must not look like it produced something.
+    """
+    agg = jsonable(agg)
+    for name, text in (("aggregate.json", json.dumps(agg, indent=2)), ("aggregate.md", aggregate_markdown(agg))):
+        path = Path(out_dir) / name
+        if not (path.is_file() and path.read_text(encoding="utf-8") == text + "\n"):
+            path.write_text(text + "\n", encoding="utf-8")
+    return agg
 
 
 def aggregate_markdown(agg: dict) -> str:
