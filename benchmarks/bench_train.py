@@ -83,7 +83,7 @@ SHAPES: dict[str, dict | None] = {
 # Dense (no sparsity) peak TFLOP/s for bf16 tensor-core matmuls with fp32 accumulation, and memory
 # bandwidth in GB/s, from the vendors' spec sheets. First match wins, so variants come first.
 # T4 has no bf16: its fp16 figure. This workplace measured 798 TFLOP/s for an 8192^3 bf16 matmul on
-# its H100 SXM and 788 on its H200 (KINDS.md): ~80% of these spec figures is the practical ceiling.
+# its H100 SXM and 788 on its H200 (BENCHMARKS.md): ~80% of these spec figures is the practical ceiling.
 GPU_SPECS = [  # (regex on the lower-cased torch.cuda.get_device_name, label, TFLOP/s, GB/s)
     (r"h100.*pcie", "H100 PCIe", 756.0, 2000.0),
     (r"h100.*nvl", "H100 NVL", 835.0, 3900.0),

@@ -184,7 +184,7 @@ def test_dpo_from_base_leaves_base_model_files_unchanged(dpo_from_base, tiny_mod
 
 
 def test_dpo_loss_matches_formula_through_trl(tiny_data, tiny_model, tmp_path):
-    """NOTES.md worked example through DPOTrainer's own loss code (TRL 1.14 has no standalone
+    """A worked example of the sigmoid DPO loss through DPOTrainer's own loss code (TRL 1.14 has no standalone
     loss function: the sigmoid loss is computed inside DPOTrainer._compute_loss from the policy's
     logits and the reference log-probs). A two-token 'policy' whose logits are log-probabilities
     makes the summed completion log-probs exactly -2.0 (chosen) and -5.0 (rejected); the reference
