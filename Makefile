@@ -12,11 +12,12 @@ export TOKENIZERS_PARALLELISM=false
 
 .PHONY: install models data-tiny smoke demo test test-all verify clean
 
-$(STAMP): requirements-core.txt requirements-cpu.txt requirements-assets.txt
+$(STAMP): requirements-core.txt requirements-cpu.txt requirements-assets.txt pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -r requirements-cpu.txt
 	$(BIN)/pip install -q --no-deps -r requirements-assets.txt
+	$(BIN)/pip install -q --no-deps -e .
 	touch $@
 
 install: $(STAMP)

@@ -49,45 +49,12 @@ import time
 from contextlib import nullcontext
 from pathlib import Path
 
-from dporec import UserError, analysis, baselines, report, stats
+from dporec import UserError, analysis, baselines, report, runs, splits, stats
 from dporec import data as D
-from dporec.config import parse_args, prepare_run_dir, run_main, stage_dir, write_run_info
+from dporec.config import parse_args, run_main
 
 # The ML stack (torch, transformers, peft via dporec.models/scoring) is imported inside the functions
 # that score, so --from-predictions runs without it.
-
-TRAINED_BY = {"sft": "train_sft.py", "dpo": "train_dpo.py"}
-
-
-def find_adapters(cfg: dict, config_path: str) -> dict[str, Path | None]:
-    """{name: adapter folder, or None for the base model}, in evaluation order; fails before loading."""
-    from dporec import models
-    found: dict[str, Path | None] = {}
-    extra = dict(cfg["eval"]["adapters"] or {})
-    for name in cfg["eval"]["models"]:
-        if name == "base":
-            found[name] = None
-        elif name in TRAINED_BY:
-            found[name] = stage_dir(cfg, name)
-        elif name not in extra:
-            raise UserError(f"eval.models: unknown model {name!r}; use base, sft, dpo or a name from eval.adapters")
-    for name, path in extra.items():
-        if name == "base" or name in TRAINED_BY and name in cfg["eval"]["models"]:
-            raise UserError(f"eval.adapters: the name {name!r} is taken by a built-in model; choose another")
-        found[name] = Path(str(path))
-    if not found:
-        raise UserError("eval.models is empty and eval.adapters names nothing: nothing to evaluate")
-    for name, path in found.items():
-        if path is None:
-            continue
-        if not (path / "adapter_config.json").is_file():
-            how = (f"train it with: python {TRAINED_BY[name]} --config {config_path}" if name in TRAINED_BY
-                   else "check eval.adapters")
-            raise UserError(f"eval.models asks for {name!r}, but {path} holds no adapter "
-                            f"(no adapter_config.json); {how}")
-        models.check_adapter(path, cfg["model"]["name"])
-    return found
-
 
 def _active(model, name: str, adapters: dict):
     """Context in which `model` behaves as model `name`."""
@@ -136,20 +103,6 @@ def _unquantized_bytes(model, dtype) -> int:
     return n * torch.empty((), dtype=dtype).element_size()
 
 
-def _available_bytes() -> int:
-    import torch
-    if torch.cuda.is_available():
-        return torch.cuda.mem_get_info()[0]
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    import os
-    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-
-
 def _accuracy(rows) -> float:
     scores = stats.per_pair_scores(rows)[0]
     return sum(scores.values()) / len(scores)
@@ -169,7 +122,8 @@ def stability(cfg, backend, examples, adapters, rows_q, needed: int) -> dict:
         out["reason"] = reason
         print(f"[eval] stability check skipped: {reason}")
         return out
-    avail = _available_bytes()
+    from dporec.hardware import free_memory
+    avail = free_memory()[0]
     if needed * 1.25 > avail:
         out["reason"] = (f"the unquantized weights need about {needed / 2**30:.1f} GiB, "
                          f"{avail / 2**30:.1f} GiB is free")
@@ -222,18 +176,18 @@ def _add_baselines(results: dict, cfg: dict, rows: dict) -> None:
 
 def reanalyse(cfg: dict, source: Path) -> tuple[dict, Path]:
     """--from-predictions: every statistic, results.json, report.md and plots from a predictions.csv."""
-    eval_dir = stage_dir(cfg, "eval")
+    eval_dir = runs.stage_dir(cfg, runs.EVAL)
     target = eval_dir / "predictions.csv"
     in_place = target.is_file() and source.resolve() == target.resolve()
     rows = report.read_predictions(source)
     previous = {}
     if in_place and (eval_dir / "results.json").is_file():
-        previous = analysis._read_json(eval_dir / "results.json")
+        previous = analysis.read_json(eval_dir / "results.json")
     elif not in_place:
         data = source.read_bytes()  # before prepare_run_dir may clear a folder that holds the source
-        eval_dir = prepare_run_dir(eval_dir, cfg, done_marker="results.json")
+        eval_dir = runs.prepare_run_dir(eval_dir, cfg, done_marker=runs.MARKERS[runs.EVAL])
         target.write_bytes(data)
-        write_run_info(eval_dir, cfg, stage="eval", reanalysed_from=str(source))
+        runs.write_run_info(eval_dir, cfg, stage="eval", reanalysed_from=str(source))
     meta = {**previous.get("meta", {}), "reanalysed_from": str(source), "reanalysis_settings": {
         "bootstrap_samples": cfg["eval"]["bootstrap_samples"], "alpha": cfg["eval"]["alpha"], "seed": cfg["seed"]}}
     results = _analyse(rows, cfg, meta, str(source))
@@ -247,26 +201,25 @@ def reanalyse(cfg: dict, source: Path) -> tuple[dict, Path]:
     return results, report.write_evaluation(eval_dir, results, rows, predictions=False)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args, cfg = parse_args(__doc__, argv, extra=lambda p: p.add_argument(
-        "--from-predictions", metavar="PATH", help="recompute every statistic from this predictions.csv; no model"))
-    if args.from_predictions:
-        results, path = reanalyse(cfg, Path(args.from_predictions))
-        print(report.format_table(results))
-        print(report.format_verdict(results))
-        print(f"[eval] results: {path}")
-        return 0
+def run(cfg: dict, from_predictions: str | Path | None = None, config_path: str = "<your config>") -> int:
+    """Score every model on the test pairs (or re-analyse a predictions.csv) and write <output_dir>/eval/.
+
+    config_path only names the config in the advice printed when an adapter is missing.
+    """
+    if from_predictions:
+        results, path = reanalyse(cfg, Path(from_predictions))
+        return _print_results(results, path)
 
     from dporec import models
     backend = models.backend_for(cfg)  # refuses GPU-only configs on a CPU; imports unsloth first when chosen
     ec = cfg["eval"]
     test_file = cfg["data"]["test_file"]
     examples = D.load_examples(test_file, limit=cfg["data"]["max_test_examples"])
-    warning = D.balance_warning(examples, test_file)
+    warning = splits.balance_warning(examples, test_file)
     if warning:  # harmless for the two-order metrics, but worth knowing
         print(warning)
-    adapters = find_adapters(cfg, args.config)
-    eval_dir = prepare_run_dir(stage_dir(cfg, "eval"), cfg, done_marker="results.json")
+    adapters = runs.find_adapters(cfg, config_path)
+    eval_dir = runs.prepare_run_dir(runs.stage_dir(cfg, runs.EVAL), cfg, done_marker=runs.MARKERS[runs.EVAL])
     print(f"[eval] {len(examples)} test pairs from {test_file}; models: {', '.join(adapters)}")
 
     t0 = time.perf_counter()
@@ -283,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
         "model": cfg["model"]["name"], "backend": backend, "load_in_4bit": cfg["model"]["load_in_4bit"],
         "scoring": "likelihood, both option orders", "decision_span_fallbacks": info.fallback_decision_spans,
         "adapters": {n: (str(p) if p else None) for n, p in adapters.items()},
-        "seconds_per_model": seconds, "test_balance": D.balance(examples),
+        "seconds_per_model": seconds, "test_balance": splits.balance(examples),
     }
     results = _analyse(rows, cfg, meta, str(test_file))
     # simple rules on the same pairs (side files beside data.train_file) + each model's personalised subset
@@ -296,12 +249,22 @@ def main(argv: list[str] | None = None) -> int:
             results["stability"] = {"status": "skipped", "reason": "model.load_in_4bit=false: nothing to compare"}
     results["meta"]["wall_seconds"] = round(time.perf_counter() - t0, 1)
 
-    write_run_info(eval_dir, cfg, stage="eval", backend=backend, adapters=meta["adapters"])
+    runs.write_run_info(eval_dir, cfg, stage="eval", backend=backend, adapters=meta["adapters"])
     path = report.write_evaluation(eval_dir, results, rows)  # results.json last: marks a finished evaluation
+    return _print_results(results, path)
+
+
+def _print_results(results: dict, path: Path) -> int:
     print(report.format_table(results))
     print(report.format_verdict(results))
     print(f"[eval] results: {path}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, cfg = parse_args(__doc__, argv, extra=lambda p: p.add_argument(
+        "--from-predictions", metavar="PATH", help="recompute every statistic from this predictions.csv; no model"))
+    return run(cfg, args.from_predictions, args.config)
 
 
 if __name__ == "__main__":

@@ -26,8 +26,10 @@ Stages and the file that marks each one finished (a stage whose marker exists is
 <run> is output_dir, or output_dir/seed-<s> for each s in `seeds`. With seeds, output_dir/aggregate.json
 and aggregate.md hold mean ± sd per metric and model, the per-seed verdicts and a pooled comparison
 (each test pair's score averaged over the seeds first: n is the number of distinct pairs).
-Each stage runs in this process through its script's main(), with the same config and overrides.
-A stage folder without its marker but with checkpoint-N/ folders is continued (--resume is passed to
+Each stage runs in this process through its script's run(cfg), with this config (the control arm and
+the seeds change a few keys of a copy). With experiment.launcher each training stage runs as a child
+process under that command instead, reading the resolved config from a temporary YAML file.
+A stage folder without its marker but with checkpoint-N/ folders is continued (resume=true is set for
 it), so rerunning this command after an interruption is all it takes; --resume here is accepted for
 symmetry with the stage scripts. --overwrite reruns every stage (data files are kept).
 """
@@ -36,21 +38,16 @@ from __future__ import annotations
 import json
 import shlex
 import subprocess
-import sys
+import tempfile
 import time
 from pathlib import Path
 
+from dporec import UserError, analysis, report, runs
+from dporec.config import parse_args, run_main, save_config, updated
+from dporec.models import refuse_without_gpu, release_memory
+
 ROOT = Path(__file__).resolve().parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from dporec import UserError, analysis, report  # noqa: E402
-from dporec.models import refuse_without_gpu, release_memory  # noqa: E402
-from dporec.config import load_config, parse_args, run_main  # noqa: E402
-
-# Overrides that run_experiment decides per stage or per seed instead of passing them through.
-_OWN_KEYS = ("seeds", "resume", "overwrite")
-CONTROL = analysis.CONTROL
+SFT, DPO, CONTROL, EVAL = runs.SFT, runs.DPO, runs.CONTROL, runs.EVAL
 
 
 # ---------------------------------------------------------------------------------------------
@@ -81,21 +78,23 @@ def ensure_data(cfg: dict) -> str:
     return "built"
 
 
-def run_stage(name: str, marker: Path, main, argv: list[str], overwrite: bool) -> str:
-    """Run one stage's main() unless its marker file says it already finished."""
+def run_stage(name: str, marker: Path, run, cfg: dict, overwrite: bool) -> str:
+    """run(cfg) for one stage unless its marker file says it already finished.
+
+    The stage gets overwrite as given, and resume=true when its folder holds checkpoints of an
+    unfinished run.
+    """
     folder = marker.parent
     if marker.is_file() and not overwrite:
         print(f"[{name}] skipped: {marker} exists")
         return "skipped"
-    flags = []
-    if overwrite:
-        flags = ["--overwrite"]
-    elif any(folder.glob("checkpoint-[0-9]*")):
-        flags = ["--resume"]
+    cfg = updated(cfg, {"overwrite": overwrite, "resume": False})
+    if not overwrite and runs.checkpoints_in(folder):
+        cfg["resume"] = True
         print(f"[{name}] {folder} holds an unfinished run: resuming it")
-    print(f"[{name}] running with: {' '.join([*argv, *flags])}")
+    print(f"[{name}] running: {folder}")
     t0 = time.perf_counter()
-    code = main([*argv, *flags])
+    code = run(cfg)
     release_memory()
     print(f"[{name}] finished in {time.perf_counter() - t0:.1f} s")
     if code:
@@ -105,111 +104,82 @@ def run_stage(name: str, marker: Path, main, argv: list[str], overwrite: bool) -
     return "done"
 
 
-def launched(script: str, launcher: str | None):
-    """The stage's main(), in this process; or, with experiment.launcher, the script under that command.
+def stage_runner(script: str, launcher: str | None):
+    """The stage script's run(cfg), in this process; or, with experiment.launcher, the script under
+    that command as a child process.
 
-    `accelerate launch --num_processes N` (several GPUs) needs processes of its own, so a launcher
-    runs the training script as a child process with the same arguments.
+    `accelerate launch --num_processes N` (several GPUs) needs processes of its own; the child reads
+    the resolved config from a YAML file written for it, so it trains exactly what run(cfg) would.
     """
     module = __import__(script)
     if not launcher:
-        return module.main
+        return module.run
 
-    def child(argv: list[str]) -> int:
-        cmd = [*shlex.split(launcher), str(ROOT / f"{script}.py"), *argv]
-        print(f"[launch] {shlex.join(cmd)}", flush=True)
-        return subprocess.call(cmd)
+    def child(cfg: dict) -> int:
+        with tempfile.TemporaryDirectory(prefix="dporec-launch-") as tmp:
+            config = save_config(cfg, Path(tmp) / "config.yaml")
+            cmd = [*shlex.split(launcher), str(ROOT / f"{script}.py"), "--config", str(config)]
+            print(f"[launch] {shlex.join(cmd)}", flush=True)
+            return subprocess.call(cmd)
     return child
 
 
-def run_once(config: str, overrides: list[str], overwrite: bool) -> tuple[dict, dict]:
+def run_once(cfg: dict, config_path: str = "<your config>") -> tuple[dict, dict]:
     """SFT -> DPO (-> control) -> eval for one run folder. Returns (results, {stage: status})."""
     import evaluate_dpo
-    cfg = load_config(config, overrides)
-    sft_main = launched("train_sft", cfg["experiment"]["launcher"])
-    dpo_main = launched("train_dpo", cfg["experiment"]["launcher"])
-    out = Path(cfg["output_dir"])
-    argv = ["--config", config, *overrides]
-    status = {"sft": run_stage("sft", out / "sft" / "metrics.json", sft_main, argv, overwrite)}
-    status["dpo"] = run_stage("dpo", out / "dpo" / "metrics.json", dpo_main, argv, overwrite)
-    eval_argv, expected = argv, set(cfg["eval"]["models"]) | set(cfg["eval"]["adapters"])
+    overwrite, launcher = cfg["overwrite"], cfg["experiment"]["launcher"]
+    train_sft, train_dpo = stage_runner("train_sft", launcher), stage_runner("train_dpo", launcher)
+    status = {SFT: run_stage(SFT, runs.marker(cfg, SFT), train_sft, cfg, overwrite)}
+    status[DPO] = run_stage(DPO, runs.marker(cfg, DPO), train_dpo, cfg, overwrite)
+    eval_cfg = cfg
     if cfg["experiment"]["control_arm"]:
-        control = analysis.control_overrides(out / "dpo", out / "sft", CONTROL)
-        status[CONTROL] = run_stage(CONTROL, out / CONTROL / "metrics.json", sft_main,
-                                    argv + control, overwrite)
-        adapters = {**cfg["eval"]["adapters"], CONTROL: str(out / CONTROL)}
-        eval_argv, expected = argv + [f"eval.adapters={json.dumps(adapters)}"], expected | {CONTROL}
-    results_file = out / "eval" / "results.json"
+        control = updated(cfg, analysis.control_settings(runs.stage_dir(cfg, DPO), runs.stage_dir(cfg, SFT), CONTROL))
+        status[CONTROL] = run_stage(CONTROL, runs.marker(cfg, CONTROL), train_sft, control, overwrite)
+        adapters = {**cfg["eval"]["adapters"], CONTROL: str(runs.stage_dir(cfg, CONTROL))}
+        eval_cfg = updated(cfg, {"eval.adapters": adapters})
+    expected = set(eval_cfg["eval"]["models"]) | set(eval_cfg["eval"]["adapters"])
+    results_file = runs.marker(cfg, EVAL)
     # An evaluation that lacks a model asked for now (e.g. the control arm was switched on later) is redone.
-    stale = results_file.is_file() and not expected <= set(_read_json(results_file)["models"])
-    status["eval"] = run_stage("eval", results_file, evaluate_dpo.main, eval_argv, overwrite or stale)
-    results = _read_json(results_file)
+    stale = results_file.is_file() and not expected <= set(analysis.read_json(results_file)["models"])
+    status[EVAL] = run_stage(EVAL, results_file, lambda c: evaluate_dpo.run(c, config_path=config_path),
+                             eval_cfg, overwrite or stale)
+    results = analysis.read_json(results_file)
     if results.get("comparison") and "p_value" not in results["comparison"]:
         print("[eval] results.json predates the paired permutation test: re-analysing its predictions.csv")
-        evaluate_dpo.main([*eval_argv, "--from-predictions", str(out / "eval" / "predictions.csv")])
-        results = _read_json(results_file)
+        evaluate_dpo.run(eval_cfg, from_predictions=results_file.parent / "predictions.csv")
+        results = analysis.read_json(results_file)
     return results, status
 
 
 # ---------------------------------------------------------------------------------------------
-# Reading results back
 
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise UserError(f"cannot read {path}: {e}") from None
-
-
-# ---------------------------------------------------------------------------------------------
-# Aggregation over seeds
-
-def aggregate(results_by_seed: dict, out_dir: Path, cfg: dict) -> dict:
-    """aggregate.json + aggregate.md from each seed's results.json and predictions.csv."""
-    rows = {s: report.read_predictions(out_dir / f"seed-{s}" / "eval" / "predictions.csv") for s in results_by_seed}
-    agg = report._jsonable(analysis.aggregate_seeds(results_by_seed, rows, cfg, out_dir))
-    _write_if_changed(out_dir / "aggregate.json", json.dumps(agg, indent=2) + "\n")
-    _write_if_changed(out_dir / "aggregate.md", report.aggregate_markdown(agg) + "\n")
-    return agg
-
-
-def _write_if_changed(path: Path, text: str) -> None:
-    """Rewriting identical content would make a fully skipped rerun look like it produced something."""
-    if not (path.is_file() and path.read_text(encoding="utf-8") == text):
-        path.write_text(text, encoding="utf-8")
-
-
-# ---------------------------------------------------------------------------------------------
-
-def main(argv: list[str] | None = None) -> int:
-    args, cfg = parse_args(__doc__, argv)
+def run(cfg: dict, config_path: str = "<your config>") -> int:
+    """Data, then every stage of every seed, then the tables and verdicts."""
     refuse_without_gpu(cfg)  # before building data or loading anything: a GPU-sized model on a CPU stops here
-    overwrite = cfg["overwrite"]
-    passthrough = [o for o in args.overrides if o.split("=", 1)[0].strip() not in _OWN_KEYS]
     t0 = time.perf_counter()
     status = {"data": ensure_data(cfg)}
     out_dir = Path(cfg["output_dir"])
     seeds = cfg["seeds"]
 
     if not seeds:
-        results, st = run_once(args.config, passthrough, overwrite)
+        results, st = run_once(cfg, config_path)
         status.update(st)
         print(report.format_table(results))
         print(report.format_verdict(results))
         _print_status(status, time.perf_counter() - t0)
-        print(f"results: {out_dir / 'eval' / 'results.json'}")
+        print(f"results: {runs.marker(cfg, EVAL)}")
         return 0
 
     if len(set(seeds)) != len(seeds) or not all(isinstance(s, int) for s in seeds):
         raise UserError(f"seeds must be distinct integers, got {seeds}")
     results_by_seed = {}
     for s in seeds:
-        run_dir = out_dir / f"seed-{s}"
-        print(f"\n===== seed {s}: {run_dir} =====")
-        results, st = run_once(args.config, passthrough + [f"seed={s}", f"output_dir={run_dir}"], overwrite)
-        results_by_seed[s] = results
+        seed_cfg = updated(cfg, {"seed": s, "output_dir": str(out_dir / f"seed-{s}"), "seeds": None})
+        print(f"\n===== seed {s}: {seed_cfg['output_dir']} =====")
+        results_by_seed[s], st = run_once(seed_cfg, config_path)
         status.update({f"{k} (seed {s})": v for k, v in st.items()})
-    agg = aggregate(results_by_seed, out_dir, cfg)
+    rows = {s: report.read_predictions(out_dir / f"seed-{s}" / EVAL / "predictions.csv") for s in seeds}
+    agg = report.write_aggregate(out_dir, analysis.aggregate_seeds(results_by_seed, rows, cfg, out_dir))
 
     for s, results in results_by_seed.items():
         print(f"\nseed {s}:")
@@ -220,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         print(report.format_verdict({"comparison": agg["pooled"]}))
     _print_status(status, time.perf_counter() - t0)
     for s in seeds:
-        print(f"results (seed {s}): {out_dir / f'seed-{s}' / 'eval' / 'results.json'}")
+        print(f"results (seed {s}): {out_dir / f'seed-{s}' / EVAL / runs.MARKERS[EVAL]}")
     print(f"aggregate: {out_dir / 'aggregate.json'} and {out_dir / 'aggregate.md'}")
     return 0
 
@@ -230,6 +200,11 @@ def _print_status(status: dict, seconds: float) -> None:
     skipped = [k for k, v in status.items() if v == "skipped"]
     print(f"stages run: {', '.join(done) or 'none'}; skipped (already finished): {', '.join(skipped) or 'none'}; "
           f"{seconds:.0f} s")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, cfg = parse_args(__doc__, argv)
+    return run(cfg, args.config)
 
 
 if __name__ == "__main__":

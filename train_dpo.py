@@ -28,24 +28,24 @@ Assumptions:
 from __future__ import annotations
 
 from dporec import data as D
-from dporec import health, models, training
-from dporec.config import parse_args, run_main, stage_dir
+from dporec import health, models, runs, splits, training
+from dporec.config import parse_args, run_main
 
 
-def main(argv: list[str] | None = None) -> int:
-    _, cfg = parse_args(__doc__, argv)
+def run(cfg: dict, callbacks=()) -> int:
+    """Train the DPO adapter into <output_dir>/dpo/; `callbacks` are added to the Trainer."""
     backend = models.backend_for(cfg)  # refuses GPU-only configs on a CPU; imports unsloth first when chosen
     train_exs, val_exs = training.load_stage_data(cfg)
     fmt = cfg["data"]["prompt_format"]
     D.to_dpo_rows(train_exs + val_exs)  # rejected == chosen fails here, before any model loads
 
     init = cfg["dpo"]["init"]
-    adapter = training.sft_adapter_path(cfg) if init == "sft" else None
+    adapter = runs.sft_adapter_path(cfg) if init == "sft" else None
     if adapter is not None:
         models.check_adapter(adapter, cfg["model"]["name"])
     reference = training.REFERENCE_SFT if init == "sft" else training.REFERENCE_BASE
 
-    out, resume_from = training.prepare_stage_dir(cfg, stage_dir(cfg, "dpo"))
+    out, resume_from = training.prepare_stage_dir(cfg, runs.stage_dir(cfg, runs.DPO))
 
     from transformers import set_seed
     set_seed(cfg["seed"])
@@ -61,15 +61,19 @@ def main(argv: list[str] | None = None) -> int:
     trainer = DPOTrainer(model=model, ref_model=None, args=training.dpo_config(cfg, out, backend),
                          train_dataset=train_ds, eval_dataset=val_ds, processing_class=tok)
     training.adapters_to_fp32(trainer, backend)
-    wall = training.train(trainer, resume_from, callbacks=[health.make_callback("dpo", cfg["health"])])
+    wall = training.train(trainer, resume_from, callbacks=[health.make_callback("dpo", cfg["health"]), *callbacks])
 
     facts = {"stage": "dpo", "backend": backend, "init": init, "reference_model": reference,
              "sft_adapter": str(adapter) if adapter else None, "resumed_from": resume_from,
              "loss_type": cfg["dpo"]["loss_type"], "beta": cfg["dpo"]["beta"],
-             "n_train": len(train_exs), "n_val": len(val_exs), "train_balance": D.balance(train_exs)}
+             "n_train": len(train_exs), "n_val": len(val_exs), "train_balance": splits.balance(train_exs)}
     if training.finish_run(trainer, tok, out, cfg, wall, **facts):  # {} on the other processes
         print(f"[dpo] adapter saved to {out} (reference: {reference})")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run(parse_args(__doc__, argv)[1])
 
 
 if __name__ == "__main__":

@@ -23,12 +23,12 @@ Assumptions:
 from __future__ import annotations
 
 from dporec import data as D
-from dporec import health, models, training
-from dporec.config import parse_args, run_main, stage_dir
+from dporec import health, models, runs, splits, training
+from dporec.config import parse_args, run_main
 
 
-def main(argv: list[str] | None = None) -> int:
-    _, cfg = parse_args(__doc__, argv)
+def run(cfg: dict, callbacks=()) -> int:
+    """Train the SFT adapter into <output_dir>/<sft.run_name>/; `callbacks` are added to the Trainer."""
     backend = models.backend_for(cfg)  # refuses GPU-only configs on a CPU; imports unsloth first when chosen
     train_exs, val_exs = training.load_stage_data(cfg)
 
@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     init_adapter = cfg["sft"]["init_adapter"]
     if init_adapter:
         models.check_adapter(init_adapter, cfg["model"]["name"])
-    out, resume_from = training.prepare_stage_dir(cfg, stage_dir(cfg, cfg["sft"]["run_name"]))
+    out, resume_from = training.prepare_stage_dir(cfg, runs.stage_dir(cfg, cfg["sft"]["run_name"]))
 
     from transformers import set_seed
     set_seed(cfg["seed"])
@@ -50,13 +50,17 @@ def main(argv: list[str] | None = None) -> int:
     trainer = SFTTrainer(model=model, args=training.sft_config(cfg, out, backend),
                          train_dataset=train_ds, eval_dataset=val_ds, processing_class=tok)
     training.adapters_to_fp32(trainer, backend)
-    wall = training.train(trainer, resume_from, callbacks=[health.make_callback("sft", cfg["health"])])
+    wall = training.train(trainer, resume_from, callbacks=[health.make_callback("sft", cfg["health"]), *callbacks])
 
     facts = {"stage": "sft", "backend": backend, "resumed_from": resume_from, "init_adapter": init_adapter,
-             "n_train": len(train_exs), "n_val": len(val_exs), "train_balance": D.balance(train_exs)}
+             "n_train": len(train_exs), "n_val": len(val_exs), "train_balance": splits.balance(train_exs)}
     if training.finish_run(trainer, tok, out, cfg, wall, **facts):  # {} on the other processes
         print(f"[sft] adapter saved to {out}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run(parse_args(__doc__, argv)[1])
 
 
 if __name__ == "__main__":

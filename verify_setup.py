@@ -27,16 +27,14 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from dporec import UserError
+from dporec import config as cfgmod
 
-from dporec import UserError  # noqa: E402
-from dporec import config as cfgmod  # noqa: E402
+ROOT = Path(__file__).resolve().parent
 
 OK, WARN, FAIL = "ok", "warn", "fail"
 GPU_ONLY_PACKAGES = ("unsloth", "unsloth_zoo", "xformers", "torchvision")
-# A version drift in these changes trainer/quantization behaviour (NOTES.md); in the rest it rarely matters.
+# A version drift in these changes trainer/quantization behaviour (README "Versions"); in the rest it rarely matters.
 CRITICAL_PACKAGES = {"torch", "transformers", "trl", "peft", "bitsandbytes", "datasets", "accelerate"}
 MIN_PYTHON = (3, 10)  # transformers 5 and Unsloth need 3.10+
 GB = 1024 ** 3
@@ -241,24 +239,24 @@ def check_xformers(ctx):
 
 
 def check_backend(ctx):
-    """models.resolve_backend's choice, without importing Unsloth where it cannot work (CPU)."""
+    """models.choose_backend's choice (the rule the scripts apply), importing Unsloth only where it is chosen."""
+    from dporec.models import choose_backend, several_processes
     requested = ctx.cfg["model"]["backend"]
     has_unsloth = importlib.util.find_spec("unsloth") is not None
-    # what models.resolve_backend will pick; --smoke runs with it, so it imports what the real run imports
-    ctx.cache["backend"] = "unsloth" if requested != "hf" and ctx.cuda and has_unsloth else "hf"
-    if requested == "hf":
-        return row(OK, "backend", "hf (transformers + bitsandbytes + PEFT), as configured")
-    if not ctx.cuda:
-        if requested == "unsloth":
-            return row(FAIL, "backend", "model.backend=unsloth needs a CUDA GPU",
-                       "pass model.backend=hf (or auto)")
-        return row(OK, "backend", "auto -> hf (no CUDA GPU; unsloth not imported)")
-    if not has_unsloth:
-        if requested == "unsloth":
-            return row(FAIL, "backend", "model.backend=unsloth but unsloth is not installed",
-                       "pip install -r requirements.txt")
-        return row(WARN, "backend", "auto -> hf (unsloth not installed: slower, more memory)",
-                   "pip install -r requirements.txt")
+    try:
+        backend, why = choose_backend(requested, ctx.cuda, has_unsloth, several_processes())
+    except UserError as e:
+        ctx.cache["backend"] = "hf"
+        fix = "pip install -r requirements.txt" if ctx.cuda and not has_unsloth else "pass model.backend=hf (or auto)"
+        return row(FAIL, "backend", str(e), fix)
+    # --smoke runs with this backend, so it imports what the real run imports
+    ctx.cache["backend"] = backend
+    if backend == "hf":
+        if requested == "hf":
+            return row(OK, "backend", "hf (transformers + bitsandbytes + PEFT), as configured")
+        if ctx.cuda and not has_unsloth:
+            return row(WARN, "backend", f"auto -> hf ({why}: slower, more memory)", "pip install -r requirements.txt")
+        return row(OK, "backend", f"auto -> hf ({why}; unsloth not imported)")
     try:
         # Must come before transformers/trl/peft are imported (it patches them): this check runs
         # before any check that imports them.
@@ -307,15 +305,10 @@ def _build_hint(name: str) -> str:
     return "point model.name at a folder with config.json, or a hub id"
 
 
-def _looks_local(name: str) -> bool:
-    # "models/x" is this repo's local-model folder even before it is built, not a hub user "models".
-    return (name.startswith((".", "/", "~", "models/")) or name.count("/") != 1
-            or Path(name).expanduser().exists())
-
-
 def check_model(ctx):
+    from dporec.models import is_local_name
     name = ctx.cfg["model"]["name"]
-    if _looks_local(name):
+    if is_local_name(name):  # the loader's own rule: what it would look for on disk, verify looks for here
         folder = Path(name).expanduser()
         if not folder.is_dir():
             return row(FAIL, "model", f"folder not found: {name}", _build_hint(name))
@@ -350,21 +343,6 @@ def _param_counts(config_file: Path) -> tuple[int, int]:
     return total, sum(emb.values())
 
 
-def _free_memory(ctx) -> tuple[float, float, str]:
-    """(free bytes, total bytes, where) on the training device."""
-    if ctx.cuda:
-        import torch
-        free, total = torch.cuda.mem_get_info()
-        return free, total, "GPU"
-    try:
-        import psutil
-        vm = psutil.virtual_memory()
-        return vm.available, vm.total, "RAM"
-    except ImportError:
-        page = os.sysconf("SC_PAGE_SIZE")
-        return os.sysconf("SC_AVPHYS_PAGES") * page, os.sysconf("SC_PHYS_PAGES") * page, "RAM"
-
-
 def check_memory(ctx):
     if "model_config" not in ctx.cache:
         return row(WARN, "memory", "model config not available: cannot estimate the memory needed")
@@ -377,7 +355,8 @@ def check_memory(ctx):
     # LoRA weights + optimizer states, activations at this sequence length, and the CUDA/torch runtime.
     overhead = 0.25 * weights + (1.5 if ctx.cuda else 1.0) * GB
     need = weights + overhead
-    free, cap, where = _free_memory(ctx)
+    from dporec.hardware import free_memory
+    free, cap, where = free_memory(ctx.cuda)
     size = f"{total / 1e9:.2f}B" if total >= 1e9 else f"{total / 1e6:.1f}M"
     detail = (f"{size} params -> about {need / GB:.1f} GiB to train "
               f"({'4-bit' if four_bit else 'unquantized'}); {where} free {free / GB:.1f} of {cap / GB:.1f} GiB")
@@ -398,7 +377,7 @@ def _prepare_hint(ctx) -> str:
 
 
 def check_data(ctx):
-    from dporec import data
+    from dporec import data, splits
     d = ctx.cfg["data"]
     files = {split: Path(d[f"{split}_file"]) for split in ("train", "val", "test")}
     missing = [str(p) for p in files.values() if not p.is_file()]
@@ -418,11 +397,11 @@ def check_data(ctx):
         return rows
     parts, warnings = [], []
     for split, exs in loaded.items():
-        b = data.balance(exs)
+        b = splits.balance(exs)
         limit = d.get(f"max_{split}_examples")
         used = f", first {limit} used" if limit and limit < b["n"] else ""
         parts.append(f"{split} {b['n']} (A {100 * b['a_fraction']:.0f}%{used})")
-        w = data.balance_warning(exs, str(files[split]))
+        w = splits.balance_warning(exs, str(files[split]))
         if w:
             warnings.append(w)
     rows.append(row(OK, "data: files", "; ".join(parts)))
@@ -435,42 +414,36 @@ def check_data(ctx):
 
 
 def _check_users(loaded):
+    """Users shared by two splits (splits.shared_between, as data/check_dataset.py asks)."""
+    from dporec import splits
     users = {s: {e.user_id for e in exs} for s, exs in loaded.items()}
     if any(None in u for u in users.values()):
         return row(WARN, "data: users", "some records have no user_id: cannot check that splits are user-disjoint")
-    for a, b in (("train", "val"), ("train", "test"), ("val", "test")):
-        both = users[a] & users[b]
-        if both:
-            ex = next(e for e in loaded[b] if e.user_id in both)
-            return row(FAIL, "data: users", f"{len(both)} user(s) in both {a} and {b} (e.g. user {ex.user_id} "
-                                             f"at {ex.source}): test scores would leak training users",
-                       "rebuild the splits by user with data/prepare_movielens.py")
+    for a, b, both in splits.shared_between(loaded, lambda e: e.user_id)[:1]:
+        ex = next(e for e in loaded[b] if e.user_id in set(both))
+        return row(FAIL, "data: users", f"{len(both)} user(s) in both {a} and {b} (e.g. user {ex.user_id} "
+                                         f"at {ex.source}): test scores would leak training users",
+                   "rebuild the splits by user with data/prepare_movielens.py")
     n = {s: len(u) for s, u in users.items()}
     return row(OK, "data: users", f"disjoint across splits (train {n['train']}, val {n['val']}, test {n['test']} users)")
 
 
 def _check_pairs(loaded):
-    from dporec import data
+    from dporec import splits
     for exs in loaded.values():
-        for e in exs:
-            if data.chosen_output(e) == data.rejected_output(e):
-                return row(FAIL, "data: pairs", f"{e.source}: rejected answer equals chosen answer",
-                           "fix that record's options/reasons (DPO would learn nothing from it)")
-            if e.option_a.strip() == e.option_b.strip():
-                return row(FAIL, "data: pairs", f"{e.source}: Option A and Option B are the same movie",
-                           "fix or drop that record")
+        problems = splits.pair_problems(exs)
+        if problems:
+            return row(FAIL, "data: pairs", problems[0], "fix that record's options/reasons, or drop it")
     return row(OK, "data: pairs", "every rejected answer differs from its chosen answer")
 
 
 def _check_ids(loaded):
-    seen = {}
-    for exs in loaded.values():
-        for e in exs:
-            if e.pair_id in seen:
-                return row(FAIL, "data: ids", f"id {e.pair_id!r} at {seen[e.pair_id]} and at {e.source}",
-                           "give every example a unique id (data/prepare_movielens.py does)")
-            seen[e.pair_id] = e.source
-    return row(OK, "data: ids", f"{len(seen)} unique ids across the three files")
+    from dporec import splits
+    for a, b, ids in splits.shared_between(loaded, lambda e: e.pair_id)[:1]:
+        where = {split: next(e.source for e in loaded[split] if e.pair_id == ids[0]) for split in (a, b)}
+        return row(FAIL, "data: ids", f"id {ids[0]!r} at {where[a]} and at {where[b]}",
+                   "give every example a unique id (data/prepare_movielens.py does)")
+    return row(OK, "data: ids", f"{sum(len(exs) for exs in loaded.values())} unique ids across the three files")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -506,23 +479,19 @@ def check_disk(ctx):
     return row(OK, "disk", detail)
 
 
-def _adapter_paths(ctx) -> dict:
-    """The adapters evaluate_dpo.py will load (same rules as its find_adapters), plus the control arm's."""
-    c = ctx.cfg
-    out = Path(c["output_dir"])
-    paths = {name: out / name for name in c["eval"]["models"] if name in ("sft", "dpo")}
-    paths.update({k: Path(v) for k, v in c["eval"]["adapters"].items()})
-    if c["experiment"]["control_arm"]:
-        paths.setdefault("sft_control", out / "sft_control")
-    return paths
-
-
 def check_adapters(ctx):
-    from dporec import models
+    """The adapters evaluate_dpo.py will load (runs.eval_adapters, its own list), plus the control arm's."""
+    from dporec import models, runs
+    try:
+        adapters = runs.eval_adapters(ctx.cfg, with_control=True)
+    except UserError as e:
+        return row(FAIL, "adapters", str(e), "fix eval.models / eval.adapters")
     rows = []
-    for name, path in _adapter_paths(ctx).items():
+    for name, path in adapters.items():
+        if path is None:  # the base model
+            continue
         label = f"adapter: {name}"
-        if not (path / "adapter_config.json").is_file():
+        if not runs.has_adapter(path):
             what = ("folder exists but holds no adapter yet (training unfinished? rerun with --resume)"
                     if path.is_dir() else "not trained yet")
             if ctx.for_eval:
@@ -544,18 +513,18 @@ def check_adapters(ctx):
 # Smoke training
 
 def check_smoke(ctx):
-    """A few SFT and DPO steps on a tiny model and synthetic data, through the real scripts."""
-    from dporec import models, movielens
+    """A few SFT and DPO steps on a tiny model and synthetic data, through the scripts' own run(cfg)."""
+    from dporec import local_models, movielens
     import train_dpo
     import train_sft
     t0 = time.time()
     with tempfile.TemporaryDirectory(prefix="dporec-smoke-") as tmp:
         tmp = Path(tmp)
-        model_dir = models.build_tiny_llama(tmp / "tiny-llama", seed=0)
+        model_dir = local_models.build_tiny_llama(tmp / "tiny-llama", seed=0)
         movielens.build_from_source("synthetic:30", tmp / "data", seed=0)
-        argv = smoke_argv(ctx, tmp, model_dir)
+        cfg = smoke_config(ctx, tmp, model_dir)
         for stage, script in (("SFT", train_sft), ("DPO", train_dpo)):
-            code = _call_main(script.main, argv)
+            code = _call(script.run, cfg)
             if code:
                 return row(FAIL, "smoke training", f"{stage} exited with status {code} (output above)",
                            "read the error above; python train_sft.py --config configs/tiny.yaml reproduces it")
@@ -563,19 +532,20 @@ def check_smoke(ctx):
                                      f"(backend {ctx.cache.get('backend', 'hf')})")
 
 
-def smoke_argv(ctx, tmp: Path, model_dir: Path) -> list[str]:
-    """The smoke run's command line. It passes the backend check_backend resolved for the user's config:
+def smoke_config(ctx, tmp: Path, model_dir: Path) -> dict:
+    """The smoke run's config. It keeps the backend check_backend resolved for the user's config:
     with backend auto the tiny config would import Unsloth after this process imported transformers."""
-    return ["--config", str(ROOT / "configs" / "tiny.yaml"), f"model.name={model_dir}",
-            f"model.backend={ctx.cache.get('backend', 'hf')}",
-            f"output_dir={tmp / 'run'}", f"data.train_file={tmp / 'data' / 'train.jsonl'}",
-            f"data.val_file={tmp / 'data' / 'val.jsonl'}", f"data.test_file={tmp / 'data' / 'test.jsonl'}",
-            "sft.max_steps=3", "dpo.max_steps=3", "data.max_train_examples=12"]
+    data = tmp / "data"
+    return cfgmod.updated(cfgmod.load_config(ROOT / "configs" / "tiny.yaml"), {
+        "model.name": str(model_dir), "model.backend": ctx.cache.get("backend", "hf"), "output_dir": str(tmp / "run"),
+        "data.train_file": str(data / "train.jsonl"), "data.val_file": str(data / "val.jsonl"),
+        "data.test_file": str(data / "test.jsonl"), "sft.max_steps": 3, "dpo.max_steps": 3,
+        "data.max_train_examples": 12})
 
 
-def _call_main(main, argv) -> int:
+def _call(run, cfg) -> int:
     try:
-        return main(argv) or 0
+        return run(cfg) or 0
     except SystemExit as e:
         return e.code if isinstance(e.code, int) else 1
     except UserError as e:

@@ -6,14 +6,11 @@ The ML-1M-size case writes synthetic ML-1M files first (timed apart) and then bu
 folder, the same code path a real ml-1m/ folder takes. Target: each build well under a minute
 on 2 CPU cores.
 """
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from anywhere
-
-from dporec import movielens, synthetic  # noqa: E402
+from dporec import movielens, synthetic
 
 
 def timed(label: str, fn):

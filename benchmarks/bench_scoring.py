@@ -29,15 +29,12 @@ Optionally writes the numbers as JSON (--json FILE).
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from dporec import data as D  # noqa: E402
-from dporec import models, scoring  # noqa: E402
-from dporec.config import parse_args, run_main  # noqa: E402
+from dporec import data as D
+from dporec import models, scoring
+from dporec.config import parse_args, run_main
 
 
 def _extra(p):

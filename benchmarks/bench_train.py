@@ -19,7 +19,7 @@ What it does, for one model shape and one batch of real-format training data:
      never see it, and per-process CUDA peak memory is then per run) with the thesis settings of
      configs/llama3_8b.yaml (4-bit NF4, LoRA r=16, adamw_8bit, gradient checkpointing) and overrides
      for steps, batch, max length; the child adds one step-timing callback and is otherwise
-     train_sft.main / train_dpo.main unchanged;
+     train_sft.run / train_dpo.run unchanged (the timer is a Trainer callback);
   3. evaluation pairs/s with benchmarks/bench_scoring.py (likelihood scoring, both orders) on the DPO
      adapter, per backend, also in its own process;
   4. prints a table and writes <out>/bench_<shape>.json after every run (finished runs in --out are
@@ -61,11 +61,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
-from dporec import UserError  # noqa: E402
-from dporec.config import package_versions, run_main  # noqa: E402
+from dporec import UserError
+from dporec.config import run_main
+from dporec.runs import package_versions
 
 BASE_CONFIG = ROOT / "configs" / "llama3_8b.yaml"  # the thesis settings every run starts from
 DATA_SOURCE = "synthetic:300"
@@ -78,13 +77,13 @@ SHAPES: dict[str, dict | None] = {
     "small": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
                   num_key_value_heads=3, vocab_size=49152, rope_theta=100000.0, rms_norm_eps=1e-5,
                   max_position_embeddings=8192, tie_word_embeddings=True),
-    "tiny": None,  # models.build_tiny_llama as is (hidden 64, 2 layers, its own 512-token tokenizer)
+    "tiny": None,  # local_models.build_tiny_llama as is (hidden 64, 2 layers, its own 512-token tokenizer)
 }
 
 # Dense (no sparsity) peak TFLOP/s for bf16 tensor-core matmuls with fp32 accumulation, and memory
 # bandwidth in GB/s, from the vendors' spec sheets. First match wins, so variants come first.
 # T4 has no bf16: its fp16 figure. This workplace measured 798 TFLOP/s for an 8192^3 bf16 matmul on
-# its H100 SXM and 788 on its H200 (KINDS.md): ~80% of these spec figures is the practical ceiling.
+# its H100 SXM and 788 on its H200 (BENCHMARKS.md): ~80% of these spec figures is the practical ceiling.
 GPU_SPECS = [  # (regex on the lower-cased torch.cuda.get_device_name, label, TFLOP/s, GB/s)
     (r"h100.*pcie", "H100 PCIe", 756.0, 2000.0),
     (r"h100.*nvl", "H100 NVL", 835.0, 3900.0),
@@ -240,7 +239,7 @@ def _build_child(shape: str, model_dir: str, tokenizer: str) -> int:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from dporec.models import build_tiny_llama
+    from dporec.local_models import build_tiny_llama
     out = Path(model_dir)
     start = time.perf_counter()
     if shape == "tiny":
@@ -287,17 +286,16 @@ def build_data(out: Path) -> Path:
 # Child processes: one training stage with a step timer
 
 def _child_stage(stage: str, timing_file: str, train_argv: list[str]) -> None:
-    """Run train_sft.main / train_dpo.main with a step-timing callback added to its Trainer."""
-    from dporec import training
-    original = training.train
-
-    def timed_train(trainer, resume_from=None, callbacks=()):
-        # transformers is loaded by now
-        return original(trainer, resume_from, callbacks=[*callbacks, _step_timer(Path(timing_file))])
-
-    training.train = timed_train
+    """Run train_sft.run / train_dpo.run with a step-timing callback added to its Trainer."""
+    from dporec import models
+    from dporec.config import parse_args
     script = __import__("train_sft" if stage == "sft" else "train_dpo")
-    run_main(lambda: script.main(train_argv))
+
+    def run() -> int:
+        cfg = parse_args(script.__doc__, train_argv)[1]
+        models.backend_for(cfg)  # imports Unsloth, when chosen, before the timer imports transformers
+        return script.run(cfg, callbacks=[_step_timer(Path(timing_file))])
+    run_main(run)
 
 
 def _step_timer(path: Path):

@@ -8,8 +8,8 @@
 #     bash benchmarks/gpu_wheels.sh --full     # -> .whl/1/, .whl/2/: the unmodified wheels in two batches
 #
 # Target: the device image's python3 (3.12, manylinux x86_64) with torch 2.11+cu130, transformers
-# 5.17.0, peft, accelerate, numpy, pandas, pyarrow, ... already installed (/work/.library/device/KINDS.md
-# "Python packages already there"). What it lacks, checked against every Requires-Dist of the wheels
+# 5.17.0, peft, accelerate, numpy, pandas, pyarrow, ... already installed (BENCHMARKS.md describes the
+# device image). What it lacks, checked against every Requires-Dist of the wheels
 # below (`unzip -p X.whl '*/METADATA' | grep ^Requires-Dist`):
 #   trl, datasets (+ dill, multiprocess; fsspec pinned <=2026.2.0 by datasets), bitsandbytes,
 #   unsloth, unsloth_zoo, xformers, torchao, cut_cross_entropy, tyro (+ docstring_parser, typeguard),

@@ -7,7 +7,7 @@
 Accepts both layouts (the thesis's one-line `History: ... Option A: ... Option B: ...` and options on
 their own lines) and hand-made variants (no final period, extra spaces, CRLF, BOM, blank lines).
 Checks every line (thesis format, see dporec/data.py) and that each example's rejected answer
-differs from its chosen one; prints counts, A/B balance and negative kinds; warns loudly when one
+differs from its chosen one and its two options differ; prints counts, A/B balance and negative kinds; warns loudly when one
 position holds more than 60% of the answers. With several files, users or ids found in two files
 are a split leak. Exit status: 0 fine (warnings allowed), 1 split leak, 2 invalid data or usage.
 """
@@ -16,10 +16,8 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # data/ is not a package
-
-from dporec import UserError, data  # noqa: E402
-from dporec.config import run_main  # noqa: E402
+from dporec import UserError, data, splits
+from dporec.config import run_main
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -39,8 +37,7 @@ def load_all(paths: list[Path]) -> dict[Path, list[data.Example]]:
         except UserError as e:
             errors.append(str(e))
             continue
-        errors += [f"{e.source}: rejected answer equals chosen answer (DPO would learn nothing)"
-                   for e in examples if data.rejected_output(e) == data.chosen_output(e)]
+        errors += splits.pair_problems(examples)
         loaded[path] = examples
     if errors:
         raise UserError("\n".join(errors))
@@ -48,7 +45,7 @@ def load_all(paths: list[Path]) -> dict[Path, list[data.Example]]:
 
 
 def report(path: Path, examples: list[data.Example]) -> None:
-    b = data.balance(examples)
+    b = splits.balance(examples)
     users = {e.user_id for e in examples if e.user_id is not None}
     print(f"{path}: {b['n']} examples, {len(users) or 'unknown'} users, duplicate ids: none")
     print(f"  answer in position A: {b['A']} ({100 * b['a_fraction']:.1f}%), B: {b['B']}")
@@ -63,30 +60,23 @@ def report(path: Path, examples: list[data.Example]) -> None:
     if not users and layouts.get("inline"):
         print(f"  to train and evaluate on it, split it (one line per user in the thesis's file): "
               f"python data/prepare_movielens.py --source thesis:{path} --out data/generated/thesis")
-    warning = data.balance_warning(examples, str(path))
+    warning = splits.balance_warning(examples, str(path))
     if warning:
         print(f"\n{'!' * 100}\n{warning}\n{'!' * 100}\n", file=sys.stderr)
 
 
 def shared(loaded: dict[Path, list[data.Example]], key) -> list[str]:
     """'a.jsonl and b.jsonl share N ...' for each pair of files with common keys."""
-    sets = {p: {key(e) for e in exs} - {None} for p, exs in loaded.items()}
-    paths = list(sets)
-    out = []
-    for i, p in enumerate(paths):
-        for q in paths[i + 1:]:
-            common = sorted(sets[p] & sets[q])
-            if common:
-                out.append(f"{p} and {q} share {len(common)} (e.g. {', '.join(common[:5])})")
-    return out
+    return [f"{p} and {q} share {len(common)} (e.g. {', '.join(map(str, common[:5]))})"
+            for p, q, common in splits.shared_between(loaded, key)]
 
 
 def rebalance(examples: list[data.Example], out: Path) -> None:
     if out.exists():
         raise UserError(f"{out} exists; --rebalance never overwrites, choose another name")
-    fixed = data.rebalance(examples)
+    fixed = splits.rebalance(examples)
     data.write_jsonl(out, (data.to_record(e) for e in fixed))
-    b = data.balance(fixed)
+    b = splits.balance(fixed)
     print(f"wrote {out}: {b['n']} examples, position A {b['A']} ({100 * b['a_fraction']:.1f}%), B {b['B']}")
 
 

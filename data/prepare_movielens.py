@@ -17,13 +17,10 @@ With thesis:FILE only --seed, --val-fraction, --test-fraction, --ml1m and --allo
 (the file's histories and options are already fixed; dporec/thesis.py says how it is split).
 """
 import argparse
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # data/ is not a package
-
-from dporec import UserError, movielens, thesis  # noqa: E402
-from dporec.config import run_main  # noqa: E402
+from dporec import UserError, movielens, thesis
+from dporec.config import run_main
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -14,8 +14,7 @@ import numpy as np
 import yaml
 
 from . import UserError, stats
-
-CONTROL = "sft_control"
+from .runs import CONTROL
 SEED_METRICS = ("accuracy", "accuracy_original_order", "accuracy_swapped_order", "accuracy_both_orders",
                 "consistency", "first_option_rate", "mean_margin")
 NOT_MATCHABLE = ("the objective (DPO's preference loss on chosen vs rejected answers vs SFT's likelihood of the "
@@ -53,21 +52,21 @@ def build_results(rows_by_model: dict[str, list[dict]], cfg: dict, meta: dict | 
 # ---------------------------------------------------------------------------------------------
 # The control arm
 
-def control_overrides(dpo_dir: Path, sft_dir: Path, run_name: str = CONTROL) -> list[str]:
-    """Overrides for train_sft.py that continue the SFT adapter as the compute-matched control:
-    the DPO stage's optimizer steps and learning rate; batch size, accumulation, schedule, warmup,
-    optimizer, training examples and seed come from the shared train/data sections."""
-    steps = _read_json(dpo_dir / "metrics.json").get("steps")
+def control_settings(dpo_dir: Path, sft_dir: Path, run_name: str = CONTROL) -> dict:
+    """{config key: value} that make train_sft.py continue the SFT adapter as the compute-matched
+    control: the DPO stage's optimizer steps and learning rate; batch size, accumulation, schedule,
+    warmup, optimizer, training examples and seed come from the shared train/data sections."""
+    steps = read_json(dpo_dir / "metrics.json").get("steps")
     if not isinstance(steps, int) or steps <= 0:
         raise UserError(f"{dpo_dir / 'metrics.json'} has no positive 'steps' count; cannot size the control arm")
     lr = _read_yaml(dpo_dir / "config.yaml")["dpo"]["learning_rate"]
-    return [f"sft.init_adapter={sft_dir}", f"sft.run_name={run_name}", f"sft.max_steps={steps}",
-            f"sft.learning_rate={lr}"]
+    return {"sft.init_adapter": str(sft_dir), "sft.run_name": run_name, "sft.max_steps": steps,
+            "sft.learning_rate": lr}
 
 
 def _stage_facts(folder: Path, stage: str) -> dict | None:
     try:
-        cfg, m = _read_yaml(folder / "config.yaml"), _read_json(folder / "metrics.json")
+        cfg, m = _read_yaml(folder / "config.yaml"), read_json(folder / "metrics.json")
     except UserError:
         return None
     t = cfg["train"]
@@ -133,7 +132,7 @@ def _brief(c: dict | None) -> dict | None:
 
 # ---------------------------------------------------------------------------------------------
 
-def _read_json(path: Path) -> dict:
+def read_json(path: Path) -> dict:
     try:
         return json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError) as e:

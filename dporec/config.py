@@ -1,4 +1,4 @@
-"""Config: a typed YAML schema, `KEY=VALUE` overrides, run folders and run metadata.
+"""Config: a typed YAML schema and the command line (`--config FILE` plus `KEY=VALUE` overrides).
 
 Every script takes `--config FILE.yaml` plus dotted overrides (`dpo.beta=0.5 seed=3`). Values of
 overrides are parsed as YAML scalars. Unknown keys and wrong types are rejected with the key's name
@@ -9,10 +9,7 @@ from __future__ import annotations
 import argparse
 import copy
 import difflib
-import json
 import os
-import platform
-import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -199,6 +196,14 @@ def set_key(cfg: dict, dotted: str, value, where: str = "override"):
     node[leaf] = _check_value(dotted, schema[leaf], value, where)
 
 
+def updated(cfg: dict, settings: dict) -> dict:
+    """A copy of `cfg` with {dotted key: value} set, each validated against the schema."""
+    new = copy.deepcopy(cfg)
+    for key, value in settings.items():
+        set_key(new, key, value, where=f"setting {key}")
+    return new
+
+
 def load_config(path: str | os.PathLike | None, overrides: list[str] = ()) -> dict:
     """Defaults, then the YAML file, then `KEY=VALUE` overrides; everything validated."""
     cfg = defaults()
@@ -245,73 +250,11 @@ def parse_args(description: str, argv: list[str] | None = None, extra: Callable 
     return args, cfg
 
 
-def stage_dir(cfg: dict, stage: str) -> Path:
-    return Path(cfg["output_dir"]) / stage
-
-
-def prepare_run_dir(path: Path, cfg: dict, done_marker: str = "metrics.json") -> Path:
-    """Create a stage folder, refusing to clobber a finished run unless overwrite/resume is set."""
+def save_config(cfg: dict, path: str | os.PathLike) -> Path:
+    """Write a resolved config as YAML that load_config reads back unchanged."""
     path = Path(path)
-    finished = (path / done_marker).exists()
-    if finished and cfg.get("resume"):
-        raise UserError(f"{path} holds a finished run ({done_marker} exists); nothing to resume. "
-                        f"Pass overwrite=true to train again.")
-    if finished and not cfg.get("overwrite"):
-        raise UserError(f"{path} already holds a finished run ({done_marker} exists). "
-                        f"Use another output_dir, or pass --overwrite to replace it.")
-    if finished:
-        import shutil
-        shutil.rmtree(path)
-    path.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return path
-
-
-def git_commit() -> str | None:
-    here = Path(__file__).resolve().parent.parent
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
-        if out.returncode != 0:
-            return None
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
-                               capture_output=True, text=True, timeout=5).stdout.strip()
-        return out.stdout.strip() + ("-dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-PACKAGES = ("torch", "transformers", "trl", "peft", "bitsandbytes", "datasets", "accelerate",
-            "unsloth", "unsloth_zoo", "xformers", "scipy", "numpy")
-
-
-def package_versions(names=PACKAGES) -> dict[str, str | None]:
-    from importlib.metadata import PackageNotFoundError, version
-    out = {}
-    for n in names:
-        try:
-            out[n] = version(n)
-        except PackageNotFoundError:
-            out[n] = None
-    return out
-
-
-def write_run_info(path: Path, cfg: dict, **extra) -> None:
-    """Write the resolved config and what is needed to reproduce the run into `path`.
-
-    `extra` carries stage facts such as backend=..., reference_model=...
-    """
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    (path / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
-    info = {
-        "seed": cfg["seed"],
-        "git_commit": git_commit(),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "argv": sys.argv,
-        "packages": package_versions(),
-        **extra,
-    }
-    (path / "run_info.json").write_text(json.dumps(info, indent=2, default=str) + "\n")
 
 
 def run_main(main: Callable[[], int | None]) -> None:

@@ -173,3 +173,21 @@ def prequantized_reason(cfg: dict) -> str | None:
         return (f"{name} is a pre-quantized checkpoint; it has no 16-bit weights (point model.name at the "
                 f"16-bit model to run the stability check)")
     return None
+
+
+def free_memory(cuda: bool | None = None) -> tuple[int, int, str]:
+    """(free bytes, total bytes, "GPU" or "RAM") on the device a model would load to.
+
+    verify_setup.py's memory row and evaluate_dpo.py's stability check ask the same probe.
+    """
+    if torch.cuda.is_available() if cuda is None else cuda:
+        free, total = torch.cuda.mem_get_info()
+        return free, total, "GPU"
+    try:
+        import psutil
+        vm = psutil.virtual_memory()
+        return vm.available, vm.total, "RAM"
+    except ImportError:
+        import os
+        page = os.sysconf("SC_PAGE_SIZE")
+        return os.sysconf("SC_AVPHYS_PAGES") * page, os.sysconf("SC_PHYS_PAGES") * page, "RAM"

@@ -28,8 +28,8 @@ from collections import defaultdict
 import numpy as np
 from scipy import special
 
-ORDERS = ("original", "swapped")
-LETTERS = ("A", "B")
+from .data import LETTERS, ORDERS  # noqa: F401  (re-exported)
+
 TIE = "tie"
 _REQUIRED = ("model", "pair_id", "order", "label", "logp_a", "logp_b")
 BY_USERS = "users"

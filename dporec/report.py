@@ -10,8 +10,7 @@ The results dict (dporec/analysis.build_results) is laid out as
                   "n_pairs", "ci", "reason" when not available}},
      "meta": {...}}   # free-form: test file, n_pairs, config path, timings
 
-Plots use matplotlib's Agg canvas directly (no pyplot), so they work headless and never touch the
-caller's pyplot state.
+The plots are drawn by dporec/plots.py.
 """
 from __future__ import annotations
 
@@ -23,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from . import UserError, baselines, metrics, stats
+from .plots import plot_accuracy, plot_confidence
 
 # predictions.csv columns, in this order; any other keys the scorer adds follow, sorted by name.
 PREDICTION_COLUMNS = (
@@ -31,21 +31,20 @@ PREDICTION_COLUMNS = (
     "logp_a_full", "logp_b_full", "choice_full", "correct_full",
     "parsed", "generated",
 )
-_MODEL_COLORS = {"sft": "#4C72B0", "dpo": "#DD8452"}
 
 
 # --------------------------------------------------------------------------------------------
 # Files
 # --------------------------------------------------------------------------------------------
 
-def _jsonable(obj):
+def jsonable(obj):
     """Tuples -> lists, numpy scalars -> Python, NaN/inf -> None (JSON has no NaN)."""
     if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
+        return {str(k): jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
+        return [jsonable(v) for v in obj]
     if isinstance(obj, np.ndarray):
-        return [_jsonable(v) for v in obj.tolist()]
+        return [jsonable(v) for v in obj.tolist()]
     if isinstance(obj, np.generic):
         obj = obj.item()
     if isinstance(obj, float) and not math.isfinite(obj):
@@ -59,7 +58,7 @@ def write_results(eval_dir, results: dict) -> Path:
     """Write results.json (indent 2) into eval_dir and return its path."""
     path = Path(eval_dir) / "results.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(_jsonable(results), indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    path.write_text(json.dumps(jsonable(results), indent=2, allow_nan=False) + "\n", encoding="utf-8")
     return path
 
 
@@ -78,10 +77,6 @@ def write_predictions(eval_dir, rows) -> Path:
             writer.writerow({k: ("" if v is None else v) for k, v in r.items()})
     return path
 
-
-# --------------------------------------------------------------------------------------------
-# Plots
-# --------------------------------------------------------------------------------------------
 
 def read_predictions(path) -> dict[str, list[dict]]:
     """predictions.csv (write_predictions, this or any earlier version) back into typed prediction
@@ -131,80 +126,6 @@ def read_predictions(path) -> dict[str, list[dict]]:
                 raise UserError(f"{path}:{line}: column {k!r} is empty")
         by_model.setdefault(row["model"], []).append(row)
     return by_model
-
-
-def _figure(width: float, height: float):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height), dpi=120)
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def plot_accuracy(eval_dir, results: dict) -> Path:
-    """accuracy.png: per model, bars for original order, swapped order and two-order average, with
-    95% intervals from the user-clustered bootstrap (metrics.model_metrics)."""
-    models = results["models"]
-    if not models:
-        raise ValueError("plot_accuracy: results has no models")
-    bars = [("accuracy_original_order", "original order", 0.45),
-            ("accuracy_swapped_order", "swapped order", 0.70),
-            ("accuracy", "two-order average", 1.0)]
-    fig = _figure(1.8 + 1.6 * len(models), 4.0)
-    ax = fig.subplots()
-    width = 0.26
-    x = np.arange(len(models))
-    for i, (key, label, alpha) in enumerate(bars):
-        vals = np.array([m[key] for m in models.values()])
-        cis = np.array([m[key + "_ci95"] for m in models.values()], dtype=float)
-        yerr = np.maximum(0, np.vstack([vals - cis[:, 0], cis[:, 1] - vals]))
-        ax.bar(x + (i - 1) * width, vals, width, yerr=yerr, capsize=3, label=label,
-               color="#4C72B0", alpha=alpha, edgecolor="black", linewidth=0.5)
-    ax.axhline(0.5, color="grey", linestyle="--", linewidth=0.8, label="chance")
-    ax.set_xticks(x, [f"{name}\n(n={m['n_pairs']})" for name, m in models.items()])
-    ax.set_ylim(0, 1.05)
-    how = next(iter(models.values())).get("clustering")
-    ax.set_ylabel("accuracy (95% CI, " + metrics.bootstrap_label(how or metrics.BY_USERS) + ")")
-    ax.set_title("Pairwise ranking accuracy by option order")
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, fontsize=8, frameon=False)
-    fig.tight_layout()
-    path = Path(eval_dir) / "accuracy.png"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    return path
-
-
-def plot_confidence(eval_dir, rows_by_model: dict) -> Path:
-    """confidence.png: histogram per model of decision margins logp[correct] - logp[wrong]
-    (right of 0 = correct decision)."""
-    if not rows_by_model:
-        raise ValueError("plot_confidence: no models")
-    m_by_model = {name: stats.margins(rows) for name, rows in rows_by_model.items()}
-    everything = np.concatenate(list(m_by_model.values()))
-    finite = everything[np.isfinite(everything)]
-    # Central 99% sets the range so one extreme margin cannot squash the histogram; the clipped
-    # tails land in the end bins.
-    lo, hi = (float(np.quantile(finite, 0.005)), float(np.quantile(finite, 0.995))) if finite.size else (-1.0, 1.0)
-    if lo == hi:
-        lo, hi = lo - 1, hi + 1
-    bins = np.linspace(lo, hi, 41)
-    fig = _figure(6.0, 4.0)
-    ax = fig.subplots()
-    for i, (name, m) in enumerate(m_by_model.items()):
-        color = _MODEL_COLORS.get(name, f"C{i}")
-        ax.hist(np.clip(m[np.isfinite(m)], lo, hi), bins=bins, alpha=0.5, color=color,
-                label=f"{name} (median {np.median(m):+.2f})", edgecolor="black", linewidth=0.3)
-    ax.axvline(0, color="black", linewidth=0.8)
-    ax.set_xlabel("margin: log p(correct) \u2212 log p(wrong)  [decision score, nats]")
-    ax.set_ylabel("decisions (both orders)")
-    ax.set_title("Decision confidence")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = Path(eval_dir) / "confidence.png"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    return path
 
 
 # --------------------------------------------------------------------------------------------
@@ -337,7 +258,7 @@ def write_evaluation(eval_dir, results: dict, rows_by_model: dict, predictions: 
     write_report_md(eval_dir, results)
     if results.get("comparison_control"):
         path = Path(eval_dir) / "comparison_control.json"
-        path.write_text(json.dumps(_jsonable(results["comparison_control"]), indent=2) + "\n", encoding="utf-8")
+        path.write_text(json.dumps(jsonable(results["comparison_control"]), indent=2) + "\n", encoding="utf-8")
     return write_results(eval_dir, results)
 
 
@@ -384,6 +305,19 @@ def _pm(s: dict, pct: bool) -> str:
     scale, unit = (100, "%") if pct else (1, "")
     sd = "" if s["sd"] is None else f" ± {scale * s['sd']:.1f}"
     return f"{scale * s['mean']:.1f}{sd}{unit}" if pct else f"{s['mean']:+.2f}{sd}"
+
+
+def write_aggregate(out_dir, agg: dict) -> dict:
+    """aggregate.json + aggregate.md (analysis.aggregate_seeds) in out_dir; returns the JSON content.
+
+    Identical content is not rewritten: a fully skipped rerun must not look like it produced something.
+    """
+    agg = jsonable(agg)
+    for name, text in (("aggregate.json", json.dumps(agg, indent=2)), ("aggregate.md", aggregate_markdown(agg))):
+        path = Path(out_dir) / name
+        if not (path.is_file() and path.read_text(encoding="utf-8") == text + "\n"):
+            path.write_text(text + "\n", encoding="utf-8")
+    return agg
 
 
 def aggregate_markdown(agg: dict) -> str:

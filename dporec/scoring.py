@@ -49,8 +49,7 @@ import torch
 from . import UserError
 from . import data as D
 
-ORDERS = ("original", "swapped")
-LETTERS = ("A", "B")
+from .data import LETTERS, ORDERS  # noqa: F401  (re-exported)
 
 # A decision sentence ends at '.', '!' or '?' followed by space, or at a line break.
 _SENTENCE_SPLIT_RE = re.compile(r"(?<=[.!?])\s+|\n+")
@@ -115,7 +114,7 @@ def _decision_span(tokenizer, prompt: str, prompt_ids: list[int], letter: str, c
 
 def orders(ex: D.Example):
     """(("original", ex), ("swapped", data.swap(ex))): the two option orders every pair is scored in."""
-    return (("original", ex), ("swapped", D.swap(ex)))
+    return ((ORDERS[0], ex), (ORDERS[1], D.swap(ex)))
 
 
 def _build_pairs(examples, tokenizer, fmt: str) -> list[tuple[_Seq, _Seq]]:
@@ -451,8 +450,6 @@ def generate_choices(model, tokenizer, examples, fmt: str = "alpaca", batch_size
     Rows carry the identity fields of score_pairs rows plus "generated" and "parsed" (A, B or
     None); merge them into scoring rows with attach_generations().
     """
-    from tqdm.auto import tqdm
-
     examples = list(examples)
     items = []
     for ex in examples:
@@ -460,26 +457,17 @@ def generate_choices(model, tokenizer, examples, fmt: str = "alpaca", batch_size
             items.append((ex, order, e, _ids(tokenizer, D.format_prompt(e, fmt, tokenizer))))
     check_lengths([len(it[3]) + max_new_tokens for it in items], length_limit(model),
                   "prompt + max_new_tokens")
-    order_idx = sorted(range(len(items)), key=lambda k: -len(items[k][3]))
-    texts: list[str | None] = [None] * len(items)
     dev = _model_device(model)
     pad = _pad_id(tokenizer)
     eos = _eos_ids(model, tokenizer)
-    was_training = getattr(model, "training", False)
-    model.eval()
-    try:
-        with torch.inference_mode():
-            batches = [order_idx[i:i + batch_size] for i in range(0, len(order_idx), batch_size)]
-            for b in tqdm(batches, desc=desc or "generating", unit="batch", leave=False):
-                ids, mask, _ = _left_pad([items[k][3] for k in b], pad)
-                out = model.generate(input_ids=ids.to(dev), attention_mask=mask.to(dev), do_sample=False,
-                                     max_new_tokens=max_new_tokens, pad_token_id=pad, eos_token_id=eos)
-                new = out[:, ids.shape[1]:].cpu()
-                for k, seq in zip(b, new):
-                    texts[k] = tokenizer.decode(seq, skip_special_tokens=True)
-    finally:
-        if was_training:
-            model.train()
+
+    def generate(batch):
+        ids, mask, _ = _left_pad([it[3] for it in batch], pad)
+        out = model.generate(input_ids=ids.to(dev), attention_mask=mask.to(dev), do_sample=False,
+                             max_new_tokens=max_new_tokens, pad_token_id=pad, eos_token_id=eos)
+        return [tokenizer.decode(seq, skip_special_tokens=True) for seq in out[:, ids.shape[1]:].cpu()]
+
+    texts = _run_batches(model, items, batch_size, lambda it: len(it[3]), generate, desc or "generating")
     rows = []
     for (ex, order, e, _), text in zip(items, texts):
         row = _base_row(model_name, ex, order, e)

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from . import UserError, data
+from .splits import balance, random_balanced_positions
 
 MAX_PARSES = 16  # history readings kept per line; more would mean titles that are prefixes of each other
 
@@ -178,7 +179,7 @@ def build_from_source(source: str, out_dir: str | Path, seed: int = 0, val_fract
         raise UserError("val_fraction and test_fraction must be >= 0 and sum to less than 1")
     examples = data.load_examples(path)
     layouts = Counter(data.layout(e) for e in examples)
-    in_file = data.balance(examples)
+    in_file = balance(examples)
     notes, recovery = [], None
     if ml1m is not None:
         recovery = match_users(examples, ml1m, allow_md5_mismatch)
@@ -209,7 +210,7 @@ def build_from_source(source: str, out_dir: str | Path, seed: int = 0, val_fract
     splits = {s: [] for s in ("train", "val", "test")}
     for e, g in zip(examples, groups):
         splits[split_of[g]].append(e)
-    splits = {s: data.random_balanced_positions(exs, random.Random(f"{seed}-{s}")) for s, exs in splits.items()}
+    splits = {s: random_balanced_positions(exs, random.Random(f"{seed}-{s}")) for s, exs in splits.items()}
     out = Path(out_dir)
     for s, exs in splits.items():
         data.write_jsonl(out / f"{s}.jsonl", (data.to_record(e) for e in exs))
@@ -219,7 +220,7 @@ def build_from_source(source: str, out_dir: str | Path, seed: int = 0, val_fract
         "layouts": dict(layouts), "answers_in_file": {"A": in_file["A"], "B": in_file["B"]},
         "recovery": {k: v for k, v in recovery.items() if k != "user_ids"} if recovery else None,
         "splits": {s: {"users": len({g for e, g in zip(examples, groups) if split_of[g] == s}),
-                       "examples": len(exs), **{L: data.balance(exs)[L] for L in data.LETTERS}}
+                       "examples": len(exs), **{L: balance(exs)[L] for L in data.LETTERS}}
                    for s, exs in splits.items()},
         "notes": notes, "seconds": round(time.perf_counter() - start, 2)}
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

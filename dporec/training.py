@@ -10,7 +10,6 @@ Nothing here imports transformers/trl/peft at module import time (see models.res
 from __future__ import annotations
 
 import json
-import math
 import resource
 import sys
 import time
@@ -20,8 +19,9 @@ import torch
 
 from . import UserError
 from . import data as D
-from . import health
-from .config import prepare_run_dir, stage_dir, write_run_info
+from . import health, runs, splits
+from .processes import ShardLog, processes, shard_report
+from .report import jsonable
 
 # What the DPO reference is, recorded in run_info.json and metrics.json. TRL 1.14, given a
 # PeftModel and ref_model=None, copies the trainable 'default' adapter into a frozen 'ref' adapter
@@ -48,10 +48,10 @@ def load_stage_data(cfg: dict) -> tuple[list, list]:
     train = D.load_examples(dc["train_file"], dc["max_train_examples"])
     val = D.load_examples(dc["val_file"], dc["max_val_examples"])
     for exs, name in ((train, dc["train_file"]), (val, dc["val_file"])):
-        warning = D.balance_warning(exs, name)
+        warning = splits.balance_warning(exs, name)
         if warning:
             print("\n" + "!" * 100 + f"\n{warning}\n" + "!" * 100 + "\n", file=sys.stderr, flush=True)
-    b = D.balance(train)
+    b = splits.balance(train)
     print(f"[data] train {b['n']} examples (A {b['A']} / B {b['B']}) from {dc['train_file']}; "
           f"val {len(val)} from {dc['val_file']}")
     return train, val
@@ -63,39 +63,7 @@ def to_dataset(rows: list[dict]):
 
 
 # ---------------------------------------------------------------------------------------------
-# Processes: one, or several under `accelerate launch` (DDP through the Trainer)
-
-def processes():
-    """accelerate's process state: one process, or the group `accelerate launch` started.
-
-    The Trainer shards the data and averages gradients over the group itself (DDP); what is ours
-    is that the run folder is prepared, and run_info.json / metrics.json written, by the main
-    process alone.
-    """
-    from accelerate import PartialState
-    state = PartialState(cpu=not torch.cuda.is_available())
-    if state.num_processes > 1 and state.device.type == "cpu":
-        _allow_indexed_cpu_storages()
-    return state
-
-
-def _allow_indexed_cpu_storages() -> None:
-    """Let torch.load restore storages tagged "cpu:<rank>".
-
-    accelerate names each CPU process's device cpu:<rank>; optimizer states saved in a checkpoint
-    carry that tag, and transformers 5.17 resumes them with map_location=args.device ("cpu:0"),
-    which torch's default restore rejects, so resuming a multi-process CPU run would fail.
-    """
-    import torch.serialization as ser
-    if getattr(ser, "_dporec_cpu_index", False):
-        return
-
-    def restore(obj, location):
-        return obj.cpu() if isinstance(location, str) and location.startswith("cpu:") else None
-
-    ser.register_package(5, lambda obj: None, restore)
-    ser._dporec_cpu_index = True
-
+# The stage folder
 
 def prepare_stage_dir(cfg: dict, path: Path) -> tuple[Path, str | None]:
     """The stage folder and the checkpoint to resume from; the main process checks and cleans first.
@@ -104,87 +72,8 @@ def prepare_stage_dir(cfg: dict, path: Path) -> tuple[Path, str | None]:
     refusal on the main process ends the launch (torchrun stops the whole group).
     """
     with processes().main_process_first():
-        out = prepare_run_dir(path, cfg)
-        return out, resume_checkpoint(out, cfg)
-
-
-class ShardLog:
-    """Wraps a data collator and fingerprints every example this process collates.
-
-    Under `accelerate launch` each process must train on its own shard; metrics.json reports how
-    many training examples each process saw and how many two processes both saw (0 within one
-    epoch), so a misconfigured launch that trains N copies on the same data is visible.
-    """
-
-    def __init__(self, collator):
-        self.collator, self.seen = collator, []
-
-    def __call__(self, features):
-        import hashlib
-        for f in features:
-            key = [f[k] for k in sorted(f) if k.endswith("input_ids") or k.endswith("_ids")]
-            self.seen.append(hashlib.sha1(repr(key).encode()).hexdigest()[:16])
-        return self.collator(features)
-
-
-def shard_report(trainer, log: ShardLog) -> dict:
-    """Training examples each process saw, and how many of one epoch's shards two processes shared."""
-    import math as _math
-    from accelerate.utils import gather_object
-    state = processes()
-    probe = ShardLog(lambda f: f)
-    probe(list(trainer.train_dataset))
-    train_keys = set(probe.seen)
-    mine = [k for k in log.seen if k in train_keys]  # evaluation batches go through the collator too
-    per_process = gather_object([mine]) if state.num_processes > 1 else [mine]
-    # Within one epoch the shards must be disjoint; later epochs reshuffle, so only the first is compared.
-    epoch = [set(s[:_math.ceil(len(train_keys) / state.num_processes)]) for s in per_process]
-    shared = set().union(*[a & b for i, a in enumerate(epoch) for b in epoch[i + 1:]])
-    return {"world_size": state.num_processes, "examples_per_process": [len(s) for s in per_process],
-            "first_epoch_examples_per_process": [len(s) for s in epoch],
-            "first_epoch_examples_in_two_processes": len(shared)}
-
-
-# ---------------------------------------------------------------------------------------------
-# Run folder: resume / overwrite
-
-def checkpoints_in(path: Path) -> list[Path]:
-    return sorted(Path(path).glob("checkpoint-[0-9]*"), key=lambda p: int(p.name.split("-")[1]))
-
-
-def resume_checkpoint(path: Path, cfg: dict) -> str | None:
-    """The checkpoint to continue from (resume=true), or None for a fresh start.
-
-    Call after config.prepare_run_dir (which refuses finished runs). A folder holding checkpoints
-    of an unfinished run is neither silently continued nor silently mixed with a new run.
-    """
-    from transformers.trainer_utils import get_last_checkpoint
-    path = Path(path)
-    last = get_last_checkpoint(str(path)) if path.is_dir() else None
-    if cfg.get("resume"):
-        if last is None:
-            raise UserError(f"resume requested, but {path} has no checkpoint-N folder to continue from. "
-                            f"Run without --resume to start a fresh run.")
-        print(f"[resume] continuing from {last}")
-        return last
-    if last is not None:
-        if not cfg.get("overwrite"):
-            raise UserError(f"{path} holds checkpoints of an unfinished run ({Path(last).name}). "
-                            f"Pass --resume to continue it, or --overwrite to start over.")
-        import shutil
-        for ckpt in checkpoints_in(path):
-            shutil.rmtree(ckpt)
-    return None
-
-
-def sft_adapter_path(cfg: dict) -> Path:
-    """The adapter DPO starts from when dpo.init=sft; a clear error when it has not been trained."""
-    path = Path(cfg["dpo"]["sft_adapter"] or stage_dir(cfg, "sft"))
-    if not (path / "adapter_config.json").is_file():
-        raise UserError(f"dpo.init=sft needs a trained SFT adapter in {path}, but there is none. Run "
-                        f"python train_sft.py --config <same config> first, point dpo.sft_adapter at one, "
-                        f"or set dpo.init=base.")
-    return path
+        out = runs.prepare_run_dir(path, cfg)
+        return out, runs.resume_checkpoint(out, cfg)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -393,18 +282,7 @@ def collect_metrics(trainer, wall_time_s: float, **extra) -> dict:
         "train_history": train_hist,
         "eval_history": eval_hist,
     }
-    return _finite(out)
-
-
-def _finite(obj):
-    """JSON has no NaN/inf; write them as null instead of producing an unreadable file."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_finite(v) for v in obj]
-    return obj
+    return jsonable(out)  # JSON has no NaN/inf: they are written as null
 
 
 def finish_run(trainer, tokenizer, out_dir: Path, cfg: dict, wall_time_s: float, **facts) -> dict:
@@ -419,11 +297,11 @@ def finish_run(trainer, tokenizer, out_dir: Path, cfg: dict, wall_time_s: float,
         return {}
     tokenizer.save_pretrained(str(out_dir))
     facts = {**facts, "world_size": processes().num_processes}
-    write_run_info(out_dir, cfg, **facts)
+    runs.write_run_info(out_dir, cfg, **facts)
     metrics = collect_metrics(trainer, wall_time_s, **facts)
     metrics["data_shards"] = shards
     warmup = trainer.args.get_warmup_steps(trainer.state.max_steps) if trainer.state.max_steps > 0 else 0
-    metrics["health"] = _finite(health.check(facts["stage"], *health.split_history(trainer.state.log_history),
+    metrics["health"] = jsonable(health.check(facts["stage"], *health.split_history(trainer.state.log_history),
                                              cfg["health"], warmup))
     write_metrics(out_dir, metrics)
     print(summary_line(facts["stage"], metrics))

@@ -11,13 +11,9 @@ of 64 wide so bitsandbytes can quantize it to 4-bit.
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from dporec.config import run_main  # noqa: E402
-from dporec.models import build_tiny_llama, claim_model_dir  # noqa: E402
+from dporec.config import run_main
+from dporec.local_models import build_tiny_llama, claim_model_dir
 
 
 def main(argv: list[str] | None = None) -> int:

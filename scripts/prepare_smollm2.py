@@ -7,19 +7,16 @@ Commands:
     python train_sft.py --config configs/tiny.yaml model.name=models/smollm2-135m-instruct   # use it
 
 Assumptions: the GGUF is Q4_1; its weights are dequantized to fp32 and saved as a plain Llama
-checkpoint (models.convert_gguf), which both backends then quantize to NF4 themselves. The folder is
+checkpoint (local_models.convert_gguf), which both backends then quantize to NF4 themselves. The folder is
 checked by loading it twice, in 4-bit (the training path) and in fp32, and running one forward pass.
 """
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from dporec.config import load_config, run_main  # noqa: E402
-from dporec import models  # noqa: E402
+from dporec import local_models, models
+from dporec.config import load_config, run_main
 
 
 def verify(folder: Path) -> None:
@@ -48,10 +45,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="models/smollm2-135m-instruct", help="model folder to create")
     p.add_argument("--force", action="store_true", help="replace an existing folder")
     args = p.parse_args(argv)
-    out = models.claim_model_dir(args.out, args.force)
-    gguf = models.smollm2_gguf_path()
+    out = local_models.claim_model_dir(args.out, args.force)
+    gguf = local_models.smollm2_gguf_path()
     print(f"converting {gguf} -> {out}")
-    models.convert_gguf(gguf, out)
+    local_models.convert_gguf(gguf, out)
     verify(out)
     print(f"SmolLM2-135M-Instruct written to {out}")
     return 0

@@ -1,7 +1,7 @@
 """Shared fixtures: a tiny synthetic dataset and a tiny random Llama, both built locally in seconds.
 
 Nothing here touches the network: the data come from dporec.synthetic, the model and its
-tokenizer from dporec.models.build_tiny_llama.
+tokenizer from dporec.local_models.build_tiny_llama.
 """
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+# Child processes (scripts under data/, accelerate launch) import this checkout too, installed or not.
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -33,7 +35,7 @@ def tiny_data(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
-    from dporec.models import build_tiny_llama
+    from dporec.local_models import build_tiny_llama
     return build_tiny_llama(tmp_path_factory.mktemp("model") / "tiny-llama", seed=0)
 
 

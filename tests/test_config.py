@@ -1,4 +1,4 @@
-"""dporec.config: defaults, YAML files, KEY=VALUE overrides, validation, run folders, run metadata."""
+"""dporec.config (defaults, YAML files, KEY=VALUE overrides, validation) and dporec.runs (run folders, run metadata)."""
 from __future__ import annotations
 
 import json
@@ -9,8 +9,8 @@ import pytest
 import yaml
 
 from dporec import UserError
-from dporec.config import (SCHEMA, defaults, load_config, parse_args, prepare_run_dir, stage_dir,
-                           write_run_info)
+from dporec.config import SCHEMA, defaults, load_config, parse_args, updated
+from dporec.runs import prepare_run_dir, stage_dir, write_run_info
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ROOT / "configs" / "tiny.yaml"
@@ -125,3 +125,14 @@ def test_write_run_info_records_config_seed_packages_and_commit(tmp_path):
     assert info["packages"]["torch"] and "numpy" in info["packages"]
     assert "git_commit" in info
     assert info["git_commit"] is None or re.fullmatch(r"[0-9a-f]{40}(-dirty)?", info["git_commit"])
+
+
+def test_updated_copies_and_validates():
+    cfg = load_config(TINY)
+    new = updated(cfg, {"dpo.beta": 0.3, "eval.adapters": {"x": "runs/x"}})
+    assert new["dpo"]["beta"] == 0.3 and new["eval"]["adapters"] == {"x": "runs/x"}
+    assert cfg["dpo"]["beta"] != 0.3 and cfg["eval"]["adapters"] == {}  # the original is untouched
+    with pytest.raises(UserError, match="dpo.betta"):
+        updated(cfg, {"dpo.betta": 0.3})
+    with pytest.raises(UserError, match="must be float"):
+        updated(cfg, {"dpo.beta": "high"})

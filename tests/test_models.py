@@ -99,6 +99,33 @@ def test_missing_local_model_folder_is_a_user_error(tmp_path, monkeypatch):
         models.load_base(cfg_for("models/tiny-llama"), "hf")
 
 
+def test_verify_setup_and_the_loader_agree_on_org_slash_name(tmp_path, monkeypatch, tiny_data):
+    """'org/x' with a local folder ./org: a path to the loader, so verify_setup must look for that
+    folder too (not report a hub download); without ./org both treat it as a hub id."""
+    import verify_setup
+    monkeypatch.chdir(tmp_path)
+    assert not models.is_local_name("org/x")
+    hub = verify_setup.check_model(verify_setup.Ctx(cfg_for("org/x"), "x.yaml"))
+    assert hub[0] == verify_setup.WARN and "cache" in hub[2]
+    (tmp_path / "org").mkdir()
+    assert models.is_local_name("org/x")
+    with pytest.raises(UserError, match="folder not found: org/x"):
+        models.load_base(cfg_for("org/x"), "hf")
+    ctx = verify_setup.Ctx(cfg_for("org/x"), "x.yaml")
+    status, _, detail, _ = verify_setup.check_model(ctx)
+    assert status == verify_setup.FAIL and "folder not found: org/x" in detail
+
+
+def test_backend_rule_is_one_function():
+    assert models.choose_backend("auto", True, True) == ("unsloth", "CUDA GPU and unsloth found")
+    assert models.choose_backend("auto", True, True, several=True)[0] == "hf"
+    assert models.choose_backend("auto", False, True)[0] == "hf"
+    with pytest.raises(UserError, match="needs a CUDA GPU"):
+        models.choose_backend("unsloth", False, True)
+    with pytest.raises(UserError, match="not installed"):
+        models.choose_backend("unsloth", True, False)
+
+
 def test_build_tiny_model_script_refuses_to_overwrite(tmp_path):
     import runpy
     mod = runpy.run_path(str(ROOT / "scripts" / "build_tiny_model.py"))

@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from dporec import UserError, data, movielens, synthetic
+from dporec import UserError, data, movielens, splits, synthetic
 
 ROOT = Path(__file__).resolve().parent.parent
 PREPARE = ROOT / "data" / "prepare_movielens.py"
@@ -302,7 +302,7 @@ def test_recbole_ml100k_builds(tmp_path):
     assert summary["ratings"] == 100_000 and summary["rating_users"] == 943
     for split in movielens.SPLITS:
         exs = data.load_examples(tmp_path / f"{split}.jsonl")
-        assert abs(data.balance(exs)["A"] - data.balance(exs)["B"]) <= 1
+        assert abs(splits.balance(exs)["A"] - splits.balance(exs)["B"]) <= 1
     titles = {h["title"] for r in load_split(tmp_path, "train") for h in r["history"]}
     assert "Star Wars (1977)" in titles  # ML-100K's most-rated movie, year joined as ML-1M spells it
     assert "recbole" not in sys.modules  # the files are read, the package never imported

@@ -182,6 +182,6 @@ def test_aggregate_markdown_uses_the_pooled_paired_test(rows_by_model):
     res = {"models": {m: stats.model_metrics(r, n_boot=50) for m, r in rows_by_model.items()},
            "comparison": stats.compare(rows_by_model["sft"], rows_by_model["dpo"], n_boot=100)}
     agg = analysis.aggregate_seeds({1: res, 2: res}, {1: rows_by_model, 2: rows_by_model}, cfg, "runs/x")
-    md = report.aggregate_markdown(report._jsonable(agg))
+    md = report.aggregate_markdown(report.jsonable(agg))
     assert "averaged over 2 seeds first" in md and agg["pooled"]["n_pairs"] == 60
     assert agg["pooled"]["sentence"] in md

@@ -82,22 +82,25 @@ def test_seeds_and_control_arm_end_to_end_then_skipped(capsys, tiny_data, tiny_m
 
 
 def test_run_stage_skips_finished_and_resumes_unfinished(tmp_path):
+    from dporec.config import load_config
     calls = []
 
-    def fake_main(argv):
-        calls.append(argv)
+    def fake_run(cfg):
+        calls.append({k: cfg[k] for k in ("resume", "overwrite")})
         (tmp_path / "stage" / "metrics.json").write_text("{}")
         return 0
 
+    cfg = load_config(TINY_CONFIG)
     marker = tmp_path / "stage" / "metrics.json"
     (tmp_path / "stage" / "checkpoint-4").mkdir(parents=True)
-    assert rx.run_stage("sft", marker, fake_main, ["--config", "c.yaml"], overwrite=False) == "done"
-    assert calls == [["--config", "c.yaml", "--resume"]]
-    assert rx.run_stage("sft", marker, fake_main, ["--config", "c.yaml"], overwrite=False) == "skipped"
-    assert rx.run_stage("sft", marker, fake_main, ["--config", "c.yaml"], overwrite=True) == "done"
-    assert calls[-1] == ["--config", "c.yaml", "--overwrite"]
+    assert rx.run_stage("sft", marker, fake_run, cfg, overwrite=False) == "done"
+    assert calls == [{"resume": True, "overwrite": False}]
+    assert rx.run_stage("sft", marker, fake_run, cfg, overwrite=False) == "skipped"
+    assert rx.run_stage("sft", marker, fake_run, cfg, overwrite=True) == "done"
+    assert calls[-1] == {"resume": False, "overwrite": True}
+    assert cfg["resume"] is False and cfg["overwrite"] is False  # each stage gets its own copy
     with pytest.raises(UserError, match="stage dpo failed"):
-        rx.run_stage("dpo", tmp_path / "dpo" / "metrics.json", lambda argv: 3, [], overwrite=False)
+        rx.run_stage("dpo", tmp_path / "dpo" / "metrics.json", lambda cfg: 3, cfg, overwrite=False)
 
 
 def _rows(model: str, correct_by_pair: dict[str, tuple[bool, bool]]) -> list[dict]:
@@ -150,7 +153,8 @@ def test_results_from_the_previous_version_are_reanalysed_not_rescored(tmp_path,
     (out / "eval").mkdir()
     for name in ("predictions.csv", "results.json"):
         (out / "eval" / name).write_bytes((legacy / name).read_bytes())
-    results, status = rx.run_once(str(TINY_CONFIG), [f"output_dir={out}"], overwrite=False)
+    from dporec.config import load_config
+    results, status = rx.run_once(load_config(TINY_CONFIG, [f"output_dir={out}"]))
     assert status == {"sft": "skipped", "dpo": "skipped", "eval": "skipped"}
     assert "p_value" in results["comparison"] and "predates" in capsys.readouterr().out
     assert json.loads((out / "eval" / "results.previous.json").read_text()) == json.loads((legacy / "results.json").read_text())

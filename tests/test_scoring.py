@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from dporec import data as D
-from dporec import models, scoring, stats
+from dporec import models, scoring, splits, stats
 from dporec.config import load_config
 
 from conftest import TINY_CONFIG, tiny_overrides
@@ -181,7 +181,7 @@ def always_a_adapter(tiny_data, tiny_model, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("always_a")
     train = [e if e.label == "A" else D.swap(e) for e in D.load_examples(tiny_data / "train.jsonl")]
-    assert D.balance(train)["A"] == len(train)
+    assert splits.balance(train)["A"] == len(train)
     cfg = _cfg(tiny_data, tiny_model, out, "model.load_in_4bit=false",
                "lora.target_modules=[q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj,lm_head]")
     torch.manual_seed(0)
@@ -201,7 +201,7 @@ def test_always_a_model_is_exposed_not_rewarded(always_a_adapter, tiny_data, tin
     cfg = _cfg(tiny_data, tiny_model, tmp_path)  # evaluated on the 4-bit base, as in evaluate_dpo.py
     base, tok = models.load_base(cfg, "hf")
     model = models.attach_adapters(base, {"always_a": always_a_adapter}, str(tiny_model))
-    assert 0.4 <= D.balance(heldout_examples)["a_fraction"] <= 0.6
+    assert 0.4 <= splits.balance(heldout_examples)["a_fraction"] <= 0.6
 
     rows = scoring.score_pairs(model, tok, heldout_examples, model_name="always_a")
     # it really answers A: by a wide margin, in every decision

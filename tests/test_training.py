@@ -21,11 +21,15 @@ from conftest import TINY_CONFIG, tiny_overrides
 from dporec import UserError
 from dporec import data as D
 from dporec import training
+from dporec.config import parse_args
 
 
-def run(script, tiny_data, tiny_model, out, *extra):
+def run(script, tiny_data, tiny_model, out, *extra, callbacks=()):
     argv = ["--config", str(TINY_CONFIG), *tiny_overrides(tiny_data, tiny_model, out), *extra]
-    assert script.main(argv) == 0
+    if callbacks:
+        assert script.run(parse_args("test", argv)[1], callbacks=callbacks) == 0
+    else:
+        assert script.main(argv) == 0
     return Path(out)
 
 
@@ -180,7 +184,7 @@ def test_dpo_from_base_leaves_base_model_files_unchanged(dpo_from_base, tiny_mod
 
 
 def test_dpo_loss_matches_formula_through_trl(tiny_data, tiny_model, tmp_path):
-    """NOTES.md worked example through DPOTrainer's own loss code (TRL 1.14 has no standalone
+    """A worked example of the sigmoid DPO loss through DPOTrainer's own loss code (TRL 1.14 has no standalone
     loss function: the sigmoid loss is computed inside DPOTrainer._compute_loss from the policy's
     logits and the reference log-probs). A two-token 'policy' whose logits are log-probabilities
     makes the summed completion log-probs exactly -2.0 (chosen) and -5.0 (rejected); the reference
@@ -220,8 +224,8 @@ def test_dpo_loss_matches_formula_through_trl(tiny_data, tiny_model, tmp_path):
 # ---------------------------------------------------------------------------------------------
 # Resume
 
-def _interrupt_at(monkeypatch, step: int):
-    """Make the next main() stop like Ctrl-C right after checkpoint-<step> is written."""
+def _interrupt_at(step: int):
+    """A callback that stops training like Ctrl-C right after checkpoint-<step> is written."""
     from transformers import TrainerCallback
 
     class Interrupt(TrainerCallback):
@@ -229,23 +233,16 @@ def _interrupt_at(monkeypatch, step: int):
             if state.global_step == step:
                 raise KeyboardInterrupt
 
-    real_train = training.train
-
-    def train_then_interrupt(trainer, resume_from=None, callbacks=()):
-        return real_train(trainer, resume_from, callbacks=[*callbacks, Interrupt()])
-
-    monkeypatch.setattr(training, "train", train_then_interrupt)
+    return Interrupt()
 
 
 @pytest.mark.parametrize("stage", ["sft", "dpo"])
-def test_resume_matches_uninterrupted_run(stage, request, tiny_data, tiny_model, tmp_path, monkeypatch, sft_run):
+def test_resume_matches_uninterrupted_run(stage, request, tiny_data, tiny_model, tmp_path, sft_run):
     straight = request.getfixturevalue("sft_run" if stage == "sft" else "dpo_from_sft")
     script = train_sft if stage == "sft" else train_dpo
     extra = [] if stage == "sft" else ["dpo.init=sft", f"dpo.sft_adapter={sft_run / 'sft'}"]
-    with monkeypatch.context() as mp:
-        _interrupt_at(mp, 4)
-        with pytest.raises(KeyboardInterrupt):
-            run(script, tiny_data, tiny_model, tmp_path, *extra)
+    with pytest.raises(KeyboardInterrupt):
+        run(script, tiny_data, tiny_model, tmp_path, *extra, callbacks=[_interrupt_at(4)])
     assert (tmp_path / stage / "checkpoint-4").is_dir() and not (tmp_path / stage / "metrics.json").exists()
     run(script, tiny_data, tiny_model, tmp_path, *extra, "--resume")
     m = metrics(tmp_path / stage)

@@ -174,8 +174,8 @@ def test_smoke_runs_with_the_resolved_backend(tiny_cfg, tmp_path):
     tiny_cfg["model"]["backend"] = "hf"
     verify_setup.check_backend(ctx)  # requested hf: returns before any Unsloth import
     assert ctx.cache["backend"] == "hf"
-    assert "model.backend=hf" in verify_setup.smoke_argv(ctx, tmp_path, tmp_path / "m")
+    assert verify_setup.smoke_config(ctx, tmp_path, tmp_path / "m")["model"]["backend"] == "hf"
     ctx = verify_setup.Ctx(tiny_cfg, "x.yaml", cuda=False)
     tiny_cfg["model"]["backend"] = "auto"
     verify_setup.check_backend(ctx)
-    assert "model.backend=hf" in verify_setup.smoke_argv(ctx, tmp_path, tmp_path / "m")
+    assert verify_setup.smoke_config(ctx, tmp_path, tmp_path / "m")["model"]["backend"] == "hf"

