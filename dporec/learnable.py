@@ -142,7 +142,7 @@ def build_learnable_llama(out_dir: str | Path, seed: int = 0, hidden: int = 128,
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-    from .models import TINY_CHAT_TEMPLATE
+    from .local_models import TINY_CHAT_TEMPLATE
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

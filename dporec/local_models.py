@@ -46,14 +46,12 @@ def _tokenizer_corpus() -> list[str]:
 
 
 def build_tiny_llama(out_dir: str | Path, seed: int = 0, vocab_size: int = 512, hidden: int = 64,
-                     layers: int = 2, pretrain_steps: int = 0, initializer_range: float = 0.02) -> Path:
+                     layers: int = 2) -> Path:
     """A tiny Llama and a byte-level BPE tokenizer trained here, saved as a model folder.
 
     Built in seconds, never downloaded. Hidden sizes are multiples of 64 so bitsandbytes can
-    quantize every linear layer to 4-bit. With pretrain_steps > 0 it is first trained briefly on
-    label-free synthetic text (dporec.synthetic.pretraining_texts: prompts in the training layout
-    followed by which history genres each option has), so fine-tuning has features to build on: a
-    random model scores exactly 50% whatever the pipeline does, and could not show that it learns.
+    quantize every linear layer to 4-bit. Random weights: it tests plumbing, not learning (a model
+    that can learn the task is dporec.learnable's, used by tests/test_learning.py).
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -77,31 +75,10 @@ def build_tiny_llama(out_dir: str | Path, seed: int = 0, vocab_size: int = 512, 
                          num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
                          max_position_embeddings=1024, bos_token_id=tok.bos_token_id,
                          eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-                         tie_word_embeddings=False, initializer_range=initializer_range)
+                         tie_word_embeddings=False)
     model = LlamaForCausalLM(config)
-    if pretrain_steps > 0:
-        _pretrain(model, tok, pretrain_steps, seed)
     model.save_pretrained(out)
     return out
-
-
-def _pretrain(model, tok, steps: int, seed: int, batch_size: int = 16, lr: float = 3e-3) -> None:
-    """Plain causal-LM training of every weight on fresh synthetic texts (fp32, CPU is fine)."""
-    from .synthetic import pretraining_texts
-    texts = pretraining_texts(steps * batch_size, seed=seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 20) * (1 - s / steps))
-    model.train()
-    for step in range(steps):
-        batch = tok(texts[step * batch_size:(step + 1) * batch_size], return_tensors="pt", padding=True)
-        labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
-        loss = model(**batch, labels=labels).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        opt.zero_grad()
-    model.eval()
 
 
 def smollm2_gguf_path() -> Path:
