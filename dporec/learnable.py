@@ -139,32 +139,15 @@ def build_learnable_llama(out_dir: str | Path, seed: int = 0, hidden: int = 128,
     """A tiny Llama (every linear layer a multiple of 64 wide, for 4-bit) with its own byte-level BPE
     tokenizer, pretrained for `pretrain_steps` steps on pretraining_texts; saved as a model folder."""
     import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-    from .local_models import TINY_CHAT_TEMPLATE
+    from .local_models import tiny_llama, train_tokenizer
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    special = ["<unk>", "<s>", "</s>", "<pad>", "<|user|>", "<|assistant|>", "<|end|>"]
-    tk = Tokenizer(models.BPE(unk_token="<unk>"))
-    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tk.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=special,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tk.train_from_iterator(_tokenizer_texts(seed), trainer=trainer)
-    tok = PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<s>", eos_token="</s>",
-                                  unk_token="<unk>", pad_token="<pad>")
-    tok.chat_template = TINY_CHAT_TEMPLATE
+    tok = train_tokenizer(_tokenizer_texts(seed), vocab_size)
     tok.save_pretrained(out)
-
-    torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden,
-                         num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
-                         max_position_embeddings=1024, bos_token_id=tok.bos_token_id,
-                         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-                         tie_word_embeddings=False, initializer_range=initializer_range)
-    model = LlamaForCausalLM(config)
+    model = tiny_llama(tok, hidden, layers, heads=heads, kv_heads=heads, seed=seed,
+                       initializer_range=initializer_range)
     texts = pretraining_texts(pretrain_steps * batch_size, seed=seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(

@@ -45,6 +45,34 @@ def _tokenizer_corpus() -> list[str]:
     return lines
 
 
+def train_tokenizer(texts, vocab_size: int = 512):
+    """A byte-level BPE tokenizer trained here on `texts`, with special tokens and the tiny chat template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+    special = ["<unk>", "<s>", "</s>", "<pad>", "<|user|>", "<|assistant|>", "<|end|>"]
+    tk = Tokenizer(models.BPE(unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=special,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tk.train_from_iterator(texts, trainer=trainer)
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<s>", eos_token="</s>",
+                                  unk_token="<unk>", pad_token="<pad>")
+    tok.chat_template = TINY_CHAT_TEMPLATE
+    return tok
+
+
+def tiny_llama(tok, hidden: int, layers: int, heads: int = 4, kv_heads: int = 2, seed: int = 0, **config):
+    """A randomly initialised LlamaForCausalLM sized for `tok` (hidden a multiple of 64, for 4-bit)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(LlamaConfig(
+        vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+        num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=1024,
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+        tie_word_embeddings=False, **config))
+
+
 def build_tiny_llama(out_dir: str | Path, seed: int = 0, vocab_size: int = 512, hidden: int = 64,
                      layers: int = 2) -> Path:
     """A tiny Llama and a byte-level BPE tokenizer trained here, saved as a model folder.
@@ -53,31 +81,11 @@ def build_tiny_llama(out_dir: str | Path, seed: int = 0, vocab_size: int = 512, 
     quantize every linear layer to 4-bit. Random weights: it tests plumbing, not learning (a model
     that can learn the task is dporec.learnable's, used by tests/test_learning.py).
     """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    special = ["<unk>", "<s>", "</s>", "<pad>", "<|user|>", "<|assistant|>", "<|end|>"]
-    tk = Tokenizer(models.BPE(unk_token="<unk>"))
-    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tk.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=special,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tk.train_from_iterator(_tokenizer_corpus(), trainer=trainer)
-    tok = PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<s>", eos_token="</s>",
-                                  unk_token="<unk>", pad_token="<pad>")
-    tok.chat_template = TINY_CHAT_TEMPLATE
+    tok = train_tokenizer(_tokenizer_corpus(), vocab_size)
     tok.save_pretrained(out)
-
-    torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden,
-                         num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
-                         max_position_embeddings=1024, bos_token_id=tok.bos_token_id,
-                         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-                         tie_word_embeddings=False)
-    model = LlamaForCausalLM(config)
-    model.save_pretrained(out)
+    tiny_llama(tok, hidden, layers, seed=seed).save_pretrained(out)
     return out
 
 
