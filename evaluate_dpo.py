@@ -66,7 +66,7 @@ def _active(model, name: str, adapters: dict):
 
 def score_all(model, tok, examples, adapters: dict, cfg: dict, tag: str = "", info=None) -> tuple[dict, dict]:
     """({name: prediction rows}, {name: seconds}) for every model, likelihood (+ generation) scoring."""
-    from dporec import scoring
+    from dporec import generation, scoring
     ec, fmt = cfg["eval"], cfg["data"]["prompt_format"]
     rows, seconds = {}, {}
     for name in adapters:
@@ -75,9 +75,9 @@ def score_all(model, tok, examples, adapters: dict, cfg: dict, tag: str = "", in
             r = scoring.score_pairs(model, tok, examples, fmt, ec["batch_size"], desc=f"scoring {name}{tag}",
                                     model_name=name, info=info)
             if ec["generate"] and not tag:
-                gen = scoring.generate_choices(model, tok, examples, fmt, ec["batch_size"], ec["max_new_tokens"],
+                gen = generation.generate_choices(model, tok, examples, fmt, ec["batch_size"], ec["max_new_tokens"],
                                                model_name=name, desc=f"generating {name}")
-                r = scoring.attach_generations(r, gen)
+                r = generation.attach_generations(r, gen)
                 valid = sum(g["parsed"] is not None for g in gen)
                 print(f"[eval] {name}: {valid}/{len(gen)} generated answers name exactly one option")
         rows[name], seconds[name] = r, time.perf_counter() - t0

@@ -18,7 +18,7 @@ fully decided in both orders, so pairs/s are comparable):
   full-seq     the same scores with share_prefix=False: every answer a full sequence of its own,
                eval.batch_size answers per batch (the reference path; the largest score difference
                is printed: float rounding, 2e-6 on the tiny model, 7e-5 on SmolLM2)
-  generate     dporec.scoring.generate_choices: greedy, batched with left padding,
+  generate     dporec.generation.generate_choices: greedy, batched with left padding,
                eval.max_new_tokens new tokens, strict parse
   precursor    one prompt at a time (batch 1), greedy generation: the precursor's loop shape
                (it also sampled at temperature 0.7 and parsed leniently; timing is what is compared)
@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 
 from dporec import data as D
-from dporec import models, scoring
+from dporec import generation, models, scoring
 from dporec.config import parse_args, run_main
 
 
@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
 
     warm = examples[:max(1, min(n, bs // 4))]
     scoring.score_pairs(model, tok, warm, fmt, bs, desc="warm-up")
-    scoring.generate_choices(model, tok, warm[:1], fmt, bs, min(new, 4), desc="warm-up")
+    generation.generate_choices(model, tok, warm[:1], fmt, bs, min(new, 4), desc="warm-up")
 
     results, rows = {}, {}
     paths = {"likelihood": True} if args.no_full_seq else {"likelihood": True, "full-seq": False}
@@ -89,10 +89,10 @@ def main(argv: list[str] | None = None) -> int:
             abs(a[k] - b[k]) for a, b in zip(rows["likelihood"], rows["full-seq"])
             for k in ("logp_a", "logp_b", "logp_a_full", "logp_b_full"))
     if not args.no_generate:
-        gen, s = _timed(lambda: scoring.generate_choices(model, tok, examples, fmt, bs, new, desc="generate"))
+        gen, s = _timed(lambda: generation.generate_choices(model, tok, examples, fmt, bs, new, desc="generate"))
         results["generate"] = {"seconds": s, "valid": sum(g["parsed"] is not None for g in gen), "outputs": len(gen)}
     if not args.no_precursor:
-        pre, s = _timed(lambda: scoring.generate_choices(model, tok, examples, fmt, 1, new, desc="batch 1"))
+        pre, s = _timed(lambda: generation.generate_choices(model, tok, examples, fmt, 1, new, desc="batch 1"))
         results["precursor"] = {"seconds": s, "valid": sum(g["parsed"] is not None for g in pre), "outputs": len(pre)}
 
     base_rate = n / results["likelihood"]["seconds"]

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from dporec import data as D
-from dporec import models, scoring, splits, stats
+from dporec import generation, models, scoring, splits, stats
 from dporec.config import load_config
 
 from conftest import TINY_CONFIG, tiny_overrides
@@ -235,24 +235,24 @@ def test_always_a_model_is_exposed_not_rewarded(always_a_adapter, tiny_data, tin
     ("The better recommendation is Option C.", None),
 ])
 def test_parse_choice_is_strict_and_unbiased(text, expected):
-    assert scoring.parse_choice(text) == expected
+    assert generation.parse_choice(text) == expected
 
 
 def test_generate_choices_rows(base_4bit, heldout_examples):
     model, tok = base_4bit
     exs = heldout_examples[:3]
-    gen = scoring.generate_choices(model, tok, exs, batch_size=4, max_new_tokens=6, model_name="base")
+    gen = generation.generate_choices(model, tok, exs, batch_size=4, max_new_tokens=6, model_name="base")
     assert len(gen) == 2 * len(exs)
     assert {(g["pair_id"], g["order"]) for g in gen} == {(e.pair_id, o) for e in exs for o in scoring.ORDERS}
     for g in gen:
         assert isinstance(g["generated"], str)
-        assert g["parsed"] == scoring.parse_choice(g["generated"])
+        assert g["parsed"] == generation.parse_choice(g["generated"])
     # batched left-padded greedy decoding gives what one-at-a-time decoding gives
-    single = scoring.generate_choices(model, tok, exs[:1], batch_size=1, max_new_tokens=6, model_name="base")
+    single = generation.generate_choices(model, tok, exs[:1], batch_size=1, max_new_tokens=6, model_name="base")
     gen_by = _by_key(gen)
     for g in single:
         assert g["generated"] == gen_by[(g["pair_id"], g["order"])]["generated"]
     rows = scoring.score_pairs(model, tok, exs, model_name="base")
-    merged = scoring.attach_generations(rows, gen)
+    merged = generation.attach_generations(rows, gen)
     m = stats.model_metrics(merged)
     assert m["generation"]["counts"]["decisions"] == 2 * len(exs)

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from conftest import TINY_CONFIG
-from dporec import UserError, scoring
+from dporec import UserError, generation, scoring
 from dporec import data as D
 from dporec.config import load_config
 from dporec.models import load_base, load_tokenizer
@@ -89,7 +89,7 @@ def test_scoring_refuses_sequences_longer_than_max_seq_length(tiny_model, tiny_d
     with pytest.raises(UserError, match=f"max_seq_length {longest - 1}.*longest {longest}.*at least {longest}"):
         scoring.score_pairs(model, tok, exs, batch_size=4)
     with pytest.raises(UserError, match="prompt \\+ max_new_tokens"):
-        scoring.generate_choices(model, tok, exs, max_new_tokens=longest)
+        generation.generate_choices(model, tok, exs, max_new_tokens=longest)
     model.max_seq_length = longest  # exactly fits: scores are those of the unlimited model
     again = scoring.score_pairs(model, tok, exs, batch_size=4)
     assert [r["logp_a"] for r in again] == pytest.approx([r["logp_a"] for r in rows], abs=1e-6)
