@@ -160,15 +160,16 @@ def _analyse(rows: dict, cfg: dict, meta: dict, where: str) -> dict:
         raise UserError(f"{where}: {e}") from None
 
 
-def _add_baselines(results: dict, cfg: dict, rows: dict) -> None:
-    """Baselines on the pairs of predictions.csv, from data.test_file (when it is there and holds them)."""
-    test_file = Path(cfg["data"]["test_file"])
-    wanted = {r["pair_id"] for r in next(iter(rows.values()))}
-    examples = D.load_examples(test_file) if test_file.is_file() else []
-    examples = [e for e in examples if e.pair_id in wanted]
-    if len(examples) != len(wanted):
-        print(f"[eval] baselines skipped: {test_file} does not hold the {len(wanted)} pairs of these predictions")
-        return
+def _add_baselines(results: dict, cfg: dict, rows: dict, examples=None) -> None:
+    """Baselines on the scored pairs: the given test examples, or (re-analysis) those of data.test_file
+    that predictions.csv holds, when the file is there and holds them all."""
+    if examples is None:
+        test_file = Path(cfg["data"]["test_file"])
+        wanted = {r["pair_id"] for r in next(iter(rows.values()))}
+        examples = [e for e in (D.load_examples(test_file) if test_file.is_file() else []) if e.pair_id in wanted]
+        if len(examples) != len(wanted):
+            print(f"[eval] baselines skipped: {test_file} does not hold the {len(wanted)} pairs of these predictions")
+            return
     ec = cfg["eval"]
     baselines.add_to_results(results, examples, cfg["data"]["train_file"], rows,
                              n_boot=ec["bootstrap_samples"], seed=cfg["seed"], alpha=ec["alpha"])
@@ -240,8 +241,7 @@ def run(cfg: dict, from_predictions: str | Path | None = None, config_path: str 
     }
     results = _analyse(rows, cfg, meta, str(test_file))
     # simple rules on the same pairs (side files beside data.train_file) + each model's personalised subset
-    baselines.add_to_results(results, examples, cfg["data"]["train_file"], rows,
-                             n_boot=ec["bootstrap_samples"], seed=cfg["seed"], alpha=ec["alpha"])
+    _add_baselines(results, cfg, rows, examples)
     if ec["stability"]:
         if cfg["model"]["load_in_4bit"]:
             results["stability"] = stability(cfg, backend, examples, adapters, rows, needed)

@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import stats
+from . import data, metrics, stats
 
 META_FILE = "baselines.json"
 RATINGS_FILE = "train_ratings.csv.gz"
@@ -116,8 +116,8 @@ def _history(ex) -> list[dict]:
     hist = ex.extra.get("history")
     if isinstance(hist, list) and hist and all(isinstance(h, dict) for h in hist):
         return [{"item_id": h.get("item_id"), "genres": list(h.get("genres") or [])} for h in hist]
-    line = next((ln for ln in ex.input.splitlines() if ln.strip().startswith("History:")), "")
-    return [{"item_id": None, "genres": g.split("|")} for _, g in _YEAR_GENRES_RE.findall(line)]
+    # only the history part: in the thesis's one-line layout the options share the 'History:' line
+    return [{"item_id": None, "genres": g.split("|")} for _, g in _YEAR_GENRES_RE.findall(data.history_text(ex.input))]
 
 
 def _values(ex, side: Side | None) -> dict[str, tuple]:
@@ -177,7 +177,9 @@ def pair_scores(examples, side: Side | None, side_reason: str = "") -> dict[str,
 # Into results.json
 
 def _users(examples) -> dict[str, str]:
-    return {ex.pair_id: str(ex.user_id) if ex.user_id is not None else ex.pair_id for ex in examples}
+    """{pair_id: bootstrap cluster}: the same labels as the models' intervals (metrics.clusters)."""
+    users = {ex.pair_id: metrics.user_of({"user_id": ex.user_id, "pair_id": ex.pair_id}) for ex in examples}
+    return dict(zip(sorted(users), metrics.clusters(users)[0]))
 
 
 def _mean_ci(values, clusters, n_boot, seed, alpha) -> tuple[float, list[float]]:
@@ -232,18 +234,6 @@ def best_baseline(results: dict) -> str | None:
 # ---------------------------------------------------------------------------------------------
 # Presentation (console, report.md, verdict)
 
-def _pct(x) -> str:
-    return "n/a" if x is None else f"{100 * x:.1f}%"
-
-
-def _ci(ci) -> str:
-    return "" if ci is None else f"[{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]"
-
-
-def _signed(x: float) -> str:
-    return f"{x:+.1f}".replace("-", "\u2212")
-
-
 def _personalised(results: dict) -> str | None:
     ms = {n: m for n, m in results["models"].items() if m.get("n_personalised") is not None}
     if not ms:
@@ -251,7 +241,7 @@ def _personalised(results: dict) -> str | None:
     n = next(iter(ms.values()))["n_personalised"]
     if not n:
         return "Personalised subset: the mean-rating rule gets no test pair wrong, so there is none."
-    parts = ", ".join(f"{name} {_pct(m['accuracy_personalised'])} {_ci(m['accuracy_personalised_ci'])}"
+    parts = ", ".join(f"{name} {stats.pct(m['accuracy_personalised'])} {stats.ci_text(m['accuracy_personalised_ci'])}"
                       for name, m in ms.items())
     return f"Personalised subset (the {n:,} pairs the mean-rating rule gets wrong): {parts}"
 
@@ -265,7 +255,7 @@ def table_lines(results: dict) -> list[str]:
     width = max(len(v["label"]) for v in b.values())
     lines = [f"baselines on the same {n:,} test pairs (rules on movies, same choice in both orders; tie = 0.5)"]
     for v in b.values():
-        tail = f"{_pct(v['accuracy']):>6}  {_ci(v['ci'])}" if v["available"] else f"{'n/a':>6}  ({v['reason']})"
+        tail = f"{stats.pct(v['accuracy']):>6}  {stats.ci_text(v['ci'])}" if v["available"] else f"{'n/a':>6}  ({v['reason']})"
         lines.append(f"  {v['label']:<{width}}  {tail}")
     p = _personalised(results)
     return lines + ([p] if p else [])
@@ -279,7 +269,7 @@ def markdown(results: dict) -> list[str]:
     lines = ["## Baselines on the same test pairs", "",
              "| Rule | Two-order accuracy [95% CI] |", "|---|---:|"]
     for v in b.values():
-        lines.append(f"| {v['label']} | {_pct(v['accuracy'])} {_ci(v['ci'])} |" if v["available"]
+        lines.append(f"| {v['label']} | {stats.pct(v['accuracy'])} {stats.ci_text(v['ci'])} |" if v["available"]
                      else f"| {v['label']} | not available: {v['reason']} |")
     lines += ["", "Each rule picks a movie by a number (mean rating and popularity among training users only; "
               "genre overlap and co-occurrence with the history in the prompt), the same in both orders; "
@@ -301,7 +291,7 @@ def verdict_clause(results: dict) -> str:
             continue
         lo, hi = vs["ci"]
         how = "beats it" if lo > 0 else "falls below it" if hi < 0 else "does not differ clearly from it"
-        parts.append(f"{name} {_pct(m['accuracy'])} {how} ({_signed(100 * vs['difference'])} points, "
-                     f"95% CI {_signed(100 * lo)} to {_signed(100 * hi)})")
-    return (f"Strongest baseline: {b['label']}, {_pct(b['accuracy'])}. " + "; ".join(parts) + "."
-            if parts else f"Strongest baseline: {b['label']}, {_pct(b['accuracy'])}.")
+        parts.append(f"{name} {stats.pct(m['accuracy'])} {how} ({stats._signed(100 * vs['difference'])} points, "
+                     f"95% CI {stats._signed(100 * lo)} to {stats._signed(100 * hi)})")
+    return (f"Strongest baseline: {b['label']}, {stats.pct(b['accuracy'])}. " + "; ".join(parts) + "."
+            if parts else f"Strongest baseline: {b['label']}, {stats.pct(b['accuracy'])}.")

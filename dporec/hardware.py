@@ -129,12 +129,21 @@ def refuse_without_gpu(cfg: dict) -> None:
     """Stop a script, before any import of Unsloth or any download, when its model needs a GPU that is not here."""
     if torch.cuda.is_available():
         return
-    n_params = None
-    local = Path(cfg["model"]["name"]).expanduser() / "config.json"
-    if local.is_file():
-        n_params = _params_from_config(json.loads(local.read_text()))
+    n_params = model_params(cfg)
     if gpu_refusal(cfg, False, n_params):  # cheap first: nvidia-smi runs only when refusing
         raise UserError(gpu_refusal(cfg, False, n_params, why_no_cuda()))
+
+
+def _local_config(name: str) -> dict | None:
+    """model.name's config.json when it is a local folder, else None (nothing is downloaded)."""
+    local = Path(name).expanduser() / "config.json"
+    return json.loads(local.read_text()) if local.is_file() else None
+
+
+def model_params(cfg: dict) -> float | None:
+    """The parameter count the GPU rule uses (scripts and verify_setup alike), from a local config.json."""
+    config = _local_config(cfg["model"]["name"])
+    return _params_from_config(config) if config else None
 
 
 def _params_from_config(c: dict) -> float | None:
@@ -165,11 +174,7 @@ def prequantized_reason(cfg: dict) -> str | None:
     name and a local/cached config.json before anything loads, so both backends skip it the same way
     (Unsloth would otherwise map a '-bnb-4bit' name to its 16-bit repository and download ~16 GB)."""
     name = cfg["model"]["name"]
-    config = None
-    local = Path(name).expanduser() / "config.json"
-    if local.is_file():
-        config = json.loads(local.read_text())
-    if prequantized(name, config):
+    if prequantized(name, _local_config(name)):
         return (f"{name} is a pre-quantized checkpoint; it has no 16-bit weights (point model.name at the "
                 f"16-bit model to run the stability check)")
     return None

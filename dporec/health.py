@@ -119,6 +119,11 @@ def print_warnings(stage: str, health: dict) -> None:
         print(f"[{stage}] WARNING ({w['code']}): {w['message']}. Remedy: {w['remedy']}.", file=sys.stderr, flush=True)
 
 
+def warmup_of(args, state) -> int:
+    """Warmup steps of a run (TrainingArguments + TrainerState): margins are only judged after them."""
+    return int(args.get_warmup_steps(state.max_steps)) if state.max_steps > 0 else 0
+
+
 def split_history(hist: list[dict]) -> tuple[list[dict], list[dict]]:
     train = [h for h in hist if "loss" in h and "eval_loss" not in h]
     evals = [h for h in hist if "eval_loss" in h]
@@ -141,8 +146,7 @@ def make_callback(stage: str, thresholds: dict):
         def on_log(self, args, state, control, logs=None, **kwargs):
             if not state.is_world_process_zero:
                 return
-            warmup = int(args.get_warmup_steps(state.max_steps)) if state.max_steps > 0 else 0
-            result = check(stage, *split_history(state.log_history), thresholds, warmup)
+            result = check(stage, *split_history(state.log_history), thresholds, warmup_of(args, state))
             new = [w for w in result["warnings"] if w["code"] in LIVE_CHECKS and w["code"] not in self.seen]
             self.seen.update(w["code"] for w in new)
             print_warnings(stage, {"warnings": new})

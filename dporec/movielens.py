@@ -34,7 +34,7 @@ import pandas as pd
 from . import UserError, baselines, data
 from .ratings import (COLUMNS, ML1M_MD5, Movie, load_source, read_ml1m,  # noqa: F401  (re-exported)
                       read_recbole_ml100k, recbole_ml100k_dir)
-from .splits import balance, random_balanced_positions
+from .splits import balance, cut, random_balanced_positions
 
 SPLITS = ("train", "val", "test")
 POPULAR_POOL = 100  # an "unseen popular" negative is one of the 100 most-rated movies
@@ -144,12 +144,7 @@ def _unseen_popular(ratings, targets, train_users, rng) -> np.ndarray:
 
 def _split_users(users: np.ndarray, val_fraction: float, test_fraction: float, rng) -> dict[str, set]:
     """Users, shuffled, cut into test, val and train: no user in two splits."""
-    order = rng.permutation(np.sort(users))
-    n = order.size
-    n_test = max(round(n * test_fraction), int(test_fraction > 0 and n >= 3))
-    n_val = max(round(n * val_fraction), int(val_fraction > 0 and n >= 3))
-    return {"test": set(order[:n_test]), "val": set(order[n_test:n_test + n_val]),
-            "train": set(order[n_test + n_val:])}
+    return cut(rng.permutation(np.sort(users)), val_fraction, test_fraction)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -236,14 +231,6 @@ def _build(ratings, movies, seed, history_len, max_examples_per_user, val_fracti
                                                negatives[i], kinds[i], movies))
     splits = {s: random_balanced_positions(exs, random.Random(f"{seed}-{s}")) for s, exs in splits.items()}
     return splits, ratings[ratings["user_id"].isin(split_users["train"])]
-
-
-def build_examples(ratings: pd.DataFrame, movies: dict[int, Movie], seed: int = 0, history_len: int = 5,
-                   max_examples_per_user: int = 3, val_fraction: float = 0.1, test_fraction: float = 0.1,
-                   like_threshold: int = 4, dislike_threshold: int = 2) -> dict[str, list[data.Example]]:
-    """{split: examples}, positions balanced per split. Deterministic for a seed."""
-    return _build(ratings, movies, seed, history_len, max_examples_per_user, val_fraction, test_fraction,
-                  like_threshold, dislike_threshold)[0]
 
 
 def summarize(splits: dict[str, list[data.Example]]) -> dict:

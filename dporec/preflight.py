@@ -161,7 +161,7 @@ def driver_row(smi: dict | None):
 def check_gpu(ctx):
     import torch
     from dporec.hardware import bf16_supported, nvidia_smi
-    smi = nvidia_smi()
+    smi = ctx.cache["nvidia_smi"] = nvidia_smi()  # check_needs_gpu reuses it: two subprocesses each
     if not ctx.cuda:
         if smi is not None:
             return gpu_unusable_row(smi, torch.__version__, torch.version.cuda)
@@ -176,11 +176,12 @@ def check_gpu(ctx):
 
 def check_needs_gpu(ctx):
     """The scripts' own rule (models.gpu_refusal): a GPU-sized model without a usable CUDA device is a ✗."""
-    from dporec.hardware import gpu_refusal, why_no_cuda
-    message = gpu_refusal(ctx.cfg, ctx.cuda, ctx.cache.get("n_params"))
-    if not message:
+    from dporec.hardware import gpu_refusal, model_params, nvidia_smi, why_no_cuda
+    n_params = model_params(ctx.cfg)
+    if not gpu_refusal(ctx.cfg, ctx.cuda, n_params):
         return []
-    detail = gpu_refusal(ctx.cfg, ctx.cuda, ctx.cache.get("n_params"), why_no_cuda(), hint=False)
+    smi = ctx.cache["nvidia_smi"] if "nvidia_smi" in ctx.cache else nvidia_smi()
+    detail = gpu_refusal(ctx.cfg, ctx.cuda, n_params, why_no_cuda(smi), hint=False)
     return row(FAIL, "needs a gpu", detail,
                "run it on a machine whose GPU torch can use (the gpu row says why this one cannot)")
 

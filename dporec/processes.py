@@ -14,12 +14,7 @@ import torch
 
 
 def processes():
-    """accelerate's process state: one process, or the group `accelerate launch` started.
-
-    The Trainer shards the data and averages gradients over the group itself (DDP); what is ours
-    is that the run folder is prepared, and run_info.json / metrics.json written, by the main
-    process alone.
-    """
+    """accelerate's process state: one process, or the group `accelerate launch` started."""
     from accelerate import PartialState
     state = PartialState(cpu=not torch.cuda.is_available())
     if state.num_processes > 1 and state.device.type == "cpu":
@@ -58,7 +53,7 @@ class ShardLog:
 
     def __call__(self, features):
         for f in features:
-            key = [f[k] for k in sorted(f) if k.endswith("input_ids") or k.endswith("_ids")]
+            key = [f[k] for k in sorted(f) if k.endswith("_ids")]
             self.seen.append(hashlib.sha1(repr(key).encode()).hexdigest()[:16])
         return self.collator(features)
 

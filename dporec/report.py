@@ -133,12 +133,7 @@ def read_predictions(path) -> dict[str, list[dict]]:
 # --------------------------------------------------------------------------------------------
 
 
-def _pct(x) -> str:
-    return "n/a" if x is None else f"{100 * x:.1f}%"
-
-
-def _ci(ci) -> str:
-    return "" if ci is None else f"[{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]"
+_pct, _ci = stats.pct, stats.ci_text
 
 
 def _md_table(models: dict, block: str | None) -> list[str]:

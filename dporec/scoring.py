@@ -207,8 +207,7 @@ def token_logps(model, tokenizer, batch: list[_Seq], info: ScoringInfo | None = 
 def can_share_prefix(model) -> bool:
     """False under Unsloth: its patched forward sends every call with past_key_values down a
     one-new-token decoding path (kv length = cache + 1), which would mis-score a continuation."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return not any("unsloth" in (getattr(type(m).forward, "__module__", None) or "") for m in (model, base))
+    return not any("unsloth" in (getattr(type(m).forward, "__module__", None) or "") for m in _model_chain(model))
 
 
 def length_limit(model) -> int | None:

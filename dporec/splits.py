@@ -90,3 +90,13 @@ def shared_between(loaded: dict, key) -> list[tuple]:
             if common:
                 out.append((a, b, common))
     return out
+
+
+def cut(order, val_fraction: float, test_fraction: float) -> dict[str, set]:
+    """Already shuffled group keys (users, or lines standing for users) cut into test, val and train."""
+    order = list(order)
+    n = len(order)
+    n_test = max(round(n * test_fraction), int(test_fraction > 0 and n >= 3))
+    n_val = max(round(n * val_fraction), int(val_fraction > 0 and n >= 3))
+    return {"test": set(order[:n_test]), "val": set(order[n_test:n_test + n_val]),
+            "train": set(order[n_test + n_val:])}

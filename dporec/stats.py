@@ -275,6 +275,14 @@ def compare_runs(runs_sft, runs_dpo, n_boot: int = 2000, seed: int = 0, alpha: f
 # --------------------------------------------------------------------------------------------
 # Wording
 
+def pct(x) -> str:
+    return "n/a" if x is None else f"{100 * x:.1f}%"
+
+
+def ci_text(ci) -> str:
+    return "" if ci is None else f"[{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]"
+
+
 def _signed(x: float, decimals: int = 1) -> str:
     text = f"{x:+.{decimals}f}"
     if float(text) == 0:

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from . import UserError, data
-from .splits import balance, random_balanced_positions
+from .splits import balance, cut, random_balanced_positions
 
 MAX_PARSES = 16  # history readings kept per line; more would mean titles that are prefixes of each other
 
@@ -161,20 +161,14 @@ def _split_groups(groups: list[str], val_fraction: float, test_fraction: float, 
     """Distinct group keys (users, or lines standing for users), shuffled and cut into test/val/train."""
     order = sorted(set(groups))
     random.Random(f"{seed}-thesis-split").shuffle(order)
-    n = len(order)
-    n_test = max(round(n * test_fraction), int(test_fraction > 0 and n >= 3))
-    n_val = max(round(n * val_fraction), int(val_fraction > 0 and n >= 3))
-    return {"test": set(order[:n_test]), "val": set(order[n_test:n_test + n_val]),
-            "train": set(order[n_test + n_val:])}
+    return cut(order, val_fraction, test_fraction)
 
 
 def build_from_source(source: str, out_dir: str | Path, seed: int = 0, val_fraction: float = 0.1,
-                      test_fraction: float = 0.1, allow_md5_mismatch: bool = False,
-                      ml1m: str | Path | None = None) -> dict:
+                      test_fraction: float = 0.1, allow_md5_mismatch: bool = False) -> dict:
     """Write out_dir/{train,val,test}.jsonl and summary.json from a thesis-layout file; return the summary."""
     start = time.perf_counter()
-    path, ml1m_in_source = parse_source(source)
-    ml1m = Path(ml1m) if ml1m else ml1m_in_source
+    path, ml1m = parse_source(source)
     if min(val_fraction, test_fraction) < 0 or val_fraction + test_fraction >= 1:
         raise UserError("val_fraction and test_fraction must be >= 0 and sum to less than 1")
     examples = data.load_examples(path)

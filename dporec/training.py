@@ -212,7 +212,8 @@ def train(trainer, resume_from: str | None = None, callbacks=()) -> float:
         torch.cuda.reset_peak_memory_stats()
     for cb in callbacks:
         trainer.add_callback(cb)
-    if getattr(trainer, "data_collator", None) is not None and not isinstance(trainer.data_collator, ShardLog):
+    # Only several processes have shards to compare; one process skips the per-example hashing.
+    if processes().num_processes > 1 and not isinstance(trainer.data_collator, ShardLog):
         trainer.data_collator = ShardLog(trainer.data_collator)
     if resume_from:
         load_trainable_adapter(trainer.model, resume_from)
@@ -257,8 +258,7 @@ def trained_tokens(log: dict) -> tuple[int | None, str | None]:
 def collect_metrics(trainer, wall_time_s: float, **extra) -> dict:
     """metrics.json content from trainer.state.log_history (restored from checkpoints on resume)."""
     hist = trainer.state.log_history
-    train_hist = [h for h in hist if "loss" in h and "eval_loss" not in h]
-    eval_hist = [h for h in hist if "eval_loss" in h]
+    train_hist, eval_hist = health.split_history(hist)
     # the end-of-training summary; with include_num_input_tokens_seen every step log has a train_runtime too
     summary = next((h for h in reversed(hist) if "train_runtime" in h and "train_loss" in h), {})
     runtime = summary.get("train_runtime")
@@ -300,9 +300,8 @@ def finish_run(trainer, tokenizer, out_dir: Path, cfg: dict, wall_time_s: float,
     runs.write_run_info(out_dir, cfg, **facts)
     metrics = collect_metrics(trainer, wall_time_s, **facts)
     metrics["data_shards"] = shards
-    warmup = trainer.args.get_warmup_steps(trainer.state.max_steps) if trainer.state.max_steps > 0 else 0
     metrics["health"] = jsonable(health.check(facts["stage"], *health.split_history(trainer.state.log_history),
-                                             cfg["health"], warmup))
+                                             cfg["health"], health.warmup_of(trainer.args, trainer.state)))
     write_metrics(out_dir, metrics)
     print(summary_line(facts["stage"], metrics))
     health.print_warnings(facts["stage"], metrics["health"])

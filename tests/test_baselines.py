@@ -108,11 +108,15 @@ def test_results_fields_personalised_subset_and_presentation(fixture_dir):
     json.dumps(results)  # results.json must be able to hold it
 
 
-def test_thesis_layout_records_say_which_rules_are_not_available(tmp_path):
+@pytest.mark.parametrize("layout", ["inline", "own-line"])
+def test_thesis_layout_records_say_which_rules_are_not_available(tmp_path, layout):
+    # The thesis's one-line input holds both options on the 'History:' line: their genres must not
+    # count as history genres.
+    text = ("History: Night River, The (1990), Signal Garden (1957). Option A: Garden Letter (1930) "
+            "(Crime|Drama). Option B: Winter Machine (1954) (Comedy|Romance).")
     thesis = data.parse_record({
         "instruction": data.INSTRUCTION,
-        "input": "History: Toy Story (1995), Heat (1995). Option A: Casino (1995) (Crime|Drama). "
-                 "Option B: Sabrina (1954) (Comedy|Romance).".replace(". Option", ".\nOption"),
+        "input": text if layout == "inline" else text.replace(". Option", ".\nOption"),
         "output": "The better recommendation is Option A."}, "thesis.jsonl:1", "t1")
     (tmp_path / "train.jsonl").write_text("")
     results = {"models": {}}
@@ -121,7 +125,7 @@ def test_thesis_layout_records_say_which_rules_are_not_available(tmp_path):
     for rule in ("mean_rating", "popularity", "item_cf"):
         assert not b[rule]["available"] and "no baselines.json beside" in b[rule]["reason"]
     assert b["genre_overlap"]["reason"] == "the history in the prompt shows no genres"
-    assert b["older_year"]["available"] and b["older_year"]["accuracy"] == 0.0  # Sabrina is older
+    assert b["older_year"]["available"] and b["older_year"]["accuracy"] == 1.0  # Garden Letter is older
     assert "not available" in "\n".join(baselines.markdown(results))
 
 
