@@ -31,9 +31,11 @@ models/smollm2-135m-instruct/config.json: | $(STAMP)
 data/generated/tiny/train.jsonl: | $(STAMP)
 	$(PYTHON) data/prepare_movielens.py --source synthetic:200 --out data/generated/tiny --force
 
-# seed 42 = configs/cpu_demo.yaml's seed: the same dataset run_experiment.py builds from data.source
-data/generated/ml100k/train.jsonl: | $(STAMP)
-	$(PYTHON) data/prepare_movielens.py --source recbole:ml-100k --out data/generated/ml100k --seed 42 --force
+# seed 42 and 5 ranking candidates = configs/cpu_demo.yaml's seed and data.ranking_candidates: the same
+# dataset run_experiment.py builds from data.source
+data/generated/ml100k/ranking_test.jsonl: | $(STAMP)
+	$(PYTHON) data/prepare_movielens.py --source recbole:ml-100k --out data/generated/ml100k --seed 42 \
+		--ranking-candidates 5 --force
 
 models: models/tiny-llama/config.json
 data-tiny: data/generated/tiny/train.jsonl
@@ -42,7 +44,7 @@ data-tiny: data/generated/tiny/train.jsonl
 smoke: models/tiny-llama/config.json data/generated/tiny/train.jsonl
 	$(PYTHON) run_experiment.py --config configs/tiny.yaml output_dir=runs/smoke --overwrite
 
-demo: models/smollm2-135m-instruct/config.json data/generated/ml100k/train.jsonl
+demo: models/smollm2-135m-instruct/config.json data/generated/ml100k/ranking_test.jsonl
 	$(PYTHON) verify_setup.py --config configs/cpu_demo.yaml
 	$(PYTHON) run_experiment.py --config configs/cpu_demo.yaml
 

@@ -8,6 +8,8 @@ Commands:
     python evaluate_dpo.py --config configs/llama3_8b.yaml
     python evaluate_dpo.py --config configs/llama3_8b.yaml eval.generate=true
     python evaluate_dpo.py --config configs/llama3_8b.yaml eval.stability=true --overwrite
+    # ranking adherence over N candidates per test user as well (data/prepare_movielens.py writes them)
+    python evaluate_dpo.py --config configs/llama3_8b.yaml eval.ranking=true --overwrite
     # more adapters next to base/sft/dpo (e.g. the compute-matched SFT control)
     python evaluate_dpo.py --config configs/llama3_8b.yaml "eval.adapters={sft_control: runs/x/sft_control}"
     # re-analyse a finished evaluation from its predictions.csv: no model is loaded (seconds, no GPU)
@@ -15,8 +17,8 @@ Commands:
     python evaluate_dpo.py --config configs/tiny.yaml --from-predictions old/predictions.csv output_dir=runs/re
 
 Writes <output_dir>/eval/: predictions.csv (one row per test pair, option order and model),
-accuracy.png, confidence.png, report.md, config.yaml, run_info.json and, last (marking the
-evaluation finished), results.json.
+accuracy.png, confidence.png, report.md, config.yaml, run_info.json, with eval.ranking also
+ranking.csv and ranking.png, and, last (marking the evaluation finished), results.json.
 
 --from-predictions PATH recomputes every statistic, results.json, report.md and the plots into
 <output_dir>/eval/ from a predictions.csv (this version's or an earlier one's), with this config's
@@ -39,6 +41,10 @@ How it measures:
     same difference and the CI that inverts it; an exact McNemar test on right-in-both-orders as a
     secondary line; the test size a difference of this size would need (dporec/stats.py). With an
     sft_control adapter, DPO vs that control too, and what the control matches (dporec/analysis.py).
+  - eval.ranking=true also ranks N rated candidates per test user (ranking_test.jsonl beside the test
+    file) from all their pairs in both orders: Kendall tau-b, NDCG@3 and hit@1 against the user's
+    ratings, per model and baseline rule, DPO vs SFT paired over users (dporec/ranking.py); adds
+    ranking.csv and ranking.png.
   - eval.generate=true adds greedy generation, parsed strictly (an answer naming both options or
     neither is invalid). eval.stability=true loads the base again unquantized and reports how many
     decisions change between 4-bit and 16-bit (fp32 on CPU).
@@ -194,8 +200,9 @@ def reanalyse(cfg: dict, source: Path) -> tuple[dict, Path]:
     results = _analyse(rows, cfg, meta, str(source))
     results["meta"]["n_pairs"] = next(iter(results["models"].values()))["n_pairs"]
     _add_baselines(results, cfg, rows)
-    if "stability" in previous:
-        results["stability"] = previous["stability"]
+    for kept in ("stability", "ranking"):  # not in predictions.csv (ranking: ranking.csv)
+        if kept in previous:
+            results[kept] = previous[kept]
     if previous:  # kept: the numbers it held were derived, but a user may want to compare
         (eval_dir / "results.json").replace(eval_dir / "results.previous.json")
     print(f"[eval] re-analysed {source}: models {', '.join(rows)}; no model loaded")
@@ -219,6 +226,11 @@ def run(cfg: dict, from_predictions: str | Path | None = None, config_path: str 
     warning = splits.balance_warning(examples, test_file)
     if warning:  # harmless for the two-order metrics, but worth knowing
         print(warning)
+    ranking_file = None
+    if ec["ranking"]:  # read and checked before any model loads
+        from dporec import candidates
+        ranking_file = cfg["data"]["ranking_file"] or candidates.default_path(test_file)
+        sets = candidates.load(ranking_file, limit=ec["ranking_max_users"])
     adapters = runs.find_adapters(cfg, config_path)
     eval_dir = runs.prepare_run_dir(runs.stage_dir(cfg, runs.EVAL), cfg, done_marker=runs.MARKERS[runs.EVAL])
     print(f"[eval] {len(examples)} test pairs from {test_file}; models: {', '.join(adapters)}")
@@ -228,6 +240,9 @@ def run(cfg: dict, from_predictions: str | Path | None = None, config_path: str 
     from dporec import scoring
     info = scoring.ScoringInfo()
     rows, seconds = score_all(model, tok, examples, adapters, cfg, info=info)
+    if ranking_file:
+        from dporec import ranking
+        rank_rows, rank_seconds = ranking.score_models(model, tok, sets, adapters, cfg, _active)
     needed = _unquantized_bytes(model, models.compute_dtype(cfg)) if ec["stability"] else 0
     del model  # the 4-bit model goes before a 16-bit copy may be loaded
     models.release_memory()
@@ -242,6 +257,10 @@ def run(cfg: dict, from_predictions: str | Path | None = None, config_path: str 
     results = _analyse(rows, cfg, meta, str(test_file))
     # simple rules on the same pairs (side files beside data.train_file) + each model's personalised subset
     _add_baselines(results, cfg, rows, examples)
+    if ranking_file:
+        rank_base = ranking.baseline_rows(sets, cfg["data"]["train_file"])
+        results["ranking"] = ranking.results(sets, rank_rows, rank_base, rank_seconds, cfg, ranking_file)
+        ranking.write_csv(eval_dir / "ranking.csv", rank_rows, rank_base)
     if ec["stability"]:
         if cfg["model"]["load_in_4bit"]:
             results["stability"] = stability(cfg, backend, examples, adapters, rows, needed)

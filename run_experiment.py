@@ -54,10 +54,12 @@ SFT, DPO, CONTROL, EVAL = runs.SFT, runs.DPO, runs.CONTROL, runs.EVAL
 # Stages
 
 def ensure_data(cfg: dict) -> str:
-    """'skipped' when the three data files exist; otherwise build them from data.source."""
+    """'skipped' when the three data files (and, for eval.ranking, the candidate sets beside them) exist;
+    otherwise build them from data.source (the same seed rebuilds the same splits)."""
     d = cfg["data"]
     files = [Path(d[k]) for k in ("train_file", "val_file", "test_file")]
-    if all(f.is_file() for f in files):
+    ranking = [] if not cfg["eval"]["ranking"] or d["ranking_file"] else [Path(files[2]).parent / "ranking_test.jsonl"]
+    if all(f.is_file() for f in files + ranking):
         return "skipped"
     if not d["source"]:
         missing = ", ".join(str(f) for f in files if not f.is_file())
@@ -71,7 +73,8 @@ def ensure_data(cfg: dict) -> str:
                         f"data.train_file/val_file/test_file at {expected[0]}, {expected[1]}, {expected[2]}")
     from dporec import movielens
     print(f"[data] building {folder} from {d['source']} (seed {cfg['seed']})")
-    summary = movielens.build_from_source(d["source"], folder, seed=cfg["seed"])
+    summary = movielens.build_from_source(d["source"], folder, seed=cfg["seed"],
+                                          ranking_candidates=d["ranking_candidates"])
     print(f"[data] {json.dumps(summary['splits'])}")
     for note in summary.get("notes", []):  # a thesis:FILE source says how its split relates to users
         print(f"[data] {note}")

@@ -28,7 +28,7 @@ Assumptions:
 from __future__ import annotations
 
 from dporec import data as D
-from dporec import health, models, runs, splits, training
+from dporec import completion_logits, health, models, runs, splits, training
 from dporec.config import parse_args, run_main
 
 
@@ -57,6 +57,8 @@ def run(cfg: dict, callbacks=()) -> int:
         from unsloth import PatchDPOTrainer
         PatchDPOTrainer()
     from trl import DPOTrainer
+    if backend == "hf":  # the same trainer without the prompt's vocabulary logits (dporec/completion_logits.py)
+        DPOTrainer = completion_logits.dpo_trainer_class()  # noqa: N806
     # ref_model=None and no peft_config: TRL freezes a copy of the 'default' adapter as 'ref'.
     trainer = DPOTrainer(model=model, ref_model=None, args=training.dpo_config(cfg, out, backend),
                          train_dataset=train_ds, eval_dataset=val_ds, processing_class=tok)

@@ -12,7 +12,7 @@
         --out data/generated/thesis
 
 Writes OUT/train.jsonl, val.jsonl, test.jsonl (users disjoint, answer in position A for half of
-each split) and OUT/summary.json, and prints the summary. Check a file with data/check_dataset.py.
+each split), OUT/ranking_test.jsonl (N rated candidates per test user, for eval.ranking) and OUT/summary.json, and prints the summary. Check a file with data/check_dataset.py.
 With thesis:FILE only --seed, --val-fraction, --test-fraction, --ml1m and --allow-md5-mismatch apply
 (the file's histories and options are already fixed; dporec/thesis.py says how it is split).
 """
@@ -34,6 +34,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="picks targets, negatives, splits and positions")
     p.add_argument("--history-len", type=int, default=5, help="liked movies shown before the pair")
     p.add_argument("--max-per-user", type=int, default=3, help="examples per user at most")
+    p.add_argument("--ranking-candidates", type=int, default=8,
+                   help="movies per test user in ranking_test.jsonl (eval.ranking; 0: no file)")
     p.add_argument("--val-fraction", type=float, default=0.1, help="share of users in val")
     p.add_argument("--test-fraction", type=float, default=0.1, help="share of users in test")
     p.add_argument("--allow-md5-mismatch", action="store_true",
@@ -51,6 +53,10 @@ def print_summary(summary: dict) -> None:
     for name, s in summary["splits"].items():
         kinds = ", ".join(f"{k} {v}" for k, v in s["negative_kinds"].items()) or "-"
         print(f"{name:<6} {s['users']:>6} {s['examples']:>9} {s['A']:>6} {s['B']:>6}  {kinds}")
+    r = summary.get("ranking")
+    if r:
+        left = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in r["left_out"].items())
+        print(f"ranking: {r['users']} test users x {r['candidates_per_user']} rated candidates ({left} left out)")
     print(f"built in {summary['seconds']:.1f} s")
 
 
@@ -66,12 +72,14 @@ def main(argv=None) -> int:
     summary = movielens.build_from_source(
         source, args.out, seed=args.seed, history_len=args.history_len,
         max_examples_per_user=args.max_per_user, val_fraction=args.val_fraction,
-        test_fraction=args.test_fraction, allow_md5_mismatch=args.allow_md5_mismatch)
+        test_fraction=args.test_fraction, ranking_candidates=args.ranking_candidates,
+        allow_md5_mismatch=args.allow_md5_mismatch)
     if summary.get("kind") == "thesis":
         print(thesis.format_summary(summary))
     else:
         print_summary(summary)
-    print(f"wrote {args.out}/train.jsonl, val.jsonl, test.jsonl and summary.json")
+    print(f"wrote {args.out}/train.jsonl, val.jsonl, test.jsonl{', ranking_test.jsonl' if summary.get('ranking') else ''} "
+          f"and summary.json")
     return 0
 
 

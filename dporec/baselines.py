@@ -120,28 +120,36 @@ def _history(ex) -> list[dict]:
     return [{"item_id": None, "genres": g.split("|")} for _, g in _YEAR_GENRES_RE.findall(data.history_text(ex.input))]
 
 
+def genre_counts(history: list[dict]) -> dict[str, int]:
+    """{genre: how many history movies have it}."""
+    counts: dict[str, int] = {}
+    for h in history:
+        for g in set(h["genres"]):
+            counts[g] = counts.get(g, 0) + 1
+    return counts
+
+
+def option_values(history: list[dict], option: dict, side: Side | None) -> dict:
+    """{rule: the rule's number for this movie} given the history ({"item_id", "genres"} each);
+    None where the rule lacks what it needs (no genres, no item ids, no side files)."""
+    counts = genre_counts(history)
+    item, hist_ids = option.get("item_id"), [h["item_id"] for h in history]
+    out = {"genre_overlap": sum(counts.get(g, 0) for g in option["genres"]) if counts else None,
+           "older_year": -option["year"] if option.get("year") else None,
+           "mean_rating": None, "popularity": None, "item_cf": None}
+    if side is not None and item is not None:
+        item = int(item)
+        out.update(mean_rating=side.mean.get(item, side.global_mean), popularity=side.count.get(item, 0))
+        if hist_ids and None not in hist_ids:
+            out["item_cf"] = sum(side.cosine(int(h), item) for h in hist_ids)
+    return out
+
+
 def _values(ex, side: Side | None) -> dict[str, tuple]:
     """{rule: (value of option A, value of option B)}; a rule without what it needs gives None."""
     hist = _history(ex)
-    opts = {L: _option(ex, L) for L in "AB"}
-    counts: dict[str, int] = {}
-    for h in hist:
-        for g in set(h["genres"]):
-            counts[g] = counts.get(g, 0) + 1
-    out = {"genre_overlap": tuple(sum(counts.get(g, 0) for g in opts[L]["genres"]) for L in "AB")
-           if counts else None,
-           "older_year": tuple(-opts[L]["year"] if opts[L]["year"] else None for L in "AB")}
-    ids = [opts[L]["item_id"] for L in "AB"]
-    hist_ids = [h["item_id"] for h in hist]
-    if side is None or None in ids:
-        out.update(mean_rating=None, popularity=None, item_cf=None)
-        return out
-    ids = [int(i) for i in ids]
-    out["mean_rating"] = tuple(side.mean.get(i, side.global_mean) for i in ids)
-    out["popularity"] = tuple(side.count.get(i, 0) for i in ids)
-    out["item_cf"] = (tuple(sum(side.cosine(int(h), i) for h in hist_ids) for i in ids)
-                      if hist_ids and None not in hist_ids else None)
-    return out
+    va, vb = (option_values(hist, _option(ex, L), side) for L in "AB")
+    return {r: None if va[r] is None or vb[r] is None else (va[r], vb[r]) for r in LABELS}
 
 
 def _score(label: str, va, vb) -> float:

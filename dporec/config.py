@@ -68,6 +68,10 @@ SCHEMA: dict[str, Any] = {
         "max_train_examples": F(None, int, NONE),
         "max_val_examples": F(None, int, NONE),
         "max_test_examples": F(None, int, NONE),
+        "ranking_candidates": F(8, int, help="movies per test user in the candidate sets run_experiment.py builds "
+                                             "from data.source (more: a finer ranking, N(N-1) scored questions)"),
+        "ranking_file": F(None, str, NONE, help="candidate sets for eval.ranking; default: ranking_test.jsonl "
+                                                "beside test_file (written by data/prepare_movielens.py)"),
     },
     "train": {  # shared by the SFT and DPO stages
         "batch_size": F(1, int),
@@ -112,6 +116,9 @@ SCHEMA: dict[str, Any] = {
         "generate": F(False, bool),
         "max_new_tokens": F(32, int),
         "stability": F(False, bool),
+        "ranking": F(False, bool, help="also rank N rated candidates per test user from all their pairs "
+                                       "(dporec/ranking.py): Kendall tau-b, NDCG@3, hit@1"),
+        "ranking_max_users": F(None, int, NONE, help="rank the first this many candidate sets only (time)"),
         "bootstrap_samples": F(2000, int),
         "alpha": F(0.05, float),
     },

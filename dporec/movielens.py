@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import UserError, baselines, data
+from . import UserError, baselines, candidates, data
 from .ratings import (COLUMNS, ML1M_MD5, Movie, load_source, read_ml1m,  # noqa: F401  (re-exported)
                       read_recbole_ml100k, recbole_ml100k_dir)
 from .splits import balance, cut, random_balanced_positions
@@ -181,13 +181,18 @@ def _movie_field(item: int, movie: Movie) -> dict:
     return {"item_id": int(item), "title": movie.title, "year": movie.year, "genres": list(movie.genres)}
 
 
+def pair_input(history: list[Movie], a: Movie, b: Movie) -> str:
+    """The `input` text of a pair: the history line, then each option on its own line."""
+    return (f"History: {', '.join(m.display for m in history)}\n"
+            f"Option A: {a.display}.\nOption B: {b.display}.")
+
+
 def _example(user, k, target, target_ts, history, history_ts, negative, kind, movies) -> data.Example:
     """One example with the liked movie as Option A; positions are balanced afterwards."""
     hist = [movies[i] for i in history]
     a, b = movies[target], movies[negative]
     reasons = _reasons(hist, a, b)
-    text = (f"History: {', '.join(m.display for m in hist)}\n"
-            f"Option A: {a.display}.\nOption B: {b.display}.")
+    text = pair_input(hist, a, b)
     history_field = [{**_movie_field(i, m), "timestamp": int(t)} for i, m, t in zip(history, hist, history_ts)]
     return data.Example(
         instruction=data.INSTRUCTION, input=text, output=data.answer_text("A", reasons["A"]), label="A",
@@ -210,8 +215,8 @@ def _check_args(history_len, max_examples_per_user, val_fraction, test_fraction,
 
 
 def _build(ratings, movies, seed, history_len, max_examples_per_user, val_fraction, test_fraction,
-           like_threshold, dislike_threshold) -> tuple[dict[str, list[data.Example]], pd.DataFrame]:
-    """({split: examples}, the training users' ratings as the examples name movies)."""
+           like_threshold, dislike_threshold) -> tuple[dict[str, list[data.Example]], pd.DataFrame, dict]:
+    """({split: examples}, all ratings as the examples name movies, {split: users})."""
     _check_args(history_len, max_examples_per_user, val_fraction, test_fraction, like_threshold,
                 dislike_threshold)
     ratings = _prepare(ratings, movies)
@@ -230,7 +235,7 @@ def _build(ratings, movies, seed, history_len, max_examples_per_user, val_fracti
         splits[split_of[user]].append(_example(user, k[i], item, ts, hist_items[i], hist_ts[i],
                                                negatives[i], kinds[i], movies))
     splits = {s: random_balanced_positions(exs, random.Random(f"{seed}-{s}")) for s, exs in splits.items()}
-    return splits, ratings[ratings["user_id"].isin(split_users["train"])]
+    return splits, ratings, split_users
 
 
 def summarize(splits: dict[str, list[data.Example]]) -> dict:
@@ -246,9 +251,10 @@ def summarize(splits: dict[str, list[data.Example]]) -> dict:
 def build_from_source(source: str, out_dir: str | Path, seed: int = 0, history_len: int = 5,
                       max_examples_per_user: int = 3, val_fraction: float = 0.1, test_fraction: float = 0.1,
                       like_threshold: int = 4, dislike_threshold: int = 2,
-                      allow_md5_mismatch: bool = False) -> dict:
+                      ranking_candidates: int = 8, allow_md5_mismatch: bool = False) -> dict:
     """Write out_dir/{train,val,test}.jsonl, the baselines' side files (dporec.baselines: the training
-    users' ratings) and out_dir/summary.json; return the summary.
+    users' ratings), the test users' candidate sets for ranking (dporec.candidates, ranking_candidates
+    movies each; 0: none) and out_dir/summary.json; return the summary.
 
     A `thesis:FILE[?ml1m=PATH]` source splits a finished thesis-layout file instead (dporec.thesis).
     """
@@ -261,16 +267,21 @@ def build_from_source(source: str, out_dir: str | Path, seed: int = 0, history_l
     params = {"seed": seed, "history_len": history_len, "max_examples_per_user": max_examples_per_user,
               "val_fraction": val_fraction, "test_fraction": test_fraction,
               "like_threshold": like_threshold, "dislike_threshold": dislike_threshold}
-    splits, train_ratings = _build(ratings, movies, **params)
+    splits, prepared, split_users = _build(ratings, movies, **params)
     out = Path(out_dir)
     for s, exs in splits.items():
         data.write_jsonl(out / f"{s}.jsonl", (data.to_record(e) for e in exs))
-    baselines.write_side_files(out, train_ratings, like_threshold)
+    baselines.write_side_files(out, prepared[prepared["user_id"].isin(split_users["train"])], like_threshold)
+    ranking = None
+    if ranking_candidates:
+        sets, ranking = candidates.build(prepared, movies, split_users["test"], ranking_candidates, history_len,
+                                         like_threshold, _rng(seed, "ranking"))
+        candidates.write(out / candidates.FILE, sets)
     per_split = summarize(splits)
     rating_users = int(ratings["user_id"].nunique())
     summary = {"source": str(source), **params, "ratings": len(ratings), "movies": len(movies),
                "rating_users": rating_users,
                "users_without_examples": rating_users - sum(s["users"] for s in per_split.values()),
-               "splits": per_split, "seconds": round(time.perf_counter() - start, 2)}
+               "splits": per_split, "ranking": ranking, "seconds": round(time.perf_counter() - start, 2)}
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary

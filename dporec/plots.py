@@ -86,3 +86,29 @@ def plot_confidence(eval_dir, rows_by_model: dict) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
     return path
+
+
+def plot_ranking(eval_dir, ranking: dict) -> Path:
+    """ranking.png: Kendall tau-b, NDCG@3 and hit@1 per model and available baseline rule, with the
+    user-bootstrap intervals and each metric's chance level (dporec.ranking)."""
+    from .ranking import METRICS
+    rankers = {**ranking["models"], **{f"rule:\n{k}": v for k, v in ranking["baselines"].items()
+                                       if v.get("available", True)}}
+    fig = _figure(3.2 * len(METRICS), 3.6)
+    for ax, m in zip(fig.subplots(1, len(METRICS)), METRICS):
+        vals = np.array([r[m]["mean"] for r in rankers.values()])
+        cis = np.array([r[m]["ci"] for r in rankers.values()], dtype=float)
+        yerr = np.maximum(0, np.vstack([vals - cis[:, 0], cis[:, 1] - vals]))
+        colors = [_MODEL_COLORS.get(n, "#8C8C8C" if n.startswith("rule") else "#55A868") for n in rankers]
+        ax.bar(np.arange(len(rankers)), vals, 0.7, yerr=yerr, capsize=3, color=colors, edgecolor="black",
+               linewidth=0.5)
+        ax.axhline(ranking["chance"][m], color="grey", linestyle="--", linewidth=0.8, label="chance")
+        ax.set_xticks(np.arange(len(rankers)), list(rankers), fontsize=7, rotation=45, ha="right")
+        ax.set_title(m)
+        ax.set_ylim(-1.05 if m == "kendall_tau_b" else 0, 1.05)
+    fig.suptitle(f"Ranking adherence: {ranking['n_users']} users (95% CI, users resampled; dashed: chance)",
+                 fontsize=9)
+    fig.tight_layout()
+    path = Path(eval_dir) / "ranking.png"
+    fig.savefig(path)
+    return path

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import UserError, baselines, metrics, stats
+from . import UserError, baselines, metrics, plots, stats
 from .plots import plot_accuracy, plot_confidence
 
 # predictions.csv columns, in this order; any other keys the scorer adds follow, sorted by name.
@@ -225,6 +225,12 @@ def write_report_md(eval_dir, results: dict) -> Path:
             lines.append(f"| {name} | {_pct(g['valid_rate'])} | {_pct(g['accuracy'])} {_ci(g['accuracy_ci95'])} | "
                          f"{_pct(g['consistency'])} | {_pct(g['first_option_rate'])} |")
     lines += ["", *baselines.markdown(results)] if results.get("baselines") else []
+    if results.get("ranking"):
+        from .ranking import table_lines
+        lines += ["", "## Ranking adherence over N candidates per user", "", "```", *table_lines(results["ranking"]),
+                  "```", "", "Every pair of a user's candidates asked in both option orders; the pairwise "
+                  "preferences ranked by Copeland and compared with the user's ratings (dporec/ranking.py). "
+                  "Intervals: percentile bootstrap over users. Plot: ranking.png."]
     lines += ["", "## SFT vs DPO", ""]
     c = results.get("comparison")
     if c:
@@ -250,6 +256,8 @@ def write_evaluation(eval_dir, results: dict, rows_by_model: dict, predictions: 
         write_predictions(eval_dir, [r for rows in rows_by_model.values() for r in rows])
     plot_accuracy(eval_dir, results)
     plot_confidence(eval_dir, rows_by_model)
+    if results.get("ranking"):
+        plots.plot_ranking(eval_dir, results["ranking"])
     write_report_md(eval_dir, results)
     if results.get("comparison_control"):
         path = Path(eval_dir) / "comparison_control.json"
@@ -268,8 +276,12 @@ def format_table(results: dict) -> str:
                      _pct(m["first_option_rate"]), f"{m['confidence']['mean_margin']:+.2f}"))
     widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
     fmt = lambda r: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+    ranking = []
+    if results.get("ranking"):
+        from .ranking import table_lines
+        ranking = ["", *table_lines(results["ranking"])]
     return "\n".join([fmt(header), "  ".join("-" * w for w in widths)] + [fmt(r) for r in rows]
-                     + baselines.table_lines(results))
+                     + baselines.table_lines(results) + ranking)
 
 
 def format_verdict(results: dict) -> str:

@@ -307,6 +307,80 @@ def pair_logps(model, tokenizer, batch: list[tuple[_Seq, _Seq]],
     return result
 
 
+def _decision_items(examples, tokenizer, fmt: str):
+    """(context ids, A's letter token, B's letter token) per example and order, or None when some
+    answer's decision span does not end at the first token where A and B differ (then the letters
+    alone do not give the decision margin and score_pairs must)."""
+    items = []
+    for a, b in _build_pairs(examples, tokenizer, fmt):
+        split = _common_prefix(a.ids, b.ids)
+        ends = (len(a.prompt_ids) + a.n_decision, len(b.prompt_ids) + b.n_decision)
+        if ends != (split + 1, split + 1):
+            return None
+        items.append((a.ids[:split], a.ids[split], b.ids[split]))
+    return items
+
+
+def _margins_sharing_context(model, tokenizer, items, batch_size: int, info: ScoringInfo | None) -> list[float]:
+    """logp(A letter) - logp(B letter) after each context, the contexts' common prefix run once per batch."""
+    dev, pad = _model_device(model), _pad_id(tokenizer)
+    ctx = [c for c, _, _ in items]
+    shared = min(min(_common_prefix(ctx[0], c) for c in ctx), min(len(c) for c in ctx) - 1)
+    prefix = torch.tensor([ctx[0][:shared]], device=dev)
+    out = []
+    for i in range(0, len(items), batch_size):
+        chunk = items[i:i + batch_size]
+        # the shared prefix once, its cache repeated for every continuation of the batch
+        first, _ = _forward(model, prefix, torch.ones_like(prefix), torch.arange(shared, device=dev)[None], 1,
+                            use_cache=True)
+        cache = first.past_key_values
+        cache.batch_repeat_interleave(len(chunk))
+        # continuations LEFT-padded, so every one's last token (where the letter is predicted) is the last column
+        ids, mask, pos = _pad([c[shared:] for c, _, _ in chunk], pad, left=True)
+        mask = torch.cat([torch.ones(len(chunk), shared, dtype=torch.long), mask], dim=1)
+        _, logits = _forward(model, ids.to(dev), mask.to(dev), (pos + shared).to(dev), 1, past_key_values=cache,
+                             use_cache=True)
+        letters = torch.tensor([[x, y] for _, x, y in chunk], device=dev)
+        lp = _picked_logps(logits[:, -1:].expand(-1, 2, -1), letters)
+        out += (lp[:, 0] - lp[:, 1]).tolist()
+        if info is not None:
+            info.forward_passes += 2
+            info.forward_tokens += shared + ids.numel()
+    return out
+
+
+def decision_margins(model, tokenizer, groups, fmt: str = "alpaca", batch_size: int = 8, desc: str | None = None,
+                     info: ScoringInfo | None = None) -> list[list[tuple[float, float]]]:
+    """For each group of examples (e.g. every pair of one user's candidates: one history), per example
+    (margin in the original order, margin swapped), margin = logp_a - logp_b of the decision, exactly
+    score_pairs' decision score.
+
+    Only the decision is needed, and within a group every prompt starts with the same instruction and
+    history: that common prefix runs once per batch and each example-order adds only its options and
+    the answer up to the letter, whose two candidates are read off one logit. Under Unsloth (no
+    prefix sharing), or for a tokenizer that merges the letter with what follows it, score_pairs does it.
+    """
+    from tqdm.auto import tqdm
+
+    out = []
+    for group in tqdm(groups, desc=desc or "ranking", unit="set", leave=False):
+        items = _decision_items(group, tokenizer, fmt) if can_share_prefix(model) else None
+        if items is None:
+            rows = score_pairs(model, tokenizer, group, fmt, batch_size, info=info)
+            flat = [r["logp_a"] - r["logp_b"] for r in rows]
+        else:
+            was_training = getattr(model, "training", False)
+            model.eval()
+            try:
+                with torch.inference_mode():
+                    flat = _margins_sharing_context(model, tokenizer, items, 4 * batch_size, info)
+            finally:
+                if was_training:
+                    model.train()
+        out.append(list(zip(flat[0::2], flat[1::2])))
+    return out
+
+
 def _run_batches(model, items: list, batch_size: int, length, fn, desc: str | None) -> list:
     """fn(batch) for batches of `batch_size` items, longest first; results in the items' order."""
     from tqdm.auto import tqdm

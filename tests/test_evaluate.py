@@ -45,7 +45,8 @@ def trained_run(tiny_data, tiny_model, tmp_path_factory):
 @pytest.fixture(scope="module")
 def evaluated(trained_run):
     run, args = trained_run
-    rc = evaluate_dpo.main([*args, "eval.generate=true", "eval.max_new_tokens=6", "eval.stability=true"])
+    rc = evaluate_dpo.main([*args, "eval.generate=true", "eval.max_new_tokens=6", "eval.stability=true",
+                            "eval.ranking=true", "eval.ranking_max_users=3"])
     assert rc == 0
     return run / "eval"
 
@@ -85,7 +86,19 @@ def test_predictions_plots_and_report(evaluated):
     assert {r["order"] for r in rows} == {"original", "swapped"}
     for name in ("base", "sft", "dpo"):
         assert sum(r["model"] == name for r in rows) == 2 * n
-    for png in ("accuracy.png", "confidence.png"):
+    rk = res["ranking"]
+    assert rk["n_users"] == 3 and rk["candidates_per_user"] == [8]
+    assert set(rk["models"]) == {"base", "sft", "dpo"} and set(rk["comparison"]) >= {"kendall_tau_b", "ndcg@3", "hit@1"}
+    for m in rk["models"].values():
+        assert -1 <= m["kendall_tau_b"]["mean"] <= 1 and 0 <= m["hit@1"]["mean"] <= 1
+    assert rk["comparison"]["ndcg@3"]["difference"] == pytest.approx(
+        rk["models"]["dpo"]["ndcg@3"]["mean"] - rk["models"]["sft"]["ndcg@3"]["mean"])
+    assert rk["baselines"]["mean_rating"]["kendall_tau_b"]["mean"] is not None
+    with open(evaluated / "ranking.csv", newline="") as f:
+        ranked = list(csv.DictReader(f))
+    assert {r["ranker"] for r in ranked} >= {"base", "sft", "dpo", "mean_rating"}
+    assert "Ranking adherence" in (evaluated / "report.md").read_text()
+    for png in ("accuracy.png", "confidence.png", "ranking.png"):
         assert (evaluated / png).read_bytes()[:4] == b"\x89PNG"
     md = (evaluated / "report.md").read_text()
     assert res["comparison"]["verdict"] in md
