@@ -58,7 +58,8 @@ def ensure_data(cfg: dict) -> str:
     otherwise build them from data.source (the same seed rebuilds the same splits)."""
     d = cfg["data"]
     files = [Path(d[k]) for k in ("train_file", "val_file", "test_file")]
-    ranking = [] if not cfg["eval"]["ranking"] or d["ranking_file"] else [Path(files[2]).parent / "ranking_test.jsonl"]
+    from dporec import candidates
+    ranking = [] if not cfg["eval"]["ranking"] or d["ranking_file"] else [candidates.default_path(files[2])]
     if all(f.is_file() for f in files + ranking):
         return "skipped"
     if not d["source"]:

@@ -133,7 +133,7 @@ def option_values(history: list[dict], option: dict, side: Side | None) -> dict:
     """{rule: the rule's number for this movie} given the history ({"item_id", "genres"} each);
     None where the rule lacks what it needs (no genres, no item ids, no side files)."""
     counts = genre_counts(history)
-    item, hist_ids = option.get("item_id"), [h["item_id"] for h in history]
+    item, hist_ids = option.get("item_id"), [h.get("item_id") for h in history]
     out = {"genre_overlap": sum(counts.get(g, 0) for g in option["genres"]) if counts else None,
            "older_year": -option["year"] if option.get("year") else None,
            "mean_rating": None, "popularity": None, "item_cf": None}
@@ -159,7 +159,7 @@ def _score(label: str, va, vb) -> float:
     return float((va > vb) == (label == "A"))
 
 
-def _why_missing(rule: str, side_reason: str) -> str:
+def why_missing(rule: str, side_reason: str) -> str:
     if rule in ("mean_rating", "popularity", "item_cf") and side_reason:
         return side_reason
     return {"genre_overlap": "the history in the prompt shows no genres",
@@ -178,7 +178,7 @@ def pair_scores(examples, side: Side | None, side_reason: str = "") -> dict[str,
                 missing[rule] = True
             else:
                 per_rule[rule][ex.pair_id] = _score(ex.label, *v)
-    return {r: (_why_missing(r, side_reason) if missing[r] else per_rule[r]) for r in LABELS}
+    return {r: (why_missing(r, side_reason) if missing[r] else per_rule[r]) for r in LABELS}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -46,11 +46,11 @@ def _spread(ratings: np.ndarray, n: int, rng) -> np.ndarray:
 def _one_user(r: pd.DataFrame, n: int, history_len: int, like_threshold: int, rng):
     """(history rows, candidate rows, cutoff time) or the reason the user has no set."""
     ts, liked = r["timestamp"].to_numpy(), (r["rating"] >= like_threshold).to_numpy()
-    start = max(len(r) - POOL_FACTOR * n, 0)
-    while start < len(r):  # move the cutoff later until enough liked movies precede it strictly
-        if (liked & (ts < ts[start])).sum() >= history_len:
-            break
-        start += 1
+    # liked movies rated strictly before each position's time (ts is sorted: same-time ratings do not count)
+    liked_before = np.r_[0, np.cumsum(liked)][np.searchsorted(ts, ts, "left")]
+    # the cutoff: the first of the last 3N positions (or later) with enough liked movies strictly before it
+    ok = np.flatnonzero(liked_before[max(len(r) - POOL_FACTOR * n, 0):] >= history_len)
+    start = max(len(r) - POOL_FACTOR * n, 0) + (int(ok[0]) if ok.size else len(r))
     if len(r) - start < n:
         return "too_few_ratings"
     hist = r[(ts < ts[start]) & liked].tail(history_len)
@@ -59,11 +59,6 @@ def _one_user(r: pd.DataFrame, n: int, history_len: int, like_threshold: int, rn
     if picked["rating"].nunique() < 2:
         return "one_rating_level"
     return hist, picked.iloc[rng.permutation(n)], int(ts[start])
-
-
-def _movie(item: int, movies: dict[int, Movie]) -> dict:
-    m = movies[item]
-    return {"item_id": int(item), "title": m.title, "year": m.year, "genres": list(m.genres)}
 
 
 def build(ratings: pd.DataFrame, movies: dict[int, Movie], users, n: int, history_len: int,
@@ -82,8 +77,8 @@ def build(ratings: pd.DataFrame, movies: dict[int, Movie], users, n: int, histor
         hist, cands, cutoff = got
         records.append({
             "id": f"u{user}-rank", "user_id": str(user), "cutoff_timestamp": cutoff,
-            "history": [{**_movie(i, movies), "timestamp": int(t)} for i, t in zip(hist["item_id"], hist["timestamp"])],
-            "candidates": [{**_movie(i, movies), "rating": int(x)} for i, x in zip(cands["item_id"], cands["rating"])],
+            "history": [{**movies[i].record(i), "timestamp": int(t)} for i, t in zip(hist["item_id"], hist["timestamp"])],
+            "candidates": [{**movies[i].record(i), "rating": int(x)} for i, x in zip(cands["item_id"], cands["rating"])],
         })
     return records, {"users": len(records), "candidates_per_user": n, "left_out": left_out}
 
@@ -130,7 +125,6 @@ def load(path, limit: int | None = None) -> list[dict]:
         ids = [c.get("item_id", c["title"]) for c in rec["candidates"]]
         if len(set(map(str, ids))) != len(ids):
             raise UserError(f"{where}: a movie appears twice in 'candidates'")
-        rec["_source"] = where
         out.append(rec)
         if limit is not None and len(out) >= limit:
             break

@@ -4,8 +4,8 @@ TRL 1.14's DPOTrainer runs the policy and the reference over prompt + answer and
 state of EVERY position into fp32 vocabulary logits, then keeps the answer tokens' log-probs only.
 On the CPU demo (SmolLM2-135M, 49k vocabulary, ~200-token prompts, ~30-token answers) 77% of those
 positions are prompt: per step of 4 pairs that is 394 MiB of logits per forward (policy, reference,
-and the policy's gradient), a logsumexp and an entropy over each, and a fifth of the matmul work
-(benchmarks/profile_dpo_step.py measures it). Nothing about the loss depends on them.
+and the policy's gradient), a logsumexp and an entropy over each. Not computing them makes a demo DPO
+step 26% faster (benchmarks/profile_dpo_step.py, README "Speed"). Nothing about the loss depends on them.
 
 `DPOTrainer` below (the hf backend's trainer; train_dpo.py) gives TRL's `_compute_loss` a batch
 whose columns start one position before the batch's first answer token, and lets the model still

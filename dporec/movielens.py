@@ -177,10 +177,6 @@ def _reasons(history: list[Movie], a: Movie, b: Movie) -> dict[str, str]:
     return {"A": reason_text(history, a, b), "B": reason_text(history, b, a)}
 
 
-def _movie_field(item: int, movie: Movie) -> dict:
-    return {"item_id": int(item), "title": movie.title, "year": movie.year, "genres": list(movie.genres)}
-
-
 def pair_input(history: list[Movie], a: Movie, b: Movie) -> str:
     """The `input` text of a pair: the history line, then each option on its own line."""
     return (f"History: {', '.join(m.display for m in history)}\n"
@@ -193,13 +189,13 @@ def _example(user, k, target, target_ts, history, history_ts, negative, kind, mo
     a, b = movies[target], movies[negative]
     reasons = _reasons(hist, a, b)
     text = pair_input(hist, a, b)
-    history_field = [{**_movie_field(i, m), "timestamp": int(t)} for i, m, t in zip(history, hist, history_ts)]
+    history_field = [{**m.record(i), "timestamp": int(t)} for i, m, t in zip(history, hist, history_ts)]
     return data.Example(
         instruction=data.INSTRUCTION, input=text, output=data.answer_text("A", reasons["A"]), label="A",
         option_a=f"{a.display}.", option_b=f"{b.display}.", reasoning=reasons["A"],
         pair_id=f"u{user}-{k}", user_id=str(user), reasons=reasons,
-        extra={"history": history_field, "option_a": _movie_field(target, a),
-               "option_b": _movie_field(negative, b), "negative_kind": str(kind),
+        extra={"history": history_field, "option_a": a.record(target),
+               "option_b": b.record(negative), "negative_kind": str(kind),
                "target_timestamp": int(target_ts)},
     )
 

@@ -23,6 +23,20 @@ def _figure(width: float, height: float):
     return fig
 
 
+def _yerr(vals: np.ndarray, cis) -> np.ndarray:
+    """Error-bar lengths below and above each value from its (lo, hi) interval."""
+    cis = np.asarray(cis, dtype=float)
+    return np.maximum(0, np.vstack([vals - cis[:, 0], cis[:, 1] - vals]))
+
+
+def _save(fig, eval_dir, name: str) -> Path:
+    fig.tight_layout()
+    path = Path(eval_dir) / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    return path
+
+
 def plot_accuracy(eval_dir, results: dict) -> Path:
     """accuracy.png: per model, bars for original order, swapped order and two-order average, with
     95% intervals from the user-clustered bootstrap (metrics.model_metrics)."""
@@ -38,9 +52,7 @@ def plot_accuracy(eval_dir, results: dict) -> Path:
     x = np.arange(len(models))
     for i, (key, label, alpha) in enumerate(bars):
         vals = np.array([m[key] for m in models.values()])
-        cis = np.array([m[key + "_ci95"] for m in models.values()], dtype=float)
-        yerr = np.maximum(0, np.vstack([vals - cis[:, 0], cis[:, 1] - vals]))
-        ax.bar(x + (i - 1) * width, vals, width, yerr=yerr, capsize=3, label=label,
+        ax.bar(x + (i - 1) * width, vals, width, yerr=_yerr(vals, [m[key + "_ci95"] for m in models.values()]), capsize=3, label=label,
                color="#4C72B0", alpha=alpha, edgecolor="black", linewidth=0.5)
     ax.axhline(0.5, color="grey", linestyle="--", linewidth=0.8, label="chance")
     ax.set_xticks(x, [f"{name}\n(n={m['n_pairs']})" for name, m in models.items()])
@@ -49,11 +61,7 @@ def plot_accuracy(eval_dir, results: dict) -> Path:
     ax.set_ylabel("accuracy (95% CI, " + metrics.bootstrap_label(how or metrics.BY_USERS) + ")")
     ax.set_title("Pairwise ranking accuracy by option order")
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, fontsize=8, frameon=False)
-    fig.tight_layout()
-    path = Path(eval_dir) / "accuracy.png"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    return path
+    return _save(fig, eval_dir, "accuracy.png")
 
 
 def plot_confidence(eval_dir, rows_by_model: dict) -> Path:
@@ -81,11 +89,7 @@ def plot_confidence(eval_dir, rows_by_model: dict) -> Path:
     ax.set_ylabel("decisions (both orders)")
     ax.set_title("Decision confidence")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = Path(eval_dir) / "confidence.png"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    return path
+    return _save(fig, eval_dir, "confidence.png")
 
 
 def plot_ranking(eval_dir, ranking: dict) -> Path:
@@ -97,8 +101,7 @@ def plot_ranking(eval_dir, ranking: dict) -> Path:
     fig = _figure(3.2 * len(METRICS), 3.6)
     for ax, m in zip(fig.subplots(1, len(METRICS)), METRICS):
         vals = np.array([r[m]["mean"] for r in rankers.values()])
-        cis = np.array([r[m]["ci"] for r in rankers.values()], dtype=float)
-        yerr = np.maximum(0, np.vstack([vals - cis[:, 0], cis[:, 1] - vals]))
+        yerr = _yerr(vals, [r[m]["ci"] for r in rankers.values()])
         colors = [_MODEL_COLORS.get(n, "#8C8C8C" if n.startswith("rule") else "#55A868") for n in rankers]
         ax.bar(np.arange(len(rankers)), vals, 0.7, yerr=yerr, capsize=3, color=colors, edgecolor="black",
                linewidth=0.5)
@@ -108,7 +111,4 @@ def plot_ranking(eval_dir, ranking: dict) -> Path:
         ax.set_ylim(-1.05 if m == "kendall_tau_b" else 0, 1.05)
     fig.suptitle(f"Ranking adherence: {ranking['n_users']} users (95% CI, users resampled; dashed: chance)",
                  fontsize=9)
-    fig.tight_layout()
-    path = Path(eval_dir) / "ranking.png"
-    fig.savefig(path)
-    return path
+    return _save(fig, eval_dir, "ranking.png")

@@ -164,21 +164,15 @@ def score_models(model, tok, sets, adapters: dict, cfg: dict, active) -> tuple[d
 def baseline_rows(sets, train_file) -> dict[str, list[dict] | str]:
     """{rule: per-set rows} or {rule: why it is not available}, each rule ranking by its own number."""
     side, side_reason = baselines.find_side(train_file)
+    # per set, per candidate: every rule's number ({rule: value}), computed once
+    values = [[baselines.option_values(s["history"], c, side) for c in s["candidates"]] for s in sets]
     out = {}
     for rule in RULES:
-        rows = []
-        for s in sets:
-            hist = [{"item_id": h.get("item_id"), "genres": list(h["genres"])} for h in s["history"]]
-            values = [baselines.option_values(hist, {"item_id": c.get("item_id"), "year": c.get("year"),
-                                                     "genres": list(c["genres"])}, side)[rule]
-                      for c in s["candidates"]]
-            if None in values:
-                break
-            rows.append({"user_id": s["user_id"], "scores": values, **metrics(values, _ratings(s))})
-        else:
-            out[rule] = rows
+        per_set = [[v[rule] for v in vs] for vs in values]
+        if any(None in v for v in per_set):  # the files lack what the rule needs
+            out[rule] = baselines.why_missing(rule, side_reason)
             continue
-        out[rule] = baselines._why_missing(rule, side_reason)
+        out[rule] = [{"user_id": s["user_id"], "scores": v, **metrics(v, _ratings(s))} for s, v in zip(sets, per_set)]
     return out
 
 

@@ -34,6 +34,10 @@ class Movie(NamedTuple):
         """How the prompt shows a movie: 'Heat (1995) (Action|Crime|Thriller)'."""
         return f"{self.title} ({'|'.join(self.genres)})"
 
+    def record(self, item: int) -> dict:
+        """The structured field records carry for a movie: {"item_id", "title", "year", "genres"}."""
+        return {"item_id": int(item), "title": self.title, "year": self.year, "genres": list(self.genres)}
+
     @property
     def year(self) -> int | None:
         m = re.search(r"\((\d{4})\)\s*$", self.title)

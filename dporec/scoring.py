@@ -362,9 +362,9 @@ def decision_margins(model, tokenizer, groups, fmt: str = "alpaca", batch_size: 
     """
     from tqdm.auto import tqdm
 
-    out = []
+    out, share = [], can_share_prefix(model)
     for group in tqdm(groups, desc=desc or "ranking", unit="set", leave=False):
-        items = _decision_items(group, tokenizer, fmt) if can_share_prefix(model) else None
+        items = _decision_items(group, tokenizer, fmt) if share else None
         if items is None:
             rows = score_pairs(model, tokenizer, group, fmt, batch_size, info=info)
             flat = [r["logp_a"] - r["logp_b"] for r in rows]
