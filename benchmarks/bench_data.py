@@ -10,7 +10,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from dporec import movielens, synthetic
+from dporec.data import sources
+from dporec.data.sources import recbole, synthetic
 
 
 def timed(label: str, fn):
@@ -28,13 +29,13 @@ def describe(summary: dict) -> str:
 def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        if movielens.recbole_ml100k_dir() is None:
+        if recbole.ml100k_dir() is None:
             print("recbole:ml-100k: skipped (recbole is not installed)")
         else:
-            s = timed("build recbole:ml-100k", lambda: movielens.build_from_source("recbole:ml-100k", tmp / "100k"))
+            s = timed("build recbole:ml-100k", lambda: sources.build("recbole:ml-100k", tmp / "100k"))
             print(f"  {describe(s)}")
         folder = timed("write synthetic ML-1M size (6,040 users)", lambda: synthetic.write_ml1m(tmp / "ml-1m"))
-        s = timed("build from the synthetic ml-1m/ folder", lambda: movielens.build_from_source(folder, tmp / "1m"))
+        s = timed("build from the synthetic ml-1m/ folder", lambda: sources.build(folder, tmp / "1m"))
         print(f"  {describe(s)}")
 
 

@@ -32,18 +32,21 @@ import json
 import time
 from pathlib import Path
 
-from dporec import data as D
-from dporec import generation, models, scoring
 from dporec.config import parse_args, run_main
+from dporec.data import records
+from dporec.evaluation import generation, scoring
+from dporec.modeling import adapters, backends
 
 
 def _extra(p):
     p.add_argument("--pairs", type=int, default=16, help="number of test pairs (default 16)")
-    p.add_argument("--adapter", default=None, help="LoRA adapter folder to benchmark instead of the base model")
+    p.add_argument("--adapter", default=None, help="LoRA adapter folder to benchmark "
+                                                   "instead of the base model")
     p.add_argument("--no-precursor", action="store_true", help="skip the slow batch-1 generation run")
     p.add_argument("--no-full-seq", action="store_true", help="skip the full-sequence likelihood reference")
     p.add_argument("--no-generate", action="store_true", help="skip batched generation")
-    p.add_argument("--repeat", type=int, default=1, help="likelihood runs per path, best time kept (default 1)")
+    p.add_argument("--repeat", type=int, default=1, help="likelihood runs per path, "
+                                                         "best time kept (default 1)")
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
 
 
@@ -55,19 +58,19 @@ def _timed(fn):
 
 def main(argv: list[str] | None = None) -> int:
     args, cfg = parse_args(__doc__, argv, extra=_extra)
-    backend = models.resolve_backend(cfg["model"]["backend"])
-    examples = D.load_examples(cfg["data"]["test_file"], limit=args.pairs)
+    backend = backends.resolve_backend(cfg["model"]["backend"])
+    examples = records.load_examples(cfg["data"]["test_file"], limit=args.pairs)
     n = len(examples)
     ec, fmt = cfg["eval"], cfg["data"]["prompt_format"]
     bs, new = ec["batch_size"], ec["max_new_tokens"]
 
-    model, tok = models.load_base(cfg, backend)
+    model, tok = backends.load_base(cfg, backend)
     if args.adapter:
-        model = models.attach_adapters(model, {"bench": args.adapter}, cfg["model"]["name"])
+        model = adapters.attach_adapters(model, {"bench": args.adapter}, cfg["model"]["name"])
     model.eval()
     import torch
     print(f"[bench] {cfg['model']['name']} ({'4-bit' if cfg['model']['load_in_4bit'] else 'unquantized'}, "
-          f"{backend}, {models.device()}, {torch.get_num_threads()} threads); {n} pairs x 2 orders; "
+          f"{backend}, {backends.device()}, {torch.get_num_threads()} threads); {n} pairs x 2 orders; "
           f"batch {bs}; max_new_tokens {new}")
 
     warm = examples[:max(1, min(n, bs // 4))]
@@ -113,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
               + ratios[-1] + " throughput")
     if args.json:
         meta = {"model": cfg["model"]["name"], "load_in_4bit": cfg["model"]["load_in_4bit"], "backend": backend,
-                "device": models.device(), "threads": torch.get_num_threads(), "pairs": n, "batch_size": bs,
+                "device": backends.device(), "threads": torch.get_num_threads(), "pairs": n, "batch_size": bs,
                 "max_new_tokens": new, "adapter": args.adapter}
         Path(args.json).write_text(json.dumps({"meta": meta, "results": results}, indent=2) + "\n")
     return 0

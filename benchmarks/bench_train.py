@@ -19,7 +19,7 @@ What it does, for one model shape and one batch of real-format training data:
      never see it, and per-process CUDA peak memory is then per run) with the thesis settings of
      configs/llama3_8b.yaml (4-bit NF4, LoRA r=16, adamw_8bit, gradient checkpointing) and overrides
      for steps, batch, max length; the child adds one step-timing callback and is otherwise
-     train_sft.run / train_dpo.run unchanged (the timer is a Trainer callback);
+     dporec.training.stages.run_sft / run_dpo unchanged (the timer is a Trainer callback);
   3. evaluation pairs/s with benchmarks/bench_scoring.py (likelihood scoring, both orders) on the DPO
      adapter, per backend, also in its own process;
   4. prints a table and writes <out>/bench_<shape>.json after every run (finished runs in --out are
@@ -239,7 +239,7 @@ def _build_child(shape: str, model_dir: str, tokenizer: str) -> int:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from dporec.local_models import build_tiny_llama
+    from dporec.modeling.local_models import build_tiny_llama
     out = Path(model_dir)
     start = time.perf_counter()
     if shape == "tiny":
@@ -275,10 +275,10 @@ def _build_child(shape: str, model_dir: str, tokenizer: str) -> int:
 
 
 def build_data(out: Path) -> Path:
-    from dporec import movielens
+    from dporec.data import sources
     data_dir = out / "data"
     if not (data_dir / "train.jsonl").is_file():
-        movielens.build_from_source(DATA_SOURCE, data_dir, seed=0)
+        sources.build(DATA_SOURCE, data_dir, seed=0)
     return data_dir
 
 
@@ -286,22 +286,24 @@ def build_data(out: Path) -> Path:
 # Child processes: one training stage with a step timer
 
 def _child_stage(stage: str, timing_file: str, train_argv: list[str]) -> None:
-    """Run train_sft.run / train_dpo.run with a step-timing callback added to its Trainer."""
-    from dporec import models
+    """Run the SFT or DPO stage with a step-timing callback added to its Trainer."""
     from dporec.config import parse_args
-    script = __import__("train_sft" if stage == "sft" else "train_dpo")
+    from dporec.modeling import backends
+    from dporec.training import stages
+    stage_fn = stages.run_sft if stage == "sft" else stages.run_dpo
 
     def run() -> int:
-        cfg = parse_args(script.__doc__, train_argv)[1]
-        models.backend_for(cfg)  # imports Unsloth, when chosen, before the timer imports transformers
-        return script.run(cfg, callbacks=[_step_timer(Path(timing_file))])
+        cfg = parse_args(stage_fn.__doc__, train_argv)[1]
+        backends.backend_for(cfg)  # imports Unsloth, when chosen, before the timer imports transformers
+        return stage_fn(cfg, callbacks=[_step_timer(Path(timing_file))])
     run_main(run)
 
 
 def _step_timer(path: Path):
     import torch
-    from dporec import training
     from transformers import TrainerCallback
+
+    from dporec.training import trainer as training
     cuda = torch.cuda.is_available()
 
     def now():
@@ -482,7 +484,8 @@ def _fmt(x, spec="{:.0f}", none="-"):
 
 
 def print_table(summary: dict) -> None:
-    print(f"\n{summary['shape']} ({summary['model']['n_params'] / 1e6:,.1f}M params) on {summary['gpu']['name']}; "
+    print(f"\n{summary['shape']} ({summary['model']['n_params'] / 1e6:,.1f}M params) on "
+          f"{summary['gpu']['name']}; "
           f"max length {summary['max_length']}, {summary['steps']} steps, warm-up {summary['warmup_steps']}")
     print(f"{'backend':<9}{'batch':<7}{'stage':<6}{'tok/s':>9}{'tok/s(all)':>11}{'peak alloc MB':>14}"
           f"{'reserved+ctx':>13}{'MFU 6N':>8}{'tok/ex':>8}  status")
@@ -497,15 +500,16 @@ def print_table(summary: dict) -> None:
         parts = [f"{k.replace('_unsloth_over_hf', '')} x{v:.2f}" for k, v in q.items() if k.endswith("_over_hf")]
         print(f"unsloth/hf {q['batch']} {q['stage']}: " + ", ".join(parts))
     for e in summary.get("eval", []):
-        print(f"evaluation {e['backend']}: " + (f"{e['pairs_per_s']:.2f} pairs/s ({e['pairs']} pairs, both orders, "
+        print(f"evaluation {e['backend']}: " + (f"{e['pairs_per_s']:.2f} pairs/s ({e['pairs']} "
+                                                "pairs, both orders, "
                                                f"batch {e['batch_size']})" if e.get("status") == "ok" else e["status"]))
     if summary.get("predict_3090_pairs") and not summary["gpu"]["spec"]:
         print(f"\nno RTX 3090 extrapolation: no peak figures for {summary['gpu']['name']!r} (GPU_SPECS)")
     if summary.get("predict_3090"):
         print(f"\nEXTRAPOLATION to an RTX 3090 (not measured): {summary['predict_3090_pairs']} pairs")
         for p in summary["predict_3090"]:
-            fit = "" if "fits_24gb" not in p else (f"; peak {p['peak_mb']:.0f} MB "
-                                                    f"{'fits' if p['fits_24gb'] else 'does NOT fit'} in 24 GiB")
+            fits = "fits" if p.get("fits_24gb") else "does NOT fit"
+            fit = "" if "fits_24gb" not in p else f"; peak {p['peak_mb']:.0f} MB {fits} in 24 GiB"
             print(f"  {p['backend']:<8}{p['batch']:<6}{p['stage']} x{p['epochs']:.0f} epochs: "
                   f"{p['hours_bandwidth_bound']:.1f}-{p['hours_compute_bound']:.1f} h{fit}")
 
@@ -524,14 +528,20 @@ def parse_args(argv):
     p.add_argument("--shape", choices=list(SHAPES), required=True)
     p.add_argument("--backends", default="hf,unsloth", help="comma-separated: hf, unsloth (default both)")
     p.add_argument("--out", required=True, help="folder for data, runs, logs and bench_<shape>.json")
-    p.add_argument("--model-dir", default=None, help="where the model is built/reused (default <out>/models/<shape>)")
-    p.add_argument("--tokenizer", default=None, help="tokenizer folder for small/llama3-8b (default: SmolLM2's when "
-                                                     "prepared in .whl/tokenizer-smollm2 or models/, else a local BPE)")
+    p.add_argument("--model-dir", default=None, help="where the model is built/reused "
+                                                     "(default <out>/models/<shape>)")
+    p.add_argument("--tokenizer", default=None, help="tokenizer folder for small/llama3-8b (default: "
+                                                     "SmolLM2's when prepared in .whl/tokenizer-smollm2 or "
+                                                     "models/, else a local BPE)")
     p.add_argument("--steps", type=int, default=8, help="optimizer steps per stage (default 8)")
-    p.add_argument("--warmup-steps", type=int, default=2, help="steps left out of the steady tokens/s (default 2)")
-    p.add_argument("--batch-sizes", default="1x8,4x2", help="BATCHxACCUM list (default 1x8,4x2: the thesis and a larger batch)")
-    p.add_argument("--max-length", type=int, default=512, help="model.max_seq_length (truncation; default 512)")
-    p.add_argument("--eval-pairs", type=int, default=32, help="test pairs for the evaluation pairs/s (0: skip)")
+    p.add_argument("--warmup-steps", type=int, default=2, help="steps left out of the steady "
+                                                               "tokens/s (default 2)")
+    p.add_argument("--batch-sizes", default="1x8,4x2", help="BATCHxACCUM list (default 1x8,4x2: "
+                                                            "the thesis and a larger batch)")
+    p.add_argument("--max-length", type=int, default=512, help="model.max_seq_length (truncation; "
+                                                               "default 512)")
+    p.add_argument("--eval-pairs", type=int, default=32, help="test pairs for the evaluation "
+                                                              "pairs/s (0: skip)")
     p.add_argument("--eval-batch-size", type=int, default=16)
     p.add_argument("--predict-3090", action="store_true", help="add the RTX 3090 extrapolation")
     p.add_argument("--pairs", type=int, default=5400, help="training pairs for --predict-3090 (default 5400)")

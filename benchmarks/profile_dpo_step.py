@@ -7,7 +7,7 @@
 
 Builds the DPOTrainer exactly as train_dpo.run does (same config, data, adapter, reference), takes
 `--steps` batches from its dataloader and runs training_step on each under torch.profiler
-(--trainer trl: TRL's DPOTrainer as it ships, the baseline for dporec/completion_logits.py). Prints the
+(--trainer trl: TRL's DPOTrainer as it ships, the baseline for dporec/training/dpo_trainer.py). Prints the
 operators that take the time (self CPU time) and allocate the memory, the logits tensor sizes, the
 process's peak RSS (sampled every 5 ms) and the step wall time. Nothing is saved.
 """
@@ -45,37 +45,38 @@ class PeakRSS:
 
 
 def main(argv=None) -> int:
-    from dporec import data as D
-    from dporec import models, runs, training
+    from dporec import compat, runs
     from dporec.config import parse_args
+    from dporec.data import records
+    from dporec.modeling import backends
+    from dporec.training import dpo_trainer, trainer as training
 
     p = argparse.ArgumentParser(add_help=False)
     p.add_argument("--steps", type=int, default=2)
     p.add_argument("--rows", type=int, default=25, help="operators to print")
     p.add_argument("--trainer", choices=("ours", "trl"), default="ours",
-                   help="ours: train_dpo's trainer (answer-only logits, dporec/completion_logits.py); trl: TRL's own")
+                   help="ours: train_dpo's trainer (answer-only logits, "
+                        "dporec/training/dpo_trainer.py); trl: TRL's own")
     own, rest = p.parse_known_args(argv)
     cfg = parse_args(__doc__, rest)[1]
     torch.manual_seed(cfg["seed"])
-    backend = models.backend_for(cfg)
+    backend = backends.backend_for(cfg)
     train_exs, val_exs = training.load_stage_data(cfg)
     adapter = runs.sft_adapter_path(cfg) if cfg["dpo"]["init"] == "sft" else None
-    model, tok = models.load_for_training(cfg, backend, adapter=adapter)
+    model, tok = backends.load_for_training(cfg, backend, adapter=adapter)
     print(f"RSS with the model loaded: {psutil.Process().memory_info().rss / 2**30:.2f} GiB")
     fmt = cfg["data"]["prompt_format"]
-    ds = training.to_dataset(D.to_dpo_rows(train_exs, fmt, tok))
+    ds = training.to_dataset(records.to_dpo_rows(train_exs, fmt, tok))
     import tempfile
 
     from trl import DPOTrainer
-
-    from dporec import completion_logits
-    if own.trainer == "ours" and backend == "hf":
-        DPOTrainer = completion_logits.dpo_trainer_class()  # noqa: N806
+    if own.trainer == "ours":
+        DPOTrainer = dpo_trainer.trainer_class(backend)  # noqa: N806
     with tempfile.TemporaryDirectory() as tmp:
         trainer = DPOTrainer(model=model, ref_model=None, args=training.dpo_config(cfg, tmp, backend),
                              train_dataset=ds, processing_class=tok,
-                             eval_dataset=training.to_dataset(D.to_dpo_rows(val_exs, fmt, tok)))
-        training.adapters_to_fp32(trainer, backend)
+                             eval_dataset=training.to_dataset(records.to_dpo_rows(val_exs, fmt, tok)))
+        compat.adapters_to_fp32(trainer, backend)
         trainer.create_optimizer_and_scheduler(num_training_steps=own.steps + 1)
         trainer.current_gradient_accumulation_steps = 1  # set by Trainer's loop, which is not run here
         batches = iter(trainer.get_train_dataloader())
@@ -84,7 +85,8 @@ def main(argv=None) -> int:
         vocab = model.get_output_embeddings().weight.shape[0]
         n_comp = int(first["completion_mask"].sum())
         print(f"batch: {ids.shape[0]} sequences (chosen + rejected) x {ids.shape[1]} positions, "
-              f"{int(first['attention_mask'].sum())} real tokens of which {n_comp} completion tokens; vocab {vocab}")
+              f"{int(first['attention_mask'].sum())} real tokens of "
+              f"which {n_comp} completion tokens; vocab {vocab}")
         full = ids.numel() * vocab * 4 / 2**20
         print(f"fp32 logits for every position: {full:.0f} MiB per forward (policy and reference each); "
               f"for completion positions only: {n_comp * vocab * 4 / 2**20:.0f} MiB")
@@ -100,7 +102,8 @@ def main(argv=None) -> int:
                 trainer.training_step(trainer.model, batch)
                 walls.append(time.perf_counter() - t)
         print(f"step wall time: {', '.join(f'{w:.1f} s' for w in walls)} (profiler overhead included)")
-        print(f"RSS before the profiled steps {rss0 / 2**30:.2f} GiB, peak during them {peak.peak / 2**30:.2f} GiB")
+        print(f"RSS before the profiled steps {rss0 / 2**30:.2f} GiB, peak during them "
+              f"{peak.peak / 2**30:.2f} GiB")
         table = prof.key_averages()
         print(table.table(sort_by="self_cpu_time_total", row_limit=own.rows, max_name_column_width=40))
         print(table.table(sort_by="self_cpu_memory_usage", row_limit=12, max_name_column_width=40))

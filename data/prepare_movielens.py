@@ -1,4 +1,4 @@
-"""Build train/val/test preference pairs from MovieLens ratings (logic: dporec/movielens.py).
+"""Build train/val/test preference pairs from MovieLens ratings (logic: dporec/data/pairs.py).
 
     # CPU smoke run, no download (synthetic ML-1M-format ratings, 40 users):
     python data/prepare_movielens.py --source synthetic:40 --out data/generated/tiny
@@ -8,28 +8,31 @@
     python data/prepare_movielens.py --source downloads/ml-1m.zip --out data/generated/ml-1m --seed 42
     # the thesis's own finished file (one line per user): split it; with --ml1m, recover each line's user
     python data/prepare_movielens.py --source thesis:contrastive_rec_train.jsonl --out data/generated/thesis
-    python data/prepare_movielens.py --source thesis:contrastive_rec_train.jsonl --ml1m downloads/ml-1m.zip \
+    python data/prepare_movielens.py --source thesis:contrastive_rec_train.jsonl --ml1m downloads/ml-1m.zip \\
         --out data/generated/thesis
 
-Writes OUT/train.jsonl, val.jsonl, test.jsonl (users disjoint, answer in position A for half of
-each split), OUT/ranking_test.jsonl (N rated candidates per test user, for eval.ranking) and OUT/summary.json, and prints the summary. Check a file with data/check_dataset.py.
-With thesis:FILE only --seed, --val-fraction, --test-fraction, --ml1m and --allow-md5-mismatch apply
-(the file's histories and options are already fixed; dporec/thesis.py says how it is split).
+Writes OUT/train.jsonl, val.jsonl, test.jsonl (users disjoint, answer in position A for half of each
+split), OUT/ranking_test.jsonl (N rated candidates per test user, for eval.ranking) and OUT/summary.json,
+and prints the summary. Check a file with data/check_dataset.py. With thesis:FILE only --seed,
+--val-fraction, --test-fraction, --ml1m and --allow-md5-mismatch apply (the file's histories and options
+are already fixed; dporec/data/sources/thesis.py says how it is split).
 """
 import argparse
 from pathlib import Path
 
-from dporec import UserError, movielens, thesis
+from dporec import UserError
 from dporec.config import run_main
+from dporec.data import sources
+from dporec.report.tables import pairs_summary, thesis_summary
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--source", required=True,
-                   help="ml-1m/ folder or ml-1m.zip, recbole:ml-100k, synthetic[:N_USERS], or thesis:FILE "
-                        "(a finished thesis-layout jsonl such as contrastive_rec_train.jsonl)")
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="sources:\n  " + "\n  ".join(sources.help_lines()))
+    p.add_argument("--source", required=True, help=sources.forms())
     p.add_argument("--ml1m", metavar="PATH",
-                   help="with thesis:FILE: ml-1m.zip or folder to recover each line's user id from the ratings")
+                   help="with thesis:FILE: ml-1m.zip or folder to recover "
+                        "each line's user id from the ratings")
     p.add_argument("--out", required=True, type=Path, help="output folder")
     p.add_argument("--seed", type=int, default=0, help="picks targets, negatives, splits and positions")
     p.add_argument("--history-len", type=int, default=5, help="liked movies shown before the pair")
@@ -44,42 +47,23 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def print_summary(summary: dict) -> None:
-    print(f"source {summary['source']}: {summary['ratings']:,} ratings by {summary['rating_users']:,} users "
-          f"on {summary['movies']:,} movies; seed {summary['seed']}, history {summary['history_len']}, "
-          f"at most {summary['max_examples_per_user']} per user; {summary['users_without_examples']:,} users "
-          f"have too few liked movies for an example")
-    print(f"{'split':<6} {'users':>6} {'examples':>9} {'A':>6} {'B':>6}  negatives")
-    for name, s in summary["splits"].items():
-        kinds = ", ".join(f"{k} {v}" for k, v in s["negative_kinds"].items()) or "-"
-        print(f"{name:<6} {s['users']:>6} {s['examples']:>9} {s['A']:>6} {s['B']:>6}  {kinds}")
-    r = summary.get("ranking")
-    if r:
-        left = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in r["left_out"].items())
-        print(f"ranking: {r['users']} test users x {r['candidates_per_user']} rated candidates ({left} left out)")
-    print(f"built in {summary['seconds']:.1f} s")
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.out.is_file() or (args.out.is_dir() and any(args.out.iterdir()) and not args.force):
         raise UserError(f"{args.out} exists and is not empty; choose another --out or pass --force")
     source = args.source
     if args.ml1m:
-        if not source.startswith("thesis:"):
-            raise UserError("--ml1m goes with --source thesis:FILE (an ml-1m source is given as --source itself)")
+        if not sources.is_thesis(source):
+            raise UserError("--ml1m goes with --source thesis:FILE (an "
+                            "ml-1m source is given as --source itself)")
         source = f"{source}?ml1m={args.ml1m}"
-    summary = movielens.build_from_source(
-        source, args.out, seed=args.seed, history_len=args.history_len,
-        max_examples_per_user=args.max_per_user, val_fraction=args.val_fraction,
-        test_fraction=args.test_fraction, ranking_candidates=args.ranking_candidates,
-        allow_md5_mismatch=args.allow_md5_mismatch)
-    if summary.get("kind") == "thesis":
-        print(thesis.format_summary(summary))
-    else:
-        print_summary(summary)
-    print(f"wrote {args.out}/train.jsonl, val.jsonl, test.jsonl{', ranking_test.jsonl' if summary.get('ranking') else ''} "
-          f"and summary.json")
+    summary = sources.build(source, args.out, seed=args.seed, history_len=args.history_len,
+                            max_examples_per_user=args.max_per_user, val_fraction=args.val_fraction,
+                            test_fraction=args.test_fraction, ranking_candidates=args.ranking_candidates,
+                            allow_md5_mismatch=args.allow_md5_mismatch)
+    print(thesis_summary(summary) if summary.get("kind") == "thesis" else pairs_summary(summary))
+    print(f"wrote {args.out}/train.jsonl, val.jsonl, "
+          f"test.jsonl{', ranking_test.jsonl' if summary.get('ranking') else ''} and summary.json")
     return 0
 
 

@@ -1,8 +1,8 @@
-"""Config: a typed YAML schema and the command line (`--config FILE` plus `KEY=VALUE` overrides).
+"""Config: a typed schema whose defaults are the thesis's settings, and the command line.
 
-Every script takes `--config FILE.yaml` plus dotted overrides (`dpo.beta=0.5 seed=3`). Values of
-overrides are parsed as YAML scalars. Unknown keys and wrong types are rejected with the key's name
-and the nearest valid key, so a typo never silently falls back to a default.
+Every script takes `--config FILE.yaml` (what differs from the defaults) plus dotted overrides
+(`dpo.beta=0.5 seed=3`), parsed as YAML scalars. Unknown keys and wrong types are rejected with the
+key's name and the nearest valid key, so a typo never silently falls back to a default.
 """
 from __future__ import annotations
 
@@ -11,13 +11,15 @@ import copy
 import difflib
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 
-from . import UserError
+from dporec import UserError
+from dporec.data import sources, task
 
 
 @dataclass(frozen=True)
@@ -34,103 +36,134 @@ def F(default, *types, choices=None, help=""):
 
 NONE = type(None)
 
-# The schema: every valid key, its default and its type. The YAML files document what each knob
-# trades off; here we only say what it means.
+# The schema: every valid key, its default and its type. The defaults are the thesis's settings
+# (Llama 3 8B in 4-bit NF4, LoRA r=16, SFT then DPO from the SFT adapter); configs/*.yaml hold only
+# what differs from them. Each help says what the knob means and what it trades off.
 SCHEMA: dict[str, Any] = {
-    "output_dir": F("runs/tiny", str, help="run folder; sft/, dpo/ and eval/ go under it"),
-    "seed": F(42, int),
+    "output_dir": F("runs/llama3_8b", str, help="run folder; sft/, dpo/ and eval/ are written under it"),
+    "seed": F(42, int, help="data order, LoRA init, bootstrap; run_experiment.py repeats over `seeds`"),
     "seeds": F(None, list, NONE, help="run_experiment.py: repeat training+evaluation over these seeds"),
     "overwrite": F(False, bool, help="replace a finished run folder instead of refusing"),
     "resume": F(False, bool, help="continue from the last checkpoint in the run folder"),
     "model": {
-        "name": F("models/tiny-llama", str, help="hub id or local folder"),
-        "backend": F("auto", str, choices=("auto", "unsloth", "hf")),
-        "load_in_4bit": F(True, bool),
-        "dtype": F("auto", str, choices=("auto", "bfloat16", "float16", "float32")),
-        "max_seq_length": F(512, int),
+        "name": F("unsloth/llama-3-8b-bnb-4bit", str,
+                  help="hub id or local folder; the default is pre-quantized "
+                       "4-bit (a third of the bf16 download)"),
+        "backend": F("auto", str, choices=("auto", "unsloth", "hf"),
+                     help="auto: Unsloth on a CUDA GPU when installed "
+                          "(faster, leaner), else transformers + PEFT"),
+        "load_in_4bit": F(True, bool, help="NF4 + double quantization: ~0.5 byte "
+                                           "per weight instead of 2 in bf16"),
+        "dtype": F("auto", str, choices=("auto", "bfloat16", "float16", "float32"),
+                   help="auto: bf16 on Ampere+ (RTX 3090, A100), fp16 on T4/V100, fp32 on CPU"),
+        "max_seq_length": F(512, int, help="prompts are ~250 tokens; longer costs memory for nothing. Under "
+                                           "Unsloth a longer sequence would be "
+                                           "cut, so evaluation refuses one"),
         "allow_cpu": F(False, bool, help="with backend=hf: run a GPU-sized model (>= 2B parameters) on a CPU "
-                                         "anyway; otherwise every script refuses it without a CUDA GPU"),
+                                         "anyway, at days per epoch; otherwise every script refuses it"),
     },
     "lora": {
-        "r": F(16, int),
-        "alpha": F(16, int),
-        "dropout": F(0.0, float),
-        "target_modules": F(["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"], list),
+        "r": F(16, int, help="adapter rank: more capacity and memory; 16 is the thesis value"),
+        "alpha": F(16, int, help="scale = alpha / r"),
+        "dropout": F(0.0, float, help="0 lets Unsloth use its fast path"),
+        "target_modules": F(["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+                            list),
     },
     "data": {
         "source": F(None, str, NONE, help="run_experiment.py builds the three files from this when missing: "
-                                          "recbole:ml-100k, synthetic[:N], or an ml-1m folder/zip"),
-        "train_file": F("data/generated/tiny/train.jsonl", str),
-        "val_file": F("data/generated/tiny/val.jsonl", str),
-        "test_file": F("data/generated/tiny/test.jsonl", str),
-        "prompt_format": F("alpaca", str, choices=("alpaca", "chat"),
-                           help="'### Instruction/Input/Response' (thesis) or the tokenizer's chat template"),
-        "max_train_examples": F(None, int, NONE),
-        "max_val_examples": F(None, int, NONE),
-        "max_test_examples": F(None, int, NONE),
-        "ranking_candidates": F(8, int, help="movies per test user in the candidate sets run_experiment.py builds "
-                                             "from data.source (more: a finer ranking, N(N-1) scored questions)"),
-        "ranking_file": F(None, str, NONE, help="candidate sets for eval.ranking; default: ranking_test.jsonl "
-                                                "beside test_file (written by data/prepare_movielens.py)"),
+                                          + sources.forms()),
+        "train_file": F("data/generated/ml1m/train.jsonl", str),
+        "val_file": F("data/generated/ml1m/val.jsonl", str),
+        "test_file": F("data/generated/ml1m/test.jsonl", str),
+        "prompt_format": F("alpaca", str, choices=task.PROMPT_FORMATS,
+                           help="'### Instruction/Input/Response' (thesis) or the "
+                                "tokenizer's chat template (instruct models)"),
+        "max_train_examples": F(None, int, NONE, help="null = all"),
+        "max_val_examples": F(200, int, NONE, help="validation during training costs "
+                                                   "time; 200 pairs show trends"),
+        "max_test_examples": F(None, int, NONE, help="null = all: ~1,200-2,900 pairs are needed to detect "
+                                                     "+2 points (README, statistics)"),
+        "ranking_candidates": F(8, int, help="movies per test user in the candidate sets run_experiment.py "
+                                             "builds from data.source (more: a finer "
+                                             "ranking, N(N-1) scored questions)"),
+        "ranking_file": F(None, str, NONE, help="candidate sets for eval.ranking; default: "
+                                                "ranking_test.jsonl beside test_file (written by "
+                                                "data/prepare_movielens.py)"),
     },
     "train": {  # shared by the SFT and DPO stages
-        "batch_size": F(1, int),
-        "grad_accum": F(8, int),
-        "gradient_checkpointing": F(True, bool),
-        "optim": F("adamw_8bit", str),
+        "batch_size": F(1, int, help="thesis value; larger batches use the GPU better if memory allows"),
+        "grad_accum": F(8, int, help="effective batch = batch_size * grad_accum"),
+        "gradient_checkpointing": F(True, bool, help="recompute activations: slower steps, much less memory"),
+        "optim": F("adamw_8bit", str, help="8-bit Adam states (bitsandbytes, GPU only; adamw_torch on CPU)"),
         "weight_decay": F(0.0, float),
         "warmup_ratio": F(0.03, float),
         "lr_scheduler": F("linear", str),
         "max_grad_norm": F(1.0, float),
         "logging_steps": F(10, int),
-        "eval_steps": F(100, int),
-        "save_steps": F(100, int),
+        "eval_steps": F(100, int, help="validation loss (and DPO reward accuracy) every N optimizer steps"),
+        "save_steps": F(100, int, help="checkpoints for --resume; each holds the adapter and optimizer "
+                                       "state"),
         "save_total_limit": F(2, int),
         "report_to": F("none", str, list, help="TRL/transformers loggers: none, tensorboard, wandb, trackio "
-                                               "(or a list of them)"),
+                                               "(or a list of them; the package must be installed)"),
     },
     "sft": {
         "init_adapter": F(None, str, NONE, help="continue training this adapter instead of a fresh LoRA "
                                                 "(run_experiment.py's compute-matched control arm)"),
         "run_name": F("sft", str, help="folder under output_dir for this SFT run"),
-        "learning_rate": F(2e-4, float),
+        "learning_rate": F(2e-4, float, help="thesis value; standard for QLoRA SFT"),
         "epochs": F(1.0, float),
         "max_steps": F(-1, int, help="> 0 overrides epochs"),
     },
     "dpo": {
         "init": F("sft", str, choices=("sft", "base"),
-                  help="sft: start from the SFT adapter, reference = SFT model; base: fresh LoRA, reference = base"),
+                  help="sft: continue the SFT adapter, reference = frozen SFT model (S-DPO, Zephyr); base: "
+                       "fresh LoRA, reference = base model. Different experiments"),
         "sft_adapter": F(None, str, NONE, help="default: <output_dir>/sft"),
-        "beta": F(0.1, float),
-        "loss_type": F(["sigmoid"], list, str),
-        "loss_weights": F(None, list, NONE),
-        "learning_rate": F(5e-5, float),
-        "epochs": F(3.0, float),
+        "beta": F(0.1, float, help="thesis value; recommendation DPO work (S-DPO, DMPO) uses 1: a larger "
+                                   "beta keeps the policy nearer the reference "
+                                   "and resists likelihood displacement"),
+        "loss_type": F(["sigmoid"], list, str, help="[sigmoid, sft] adds an NLL term "
+                                                    "on the chosen answer (RPO), "
+                                                   "the remedy when logps/chosen falls; also ipo, hinge"),
+        "loss_weights": F(None, list, NONE, help="e.g. [1.0, 1.0] with [sigmoid, sft]"),
+        "learning_rate": F(5e-5, float, help="thesis value; LoRA DPO usually uses 5e-6..1e-5 "
+                                             "(higher rates displace likelihood)"),
+        "epochs": F(3.0, float, help="thesis value; also 3x more training than SFT's 1 epoch: compare "
+                                     "against the compute-matched control arm"),
         "max_steps": F(-1, int),
-        "precompute_ref_log_probs": F(False, bool),
+        "precompute_ref_log_probs": F(False, bool, help="true: one reference pass before training, then no "
+                                                        "reference forward per step"),
     },
     "eval": {
-        "models": F(["base", "sft", "dpo"], list),
+        "models": F(["base", "sft", "dpo"], list, help="base = zero-shot, no adapter"),
         "adapters": F({}, dict, help="extra name: adapter-path pairs to evaluate"),
-        "batch_size": F(8, int),
-        "generate": F(False, bool),
+        "batch_size": F(16, int, help="pairs are scored as padded batches; lower "
+                                      "it if evaluation runs out of memory"),
+        "generate": F(False, bool, help="also generate greedy answers and parse them "
+                                        "(slower; likelihood scoring is the measure)"),
         "max_new_tokens": F(32, int),
-        "stability": F(False, bool),
+        "stability": F(False, bool, help="also score with the base in 16-bit and report 4-bit vs 16-bit "
+                                         "agreement (needs 16-bit weights; a "
+                                         "pre-quantized model.name has none)"),
         "ranking": F(False, bool, help="also rank N rated candidates per test user from all their pairs "
-                                       "(dporec/ranking.py): Kendall tau-b, NDCG@3, hit@1"),
+                                       "(Kendall tau-b, NDCG@3, hit@1; README, Ranking adherence)"),
         "ranking_max_users": F(None, int, NONE, help="rank the first this many candidate sets only (time)"),
         "bootstrap_samples": F(2000, int),
         "alpha": F(0.05, float),
     },
-    "health": {  # dporec/health.py: warnings in metrics.json, the report and the console
+    "health": {  # dporec/training/health.py: warnings in metrics.json, the report and the console
         "max_chosen_logp_drop": F(5.0, float, help="DPO: warn when logps/chosen falls this many nats below "
-                                                   "its first value (likelihood displacement)"),
-        "min_eval_reward_accuracy": F(0.55, float, help="DPO: warn when the last eval rewards/accuracies is below"),
+                                                   "its first value (likelihood displacement); "
+                                                   "lower catches it sooner"),
+        "min_eval_reward_accuracy": F(0.55, float, help="DPO: warn when the last eval rewards/accuracies is "
+                                                        "below (near 0.5 = nothing learned)"),
         "max_eval_loss_rise": F(0.10, float, help="SFT: warn when the last eval loss is this fraction above "
                                                  "its minimum (over-fitting)"),
     },
     "experiment": {
-        "control_arm": F(False, bool, help="also run SFT continued for as many steps as the DPO stage"),
+        "control_arm": F(False, bool, help="also continue SFT for as many steps as DPO takes: separates "
+                                           "'preference signal' from 'more training'"),
         "launcher": F(None, str, NONE, help="run_experiment.py runs the training stages as child processes "
                                             "under this command, e.g. 'accelerate launch --num_processes 2'"),
     },

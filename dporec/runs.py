@@ -1,30 +1,33 @@
-"""The run-folder layout: stage names, finished markers, checkpoints and adapter folders.
+"""The run folder: stage folders, finished markers, checkpoints, adapters, and what a stage recorded.
 
     <output_dir>/sft/          train_sft.py      finished when metrics.json exists
     <output_dir>/dpo/          train_dpo.py      finished when metrics.json exists
     <output_dir>/sft_control/  train_sft.py      (experiment.control_arm) finished when metrics.json exists
     <output_dir>/eval/         evaluate_dpo.py   finished when results.json exists
 
-A training stage folder holding checkpoint-N/ folders but no metrics.json is an unfinished run:
-it is continued with resume=true or started over with overwrite=true, never silently mixed.
-The scripts, run_experiment.py and verify_setup.py all read the layout from here.
+A training stage folder holding checkpoint-N/ folders but no metrics.json is an unfinished run: it is
+continued with resume=true or started over with overwrite=true, never silently mixed. The stages,
+run_experiment.py and verify_setup.py all read the layout from here.
 """
 from __future__ import annotations
 
 import json
 import platform
+import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-from . import UserError
-from .config import save_config
+import yaml
+
+from dporec import ROOT, UserError
+from dporec.config import save_config
 
 SFT, DPO, CONTROL, EVAL = "sft", "dpo", "sft_control", "eval"
 TRAINED_BY = {SFT: "train_sft.py", DPO: "train_dpo.py"}
 MARKERS = {SFT: "metrics.json", DPO: "metrics.json", CONTROL: "metrics.json", EVAL: "results.json"}
-CHECKPOINT_GLOB = "checkpoint-[0-9]*"
+CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 ADAPTER_FILE = "adapter_config.json"
 
 
@@ -54,7 +57,10 @@ def prepare_run_dir(path: Path, cfg: dict, done_marker: str = "metrics.json") ->
 
 
 def checkpoints_in(path: Path) -> list[Path]:
-    return sorted(Path(path).glob(CHECKPOINT_GLOB), key=lambda p: int(p.name.split("-")[1]))
+    """checkpoint-N folders of a stage folder, oldest (smallest N) first."""
+    path = Path(path)
+    found = [p for p in path.iterdir() if p.is_dir() and CHECKPOINT_RE.match(p.name)] if path.is_dir() else []
+    return sorted(found, key=lambda p: int(CHECKPOINT_RE.match(p.name)[1]))
 
 
 def resume_checkpoint(path: Path, cfg: dict) -> str | None:
@@ -63,9 +69,8 @@ def resume_checkpoint(path: Path, cfg: dict) -> str | None:
     Call after prepare_run_dir (which refuses finished runs). A folder holding checkpoints of an
     unfinished run is neither silently continued nor silently mixed with a new run.
     """
-    from transformers.trainer_utils import get_last_checkpoint
-    path = Path(path)
-    last = get_last_checkpoint(str(path)) if path.is_dir() else None
+    found = checkpoints_in(path)
+    last = str(found[-1]) if found else None
     if cfg.get("resume"):
         if last is None:
             raise UserError(f"resume requested, but {path} has no checkpoint-N folder to continue from. "
@@ -89,9 +94,9 @@ def sft_adapter_path(cfg: dict) -> Path:
     """The adapter DPO starts from when dpo.init=sft; a clear error when it has not been trained."""
     path = Path(cfg["dpo"]["sft_adapter"] or stage_dir(cfg, SFT))
     if not has_adapter(path):
-        raise UserError(f"dpo.init=sft needs a trained SFT adapter in {path}, but there is none. Run "
-                        f"python train_sft.py --config <same config> first, point dpo.sft_adapter at one, "
-                        f"or set dpo.init=base.")
+        raise UserError(f"dpo.init=sft needs a trained SFT adapter in {path}, but there is none. Run python "
+                        "train_sft.py --config <same config> first, point "
+                        "dpo.sft_adapter at one, or set dpo.init=base.")
     return path
 
 
@@ -109,7 +114,8 @@ def eval_adapters(cfg: dict, with_control: bool = False) -> dict[str, Path | Non
         elif name in (SFT, DPO):
             found[name] = stage_dir(cfg, name)
         elif name not in extra:
-            raise UserError(f"eval.models: unknown model {name!r}; use base, sft, dpo or a name from eval.adapters")
+            raise UserError(f"eval.models: unknown model {name!r}; use base, "
+                            "sft, dpo or a name from eval.adapters")
     for name, path in extra.items():
         if name == "base" or name in (SFT, DPO) and name in cfg["eval"]["models"]:
             raise UserError(f"eval.adapters: the name {name!r} is taken by a built-in model; choose another")
@@ -127,7 +133,6 @@ def missing_adapter_message(name: str, path: Path, config_path: str) -> str:
 
 def find_adapters(cfg: dict, config_path: str) -> dict[str, Path | None]:
     """eval_adapters, each one present and trained on model.name; fails before any model loads."""
-    from .models import check_adapter
     found = eval_adapters(cfg)
     if not found:
         raise UserError("eval.models is empty and eval.adapters names nothing: nothing to evaluate")
@@ -140,16 +145,90 @@ def find_adapters(cfg: dict, config_path: str) -> dict[str, Path | None]:
     return found
 
 
+def check_adapter(path: str | Path, base_name: str | None = None) -> dict:
+    """An adapter folder's adapter_config.json; a clear error when it is missing or was trained on
+    another base model."""
+    path = Path(path)
+    cfg_file = path / ADAPTER_FILE
+    if not cfg_file.is_file():
+        raise UserError(f"adapter not found: {path} has no {ADAPTER_FILE} (train it first)")
+    acfg = json.loads(cfg_file.read_text())
+    trained_on = acfg.get("base_model_name_or_path")
+    if base_name and trained_on and not _same_model(trained_on, base_name):
+        raise UserError(f"adapter {path} was trained on {trained_on!r}, but model.name is {base_name!r}")
+    return acfg
+
+
+def _same_model(a: str, b: str) -> bool:
+    na, nb = a.rstrip("/"), b.rstrip("/")
+    if na == nb:
+        return True
+    pa, pb = Path(na).expanduser(), Path(nb).expanduser()
+    if pa.exists() and pb.exists():
+        return pa.resolve() == pb.resolve()
+    return Path(na).name == Path(nb).name  # same folder name: moved or a hub id vs its local copy
+
+
+# ---------------------------------------------------------------------------------------------
+# What a finished stage recorded
+
+def read_json(path: Path) -> dict:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise UserError(f"cannot read {path}: {e}") from None
+
+
+def read_yaml(path: Path) -> dict:
+    try:
+        return yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise UserError(f"cannot read {path}: {e}") from None
+
+
+NOT_MATCHABLE = ("the objective (DPO's preference loss on chosen vs rejected answers vs SFT's likelihood of "
+                 "the chosen answer) and the compute per example: a DPO step runs the policy on both "
+                 "answers and the frozen reference on both, about "
+                 "twice the forward/backward work of an SFT step")
+
+
+def stage_facts(folder: Path, stage: str) -> dict | None:
+    """What a finished training stage did (steps, batch, learning rate, schedule, ...) from its config.yaml
+    and metrics.json; None when either is missing. `stage` names the config section of its learning rate."""
+    try:
+        cfg, m = read_yaml(Path(folder) / "config.yaml"), read_json(Path(folder) / "metrics.json")
+    except UserError:
+        return None
+    t = cfg["train"]
+    per_step = t["batch_size"] * t["grad_accum"]
+    return {"optimizer steps": m.get("steps"), "examples per optimizer step": per_step,
+            "examples seen": (m.get("steps") or 0) * per_step, "learning rate": cfg[stage]["learning_rate"],
+            "schedule": t["lr_scheduler"], "warmup ratio": t["warmup_ratio"], "optimizer": t["optim"],
+            "weight decay": t["weight_decay"], "max grad norm": t["max_grad_norm"],
+            "training examples": m.get("n_train"), "seed": cfg["seed"]}
+
+
+def control_matching(dpo_dir: Path, control_dir: Path) -> dict | None:
+    """What the compute-matched control shares with DPO: {"items": [{what, dpo, control, matched}],
+    "matched", "not_matched", "not_matchable"}; None when either stage folder is incomplete."""
+    dpo, ctl = stage_facts(dpo_dir, DPO), stage_facts(control_dir, SFT)
+    if dpo is None or ctl is None:
+        return None
+    items = [{"what": k, "dpo": dpo[k], "control": ctl[k], "matched": dpo[k] == ctl[k]} for k in dpo]
+    return {"items": items, "matched": [i["what"] for i in items if i["matched"]],
+            "not_matched": [i["what"] for i in items if not i["matched"]], "not_matchable": NOT_MATCHABLE}
+
+
 # ---------------------------------------------------------------------------------------------
 # Run metadata
 
 def git_commit() -> str | None:
-    here = Path(__file__).resolve().parent.parent
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                             timeout=5)
         if out.returncode != 0:
             return None
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
                                capture_output=True, text=True, timeout=5).stdout.strip()
         return out.stdout.strip() + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):

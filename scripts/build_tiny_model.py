@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 
 from dporec.config import run_main
-from dporec.local_models import build_tiny_llama, claim_model_dir
+from dporec.modeling.local_models import build_tiny_llama, claim_model_dir
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,37 +7,15 @@ Commands:
     python train_sft.py --config configs/tiny.yaml model.name=models/smollm2-135m-instruct   # use it
 
 Assumptions: the GGUF is Q4_1; its weights are dequantized to fp32 and saved as a plain Llama
-checkpoint (local_models.convert_gguf), which both backends then quantize to NF4 themselves. The folder is
-checked by loading it twice, in 4-bit (the training path) and in fp32, and running one forward pass.
+checkpoint (dporec/modeling/local_models.py), which both backends then quantize to NF4 themselves. The
+folder is checked by loading it twice, in 4-bit (the training path) and in fp32, with one forward pass.
 """
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from dporec import local_models, models
-from dporec.config import load_config, run_main
-
-
-def verify(folder: Path) -> None:
-    """Load the folder in 4-bit (hf backend) and in fp32; both must give finite logits."""
-    import torch
-    for four_bit in (True, False):
-        cfg = load_config(None, [f"model.name={folder}", "model.backend=hf", f"model.load_in_4bit={str(four_bit).lower()}",
-                                 "model.dtype=float32"])
-        model, tok = models.load_base(cfg, "hf")
-        if tok.eos_token_id != model.config.eos_token_id:
-            raise RuntimeError(f"{folder}: tokenizer EOS {tok.eos_token!r} (id {tok.eos_token_id}) is not the "
-                               f"model's eos_token_id {model.config.eos_token_id}")
-        ids = tok("### Response:\nThe better recommendation is Option A.", return_tensors="pt").to(model.device)
-        with torch.no_grad():
-            logits = model(**ids).logits
-        if not torch.isfinite(logits).all():
-            raise RuntimeError(f"{folder}: non-finite logits when loaded with load_in_4bit={four_bit}")
-        kind = "4-bit NF4" if four_bit else "fp32"
-        print(f"[verify] {kind}: {type(model).__name__}, {sum(p.numel() for p in model.parameters()):,} "
-              f"stored parameters, logits {tuple(logits.shape)}")
-        del model
+from dporec.config import run_main
+from dporec.modeling import local_models
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     gguf = local_models.smollm2_gguf_path()
     print(f"converting {gguf} -> {out}")
     local_models.convert_gguf(gguf, out)
-    verify(out)
+    local_models.check_model_folder(out)
     print(f"SmolLM2-135M-Instruct written to {out}")
     return 0
 

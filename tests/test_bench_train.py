@@ -8,14 +8,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from dporec import ROOT, UserError
 
-ROOT = Path(__file__).resolve().parent.parent
 _spec = importlib.util.spec_from_file_location("bench_train", ROOT / "benchmarks" / "bench_train.py")
 bt = importlib.util.module_from_spec(_spec)
 sys.modules["bench_train"] = bt
 _spec.loader.exec_module(bt)
 
-from dporec import UserError  # noqa: E402
 
 
 @pytest.mark.parametrize("name, label, tflops, gbs", [

@@ -8,11 +8,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dporec import UserError
+from dporec import ROOT, UserError
 from dporec.config import SCHEMA, defaults, load_config, parse_args, updated
 from dporec.runs import prepare_run_dir, stage_dir, write_run_info
 
-ROOT = Path(__file__).resolve().parent.parent
 TINY = ROOT / "configs" / "tiny.yaml"
 
 

@@ -9,8 +9,8 @@ import shlex
 
 import pytest
 
-from conftest import ROOT
 from dporec.config import load_config
+from dporec import ROOT
 
 NOTEBOOK = ROOT / "notebooks" / "dpo_vs_sft.ipynb"
 

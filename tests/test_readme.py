@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from dporec.config import load_config
+from dporec import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
 BLOCKS = re.findall(r"```bash\n(.*?)```", README, re.S)
 LINES = [ln.split("#")[0].strip() for b in BLOCKS for ln in b.splitlines() if ln.split("#")[0].strip()]

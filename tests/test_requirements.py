@@ -17,9 +17,9 @@ import pytest
 from packaging.markers import default_environment
 from packaging.requirements import Requirement
 from packaging.version import Version
+from dporec import ROOT
+from dporec.preflight import environment as env
 
-import verify_setup
-from conftest import ROOT
 
 REQUIREMENTS = ROOT / "requirements.txt"
 # pip takes the platform tags literally (no manylinux fallbacks): list every glibc level the CUDA
@@ -30,7 +30,7 @@ PLATFORMS = [f"manylinux_2_{y}_x86_64" for y in (17, 24, 27, 28)] + [
 
 def test_torch_torchvision_xformers_are_pinned_exactly():
     """A range would let pip pick a torch that xformers was not built for (2.14.x is a CUDA 13 build)."""
-    pins = verify_setup.parse_pins(REQUIREMENTS)
+    pins = env.parse_pins(REQUIREMENTS)
     for name in ("torch", "torchvision", "xformers", "unsloth", "unsloth-zoo"):
         spec = list(pins[name].specifier)
         assert len(spec) == 1 and spec[0].operator == "==", f"{name} is not pinned to one version: {pins[name]}"
@@ -41,10 +41,10 @@ def test_torch_torchvision_xformers_are_pinned_exactly():
 
 def test_xformers_mismatch_names_the_cause():
     build = {"version": {"cuda": 1208, "torch": "2.10.0+cu128"}}
-    assert verify_setup.xformers_mismatch(build, "2.10.0+cu128", "12.8") is None
-    assert "libcudart.so.12" in verify_setup.xformers_mismatch(build, "2.14.1+cu130", "13.0")
-    assert "not the set" in verify_setup.xformers_mismatch(build, "2.12.0+cu128", "12.8")
-    assert "CPU-only" in verify_setup.xformers_mismatch(build, "2.13.0+cpu", None)
+    assert env.xformers_mismatch(build, "2.10.0+cu128", "12.8") is None
+    assert "libcudart.so.12" in env.xformers_mismatch(build, "2.14.1+cu130", "13.0")
+    assert "not the set" in env.xformers_mismatch(build, "2.12.0+cu128", "12.8")
+    assert "CPU-only" in env.xformers_mismatch(build, "2.13.0+cpu", None)
 
 
 def _torch_ranges(item: dict) -> list[str]:
@@ -76,7 +76,7 @@ def test_requirements_resolve_to_a_matching_set(python, tmp_path):
                                                     "unsloth-zoo", "nvidia-cuda-runtime-cu12", "transformers",
                                                     "trl", "peft", "bitsandbytes")))
 
-    pins = verify_setup.parse_pins(REQUIREMENTS)
+    pins = env.parse_pins(REQUIREMENTS)
     for name in ("torch", "torchvision", "xformers", "unsloth", "unsloth-zoo", "trl", "transformers"):
         assert pins[name].specifier.contains(version[name]), (name, version[name])
     cuda_runtimes = [n for n in version if n.startswith("nvidia-cuda-runtime-cu")]
@@ -90,7 +90,7 @@ def test_requirements_resolve_to_a_matching_set(python, tmp_path):
                     f"xformers=={version['xformers']}"], check=True, capture_output=True, timeout=600)
     (wheel,) = wheel_dir.glob("xformers-*.whl")
     build = json.loads(zipfile.ZipFile(wheel).read("xformers/cpp_lib.json"))
-    assert verify_setup.xformers_mismatch(build, version["torch"], torch_cuda) is None, (build, version["torch"])
+    assert env.xformers_mismatch(build, version["torch"], torch_cuda) is None, (build, version["torch"])
 
     for name in ("unsloth", "unsloth-zoo", "xformers", "torchvision"):
         for spec in _torch_ranges(items[name]):

@@ -1,0 +1,1 @@
+"""Analysis, numbers only (numpy/scipy): metrics, resampling, the paired comparison, seeds, ranking."""

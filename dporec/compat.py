@@ -1,0 +1,84 @@
+"""Every version-pinned workaround in one place: what it fixes, the pin it was written for, and when it
+can go. Each is harmless where its bug is absent; remove one only after its test passes without it.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from dporec import UserError
+
+
+def disable_cpu_weight_packing(model) -> int:
+    """Keep bitsandbytes 4-bit layers in their training layout on CPU; returns how many were changed.
+
+    Pin: bitsandbytes 0.50.2. On CPUs with AVX512-BF16 it repacks a Linear4bit weight for a faster
+    kernel at its first no-grad forward in eval mode and keeps that layout afterwards; training steps
+    after any evaluation then run through a kernel without an autograd formula, so gradients stop at
+    every 4-bit layer (LoRA gradients off by >100%, with only a torch warning), and unpacking on save
+    re-quantizes the absmax scales, so the frozen base drifts. Remove when
+    tests/modeling/test_qlora_gradients.py passes without it on such a CPU.
+    """
+    n = 0
+    for m in model.modules():
+        if getattr(m, "support_avx512bf16_for_cpu", False):
+            m.support_avx512bf16_for_cpu = False
+            n += 1
+    return n
+
+
+def adapters_to_fp32(trainer, backend: str) -> int:
+    """Keep every LoRA weight (trainable and TRL's frozen 'ref' copy) in fp32; returns how many changed.
+
+    Pin: trl 1.14.0. Its trainers cast the trainable adapter of a 4-bit model to bf16 when built, but a
+    resumed run gets fp32 adapters back (the Trainer reloads the checkpoint through PEFT, which
+    upcasts), so the two halves of a resumed run would train at different precision. fp32 adapters
+    (PEFT's own default) are a few MB. Unsloth manages its own dtypes. Remove when TRL stops casting.
+    """
+    import torch
+    if backend == "unsloth":
+        return 0
+    changed = 0
+    for name, p in trainer.model.named_parameters():
+        if "lora_" in name and p.dtype != torch.float32:
+            p.data = p.data.float()
+            changed += 1
+    return changed
+
+
+def load_trainable_adapter(model, checkpoint: str | Path) -> bool:
+    """Load the checkpoint's trainable ('default') adapter into the model; True if there was one.
+
+    Pin: transformers 5.17.0. Resuming a PeftModel whose checkpoint also holds adapter sub-folders
+    (DPO's frozen ref/), its Trainer reloads only the sub-folders: the policy would silently restart
+    from its initial weights with the optimizer state of step N. Loading it here first is harmless
+    when the Trainer does load it (SFT). Remove when the DPO resume test passes without it.
+    """
+    from peft import PeftModel, set_peft_model_state_dict
+    from safetensors.torch import load_file
+    weights = Path(checkpoint) / "adapter_model.safetensors"
+    if not (isinstance(model, PeftModel) and weights.is_file()):
+        return False
+    result = set_peft_model_state_dict(model, load_file(str(weights)), adapter_name="default")
+    if result.unexpected_keys:
+        raise UserError(f"{weights}: adapter does not fit this model (unexpected keys such as "
+                        f"{result.unexpected_keys[0]}); was the config changed since the checkpoint?")
+    return True
+
+
+def allow_indexed_cpu_storages() -> None:
+    """Let torch.load restore storages tagged "cpu:<rank>".
+
+    Pin: transformers 5.17.0 + accelerate 1.15.0. accelerate names each CPU process's device
+    cpu:<rank>; optimizer states saved in a checkpoint carry that tag, and the Trainer resumes them
+    with map_location=args.device ("cpu:0"), which torch's default restore rejects, so resuming a
+    multi-process CPU run would fail. Remove when tests/training/test_distributed.py resumes without it.
+    """
+    import torch.serialization as ser
+    if getattr(ser, "_dporec_cpu_index", False):
+        return
+
+    def restore(obj, location):
+        return obj.cpu() if isinstance(location, str) and location.startswith("cpu:") else None
+
+    ser.register_package(5, lambda obj: None, restore)
+    ser._dporec_cpu_index = True

@@ -1,0 +1,140 @@
+"""Candidate sets for ranking adherence: N movies one test user rated after a history, and their ratings.
+
+Written by the builder (dporec.data.pairs.build) beside the splits as `ranking_test.jsonl`,
+for TEST users only (the users of test.jsonl: none of them trains), one JSON object per line:
+
+    {"id": "u42-rank", "user_id": "42", "cutoff_timestamp": 881250949,
+     "history":    [{"item_id", "title", "year", "genres", "timestamp"}, ...],   oldest first
+     "candidates": [{"item_id", "title", "year", "genres", "rating"}, ...]}      in random order
+
+For one user, in the user's time order (ties: file order):
+  pool        the user's last `pool_factor * N` ratings (fewer if the history needs the room), all
+              rated at or after the cutoff (the first pool rating's time);
+  history     the `history_len` most recent movies rated >= like_threshold strictly before the cutoff,
+              as in the pair examples, so the prompt looks the same;
+  candidates  N movies from the pool, spread over the rating scale: the pool's rating levels take
+              turns (highest first), each giving one random movie per turn, until N are taken. Ties
+              are allowed; a user whose N candidates all have one rating is left out (no ranking to
+              adhere to), as is one with fewer than N pool movies. The summary counts both.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from dporec import UserError
+from dporec.data.ratings import Movie
+
+FILE = "ranking_test.jsonl"
+POOL_FACTOR = 3  # the pool is the last 3N ratings: recent enough to follow the history, varied enough to rank
+
+
+def _spread(ratings: np.ndarray, n: int, rng) -> np.ndarray:
+    """Indices of n items, rating levels taking turns (highest first), a random item per level and turn."""
+    by_level = {r: list(rng.permutation(np.flatnonzero(ratings == r)))
+                for r in sorted(set(ratings), reverse=True)}
+    picked = []
+    while len(picked) < n:
+        for level in list(by_level):
+            if by_level[level] and len(picked) < n:
+                picked.append(by_level[level].pop())
+    return np.array(picked)
+
+
+def _one_user(r: pd.DataFrame, n: int, history_len: int, like_threshold: int, rng):
+    """(history rows, candidate rows, cutoff time) or the reason the user has no set."""
+    ts, liked = r["timestamp"].to_numpy(), (r["rating"] >= like_threshold).to_numpy()
+    # liked movies rated strictly before each position's time (ts is sorted: same-time ratings do not count)
+    liked_before = np.r_[0, np.cumsum(liked)][np.searchsorted(ts, ts, "left")]
+    # the cutoff: the first of the last 3N positions (or later) with enough liked movies strictly before it
+    ok = np.flatnonzero(liked_before[max(len(r) - POOL_FACTOR * n, 0):] >= history_len)
+    start = max(len(r) - POOL_FACTOR * n, 0) + (int(ok[0]) if ok.size else len(r))
+    if len(r) - start < n:
+        return "too_few_ratings"
+    hist = r[(ts < ts[start]) & liked].tail(history_len)
+    pool = r.iloc[start:]
+    picked = pool.iloc[np.sort(_spread(pool["rating"].to_numpy(), n, rng))]
+    if picked["rating"].nunique() < 2:
+        return "one_rating_level"
+    return hist, picked.iloc[rng.permutation(n)], int(ts[start])
+
+
+def build(ratings: pd.DataFrame, movies: dict[int, Movie], users, n: int, history_len: int,
+          like_threshold: int, rng) -> tuple[list[dict], dict]:
+    """(records, counts) for `users`; `ratings` as dporec.data.ratings.prepare returns them (each user's
+    ratings in time order, one per movie)."""
+    if n < 2:
+        raise UserError(f"ranking candidates: N must be at least 2, got {n}")
+    records, left_out = [], {"too_few_ratings": 0, "one_rating_level": 0}
+    wanted = ratings[ratings["user_id"].isin(set(users))]
+    for user, r in wanted.groupby("user_id", sort=True):
+        got = _one_user(r.reset_index(drop=True), n, history_len, like_threshold, rng)
+        if isinstance(got, str):
+            left_out[got] += 1
+            continue
+        hist, cands, cutoff = got
+        records.append({
+            "id": f"u{user}-rank", "user_id": str(user), "cutoff_timestamp": cutoff,
+            "history": [{**movies[i].record(i), "timestamp": int(t)}
+                        for i, t in zip(hist["item_id"], hist["timestamp"])],
+            "candidates": [{**movies[i].record(i), "rating": int(x)}
+                           for i, x in zip(cands["item_id"], cands["rating"])],
+        })
+    return records, {"users": len(records), "candidates_per_user": n, "left_out": left_out}
+
+
+def write(path: Path, records: list[dict]) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        for rec in records:
+            f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+
+
+def default_path(test_file) -> Path:
+    return Path(test_file).parent / FILE
+
+
+_NEEDED = {"user_id": str, "history": list, "candidates": list}
+_MOVIE = ("title", "genres")
+
+
+def load(path, limit: int | None = None) -> list[dict]:
+    """Candidate sets from `path`, checked: FILE:LINE: field for anything a ranking cannot use."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no candidate-set file (data/prepare_movielens.py writes {FILE} beside the "
+                        f"splits; set data.ranking_file, or eval.ranking=false)")
+    out = []
+    for line_no, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), 1):
+        if not line.strip():
+            continue
+        where = f"{path}:{line_no}"
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise UserError(f"{where}: not valid JSON ({e.msg})") from None
+        for key, kind in _NEEDED.items():
+            if not isinstance(rec.get(key), kind):
+                raise UserError(f"{where}: field '{key}' missing or not a {kind.__name__}")
+        for field in ("history", "candidates"):
+            for k, m in enumerate(rec[field]):
+                if not isinstance(m, dict) or not all(x in m for x in _MOVIE):
+                    raise UserError(f"{where}: {field}[{k}] needs 'title' and 'genres'")
+        ratings = [c.get("rating") for c in rec["candidates"]]
+        if len(ratings) < 2 or not all(isinstance(x, (int, float)) for x in ratings):
+            raise UserError(f"{where}: 'candidates' needs at least 2 movies, each with a numeric 'rating'")
+        ids = [c.get("item_id", c["title"]) for c in rec["candidates"]]
+        if len(set(map(str, ids))) != len(ids):
+            raise UserError(f"{where}: a movie appears twice in 'candidates'")
+        out.append(rec)
+        if limit is not None and len(out) >= limit:
+            break
+    if not out:
+        raise UserError(f"{path}: no candidate sets")
+    return out
+
+
+def movie(m: dict) -> Movie:
+    return Movie(m["title"], tuple(m["genres"]))

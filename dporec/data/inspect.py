@@ -1,0 +1,53 @@
+"""What pair files hold, for data/check_dataset.py: every file loaded and checked, counts per file, and
+users or ids that two files share (a split leak)."""
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+from dporec import UserError
+from dporec.data import records, splits
+
+
+def load_all(paths: list[Path]) -> dict[Path, list[records.Example]]:
+    """Every file's examples; all problems in all files are reported together."""
+    loaded, errors = {}, []
+    for path in paths:
+        try:
+            examples = records.load_examples(path)
+        except UserError as e:
+            errors.append(str(e))
+            continue
+        errors += splits.pair_problems(examples)
+        loaded[path] = examples
+    if errors:
+        raise UserError("\n".join(errors))
+    return loaded
+
+
+def describe(examples: list[records.Example]) -> dict:
+    """Counts of one file: examples, users, A/B balance, negative kinds, layouts, mirrored reasonings."""
+    b = splits.balance(examples)
+    return {**b, "users": len({e.user_id for e in examples if e.user_id is not None}),
+            "negatives": dict(sorted(Counter(e.extra.get("negative_kind", "unrecorded")
+                                             for e in examples).items())),
+            "layouts": dict(sorted(Counter(records.layout(e) for e in examples).items())),
+            "mirrored": sum(records.reasoning_is_mirrored(e) for e in examples)}
+
+
+def leaks(loaded: dict[Path, list[records.Example]]) -> list[str]:
+    """'users: a.jsonl and b.jsonl share N (e.g. ...)' for each pair of files sharing users or ids."""
+    out = []
+    for what, key in (("users", lambda e: e.user_id), ("ids", lambda e: e.pair_id)):
+        out += [f"{what}: {p} and {q} share {len(common)} (e.g. {', '.join(map(str, common[:5]))})"
+                for p, q, common in splits.shared_between(loaded, key)]
+    return out
+
+
+def write_rebalanced(examples: list[records.Example], out: Path) -> dict:
+    """Write a copy with the answer in position A for half (±1) of the examples; never overwrites."""
+    if out.exists():
+        raise UserError(f"{out} exists; --rebalance never overwrites, choose another name")
+    fixed = splits.rebalance(examples)
+    records.write_jsonl(out, (records.to_record(e) for e in fixed))
+    return splits.balance(fixed)

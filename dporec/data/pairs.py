@@ -1,0 +1,241 @@
+"""Pairwise examples from ratings: for one user, a liked target, the history before it and a negative.
+
+Everything in the user's time order (ties: file order):
+  target    a movie the user rated >= like_threshold that has at least `history_len` liked movies
+            rated strictly earlier (so no history item can postdate the target);
+  history   the `history_len` most recent of those earlier liked movies, oldest first;
+  negative  a movie the user rated <= dislike_threshold ("disliked"); for a user with none, one of
+            the movies most rated by training users before the target's time that the user never
+            rated ("unseen_popular").
+Up to `max_examples_per_user` targets per user, drawn at random. Users are split into train/val/test
+(no user in two splits) and each split puts the answer in position A for exactly half (±1) of its
+examples. The reasoning states which of the history's genres each option has (task.genre_reasoning).
+"""
+from __future__ import annotations
+
+import json
+import random
+import time
+import zlib
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from dporec import UserError
+from dporec.data import candidates, records, task
+from dporec.data import ratings as R
+from dporec.data.ratings import Movie
+from dporec.data.splits import balance, cut, random_balanced_positions
+
+SPLITS = ("train", "val", "test")
+POPULAR_POOL = 100  # an "unseen popular" negative is one of the 100 most-rated movies
+
+
+# ---------------------------------------------------------------------------------------------
+# Picking targets, histories and negatives (vectorised: ML-1M has a million ratings)
+
+def _rng(seed: int, purpose: str) -> np.random.Generator:
+    """An independent stream per purpose, so e.g. the user split does not move when the number of
+    examples per user changes."""
+    return np.random.default_rng([seed, zlib.crc32(purpose.encode())])
+
+
+def _pick_targets(ratings, like_threshold, history_len, max_per_user, rng):
+    """Targets (DataFrame: user_id, item_id, timestamp) and their histories ((n, history_len) arrays
+    of item ids and timestamps). `ratings` is sorted by user, then time, then file order."""
+    liked = ratings[ratings["rating"] >= like_threshold].reset_index(drop=True)
+    position = liked.groupby("user_id").cumcount().to_numpy()
+    # liked movies with the same timestamp as this one are not "strictly before" it
+    n_before = position - liked.groupby(["user_id", "timestamp"]).cumcount().to_numpy()
+    eligible = np.flatnonzero(n_before >= history_len)
+    draw = pd.DataFrame({"user_id": liked["user_id"].to_numpy()[eligible], "row": eligible,
+                         "key": rng.random(eligible.size)})
+    draw = draw.sort_values(["user_id", "key"])
+    rows = np.sort(draw[draw.groupby("user_id").cumcount() < max_per_user]["row"].to_numpy())
+    user_start = rows - position[rows]
+    hist_rows = (user_start + n_before[rows] - history_len)[:, None] + np.arange(history_len)
+    targets = liked.loc[rows, ["user_id", "item_id", "timestamp"]].reset_index(drop=True)
+    return targets, liked["item_id"].to_numpy()[hist_rows], liked["timestamp"].to_numpy()[hist_rows]
+
+
+def _pick_negatives(ratings, targets, dislike_threshold, train_users, rng) -> tuple[np.ndarray, np.ndarray]:
+    """(negative item ids, kinds). A user's examples take distinct disliked movies while they last
+    (a random rotation of the user's disliked list); users with none get unseen popular movies."""
+    disliked = ratings[ratings["rating"] <= dislike_threshold]
+    counts = disliked.groupby("user_id").size()
+    per_user = pd.DataFrame({"n": counts, "start": counts.cumsum() - counts,
+                             "offset": rng.integers(0, 1 << 30, counts.size)}, index=counts.index)
+    info = per_user.reindex(targets["user_id"].to_numpy())
+    has = info["n"].notna().to_numpy()
+    n, start, offset = (info[c].to_numpy()[has].astype(np.int64) for c in ("n", "start", "offset"))
+    k = targets.groupby("user_id").cumcount().to_numpy()[has]
+    negatives = np.zeros(len(targets), np.int64)
+    negatives[has] = disliked["item_id"].to_numpy()[start + (offset + k) % n]
+    negatives[~has] = _unseen_popular(ratings, targets[~has], train_users, rng)
+    return negatives, np.where(has, "disliked", "unseen_popular")
+
+
+def _popular_before(ratings, train_users, times) -> list[np.ndarray]:
+    """For each time, item ids by how many training users rated them strictly before it (most first,
+    ties by id). Popularity never counts a test user's ratings, or ratings from the target's future."""
+    train = ratings[ratings["user_id"].isin(train_users)].sort_values("timestamp", kind="stable")
+    items, stamps = train["item_id"].to_numpy(), train["timestamp"].to_numpy()
+    size = int(ratings["item_id"].max()) + 1
+    order = np.argsort(times, kind="stable")
+    counts, done, out = np.zeros(size, np.int64), 0, [None] * len(times)
+    for i in order:  # one pass in time order: each rating is counted once
+        upto = np.searchsorted(stamps, times[i], "left")
+        np.add.at(counts, items[done:upto], 1)
+        done = upto
+        rated = np.flatnonzero(counts)
+        out[i] = rated[np.lexsort((rated, -counts[rated]))]
+    return out
+
+
+def _unseen_popular(ratings, targets, train_users, rng) -> np.ndarray:
+    """For each target row, one of the POPULAR_POOL movies most rated by training users before the
+    target's time that its user never rated (fewer rated ones: all movies training users rated earlier;
+    none: every movie, by training users' ratings at any time). A loop over the few users without a
+    disliked movie, not over ratings."""
+    users, items = ratings["user_id"].to_numpy(), ratings["item_id"].to_numpy()
+    times = targets["timestamp"].to_numpy()
+    before = _popular_before(ratings, train_users, times)
+    train_counts = ratings[ratings["user_id"].isin(train_users)]["item_id"].value_counts()
+    everything = ratings["item_id"].unique()
+    fallback = np.r_[train_counts.index.to_numpy(), np.setdiff1d(everything, train_counts.index.to_numpy())]
+    out = np.zeros(len(targets), np.int64)
+    used: dict[int, list[int]] = {}  # a user's examples take distinct negatives while the pool lasts
+    for row, user in enumerate(targets["user_id"].to_numpy()):
+        rated = items[np.searchsorted(users, user, "left"):np.searchsorted(users, user, "right")]
+        seen = np.r_[rated, used.get(user, [])]
+        unseen = np.array([])
+        for pool in (before[row][:POPULAR_POOL], before[row], fallback):
+            unseen = pool[~np.isin(pool, seen)]
+            if unseen.size == 0:
+                unseen = pool[~np.isin(pool, rated)]
+            if unseen.size:
+                break
+        if unseen.size == 0:
+            raise UserError(f"user {user} rated every movie and none low enough to be a negative")
+        out[row] = rng.choice(unseen)
+        used.setdefault(user, []).append(out[row])
+    return out
+
+
+def _split_users(users: np.ndarray, val_fraction: float, test_fraction: float, rng) -> dict[str, set]:
+    """Users, shuffled, cut into test, val and train: no user in two splits."""
+    return cut(rng.permutation(np.sort(users)), val_fraction, test_fraction)
+
+
+# ---------------------------------------------------------------------------------------------
+# Texts and records
+
+def shared_genres(history: list[Movie], movie: Movie) -> list[str]:
+    """The genres of `movie` that at least one history movie has, in the movie's own order."""
+    seen = {g for m in history for g in m.genres}
+    return [g for g in movie.genres if g in seen]
+
+
+def reason_text(history: list[Movie], x: Movie, y: Movie) -> str:
+    """The reasoning for choosing x over y (the rejected answer's is this with x and y exchanged)."""
+    return task.genre_reasoning(x.display, shared_genres(history, x), y.display, shared_genres(history, y))
+
+
+def pair_input(history: list[Movie], a: Movie, b: Movie) -> str:
+    """The `input` text of a pair in the builder's own-line layout."""
+    return task.own_line_input([m.display for m in history], a.display, b.display)
+
+
+def _example(user, k, target, target_ts, history, history_ts, negative, kind, movies) -> records.Example:
+    """One example with the liked movie as Option A; positions are balanced afterwards."""
+    hist = [movies[i] for i in history]
+    a, b = movies[target], movies[negative]
+    reasons = {"A": reason_text(hist, a, b), "B": reason_text(hist, b, a)}
+    text = pair_input(hist, a, b)
+    history_field = [{**m.record(i), "timestamp": int(t)} for i, m, t in zip(history, hist, history_ts)]
+    return records.Example(
+        instruction=task.INSTRUCTION, input=text, output=task.answer_text("A", reasons["A"]), label="A",
+        option_a=f"{a.display}.", option_b=f"{b.display}.", reasoning=reasons["A"],
+        pair_id=f"u{user}-{k}", user_id=str(user), reasons=reasons,
+        extra={"history": history_field, "option_a": a.record(target),
+               "option_b": b.record(negative), "negative_kind": str(kind),
+               "target_timestamp": int(target_ts)},
+    )
+
+
+def _check_args(history_len, max_examples_per_user, val_fraction, test_fraction, like_threshold,
+                dislike_threshold) -> None:
+    if history_len < 1 or max_examples_per_user < 1:
+        raise UserError("history_len and max_examples_per_user must be at least 1")
+    if min(val_fraction, test_fraction) < 0 or val_fraction + test_fraction >= 1:
+        raise UserError("val_fraction and test_fraction must be >= 0 and sum to less than 1")
+    if dislike_threshold >= like_threshold:
+        raise UserError(f"dislike_threshold ({dislike_threshold}) must "
+                        f"be below like_threshold ({like_threshold})")
+
+
+def _build(ratings, movies, seed, history_len, max_examples_per_user, val_fraction, test_fraction,
+           like_threshold, dislike_threshold) -> tuple[dict[str, list[records.Example]], pd.DataFrame, dict]:
+    """({split: examples}, all ratings as the examples name movies, {split: users})."""
+    _check_args(history_len, max_examples_per_user, val_fraction, test_fraction, like_threshold,
+                dislike_threshold)
+    ratings = R.prepare(ratings, movies)
+    targets, hist_items, hist_ts = _pick_targets(ratings, like_threshold, history_len,
+                                                 max_examples_per_user, _rng(seed, "targets"))
+    if targets.empty:
+        raise UserError(f"no user has a liked movie (rating >= {like_threshold}) preceded by "
+                        f"{history_len} liked movies; lower history_len")
+    split_users = _split_users(targets["user_id"].unique(), val_fraction, test_fraction, _rng(seed, "split"))
+    negatives, kinds = _pick_negatives(ratings, targets, dislike_threshold, split_users["train"],
+                                       _rng(seed, "negatives"))
+    split_of = {u: s for s, users in split_users.items() for u in users}
+    k = targets.groupby("user_id").cumcount().to_numpy()
+    splits = {s: [] for s in SPLITS}
+    for i, (user, item, ts) in enumerate(targets.itertuples(index=False)):
+        splits[split_of[user]].append(_example(user, k[i], item, ts, hist_items[i], hist_ts[i],
+                                               negatives[i], kinds[i], movies))
+    splits = {s: random_balanced_positions(exs, random.Random(f"{seed}-{s}")) for s, exs in splits.items()}
+    return splits, ratings, split_users
+
+
+def summarize(splits: dict[str, list[records.Example]]) -> dict:
+    """Users, examples, A/B counts and negative kinds per split."""
+    out = {}
+    for s, exs in splits.items():
+        b = balance(exs)
+        out[s] = {"users": len({e.user_id for e in exs}), "examples": b["n"], "A": b["A"], "B": b["B"],
+                  "negative_kinds": dict(sorted(Counter(e.extra["negative_kind"] for e in exs).items()))}
+    return out
+
+
+def build(ratings: pd.DataFrame, movies: dict[int, Movie], out_dir: str | Path, source: str, seed: int = 0,
+          history_len: int = 5, max_examples_per_user: int = 3, val_fraction: float = 0.1,
+          test_fraction: float = 0.1, like_threshold: int = 4, dislike_threshold: int = 2,
+          ranking_candidates: int = 8, start: float | None = None) -> dict:
+    """Write out_dir/{train,val,test}.jsonl, the training users' ratings beside them (for the baseline
+    rules), the test users' candidate sets (ranking_candidates movies each; 0: none) and summary.json;
+    return the summary."""
+    start = time.perf_counter() if start is None else start
+    params = {"seed": seed, "history_len": history_len, "max_examples_per_user": max_examples_per_user,
+              "val_fraction": val_fraction, "test_fraction": test_fraction,
+              "like_threshold": like_threshold, "dislike_threshold": dislike_threshold}
+    splits, prepared, split_users = _build(ratings, movies, **params)
+    out = Path(out_dir)
+    for s, exs in splits.items():
+        records.write_jsonl(out / f"{s}.jsonl", (records.to_record(e) for e in exs))
+    R.write_train_ratings(out, prepared[prepared["user_id"].isin(split_users["train"])], like_threshold)
+    ranking = None
+    if ranking_candidates:
+        sets, ranking = candidates.build(prepared, movies, split_users["test"], ranking_candidates,
+                                         history_len, like_threshold, _rng(seed, "ranking"))
+        candidates.write(out / candidates.FILE, sets)
+    per_split = summarize(splits)
+    rating_users = int(ratings["user_id"].nunique())
+    summary = {"source": str(source), **params, "ratings": len(ratings), "movies": len(movies),
+               "rating_users": rating_users,
+               "users_without_examples": rating_users - sum(s["users"] for s in per_split.values()),
+               "splits": per_split, "ranking": ranking, "seconds": round(time.perf_counter() - start, 2)}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary

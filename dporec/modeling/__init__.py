@@ -1,0 +1,1 @@
+"""Modeling: hardware rules, the two backends (Unsloth, transformers + PEFT), adapters, local models."""

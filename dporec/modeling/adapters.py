@@ -1,0 +1,34 @@
+"""Several adapters on one 4-bit base: attach them once, then switch between them (and the bare base)."""
+from __future__ import annotations
+
+from contextlib import nullcontext
+from pathlib import Path
+
+from dporec import runs
+
+
+def attach_adapters(model, adapters: dict[str, str | Path], base_name: str | None = None):
+    """Load several adapters onto one (4-bit) base, for switching with active(...).
+
+    The base is loaded once; each adapter adds only its LoRA weights.
+    """
+    from peft import PeftModel
+    peft_model = None
+    for name, path in adapters.items():
+        runs.check_adapter(path, base_name)
+        if peft_model is None:
+            peft_model = PeftModel.from_pretrained(model, str(path), adapter_name=name)
+        else:
+            peft_model.load_adapter(str(path), adapter_name=name)
+    result = peft_model if peft_model is not None else model
+    result.eval()
+    return result
+
+
+def active(model, name: str, adapters: dict):
+    """Context in which `model` behaves as model `name`: its adapter set, or (path None) the base with
+    every adapter disabled."""
+    if adapters[name] is None:
+        return model.disable_adapter() if hasattr(model, "disable_adapter") else nullcontext()
+    model.set_adapter(name)
+    return nullcontext()

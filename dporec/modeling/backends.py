@@ -1,0 +1,232 @@
+"""Backends: which one runs (unsloth or hf), and loading the 4-bit base and a trainable LoRA with it.
+
+Two backends load the same 4-bit NF4 base and produce the same kind of PEFT LoRA adapter:
+  unsloth - FastLanguageModel (fused kernels, "unsloth" gradient checkpointing); CUDA GPUs only.
+  hf      - transformers + BitsAndBytesConfig (NF4, double quantization) + PEFT; runs anywhere,
+            CPU included (bitsandbytes >= 0.49 has CPU 4-bit kernels).
+`auto` picks unsloth when a CUDA GPU and the package are present, else hf, and says which.
+
+Unsloth patches transformers/trl/peft when imported, so resolve_backend() imports it before any of
+them; nothing in this package imports those libraries at module import time.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import torch
+
+from dporec import UserError, compat, runs
+from dporec.modeling.hardware import check_unsloth_dtype, cuda_capability, dtype_for, refuse_without_gpu
+
+
+def choose_backend(requested: str, has_cuda: bool, has_unsloth: bool,
+                   several: bool = False) -> tuple[str, str]:
+    """(backend, why) for model.backend on a machine with these facts; UserError where it cannot run.
+
+    The rule resolve_backend applies and verify_setup.py reports, without importing anything.
+    Several processes (accelerate launch): the hf path is the one tested with DDP here; Unsloth's
+    multi-GPU route has not been run with these scripts, so it is not chosen silently.
+    """
+    if requested == "auto":
+        backend = "unsloth" if has_cuda and has_unsloth and not several else "hf"
+        why = ("CUDA GPU and unsloth found" if backend == "unsloth" else
+               "no CUDA GPU" if not has_cuda else "unsloth is not installed" if not has_unsloth else
+               "several processes: DDP runs on the hf path")
+        return backend, why
+    if requested == "unsloth":
+        if not has_cuda:
+            raise UserError("model.backend=unsloth needs a CUDA GPU; use "
+                            "model.backend=hf (or auto) on this machine")
+        if not has_unsloth:
+            raise UserError("model.backend=unsloth but unsloth is not installed: "
+                            "pip install -r requirements.txt")
+        if several:
+            raise UserError("model.backend=unsloth under accelerate launch with several processes is not "
+                            "supported by these scripts (untested); use model.backend=hf "
+                            "(or auto) for multi-GPU training")
+        return "unsloth", "as configured"
+    if requested == "hf":
+        return "hf", "as configured"
+    raise UserError(f"model.backend must be auto, unsloth or hf, got {requested!r}")
+
+
+def several_processes() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def resolve_backend(requested: str, verbose: bool = True) -> str:
+    """'auto' | 'unsloth' | 'hf' -> the backend actually used (importing Unsloth first if chosen)."""
+    backend, why = choose_backend(requested, torch.cuda.is_available(),
+                                  importlib.util.find_spec("unsloth") is not None, several_processes())
+    if requested == "auto" and verbose:
+        print(f"[backend] auto -> {backend} ({why})")
+    if backend == "unsloth":
+        import unsloth  # noqa: F401  (must precede trl/transformers/peft: it patches them)
+    return backend
+
+
+def backend_for(cfg: dict) -> str:
+    """What every script calls first: refuse a GPU-sized model without a GPU (before any download),
+    resolve the backend (importing Unsloth first when chosen), and reject dtype settings this GPU or
+    Unsloth cannot run, all before a model is loaded."""
+    refuse_without_gpu(cfg)
+    backend = resolve_backend(cfg["model"]["backend"])
+    capability = cuda_capability()
+    check_unsloth_dtype(cfg, backend, capability)
+    dtype_for(cfg["model"]["dtype"], capability)
+    return backend
+
+
+def release_memory() -> None:
+    """Hand freed model memory back (call after dropping the last reference to a model)."""
+    import gc
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def compute_dtype(cfg: dict, capability=...) -> torch.dtype:
+    """The compute dtype of this config on this machine (capability: pass one to ask about another GPU)."""
+    return dtype_for(cfg["model"]["dtype"], cuda_capability() if capability is ... else capability)
+
+
+def is_local_name(name: str) -> bool:
+    """Whether model.name names a local folder (True) or a hub id (False); the rule both the loader
+    and verify_setup.py apply.
+
+    'org/name' is a hub id, unless its first component is a local folder or this repo's models/
+    (then it is a path, reported missing instead of tried on the hub); './x', '/x', '~/x', anything
+    with more than one '/' and anything that exists on disk is a path.
+    """
+    first = name.split("/", 1)[0]
+    return (name.startswith((".", "/", "~")) or Path(name).expanduser().exists() or name.count("/") > 1
+            or os.sep != "/" and os.sep in name
+            or first == "models" or (first != name and Path(first).is_dir()))
+
+
+def _check_model_name(name: str) -> None:
+    if is_local_name(name) and not Path(name).expanduser().is_dir():
+        hint = " (build it with: make models)" if "models/" in name else ""
+        raise UserError(f"model.name: folder not found: {name}{hint}")
+
+
+def load_tokenizer(name: str):
+    from transformers import AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(name)
+    if tok.pad_token is None:
+        # Llama 3 has no pad token; padding is masked out, so reusing EOS is safe.
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def _hf_load(cfg: dict, name: str):
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+    dtype = compute_dtype(cfg)
+    kwargs = {"dtype": dtype}
+    if cfg["model"]["load_in_4bit"]:
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=dtype)
+    # Under `accelerate launch` each process holds its own copy on its own GPU (DDP).
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    kwargs["device_map"] = {"": local_rank} if torch.cuda.is_available() else {"": "cpu"}
+    return AutoModelForCausalLM.from_pretrained(name, **kwargs)
+
+
+def _unsloth_load(cfg: dict, name: str, **kwargs):
+    """FastLanguageModel.from_pretrained with this config's length and dtype (bf16 at capability >= 8.0)."""
+    from unsloth import FastLanguageModel
+    check_unsloth_dtype(cfg, "unsloth", cuda_capability())
+    model, tok = FastLanguageModel.from_pretrained(
+        model_name=name, max_seq_length=cfg["model"]["max_seq_length"], dtype=compute_dtype(cfg),
+        load_in_4bit=cfg["model"]["load_in_4bit"], **kwargs)
+    problem = unsloth_chat_bos_problem(tok) if cfg["data"]["prompt_format"] == "chat" else None
+    if problem:
+        raise UserError(problem)
+    return model, tok
+
+
+def unsloth_gradient_checkpointing(cfg: dict):
+    """Unsloth's use_gradient_checkpointing value for train.gradient_checkpointing."""
+    return "unsloth" if cfg["train"]["gradient_checkpointing"] else False
+
+
+def unsloth_chat_bos_problem(tok) -> str | None:
+    """Unsloth's SFT data preparation tokenizes without special tokens when the chat template holds
+    the BOS token as literal text; data.format_prompt has already removed the template's BOS, so SFT
+    would then train with no BOS at all while DPO and scoring have one. Refuse that tokenizer."""
+    bos, template = getattr(tok, "bos_token", None), getattr(tok, "chat_template", None) or ""
+    if bos and isinstance(template, str) and bos in template:
+        return ("data.prompt_format=chat under Unsloth: this tokenizer's chat template contains the BOS "
+                f"token {bos!r} as text, so Unsloth's SFT would train without a BOS while DPO and scoring "
+                "use one. Use model.backend=hf, or data.prompt_format=alpaca.")
+    return None
+
+
+def load_base(cfg: dict, backend: str):
+    """The (optionally 4-bit) base model and its tokenizer, frozen."""
+    name = cfg["model"]["name"]
+    _check_model_name(name)
+    if backend == "unsloth":
+        model, tok = _unsloth_load(cfg, name)
+        if tok.pad_token is None:
+            tok.pad_token = tok.eos_token
+    else:
+        model, tok = _hf_load(cfg, name), load_tokenizer(name)
+        compat.disable_cpu_weight_packing(model)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model, tok
+
+
+def lora_config(cfg: dict):
+    from peft import LoraConfig
+    lc = cfg["lora"]
+    return LoraConfig(r=lc["r"], lora_alpha=lc["alpha"], lora_dropout=lc["dropout"],
+                      target_modules=list(lc["target_modules"]), bias="none", task_type="CAUSAL_LM")
+
+
+def load_for_training(cfg: dict, backend: str, adapter: str | Path | None = None):
+    """Base model with a trainable LoRA: fresh (adapter=None) or continued from a saved adapter.
+
+    The trainable adapter is named 'default' in both cases, which is what TRL expects when it
+    builds a frozen 'ref' copy for DPO from an adapter-initialised policy.
+    """
+    gc = cfg["train"]["gradient_checkpointing"]
+    if backend == "unsloth":
+        from unsloth import FastLanguageModel
+        if adapter is not None:
+            # Unsloth loads base + adapter together when given the adapter folder; trainable. Without
+            # use_gradient_checkpointing its default ("unsloth") would ignore train.gradient_checkpointing.
+            model, tok = _unsloth_load(cfg, str(adapter),
+                                       use_gradient_checkpointing=unsloth_gradient_checkpointing(cfg))
+        else:
+            model, tok = _unsloth_load(cfg, cfg["model"]["name"])
+            lc = cfg["lora"]
+            model = FastLanguageModel.get_peft_model(
+                model, r=lc["r"], target_modules=list(lc["target_modules"]), lora_alpha=lc["alpha"],
+                lora_dropout=lc["dropout"], bias="none",
+                use_gradient_checkpointing=unsloth_gradient_checkpointing(cfg), random_state=cfg["seed"])
+        if tok.pad_token is None:
+            tok.pad_token = tok.eos_token
+        return model, tok
+
+    from peft import PeftModel, get_peft_model, prepare_model_for_kbit_training
+    model, tok = load_base(cfg, backend)
+    if cfg["model"]["load_in_4bit"]:
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gc)
+    elif gc:
+        model.gradient_checkpointing_enable()
+        model.enable_input_require_grads()
+    if adapter is not None:
+        runs.check_adapter(adapter, cfg["model"]["name"])
+        model = PeftModel.from_pretrained(model, str(adapter), is_trainable=True)
+    else:
+        model = get_peft_model(model, lora_config(cfg))
+    return model, tok

@@ -1,0 +1,144 @@
+"""report.md of an evaluation and aggregate.md of a run over seeds."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from dporec.analysis.metrics import BY_USERS, bootstrap_label
+from dporec.report.numbers import ci_text, format_p, pct
+from dporec.report.sentences import baseline_clause, comparison_lines, personalised_line
+from dporec.report.tables import ranking_lines, sentence
+
+
+def _models_table(models: dict, block: str | None) -> list[str]:
+    lines = ["| Model | Pairs | Two-order accuracy [95% CI] | Original | Swapped | Both orders | "
+             "Consistency | First-option rate | Mean margin |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, m in models.items():
+        b = m if block is None else m[block]
+        lines.append(f"| {name} | {m['n_pairs']} | {pct(b['accuracy'])} {ci_text(b['accuracy_ci95'])} | "
+                     f"{pct(b['accuracy_original_order'])} | {pct(b['accuracy_swapped_order'])} | "
+                     f"{pct(b['accuracy_both_orders'])} | {pct(b['consistency'])} | "
+                     f"{pct(b['first_option_rate'])} | {b['confidence']['mean_margin']:+.2f} |")
+    return lines
+
+
+def baselines_section(results: dict) -> list[str]:
+    b = results.get("baselines")
+    if not b:
+        return []
+    lines = ["## Baselines on the same test pairs", "",
+             "| Rule | Two-order accuracy [95% CI] |", "|---|---:|"]
+    for v in b.values():
+        lines.append(f"| {v['label']} | {pct(v['accuracy'])} {ci_text(v['ci'])} |" if v["available"]
+                     else f"| {v['label']} | not available: {v['reason']} |")
+    lines += ["", "Each rule picks a movie by a number (mean rating "
+                  "and popularity among training users only; "
+              "genre overlap and co-occurrence with the history in the prompt), the same in both orders; "
+              "a tie counts 0.5. Intervals resample users."]
+    p = personalised_line(results)
+    return lines + (["", p] if p else []) + ["", baseline_clause(results)]
+
+
+def _control(results: dict) -> list[str]:
+    c = results.get("comparison_control")
+    if not c:
+        return []
+    lines = ["", "## DPO vs the compute-matched SFT control", "",
+             "SFT continued from the SFT adapter for as many optimizer steps as DPO took: tells \"DPO beats "
+             "SFT\" apart from \"more training beats less\".", ""]
+    lines += comparison_lines(c) + ["", f"**{sentence(c)}**"]
+    match = results.get("control_arm")
+    if match:
+        lines += ["", "| What | DPO | SFT control | Matched |", "|---|---:|---:|---|"]
+        lines += [f"| {i['what']} | {i['dpo']} | {i['control']} | {'yes' if i['matched'] else 'NO'} |"
+                  for i in match["items"]]
+        lines += ["", f"Not matchable: {match['not_matchable']}."]
+    else:
+        lines += ["", "What the control matches is unknown: its run folder or the DPO run folder "
+                      "(config.yaml, metrics.json) is not there."]
+    return lines
+
+
+def report_md(results: dict) -> str:
+    """report.md: model table, baselines, ranking, SFT-vs-DPO comparison, verdict, control arm, run facts."""
+    models = results["models"]
+    how = bootstrap_label(next(iter(models.values())).get("clustering") or BY_USERS)
+    lines = ["# Evaluation: DPO vs SFT ranking adherence", ""]
+    lines += _models_table(models, None)
+    lines += ["", "Accuracy averages both option orders of every "
+                  f"test pair; intervals: percentile {how} of the "
+              "per-pair scores. Consistency: the same movie is chosen in both orders. Margin: log p(correct "
+              "answer) \u2212 log p(wrong answer) of the decision "
+              "sentence, in nats. Exact ties count as wrong."]
+    if all(m.get("full_answer") for m in models.values()):
+        lines += ["", "## Full-answer scores (decision + reasoning + EOS)", ""]
+        lines += _models_table(models, "full_answer")
+    gen = {name: m["generation"] for name, m in models.items() if m.get("generation")}
+    if gen:
+        lines += ["", "## Generation (parsed free text; invalid outputs count as wrong)", "",
+                  "| Model | Valid outputs | Accuracy [95% CI] | Consistency | First-option rate |",
+                  "|---|---:|---:|---:|---:|"]
+        for name, g in gen.items():
+            acc = f"{pct(g['accuracy'])} {ci_text(g['accuracy_ci95'])}"
+            lines.append(f"| {name} | {pct(g['valid_rate'])} | {acc} | {pct(g['consistency'])} | "
+                         f"{pct(g['first_option_rate'])} |")
+    lines += ["", *baselines_section(results)] if results.get("baselines") else []
+    if results.get("ranking"):
+        lines += ["", "## Ranking adherence over N candidates per user", "", "```",
+                  *ranking_lines(results["ranking"]), "```", "",
+                  "Every pair of a user's candidates asked in both option orders; the pairwise preferences "
+                  "ranked by Copeland and compared with the user's ratings. Intervals: percentile bootstrap "
+                  "over users. Plot: ranking.png."]
+    lines += ["", "## SFT vs DPO", ""]
+    c = results.get("comparison")
+    if c:
+        lines += comparison_lines(c)
+        lines += ["", f"**{sentence(c)}**", "",
+                  "The verdict label compares the point estimates with the 2-point threshold; read it "
+                  "together with the confidence interval and the p-value, which test that same difference."]
+    else:
+        lines.append("No comparison: it needs predictions from both an `sft` and a `dpo` model.")
+    lines += _control(results)
+    meta = {k: v for k, v in (results.get("meta") or {}).items() if isinstance(v, (str, int, float, bool))}
+    if meta:
+        lines += ["", "## Run", ""] + [f"- {k}: {v}" for k, v in meta.items()]
+    return "\n".join(lines) + "\n"
+
+
+def write_report_md(eval_dir, results: dict) -> Path:
+    path = Path(eval_dir) / "report.md"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(report_md(results), encoding="utf-8")
+    return path
+
+
+def _pm(s: dict, as_pct: bool) -> str:
+    if s["mean"] is None:
+        return "n/a"
+    sd = "" if s["sd"] is None else f" ± {(100 if as_pct else 1) * s['sd']:.1f}"
+    return f"{100 * s['mean']:.1f}{sd}%" if as_pct else f"{s['mean']:+.2f}{sd}"
+
+
+def aggregate_markdown(agg: dict) -> str:
+    """aggregate.md: mean ± sd over seeds, each seed's comparison, the pooled comparisons."""
+    keys = list(next(iter(agg["metrics"].values())))
+    lines = [f"# DPO vs SFT over seeds {', '.join(map(str, agg['seeds']))}", "",
+             "Mean ± sample sd over seeds (training seed; same test pairs).", "",
+             "| Model | " + " | ".join(keys) + " |", "|---|" + "---:|" * len(keys)]
+    for m, ms in agg["metrics"].items():
+        lines.append(f"| {m} | " + " | ".join(_pm(ms[k], k != "mean_margin") for k in keys) + " |")
+    lines += ["", "## Per seed", "", "| Seed | SFT | DPO | DPO − SFT [95% CI] | Paired test p | Verdict |",
+              "|---|---:|---:|---:|---:|---|"]
+    for s, r in agg["per_seed"].items():
+        c = r["comparison"]
+        if c:
+            p = "n/a" if c.get("p_value") is None else format_p(c["p_value"])
+            lines.append(f"| {s} | {100 * c['a_accuracy']:.1f}% | {100 * c['b_accuracy']:.1f}% | "
+                         f"{100 * c['difference']:+.1f} [{100 * c['ci95'][0]:+.1f}, "
+                         f"{100 * c['ci95'][1]:+.1f}] | {p} | {c['verdict']} |")
+    for key, title in (("pooled", "Pooled over seeds: DPO vs SFT"),
+                       ("pooled_control", "Pooled over seeds: DPO vs the compute-matched SFT control")):
+        if agg.get(key):
+            lines += ["", f"## {title}", ""] + comparison_lines(agg[key]) + ["", f"**{sentence(agg[key])}**"]
+    lines += ["", f"Note: {agg['note']}."]
+    return "\n".join(lines)

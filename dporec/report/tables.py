@@ -1,0 +1,157 @@
+"""Console tables and blocks: the models, the baselines, the ranking, the verdict, and the data summaries."""
+from __future__ import annotations
+
+from dporec.analysis.ranking import METRICS as RANKING_METRICS
+from dporec.report.numbers import ci_text, format_p, pct
+from dporec.report.sentences import baseline_clause, comparison_lines, personalised_line, verdict_sentence
+
+
+def sentence(comparison: dict) -> str:
+    return comparison.get("sentence") or verdict_sentence(comparison)
+
+
+def baseline_lines(results: dict) -> list[str]:
+    """One line per baseline (accuracy, user-clustered 95% CI), then the personalised subset."""
+    b = results.get("baselines")
+    if not b:
+        return []
+    n = next(iter(b.values()))["n_pairs"]
+    width = max(len(v["label"]) for v in b.values())
+    lines = [f"baselines on the same {n:,} test pairs (rules on "
+             "movies, same choice in both orders; tie = 0.5)"]
+    for v in b.values():
+        tail = (f"{pct(v['accuracy']):>6}  {ci_text(v['ci'])}" if v["available"]
+                else f"{'n/a':>6}  ({v['reason']})")
+        lines.append(f"  {v['label']:<{width}}  {tail}")
+    p = personalised_line(results)
+    return lines + ([p] if p else [])
+
+
+def _ranking_cell(s: dict, m: str) -> str:
+    x = s[m]
+    if m == "kendall_tau_b":
+        return f"{x['mean']:+.3f} [{x['ci'][0]:+.3f}, {x['ci'][1]:+.3f}]"
+    return f"{pct(x['mean'])} {ci_text(x['ci'])}"
+
+
+def _ranking_cells(s: dict, widths) -> str:
+    return " ".join(f"{_ranking_cell(s, m):>{w}}" for m, w in zip(RANKING_METRICS, widths))
+
+
+def ranking_lines(r: dict) -> list[str]:
+    """One row per model and available baseline, then chance, then DPO - SFT."""
+    widths = (26, 20, 20)
+    head = f"{'ranker':<50} {'Kendall tau-b':>26} {'NDCG@3':>20} {'hit@1':>20}"
+    lines = [f"Ranking adherence: {r['n_users']} test users x {'/'.join(map(str, r['candidates_per_user']))} "
+             f"candidates, {r['method']}", head]
+    for name, s in r["models"].items():
+        lines.append(f"{name:<50} " + _ranking_cells(s, widths))
+    for s in r["baselines"].values():
+        label = f"rule: {s['label']}"[:50]
+        if s.get("available", True):
+            lines.append(f"{label:<50} " + _ranking_cells(s, widths))
+        else:
+            lines.append(f"{label:<50} not available: {s['reason']}")
+    c = r["chance"]
+    lines.append(f"{'chance (random order)':<50} {c['kendall_tau_b']:>+26.3f} "
+                 f"{pct(c['ndcg@3']):>20} {pct(c['hit@1']):>20}")
+    if "comparison" in r:
+        parts = []
+        for m in RANKING_METRICS:
+            x = r["comparison"][m]
+            scale, fmt = (1, "+.3f") if m == "kendall_tau_b" else (100, "+.1f")
+            d, lo, hi = (round(scale * v, 6) + 0.0 for v in (x["difference"], *x["ci"]))
+            parts.append(f"{m} {d:{fmt}} [{lo:{fmt}}, {hi:{fmt}}], {format_p(x['p_value'])}")
+        lines.append("DPO - SFT per user (paired sign-flip test; NDCG and hit in points): "
+                     + "; ".join(parts))
+    return lines
+
+
+def format_table(results: dict) -> str:
+    """Fixed-width plain-text table of the per-model metrics, then baselines and ranking, for the console."""
+    header = ("model", "pairs", "acc", "95% CI", "orig", "swap", "both", "consist", "first-A", "margin")
+    rows = []
+    for name, m in results["models"].items():
+        rows.append((name, str(m["n_pairs"]), pct(m["accuracy"]), ci_text(m["accuracy_ci95"]),
+                     pct(m["accuracy_original_order"]), pct(m["accuracy_swapped_order"]),
+                     pct(m["accuracy_both_orders"]), pct(m["consistency"]),
+                     pct(m["first_option_rate"]), f"{m['confidence']['mean_margin']:+.2f}"))
+    widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
+
+    def fmt(r):
+        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+
+    ranking = ["", *ranking_lines(results["ranking"])] if results.get("ranking") else []
+    return "\n".join([fmt(header), "  ".join("-" * w for w in widths)] + [fmt(r) for r in rows]
+                     + baseline_lines(results) + ranking)
+
+
+def format_verdict(results: dict) -> str:
+    """Console block: the SFT-vs-DPO comparison, the verdict, the baseline clause, the control arm."""
+    c = results.get("comparison")
+    rule = "=" * 72
+    if not c:
+        return "\n".join([rule, "No SFT-vs-DPO comparison (needs both 'sft' and 'dpo' predictions).", rule])
+    lines = [rule, "SFT vs DPO"] + comparison_lines(c) + ["", sentence(c)]
+    if results.get("baselines"):
+        lines += [baseline_clause(results)]
+    cc = results.get("comparison_control")
+    if cc:
+        lines += ["", "Compute-matched control (SFT continued for as many steps as DPO) vs DPO:",
+                  sentence(cc)]
+        match = results.get("control_arm")
+        if match:
+            missed = f"; NOT matched: {', '.join(match['not_matched'])}" if match["not_matched"] else ""
+            lines.append(f"Matched: {', '.join(match['matched'])}{missed}")
+    return "\n".join(lines + [rule])
+
+
+# ---------------------------------------------------------------------------------------------
+# Data summaries (data/prepare_movielens.py)
+
+def pairs_summary(summary: dict) -> str:
+    """The console report of a build from ratings."""
+    lines = [f"source {summary['source']}: {summary['ratings']:,} ratings by {summary['rating_users']:,} "
+             f"users on {summary['movies']:,} movies; seed {summary['seed']}, history "
+             f"{summary['history_len']}, at most {summary['max_examples_per_user']} per user; "
+             f"{summary['users_without_examples']:,} users have too few liked movies for an example",
+             f"{'split':<6} {'users':>6} {'examples':>9} {'A':>6} {'B':>6}  negatives"]
+    for name, s in summary["splits"].items():
+        kinds = ", ".join(f"{k} {v}" for k, v in s["negative_kinds"].items()) or "-"
+        lines.append(f"{name:<6} {s['users']:>6} {s['examples']:>9} {s['A']:>6} {s['B']:>6}  {kinds}")
+    r = summary.get("ranking")
+    if r:
+        left = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in r["left_out"].items())
+        lines.append(f"ranking: {r['users']} test users x {r['candidates_per_user']} "
+                     f"rated candidates ({left} left out)")
+    lines.append(f"built in {summary['seconds']:.1f} s")
+    return "\n".join(lines)
+
+
+def thesis_summary(summary: dict) -> str:
+    """The console report of a thesis-file split."""
+    a = summary["answers_in_file"]
+    layouts = ", ".join(f"{k} {v:,}" for k, v in summary["layouts"].items())
+    lines = [f"thesis file {summary['file']}: {summary['lines']:,} lines (options {layouts}); answer A in "
+             f"{a['A']:,}, B in {a['B']:,}; seed {summary['seed']}",
+             f"{'split':<6} {'users':>6} {'examples':>9} {'A':>6} {'B':>6}"]
+    lines += [f"{name:<6} {s['users']:>6} {s['examples']:>9} {s['A']:>6} {s['B']:>6}"
+              for name, s in summary["splits"].items()]
+    lines += summary["notes"]
+    lines.append(f"built in {summary['seconds']:.1f} s")
+    return "\n".join(lines)
+
+
+def dataset_lines(path, d: dict) -> list[str]:
+    """data/check_dataset.py's report of one file (data.inspect.describe)."""
+    lines = [f"{path}: {d['n']} examples, {d['users'] or 'unknown'} users, duplicate ids: none",
+             f"  answer in position A: {d['A']} ({100 * d['a_fraction']:.1f}%), B: {d['B']}",
+             "  negatives: " + ", ".join(f"{k} {v}" for k, v in d["negatives"].items()),
+             "  options: " + ", ".join(f"{k} {v}" for k, v in d["layouts"].items())
+             + " (inline = the thesis's one-line layout)",
+             f"  DPO rejected answers: {d['mirrored']} with the reasoning mirrored to the other option, "
+             f"{d['n'] - d['mirrored']} decision sentence only (free-text reasoning, see README)"]
+    if not d["users"] and d["layouts"].get("inline"):
+        lines.append(f"  to train and evaluate on it, split it (one line per user in the thesis's file): "
+                     f"python data/prepare_movielens.py --source thesis:{path} --out data/generated/thesis")
+    return lines

@@ -1,0 +1,112 @@
+"""The pipeline learns: configs/tiny_learn.yaml through the real SFT, DPO and evaluation stages
+(4-bit QLoRA, TRL, likelihood scoring in both option orders) moves two-order
+accuracy from the base model's level to >= 75% on data where the genre-overlap rule scores ~87%,
+and the same run on the same data with the training labels shuffled stays at 50% +- 10.
+
+Either test fails when training or scoring is miswired: a wrong letter or flipped labels would send
+the real run below 50%, scoring the wrong token would leave it at chance, and a leak of the answer
+into the prompt (or scoring that ignores the model) would lift the shuffled control.
+Measured on 2 cores: base 39.3%, SFT 90.7%, DPO 91.3%; shuffled SFT 50.0%, DPO 50.7%; the
+genre-overlap rule 86.7% on the same 75 test pairs. Whole file ~3 minutes.
+"""
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from dporec import ROOT
+from dporec.data import ratings, records, sources, task
+from dporec.evaluation import baselines
+from tests.helpers import dpo_main, evaluate_main, sft_main
+from tests.support import learnable
+
+CONFIG = ROOT / "configs" / "tiny_learn.yaml"
+
+
+@pytest.fixture(scope="module")
+def learn_inputs(tmp_path_factory) -> tuple[Path, Path]:
+    """(model folder, data folder), built as `python -m tests.support.learnable` does (~1 minute)."""
+    return learnable.build_all(tmp_path_factory.mktemp("learn"))
+
+
+def shuffled_labels(src: Path, dst: Path, seed: int = 0) -> Path:
+    """A copy of the train and val files where a random half of the examples name the disliked movie.
+
+    records.swap exchanges the two options (and flips the label, so it still names the liked movie);
+    the answer is then set to the other letter, with that option's (true) reasoning. Test pairs and
+    side files are copied untouched, so the control is scored on exactly the same pairs.
+    """
+    rng = random.Random(seed)
+    dst.mkdir(parents=True)
+    for split in ("train", "val"):
+        out = []
+        for ex in records.load_examples(src / f"{split}.jsonl"):
+            if rng.random() < 0.5:
+                ex = records.swap(ex)
+                wrong = ex.other
+                ex = replace(ex, label=wrong, output=task.answer_text(wrong, ex.reasons[wrong]),
+                             reasoning=ex.reasons[wrong])
+            out.append(ex)
+        records.write_jsonl(dst / f"{split}.jsonl", (records.to_record(e) for e in out))
+    for name in ("test.jsonl", ratings.META_FILE, ratings.RATINGS_FILE):
+        shutil.copy(src / name, dst / name)
+    return dst
+
+
+def run_pipeline(model: Path, data_dir: Path, out: Path) -> dict:
+    argv = ["--config", str(CONFIG), f"model.name={model}", f"output_dir={out}",
+            *(f"data.{s}_file={data_dir / f'{s}.jsonl'}" for s in ("train", "val", "test"))]
+    for main in (sft_main, dpo_main, evaluate_main):
+        assert main(argv) == 0
+    results = json.loads((out / "eval" / "results.json").read_text())
+    acc = {m: r["accuracy"] for m, r in results["models"].items()}
+    print(f"two-order accuracy {acc}; genre overlap {results['baselines']['genre_overlap']['accuracy']:.3f}")
+    return results
+
+
+def test_sft_and_dpo_learn_what_the_genre_rule_knows(learn_inputs, tmp_path):
+    model, data_dir = learn_inputs
+    results = run_pipeline(model, data_dir, tmp_path / "run")
+    acc = {m: r["accuracy"] for m, r in results["models"].items()}
+    assert results["baselines"]["genre_overlap"]["accuracy"] >= 0.8
+    assert acc["base"] <= 0.6  # the pretraining says nothing about which option is better
+    assert acc["sft"] >= 0.75 and acc["dpo"] >= 0.75
+    assert acc["sft"] >= acc["base"] + 0.25
+
+
+def test_shuffled_labels_teach_nothing(learn_inputs, tmp_path):
+    model, data_dir = learn_inputs
+    shuffled = shuffled_labels(data_dir, tmp_path / "shuffled")
+    train = records.load_examples(shuffled / "train.jsonl")
+    original = {e.pair_id: e for e in records.load_examples(data_dir / "train.jsonl")}
+    kept = sum(e.option(e.label) == original[e.pair_id].option(original[e.pair_id].label) for e in train)
+    assert 0.4 <= kept / len(train) <= 0.6  # about half of the answers now name the disliked movie
+    acc = {m: r["accuracy"] for m, r in run_pipeline(model, shuffled, tmp_path / "run")["models"].items()}
+    assert 0.4 <= acc["sft"] <= 0.6 and 0.4 <= acc["dpo"] <= 0.6
+
+
+def test_shared_tastes_data_favour_the_genre_rule(tmp_path):
+    folder = learnable.write_ml1m_shared_tastes(tmp_path / "ml")
+    summary = sources.build(str(folder), tmp_path / "d", history_len=learnable.HISTORY_LEN)
+    test = records.load_examples(tmp_path / "d" / "test.jsonl")
+    assert summary["splits"]["train"]["examples"] >= 500
+    assert abs(summary["splits"]["test"]["A"] - summary["splits"]["test"]["B"]) <= 1
+    side, why = baselines.find_side(tmp_path / "d" / "train.jsonl")
+    acc = {k: sum(v.values()) / len(v) for k, v in baselines.pair_scores(test, side, why).items()
+           if isinstance(v, dict)}
+    assert 0.8 <= acc["genre_overlap"] <= 0.95  # "~90%", as issue 10 asks (86.7% on these 75 pairs)
+    assert 0.35 <= acc["older_year"] <= 0.65
+    assert all(len(e.extra["option_a"]["genres"]) == 1 for e in test)
+
+
+def test_pretraining_texts_carry_no_preference():
+    texts = learnable.pretraining_texts(400, seed=3)
+    firsts = [t.split("### Response:\n")[1].split("Option ")[1][0] for t in texts]
+    # which option is restated first is random: nothing in the text says which option is better
+    assert 0.4 <= firsts.count("A") / len(firsts) <= 0.6
+    assert all("better" not in t for t in texts)
