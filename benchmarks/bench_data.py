@@ -34,7 +34,8 @@ def main() -> None:
         else:
             s = timed("build recbole:ml-100k", lambda: sources.build("recbole:ml-100k", tmp / "100k"))
             print(f"  {describe(s)}")
-        folder = timed("write synthetic ML-1M size (6,040 users)", lambda: synthetic.write_ml1m(tmp / "ml-1m"))
+        folder = timed("write synthetic ML-1M size (6,040 users)",
+                       lambda: synthetic.write_ml1m(tmp / "ml-1m"))
         s = timed("build from the synthetic ml-1m/ folder", lambda: sources.build(folder, tmp / "1m"))
         print(f"  {describe(s)}")
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import time
+from functools import partial
 from pathlib import Path
 
 from dporec.config import parse_args, run_main
@@ -82,21 +83,25 @@ def main(argv: list[str] | None = None) -> int:
     for _ in range(max(1, args.repeat)):
         for name, share in paths.items():
             info = scoring.ScoringInfo()
-            rows[name], s = _timed(lambda: scoring.score_pairs(model, tok, examples, fmt, bs, desc=name, info=info,
-                                                              share_prefix=share))
+            rows[name], s = _timed(partial(scoring.score_pairs, model, tok, examples, fmt, bs, desc=name,
+                                           info=info, share_prefix=share))
             if name not in results or s < results[name]["seconds"]:
-                results[name] = {"seconds": s, "sequences": info.n_sequences, "forward_passes": info.forward_passes,
-                                 "forward_tokens": info.forward_tokens}
+                results[name] = {"seconds": s, "sequences": info.n_sequences,
+                                 "forward_passes": info.forward_passes, "forward_tokens": info.forward_tokens}
     if "full-seq" in rows:
         results["full-seq"]["max_abs_score_diff"] = max(
             abs(a[k] - b[k]) for a, b in zip(rows["likelihood"], rows["full-seq"])
             for k in ("logp_a", "logp_b", "logp_a_full", "logp_b_full"))
     if not args.no_generate:
-        gen, s = _timed(lambda: generation.generate_choices(model, tok, examples, fmt, bs, new, desc="generate"))
-        results["generate"] = {"seconds": s, "valid": sum(g["parsed"] is not None for g in gen), "outputs": len(gen)}
+        gen, s = _timed(lambda: generation.generate_choices(model, tok, examples, fmt, bs, new,
+                                                            desc="generate"))
+        results["generate"] = {"seconds": s, "valid": sum(g["parsed"] is not None for g in gen),
+                               "outputs": len(gen)}
     if not args.no_precursor:
-        pre, s = _timed(lambda: generation.generate_choices(model, tok, examples, fmt, 1, new, desc="batch 1"))
-        results["precursor"] = {"seconds": s, "valid": sum(g["parsed"] is not None for g in pre), "outputs": len(pre)}
+        pre, s = _timed(lambda: generation.generate_choices(model, tok, examples, fmt, 1, new,
+                                                            desc="batch 1"))
+        results["precursor"] = {"seconds": s, "valid": sum(g["parsed"] is not None for g in pre),
+                                "outputs": len(pre)}
 
     base_rate = n / results["likelihood"]["seconds"]
     print(f"\n{'method':<12}{'seconds':>10}{'pairs/s':>10}{'vs likelihood':>15}  notes")
@@ -107,17 +112,19 @@ def main(argv: list[str] | None = None) -> int:
                 if "sequences" in r else f"{r['valid']}/{r['outputs']} outputs name exactly one option")
         if "max_abs_score_diff" in r:
             note += f"; scores differ by <= {r['max_abs_score_diff']:.1e}"
-        print(f"{name:<12}{r['seconds']:>10.2f}{r['pairs_per_second']:>10.2f}{r['speed_vs_likelihood']:>14.2f}x  {note}")
+        print(f"{name:<12}{r['seconds']:>10.2f}{r['pairs_per_second']:>10.2f}"
+              f"{r['speed_vs_likelihood']:>14.2f}x  {note}")
     others = {"full-seq": "full-sequence scoring", "generate": "batched generate-and-parse",
               "precursor": "the batch-1 precursor loop"}
-    ratios = [f"{base_rate / results[k]['pairs_per_second']:.1f}x {what}" for k, what in others.items() if k in results]
+    ratios = [f"{base_rate / results[k]['pairs_per_second']:.1f}x {what}" for k, what in others.items()
+              if k in results]
     if ratios:
         print("\nlikelihood scoring has " + ", ".join(ratios[:-1]) + (" and " if len(ratios) > 1 else "")
               + ratios[-1] + " throughput")
     if args.json:
-        meta = {"model": cfg["model"]["name"], "load_in_4bit": cfg["model"]["load_in_4bit"], "backend": backend,
-                "device": backends.device(), "threads": torch.get_num_threads(), "pairs": n, "batch_size": bs,
-                "max_new_tokens": new, "adapter": args.adapter}
+        meta = {"model": cfg["model"]["name"], "load_in_4bit": cfg["model"]["load_in_4bit"],
+                "backend": backend, "device": backends.device(), "threads": torch.get_num_threads(),
+                "pairs": n, "batch_size": bs, "max_new_tokens": new, "adapter": args.adapter}
         Path(args.json).write_text(json.dumps({"meta": meta, "results": results}, indent=2) + "\n")
     return 0
 

@@ -28,9 +28,10 @@ What it does, for one model shape and one batch of real-format training data:
 Measures (per backend, batch setting and stage):
   tokens/s        steady state: trained tokens (attention-mask sum TRL logs as num_tokens; for DPO
                   chosen + rejected; under Unsloth, which never logs num_tokens, transformers'
-                  num_input_tokens_seen, the same count: training.trained_tokens) over the wall time of optimizer steps after --warmup-steps
-                  (kernel compilation, autotuning), CUDA-synchronised; also the Trainer's own
-                  whole-run figure from metrics.json (includes warm-up and the step-0 evaluation)
+                  num_input_tokens_seen, the same count: trainer.trained_tokens) over the wall time of
+                  optimizer steps after --warmup-steps (kernel compilation, autotuning), CUDA-synchronised;
+                  also the Trainer's own whole-run figure from metrics.json (includes warm-up and the
+                  step-0 evaluation)
   peak memory     torch.cuda.max_memory_allocated / max_memory_reserved during training, plus the
                   CUDA context (device used - reserved), i.e. what a 24 GB card must hold
   ratios          unsloth / hf for tokens/s and peak memory, same data, same machine, same run
@@ -60,9 +61,7 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-
-from dporec import UserError
+from dporec import ROOT, UserError
 from dporec.config import run_main
 from dporec.runs import package_versions
 
@@ -112,7 +111,8 @@ def gpu_spec(device_name: str | None) -> dict | None:
     return None
 
 
-def flops_per_token(n_params: float, stage: str, convention: str = "6n", gradient_checkpointing: bool = True) -> float:
+def flops_per_token(n_params: float, stage: str, convention: str = "6n",
+                    gradient_checkpointing: bool = True) -> float:
     """FLOPs per trained token (see the module docstring). DPO tokens are chosen + rejected tokens."""
     if convention == "6n":
         per = 6.0 * n_params
@@ -180,7 +180,8 @@ def llama_config(shape: str, vocab_size: int | None = None, **special_tokens):
     spec = dict(SHAPES[shape])
     theta = spec.pop("rope_theta")
     spec["vocab_size"] = max(spec["vocab_size"], vocab_size or 0)
-    return LlamaConfig(**spec, rope_parameters={"rope_type": "default", "rope_theta": theta}, **special_tokens)
+    return LlamaConfig(**spec, rope_parameters={"rope_type": "default", "rope_theta": theta},
+                       **special_tokens)
 
 
 def count_params(config) -> int:
@@ -353,8 +354,8 @@ def _run_child(cmd: list[str], log: Path) -> tuple[int, str]:
     """Run a child, its output to the terminal and to `log`; returns (exit code, last lines)."""
     log.parent.mkdir(parents=True, exist_ok=True)
     tail: list[str] = []
-    with open(log, "w") as f, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                               env=_child_env(), cwd=ROOT) as p:
+    with open(log, "w") as f, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                               text=True, env=_child_env(), cwd=ROOT) as p:
         for line in p.stdout:
             f.write(line)
             noise = (not line.strip() or "it/s]" in line or "s/it]" in line or "%|" in line
@@ -368,7 +369,8 @@ def _run_child(cmd: list[str], log: Path) -> tuple[int, str]:
 # ---------------------------------------------------------------------------------------------
 # One run = one backend x batch setting: SFT, then DPO from that SFT adapter
 
-def stage_overrides(args, run_dir: Path, model_dir: Path, data_dir: Path, backend: str, bs: int, ga: int) -> list[str]:
+def stage_overrides(args, run_dir: Path, model_dir: Path, data_dir: Path, backend: str, bs: int,
+                    ga: int) -> list[str]:
     n_train = max(8, (args.steps + 1) * bs * ga)
     return [f"output_dir={run_dir}", f"model.name={model_dir}", f"model.backend={backend}",
             "model.load_in_4bit=true", f"model.max_seq_length={args.max_length}",
@@ -404,7 +406,8 @@ def run_stage(args, stage: str, run_dir: Path, overrides: list[str]) -> dict:
             "train_runtime_s": m.get("train_runtime_s"), "wall_time_s": m.get("wall_time_s"),
             "peak_allocated_mb": t.get("peak_allocated_mb", m.get("peak_memory_mb")),
             "peak_memory_kind": "cuda" if "peak_reserved_mb" in t else m.get("peak_memory_kind"),
-            "peak_reserved_mb": t.get("peak_reserved_mb"), "load_peak_reserved_mb": t.get("load_peak_reserved_mb"),
+            "peak_reserved_mb": t.get("peak_reserved_mb"),
+            "load_peak_reserved_mb": t.get("load_peak_reserved_mb"),
             "context_mb": t.get("context_mb"), "device": t.get("device"),
             "final_train_loss": m.get("final_train_loss"), "backend_used": m.get("backend")}
 
@@ -413,7 +416,8 @@ def run_eval(args, backend: str, run_dir: Path, overrides: list[str]) -> dict:
     adapter = run_dir / "dpo"
     out_json = run_dir / "eval_bench.json"
     if args.force or not out_json.is_file():
-        keep = [o for o in overrides if o.split("=")[0].startswith(("output_dir", "model.", "data.test", "seed"))]
+        keep = [o for o in overrides if o.split("=")[0].startswith(("output_dir", "model.", "data.test",
+                                                                    "seed"))]
         cmd = [sys.executable, str(ROOT / "benchmarks" / "bench_scoring.py"), "--config", str(BASE_CONFIG),
                *keep, f"eval.batch_size={args.eval_batch_size}", "--pairs", str(args.eval_pairs),
                "--adapter", str(adapter), "--no-precursor", "--no-generate", "--no-full-seq",
@@ -491,18 +495,20 @@ def print_table(summary: dict) -> None:
           f"{'reserved+ctx':>13}{'MFU 6N':>8}{'tok/ex':>8}  status")
     for r in summary["runs"]:
         ok = r.get("status") == "ok"
-        print(f"{r['backend']:<9}{r['batch']:<7}{r['stage']:<6}"
-              f"{_fmt(r.get('tokens_per_s')) if ok else '-':>9}{_fmt(r.get('tokens_per_s_trainer')) if ok else '-':>11}"
-              f"{_fmt(r.get('peak_allocated_mb')) if ok else '-':>14}{_fmt(r.get('peak_with_context_mb')) if ok else '-':>13}"
-              f"{_fmt(r.get('mfu_6n'), '{:.1%}') if ok else '-':>8}{_fmt(r.get('tokens_per_example')) if ok else '-':>8}"
-              f"  {r.get('status')}")
+        cell = {k: (_fmt(r.get(k), "{:.1%}" if k == "mfu_6n" else "{:.0f}") if ok else "-")
+                for k in ("tokens_per_s", "tokens_per_s_trainer", "peak_allocated_mb", "peak_with_context_mb",
+                          "mfu_6n", "tokens_per_example")}
+        print(f"{r['backend']:<9}{r['batch']:<7}{r['stage']:<6}{cell['tokens_per_s']:>9}"
+              f"{cell['tokens_per_s_trainer']:>11}{cell['peak_allocated_mb']:>14}{cell['peak_with_context_mb']:>13}"
+              f"{cell['mfu_6n']:>8}{cell['tokens_per_example']:>8}  {r.get('status')}")
     for q in summary.get("ratios", []):
-        parts = [f"{k.replace('_unsloth_over_hf', '')} x{v:.2f}" for k, v in q.items() if k.endswith("_over_hf")]
+        parts = [f"{k.replace('_unsloth_over_hf', '')} x{v:.2f}" for k, v in q.items()
+                 if k.endswith("_over_hf")]
         print(f"unsloth/hf {q['batch']} {q['stage']}: " + ", ".join(parts))
     for e in summary.get("eval", []):
-        print(f"evaluation {e['backend']}: " + (f"{e['pairs_per_s']:.2f} pairs/s ({e['pairs']} "
-                                                "pairs, both orders, "
-                                               f"batch {e['batch_size']})" if e.get("status") == "ok" else e["status"]))
+        done = (f"{e['pairs_per_s']:.2f} pairs/s ({e['pairs']} pairs, both orders, batch {e['batch_size']})"
+                if e.get("status") == "ok" else e["status"])
+        print(f"evaluation {e['backend']}: {done}")
     if summary.get("predict_3090_pairs") and not summary["gpu"]["spec"]:
         print(f"\nno RTX 3090 extrapolation: no peak figures for {summary['gpu']['name']!r} (GPU_SPECS)")
     if summary.get("predict_3090"):
@@ -588,12 +594,13 @@ def main(argv: list[str] | None = None) -> int:
                "gpu": {"name": None, "spec": None}, "data": {"source": DATA_SOURCE, "dir": str(data_dir)},
                "max_length": args.max_length, "steps": args.steps, "warmup_steps": args.warmup_steps,
                "config": str(BASE_CONFIG.relative_to(ROOT)), "packages": package_versions(),
-               "command": "python " + " ".join([f"benchmarks/{Path(__file__).name}", *(argv or sys.argv[1:])]),
+               "command": " ".join(["python", f"benchmarks/{Path(__file__).name}", *(argv or sys.argv[1:])]),
                "predict_3090_pairs": args.pairs if args.predict_3090 else None,
                "flop_convention": "N = all base parameters; 6N (+2N DPO reference) and LoRA 4N+2N recompute",
                "runs": [], "eval": []}
+    has_unsloth = importlib.util.find_spec("unsloth") is not None
     unsloth_skip = ("skipped: needs a CUDA GPU" if not cuda else
-                    "skipped: unsloth is not installed" if importlib.util.find_spec("unsloth") is None else None)
+                    None if has_unsloth else "skipped: unsloth is not installed")
 
     for backend in backends:
         eval_done = False
@@ -617,7 +624,8 @@ def main(argv: list[str] | None = None) -> int:
                     summary["gpu"] = {"name": r["device"], "spec": gpu_spec(r["device"])}
                 write_summary(summary, summary_path)
             if args.eval_pairs > 0 and not eval_done and summary["runs"][-1].get("status") == "ok":
-                summary["eval"].append({"backend": backend, "batch": batch, **run_eval(args, backend, run_dir, ov)})
+                summary["eval"].append({"backend": backend, "batch": batch, **run_eval(args, backend,
+                                                                                       run_dir, ov)})
                 eval_done = True
                 write_summary(summary, summary_path)
         if backend == "unsloth" and unsloth_skip and args.eval_pairs > 0:

@@ -49,7 +49,8 @@ def main(argv=None) -> int:
     from dporec.config import parse_args
     from dporec.data import records
     from dporec.modeling import backends
-    from dporec.training import dpo_trainer, trainer as training
+    from dporec.training import dpo_trainer
+    from dporec.training import trainer as training
 
     p = argparse.ArgumentParser(add_help=False)
     p.add_argument("--steps", type=int, default=2)

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import importlib.util
 import sys
-from pathlib import Path
 
 import pytest
+
 from dporec import ROOT, UserError
 
 _spec = importlib.util.spec_from_file_location("bench_train", ROOT / "benchmarks" / "bench_train.py")
@@ -71,7 +71,8 @@ def test_predict_3090_arithmetic():
 
 
 def test_steady_tokens_per_s_skips_warmup():
-    steps = [{"step": s, "t": 10.0 + s + (5.0 if s > 1 else 0.0), "num_tokens": 100 * s} for s in (1, 2, 3, 4)]
+    steps = [{"step": s, "t": 10.0 + s + (5.0 if s > 1 else 0.0), "num_tokens": 100 * s} for s in (1, 2, 3,
+                                                                                                   4)]
     # step 1 ends at 11, then 17, 18, 19: from the end of step 2, 200 tokens in 2 s
     assert bt.steady_tokens_per_s(steps, warmup=2) == pytest.approx(100.0)
     assert bt.steady_tokens_per_s(steps[:2], warmup=2) == pytest.approx(100 / 6)  # shrinks to time step 2

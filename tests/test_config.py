@@ -1,4 +1,5 @@
-"""dporec.config (defaults, YAML files, KEY=VALUE overrides, validation) and dporec.runs (run folders, run metadata)."""
+"""dporec.config (defaults, YAML files, KEY=VALUE overrides, validation) and dporec.runs (run folders and
+run metadata)."""
 from __future__ import annotations
 
 import json
@@ -83,7 +84,8 @@ def test_wrong_type_in_yaml_file_and_section_that_is_not_a_mapping(tmp_path):
 
 
 def test_choices_are_enforced():
-    with pytest.raises(UserError, match=re.escape("'model.backend' must be one of ['auto', 'unsloth', 'hf']")):
+    with pytest.raises(UserError,
+                       match=re.escape("'model.backend' must be one of ['auto', 'unsloth', 'hf']")):
         load_config(None, ["model.backend=vllm"])
     assert load_config(None, ["model.backend=hf"])["model"]["backend"] == "hf"
 

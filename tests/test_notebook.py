@@ -9,8 +9,8 @@ import shlex
 
 import pytest
 
-from dporec.config import load_config
 from dporec import ROOT
+from dporec.config import load_config
 
 NOTEBOOK = ROOT / "notebooks" / "dpo_vs_sft.ipynb"
 
@@ -107,7 +107,8 @@ def test_every_command_writes_to_drive(nb):
     drive = settings["DRIVE"]
     assert drive.startswith("/content/drive/MyDrive/")
     calls = [c for c in _commands(nb) if c[0] == "python"]
-    stage_scripts = {"verify_setup.py", "train_sft.py", "train_dpo.py", "evaluate_dpo.py", "run_experiment.py"}
+    stage_scripts = {"verify_setup.py", "train_sft.py", "train_dpo.py", "evaluate_dpo.py",
+                     "run_experiment.py"}
     seen = set()
     for c in calls:
         if c[1] in stage_scripts:
@@ -118,7 +119,8 @@ def test_every_command_writes_to_drive(nb):
             assert overrides["output_dir"].startswith(drive + "/runs/")
             for key in ("data.train_file", "data.val_file", "data.test_file"):
                 assert overrides[key].startswith(drive + "/")
-            assert not any(a.startswith("output_dir=") for a in c), "a second output_dir would override Drive's"
+            assert not any(a.startswith("output_dir=")
+                           for a in c), "a second output_dir would override Drive's"
         if c[1] == "data/prepare_movielens.py":
             assert c[c.index("--out") + 1] == "{DATA}" and c[c.index("--source") + 1].startswith("{DRIVE}/")
     assert seen == stage_scripts

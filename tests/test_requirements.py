@@ -17,9 +17,9 @@ import pytest
 from packaging.markers import default_environment
 from packaging.requirements import Requirement
 from packaging.version import Version
+
 from dporec import ROOT
 from dporec.preflight import environment as env
-
 
 REQUIREMENTS = ROOT / "requirements.txt"
 # pip takes the platform tags literally (no manylinux fallbacks): list every glibc level the CUDA
@@ -33,7 +33,7 @@ def test_torch_torchvision_xformers_are_pinned_exactly():
     pins = env.parse_pins(REQUIREMENTS)
     for name in ("torch", "torchvision", "xformers", "unsloth", "unsloth-zoo"):
         spec = list(pins[name].specifier)
-        assert len(spec) == 1 and spec[0].operator == "==", f"{name} is not pinned to one version: {pins[name]}"
+        assert len(spec) == 1 and spec[0].operator == "==", f"{name} is not pinned: {pins[name]}"
     assert pins["torch"].specifier.contains("2.10.0+cu128")  # Colab's local-label builds satisfy the pin
     text = REQUIREMENTS.read_text()
     assert "R570" in text  # the driver a user needs is stated where they install
@@ -69,7 +69,8 @@ def test_requirements_resolve_to_a_matching_set(python, tmp_path):
            "--only-binary=:all:", "--target", str(tmp_path / "target"), "-r", str(REQUIREMENTS)]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
     assert done.returncode == 0, done.stderr[-3000:]
-    items = {i["metadata"]["name"].lower().replace("_", "-"): i for i in json.loads(report.read_text())["install"]}
+    items = {i["metadata"]["name"].lower().replace("_", "-"): i
+             for i in json.loads(report.read_text())["install"]}
     version = {name: i["metadata"]["version"] for name, i in items.items()}
     print(f"Python {python}: " + ", ".join(f"{n} {version[n]}" for n in sorted(version)
                                            if n in ("torch", "torchvision", "xformers", "triton", "unsloth",
@@ -86,8 +87,9 @@ def test_requirements_resolve_to_a_matching_set(python, tmp_path):
     # xformers' own build record, from the wheel pip resolved
     wheel_dir = tmp_path / "xformers"
     subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "-d", str(wheel_dir),
-                    *platform_args, "--python-version", python, "--implementation", "cp", "--only-binary=:all:",
-                    f"xformers=={version['xformers']}"], check=True, capture_output=True, timeout=600)
+                    *platform_args, "--python-version", python, "--implementation", "cp",
+                    "--only-binary=:all:", f"xformers=={version['xformers']}"], check=True,
+                   capture_output=True, timeout=600)
     (wheel,) = wheel_dir.glob("xformers-*.whl")
     build = json.loads(zipfile.ZipFile(wheel).read("xformers/cpp_lib.json"))
     assert env.xformers_mismatch(build, version["torch"], torch_cuda) is None, (build, version["torch"])

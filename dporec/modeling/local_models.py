@@ -41,8 +41,9 @@ def _tokenizer_corpus() -> list[str]:
         movie = task.movie_text(f"Synthetic Movie {i} ({1930 + i % 70})",
                                 [genres[(i * k) % len(genres)] for k in (1, 3, 7)[: 1 + i % 3]])
         lines.append(f"Option {letter}: {movie}.")
-        lines.append(task.answer_text(letter, f"Reasoning: The user's recent history leans towards "
-                                              f"{genres[i % 18]} and {genres[(i * 5) % 18]}; it fits that better."))
+        leans = f"{genres[i % 18]} and {genres[(i * 5) % 18]}"
+        lines.append(task.answer_text(letter, f"Reasoning: The user's recent history leans towards {leans}; "
+                                              f"it fits that better."))
     return lines
 
 

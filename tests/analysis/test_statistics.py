@@ -8,12 +8,9 @@ import numpy as np
 import pytest
 from scipy import special
 from scipy import stats as sps
-from dporec.analysis import comparison
-from dporec.analysis import metrics
-from dporec.analysis import resampling
-from dporec.report import numbers
-from dporec.report import sentences
 
+from dporec.analysis import comparison, metrics, resampling
+from dporec.report import numbers, sentences
 
 OTHER = {"A": "B", "B": "A"}
 
@@ -93,7 +90,8 @@ def test_always_b_model_gets_a_zero_width_interval():
     m = metrics.model_metrics(rows_from("sft", balanced_spec(90, ("B", "B"), users=30)), n_boot=500)
     assert m["accuracy"] == 0.5
     assert m["accuracy_ci95"] == pytest.approx((0.5, 0.5), abs=1e-12)
-    assert m["accuracy_original_order_ci95"][1] - m["accuracy_original_order_ci95"][0] > 0.1  # 0/1 per pair there
+    lo, hi = m["accuracy_original_order_ci95"]
+    assert hi - lo > 0.1  # 0/1 per pair there
     assert m["clustering"] == "users" and m["n_users"] == 30
 
 
@@ -328,7 +326,8 @@ def test_cluster_bootstrap_coverage():
 def test_bootstrap_resamples_users_not_pairs():
     # A single user: resampling users always redraws the same pairs -> zero width.
     values = np.array([1.0, 0.0, -1.0, 0.5, 0.0])
-    assert resampling.cluster_bootstrap_ci(values, ["u"] * 5, n_boot=200) == pytest.approx((0.1, 0.1), abs=1e-15)
+    assert resampling.cluster_bootstrap_ci(values, ["u"] * 5, n_boot=200) == pytest.approx((0.1, 0.1),
+                                                                                           abs=1e-15)
     assert np.ptp(resampling.cluster_bootstrap_ci(values, range(5), n_boot=200)) > 0
     # One heavy user whose 40 pairs all favour DPO, 40 light users with one concordant pair each:
     # the user bootstrap must be wider than a pair bootstrap would be.
@@ -399,8 +398,10 @@ def test_power_none_when_differences_average_zero():
 def test_pooling_identical_seeds_changes_nothing():
     # seeds [1, 1]: the same predictions twice carry no new information: same n and same p.
     rng = np.random.default_rng(9)
-    spec_s = [(f"p{i}", f"u{i % 25}", "AB"[i % 2], ("good" if rng.random() < .7 else "bad", "good")) for i in range(100)]
-    spec_d = [(f"p{i}", f"u{i % 25}", "AB"[i % 2], ("good" if rng.random() < .8 else "bad", "good")) for i in range(100)]
+    spec_s = [(f"p{i}", f"u{i % 25}", "AB"[i % 2], ("good" if rng.random() < .7 else "bad", "good"))
+              for i in range(100)]
+    spec_d = [(f"p{i}", f"u{i % 25}", "AB"[i % 2], ("good" if rng.random() < .8 else "bad", "good"))
+              for i in range(100)]
     sft, dpo = rows_from("sft", spec_s), rows_from("dpo", spec_d)
     one = comparison.compare(sft, dpo, n_boot=500)
     for k in (2, 3):

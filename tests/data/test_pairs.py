@@ -14,17 +14,11 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from dporec import ROOT, UserError
-from dporec.data import pairs
-from dporec.data import ratings
-from dporec.data import records
-from dporec.data import sources
-from dporec.data import splits
-from dporec.data import task
-from dporec.data.sources import movielens as ml1m
-from dporec.data.sources import recbole
-from dporec.data.sources import synthetic
 
+from dporec import ROOT, UserError
+from dporec.data import pairs, records, sources, splits, task
+from dporec.data.sources import movielens as ml1m
+from dporec.data.sources import recbole, synthetic
 
 PREPARE = ROOT / "data" / "prepare_movielens.py"
 FORBIDDEN = re.compile(r"rat(ed|ing)|star|liked|disliked|unseen|popular|never|watched|\bscore", re.IGNORECASE)
@@ -53,8 +47,8 @@ def ml1m_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def truth(ml1m_dir) -> dict[tuple[str, int], tuple[int, int]]:
     """(user_id, item_id) -> (rating, timestamp) as written by the generator."""
-    r = read_dat(ml1m_dir / "ratings.dat", ["user", "item", "rating", "ts"]).astype({"item": int, "rating": int,
-                                                                                  "ts": int})
+    r = read_dat(ml1m_dir / "ratings.dat", ["user", "item", "rating", "ts"])
+    r = r.astype({"item": int, "rating": int, "ts": int})
     return {(u, i): (rt, ts) for u, i, rt, ts in r.itertuples(index=False)}
 
 
@@ -93,7 +87,8 @@ def test_synthetic_users_have_genre_tastes(tmp_path):
     folder = synthetic.write_ml1m(tmp_path, n_users=50, n_movies=400, ratings_per_user=200, seed=3)
     ratings = read_dat(folder / "ratings.dat", ["user", "item", "rating", "ts"]).astype({"rating": int})
     movies = read_dat(folder / "movies.dat", ["item", "title", "genres"])
-    rows = ratings.merge(movies, on="item").assign(genre=lambda d: d["genres"].str.split("|")).explode("genre")
+    rows = ratings.merge(movies,
+                         on="item").assign(genre=lambda d: d["genres"].str.split("|")).explode("genre")
 
     def genre_effect(stars) -> float:
         d = rows.assign(stars=stars)
@@ -173,7 +168,8 @@ def test_same_second_ratings_never_enter_the_history(tmp_path):
     folder.mkdir()
     lines = [f"1::{m}::5::{100 + m}" for m in range(1, 7)] + ["1::7::4::106", "1::8::1::50"]
     (folder / "ratings.dat").write_text("\n".join(lines) + "\n", encoding="latin-1")
-    (folder / "movies.dat").write_text("".join(f"{m}::Synthetic Movie {m} (1990)::Drama\n" for m in range(1, 9)),
+    (folder / "movies.dat").write_text("".join(f"{m}::Synthetic Movie {m} (1990)::Drama\n"
+                                               for m in range(1, 9)),
                                        encoding="latin-1")
     sources.build(str(folder), tmp_path / "out", history_len=5, max_examples_per_user=5)
     records = load_split(tmp_path / "out", "train")
@@ -329,7 +325,8 @@ def test_prepare_cli_builds_refuses_to_overwrite_and_reports_bad_input(ml1m_dir,
     out = tmp_path / "out"
     first = prepare_cli("--source", "synthetic:20", "--out", out)
     assert first.returncode == 0, first.stderr
-    assert re.search(r"^train +\d+ +\d+ +\d+ +\d+ ", first.stdout, re.MULTILINE) and "built in" in first.stdout
+    assert re.search(r"^train +\d+ +\d+ +\d+ +\d+ ", first.stdout,
+                     re.MULTILINE) and "built in" in first.stdout
     refused = prepare_cli("--source", "synthetic:20", "--out", out)
     assert refused.returncode == 2 and "not empty" in refused.stderr
     assert prepare_cli("--source", "synthetic:20", "--out", out, "--force").returncode == 0

@@ -9,12 +9,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from dporec import ROOT, UserError
-from dporec.data import records
-from dporec.data import splits
-from dporec.data import task
-from tests.support import thesis_file
 
+from dporec import ROOT, UserError
+from dporec.data import records, splits, task
+from tests.support import thesis_file
 
 CHECK = ROOT / "data" / "check_dataset.py"
 
@@ -224,8 +222,8 @@ def _variant(rec: dict, kind: str) -> dict:
     if kind == "no final period":
         return {**rec, "input": inp[:-1], "output": rec["output"].rstrip(".")}
     if kind == "extra spaces":
-        return {**rec, "input": "  " + inp.replace(". Option", ".   Option").replace("Option A:", "Option  A :  ")
-                .replace("History:", "History:  ") + "  ",
+        spaced = inp.replace(". Option", ".   Option").replace("Option A:", "Option  A :  ")
+        return {**rec, "input": "  " + spaced.replace("History:", "History:  ") + "  ",
                 "output": rec["output"].replace("is Option A.", "is  Option A.   ")}
     if kind == "CRLF inside own-line input":
         return {**rec, "input": inp.replace(". Option", ".\r\nOption")}
@@ -260,15 +258,15 @@ def test_file_level_variants_load(tmp_path, kind):
     path = tmp_path / "hand.jsonl"
     path.write_bytes(raw)
     exs = records.load_examples(path)
-    assert [(e.option_a, e.option_b) for e in exs] == [
-        (e.option_a, e.option_b) for e in (records.parse_record(thesis_record(i), "x", "x") for i in range(6))]
+    expected = [records.parse_record(thesis_record(i), "x", "x") for i in range(6)]
+    assert [(e.option_a, e.option_b) for e in exs] == [(e.option_a, e.option_b) for e in expected]
     result = check_cli(path)
     assert result.returncode == 0, result.stderr
     assert "6 examples" in result.stdout and "inline 6" in result.stdout
 
 
 def _genre_claims(output: str) -> tuple[str, str, str]:
-    """(letter answered, preferred genres, (letter, genres) said not to align) from a thesis-template answer."""
+    """(letter answered, preferred genres, (letter, genres) said not to align) of a thesis-template answer."""
     m = re.match(r"The better recommendation is Option ([AB])\. Reasoning: The user has shown a strong "
                  r"preference "
                  r"for themes found in (.+)\. Option ([AB]) \((.+)\) does not align", output)
@@ -291,15 +289,15 @@ def test_rebalance_thesis_layout_letters_follow_options_history_untouched(tmp_pa
             continue
         swapped += 1
         # every character of input other than the two option texts is unchanged
-        assert after.input == before.input.replace(before.option_a, "\0").replace(before.option_b, before.option_a) \
-            .replace("\0", before.option_b)
+        held = before.input.replace(before.option_a, "\0")
+        assert after.input == held.replace(before.option_b, before.option_a).replace("\0", before.option_b)
         assert task.history_text(after.input) == task.history_text(before.input)
         assert f"Option A: {before.option_b}. Option B: {before.option_a}." in after.input
         letter, liked, (bad_letter, bad) = _genre_claims(after.output)
         assert letter == after.label == "B" and liked == _genres(after.option_b)
         assert bad_letter == "A" and bad == _genres(after.option_a)
-        assert records.parse_record({"instruction": after.instruction, "input": after.input, "output": after.output},
-                                 "r", "r").label == "B"
+        again = {"instruction": after.instruction, "input": after.input, "output": after.output}
+        assert records.parse_record(again, "r", "r").label == "B"
     assert swapped == 5
 
 
@@ -349,7 +347,8 @@ THESIS_BROKEN = {
     "label disagrees": (json.dumps({**thesis_record(0), "label": "B"}), "field 'label' is 'B' "
                                                                         "but 'output' names"),
     "bad reasons": (json.dumps({**thesis_record(0), "reasons": {"A": "x"}}), "field 'reasons' must map both"),
-    "no Option B inline": (json.dumps({**thesis_record(0), "input": thesis_record(0)["input"].split(" Option B")[0]}),
+    "no Option B inline": (json.dumps({**thesis_record(0),
+                                       "input": thesis_record(0)["input"].split(" Option B")[0]}),
                            "no parseable 'Option B: ...' line"),
 }
 
@@ -383,7 +382,8 @@ def next_movie_record(i: int) -> dict:
 
 
 def test_next_movie_file_is_refused_with_one_message(tmp_path):
-    path = write_lines(tmp_path / "movielens_train.jsonl", [json.dumps(next_movie_record(i)) for i in range(300)])
+    path = write_lines(tmp_path / "movielens_train.jsonl", [json.dumps(next_movie_record(i))
+                                                            for i in range(300)])
     with pytest.raises(UserError) as err:
         records.load_examples(path)
     text = str(err.value)

@@ -11,16 +11,13 @@ import zipfile
 from pathlib import Path
 
 import pytest
+
 from dporec import ROOT, UserError
-from dporec.data import records
-from dporec.data import sources
-from dporec.data import splits
-from dporec.data import task
+from dporec.data import records, sources, task
 from dporec.data.sources import thesis
 from dporec.report import files
-from tests.support import thesis_file
 from tests.helpers import TINY_CONFIG, experiment_main
-
+from tests.support import thesis_file
 
 N_USERS = 60
 
@@ -104,14 +101,17 @@ def test_recovery_reports_unmatched_and_users_with_two_lines_and_keeps_them_toge
     assert rec["counts"] == {"matched": N_USERS, "unmatched": 1, "ambiguous": 0}
     assert rec["users_with_several_lines"] == 1
     assert any("WARNING: 1 users have several lines" in n for n in summary["notes"])
-    where = {s: [r for r in _read(out / f"{s}.jsonl") if r.get("user_id") == "7"] for s in ("train", "val", "test")}
+    where = {s: [r for r in _read(out / f"{s}.jsonl") if r.get("user_id") == "7"] for s in ("train", "val",
+                                                                                            "test")}
     assert sorted(len(v) for v in where.values()) == [0, 0, 2]
-    users = {s: {r.get("user_id") for r in _read(out / f"{s}.jsonl")} - {None} for s in ("train", "val", "test")}
+    users = {s: {r.get("user_id") for r in _read(out / f"{s}.jsonl")} - {None} for s in ("train", "val",
+                                                                                         "test")}
     assert not (users["train"] & users["test"]) and not (users["train"] & users["val"])
 
 
 def test_history_reading_joins_comma_pieces_into_known_titles():
-    index = {"Hello, Stranger (1943)": [1], "Stranger (1943)": [2], "Bug's Life, A (1998)": [3], "Hello (1950)": [4]}
+    index = {"Hello, Stranger (1943)": [1], "Stranger (1943)": [2], "Bug's Life, A (1998)": [3],
+             "Hello (1950)": [4]}
     readings = thesis.read_history("Bug's Life, A (1998), Hello, Stranger (1943)", index)
     assert readings == [[[3], [1]]]
     assert thesis.read_history("Hello (1950), Stranger (1943)", index) == [[[4], [2]]]
@@ -133,9 +133,9 @@ def test_prepare_cli_prints_split_and_recovery(thesis_src, tmp_path):
     assert run.returncode == 0, run.stderr
     assert f"{N_USERS} of {N_USERS} lines matched exactly one user" in run.stdout
     assert "split by user: every line has a user id" in run.stdout
-    refused = subprocess.run([sys.executable, "data/prepare_movielens.py", "--source", "synthetic:5", "--ml1m",
-                              str(ml1m), "--out", str(tmp_path / "p")], cwd=ROOT, capture_output=True, text=True,
-                             timeout=120)
+    refused = subprocess.run([sys.executable, "data/prepare_movielens.py", "--source", "synthetic:5",
+                              "--ml1m", str(ml1m), "--out", str(tmp_path / "p")], cwd=ROOT,
+                             capture_output=True, text=True, timeout=120)
     assert refused.returncode == 2 and "--ml1m goes with --source thesis:FILE" in refused.stderr
 
 
@@ -150,13 +150,14 @@ def test_thesis_file_config_points_at_a_thesis_source():
 
 
 def test_tiny_pipeline_end_to_end_on_a_thesis_file(thesis_src, tiny_model, tmp_path, capsys):
-    """run_experiment.py splits the thesis file, trains SFT and DPO and scores held-out lines in both orders."""
+    """run_experiment.py splits the thesis file, trains SFT and DPO, scores held-out lines in both orders."""
     path, _ = thesis_src
     src = tmp_path / "contrastive_rec_train.jsonl"
     shutil.copy(path, src)
     folder, out = tmp_path / "split", tmp_path / "run"
     argv = ["--config", str(TINY_CONFIG), f"model.name={tiny_model}", f"output_dir={out}",
-            f"data.source=thesis:{src}", *(f"data.{s}_file={folder / f'{s}.jsonl'}" for s in ("train", "val", "test")),
+            f"data.source=thesis:{src}", *(f"data.{s}_file={folder / f'{s}.jsonl'}" for s in ("train", "val",
+                                                                                              "test")),
             "sft.max_steps=2", "dpo.max_steps=2", "data.max_train_examples=12", "data.max_val_examples=4",
             "eval.bootstrap_samples=100", "train.eval_steps=100"]
     assert experiment_main(argv) == 0

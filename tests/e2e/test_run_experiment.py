@@ -7,14 +7,11 @@ import json
 from pathlib import Path
 
 import pytest
-from dporec import UserError
-from dporec import experiment
-from dporec.analysis import comparison
-from dporec.analysis import metrics
-from dporec.analysis import seeds
+
+from dporec import UserError, experiment
+from dporec.analysis import comparison, metrics, seeds
 from dporec.report import files
 from tests.helpers import FIXTURES, TINY_CONFIG, experiment_main, tiny_overrides
-
 
 # Fewer steps and test pairs than configs/tiny.yaml: two seeds x (SFT, DPO, control, eval) must stay quick.
 FAST = ["sft.max_steps=2", "dpo.max_steps=3", "data.max_train_examples=12", "data.max_val_examples=4",
@@ -70,7 +67,8 @@ def test_seeds_and_control_arm_end_to_end_then_skipped(capsys, tiny_data, tiny_m
             assert what in matched, what
         assert res["control_arm"]["not_matched"] == []
         report_md = (run / "eval" / "report.md").read_text()
-        assert "compute-matched SFT control" in report_md and "| learning rate | 0.0005 | 0.0005 | yes |" in report_md
+        assert "compute-matched SFT control" in report_md
+        assert "| learning rate | 0.0005 | 0.0005 | yes |" in report_md
         assert (run / "eval" / "comparison_control.json").is_file()
         assert json.loads((run / "sft" / "run_info.json").read_text())["seed"] == s
     assert "SFT vs DPO" in first and "aggregate:" in first
@@ -115,9 +113,9 @@ def _rows(model: str, correct_by_pair: dict[str, tuple[bool, bool]]) -> list[dic
             wins = -0.5 if ok else -3.0
             la, lb = (wins, -1.0) if label == "A" else (-1.0, wins)
             choice = "A" if la > lb else "B"
-            rows.append({"model": model, "pair_id": pid, "user_id": f"u{pid[-1]}", "order": order, "label": label,
-                         "option_a_id": a, "option_b_id": b, "logp_a": la, "logp_b": lb, "choice": choice,
-                         "correct": choice == label})
+            rows.append({"model": model, "pair_id": pid, "user_id": f"u{pid[-1]}", "order": order,
+                         "label": label, "option_a_id": a, "option_b_id": b, "logp_a": la, "logp_b": lb,
+                         "choice": choice, "correct": choice == label})
     return rows
 
 
@@ -137,9 +135,11 @@ def test_identical_seeds_pool_to_one_seed(tmp_path):
     from dporec.config import load_config
     cfg = load_config(TINY_CONFIG, ["eval.bootstrap_samples=300"])
     one = comparison.compare(sft, dpo, n_boot=300, seed=cfg["seed"])
-    res = {"models": {"sft": metrics.model_metrics(sft, n_boot=50), "dpo": metrics.model_metrics(dpo, n_boot=50)}}
+    res = {"models": {"sft": metrics.model_metrics(sft, n_boot=50), "dpo": metrics.model_metrics(dpo,
+                                                                                                 n_boot=50)}}
     for k in (2, 3):
-        agg = seeds.aggregate_seeds({s: res for s in range(k)}, {s: {"sft": sft, "dpo": dpo} for s in range(k)},
+        agg = seeds.aggregate_seeds({s: res for s in range(k)},
+                                    {s: {"sft": sft, "dpo": dpo} for s in range(k)},
                                     {"pooled": ("sft", "dpo", ("SFT", "DPO")),
                                      "pooled_control": ("sft_control", "dpo", ("SFT control", "DPO"))},
                                     n_boot=300, seed=cfg["seed"], alpha=0.05)
@@ -163,14 +163,15 @@ def test_results_from_the_previous_version_are_reanalysed_not_rescored(tmp_path,
     results, status = experiment.run_once(load_config(TINY_CONFIG, [f"output_dir={out}"]))
     assert status == {"sft": "skipped", "dpo": "skipped", "eval": "skipped"}
     assert "a_accuracy" in results["comparison"] and "earlier version" in capsys.readouterr().out
-    assert json.loads((out / "eval" / "results.previous.json").read_text()) == json.loads((legacy / "results.json").read_text())
+    previous = json.loads((out / "eval" / "results.previous.json").read_text())
+    assert previous == json.loads((legacy / "results.json").read_text())
 
 
 def test_data_is_built_from_source_when_missing(tmp_path):
     from dporec.config import load_config
     folder = tmp_path / "gen"
-    cfg = load_config(TINY_CONFIG, ["data.source=synthetic:30", f"data.train_file={folder / 'train.jsonl'}",
-                                    f"data.val_file={folder / 'val.jsonl'}", f"data.test_file={folder / 'test.jsonl'}"])
+    cfg = load_config(TINY_CONFIG, ["data.source=synthetic:30", *(f"data.{s}_file={folder / f'{s}.jsonl'}"
+                                                                  for s in ("train", "val", "test"))])
     assert experiment.ensure_data(cfg) == "built"
     assert all((folder / f"{s}.jsonl").is_file() for s in ("train", "val", "test"))
     assert experiment.ensure_data(cfg) == "skipped"

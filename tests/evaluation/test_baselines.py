@@ -6,22 +6,18 @@ import json
 
 import pandas as pd
 import pytest
-from dporec.analysis import metrics
-from dporec.data import pairs
-from dporec.data import ratings
-from dporec.data import records
-from dporec.data import sources
-from dporec.data import task
-from dporec.evaluation import baselines
-from dporec.report import markdown, sentences
-from dporec.report import tables
 
+from dporec.analysis import metrics
+from dporec.data import pairs, ratings, records, sources, task
+from dporec.evaluation import baselines
+from dporec.report import markdown, sentences, tables
 
 # Training users 1-3. By hand: mean 10: 4.5, 11: 4.5, 20: 2.0, 30: 4.5, 40: 3.5; counts 10: 2, 11: 2,
 # 20: 3, 30: 2, 40: 2; liked (>= 4) by 10: {1, 2}, 11: {1, 3}, 30: {1, 2}, 40: {2}, 20: nobody.
 TRAIN = [(1, 10, 5, 1), (1, 11, 4, 2), (1, 20, 2, 3), (1, 30, 5, 4), (2, 10, 4, 1), (2, 20, 1, 2),
          (2, 30, 4, 3), (2, 40, 5, 4), (3, 11, 5, 1), (3, 20, 3, 2), (3, 40, 2, 3)]
-MOVIES = {10: ("Synthetic Movie 10 (1960)", ["Comedy"]), 11: ("Synthetic Movie 11 (1961)", ["Drama", "Comedy"]),
+MOVIES = {10: ("Synthetic Movie 10 (1960)", ["Comedy"]),
+          11: ("Synthetic Movie 11 (1961)", ["Drama", "Comedy"]),
           20: ("Synthetic Movie 20 (1980)", ["Horror"]), 30: ("Synthetic Movie 30 (1990)", ["Comedy"]),
           40: ("Synthetic Movie 40 (1960)", ["War"]), 50: ("Synthetic Movie 50 (1970)", ["War"])}
 
@@ -49,13 +45,14 @@ EXAMPLES = [
     # wrong; item-CF cos(11,40) = 0 < cos(11,30) = 1/2 wrong; year 1960 older than 1990 right
     record("p3", "8", [11], 40, 30, "A"),
 ]
-EXPECTED = {"mean_rating": 2 / 3, "popularity": 0.5, "genre_overlap": 1 / 3, "item_cf": 0.5, "older_year": 2 / 3}
+EXPECTED = {"mean_rating": 2 / 3, "popularity": 0.5, "genre_overlap": 1 / 3, "item_cf": 0.5,
+            "older_year": 2 / 3}
 
 
 @pytest.fixture
 def fixture_dir(tmp_path):
-    ratings.write_train_ratings(tmp_path, pd.DataFrame(TRAIN, columns=["user_id", "item_id", "rating", "timestamp"]),
-                               like_threshold=4)
+    table = pd.DataFrame(TRAIN, columns=["user_id", "item_id", "rating", "timestamp"])
+    ratings.write_train_ratings(tmp_path, table, like_threshold=4)
     (tmp_path / "train.jsonl").write_text("")
     return tmp_path
 
@@ -82,7 +79,8 @@ def rows_for(model: str, right: dict[str, tuple[bool, bool]]) -> list[dict]:
     """Prediction rows of a model that is right in the (original, swapped) orders as given."""
     rows = []
     for e in EXAMPLES:
-        for order, ex, ok in (("original", e, right[e.pair_id][0]), ("swapped", records.swap(e), right[e.pair_id][1])):
+        for order, ex, ok in (("original", e, right[e.pair_id][0]), ("swapped", records.swap(e),
+                                                                     right[e.pair_id][1])):
             choice = ex.label if ok else ex.other
             rows.append({"model": model, "pair_id": e.pair_id, "user_id": e.user_id, "order": order,
                          "label": ex.label, "logp_a": -1.0 if choice == "A" else -2.0,
@@ -142,7 +140,8 @@ def test_builder_writes_training_users_ratings_only(tmp_path):
     sources.build("synthetic:60", tmp_path, seed=0)
     meta = json.loads((tmp_path / ratings.META_FILE).read_text())
     rated = pd.read_csv(tmp_path / meta["ratings_file"])
-    split_users = {s: {json.loads(line)["user_id"] for line in (tmp_path / f"{s}.jsonl").read_text().splitlines()}
+    split_users = {s: {json.loads(line)["user_id"]
+                       for line in (tmp_path / f"{s}.jsonl").read_text().splitlines()}
                    for s in pairs.SPLITS}
     assert {str(u) for u in rated["user_id"].unique()} == split_users["train"]
     assert meta["ratings"] == len(rated) and meta["like_threshold"] == 4

@@ -6,16 +6,13 @@ import json
 
 import numpy as np
 import pytest
+
 from dporec import UserError
 from dporec.analysis import ranking as rk
-from dporec.data import candidates
-from dporec.data import records
-from dporec.evaluation import baselines
-from dporec.evaluation import ranking
-from dporec.evaluation import scoring
+from dporec.data import candidates, records
+from dporec.evaluation import baselines, ranking, scoring
 from dporec.modeling import backends
 from tests.helpers import TINY_CONFIG, tiny_overrides
-
 
 
 def _sets(folder):
@@ -24,7 +21,8 @@ def _sets(folder):
 
 def test_candidate_sets_are_test_users_rated_after_their_history(tiny_data):
     sets = _sets(tiny_data)
-    split_users = {s: {e.user_id for e in records.load_examples(tiny_data / f"{s}.jsonl")} for s in ("train", "val", "test")}
+    split_users = {s: {e.user_id for e in records.load_examples(tiny_data / f"{s}.jsonl")}
+                   for s in ("train", "val", "test")}
     assert sets and {s["user_id"] for s in sets} <= split_users["test"]
     summary = json.loads((tiny_data / "summary.json").read_text())["ranking"]
     assert summary["users"] == len(sets) and summary["candidates_per_user"] == 8
@@ -43,7 +41,8 @@ def test_spread_takes_every_rating_level_in_turn():
 
 def test_load_names_file_line_and_field(tmp_path):
     bad = tmp_path / "r.jsonl"
-    bad.write_text(json.dumps({"user_id": "1", "history": [], "candidates": [{"title": "X (1990)", "genres": []}]})
+    one_movie = [{"title": "X (1990)", "genres": []}]
+    bad.write_text(json.dumps({"user_id": "1", "history": [], "candidates": one_movie})
                    + "\n")
     with pytest.raises(UserError, match=r"r\.jsonl:1: 'candidates' needs at least 2 movies"):
         candidates.load(bad)
@@ -55,7 +54,8 @@ def test_copeland_follows_consistent_preferences_and_ignores_position_bias():
     n = 4
     truth = np.array([3.0, 1.0, 4.0, 2.0])
     # consistent, with a strong pull towards whichever movie is shown as Option A
-    margins = [(truth[i] - truth[j] + 5.0, truth[j] - truth[i] + 5.0) for i in range(n) for j in range(i + 1, n)]
+    margins = [(truth[i] - truth[j] + 5.0, truth[j] - truth[i] + 5.0) for i in range(n)
+               for j in range(i + 1, n)]
     scores = rk.copeland(rk.preferences(margins, n))
     assert list(np.argsort(-scores)) == [2, 0, 3, 1]
     always_a = [(5.0, 5.0)] * 6  # says "A" whatever is shown: prefers nothing

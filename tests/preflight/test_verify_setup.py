@@ -6,12 +6,11 @@ import json
 import shutil
 
 import pytest
+
 from dporec import ROOT
 from dporec.preflight import environment as env
-from dporec.preflight import smoke
-from dporec.preflight import table
+from dporec.preflight import smoke, table
 from tests.helpers import TINY_CONFIG, tiny_overrides, verify_main
-
 
 
 def run(capsys, *argv):
@@ -29,7 +28,8 @@ def test_good_tiny_config_passes(capsys, tiny_data, tiny_model, tmp_path):
     assert fail_rows(out) == []
     for name in ("packages", "4-bit matmul", "model", "memory", "data: files", "data: users", "data: pairs",
                  "data: ids", "disk"):
-        assert any(line.lstrip().startswith("✓") and f" {name} " in line for line in out.splitlines()), (name, out)
+        assert any(line.lstrip().startswith("✓") and f" {name} " in line
+                   for line in out.splitlines()), (name, out)
     # Adapters that do not exist yet are only a warning before training.
     assert "adapter: sft" in out and "not trained yet" in out
 
@@ -131,7 +131,8 @@ echo "| NVIDIA-SMI 550.54.15    Driver Version: 550.54.15    CUDA Version: 12.4 
 
 
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="CPU behaviour")
-def test_gpu_visible_but_unusable_by_torch_fails_with_fix(capsys, tiny_data, tiny_model, tmp_path, monkeypatch):
+def test_gpu_visible_but_unusable_by_torch_fails_with_fix(capsys, tiny_data, tiny_model, tmp_path,
+                                                          monkeypatch):
     """nvidia-smi works (a real executable on PATH printing what a 3090 box prints), torch sees no GPU."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()

@@ -5,17 +5,9 @@ import json
 
 import numpy as np
 import pytest
-from dporec.analysis import comparison
-from dporec.analysis import metrics
-from dporec.analysis import seeds
-from dporec.preflight import table
-from dporec.report import files
-from dporec.report import markdown
-from dporec.report import numbers
-from dporec.report import plots
-from dporec.report import sentences
-from dporec.report import tables
 
+from dporec.analysis import comparison, metrics, seeds
+from dporec.report import files, markdown, numbers, plots, sentences, tables
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -148,11 +140,13 @@ def test_report_names_the_test_the_verdict_uses(tmp_path, results):
 
 
 def test_report_without_user_ids_says_pairs(tmp_path, rows_by_model):
-    rows = {m: [{k: v for k, v in r.items() if k != "user_id"} for r in rs] for m, rs in rows_by_model.items()}
+    rows = {m: [{k: v for k, v in r.items() if k != "user_id"} for r in rs] for m,
+            rs in rows_by_model.items()}
     res = {"models": {m: metrics.model_metrics(r, n_boot=100) for m, r in rows.items()},
            "comparison": comparison.compare(rows["sft"], rows["dpo"], n_boot=100), "meta": {}}
     text = markdown.write_report_md(tmp_path, res).read_text(encoding="utf-8")
-    assert "bootstrap over pairs (no user ids)" in text and "no user ids, so every pair is its own cluster" in text
+    assert "bootstrap over pairs (no user ids)" in text
+    assert "no user ids, so every pair is its own cluster" in text
     assert "bootstrap over pairs (no user ids)" in tables.format_verdict(res)
     back = json.loads(files.write_results(tmp_path, res).read_text())
     assert back["comparison"]["clustering"] == "pairs (no user ids)"
@@ -170,8 +164,10 @@ def test_baselines_are_rendered_beside_the_models(tmp_path, results):
                        "ci": [0.5, 0.66], "n_pairs": 60},
         "genre_overlap": {"label": "genre overlap with the history", "available": False, "accuracy": None,
                           "ci": None, "n_pairs": 60, "reason": "the test file has no history genres"}}
-    res["models"]["sft"]["vs_best_baseline"] = {"baseline": "mean_rating", "difference": 0.05, "ci": [0.01, 0.09]}
-    res["models"]["dpo"]["vs_best_baseline"] = {"baseline": "mean_rating", "difference": -0.02, "ci": [-0.08, 0.03]}
+    res["models"]["sft"]["vs_best_baseline"] = {"baseline": "mean_rating", "difference": 0.05,
+                                                "ci": [0.01, 0.09]}
+    res["models"]["dpo"]["vs_best_baseline"] = {"baseline": "mean_rating", "difference": -0.02,
+                                                "ci": [-0.08, 0.03]}
     text = markdown.write_report_md(tmp_path, res).read_text(encoding="utf-8")
     assert "| mean rating among training users | 75.0% [68.0, 81.0] |" in text
     assert "| genre overlap with the history | not available: the test file has no history genres |" in text

@@ -127,7 +127,8 @@ def pretraining_texts(n: int, seed: int = 0, history_len: int = 4) -> list[str]:
 
 def _tokenizer_texts(seed: int) -> list[str]:
     texts = pretraining_texts(300, seed=seed + 1)
-    texts += [task.answer_text(L, task.genre_reasoning(f"Film 12 (1990) ({g})", [g], "Film 7 (1950) (Drama)", []))
+    texts += [task.answer_text(L, task.genre_reasoning(f"Film 12 (1990) ({g})", [g],
+                                                       "Film 7 (1950) (Drama)", []))
               for L in task.LETTERS for g in GENRES]
     return texts
 

@@ -16,7 +16,6 @@ from safetensors.torch import load_file
 from dporec import ROOT, UserError
 from tests.helpers import TINY_CONFIG, experiment_main, tiny_overrides
 
-
 ACCELERATE = Path(sys.executable).with_name("accelerate")
 
 
@@ -56,7 +55,8 @@ def test_two_process_sft_then_dpo(tiny_data, tiny_model, tmp_path):
     cut = tmp_path / "cut" / "sft"
     cut.mkdir(parents=True)
     shutil.copytree(tmp_path / "run" / "sft" / "checkpoint-2", cut / "checkpoint-2")
-    over_cut = [o for o in over if not o.startswith("output_dir=")] + [f"output_dir={tmp_path / 'cut'}", "--resume"]
+    over_cut = [o for o in over if not o.startswith("output_dir=")] + [f"output_dir={tmp_path / 'cut'}",
+                                                                       "--resume"]
     proc = launch("train_sft.py", over_cut)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert json.loads((cut / "metrics.json").read_text())["resumed_from"].endswith("checkpoint-2")

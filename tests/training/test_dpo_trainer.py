@@ -16,7 +16,6 @@ from dporec.training import trainer as glue
 from tests.helpers import TINY_CONFIG, tiny_overrides
 
 
-
 def _trainer(cls, cfg, tmp_path, tok, model, rows):
     ds = glue.to_dataset(rows)
     tr = cls(model=model, ref_model=None, args=glue.dpo_config(cfg, tmp_path, "hf"),
@@ -37,6 +36,7 @@ def _step(trainer, batch):
 
 def test_answer_only_logits_equal_trl(tiny_data, tiny_model, tmp_path):
     from trl import DPOTrainer
+
     from dporec.config import load_config
     from dporec.modeling.backends import load_for_training
 

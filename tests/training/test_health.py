@@ -24,7 +24,8 @@ def codes(result):
 
 
 def test_healthy_dpo_run_does_not_warn():
-    train, evals = _dpo_hist(chosen=[-20.0, -20.5, -21.0, -21.2], margins=[0.0, 0.1, 0.3, 0.5], accs=[0.5, 0.7, 0.8])
+    train, evals = _dpo_hist(chosen=[-20.0, -20.5, -21.0, -21.2], margins=[0.0, 0.1, 0.3, 0.5],
+                             accs=[0.5, 0.7, 0.8])
     result = health.check_dpo(train, evals, T, warmup_steps=1)
     assert result["ok"] and result["warnings"] == []
     assert math.isclose(result["observed"]["chosen_logp_drop"], 1.2)
@@ -32,7 +33,8 @@ def test_healthy_dpo_run_does_not_warn():
 
 def test_likelihood_displacement_warns_with_the_remedy():
     # The margin grows and accuracy is high, yet the chosen answer got 12 nats less likely.
-    train, evals = _dpo_hist(chosen=[-20.0, -24.0, -28.0, -32.0], margins=[0.0, 1.0, 2.0, 3.0], accs=[0.5, 0.9])
+    train, evals = _dpo_hist(chosen=[-20.0, -24.0, -28.0, -32.0], margins=[0.0, 1.0, 2.0, 3.0],
+                             accs=[0.5, 0.9])
     result = health.check_dpo(train, evals, T)
     assert codes(result) == ["likelihood_displacement"]
     assert "dpo.loss_type=[sigmoid, sft]" in result["warnings"][0]["remedy"]

@@ -18,9 +18,7 @@ from safetensors.torch import load_file
 from dporec import ROOT, UserError
 from dporec.config import parse_args
 from dporec.data import records
-from dporec.modeling import backends
-from dporec.training import health
-from dporec.training import stages
+from dporec.training import health, stages
 from dporec.training import trainer as glue
 from tests.helpers import TINY_CONFIG, tiny_overrides
 
@@ -97,6 +95,7 @@ def test_sft_lowers_loss_and_moves_lora(sft_run):
 
 def test_sft_masks_prompt_and_trains_eos(tiny_data, tiny_model, tmp_path):
     from trl import SFTTrainer
+
     from dporec.config import load_config
     from dporec.modeling.backends import load_for_training
     cfg = load_config(TINY_CONFIG, tiny_overrides(tiny_data, tiny_model, tmp_path))
@@ -189,6 +188,7 @@ def test_dpo_loss_matches_formula_through_trl(tiny_data, tiny_model, tmp_path):
     log-probs enter through the precomputed-reference path."""
     from transformers.modeling_outputs import CausalLMOutput
     from trl import DPOTrainer
+
     from dporec.config import load_config
     from dporec.modeling.backends import load_for_training
 
@@ -208,12 +208,14 @@ def test_dpo_loss_matches_formula_through_trl(tiny_data, tiny_model, tmp_path):
             logits[:, 0, 0] = torch.log1p(-torch.exp(logp))
             return CausalLMOutput(logits=logits)
 
-    inputs = {"input_ids": torch.tensor([[0, 1], [0, 1]]), "attention_mask": torch.ones(2, 2, dtype=torch.long),
+    inputs = {"input_ids": torch.tensor([[0, 1], [0, 1]]),
+              "attention_mask": torch.ones(2, 2, dtype=torch.long),
               "completion_mask": torch.tensor([[0, 1], [0, 1]]),
               "ref_chosen_logps": torch.tensor([-2.5]), "ref_rejected_logps": torch.tensor([-4.5])}
     loss = trainer.compute_loss(FixedLogProbs(), inputs)
     assert loss.item() == pytest.approx(0.644397, abs=1e-6)
-    assert loss.item() == pytest.approx(-math.log(1 / (1 + math.exp(-0.1 * ((-2.0 + 2.5) - (-5.0 + 4.5))))), abs=1e-6)
+    assert loss.item() == pytest.approx(-math.log(1 / (1 + math.exp(-0.1 * ((-2.0 + 2.5) - (-5.0 + 4.5))))),
+                                        abs=1e-6)
     logged = trainer._metrics["train" if trainer.model.training else "eval"]
     assert logged["rewards/chosen"][-1] == pytest.approx(0.05, abs=1e-6)
     assert logged["rewards/rejected"][-1] == pytest.approx(-0.05, abs=1e-6)
@@ -354,7 +356,8 @@ def test_tokens_fall_back_to_num_input_tokens_seen():
                            {"train_runtime": 4.0, "train_loss": 1.75, "step": 2}]
 
     m = glue.collect_metrics(Trainer(), 5.0)
-    assert m["tokens"] == 100 and m["tokens_per_second"] == 25.0 and m["tokens_source"] == "num_input_tokens_seen"
+    assert m["tokens"] == 100 and m["tokens_per_second"] == 25.0
+    assert m["tokens_source"] == "num_input_tokens_seen"
 
 
 def test_step_timer_counts_tokens_without_trl_num_tokens(tmp_path):
@@ -365,7 +368,8 @@ def test_step_timer_counts_tokens_without_trl_num_tokens(tmp_path):
     spec.loader.exec_module(bench_train)
     timer = bench_train._step_timer(tmp_path / "t.json")
     timer.on_step_end(None, type("S", (), {"global_step": 1})(), None)
-    timer.on_log(None, type("S", (), {"global_step": 1})(), None, logs={"loss": 1.0, "num_input_tokens_seen": 64})
+    timer.on_log(None, type("S", (), {"global_step": 1})(), None, logs={"loss": 1.0,
+                                                                        "num_input_tokens_seen": 64})
     assert timer.steps[1]["num_tokens"] == 64
 
 
