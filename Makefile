@@ -48,10 +48,15 @@ demo: models/smollm2-135m-instruct/config.json data/generated/ml100k/ranking_tes
 	$(PYTHON) verify_setup.py --config configs/cpu_demo.yaml
 	$(PYTHON) run_experiment.py --config configs/cpu_demo.yaml
 
+# Lint (ruff), the architecture contracts (import-linter, pyproject.toml), then the tests.
 test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 	$(PYTHON) -m pytest -q -m "not slow"
 
 test-all: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 	$(PYTHON) -m pytest -q
 
 verify: $(STAMP)

@@ -41,6 +41,7 @@ def test_answer_only_logits_equal_trl(tiny_data, tiny_model, tmp_path):
     from dporec.modeling.backends import load_for_training
 
     cfg = load_config(TINY_CONFIG, tiny_overrides(tiny_data, tiny_model, tmp_path) + ["lora.dropout=0.0"])
+    torch.manual_seed(0)  # the LoRA init and the perturbations below: the same whatever ran before
     model, tok = load_for_training(cfg, "hf")
     twin, _ = load_for_training(cfg, "hf")  # each trainer adds its own 'ref' copy of the adapter
     with torch.no_grad():  # a non-zero adapter, so policy and gradients are not trivial
