@@ -2,8 +2,11 @@
 
     # CPU smoke run, no download (synthetic ML-1M-format ratings, 40 users):
     python data/prepare_movielens.py --source synthetic:40 --out data/generated/tiny
-    # real MovieLens-100K, shipped inside the recbole package:
+    # real MovieLens-100K, shipped inside the recbole package; the same with matched negatives (the
+    # personal-taste task: a liked and a disliked movie of about the same general appeal)
     python data/prepare_movielens.py --source recbole:ml-100k --out data/generated/ml-100k
+    python data/prepare_movielens.py --source recbole:ml-100k --negatives matched \\
+        --out data/generated/ml-100k-matched
     # MovieLens-1M (what the thesis uses; download ml-1m.zip yourself, never commit it):
     python data/prepare_movielens.py --source downloads/ml-1m.zip --out data/generated/ml-1m --seed 42
     # the thesis's own finished file (one line per user): split it; with --ml1m, recover each line's user
@@ -39,6 +42,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-per-user", type=int, default=3, help="examples per user at most")
     p.add_argument("--ranking-candidates", type=int, default=8,
                    help="movies per test user in ranking_test.jsonl (eval.ranking; 0: no file)")
+    p.add_argument("--negatives", choices=("disliked", "matched"), default="disliked",
+                   help="disliked: any movie the user rated <= 2 (general appeal answers most pairs); "
+                        "matched: a disliked movie as popular and as well rated as the liked one "
+                        "(personal taste)")
     p.add_argument("--val-fraction", type=float, default=0.1, help="share of users in val")
     p.add_argument("--test-fraction", type=float, default=0.1, help="share of users in test")
     p.add_argument("--allow-md5-mismatch", action="store_true",
@@ -60,7 +67,7 @@ def main(argv=None) -> int:
     summary = sources.build(source, args.out, seed=args.seed, history_len=args.history_len,
                             max_examples_per_user=args.max_per_user, val_fraction=args.val_fraction,
                             test_fraction=args.test_fraction, ranking_candidates=args.ranking_candidates,
-                            allow_md5_mismatch=args.allow_md5_mismatch)
+                            negatives=args.negatives, allow_md5_mismatch=args.allow_md5_mismatch)
     print(thesis_summary(summary) if summary.get("kind") == "thesis" else pairs_summary(summary))
     print(f"wrote {args.out}/train.jsonl, val.jsonl, "
           f"test.jsonl{', ranking_test.jsonl' if summary.get('ranking') else ''} and summary.json")

@@ -47,20 +47,15 @@ SCHEMA: dict[str, Any] = {
     "resume": F(False, bool, help="continue from the last checkpoint in the run folder"),
     "model": {
         "name": F("unsloth/llama-3-8b-bnb-4bit", str,
-                  help="hub id or local folder; the default is pre-quantized "
-                       "4-bit (a third of the bf16 download)"),
+                  help="hub id or local folder; the default is stored in 4-bit (a third of the download)"),
         "backend": F("auto", str, choices=("auto", "unsloth", "hf"),
-                     help="auto: Unsloth on a CUDA GPU when installed "
-                          "(faster, leaner), else transformers + PEFT"),
-        "load_in_4bit": F(True, bool, help="NF4 + double quantization: ~0.5 byte "
-                                           "per weight instead of 2 in bf16"),
+                     help="auto: Unsloth on a CUDA GPU when installed (faster, leaner), else transformers"),
+        "load_in_4bit": F(True, bool, help="NF4 + double quantization: ~0.5 byte per weight instead of 2"),
         "dtype": F("auto", str, choices=("auto", "bfloat16", "float16", "float32"),
                    help="auto: bf16 on Ampere+ (RTX 3090, A100), fp16 on T4/V100, fp32 on CPU"),
-        "max_seq_length": F(512, int, help="prompts are ~250 tokens; longer costs memory for nothing. Under "
-                                           "Unsloth a longer sequence would be "
-                                           "cut, so evaluation refuses one"),
-        "allow_cpu": F(False, bool, help="with backend=hf: run a GPU-sized model (>= 2B parameters) on a CPU "
-                                         "anyway, at days per epoch; otherwise every script refuses it"),
+        "max_seq_length": F(512, int, help="prompts are ~250 tokens; longer costs memory for nothing"),
+        "allow_cpu": F(False, bool, help="with backend=hf: run a GPU-sized model (>= 2B parameters) on a "
+                                         "CPU anyway, at days per epoch; otherwise every script refuses it"),
     },
     "lora": {
         "r": F(16, int, help="adapter rank: more capacity and memory; 16 is the thesis value"),
@@ -72,23 +67,26 @@ SCHEMA: dict[str, Any] = {
     "data": {
         "source": F(None, str, NONE, help="run_experiment.py builds the three files from this when missing: "
                                           + sources.forms()),
+        "negatives": F("disliked", str, choices=("disliked", "matched"),
+                       help="how run_experiment.py picks each pair's other movie when it builds from a "
+                            "source: disliked (any movie the user rated <= 2: general appeal alone answers "
+                            "most pairs) or matched (a disliked movie as popular and as well rated as the "
+                            "liked one: only personal taste answers it)"),
         "train_file": F("data/generated/ml1m/train.jsonl", str),
         "val_file": F("data/generated/ml1m/val.jsonl", str),
         "test_file": F("data/generated/ml1m/test.jsonl", str),
         "prompt_format": F("alpaca", str, choices=task.PROMPT_FORMATS,
-                           help="'### Instruction/Input/Response' (thesis) or the "
-                                "tokenizer's chat template (instruct models)"),
+                           help="'### Instruction/Input/Response' (the thesis) or the tokenizer's chat "
+                                "template (instruct models)"),
         "max_train_examples": F(None, int, NONE, help="null = all"),
-        "max_val_examples": F(200, int, NONE, help="validation during training costs "
-                                                   "time; 200 pairs show trends"),
+        "max_val_examples": F(200, int, NONE, help="validation during training "
+                                                   "costs time; 200 pairs show trends"),
         "max_test_examples": F(None, int, NONE, help="null = all: ~1,200-2,900 pairs are needed to detect "
                                                      "+2 points (README, statistics)"),
         "ranking_candidates": F(8, int, help="movies per test user in the candidate sets run_experiment.py "
-                                             "builds from data.source (more: a finer "
-                                             "ranking, N(N-1) scored questions)"),
+                                             "builds (more: a finer ranking, N(N-1) scored questions)"),
         "ranking_file": F(None, str, NONE, help="candidate sets for eval.ranking; default: "
-                                                "ranking_test.jsonl beside test_file (written by "
-                                                "data/prepare_movielens.py)"),
+                                                "ranking_test.jsonl beside test_file"),
     },
     "train": {  # shared by the SFT and DPO stages
         "batch_size": F(1, int, help="thesis value; larger batches use the GPU better if memory allows"),
@@ -101,11 +99,10 @@ SCHEMA: dict[str, Any] = {
         "max_grad_norm": F(1.0, float),
         "logging_steps": F(10, int),
         "eval_steps": F(100, int, help="validation loss (and DPO reward accuracy) every N optimizer steps"),
-        "save_steps": F(100, int, help="checkpoints for --resume; each holds the adapter and optimizer "
-                                       "state"),
+        "save_steps": F(100, int, help="checkpoints for --resume; each holds the adapter and optimizer"),
         "save_total_limit": F(2, int),
-        "report_to": F("none", str, list, help="TRL/transformers loggers: none, tensorboard, wandb, trackio "
-                                               "(or a list of them; the package must be installed)"),
+        "report_to": F("none", str, list, help="loggers: none, tensorboard, wandb, trackio (or a list of "
+                                               "them; the package must be installed)"),
     },
     "sft": {
         "init_adapter": F(None, str, NONE, help="continue training this adapter instead of a fresh LoRA "
@@ -117,20 +114,19 @@ SCHEMA: dict[str, Any] = {
     },
     "dpo": {
         "init": F("sft", str, choices=("sft", "base"),
-                  help="sft: continue the SFT adapter, reference = frozen SFT model (S-DPO, Zephyr); base: "
-                       "fresh LoRA, reference = base model. Different experiments"),
+                  help="sft: continue the SFT adapter, reference = frozen SFT model (S-DPO, Zephyr); "
+                       "base: fresh LoRA, reference = base model. Different experiments"),
         "sft_adapter": F(None, str, NONE, help="default: <output_dir>/sft"),
         "beta": F(0.1, float, help="thesis value; recommendation DPO work (S-DPO, DMPO) uses 1: a larger "
-                                   "beta keeps the policy nearer the reference "
-                                   "and resists likelihood displacement"),
-        "loss_type": F(["sigmoid"], list, str, help="[sigmoid, sft] adds an NLL term "
-                                                    "on the chosen answer (RPO), "
-                                                   "the remedy when logps/chosen falls; also ipo, hinge"),
+                                   "beta keeps the policy nearer the reference and resists likelihood "
+                                   "displacement"),
+        "loss_type": F(["sigmoid"], list, str, help="[sigmoid, sft] adds an NLL term on the chosen answer "
+                                                   "(RPO), the remedy when logps/chosen falls; also ipo"),
         "loss_weights": F(None, list, NONE, help="e.g. [1.0, 1.0] with [sigmoid, sft]"),
-        "learning_rate": F(5e-5, float, help="thesis value; LoRA DPO usually uses 5e-6..1e-5 "
-                                             "(higher rates displace likelihood)"),
-        "epochs": F(3.0, float, help="thesis value; also 3x more training than SFT's 1 epoch: compare "
-                                     "against the compute-matched control arm"),
+        "learning_rate": F(5e-5, float, help="thesis value; LoRA DPO usually uses 5e-6..1e-5 (higher "
+                                             "rates displace likelihood)"),
+        "epochs": F(3.0, float, help="thesis value; also 3x more training than SFT's 1 epoch: compare with "
+                                     "the compute-matched control arm"),
         "max_steps": F(-1, int),
         "precompute_ref_log_probs": F(False, bool, help="true: one reference pass before training, then no "
                                                         "reference forward per step"),
@@ -138,24 +134,28 @@ SCHEMA: dict[str, Any] = {
     "eval": {
         "models": F(["base", "sft", "dpo"], list, help="base = zero-shot, no adapter"),
         "adapters": F({}, dict, help="extra name: adapter-path pairs to evaluate"),
-        "batch_size": F(16, int, help="pairs are scored as padded batches; lower "
-                                      "it if evaluation runs out of memory"),
-        "generate": F(False, bool, help="also generate greedy answers and parse them "
-                                        "(slower; likelihood scoring is the measure)"),
+        "batch_size": F(16, int, help="pairs scored per padded batch; lower it if evaluation runs out of "
+                                      "memory"),
+        "generate": F(False, bool, help="also generate greedy answers and parse them (slower; likelihood "
+                                        "scoring is the measure)"),
         "max_new_tokens": F(32, int),
-        "stability": F(False, bool, help="also score with the base in 16-bit and report 4-bit vs 16-bit "
-                                         "agreement (needs 16-bit weights; a "
-                                         "pre-quantized model.name has none)"),
-        "ranking": F(False, bool, help="also rank N rated candidates per test user from all their pairs "
-                                       "(Kendall tau-b, NDCG@3, hit@1; README, Ranking adherence)"),
-        "ranking_max_users": F(None, int, NONE, help="rank the first this many candidate sets only (time)"),
-        "bootstrap_samples": F(2000, int),
-        "alpha": F(0.05, float),
+        "stability": F(False, bool, help="also score with the base in 16-bit and report the 4-bit vs "
+                                         "16-bit agreement (needs 16-bit weights)"),
+        "margin_points": F(2.0, float, help="the practical margin of the verdict, in points of two-order "
+                                            "accuracy: the thesis asks whether DPO is better by 2 points"),
+        "ranking": F(True, bool, help="also rank N rated candidates per test user from all their pairs "
+                                      "(Kendall tau-b, NDCG@3, hit@1): the second verdict line"),
+        "ranking_max_users": F(200, int, NONE, help="rank the first this many candidate sets only: each "
+                                                    "costs N(N-1) scored questions per model (null: all)"),
+        "ranking_margin": F(0.04, float, help="the practical margin of the ranking verdict, in Kendall "
+                                              "tau-b: +2 points of pairwise accuracy is +0.04 tau"),
+        "bootstrap_samples": F(2000, int, help="resamples of each model's own accuracy interval"),
+        "alpha": F(0.05, float, help="1 - the intervals' confidence level"),
     },
     "health": {  # dporec/training/health.py: warnings in metrics.json, the report and the console
         "max_chosen_logp_drop": F(5.0, float, help="DPO: warn when logps/chosen falls this many nats below "
-                                                   "its first value (likelihood displacement); "
-                                                   "lower catches it sooner"),
+                                                   "its first value (likelihood displacement); lower catches "
+                                                   "it sooner"),
         "min_eval_reward_accuracy": F(0.55, float, help="DPO: warn when the last eval rewards/accuracies is "
                                                         "below (near 0.5 = nothing learned)"),
         "max_eval_loss_rise": F(0.10, float, help="SFT: warn when the last eval loss is this fraction above "

@@ -36,6 +36,12 @@ def ensure_data(cfg: dict) -> str:
     files_ = [Path(d[k]) for k in ("train_file", "val_file", "test_file")]
     ranking = [] if not cfg["eval"]["ranking"] or d["ranking_file"] else [candidates.default_path(files_[2])]
     if all(f.is_file() for f in files_ + ranking):
+        built = files_[0].parent / "summary.json"
+        negatives = runs.read_json(built).get("negatives") if built.is_file() else None
+        if negatives and negatives != d["negatives"]:
+            raise UserError(f"{files_[0].parent} was built with negatives={negatives} ({built}), but "
+                            f"data.negatives={d['negatives']}: point data.train_file/val_file/test_file at "
+                            f"another folder to build the {d['negatives']} task there")
         return "skipped"
     if not d["source"]:
         missing = ", ".join(str(f) for f in files_ if not f.is_file())
@@ -48,7 +54,8 @@ def ensure_data(cfg: dict) -> str:
         raise UserError(f"data.source builds train.jsonl, val.jsonl and test.jsonl in one folder; point "
                         f"data.train_file/val_file/test_file at {expected[0]}, {expected[1]}, {expected[2]}")
     print(f"[data] building {folder} from {d['source']} (seed {cfg['seed']})")
-    summary = sources.build(d["source"], folder, seed=cfg["seed"], ranking_candidates=d["ranking_candidates"])
+    summary = sources.build(d["source"], folder, seed=cfg["seed"], ranking_candidates=d["ranking_candidates"],
+                            negatives=d["negatives"])
     print(f"[data] {json.dumps(summary['splits'])}")
     for note in summary.get("notes", []):  # a thesis:FILE source says how its split relates to users
         print(f"[data] {note}")
@@ -168,9 +175,10 @@ def run(cfg: dict, config_path: str = "<your config>") -> int:
         status.update({f"{k} (seed {s})": v for k, v in st.items()})
     rows = {s: files.read_predictions(out_dir / f"seed-{s}" / EVAL / "predictions.csv") for s in seeds}
     ec = cfg["eval"]
-    agg = aggregate_seeds(results_by_seed, rows, {"pooled": ("sft", "dpo", ("SFT", "DPO")),
-                                                  "pooled_control": (CONTROL, "dpo", ("SFT control", "DPO"))},
-                          n_boot=ec["bootstrap_samples"], seed=cfg["seed"], alpha=ec["alpha"])
+    comparisons = {"pooled": ("sft", "dpo", ("SFT", "DPO"), "comparison"),
+                   "pooled_control": (CONTROL, "dpo", ("SFT control", "DPO"), "comparison_control")}
+    agg = aggregate_seeds(results_by_seed, rows, comparisons, margin=ec["margin_points"] / 100,
+                          alpha=ec["alpha"])
     for s in seeds:
         agg["per_seed"][str(s)]["output_dir"] = str(out_dir / f"seed-{s}")
     for key in ("pooled", "pooled_control"):

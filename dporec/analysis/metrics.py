@@ -273,11 +273,10 @@ def per_pair_scores(rows, kind: str = "decision") -> tuple[dict[str, float], dic
             {p: user_of(pairs[p]["original"]) for p in pids})
 
 
-def both_orders_correct(rows, kind: str = "decision") -> dict[str, bool]:
-    """{pair_id: right in both option orders} (strict: a tie is wrong)."""
+def decisions(rows, kind: str = "decision") -> dict[tuple[str, str], str]:
+    """{(pair_id, order): the option chosen, "A", "B" or "tie"} for one model."""
     pairs = group(rows)
-    po = pair_outcomes(pairs, kind)
-    return {p: bool(b) for p, b in zip(sorted(pairs), po["both"])}
+    return {(pid, o): decision(pairs[pid][o], kind)[0] for pid in sorted(pairs) for o in ORDERS}
 
 
 def margins(rows, kind: str = "decision") -> np.ndarray:

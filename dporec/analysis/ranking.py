@@ -4,15 +4,11 @@ The pair's preference is the position-free mean of its two orders,
 
     pref(i over j) = (margin(i as A, j as B) - margin(j as A, i as B)) / 2,
 
-so a model that always says "A" prefers nothing. The N x N preferences become a ranking by COPELAND:
-a movie's score is the number of others it beats (ties 1/2), remaining ties broken by its summed
-preference margin. Not Bradley-Terry: its maximum-likelihood strengths do not exist for a perfectly
-consistent (strict) order, the common case for a rule-like model; it needs the log-odds to be
-calibrated probabilities, which one token's logit is not; and it adds an iterative fit.
-
-Against the user's ratings (ties allowed): Kendall's tau-b (a ranking with no order at all counts 0),
-NDCG@3 (tied scores get their group's mean gain) and hit@1 (the top movie rated >= 4; a tied top
-counts the share). Chance levels are exact expectations under a random order.
+so a model that always says "A" prefers nothing; the preferences become a ranking by Copeland. Against
+the user's ratings (ties allowed): Kendall's tau-b (a ranking with no order at all counts 0), NDCG@3
+(gain = rating - 1, so a 1-star movie adds nothing; tied scores share their group's mean gain) and
+hit@1 (the top movie rated >= 4; a tied top counts the share). Chance levels are exact expectations
+under a random order.
 """
 from __future__ import annotations
 
@@ -21,11 +17,13 @@ from itertools import combinations
 import numpy as np
 from scipy.stats import kendalltau
 
-from dporec.analysis.resampling import cluster_bootstrap_ci, sign_flip_test
+from dporec.analysis.comparison import margin_status, verdict
+from dporec.analysis.resampling import cluster_bootstrap_ci, paired_interval
 
 METRICS = ("kendall_tau_b", "ndcg@3", "hit@1")
 LIKED = 4          # hit@1: rated at least this
 TOP_K = 3          # ndcg@3
+LOWEST = 1         # the lowest rating: NDCG's gain is rating - LOWEST, so it starts at 0
 
 
 def preferences(margins: list[tuple[float, float]], n: int) -> np.ndarray:
@@ -39,7 +37,12 @@ def preferences(margins: list[tuple[float, float]], n: int) -> np.ndarray:
 
 
 def copeland(pref: np.ndarray) -> np.ndarray:
-    """A score per item ordering by Copeland wins (ties 1/2), then summed margin; equal only when both are."""
+    """A score per item ordering by Copeland wins (ties 1/2), then summed margin; equal only when both are.
+
+    Not Bradley-Terry: its maximum-likelihood strengths do not exist for a perfectly consistent (strict)
+    order, the common case for a rule-like model; it needs the log-odds to be calibrated probabilities,
+    which one token's logit is not; and it adds an iterative fit.
+    """
     wins = (pref > 0).sum(1) + 0.5 * ((pref == 0).sum(1) - 1)  # minus the diagonal
     margin = pref.sum(1)
     keys = sorted(set(zip(wins, margin)))
@@ -58,7 +61,7 @@ def _discounts(k: int) -> np.ndarray:
 
 
 def ndcg_at_k(scores, ratings, k: int = TOP_K) -> float:
-    scores, gains = np.asarray(scores, float), np.asarray(ratings, float)
+    scores, gains = np.asarray(scores, float), np.asarray(ratings, float) - LOWEST
     k = min(k, len(gains))
     disc = _discounts(len(gains))
     dcg, pos = 0.0, 0
@@ -84,11 +87,12 @@ def metrics(scores, ratings) -> dict[str, float]:
 
 def chance(ratings) -> dict[str, float]:
     """Each metric's expectation under a uniformly random order."""
-    gains = np.asarray(ratings, float)
+    ratings = np.asarray(ratings, float)
+    gains = ratings - LOWEST
     k = min(TOP_K, len(gains))
     ideal = (np.sort(gains)[::-1][:k] * _discounts(k)).sum()
     ndcg = float(gains.mean() * _discounts(k).sum() / ideal) if ideal else 0.0
-    return {"kendall_tau_b": 0.0, "ndcg@3": ndcg, "hit@1": float((gains >= LIKED).mean())}
+    return {"kendall_tau_b": 0.0, "ndcg@3": ndcg, "hit@1": float((ratings >= LIKED).mean())}
 
 
 def summarize(rows, n_boot: int, seed: int, alpha: float) -> dict:
@@ -102,14 +106,20 @@ def summarize(rows, n_boot: int, seed: int, alpha: float) -> dict:
     return out
 
 
-def compare(rows_a, rows_b, n_perm: int, seed: int, alpha: float) -> dict:
-    """b minus a per user (paired): mean difference, sign-flip p-value and the interval that inverts it."""
+BOUNDS = {"kendall_tau_b": 2.0, "ndcg@3": 1.0, "hit@1": 1.0}  # the largest per-user difference possible
+
+
+def compare(rows_a, rows_b, alpha: float, margin: float) -> dict:
+    """b minus a per user (paired): for each metric the mean difference, its interval and p-value
+    (resampling.paired_interval); for Kendall tau-b also the verdict label against `margin`."""
     by_user = {r["user_id"]: r for r in rows_a}
     out = {}
     for m in METRICS:
         users = [r["user_id"] for r in rows_b if r["user_id"] in by_user]
         diffs = [r[m] - by_user[r["user_id"]][m] for r in rows_b if r["user_id"] in by_user]
-        bound = 2.0 if m == "kendall_tau_b" else 1.0
-        t = sign_flip_test(diffs, users, n_perm=n_perm, seed=seed, alpha=alpha, bounds=(-bound, bound))
-        out[m] = {"difference": float(np.mean(diffs)), "ci": list(t["ci95"]), "p_value": t["p_value"]}
+        inf = paired_interval(diffs, users, alpha=alpha, bound=BOUNDS[m])
+        out[m] = {"difference": inf["mean"], "ci": list(inf["ci"]), "p_value": inf["p_value"]}
+    tau = out["kendall_tau_b"]
+    tau.update(verdict=verdict(tau["ci"], margin), margin=margin,
+               margin_status=margin_status(tau["ci"], margin))
     return out

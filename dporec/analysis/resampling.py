@@ -1,19 +1,15 @@
-"""Resampling over users: the cluster bootstrap, the paired sign-flip test with the interval that
-inverts it, McNemar, the design effect of clustering and the test size for a given power.
+"""Inference over users: the cluster bootstrap, the paired interval and p-value of a mean difference,
+the design effect of clustering and the test size for a given power.
 
-Pairs of one user share a history, so a user (a cluster) is the unit every interval resamples and
-every test exchanges.
+Pairs of one user share a history, so a user (a cluster) is the unit every interval and test is
+built on.
 """
 from __future__ import annotations
 
-import itertools
 import math
 
 import numpy as np
 from scipy import stats as sps
-
-EXACT_MAX_CLUSTERS = 12      # up to 2^12 = 4,096 sign vectors: enumerate them all
-
 
 # --------------------------------------------------------------------------------------------
 # Resampling
@@ -52,63 +48,35 @@ def cluster_bootstrap_ci(values, clusters, n_boot: int = 2000, seed: int = 0, al
     return cis[0] if v.ndim == 1 else cis
 
 
-def sign_flip_test(values, clusters, n_perm: int = 2000, seed: int = 0, alpha: float = 0.05,
-                   bounds: tuple[float, float] = (-1.0, 1.0)) -> dict:
-    """Two-sided paired permutation test of mean(values) = 0, flipping the sign of each cluster's
-    total, and its inversion into a CI. Returns {p_value, ci95, exact, n_sign_vectors}.
+def paired_interval(values, clusters, alpha: float = 0.05, bound: float = 1.0) -> dict:
+    """Interval and two-sided p-value for the mean of paired differences, clustered by user.
 
-    For a shift delta the statistic of sign vector e is T_e(delta) = sum_u e_u (S_u - delta n_u) / N
-    and the observed one is mean - delta; delta is not rejected when enough |T_e| >= |T_obs|. Each
-    such condition is a quadratic inequality in delta whose solution is an interval containing the
-    mean, so the accepted set is an interval (computed exactly here) and contains 0 iff p >= alpha.
+    A cluster-robust t interval (CR2 variance, Bell-McCaffrey degrees of freedom) after adding two
+    pseudo-items, one at +bound and one at -bound, each its own cluster. Without them the interval
+    of mostly-zero differences collapses: three "DPO better" pairs among a hundred would give a
+    standard error from three points, and identical models an interval of zero width. The pseudo-items
+    shrink the center toward 0 by 2/(N+2) and keep the standard error honest, like the Agresti-Caffo
+    adjustment for proportions. CR2 and its degrees of freedom keep one user with many pairs from
+    dominating unnoticed. The p-value comes from the same t statistic, so the interval excludes 0
+    exactly when p < alpha. Returns {mean, center, se, df, ci, p_value}; ci is clipped to +-bound.
     """
-    sums, sizes = _cluster_sums(values, clusters)
-    n_clusters, total = sums.size, sizes.sum()
-    mean = sums.sum() / total
-    exact = n_clusters <= EXACT_MAX_CLUSTERS
-    if exact:
-        signs = np.array(list(itertools.product((1.0, -1.0), repeat=n_clusters)))
-        a, b = signs @ sums / total, signs @ sizes / total
-    else:
-        rng = np.random.default_rng(seed)
-        a, b = np.empty(n_perm), np.empty(n_perm)
-        for start in range(0, n_perm, 500):
-            e = rng.choice((-1.0, 1.0), size=(min(n_perm, start + 500) - start, n_clusters))
-            a[start:start + len(e)], b[start:start + len(e)] = e @ sums / total, e @ sizes / total
-    # (a - delta b)^2 >= (mean - delta)^2  <=>  A delta^2 + B delta + C >= 0 with A = b^2 - 1 <= 0.
-    A, B, C = b * b - 1.0, 2.0 * (mean - a * b), a * a - mean * mean
-    lo = np.full(a.size, -np.inf)
-    hi = np.full(a.size, np.inf)
-    quad = A < -1e-12  # A == 0 only for the all-equal sign vectors, where |T_e| == |T_obs| always
-    disc = np.maximum(B[quad] ** 2 - 4 * A[quad] * C[quad], 0.0)
-    r1, r2 = (-B[quad] + np.sqrt(disc)) / (2 * A[quad]), (-B[quad] - np.sqrt(disc)) / (2 * A[quad])
-    tol = 1e-9  # equal statistics count as "at least as extreme"
-    lo[quad], hi[quad] = np.minimum(r1, r2) - tol, np.maximum(r1, r2) + tol
-    lo, hi = np.minimum(lo, mean), np.maximum(hi, mean)  # every interval holds the mean (T_obs = 0 there)
-    k = a.size
-    count0 = int(np.sum((lo <= 0) & (hi >= 0)))
-    p = count0 / k if exact else (1 + count0) / (k + 1)
-    # smallest number of accepting sign vectors for p >= alpha
-    need = math.ceil(alpha * k - 1e-9) if exact else math.ceil(alpha * (k + 1) - 1e-9) - 1
-    if need <= 0:
-        ci = bounds
-    elif need > k:
-        ci = (mean, mean)
-    else:
-        ci = (float(np.sort(lo)[need - 1]), float(np.sort(hi)[::-1][need - 1]))
-    ci = tuple(float(mean) if abs(x - mean) <= 2 * tol else float(min(max(x, bounds[0]), bounds[1]))
-               for x in ci)
-    # The all-plus and all-minus sign vectors always count: with few clusters no outcome is significant.
-    min_p = 2 / k if exact else 1 / (k + 1)
-    return {"p_value": float(min(1.0, p)), "ci95": ci, "exact": exact, "n_sign_vectors": int(k),
-            "min_p": float(min_p), "n_clusters": int(n_clusters)}
-
-
-def mcnemar_exact_p(b: int, c: int) -> float:
-    """Exact two-sided McNemar p-value from the discordant counts b and c (binomial, p=0.5)."""
-    if b + c == 0:
-        return 1.0
-    return float(sps.binomtest(b, b + c, 0.5).pvalue)
+    v = np.asarray(values, dtype=float)
+    sums, sizes = _cluster_sums(v, clusters)
+    mean = float(sums.sum() / sizes.sum())
+    s = np.r_[sums, bound, -bound]
+    n = np.r_[sizes, 1.0, 1.0]
+    total = n.sum()
+    center = float(s.sum() / total)
+    c = n / total  # each cluster's leverage in the intercept-only model
+    se = float(np.sqrt(np.sum((s - center * n) ** 2 / (1 - c)) / total ** 2))
+    # Bell-McCaffrey: Satterthwaite degrees of freedom of the CR2 variance under a working model of
+    # independent, equal-variance items (G - 1 when all clusters have one size).
+    lev = c / (1 - c)
+    df = float(1.0 / (np.sum(lev ** 2) - 2 * np.sum(c * lev ** 2) + np.sum(c * lev) ** 2))
+    t = float(sps.t.ppf(1 - alpha / 2, df))
+    ci = (max(center - t * se, -bound), min(center + t * se, bound))
+    p = float(2 * sps.t.sf(abs(center) / se, df))
+    return {"mean": mean, "center": center, "se": se, "df": df, "ci": ci, "p_value": p}
 
 
 # --------------------------------------------------------------------------------------------

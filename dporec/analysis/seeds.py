@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+from scipy import stats as sps
 
 from dporec.analysis.comparison import compare_runs
 
@@ -24,25 +25,45 @@ def _brief(c: dict | None) -> dict | None:
     return {k: c.get(k) for k in keys} if c else None
 
 
-def aggregate_seeds(results_by_seed: dict, rows_by_seed: dict, comparisons: dict[str, tuple], n_boot: int,
-                    seed: int, alpha: float) -> dict:
-    """Mean ± sd of each metric over seeds, each seed's comparisons, and pooled comparisons: every test
-    pair's scores averaged over seeds first (n = distinct pairs), then the usual paired test.
+def seed_spread(differences: list[float], alpha: float) -> dict:
+    """The seeds' own differences: mean, sd and, with 3 or more seeds, a t interval over seeds.
 
-    comparisons: {result key: (model a, model b, (name a, name b))}; a pair whose models were not
-    evaluated gives None.
+    Unlike the pooled test, which holds each trained model fixed, this interval reflects retraining with
+    another seed; with k seeds it has only k - 1 degrees of freedom."""
+    d = np.asarray(differences, dtype=float)
+    sd = float(d.std(ddof=1)) if d.size > 1 else None
+    out = {"differences": d.tolist(), "mean": float(d.mean()), "sd": sd, "ci95": None}
+    if d.size >= 3:
+        half = float(sps.t.ppf(1 - alpha / 2, d.size - 1)) * out["sd"] / np.sqrt(d.size)
+        out["ci95"] = [out["mean"] - half, out["mean"] + half]
+    return out
+
+
+def aggregate_seeds(results_by_seed: dict, rows_by_seed: dict, comparisons: dict[str, tuple], margin: float,
+                    alpha: float) -> dict:
+    """Mean ± sd of each metric over seeds; per comparison each seed's result, the seeds' spread and the
+    pooled comparison (every test pair's scores averaged over seeds first, n = distinct pairs).
+
+    comparisons: {result key: (model a, model b, (name a, name b), per-seed results key)}; a pair whose
+    models were not evaluated gives None.
     """
     models = list(next(iter(results_by_seed.values()))["models"])
     metrics = {m: {k: _mean_sd([_metric(r["models"][m], k) for r in results_by_seed.values()])
                    for k in SEED_METRICS} for m in models}
-    per_seed = {str(s): {"comparison": _brief(r.get("comparison")),
-                         "comparison_control": _brief(r.get("comparison_control"))}
+    per_seed = {str(s): {key: _brief(r.get(key)) for *_, key in comparisons.values()}
                 for s, r in results_by_seed.items()}
     runs = list(rows_by_seed.values())
     out = {"seeds": list(results_by_seed), "models": models, "metrics": metrics, "per_seed": per_seed}
-    for key, (a, b, names) in comparisons.items():
-        out[key] = (compare_runs([r[a] for r in runs], [r[b] for r in runs], names=names, n_boot=n_boot,
-                                 seed=seed, alpha=alpha) if a in models and b in models else None)
-    out["note"] = ("pooled: each test pair's two-order score is averaged over the seeds first, so the test "
-                   "counts distinct pairs (and users); seed-to-seed spread is in the mean ± sd table")
+    for key, (a, b, names, seed_key) in comparisons.items():
+        if a not in models or b not in models:
+            out[key] = None
+            continue
+        out[key] = compare_runs([r[a] for r in runs], [r[b] for r in runs], names=names, margin=margin,
+                                alpha=alpha)
+        out[key]["seed_spread"] = seed_spread([r[seed_key]["difference"] for r in results_by_seed.values()],
+                                              alpha)
+    out["note"] = ("the pooled comparison averages each test pair's two-order score over the seeds first, so "
+                   "it counts distinct pairs and users; it treats the trained models as fixed and covers the "
+                   "sampling of test pairs only. The seeds' spread (and, with 3 or more seeds, its interval) "
+                   "shows how much retraining moves the difference")
     return out

@@ -4,9 +4,12 @@ Everything in the user's time order (ties: file order):
   target    a movie the user rated >= like_threshold that has at least `history_len` liked movies
             rated strictly earlier (so no history item can postdate the target);
   history   the `history_len` most recent of those earlier liked movies, oldest first;
-  negative  a movie the user rated <= dislike_threshold ("disliked"); for a user with none, one of
-            the movies most rated by training users before the target's time that the user never
-            rated ("unseen_popular").
+  negative  negatives="disliked": a movie the user rated <= dislike_threshold ("disliked"); for a user
+            with none, one of the movies most rated by training users before the target's time that
+            the user never rated ("unseen_popular"). negatives="matched": a movie the user rated
+            <= dislike_threshold that training users, before the target's time, rated about as well
+            and as often as the target, higher or lower at random ("matched"): general appeal then
+            answers no better than chance, and only the user's own taste separates the two.
 Up to `max_examples_per_user` targets per user, drawn at random. Users are split into train/val/test
 (no user in two splits) and each split puts the answer in position A for exactly half (±1) of its
 examples. The reasoning states which of the history's genres each option has (task.genre_reasoning).
@@ -30,7 +33,15 @@ from dporec.data.ratings import Movie
 from dporec.data.splits import balance, cut, random_balanced_positions
 
 SPLITS = ("train", "val", "test")
+NEGATIVES = ("disliked", "matched")
 POPULAR_POOL = 100  # an "unseen popular" negative is one of the 100 most-rated movies
+TASKS = {"disliked": "disliked negatives: general appeal (mean rating, popularity) answers most pairs",
+         "matched": "matched negatives: general appeal matched, so only personal taste answers a pair"}
+# A matched negative's mean rating is within this many stars of the target's, its count of ratings
+# within this factor, both among training users before the target's time: close enough that the
+# mean-rating and popularity rules score near chance, loose enough to keep most targets.
+MATCH_STARS, MATCH_FACTOR = 0.5, 2.0
+MATCH_TRIES = 4  # candidate targets per example wanted, for the matched task
 
 
 # ---------------------------------------------------------------------------------------------
@@ -75,6 +86,42 @@ def _pick_negatives(ratings, targets, dislike_threshold, train_users, rng) -> tu
     negatives[has] = disliked["item_id"].to_numpy()[start + (offset + k) % n]
     negatives[~has] = _unseen_popular(ratings, targets[~has], train_users, rng)
     return negatives, np.where(has, "disliked", "unseen_popular")
+
+
+def _matched_negatives(ratings, targets, dislike_threshold, train_users, like_threshold, per_user,
+                       rng) -> np.ndarray:
+    """A matched negative for up to `per_user` of each user's candidate targets (-1 for the others):
+    among the user's disliked movies whose mean rating and rating count among training users before the
+    target's time are within MATCH_STARS and MATCH_FACTOR of the target's, a coin flip picks the side
+    (rated higher or lower than the target) and the nearest movie on that side is taken. A target with
+    an empty side is skipped, so the side is independent of the data and the mean-rating rule is right
+    half the time. Targets are tried in random order."""
+    appeal = R.TrainRatings(ratings[ratings["user_id"].isin(train_users)], like_threshold)
+    disliked = ratings[ratings["rating"] <= dislike_threshold].groupby("user_id")["item_id"].apply(list)
+    out = np.full(len(targets), -1, np.int64)
+    used: dict[int, set] = {}  # a user's examples take distinct negatives
+    users, items, times = (targets[c].to_numpy() for c in ("user_id", "item_id", "timestamp"))
+    for row in rng.permutation(len(targets)):
+        user, item, t = int(users[row]), int(items[row]), int(times[row])
+        if len(used.get(user, ())) >= per_user:
+            continue
+        pool = [c for c in disliked.get(user, []) if c not in used.get(user, set())]
+        if not pool:
+            continue
+        m0, n0 = appeal.mean(item, t), appeal.count(item, t)
+        near = []
+        for c in pool:
+            m, n = appeal.mean(c, t), appeal.count(c, t)
+            ratio = (n + 1) / (n0 + 1)
+            if abs(m - m0) <= MATCH_STARS and 1 / MATCH_FACTOR <= ratio <= MATCH_FACTOR:
+                distance = abs(m - m0) / MATCH_STARS + abs(np.log(ratio)) / np.log(MATCH_FACTOR)
+                near.append((distance, m >= m0, c))
+        higher = rng.random() < 0.5
+        side = sorted(x for x in near if x[1] == higher)
+        if side and any(x[1] != higher for x in near):
+            out[row] = side[0][2]
+            used.setdefault(user, set()).add(side[0][2])
+    return out
 
 
 def _popular_before(ratings, train_users, times) -> list[np.ndarray]:
@@ -177,27 +224,38 @@ def _check_args(history_len, max_examples_per_user, val_fraction, test_fraction,
 
 
 def _build(ratings, movies, seed, history_len, max_examples_per_user, val_fraction, test_fraction,
-           like_threshold, dislike_threshold) -> tuple[dict[str, list[records.Example]], pd.DataFrame, dict]:
-    """({split: examples}, all ratings as the examples name movies, {split: users})."""
+           like_threshold, dislike_threshold, negatives="disliked"):
+    """({split: examples}, all ratings as the examples name movies, {split: users}, candidate targets)."""
     _check_args(history_len, max_examples_per_user, val_fraction, test_fraction, like_threshold,
                 dislike_threshold)
+    if negatives not in NEGATIVES:
+        raise UserError(f"negatives must be one of {list(NEGATIVES)}, got {negatives!r}")
     ratings = R.prepare(ratings, movies)
-    targets, hist_items, hist_ts = _pick_targets(ratings, like_threshold, history_len,
-                                                 max_examples_per_user, _rng(seed, "targets"))
+    # matched negatives fit only some targets: draw more candidates per user, keep up to the maximum
+    tries = max_examples_per_user * (MATCH_TRIES if negatives == "matched" else 1)
+    targets, hist_items, hist_ts = _pick_targets(ratings, like_threshold, history_len, tries,
+                                                 _rng(seed, "targets"))
     if targets.empty:
         raise UserError(f"no user has a liked movie (rating >= {like_threshold}) preceded by "
                         f"{history_len} liked movies; lower history_len")
     split_users = _split_users(targets["user_id"].unique(), val_fraction, test_fraction, _rng(seed, "split"))
-    negatives, kinds = _pick_negatives(ratings, targets, dislike_threshold, split_users["train"],
-                                       _rng(seed, "negatives"))
+    if negatives == "matched":
+        chosen = _matched_negatives(ratings, targets, dislike_threshold, split_users["train"], like_threshold,
+                                    max_examples_per_user, _rng(seed, "negatives"))
+        kinds = np.full(len(targets), "matched")
+    else:
+        chosen, kinds = _pick_negatives(ratings, targets, dislike_threshold, split_users["train"],
+                                        _rng(seed, "negatives"))
     split_of = {u: s for s, users in split_users.items() for u in users}
     k = targets.groupby("user_id").cumcount().to_numpy()
     splits = {s: [] for s in SPLITS}
     for i, (user, item, ts) in enumerate(targets.itertuples(index=False)):
+        if chosen[i] < 0:
+            continue
         splits[split_of[user]].append(_example(user, k[i], item, ts, hist_items[i], hist_ts[i],
-                                               negatives[i], kinds[i], movies))
+                                               chosen[i], kinds[i], movies))
     splits = {s: random_balanced_positions(exs, random.Random(f"{seed}-{s}")) for s, exs in splits.items()}
-    return splits, ratings, split_users
+    return splits, ratings, split_users, len(targets)
 
 
 def summarize(splits: dict[str, list[records.Example]]) -> dict:
@@ -213,15 +271,16 @@ def summarize(splits: dict[str, list[records.Example]]) -> dict:
 def build(ratings: pd.DataFrame, movies: dict[int, Movie], out_dir: str | Path, source: str, seed: int = 0,
           history_len: int = 5, max_examples_per_user: int = 3, val_fraction: float = 0.1,
           test_fraction: float = 0.1, like_threshold: int = 4, dislike_threshold: int = 2,
-          ranking_candidates: int = 8, start: float | None = None) -> dict:
+          ranking_candidates: int = 8, negatives: str = "disliked", start: float | None = None) -> dict:
     """Write out_dir/{train,val,test}.jsonl, the training users' ratings beside them (for the baseline
     rules), the test users' candidate sets (ranking_candidates movies each; 0: none) and summary.json;
     return the summary."""
     start = time.perf_counter() if start is None else start
     params = {"seed": seed, "history_len": history_len, "max_examples_per_user": max_examples_per_user,
               "val_fraction": val_fraction, "test_fraction": test_fraction,
-              "like_threshold": like_threshold, "dislike_threshold": dislike_threshold}
-    splits, prepared, split_users = _build(ratings, movies, **params)
+              "like_threshold": like_threshold, "dislike_threshold": dislike_threshold,
+              "negatives": negatives}
+    splits, prepared, split_users, tried = _build(ratings, movies, **params)
     out = Path(out_dir)
     for s, exs in splits.items():
         records.write_jsonl(out / f"{s}.jsonl", (records.to_record(e) for e in exs))
@@ -236,6 +295,7 @@ def build(ratings: pd.DataFrame, movies: dict[int, Movie], out_dir: str | Path, 
     summary = {"source": str(source), **params, "ratings": len(ratings), "movies": len(movies),
                "rating_users": rating_users,
                "users_without_examples": rating_users - sum(s["users"] for s in per_split.values()),
+               "task": TASKS[negatives], "candidate_targets": tried,
                "splits": per_split, "ranking": ranking, "seconds": round(time.perf_counter() - start, 2)}
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary

@@ -1,8 +1,9 @@
-"""Ratings as every source yields them, and the training users' ratings kept beside the splits.
+"""Ratings as every source yields them, and the training users' ratings as they stood at any moment.
 
 A source (dporec.data.sources) gives (ratings, movies): a DataFrame with COLUMNS (int64) and
 {item_id: Movie}. The builders put each user's ratings in time order first (prepare). The training
-users' ratings are written beside train.jsonl for the baseline rules, which never see a test user's.
+users' ratings are written beside train.jsonl; whatever is derived from them for a pair (a baseline
+rule, a matched negative) reads only those made strictly before the pair's own time (TrainRatings).
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import re
 from pathlib import Path
 from typing import NamedTuple
 
+import numpy as np
 import pandas as pd
 
 from dporec.data import task
@@ -72,3 +74,51 @@ def read_train_ratings(train_file) -> tuple[pd.DataFrame, dict] | str:
                 f"with the training users' ratings; a file without ratings cannot have these rules)")
     meta = json.loads((folder / META_FILE).read_text())
     return pd.read_csv(folder / meta["ratings_file"]), meta
+
+
+class TrainRatings:
+    """The training users' ratings queried as of a moment t: only ratings made strictly before t count.
+
+    Per item: rating times in order with running sums (count and mean before t by binary search), and
+    the users who liked it (rating >= like_threshold) with the time they did, for co-occurrence.
+    """
+
+    def __init__(self, ratings: pd.DataFrame, like_threshold: int):
+        r = ratings.sort_values(["timestamp", "user_id", "item_id"], kind="stable")
+        self.times = r["timestamp"].to_numpy()
+        self.running = np.r_[0.0, np.cumsum(r["rating"].to_numpy(dtype=float))]
+        self.items: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        for item, g in r.groupby("item_id", sort=False):
+            t = g["timestamp"].to_numpy()
+            self.items[int(item)] = (t, np.r_[0.0, np.cumsum(g["rating"].to_numpy(dtype=float))])
+        liked = r[r["rating"] >= like_threshold].sort_values(["item_id", "user_id"], kind="stable")
+        self.likers = {int(i): (g["user_id"].to_numpy(), g["timestamp"].to_numpy())
+                       for i, g in liked.groupby("item_id", sort=False)}
+
+    def global_mean(self, t: int) -> float:
+        """Mean of every training rating before t (3.0, the scale's middle, when there is none yet)."""
+        k = int(np.searchsorted(self.times, t, "left"))
+        return float(self.running[k] / k) if k else 3.0
+
+    def count(self, item: int, t: int) -> int:
+        """Training users who rated the movie before t (its popularity then)."""
+        got = self.items.get(int(item))
+        return int(np.searchsorted(got[0], t, "left")) if got else 0
+
+    def mean(self, item: int, t: int) -> float:
+        """The movie's mean rating before t; the overall mean then when nobody had rated it yet."""
+        got = self.items.get(int(item))
+        k = int(np.searchsorted(got[0], t, "left")) if got else 0
+        return float(got[1][k] / k) if k else self.global_mean(t)
+
+    def cosine(self, i: int, j: int, t: int) -> float:
+        """Cosine similarity of two movies' sets of users who liked them before t."""
+        a, b = self.likers.get(int(i)), self.likers.get(int(j))
+        if a is None or b is None:
+            return 0.0
+        na, nb = int(np.sum(a[1] < t)), int(np.sum(b[1] < t))
+        if not na or not nb:
+            return 0.0
+        _, ia, ib = np.intersect1d(a[0], b[0], assume_unique=True, return_indices=True)
+        both = int(np.sum(np.maximum(a[1][ia], b[1][ib]) < t))
+        return both / np.sqrt(na * nb)

@@ -3,9 +3,10 @@
 Each rule gives every option a number and picks the option with the larger one; equal numbers are a
 tie, scored 0.5. The rules look at movies, never at positions, so they choose the same movie in both
 option orders and their per-pair score is also their two-order accuracy, comparable with a model's.
-RULES is the one list: the pair baselines and the ranking baselines both use it. A model that does
-not beat mean_rating has not shown it learned anything personal: that rule knows only which films are
-good. The rating rules read the training users' ratings written beside the splits (dporec.data.ratings).
+RULES is the one list: the pair baselines and the ranking baselines both use it. The rating rules read
+only training users' ratings made strictly before the pair's target time (the candidate set's cutoff
+for ranking), so no rule knows anything from the moment it predicts or later. The strongest rule is
+chosen on the validation pairs, then compared with each model on the test pairs.
 """
 from __future__ import annotations
 
@@ -16,9 +17,9 @@ import numpy as np
 
 from dporec.analysis import metrics
 from dporec.analysis.metrics import per_pair_scores
-from dporec.analysis.resampling import cluster_bootstrap_ci
+from dporec.analysis.resampling import cluster_bootstrap_ci, paired_interval
 from dporec.data import task
-from dporec.data.ratings import read_train_ratings
+from dporec.data.ratings import TrainRatings, read_train_ratings
 
 
 @dataclass(frozen=True)
@@ -29,48 +30,34 @@ class Rule:
 
 _NO_ITEM_IDS = "the test records do not name the options' item ids (no 'option_a'/'option_b' item_id)"
 RULES = {
-    # the movie's mean rating among training users (a movie they never rated gets their overall mean)
+    # the movie's mean rating among training users before the pair's time (none yet: their overall mean)
     "mean_rating": Rule("mean rating among training users", _NO_ITEM_IDS),
-    # how many training users rated the movie
+    # how many training users had rated the movie before the pair's time
     "popularity": Rule("popularity among training users", _NO_ITEM_IDS),
     # for each of the option's genres, how many history movies in the prompt have it; summed
     "genre_overlap": Rule("genre overlap with the history", "the history in the prompt shows no genres"),
-    # summed cosine similarity, over training users' liked movies, between the option and each history movie
+    # summed cosine similarity, over training users' liked movies before the pair's time, between the
+    # option and each history movie
     "item_cf": Rule("item-to-item co-occurrence with the history",
                     "the test records do not name the history movies' item ids"),
     # the older release year ("Title (1995)" in the prompt)
     "older_year": Rule("older release year", "the options show no release year"),
 }
 RATING_RULES = ("mean_rating", "popularity", "item_cf")
+NO_TIME = ("the records hold no target time (target_timestamp), so a rating rule could read ratings made "
+           "after the pair; rebuild the data with data/prepare_movielens.py")
 LABELS = {name: rule.label for name, rule in RULES.items()}
 _YEAR_GENRES_RE = re.compile(r"\((\d{4})\)\s*\(([^()]*)\)")
 _YEAR_RE = re.compile(r"\((\d{4})\)")
 
 
-class Side:
-    """What the rating rules need from the training users' ratings: per-item counts and means, likers."""
-
-    def __init__(self, ratings, like_threshold: int):
-        r = ratings
-        self.global_mean = float(r["rating"].mean())
-        per_item = r.groupby("item_id")["rating"].agg(["size", "mean"])
-        self.count = per_item["size"].to_dict()
-        self.mean = per_item["mean"].to_dict()
-        liked = r[r["rating"] >= like_threshold]
-        self.likers = {int(i): set(u) for i, u in liked.groupby("item_id")["user_id"]}
-
-    def cosine(self, i: int, j: int) -> float:
-        a, b = self.likers.get(i, ()), self.likers.get(j, ())
-        return len(a & b) / np.sqrt(len(a) * len(b)) if a and b else 0.0
-
-
-def find_side(train_file) -> tuple[Side | None, str]:
-    """(Side, "") or (None, why not) for the folder holding data.train_file."""
+def find_side(train_file) -> tuple[TrainRatings | None, str]:
+    """(the training users' ratings, "") or (None, why not) for the folder holding data.train_file."""
     got = read_train_ratings(train_file)
     if isinstance(got, str):
         return None, got
     ratings, meta = got
-    return Side(ratings, meta["like_threshold"]), ""
+    return TrainRatings(ratings, meta["like_threshold"]), ""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -107,26 +94,30 @@ def genre_counts(history: list[dict]) -> dict[str, int]:
     return counts
 
 
-def option_values(history: list[dict], option: dict, side: Side | None) -> dict:
-    """{rule: the rule's number for this movie} given the history ({"item_id", "genres"} each);
-    None where the rule lacks what it needs (no genres, no item ids, no side files)."""
+def option_values(history: list[dict], option: dict, side: TrainRatings | None, t: int | None) -> dict:
+    """{rule: the rule's number for this movie} given the history ({"item_id", "genres"} each) and the
+    moment t of the question; None where the rule lacks what it needs (genres, item ids, ratings, t)."""
     counts = genre_counts(history)
     item, hist_ids = option.get("item_id"), [h.get("item_id") for h in history]
     out = {"genre_overlap": sum(counts.get(g, 0) for g in option["genres"]) if counts else None,
            "older_year": -option["year"] if option.get("year") else None,
            "mean_rating": None, "popularity": None, "item_cf": None}
-    if side is not None and item is not None:
-        item = int(item)
-        out.update(mean_rating=side.mean.get(item, side.global_mean), popularity=side.count.get(item, 0))
+    if side is not None and item is not None and t is not None:
+        out.update(mean_rating=side.mean(item, t), popularity=side.count(item, t))
         if hist_ids and None not in hist_ids:
-            out["item_cf"] = sum(side.cosine(int(h), item) for h in hist_ids)
+            out["item_cf"] = sum(side.cosine(h, item, t) for h in hist_ids)
     return out
 
 
-def _values(ex, side: Side | None) -> dict[str, tuple]:
+def _time(ex) -> int | None:
+    t = ex.extra.get("target_timestamp")
+    return int(t) if isinstance(t, (int, float)) and not isinstance(t, bool) else None
+
+
+def _values(ex, side: TrainRatings | None) -> dict[str, tuple]:
     """{rule: (value of option A, value of option B)}; a rule without what it needs gives None."""
-    hist = _history(ex)
-    va, vb = (option_values(hist, _option(ex, L), side) for L in "AB")
+    hist, t = _history(ex), _time(ex)
+    va, vb = (option_values(hist, _option(ex, L), side, t) for L in task.LETTERS)
     return {r: None if va[r] is None or vb[r] is None else (va[r], vb[r]) for r in RULES}
 
 
@@ -137,45 +128,46 @@ def _score(label: str, va, vb) -> float:
     return float((va > vb) == (label == "A"))
 
 
-def why_missing(rule: str, side_reason: str) -> str:
+def why_missing(rule: str, side_reason: str, timed: bool = True) -> str:
     if rule in RATING_RULES and side_reason:
         return side_reason
+    if rule in RATING_RULES and not timed:
+        return NO_TIME
     return RULES[rule].missing
 
 
-def pair_scores(examples, side: Side | None, side_reason: str = "") -> dict[str, dict | str]:
+def pair_scores(examples, side: TrainRatings | None, side_reason: str = "") -> dict[str, dict | str]:
     """{rule: {pair_id: score in {0, 0.5, 1}}} or {rule: why it is not available}."""
     per_rule: dict[str, dict] = {r: {} for r in RULES}
     missing = {r: False for r in RULES}
+    timed = all(_time(ex) is not None for ex in examples)
     for ex in examples:
         for rule, v in _values(ex, side).items():
             if v is None:  # the file lacks what the rule needs (e.g. item ids): not a per-pair gap
                 missing[rule] = True
             else:
                 per_rule[rule][ex.pair_id] = _score(ex.label, *v)
-    return {r: (why_missing(r, side_reason) if missing[r] else per_rule[r]) for r in RULES}
+    return {r: (why_missing(r, side_reason, timed) if missing[r] else per_rule[r]) for r in RULES}
 
 
 # ---------------------------------------------------------------------------------------------
 # Into results.json
 
 def _users(examples) -> dict[str, str]:
-    """{pair_id: bootstrap cluster}: the same labels as the models' intervals (metrics.clusters)."""
+    """{pair_id: cluster label}: the same labels as the models' intervals (metrics.clusters)."""
     users = {ex.pair_id: metrics.user_of({"user_id": ex.user_id, "pair_id": ex.pair_id}) for ex in examples}
     return dict(zip(sorted(users), metrics.clusters(users)[0]))
 
 
-def _mean_ci(values, clusters, n_boot, seed, alpha) -> tuple[float, list[float]]:
-    lo, hi = cluster_bootstrap_ci(values, clusters, n_boot=n_boot, seed=seed, alpha=alpha)
-    return float(np.mean(values)), [lo, hi]
+def _accuracies(scores: dict) -> dict[str, float]:
+    return {r: float(np.mean(list(s.values()))) for r, s in scores.items() if isinstance(s, dict) and s}
 
 
-def add_to_results(results: dict, examples, train_file, rows_by_model: dict, n_boot: int = 2000,
-                   seed: int = 0, alpha: float = 0.05) -> dict:
-    """Fill results["baselines"] and each model's personalised-subset and best-baseline fields.
-
-    `examples`: the test examples the models were scored on; `rows_by_model`: their prediction rows.
-    """
+def add_to_results(results: dict, examples, train_file, rows_by_model: dict, val_examples=None,
+                   n_boot: int = 2000, seed: int = 0, alpha: float = 0.05) -> dict:
+    """Fill results["baselines"] (each rule on the test pairs), results["best_baseline"] (the rule
+    strongest on the validation pairs) and each model's "vs_best_baseline" (model minus that rule on the
+    test pairs, paired over users). `examples`: the scored test examples; `rows_by_model`: their rows."""
     side, side_reason = find_side(train_file)
     users = _users(examples)
     scores = pair_scores(examples, side, side_reason)
@@ -185,30 +177,24 @@ def add_to_results(results: dict, examples, train_file, rows_by_model: dict, n_b
         if isinstance(s, str):
             out[rule] = {**entry, "available": False, "accuracy": None, "ci": None, "reason": s}
             continue
-        pids = list(s)
-        acc, ci = _mean_ci([s[p] for p in pids], [users[p] for p in pids], n_boot, seed, alpha)
-        out[rule] = {**entry, "available": True, "accuracy": acc, "ci": ci}
+        values, clusters = list(s.values()), [users[p] for p in s]
+        lo, hi = cluster_bootstrap_ci(values, clusters, n_boot=n_boot, seed=seed, alpha=alpha)
+        out[rule] = {**entry, "available": True, "accuracy": float(np.mean(values)), "ci": [lo, hi]}
     results["baselines"] = out
-    best = best_baseline(results)
-    wrong = ([p for p, v in scores["mean_rating"].items() if v == 0.0]
-             if isinstance(scores["mean_rating"], dict) else None)
+    val = _accuracies(pair_scores(val_examples, side, side_reason)) if val_examples else {}
+    val = {r: a for r, a in val.items() if out[r]["available"]}
+    best = max(val, key=val.get) if val else None
+    results["best_baseline"] = ({"rule": best, "label": LABELS[best], "chosen_on": "validation pairs",
+                                 "validation_accuracy": val[best], "n_validation_pairs": len(val_examples)}
+                                if best else None)
     for name, rows in rows_by_model.items():
         model_scores, _ = per_pair_scores(rows)
         m = results["models"][name]
-        m["n_personalised"] = len(wrong) if wrong is not None else None
-        m["accuracy_personalised"] = m["accuracy_personalised_ci"] = None
-        if wrong:
-            m["accuracy_personalised"], m["accuracy_personalised_ci"] = _mean_ci(
-                [model_scores[p] for p in wrong], [users[p] for p in wrong], n_boot, seed, alpha)
         m["vs_best_baseline"] = None
         if best:
             pids = list(scores[best])
-            diff, ci = _mean_ci([model_scores[p] - scores[best][p] for p in pids], [users[p] for p in pids],
-                                n_boot, seed, alpha)
-            m["vs_best_baseline"] = {"baseline": best, "difference": diff, "ci": ci}
+            inf = paired_interval([model_scores[p] - scores[best][p] for p in pids], [users[p] for p in pids],
+                                  alpha=alpha)
+            m["vs_best_baseline"] = {"baseline": best, "difference": inf["mean"], "ci": list(inf["ci"]),
+                                     "p_value": inf["p_value"]}
     return out
-
-
-def best_baseline(results: dict) -> str | None:
-    avail = {k: v for k, v in (results.get("baselines") or {}).items() if v.get("available")}
-    return max(avail, key=lambda k: avail[k]["accuracy"]) if avail else None

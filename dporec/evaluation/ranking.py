@@ -66,15 +66,19 @@ def score_models(model, tok, sets, adapters: dict, cfg: dict) -> tuple[dict, dic
 
 
 def baseline_rows(sets, train_file) -> dict[str, list[dict] | str]:
-    """{rule: per-set rows} or {rule: why it is not available}, each rule ranking by its own number."""
+    """{rule: per-set rows} or {rule: why it is not available}, each rule ranking by its own number from
+    ratings made before the set's cutoff."""
     side, side_reason = baselines.find_side(train_file)
+    cutoffs = [s.get("cutoff_timestamp") for s in sets]
+    timed = all(isinstance(t, int) for t in cutoffs)
     # per set, per candidate: every rule's number ({rule: value}), computed once
-    values = [[baselines.option_values(s["history"], c, side) for c in s["candidates"]] for s in sets]
+    values = [[baselines.option_values(s["history"], c, side, t) for c in s["candidates"]]
+              for s, t in zip(sets, cutoffs)]
     out = {}
     for rule in baselines.RULES:
         per_set = [[v[rule] for v in vs] for vs in values]
         if any(None in v for v in per_set):  # the files lack what the rule needs
-            out[rule] = baselines.why_missing(rule, side_reason)
+            out[rule] = baselines.why_missing(rule, side_reason, timed)
             continue
         out[rule] = [{"user_id": s["user_id"], "scores": v, **R.metrics(v, _ratings(s))}
                      for s, v in zip(sets, per_set)]
@@ -101,5 +105,5 @@ def results(sets, rows: dict, base_rows: dict, seconds: dict, cfg: dict, path) -
            "seconds_per_model": {n: round(s, 1) for n, s in seconds.items()}}
     if "sft" in rows and "dpo" in rows:
         out["comparison"] = {"a": "sft", "b": "dpo",
-                             **R.compare(rows["sft"], rows["dpo"], n_boot, seed, alpha)}
+                             **R.compare(rows["sft"], rows["dpo"], alpha, ec["ranking_margin"])}
     return out

@@ -14,7 +14,7 @@ from pathlib import Path
 from dporec import UserError, runs
 from dporec.analysis.comparison import compare
 from dporec.analysis.metrics import model_metrics, per_pair_scores
-from dporec.data import candidates, records, splits
+from dporec.data import candidates, pairs, records, splits
 from dporec.evaluation import baselines
 from dporec.modeling import adapters as adapters_mod
 from dporec.report import files, tables
@@ -124,9 +124,10 @@ def build_results(rows_by_model: dict[str, list[dict]], cfg: dict, meta: dict | 
     comparison: SFT vs DPO when both were scored; comparison_control: the compute-matched SFT control
     vs DPO; control_arm: what the control matches, when both stage folders are there."""
     ec = cfg["eval"]
-    kw = dict(n_boot=ec["bootstrap_samples"], seed=cfg["seed"], alpha=ec["alpha"])
     rows = rows_by_model
-    results = {"models": {name: model_metrics(r, **kw) for name, r in rows.items()}}
+    results = {"models": {name: model_metrics(r, n_boot=ec["bootstrap_samples"], seed=cfg["seed"],
+                                              alpha=ec["alpha"]) for name, r in rows.items()}}
+    kw = dict(margin=ec["margin_points"] / 100, alpha=ec["alpha"])
     has_main, has_control = "sft" in rows and "dpo" in rows, runs.CONTROL in rows and "dpo" in rows
     results["comparison"] = compare(rows["sft"], rows["dpo"], **kw) if has_main else None
     results["comparison_control"] = (compare(rows[runs.CONTROL], rows["dpo"], names=("SFT control", "DPO"),
@@ -142,6 +143,22 @@ def build_results(rows_by_model: dict[str, list[dict]], cfg: dict, meta: dict | 
     return results
 
 
+def task_of(test_file, examples=None) -> str | None:
+    """Which task the test pairs pose: summary.json's word for it when the builder wrote one beside
+    them, else read from the records' negative kinds."""
+    summary = Path(test_file).parent / "summary.json"
+    if summary.is_file():
+        built = runs.read_json(summary)
+        if built.get("task"):
+            return built["task"]
+    kinds = {e.extra.get("negative_kind") for e in examples or []}
+    if kinds == {"matched"}:
+        return pairs.TASKS["matched"]
+    if kinds and kinds <= {"disliked", "unseen_popular"}:
+        return pairs.TASKS["disliked"]
+    return None
+
+
 def _analyse(rows: dict, cfg: dict, meta: dict, where: str) -> dict:
     try:
         return build_results(rows, cfg, meta)
@@ -151,7 +168,8 @@ def _analyse(rows: dict, cfg: dict, meta: dict, where: str) -> dict:
 
 def _add_baselines(results: dict, cfg: dict, rows: dict, examples=None) -> None:
     """Baselines on the scored pairs: the given test examples, or (re-analysis) those of data.test_file
-    that predictions.csv holds, when the file is there and holds them all."""
+    that predictions.csv holds, when the file is there and holds them all. The strongest rule is chosen
+    on data.val_file's pairs."""
     if examples is None:
         test_file = Path(cfg["data"]["test_file"])
         wanted = {r["pair_id"] for r in next(iter(rows.values()))}
@@ -161,8 +179,9 @@ def _add_baselines(results: dict, cfg: dict, rows: dict, examples=None) -> None:
             print(f"[eval] baselines skipped: {test_file} does not hold "
                   f"the {len(wanted)} pairs of these predictions")
             return
-    ec = cfg["eval"]
-    baselines.add_to_results(results, examples, cfg["data"]["train_file"], rows,
+    ec, val_file = cfg["eval"], Path(cfg["data"]["val_file"])
+    val = records.load_examples(val_file) if val_file.is_file() else None
+    baselines.add_to_results(results, examples, cfg["data"]["train_file"], rows, val_examples=val,
                              n_boot=ec["bootstrap_samples"], seed=cfg["seed"], alpha=ec["alpha"])
 
 
@@ -186,6 +205,7 @@ def reanalyse(cfg: dict, source: Path) -> tuple[dict, Path]:
     settings = {"bootstrap_samples": cfg["eval"]["bootstrap_samples"], "alpha": cfg["eval"]["alpha"],
                 "seed": cfg["seed"]}
     meta = {**previous.get("meta", {}), "reanalysed_from": str(source), "reanalysis_settings": settings}
+    meta.setdefault("task", task_of(cfg["data"]["test_file"]))
     results = _analyse(rows, cfg, meta, str(source))
     results["meta"]["n_pairs"] = next(iter(results["models"].values()))["n_pairs"]
     _add_baselines(results, cfg, rows)
@@ -242,6 +262,7 @@ def evaluate(cfg: dict, from_predictions: str | Path | None = None,
         "scoring": "likelihood, both option orders", "decision_span_fallbacks": info.fallback_decision_spans,
         "adapters": {n: (str(p) if p else None) for n, p in adapters.items()},
         "seconds_per_model": seconds, "test_balance": splits.balance(examples),
+        "task": task_of(test_file, examples),
     }
     results = _analyse(rows, cfg, meta, str(test_file))
     # simple rules on the same pairs (side files beside data.train_file) + each model's personalised subset

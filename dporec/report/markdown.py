@@ -5,7 +5,7 @@ from pathlib import Path
 
 from dporec.analysis.metrics import BY_USERS, bootstrap_label
 from dporec.report.numbers import ci_text, format_p, pct
-from dporec.report.sentences import baseline_clause, comparison_lines, personalised_line
+from dporec.report.sentences import LABEL_RULE, baseline_clause, comparison_lines
 from dporec.report.tables import ranking_lines, sentence
 
 
@@ -31,12 +31,11 @@ def baselines_section(results: dict) -> list[str]:
     for v in b.values():
         lines.append(f"| {v['label']} | {pct(v['accuracy'])} {ci_text(v['ci'])} |" if v["available"]
                      else f"| {v['label']} | not available: {v['reason']} |")
-    lines += ["", "Each rule picks a movie by a number (mean rating "
-                  "and popularity among training users only; "
-              "genre overlap and co-occurrence with the history in the prompt), the same in both orders; "
-              "a tie counts 0.5. Intervals resample users."]
-    p = personalised_line(results)
-    return lines + (["", p] if p else []) + ["", baseline_clause(results)]
+    lines += ["", "Each rule picks a movie by a number, the same in both orders; a tie counts 0.5. Mean "
+              "rating, popularity and co-occurrence read only training users' ratings made before the "
+              "pair's target time; genre overlap and release year read the prompt. Intervals resample "
+              "users. The strongest rule is chosen on the validation pairs."]
+    return lines + ["", baseline_clause(results)]
 
 
 def _control(results: dict) -> list[str]:
@@ -64,6 +63,8 @@ def report_md(results: dict) -> str:
     models = results["models"]
     how = bootstrap_label(next(iter(models.values())).get("clustering") or BY_USERS)
     lines = ["# Evaluation: DPO vs SFT ranking adherence", ""]
+    task = (results.get("meta") or {}).get("task")
+    lines += [f"Task: {task}.", ""] if task else []
     lines += _models_table(models, None)
     lines += ["", "Accuracy averages both option orders of every "
                   f"test pair; intervals: percentile {how} of the "
@@ -93,9 +94,7 @@ def report_md(results: dict) -> str:
     c = results.get("comparison")
     if c:
         lines += comparison_lines(c)
-        lines += ["", f"**{sentence(c)}**", "",
-                  "The verdict label compares the point estimates with the 2-point threshold; read it "
-                  "together with the confidence interval and the p-value, which test that same difference."]
+        lines += ["", f"**{sentence(c)}**", "", f"The label follows the interval: {LABEL_RULE}."]
     else:
         lines.append("No comparison: it needs predictions from both an `sft` and a `dpo` model.")
     lines += _control(results)

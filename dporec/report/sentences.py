@@ -1,44 +1,68 @@
-"""The sentences of a verdict: the comparison of two models, the baselines' clause, the personalised set."""
+"""The sentences of a verdict: the comparison of two models, its label's reason, the baselines' clause."""
 from __future__ import annotations
 
-from dporec.analysis.comparison import SUPPORT_MARGIN_POINTS
-from dporec.analysis.metrics import BY_PAIRS, bootstrap_label
-from dporec.report.numbers import about, ci_text, format_p, pct, points, signed
+from dporec.analysis.comparison import INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED
+from dporec.analysis.metrics import BY_PAIRS
+from dporec.report.numbers import about, format_p, pct, points, signed
+
+LABEL_RULE = ("SUPPORTED when the whole interval is above 0; NOT SUPPORTED when the whole interval is below "
+              "the practical margin; INCONCLUSIVE otherwise")
 
 
-def test_description(c: dict) -> str:
-    how = "all" if c["test_exact"] else "random"
-    return (f"paired sign-flip permutation test of the mean per-pair difference, flipping whole {c['unit']} "
-            f"({how} {c['n_sign_vectors']:,} sign vectors); CI: the differences it does not reject")
+def _margin_points(c: dict) -> str:
+    return f"{100 * c['margin']:g}-point margin"
+
+
+def label_reason(c: dict, margin_text: str | None = None) -> str:
+    """Why the interval gives its label, and what it says about the practical margin."""
+    m = margin_text or _margin_points(c)
+    if c["verdict"] == SUPPORTED:
+        reason = "the whole interval is above 0"
+        margin = {"shown": f"better by at least the {m}",
+                  "open": f"whether by the {m} is not settled"}.get(c["margin_status"], "")
+        return f"{reason}; {margin}" if margin else reason
+    if c["verdict"] == NOT_SUPPORTED:
+        worse = f"; {c['names'][1]} is worse" if c["ci95"][1] < 0 else ""
+        return f"the whole interval is below the {m}{worse}"
+    assert c["verdict"] == INCONCLUSIVE
+    return f"the interval reaches both 0 and the {m}"
+
+
+def _sameness(c: dict) -> str:
+    """What 'no pair differs' means: the same choices, or other choices that happen to score the same."""
+    n, k, d = c["n_pairs"], c.get("decisions_differ", 0), c.get("decisions", 0)
+    if k == 0:
+        return f"the two models make the same choice on all {d:,} decisions"
+    return (f"every one of the {n:,} pairs scores the same for both models, although they choose differently "
+            f"on {k:,} of {d:,} decisions")
 
 
 def verdict_sentence(c: dict) -> str:
-    """One honest sentence: verdict, accuracies, difference with CI, the paired test's p, test size."""
+    """One honest sentence: the label, the accuracies, the difference with its interval and p, the label's
+    reason, and the test size the prespecified margin needs."""
     a_name, b_name = c.get("names") or ("SFT", "DPO")
-    level = f"{100 * (1 - c.get('alpha', 0.05)):g}%"
+    level = f"{100 * (1 - c['alpha']):g}%"
     lo, hi = c["ci95"]
     head = (f"{c['verdict']}: {b_name} {100 * c['b_accuracy']:.1f}% vs {a_name} {100 * c['a_accuracy']:.1f}% "
-            f"({points(c['difference'], SUPPORT_MARGIN_POINTS)} points, "
-            f"{level} CI {signed(100 * lo)} to {signed(100 * hi)})")
-    unit = "pairs, no user ids" if c.get("clustering") == BY_PAIRS else "users"
-    few = ""
-    if c.get("min_attainable_p", 0) >= c.get("alpha", 0.05):
-        few = f"; {c['n_clusters']} {unit.split(',')[0]} cannot give p < {c.get('alpha', 0.05):g}"
-    sig = (("significant" if c["significant"] else "not significant")
-           + f" (paired permutation test over {unit}, {format_p(c['p_value'])}{few})")
-    n, need = c["n_pairs"], c["min_pairs_for_power80"]
-    pw = f"{100 * c.get('power', 0.8):g}%"
-    if c.get("pairs_b_higher", 1) + c.get("pairs_a_higher", 1) == 0:
-        tail = f"the models score identically on all {n:,} test pairs, so no test size would separate them"
-    elif need is None:
-        tail = "the per-pair differences average exactly 0, so no test size would detect a difference"
-    elif need <= n:
-        tail = (f"the {n:,} test pairs give at least {pw} power for a difference this size "
-                f"(about {about(need)} needed)")
+            f"({points(c['difference'], 100 * c['margin'])} points, {level} CI {signed(100 * lo)} to "
+            f"{signed(100 * hi)}, {format_p(c['p_value'])}; {label_reason(c)})")
+    parts = [head]
+    if c["pairs_b_higher"] + c["pairs_a_higher"] == 0:
+        parts.append(_sameness(c))
+    need, n = c.get("pairs_for_margin"), c["n_pairs"]
+    power = f"{100 * c['power']:g}%"
+    if need is None:
+        parts.append(f"no pair differs, so these pairs cannot size a test for the {_margin_points(c)}")
     else:
-        tail = (f"about {about(need)} test pairs would be needed to detect a difference this size "
-                f"with {pw} power (this test has {n:,})")
-    return f"{head}; {sig}; {tail}."
+        parts.append(f"about {about(need)} test pairs give {power} power for the {_margin_points(c)} "
+                     f"(this test has {n:,})")
+    return "; ".join(parts) + "."
+
+
+def interval_description(c: dict) -> str:
+    unit = "pairs (no user ids)" if c.get("clustering") == BY_PAIRS else "users"
+    return (f"cluster-robust t interval over {unit} (CR2 variance, Bell-McCaffrey degrees of freedom "
+            f"{c['interval']['df']:.1f}) with one pseudo-pair of each sign; p from the same statistic")
 
 
 def comparison_lines(c: dict) -> list[str]:
@@ -46,53 +70,40 @@ def comparison_lines(c: dict) -> list[str]:
     a, b = c.get("names") or ("SFT", "DPO")
     lo, hi = c["ci95"]
     runs = c.get("n_runs", 1)
-    boot = f"percentile {bootstrap_label(c['clustering'])}, {c['n_boot']:,} resamples"
     lines = [
         f"- Test pairs: {c['n_pairs']:,} from {c['n_users']:,} users, each scored in both option orders"
         + (f"; each pair's score averaged over {runs} seeds first" if runs > 1 else "")
         + ("; no user ids, so every pair is its own cluster" if c.get("clustering") == BY_PAIRS else ""),
-        f"- Two-order accuracy: {a} {pct(c['a_accuracy'])}, {b} {pct(c['b_accuracy'])}; "
-        f"difference ({b} \u2212 {a}) {signed(100 * c['difference'])} points; {b} scores higher on "
-        f"{c['pairs_b_higher']} pairs, {a} on {c['pairs_a_higher']}",
-        f"- Paired test: {test_description(c)}: {format_p(c['p_value'])}",
-        f"- 95% CI of the difference: {signed(100 * lo)} to {signed(100 * hi)} points (excludes 0 exactly "
-        f"when p < {c['alpha']:g}); {boot}: {signed(100 * c['bootstrap_ci95'][0])} to "
-        f"{signed(100 * c['bootstrap_ci95'][1])} points",
+        f"- Two-order accuracy: {a} {pct(c['a_accuracy'])}, {b} {pct(c['b_accuracy'])}; difference "
+        f"({b} \u2212 {a}) {signed(100 * c['difference'])} points; {b} scores higher on "
+        f"{c['pairs_b_higher']} pairs, {a} on {c['pairs_a_higher']}; they choose differently on "
+        f"{c['decisions_differ']:,} of {c['decisions']:,} decisions",
+        f"- {100 * (1 - c['alpha']):g}% CI of the difference: {signed(100 * lo)} to {signed(100 * hi)} "
+        f"points, {format_p(c['p_value'])} ({interval_description(c)}; the interval excludes 0 exactly when "
+        f"p < {c['alpha']:g})",
+        f"- Verdict {c['verdict']}: {LABEL_RULE} ({_margin_points(c)}); {label_reason(c)}",
     ]
-    mc = c.get("mcnemar_both_orders")
-    if mc:
-        lines.append(f"- Secondary, a different quantity: exact McNemar test on strict right-in-both-orders "
-                     f"correctness: only {b} right in both on {mc['b_only']} pairs, only {a} on "
-                     f"{mc['a_only']}; {format_p(mc['p'])}")
-    need, need2 = c["min_pairs_for_power80"], c["min_pairs_for_2_points"]
-    lines.append(f"- Test size for {100 * c['power']:g}% power, from the per-pair differences (sd "
-                 f"{c['sd_pair_difference']:.3f}) and the design effect of clustering "
-                 f"({c['design_effect']:.2f}): "
-                 + ("n/a for this difference" if need is None else f"{need:,} pairs for a "
-                                                                   "difference this size")
-                 + ("" if need2 is None else f", {need2:,} pairs for 2 points"))
+    need = c.get("pairs_for_margin")
+    lines.append(f"- Test size for {100 * c['power']:g}% power to detect the {_margin_points(c)}, from the "
+                 f"per-pair differences (sd {c['sd_pair_difference']:.3f}) and the design effect of "
+                 f"clustering ({c['design_effect']:.2f}): "
+                 + ("not estimable (no pair differs)" if need is None else f"{need:,} pairs"))
+    spread = c.get("seed_spread")
+    if spread:
+        diffs = ", ".join(signed(100 * d) for d in spread["differences"])
+        sd = "" if spread["sd"] is None else f" (sd {100 * spread['sd']:.1f})"
+        ci = ("" if spread["ci95"] is None else
+              f"; over seeds, 95% CI {signed(100 * spread['ci95'][0])} to {signed(100 * spread['ci95'][1])}")
+        lines.append(f"- Each seed's difference in points: {diffs}{sd}{ci}")
     return lines
 
 
-def personalised_line(results: dict) -> str | None:
-    ms = {n: m for n, m in results["models"].items() if m.get("n_personalised") is not None}
-    if not ms:
-        return None
-    n = next(iter(ms.values()))["n_personalised"]
-    if not n:
-        return "Personalised subset: the mean-rating rule gets no test pair wrong, so there is none."
-    parts = ", ".join(f"{name} {pct(m['accuracy_personalised'])} {ci_text(m['accuracy_personalised_ci'])}"
-                      for name, m in ms.items())
-    return f"Personalised subset (the {n:,} pairs the mean-rating rule gets wrong): {parts}"
-
-
 def baseline_clause(results: dict) -> str:
-    """Whether each model beats the strongest available baseline (paired, user-clustered 95% CI)."""
-    best = next((m["vs_best_baseline"]["baseline"] for m in results["models"].values()
-                 if m.get("vs_best_baseline")), None)
-    if best is None:
-        return "No baseline could be computed on these test pairs."
-    b = results["baselines"][best]
+    """Whether each model beats the rule that was strongest on the validation pairs (paired 95% CI)."""
+    best = results.get("best_baseline")
+    if not best:
+        return "No baseline could be chosen: no rule was available on the validation pairs."
+    test = results["baselines"][best["rule"]]
     parts = []
     for name, m in results["models"].items():
         vs = m.get("vs_best_baseline")
@@ -102,5 +113,19 @@ def baseline_clause(results: dict) -> str:
         how = "beats it" if lo > 0 else "falls below it" if hi < 0 else "does not differ clearly from it"
         parts.append(f"{name} {pct(m['accuracy'])} {how} ({signed(100 * vs['difference'])} points, "
                      f"95% CI {signed(100 * lo)} to {signed(100 * hi)})")
-    return (f"Strongest baseline: {b['label']}, {pct(b['accuracy'])}. " + "; ".join(parts) + "."
-            if parts else f"Strongest baseline: {b['label']}, {pct(b['accuracy'])}.")
+    head = (f"Strongest baseline on the validation pairs: {best['label']} "
+            f"({pct(best['validation_accuracy'])} there, {pct(test['accuracy'])} on the test pairs).")
+    return head + (" " + "; ".join(parts) + "." if parts else "")
+
+
+def ranking_verdict(r: dict) -> str | None:
+    """The second verdict line: DPO - SFT in Kendall tau-b per user, labelled by the same rule."""
+    c = r.get("comparison")
+    if not c:
+        return None
+    t = c["kendall_tau_b"]
+    lo, hi = t["ci"]
+    reason = label_reason({**t, "ci95": t["ci"], "names": ["SFT", "DPO"]}, f"margin of {t['margin']:g} tau")
+    return (f"Ranking adherence {t['verdict']}: DPO − SFT Kendall tau-b {t['difference']:+.3f} per user "
+            f"(95% CI {lo:+.3f} to {hi:+.3f}, {format_p(t['p_value'])}; {reason}); pairwise two-order "
+            f"accuracy is the primary measure")

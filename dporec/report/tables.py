@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dporec.analysis.ranking import METRICS as RANKING_METRICS
 from dporec.report.numbers import ci_text, format_p, pct
-from dporec.report.sentences import baseline_clause, comparison_lines, personalised_line, verdict_sentence
+from dporec.report.sentences import baseline_clause, comparison_lines, ranking_verdict, verdict_sentence
 
 
 def sentence(comparison: dict) -> str:
@@ -23,8 +23,7 @@ def baseline_lines(results: dict) -> list[str]:
         tail = (f"{pct(v['accuracy']):>6}  {ci_text(v['ci'])}" if v["available"]
                 else f"{'n/a':>6}  ({v['reason']})")
         lines.append(f"  {v['label']:<{width}}  {tail}")
-    p = personalised_line(results)
-    return lines + ([p] if p else [])
+    return lines
 
 
 def _ranking_cell(s: dict, m: str) -> str:
@@ -62,8 +61,9 @@ def ranking_lines(r: dict) -> list[str]:
             scale, fmt = (1, "+.3f") if m == "kendall_tau_b" else (100, "+.1f")
             d, lo, hi = (round(scale * v, 6) + 0.0 for v in (x["difference"], *x["ci"]))
             parts.append(f"{m} {d:{fmt}} [{lo:{fmt}}, {hi:{fmt}}], {format_p(x['p_value'])}")
-        lines.append("DPO - SFT per user (paired sign-flip test; NDCG and hit in points): "
+        lines.append("DPO - SFT per user (paired interval over users; NDCG and hit in points): "
                      + "; ".join(parts))
+        lines.append(ranking_verdict(r))
     return lines
 
 
@@ -92,7 +92,11 @@ def format_verdict(results: dict) -> str:
     rule = "=" * 72
     if not c:
         return "\n".join([rule, "No SFT-vs-DPO comparison (needs both 'sft' and 'dpo' predictions).", rule])
-    lines = [rule, "SFT vs DPO"] + comparison_lines(c) + ["", sentence(c)]
+    task = (results.get("meta") or {}).get("task")
+    lines = [rule, "SFT vs DPO" + (f" (task: {task})" if task else "")]
+    lines += comparison_lines(c) + ["", sentence(c)]
+    if results.get("ranking") and results["ranking"].get("comparison"):
+        lines += [ranking_verdict(results["ranking"])]
     if results.get("baselines"):
         lines += [baseline_clause(results)]
     cc = results.get("comparison_control")

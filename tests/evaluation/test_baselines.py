@@ -1,5 +1,6 @@
-"""Baselines (dporec.baselines): values checked by hand on a small fixture, the side files the
-builder writes, "not available" on thesis-layout records, and the fields evaluation adds."""
+"""Baselines (dporec.evaluation.baselines): values checked by hand on a small fixture, with and without
+the time cut (a rule reads only ratings made before the pair's time), the training ratings the builder
+writes, the strongest rule chosen on validation pairs, "not available" on thesis-layout records."""
 from __future__ import annotations
 
 import json
@@ -12,8 +13,9 @@ from dporec.data import pairs, ratings, records, sources, task
 from dporec.evaluation import baselines
 from dporec.report import markdown, sentences, tables
 
-# Training users 1-3. By hand: mean 10: 4.5, 11: 4.5, 20: 2.0, 30: 4.5, 40: 3.5; counts 10: 2, 11: 2,
-# 20: 3, 30: 2, 40: 2; liked (>= 4) by 10: {1, 2}, 11: {1, 3}, 30: {1, 2}, 40: {2}, 20: nobody.
+# Training users 1-3, (user, item, rating, time). By hand, with every rating (time 100 comes after all):
+# mean 10: 4.5, 11: 4.5, 20: 2.0, 30: 4.5, 40: 3.5; counts 10: 2, 11: 2, 20: 3, 30: 2, 40: 2; liked
+# (>= 4) by 10: {1, 2}, 11: {1, 3}, 30: {1, 2}, 40: {2}, 20: nobody.
 TRAIN = [(1, 10, 5, 1), (1, 11, 4, 2), (1, 20, 2, 3), (1, 30, 5, 4), (2, 10, 4, 1), (2, 20, 1, 2),
          (2, 30, 4, 3), (2, 40, 5, 4), (3, 11, 5, 1), (3, 20, 3, 2), (3, 40, 2, 3)]
 MOVIES = {10: ("Synthetic Movie 10 (1960)", ["Comedy"]),
@@ -22,7 +24,7 @@ MOVIES = {10: ("Synthetic Movie 10 (1960)", ["Comedy"]),
           40: ("Synthetic Movie 40 (1960)", ["War"]), 50: ("Synthetic Movie 50 (1970)", ["War"])}
 
 
-def record(pid, user, history, a, b, label) -> records.Example:
+def record(pid, user, history, a, b, label, t=100) -> records.Example:
     disp = lambda i: f"{MOVIES[i][0]} ({'|'.join(MOVIES[i][1])})"  # noqa: E731
     field = lambda i: {"item_id": i, "title": MOVIES[i][0], "year": int(MOVIES[i][0][-5:-1]),  # noqa: E731
                        "genres": MOVIES[i][1]}
@@ -30,7 +32,7 @@ def record(pid, user, history, a, b, label) -> records.Example:
            "input": f"History: {', '.join(disp(h) for h in history)}\nOption "
                     f"A: {disp(a)}.\nOption B: {disp(b)}.",
            "output": task.answer_text(label), "history": [field(h) for h in history],
-           "option_a": field(a), "option_b": field(b)}
+           "option_a": field(a), "option_b": field(b), "target_timestamp": t}
     return records.parse_record(obj, f"test.jsonl:{pid}", pid)
 
 
@@ -59,14 +61,34 @@ def fixture_dir(tmp_path):
 
 def test_rule_values_match_the_hand_computed_ones(fixture_dir):
     side, why = baselines.find_side(fixture_dir / "train.jsonl")
-    assert why == "" and side.global_mean == pytest.approx(40 / 11)
-    assert side.cosine(11, 30) == pytest.approx(0.5) and side.cosine(10, 30) == pytest.approx(1.0)
+    assert why == "" and side.global_mean(100) == pytest.approx(40 / 11)
+    assert side.cosine(11, 30, 100) == pytest.approx(0.5) and side.cosine(10, 30, 100) == pytest.approx(1.0)
     scores = baselines.pair_scores(EXAMPLES, side)
     assert scores["mean_rating"] == {"p1": 1.0, "p2": 1.0, "p3": 0.0}
     assert scores["popularity"] == {"p1": 0.0, "p2": 1.0, "p3": 0.5}
     assert scores["genre_overlap"] == {"p1": 1.0, "p2": 0.0, "p3": 0.0}
     assert scores["item_cf"] == {"p1": 1.0, "p2": 0.5, "p3": 0.0}
     assert scores["older_year"] == {"p1": 0.0, "p2": 1.0, "p3": 1.0}
+
+
+def test_rules_read_only_ratings_made_before_the_pair(fixture_dir):
+    # Before time 3 only these count: (1,10,5,1) (1,11,4,2) (2,10,4,1) (2,20,1,2) (3,11,5,1) (3,20,3,2).
+    side, _ = baselines.find_side(fixture_dir / "train.jsonl")
+    assert side.global_mean(3) == pytest.approx(22 / 6) and side.global_mean(1) == 3.0  # nothing yet
+    assert (side.count(30, 3), side.count(30, 4), side.count(30, 5)) == (0, 1, 2)
+    assert side.mean(30, 3) == pytest.approx(22 / 6) and side.mean(30, 4) == 4.0 and side.mean(20, 3) == 2.0
+    assert side.cosine(10, 30, 3) == 0.0  # user 2 liked 30 at time 3, user 1 at time 4
+    assert side.cosine(10, 30, 4) == pytest.approx(1 / 2 ** 0.5) and side.cosine(10, 30, 5) == 1.0
+    # p1 (liked 30 against 20, history 10 and 11) asked at time 3: 30 was not rated yet
+    early = record("p1", "9", [10, 11], 30, 20, "A", t=3)
+    scores = baselines.pair_scores([early], side)
+    assert scores["mean_rating"] == {"p1": 1.0}   # overall mean before 3, 3.67 > 2.0
+    assert scores["popularity"] == {"p1": 0.0}    # 0 ratings < 2 ratings
+    assert scores["item_cf"] == {"p1": 0.5}       # nobody had liked either yet: a tie (with the future: 1.0)
+    untimed = record("p1", "9", [10, 11], 30, 20, "A")
+    del untimed.extra["target_timestamp"]
+    for rule in baselines.RATING_RULES:
+        assert baselines.pair_scores([untimed], side)[rule] == baselines.NO_TIME
 
 
 def test_a_rule_chooses_the_same_movie_in_both_orders(fixture_dir):
@@ -90,26 +112,29 @@ def rows_for(model: str, right: dict[str, tuple[bool, bool]]) -> list[dict]:
     return rows
 
 
-def test_results_fields_personalised_subset_and_presentation(fixture_dir):
+def test_results_fields_and_the_strongest_rule_chosen_on_validation(fixture_dir):
     rows = {"sft": rows_for("sft", {"p1": (True, True), "p2": (True, False), "p3": (True, True)}),
             "dpo": rows_for("dpo", {"p1": (False, False), "p2": (False, False), "p3": (False, True)})}
     results = {"models": {m: metrics.model_metrics(r) for m, r in rows.items()}}
-    baselines.add_to_results(results, EXAMPLES, fixture_dir / "train.jsonl", rows, n_boot=200)
+    # validation pairs on which release year is right and the mean-rating rule wrong
+    val = [record("v1", "7", [11], 40, 30, "A"), record("v2", "7", [10], 11, 30, "A")]
+    baselines.add_to_results(results, EXAMPLES, fixture_dir / "train.jsonl", rows, val_examples=val,
+                             n_boot=200)
     for name, acc in EXPECTED.items():
         b = results["baselines"][name]
         assert b["available"] and b["accuracy"] == pytest.approx(acc) and b["n_pairs"] == 3
         assert b["ci"][0] <= acc <= b["ci"][1]
+    best = results["best_baseline"]
+    assert best["rule"] == "older_year" and best["validation_accuracy"] == 1.0  # not the test set's choice
     sft, dpo = results["models"]["sft"], results["models"]["dpo"]
-    assert (sft["n_personalised"], sft["accuracy_personalised"]) == (1, 1.0)   # p3 only
-    assert (dpo["n_personalised"], dpo["accuracy_personalised"]) == (1, 0.5)
-    assert baselines.best_baseline(results) == "mean_rating"  # ties older_year at 2/3; first listed
     assert sft["vs_best_baseline"]["difference"] == pytest.approx(5 / 6 - 2 / 3)
     assert dpo["vs_best_baseline"]["difference"] == pytest.approx(1 / 6 - 2 / 3)
+    assert "accuracy_personalised" not in sft
     text = "\n".join(tables.baseline_lines(results))
     assert "mean rating among training users" in text and "66.7%" in text
-    assert "Personalised subset (the 1 pairs the mean-rating rule gets wrong): sft 100.0%" in text
     clause = sentences.baseline_clause(results)
-    assert clause.startswith("Strongest baseline: mean rating among training users, 66.7%.")
+    assert clause.startswith("Strongest baseline on the validation pairs: older release year (100.0% there, "
+                             "66.7% on the test pairs).")
     assert "sft 83.3%" in clause and "dpo 16.7%" in clause
     assert "## Baselines on the same test pairs" in markdown.baselines_section(results)
     json.dumps(results)  # results.json must be able to hold it

@@ -79,12 +79,24 @@ def test_metrics_on_known_orders():
 
 
 def test_paired_comparison_sign_follows_the_difference():
-    a = [{"user_id": str(u), "kendall_tau_b": 0.0, "ndcg@3": 0.5, "hit@1": 0.0} for u in range(12)]
+    a = [{"user_id": str(u), "kendall_tau_b": 0.0, "ndcg@3": 0.5, "hit@1": 0.0} for u in range(40)]
     b = [{**r, "kendall_tau_b": 0.5, "ndcg@3": 0.9, "hit@1": 1.0} for r in a]
-    c = rk.compare(a, b, n_perm=2000, seed=0, alpha=0.05)
+    c = rk.compare(a, b, alpha=0.05, margin=0.04)
     assert c["kendall_tau_b"]["difference"] == pytest.approx(0.5) and c["kendall_tau_b"]["p_value"] < 0.01
-    assert c["kendall_tau_b"]["ci"][0] > 0
-    assert rk.compare(b, a, 2000, 0, 0.05)["hit@1"]["ci"][1] < 0
+    assert c["kendall_tau_b"]["ci"][0] > 0 and c["kendall_tau_b"]["verdict"] == "SUPPORTED"
+    back = rk.compare(b, a, alpha=0.05, margin=0.04)
+    assert back["hit@1"]["ci"][1] < 0 and back["kendall_tau_b"]["verdict"] == "NOT SUPPORTED"
+    # identical rankers: 12 users cannot rule out a 0.04 gain
+    same = rk.compare(a[:12], a[:12], alpha=0.05, margin=0.04)["kendall_tau_b"]
+    assert same["ci"][0] < 0 < same["ci"][1] and same["verdict"] == "INCONCLUSIVE"
+
+
+def test_ndcg_gain_starts_at_zero():
+    # gain = rating - 1: a 1-star movie adds nothing wherever it is ranked
+    assert rk.ndcg_at_k([4, 3, 2, 1], [1, 1, 1, 5]) == 0.0
+    assert rk.ndcg_at_k([1, 2, 3, 4], [1, 1, 1, 5]) == 1.0
+    assert rk.chance([1, 1, 5])["ndcg@3"] == pytest.approx((4 / 3) * sum(1 / np.log2(k + 2)
+                                                                         for k in range(3)) / 4)
 
 
 def test_baselines_rank_by_their_own_numbers(tiny_data):

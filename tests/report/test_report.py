@@ -46,7 +46,7 @@ def rows_by_model():
 @pytest.fixture(scope="module")
 def results(rows_by_model):
     return {"models": {name: metrics.model_metrics(rows) for name, rows in rows_by_model.items()},
-            "comparison": comparison.compare(rows_by_model["sft"], rows_by_model["dpo"], n_boot=300),
+            "comparison": comparison.compare(rows_by_model["sft"], rows_by_model["dpo"]),
             "meta": {"test_file": "data/test.jsonl", "n_pairs": 60, "timings": {"scoring_s": 1.5}}}
 
 
@@ -126,28 +126,28 @@ def test_console_table_and_verdict(results):
         assert any(line.startswith(name) for line in lines[2:])
     block = tables.format_verdict(results)
     assert sentences.verdict_sentence(results["comparison"]) in block
-    assert "McNemar" in block
+    assert "McNemar" not in block
 
 
 def test_report_names_the_test_the_verdict_uses(tmp_path, results):
     text = markdown.write_report_md(tmp_path, results).read_text(encoding="utf-8")
     c = results["comparison"]
-    assert "paired sign-flip permutation test of the mean per-pair difference, flipping whole users" in text
-    assert numbers.format_p(c["p_value"]) in text
-    assert "Secondary, a different quantity: exact McNemar test on strict right-in-both-orders" in text
-    assert "bootstrap over users" in text and "Wilson" not in text
-    assert "design effect" in text and f"{c['min_pairs_for_2_points']:,} pairs for 2 points" in text
+    assert "cluster-robust t interval over users (CR2 variance, Bell-McCaffrey degrees of freedom" in text
+    assert numbers.format_p(c["p_value"]) in text and "McNemar" not in text
+    assert "bootstrap over users" in text  # each model's own interval
+    assert "design effect" in text and f"{c['pairs_for_margin']:,} pairs" in text
+    assert f"The label follows the interval: {sentences.LABEL_RULE}." in text
 
 
 def test_report_without_user_ids_says_pairs(tmp_path, rows_by_model):
     rows = {m: [{k: v for k, v in r.items() if k != "user_id"} for r in rs] for m,
             rs in rows_by_model.items()}
     res = {"models": {m: metrics.model_metrics(r, n_boot=100) for m, r in rows.items()},
-           "comparison": comparison.compare(rows["sft"], rows["dpo"], n_boot=100), "meta": {}}
+           "comparison": comparison.compare(rows["sft"], rows["dpo"]), "meta": {}}
     text = markdown.write_report_md(tmp_path, res).read_text(encoding="utf-8")
     assert "bootstrap over pairs (no user ids)" in text
     assert "no user ids, so every pair is its own cluster" in text
-    assert "bootstrap over pairs (no user ids)" in tables.format_verdict(res)
+    assert "interval over pairs (no user ids)" in tables.format_verdict(res)
     back = json.loads(files.write_results(tmp_path, res).read_text())
     assert back["comparison"]["clustering"] == "pairs (no user ids)"
     assert back["models"]["sft"]["interval"].startswith("percentile bootstrap over pairs (no user ids)")
@@ -164,6 +164,9 @@ def test_baselines_are_rendered_beside_the_models(tmp_path, results):
                        "ci": [0.5, 0.66], "n_pairs": 60},
         "genre_overlap": {"label": "genre overlap with the history", "available": False, "accuracy": None,
                           "ci": None, "n_pairs": 60, "reason": "the test file has no history genres"}}
+    res["best_baseline"] = {"rule": "mean_rating", "label": "mean rating among training users",
+                            "chosen_on": "validation pairs", "validation_accuracy": 0.77,
+                            "n_validation_pairs": 50}
     res["models"]["sft"]["vs_best_baseline"] = {"baseline": "mean_rating", "difference": 0.05,
                                                 "ci": [0.01, 0.09]}
     res["models"]["dpo"]["vs_best_baseline"] = {"baseline": "mean_rating", "difference": -0.02,
@@ -172,7 +175,8 @@ def test_baselines_are_rendered_beside_the_models(tmp_path, results):
     assert "| mean rating among training users | 75.0% [68.0, 81.0] |" in text
     assert "| genre overlap with the history | not available: the test file has no history genres |" in text
     verdict = tables.format_verdict(res)
-    assert "Strongest baseline: mean rating among training users, 75.0%." in verdict
+    assert ("Strongest baseline on the validation pairs: mean rating among training users (77.0% there, "
+            "75.0% on the test pairs).") in verdict
     assert "sft" in verdict and "beats it (+5.0 points" in verdict
     assert "does not differ clearly from it (\u22122.0 points" in verdict
     table = tables.format_table(res)
@@ -182,9 +186,12 @@ def test_baselines_are_rendered_beside_the_models(tmp_path, results):
 
 def test_aggregate_markdown_uses_the_pooled_paired_test(rows_by_model):
     res = {"models": {m: metrics.model_metrics(r, n_boot=50) for m, r in rows_by_model.items()},
-           "comparison": comparison.compare(rows_by_model["sft"], rows_by_model["dpo"], n_boot=100)}
-    agg = seeds.aggregate_seeds({1: res, 2: res}, {1: rows_by_model, 2: rows_by_model},
-                                {"pooled": ("sft", "dpo", ("SFT", "DPO"))}, n_boot=100, seed=0, alpha=0.05)
+           "comparison": comparison.compare(rows_by_model["sft"], rows_by_model["dpo"])}
+    agg = seeds.aggregate_seeds({s: res for s in (1, 2, 3)}, {s: rows_by_model for s in (1, 2, 3)},
+                                {"pooled": ("sft", "dpo", ("SFT", "DPO"), "comparison")}, margin=0.02,
+                                alpha=0.05)
     md = markdown.aggregate_markdown(files.jsonable(agg))
-    assert "averaged over 2 seeds first" in md and agg["pooled"]["n_pairs"] == 60
+    assert "averaged over 3 seeds first" in md and agg["pooled"]["n_pairs"] == 60
     assert sentences.verdict_sentence(agg["pooled"]) in md
+    assert agg["pooled"]["seed_spread"]["sd"] == 0.0 and "Each seed's difference in points" in md
+    assert "covers the sampling of test pairs only" in md

@@ -74,7 +74,7 @@ def read_ratings(source: str, allow_md5_mismatch: bool = False):
 def build(source: str, out_dir: str | Path, seed: int = 0, history_len: int = 5,
           max_examples_per_user: int = 3, val_fraction: float = 0.1, test_fraction: float = 0.1,
           like_threshold: int = 4, dislike_threshold: int = 2, ranking_candidates: int = 8,
-          allow_md5_mismatch: bool = False) -> dict:
+          negatives: str = "disliked", allow_md5_mismatch: bool = False) -> dict:
     """Write out_dir/{train,val,test}.jsonl (and, from ratings, the baselines' training ratings and the
     test users' candidate sets) and summary.json; return the summary."""
     source = str(source)
@@ -89,4 +89,4 @@ def build(source: str, out_dir: str | Path, seed: int = 0, history_len: int = 5,
                        max_examples_per_user=max_examples_per_user, val_fraction=val_fraction,
                        test_fraction=test_fraction, like_threshold=like_threshold,
                        dislike_threshold=dislike_threshold, ranking_candidates=ranking_candidates,
-                       start=start)
+                       negatives=negatives, start=start)
