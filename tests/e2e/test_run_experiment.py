@@ -37,9 +37,9 @@ def test_seeds_and_control_arm_end_to_end_then_skipped(capsys, tiny_data, tiny_m
     assert set(agg["models"]) == {"base", "sft", "dpo", "sft_control"}
     for s in ("1", "2"):
         c = agg["per_seed"][s]["comparison"]
-        assert c["verdict"] in ("SUPPORTED", "PARTIALLY SUPPORTED", "NOT SUPPORTED")
-        assert agg["per_seed"][s]["comparison_control"]["verdict"] in ("SUPPORTED", "PARTIALLY SUPPORTED",
-                                                                        "NOT SUPPORTED")
+        assert c["verdict"] in ("SUPPORTED", "NOT SUPPORTED", "INCONCLUSIVE")
+        assert agg["per_seed"][s]["comparison_control"]["verdict"] in ("SUPPORTED", "NOT SUPPORTED",
+                                                                        "INCONCLUSIVE")
     acc = agg["metrics"]["dpo"]["accuracy"]
     assert len(acc["values"]) == 2 and acc["mean"] == pytest.approx(sum(acc["values"]) / 2)
     per_seed = json.loads((out / "seed-1" / "eval" / "results.json").read_text())
@@ -49,6 +49,9 @@ def test_seeds_and_control_arm_end_to_end_then_skipped(capsys, tiny_data, tiny_m
     assert agg["pooled"]["n_runs"] == 2
     assert agg["pooled_control"]["n_pairs"] == agg["pooled"]["n_pairs"]
     assert "Pooled over seeds" in (out / "aggregate.md").read_text()
+    assert agg["pooled"]["seed_spread"]["differences"] == [agg["per_seed"][s]["comparison"]["difference"]
+                                                          for s in ("1", "2")]
+    assert agg["pooled"]["verdict"] == comparison.verdict(agg["pooled"]["ci95"], 0.02)
 
     # The control arm continues the SFT adapter for as many optimizer steps as DPO took, at DPO's
     # learning rate (set apart from SFT's by the dpo.learning_rate override above).
@@ -125,24 +128,23 @@ def test_predictions_round_trip_through_the_csv(tmp_path):
     files.write_predictions(tmp_path, sft + dpo)
     back = files.read_predictions(tmp_path / "predictions.csv")
     assert back["sft"][1]["correct"] is False and isinstance(back["sft"][0]["logp_a"], float)
-    assert comparison.compare(back["sft"], back["dpo"], n_boot=50) == comparison.compare(sft, dpo, n_boot=50)
+    assert comparison.compare(back["sft"], back["dpo"]) == comparison.compare(sft, dpo)
 
 
 def test_identical_seeds_pool_to_one_seed(tmp_path):
     # seeds [1, 1]: the same predictions twice must give the n and p of one seed, not a smaller p.
     sft = _rows("sft", {f"p{i}": (i % 3 > 0, i % 4 > 0) for i in range(10)})
     dpo = _rows("dpo", {f"p{i}": (True, i % 5 > 0) for i in range(10)})
-    from dporec.config import load_config
-    cfg = load_config(TINY_CONFIG, ["eval.bootstrap_samples=300"])
-    one = comparison.compare(sft, dpo, n_boot=300, seed=cfg["seed"])
-    res = {"models": {"sft": metrics.model_metrics(sft, n_boot=50), "dpo": metrics.model_metrics(dpo,
-                                                                                                 n_boot=50)}}
+    one = comparison.compare(sft, dpo)
+    res = {"models": {m: metrics.model_metrics(r, n_boot=50) for m, r in (("sft", sft), ("dpo", dpo))},
+           "comparison": one}
     for k in (2, 3):
         agg = seeds.aggregate_seeds({s: res for s in range(k)},
                                     {s: {"sft": sft, "dpo": dpo} for s in range(k)},
-                                    {"pooled": ("sft", "dpo", ("SFT", "DPO")),
-                                     "pooled_control": ("sft_control", "dpo", ("SFT control", "DPO"))},
-                                    n_boot=300, seed=cfg["seed"], alpha=0.05)
+                                    {"pooled": ("sft", "dpo", ("SFT", "DPO"), "comparison"),
+                                     "pooled_control": ("sft_control", "dpo", ("SFT control", "DPO"),
+                                                        "comparison_control")},
+                                    margin=0.02, alpha=0.05)
         assert agg["pooled"]["n_pairs"] == one["n_pairs"] and agg["pooled"]["p_value"] == one["p_value"]
         assert agg["pooled"]["ci95"] == one["ci95"] and agg["pooled_control"] is None
         assert agg["metrics"]["dpo"]["accuracy"]["sd"] == 0.0

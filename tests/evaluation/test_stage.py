@@ -14,6 +14,7 @@ import sys
 import pytest
 
 from dporec import ROOT, UserError
+from dporec.analysis import comparison
 from tests.helpers import FIXTURES, TINY_CONFIG, dpo_main, evaluate_main, sft_main, tiny_overrides
 
 LEGACY = FIXTURES / "legacy_eval"
@@ -22,8 +23,8 @@ FAST = ["sft.max_steps=2", "dpo.max_steps=2", "train.eval_steps=1000", "train.sa
         "data.max_train_examples=8", "data.max_val_examples=4", "data.max_test_examples=8"]
 MODEL_KEYS = ("n_pairs", "accuracy", "accuracy_original_order", "accuracy_swapped_order",
               "accuracy_both_orders", "consistency", "first_option_rate", "confidence")
-COMPARISON_KEYS = ("a_accuracy", "b_accuracy", "difference", "ci95", "p_value", "mcnemar_both_orders",
-                   "verdict", "significant", "bootstrap_ci95", "min_pairs_for_2_points", "clustering")
+COMPARISON_KEYS = ("a_accuracy", "b_accuracy", "difference", "ci95", "p_value", "verdict", "margin_status",
+                   "significant", "interval", "pairs_for_margin", "clustering", "decisions_differ")
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +64,7 @@ def test_results_json(evaluated):
         assert key in c, key
     assert c["difference"] == pytest.approx(c["b_accuracy"] - c["a_accuracy"])
     assert c["a_accuracy"] == res["models"]["sft"]["accuracy"] and c["names"] == ["SFT", "DPO"]
-    assert c["verdict"] in ("SUPPORTED", "PARTIALLY SUPPORTED", "NOT SUPPORTED")
+    assert c["verdict"] == comparison.verdict(c["ci95"], c["margin"]) and c["margin"] == 0.02
     lo, hi = c["ci95"]
     assert (c["p_value"] < c["alpha"]) == (not lo <= 0 <= hi)
     assert c["clustering"] == "users" and c["n_users"] > 1
@@ -177,7 +178,7 @@ def test_from_predictions_reproduces_the_evaluation(evaluated, trained_run, tmp_
     assert json.loads((run2 / "eval" / "results.previous.json").read_text()) == original
     assert inplace["stability"] == original["stability"]
     assert inplace["meta"]["seconds_per_model"] == original["meta"]["seconds_per_model"]
-    assert inplace["comparison"]["n_boot"] == 300  # the statistics follow this config
+    assert "300 resamples" in inplace["models"]["sft"]["interval"]  # the statistics follow this config
     assert inplace["models"]["sft"]["accuracy"] == original["models"]["sft"]["accuracy"]
 
 
@@ -206,8 +207,9 @@ def test_from_predictions_reads_the_previous_versions_file_without_the_ml_stack(
                     "accuracy_both_orders", "consistency", "first_option_rate", "confidence"):
             assert new["models"][name][key] == pytest.approx(m[key]), (name, key)
         assert new["models"][name]["generation"]["valid_rate"] == m["generation"]["valid_rate"]
-    for key in ("n_pairs", "n_users", "difference", "verdict"):
+    for key in ("n_pairs", "n_users", "difference"):
         assert new["comparison"][key] == old["comparison"][key], key
+    assert new["comparison"]["verdict"] in ("SUPPORTED", "NOT SUPPORTED", "INCONCLUSIVE")
     assert (new["comparison"]["a_accuracy"], new["comparison"]["b_accuracy"]) == (
         old["comparison"]["sft_accuracy"], old["comparison"]["dpo_accuracy"])
     assert "p_value" in new["comparison"] and "p_value" not in old["comparison"]
@@ -228,3 +230,53 @@ def test_from_predictions_errors_name_file_and_line(tmp_path):
         evaluate_main([*args, str(one_order)])
     with pytest.raises(UserError, match="cannot read"):
         evaluate_main([*args, str(tmp_path / "missing.csv")])
+
+
+def _csv(path, rows):
+    """A predictions.csv in the layout the evaluation writes, from (model, pair, user, order, label,
+    choice) tuples."""
+    header = "model,pair_id,user_id,order,label,logp_a,logp_b,choice,correct\n"
+    lines = [f"{m},{p},{u},{o},{lab},{-1.0 if ch == 'A' else -2.0},{-1.0 if ch == 'B' else -2.0},{ch},"
+             f"{ch == lab}" for m, p, u, o, lab, ch in rows]
+    path.write_text(header + "\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def _pair(model, i, right_in):
+    """Both orders of pair i (label A in the original order) for a model right in the given orders."""
+    out = []
+    for order, label in (("original", "A"), ("swapped", "B")):
+        ok = order in right_in
+        out.append((model, f"p{i}", f"u{i}", order, label, label if ok else ("B" if label == "A" else "A")))
+    return out
+
+
+def test_a_position_locked_dpo_is_not_supported_through_from_predictions(tmp_path, capsys):
+    # DPO always answers "A" (50.0%, never right in both orders); SFT right in both orders on 18 of 40 pairs
+    # (45.0%). The old rule printed "SUPPORTED ... (+5.0 points, 95% CI -11.1 to +21.4); not significant".
+    rows = []
+    for i in range(40):
+        rows += _pair("sft", i, ("original", "swapped") if i < 18 else ())
+        rows += [(m, p, u, o, lab, "A") for m, p, u, o, lab, _ in _pair("dpo", i, ())]
+    src = _csv(tmp_path / "locked.csv", rows)
+    args = ["--config", str(TINY_CONFIG), f"output_dir={tmp_path / 'r'}", "--from-predictions", str(src)]
+    assert evaluate_main(args) == 0
+    c = json.loads((tmp_path / "r" / "eval" / "results.json").read_text())["comparison"]
+    assert (c["a_accuracy"], c["b_accuracy"]) == (0.45, 0.5) and c["verdict"] == "INCONCLUSIVE"
+    out = capsys.readouterr().out
+    assert "INCONCLUSIVE: DPO 50.0% vs SFT 45.0% (+5.0 points" in out and "SUPPORTED:" not in out
+
+
+def test_a_negligible_difference_is_not_supported_through_from_predictions(tmp_path):
+    # 600 pairs, DPO right in one more order of one pair: "+0.1 points" with an interval below the margin.
+    rows = []
+    for i in range(600):
+        both = ("original", "swapped") if i % 4 else ()
+        rows += _pair("sft", i, both)
+        rows += _pair("dpo", i, ("original",) if i == 0 else both)
+    src = _csv(tmp_path / "tiny_gain.csv", rows)
+    args = ["--config", str(TINY_CONFIG), f"output_dir={tmp_path / 'r'}", "--from-predictions", str(src)]
+    assert evaluate_main(args) == 0
+    c = json.loads((tmp_path / "r" / "eval" / "results.json").read_text())["comparison"]
+    assert 0 < c["difference"] < 0.001 and c["ci95"][1] < 0.02
+    assert c["verdict"] == "NOT SUPPORTED" and c["margin_status"] == "ruled out"
