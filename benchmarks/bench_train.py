@@ -26,9 +26,9 @@ What it does, for one model shape and one batch of real-format training data:
      reused, so a run cut off by a time limit continues; --force reruns them).
 
 Measures (per backend, batch setting and stage):
-  tokens/s        steady state: trained tokens (attention-mask sum TRL logs as num_tokens; for DPO
-                  chosen + rejected; under Unsloth, which never logs num_tokens, transformers'
-                  num_input_tokens_seen, the same count: trainer.trained_tokens) over the wall time of
+  tokens/s        steady state: trained tokens (transformers' num_input_tokens_seen, the non-padding
+                  count logged under both backends, equal to TRL's num_tokens; for DPO chosen +
+                  rejected: trainer.trained_tokens) over the wall time of
                   optimizer steps after --warmup-steps (kernel compilation, autotuning), CUDA-synchronised;
                   also the Trainer's own whole-run figure from metrics.json (includes warm-up and the
                   step-0 evaluation)
@@ -321,7 +321,7 @@ def _step_timer(path: Path):
             self.steps[state.global_step] = {"step": state.global_step, "t": now()}
 
         def on_log(self, args, state, control, logs=None, **kw):
-            # TRL's num_tokens, else num_input_tokens_seen (all Unsloth logs): training.trained_tokens
+            # num_input_tokens_seen (logged under both backends), else TRL's num_tokens: trained_tokens
             tokens = training.trained_tokens(logs or {})[0]
             if logs and "loss" in logs and tokens is not None and state.global_step in self.steps:
                 self.steps[state.global_step]["num_tokens"] = tokens

@@ -11,3 +11,28 @@ ROOT = Path(__file__).resolve().parent.parent  # the checkout: configs/, require
 
 class UserError(Exception):
     """A problem with the user's input (config, data file, paths): printed without a traceback."""
+
+
+def read_text(path) -> str:
+    """A user's text file (data, config, candidate sets) as str, or a UserError naming the file and what
+    is wrong: missing, a folder, unreadable, UTF-16 or binary (UTF-8 only; a BOM is allowed)."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except IsADirectoryError:
+        raise UserError(f"{path} is a folder, not a file") from None
+    except FileNotFoundError:
+        raise UserError(f"file not found: {path}") from None
+    except OSError as e:
+        raise UserError(f"cannot read {path}: {e.strerror or e}") from None
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise UserError(f"{path} is saved as UTF-16; save it as UTF-8")
+    if b"\x00" in raw:  # UTF-16 without a BOM, or a binary file; both would decode into nonsense
+        line = raw[:raw.index(b"\x00")].count(b"\n") + 1
+        raise UserError(f"{path}:{line}: holds NUL bytes: a binary or UTF-16 file, not UTF-8 text")
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        raise UserError(f"{path}:{line}: not UTF-8 text (byte 0x{raw[e.start]:02x}); "
+                        "save it as UTF-8") from None

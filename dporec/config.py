@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from dporec import UserError
+from dporec import UserError, read_text
 from dporec.data import sources, task
 
 
@@ -28,10 +28,22 @@ class Field:
     types: tuple  # accepted Python types; int is accepted where float is
     choices: tuple | None = None
     help: str = ""
+    lo: float | None = None        # the smallest valid value (None: unbounded)
+    hi: float | None = None        # the largest valid value
+    open_lo: bool = False          # lo itself is not valid
+    open_hi: bool = False          # hi itself is not valid
+    items: tuple | None = None     # a list's valid items
+    also: tuple = ()               # values valid outside the range, e.g. -1 for "not set"
 
 
-def F(default, *types, choices=None, help=""):
-    return Field(default, types or (type(default),), choices, help)
+def F(default, *types, choices=None, help="", lo=None, hi=None, open_lo=False, open_hi=False, items=None,
+      also=()):
+    return Field(default, types or (type(default),), choices, help, lo, hi, open_lo, open_hi, items, also)
+
+
+# TRL 1.14's DPO losses (trl/trainer/dpo_trainer.py): a name outside this list fails only at the first step.
+DPO_LOSSES = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
+              "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm")
 
 
 NONE = type(None)
@@ -53,16 +65,16 @@ SCHEMA: dict[str, Any] = {
         "load_in_4bit": F(True, bool, help="NF4 + double quantization: ~0.5 byte per weight instead of 2"),
         "dtype": F("auto", str, choices=("auto", "bfloat16", "float16", "float32"),
                    help="auto: bf16 on Ampere+ (RTX 3090, A100), fp16 on T4/V100, fp32 on CPU"),
-        "max_seq_length": F(512, int, help="prompts are ~250 tokens; longer costs memory for nothing"),
+        "max_seq_length": F(512, int, lo=64, help="prompts are ~250 tokens; longer costs memory for nothing"),
         "allow_cpu": F(False, bool, help="with backend=hf: run a GPU-sized model (>= 2B parameters) on a "
                                          "CPU anyway, at days per epoch; otherwise every script refuses it"),
     },
     "lora": {
-        "r": F(16, int, help="adapter rank: more capacity and memory; 16 is the thesis value"),
-        "alpha": F(16, int, help="scale = alpha / r"),
-        "dropout": F(0.0, float, help="0 lets Unsloth use its fast path"),
+        "r": F(16, int, lo=1, help="adapter rank: more capacity and memory; 16 is the thesis value"),
+        "alpha": F(16, int, lo=1, help="scale = alpha / r"),
+        "dropout": F(0.0, float, lo=0, hi=1, open_hi=True, help="0 lets Unsloth use its fast path"),
         "target_modules": F(["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
-                            list),
+                            list, lo=1, help="the projections LoRA adapts (at least one)"),
     },
     "data": {
         "source": F(None, str, NONE, help="run_experiment.py builds the three files from this when missing: "
@@ -78,29 +90,36 @@ SCHEMA: dict[str, Any] = {
         "prompt_format": F("alpaca", str, choices=task.PROMPT_FORMATS,
                            help="'### Instruction/Input/Response' (the thesis) or the tokenizer's chat "
                                 "template (instruct models)"),
-        "max_train_examples": F(None, int, NONE, help="null = all"),
-        "max_val_examples": F(200, int, NONE, help="validation during training "
-                                                   "costs time; 200 pairs show trends"),
-        "max_test_examples": F(None, int, NONE, help="null = all: ~1,200-2,900 pairs are needed to detect "
-                                                     "+2 points (README, statistics)"),
-        "ranking_candidates": F(8, int, help="movies per test user in the candidate sets run_experiment.py "
-                                             "builds (more: a finer ranking, N(N-1) scored questions)"),
+        "max_train_examples": F(None, int, NONE, lo=1, help="null = all"),
+        "max_val_examples": F(200, int, NONE, lo=1,
+                              help="validation during training "
+                                   "costs time; 200 pairs show trends"),
+        "max_test_examples": F(None, int, NONE, lo=1,
+                               help="null = all: ~1,200-2,900 pairs are needed to detect "
+                                    "+2 points (README, statistics)"),
+        "ranking_candidates": F(8, int, lo=2, also=(0,),
+                                help="movies per test user in the candidate sets run_experiment.py "
+                                     "builds (more: a finer ranking, N(N-1) scored questions)"),
         "ranking_file": F(None, str, NONE, help="candidate sets for eval.ranking; default: "
                                                 "ranking_test.jsonl beside test_file"),
     },
     "train": {  # shared by the SFT and DPO stages
-        "batch_size": F(1, int, help="thesis value; larger batches use the GPU better if memory allows"),
-        "grad_accum": F(8, int, help="effective batch = batch_size * grad_accum"),
+        "batch_size": F(1, int, lo=1,
+                        help="thesis value; larger batches use the GPU better if memory allows"),
+        "grad_accum": F(8, int, lo=1, help="effective batch = batch_size * grad_accum"),
         "gradient_checkpointing": F(True, bool, help="recompute activations: slower steps, much less memory"),
         "optim": F("adamw_8bit", str, help="8-bit Adam states (bitsandbytes, GPU only; adamw_torch on CPU)"),
-        "weight_decay": F(0.0, float),
-        "warmup_ratio": F(0.03, float),
+        "weight_decay": F(0.0, float, lo=0),
+        "warmup_ratio": F(0.03, float, lo=0, hi=1, open_hi=True,
+                          help="a fraction of the run's optimizer steps"),
         "lr_scheduler": F("linear", str),
-        "max_grad_norm": F(1.0, float),
-        "logging_steps": F(10, int),
-        "eval_steps": F(100, int, help="validation loss (and DPO reward accuracy) every N optimizer steps"),
-        "save_steps": F(100, int, help="checkpoints for --resume; each holds the adapter and optimizer"),
-        "save_total_limit": F(2, int),
+        "max_grad_norm": F(1.0, float, lo=0),
+        "logging_steps": F(10, int, lo=1),
+        "eval_steps": F(100, int, lo=1,
+                        help="validation loss (and DPO reward accuracy) every N optimizer steps"),
+        "save_steps": F(100, int, lo=1,
+                        help="checkpoints for --resume; each holds the adapter and optimizer"),
+        "save_total_limit": F(2, int, lo=1),
         "report_to": F("none", str, list, help="loggers: none, tensorboard, wandb, trackio (or a list of "
                                                "them; the package must be installed)"),
     },
@@ -108,58 +127,68 @@ SCHEMA: dict[str, Any] = {
         "init_adapter": F(None, str, NONE, help="continue training this adapter instead of a fresh LoRA "
                                                 "(run_experiment.py's compute-matched control arm)"),
         "run_name": F("sft", str, help="folder under output_dir for this SFT run"),
-        "learning_rate": F(2e-4, float, help="thesis value; standard for QLoRA SFT"),
-        "epochs": F(1.0, float),
-        "max_steps": F(-1, int, help="> 0 overrides epochs"),
+        "learning_rate": F(2e-4, float, lo=0, open_lo=True, help="thesis value; standard for QLoRA SFT"),
+        "epochs": F(1.0, float, lo=0, open_lo=True),
+        "max_steps": F(-1, int, lo=1, also=(-1,), help="> 0 overrides epochs; -1: epochs decide"),
     },
     "dpo": {
         "init": F("sft", str, choices=("sft", "base"),
                   help="sft: continue the SFT adapter, reference = frozen SFT model (S-DPO, Zephyr); "
                        "base: fresh LoRA, reference = base model. Different experiments"),
         "sft_adapter": F(None, str, NONE, help="default: <output_dir>/sft"),
-        "beta": F(0.1, float, help="thesis value; recommendation DPO work (S-DPO, DMPO) uses 1: a larger "
-                                   "beta keeps the policy nearer the reference and resists likelihood "
-                                   "displacement"),
-        "loss_type": F(["sigmoid"], list, str, help="[sigmoid, sft] adds an NLL term on the chosen answer "
-                                                   "(RPO), the remedy when logps/chosen falls; also ipo"),
+        "beta": F(0.1, float, lo=0, open_lo=True,
+                  help="thesis value; recommendation DPO work (S-DPO, DMPO) uses 1: a larger "
+                       "beta keeps the policy nearer the reference "
+                       "and resists likelihood displacement"),
+        "loss_type": F(["sigmoid"], list, items=DPO_LOSSES,
+                       help="[sigmoid, sft] adds an NLL term on the chosen answer "
+                            "(RPO), the remedy when logps/chosen falls; also ipo"),
         "loss_weights": F(None, list, NONE, help="e.g. [1.0, 1.0] with [sigmoid, sft]"),
-        "learning_rate": F(5e-5, float, help="thesis value; LoRA DPO usually uses 5e-6..1e-5 (higher "
-                                             "rates displace likelihood)"),
-        "epochs": F(3.0, float, help="thesis value; also 3x more training than SFT's 1 epoch: compare with "
-                                     "the compute-matched control arm"),
-        "max_steps": F(-1, int),
+        "learning_rate": F(5e-5, float, lo=0, open_lo=True,
+                           help="thesis value; LoRA DPO usually uses 5e-6..1e-5 (higher "
+                                "rates displace likelihood)"),
+        "epochs": F(3.0, float, lo=0, open_lo=True,
+                    help="thesis value; also 3x more training than SFT's 1 epoch: compare with "
+                         "the compute-matched control arm"),
+        "max_steps": F(-1, int, lo=1, also=(-1,)),
         "precompute_ref_log_probs": F(False, bool, help="true: one reference pass before training, then no "
                                                         "reference forward per step"),
     },
     "eval": {
         "models": F(["base", "sft", "dpo"], list, help="base = zero-shot, no adapter"),
         "adapters": F({}, dict, help="extra name: adapter-path pairs to evaluate"),
-        "batch_size": F(16, int, help="pairs scored per padded batch; lower it if evaluation runs out of "
-                                      "memory"),
-        "generate": F(False, bool, help="also generate greedy answers and parse them (slower; likelihood "
-                                        "scoring is the measure)"),
-        "max_new_tokens": F(32, int),
+        "batch_size": F(16, int, lo=1,
+                        help="pairs scored per padded batch; lower it if evaluation runs out of memory"),
+        "generate": F(False, bool, help="also generate greedy answers and parse them "
+                                        "(slower; likelihood scoring is the measure)"),
+        "max_new_tokens": F(32, int, lo=1),
         "stability": F(False, bool, help="also score with the base in 16-bit and report the 4-bit vs "
                                          "16-bit agreement (needs 16-bit weights)"),
-        "margin_points": F(2.0, float, help="the practical margin of the verdict, in points of two-order "
-                                            "accuracy: the thesis asks whether DPO is better by 2 points"),
+        "margin_points": F(2.0, float, lo=0,
+                           help="the practical margin of the verdict, in points of two-order "
+                                "accuracy: the thesis asks whether DPO is better by 2 points"),
         "ranking": F(True, bool, help="also rank N rated candidates per test user from all their pairs "
                                       "(Kendall tau-b, NDCG@3, hit@1): the second verdict line"),
-        "ranking_max_users": F(200, int, NONE, help="rank the first this many candidate sets only: each "
-                                                    "costs N(N-1) scored questions per model (null: all)"),
-        "ranking_margin": F(0.04, float, help="the practical margin of the ranking verdict, in Kendall "
-                                              "tau-b: +2 points of pairwise accuracy is +0.04 tau"),
-        "bootstrap_samples": F(2000, int, help="resamples of each model's own accuracy interval"),
-        "alpha": F(0.05, float, help="1 - the intervals' confidence level"),
+        "ranking_max_users": F(200, int, NONE, lo=1,
+                               help="rank the first this many candidate sets only: each "
+                                    "costs N(N-1) scored questions per model (null: all)"),
+        "ranking_margin": F(0.04, float, lo=0,
+                            help="the practical margin of the ranking verdict, in Kendall "
+                                 "tau-b: +2 points of pairwise accuracy is +0.04 tau"),
+        "bootstrap_samples": F(2000, int, lo=100, help="resamples of each model's own accuracy interval"),
+        "alpha": F(0.05, float, lo=0, hi=0.5, open_lo=True, help="1 - the intervals' confidence level"),
     },
     "health": {  # dporec/training/health.py: warnings in metrics.json, the report and the console
-        "max_chosen_logp_drop": F(5.0, float, help="DPO: warn when logps/chosen falls this many nats below "
-                                                   "its first value (likelihood displacement); lower catches "
-                                                   "it sooner"),
-        "min_eval_reward_accuracy": F(0.55, float, help="DPO: warn when the last eval rewards/accuracies is "
-                                                        "below (near 0.5 = nothing learned)"),
-        "max_eval_loss_rise": F(0.10, float, help="SFT: warn when the last eval loss is this fraction above "
-                                                 "its minimum (over-fitting)"),
+        "max_chosen_logp_drop": F(5.0, float, lo=0, open_lo=True,
+                                  help="DPO: warn when logps/chosen falls this many nats below "
+                                       "its first value (likelihood "
+                                       "displacement); lower catches it sooner"),
+        "min_eval_reward_accuracy": F(0.55, float, lo=0, hi=1,
+                                      help="DPO: warn when the last eval rewards/accuracies is "
+                                           "below (near 0.5 = nothing learned)"),
+        "max_eval_loss_rise": F(0.10, float, lo=0,
+                                help="SFT: warn when the last eval loss is this fraction above "
+                                     "its minimum (over-fitting)"),
     },
     "experiment": {
         "control_arm": F(False, bool, help="also continue SFT for as many steps as DPO takes: separates "
@@ -206,7 +235,33 @@ def _check_value(key: str, field: Field, value, where: str):
         raise UserError(f"{where}: '{key}' must be {names}, got {value!r}")
     if field.choices and value not in field.choices:
         raise UserError(f"{where}: '{key}' must be one of {list(field.choices)}, got {value!r}")
+    if isinstance(value, list) and field.lo is not None and len(value) < field.lo:
+        raise UserError(f"{where}: '{key}' must list at least {field.lo:g} item(s), got {value!r}")
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value not in field.also:
+        problem = _out_of_range(field, value)
+        if problem:
+            raise UserError(f"{where}: '{key}' must be {problem}, got {value!r}")
+    if field.items is not None and isinstance(value, list):
+        bad = [v for v in value if v not in field.items]
+        if bad or not value:
+            raise UserError(f"{where}: '{key}' must be a non-empty list of {list(field.items)}, "
+                            f"got {value!r}")
     return value
+
+
+def _out_of_range(field: Field, value) -> str | None:
+    """What the value must be, when it is outside the field's range."""
+    lo_ok = field.lo is None or (value > field.lo if field.open_lo else value >= field.lo)
+    hi_ok = field.hi is None or (value < field.hi if field.open_hi else value <= field.hi)
+    if lo_ok and hi_ok:
+        return None
+    parts = []
+    if field.lo is not None:
+        parts.append(f"{'>' if field.open_lo else '>='} {field.lo:g}")
+    if field.hi is not None:
+        parts.append(f"{'<' if field.open_hi else '<='} {field.hi:g}")
+    extra = "".join(f" or {a}" for a in field.also)
+    return " and ".join(parts) + extra
 
 
 def _merge(cfg: dict, data: dict, schema: dict, where: str, prefix: str = ""):
@@ -220,6 +275,17 @@ def _merge(cfg: dict, data: dict, schema: dict, where: str, prefix: str = ""):
             _merge(cfg[key], value or {}, schema[key], where, f"{full}.")
         else:
             cfg[key] = _check_value(full, schema[key], value, where)
+
+
+def _check_together(cfg: dict, where: str) -> None:
+    """Rules that tie two keys together."""
+    d = cfg["dpo"]
+    weights = d["loss_weights"]
+    if weights is not None:
+        numbers = all(isinstance(w, (int, float)) and not isinstance(w, bool) and w >= 0 for w in weights)
+        if len(weights) != len(d["loss_type"]) or not numbers:
+            raise UserError(f"{where}: 'dpo.loss_weights' must hold one number >= 0 per dpo.loss_type entry "
+                            f"({d['loss_type']}), got {d['loss_weights']!r}")
 
 
 def set_key(cfg: dict, dotted: str, value, where: str = "override"):
@@ -241,6 +307,7 @@ def updated(cfg: dict, settings: dict) -> dict:
     new = copy.deepcopy(cfg)
     for key, value in settings.items():
         set_key(new, key, value, where=f"setting {key}")
+    _check_together(new, "settings")
     return new
 
 
@@ -249,10 +316,11 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] = ()) -> di
     cfg = defaults()
     if path is not None:
         path = Path(path)
-        if not path.is_file():
+        if not path.exists():
             raise UserError(f"config file not found: {path}")
+        text = read_text(path)
         try:
-            data = yaml.safe_load(path.read_text()) or {}
+            data = yaml.safe_load(text) or {}
         except yaml.YAMLError as e:
             raise UserError(f"{path}: not valid YAML: {e}") from None
         _merge(cfg, data, SCHEMA, str(path))
@@ -265,6 +333,7 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] = ()) -> di
         except yaml.YAMLError:
             value = raw
         set_key(cfg, key.strip(), value, where=f"override '{item}'")
+    _check_together(cfg, str(path) if path is not None else "overrides")
     return cfg
 
 
@@ -287,6 +356,9 @@ def parse_args(description: str, argv: list[str] | None = None, extra: Callable 
         cfg["resume"] = True
     if args.overwrite:
         cfg["overwrite"] = True
+    if cfg.get("resume") and cfg.get("overwrite"):
+        raise UserError("--resume and --overwrite contradict each other: --resume continues an unfinished "
+                        "run, --overwrite deletes it and starts over; pass one of them")
     return args, cfg
 
 
@@ -304,7 +376,7 @@ def run_main(main: Callable[[], int | None]) -> None:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    except KeyboardInterrupt:
-        print("interrupted; rerun with --resume to continue from the last checkpoint", file=sys.stderr)
+    except KeyboardInterrupt as e:  # the stage that was running says what can be resumed
+        print(str(e) or "interrupted", file=sys.stderr)
         sys.exit(130)
     sys.exit(code or 0)

@@ -63,15 +63,19 @@ def ensure_data(cfg: dict) -> str:
 
 
 def run_stage(name: str, marker: Path, run, cfg: dict, overwrite: bool) -> str:
-    """run(cfg) for one stage unless its marker file says it already finished.
+    """run(cfg) for one stage unless its marker file says it already finished from the inputs it has now.
 
-    The stage gets overwrite as given, and resume=true when its folder holds checkpoints of an
-    unfinished run.
+    The stage gets overwrite as given (or true when it is stale: an adapter it was built from has changed
+    since), and resume=true when its folder holds checkpoints of an unfinished run.
     """
     folder = marker.parent
     if marker.is_file() and not overwrite:
-        print(f"[{name}] skipped: {marker} exists")
-        return "skipped"
+        changed = runs.changed_inputs(folder)
+        if not changed:
+            print(f"[{name}] skipped: {marker} exists")
+            return "skipped"
+        print(f"[{name}] stale: built from {', '.join(changed)}, which has changed since; running it again")
+        overwrite = True
     cfg = updated(cfg, {"overwrite": overwrite, "resume": False})
     if not overwrite and runs.checkpoints_in(folder):
         cfg["resume"] = True

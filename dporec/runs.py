@@ -17,11 +17,13 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import yaml
 
-from dporec import ROOT, UserError
+from dporec import ROOT, UserError, read_text, weights
 from dporec.config import save_config
 
 SFT, DPO, CONTROL, EVAL = "sft", "dpo", "sft_control", "eval"
@@ -41,19 +43,67 @@ def marker(cfg: dict, stage: str) -> Path:
 
 
 def prepare_run_dir(path: Path, cfg: dict, done_marker: str = "metrics.json") -> Path:
-    """Create a stage folder, refusing to clobber a finished run unless overwrite/resume is set."""
+    """Create a stage folder, refusing to clobber a finished run unless overwrite/resume is set, and
+    proving it writable now rather than at the first save, hours of training later."""
     path = Path(path)
+    if cfg.get("resume") and cfg.get("overwrite"):
+        raise UserError(f"--resume and --overwrite contradict each other: --resume continues the run in "
+                        f"{path}, --overwrite deletes it and starts over; pass one of them")
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{path} is a file, not a folder: set output_dir to a folder")
     finished = (path / done_marker).exists()
     if finished and cfg.get("resume"):
         raise UserError(f"{path} holds a finished run ({done_marker} exists); nothing to resume. "
-                        f"Pass overwrite=true to train again.")
+                        f"Pass --overwrite (without --resume) to train again.")
     if finished and not cfg.get("overwrite"):
         raise UserError(f"{path} already holds a finished run ({done_marker} exists). "
                         f"Use another output_dir, or pass --overwrite to replace it.")
+    check_writable(path)
     if finished:
         shutil.rmtree(path)
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create the stage folder {path}: {e.strerror or e} ({e.filename})") from None
+    check_writable(path)
     return path
+
+
+def check_writable(path: Path) -> None:
+    """A file can be created in `path` (or, before it exists, in its nearest existing parent)."""
+    folder = next((p for p in (path, *path.parents) if p.exists()), None)
+    if folder is None or not folder.is_dir():
+        raise UserError(f"cannot create {path}: {folder} is a file, not a folder")
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        raise UserError(f"cannot write in {folder} ({e.strerror or e}): a read-only folder or disk? "
+                        f"Set output_dir to a writable folder") from None
+
+
+def interrupt_advice(path: Path, resumable: bool) -> str:
+    if not resumable:
+        return f"interrupted: {path} keeps no partial results; rerun the same command to start it again"
+    found = checkpoints_in(path)
+    if found:
+        return f"interrupted; rerun with --resume to continue from {found[-1]}"
+    return ("interrupted before the first checkpoint (every train.save_steps steps): nothing to resume; "
+            "rerun the same command to start again")
+
+
+@contextmanager
+def stage_guard(path: Path, resumable: bool = True):
+    """Around a stage's work in its folder: Ctrl-C says what can be resumed, and a failure that left the
+    folder empty removes it (an empty stage folder looks like a run that never was)."""
+    try:
+        yield
+    except BaseException as e:
+        if path.is_dir() and not any(path.iterdir()):
+            path.rmdir()
+        if isinstance(e, KeyboardInterrupt) and not e.args:
+            raise KeyboardInterrupt(interrupt_advice(path, resumable)) from None
+        raise
 
 
 def checkpoints_in(path: Path) -> list[Path]:
@@ -63,11 +113,23 @@ def checkpoints_in(path: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(CHECKPOINT_RE.match(p.name)[1]))
 
 
+CHECKPOINT_FILES = ("trainer_state.json", "optimizer.pt", "scheduler.pt")  # what a resume reads, with weights
+
+
+def checkpoint_complete(path: Path) -> bool:
+    """Whether a checkpoint holds everything a resume reads: the Trainer writes the weights, then the
+    optimizer, scheduler and trainer_state.json, so a save cut short lacks the last of them."""
+    path = Path(path)
+    return (all((path / f).is_file() for f in CHECKPOINT_FILES)
+            and weights.adapter_weights_file(path) is not None)
+
+
 def resume_checkpoint(path: Path, cfg: dict) -> str | None:
     """The checkpoint to continue from (resume=true), or None for a fresh start.
 
     Call after prepare_run_dir (which refuses finished runs). A folder holding checkpoints of an
-    unfinished run is neither silently continued nor silently mixed with a new run.
+    unfinished run is neither silently continued nor silently mixed with a new run. A half-written
+    newest checkpoint (killed while saving) is passed over for the newest complete one, saying so.
     """
     found = checkpoints_in(path)
     last = str(found[-1]) if found else None
@@ -75,8 +137,16 @@ def resume_checkpoint(path: Path, cfg: dict) -> str | None:
         if last is None:
             raise UserError(f"resume requested, but {path} has no checkpoint-N folder to continue from. "
                             f"Run without --resume to start a fresh run.")
-        print(f"[resume] continuing from {last}")
-        return last
+        complete = [c for c in found if checkpoint_complete(c)]
+        for c in found[found.index(complete[-1]) + 1 if complete else 0:]:
+            lacks = [f for f in CHECKPOINT_FILES if not (c / f).is_file()] or ["its weights"]
+            print(f"[resume] {c} is incomplete (a save cut short: no {', '.join(lacks)}); passing over it")
+        if not complete:
+            raise UserError(f"resume requested, but no checkpoint in {path} is complete "
+                            f"({', '.join(c.name for c in found)} lack files a resume reads). "
+                            f"Pass --overwrite (without --resume) to start over.")
+        print(f"[resume] continuing from {complete[-1]}")
+        return str(complete[-1])
     if last is not None:
         if not cfg.get("overwrite"):
             raise UserError(f"{path} holds checkpoints of an unfinished run ({Path(last).name}). "
@@ -146,17 +216,42 @@ def find_adapters(cfg: dict, config_path: str) -> dict[str, Path | None]:
 
 
 def check_adapter(path: str | Path, base_name: str | None = None) -> dict:
-    """An adapter folder's adapter_config.json; a clear error when it is missing or was trained on
-    another base model."""
+    """An adapter folder's adapter_config.json, after checking what loading it would trip over: a missing
+    or truncated weights file, another base model (by name, by LoRA shapes against the base's
+    config.json, or, for the same name, by the base fingerprint its training recorded)."""
     path = Path(path)
     cfg_file = path / ADAPTER_FILE
     if not cfg_file.is_file():
         raise UserError(f"adapter not found: {path} has no {ADAPTER_FILE} (train it first)")
-    acfg = json.loads(cfg_file.read_text())
+    acfg = read_json(cfg_file)
     trained_on = acfg.get("base_model_name_or_path")
     if base_name and trained_on and not _same_model(trained_on, base_name):
         raise UserError(f"adapter {path} was trained on {trained_on!r}, but model.name is {base_name!r}")
+    weights_file = weights.adapter_weights_file(path)
+    if weights_file is None:
+        raise UserError(f"adapter {path} has {ADAPTER_FILE} but no weights "
+                        f"({' / '.join(weights.ADAPTER_WEIGHTS)}): an interrupted save or copy")
+    if weights_file.suffix == ".safetensors":
+        header = weights.safetensors_header(weights_file)
+        base_config = weights.base_config(base_name) if base_name else None
+        problem = weights.adapter_shape_problem(header, base_config) if base_config else None
+        if problem:
+            raise UserError(f"adapter {path} does not fit model.name={base_name}: {problem}")
+    if base_name:
+        _check_same_base(path, base_name)
     return acfg
+
+
+def _check_same_base(adapter: Path, base_name: str) -> None:
+    """A same-named base with other weights (a rebuilt or replaced folder) would load the adapter without
+    complaint and score a different model: compare the fingerprint the adapter's training recorded."""
+    info = adapter / "run_info.json"
+    recorded = read_json(info).get("base_fingerprint") if info.is_file() else None
+    current = weights.fingerprint_base(base_name) if recorded else None
+    if recorded and current and recorded != current:
+        raise UserError(f"adapter {adapter} was trained on other weights than model.name={base_name} holds "
+                        f"now (base fingerprint {recorded} in {info}, now {current}): the model folder was "
+                        "rebuilt or replaced. Point model.name at the model it was trained on, or retrain")
 
 
 def _same_model(a: str, b: str) -> bool:
@@ -174,16 +269,39 @@ def _same_model(a: str, b: str) -> bool:
 
 def read_json(path: Path) -> dict:
     try:
-        return json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise UserError(f"cannot read {path}: {e}") from None
+        return json.loads(read_text(path))
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}: not valid JSON ({e})") from None
 
 
 def read_yaml(path: Path) -> dict:
     try:
-        return yaml.safe_load(Path(path).read_text()) or {}
-    except (OSError, yaml.YAMLError) as e:
-        raise UserError(f"cannot read {path}: {e}") from None
+        return yaml.safe_load(read_text(path)) or {}
+    except yaml.YAMLError as e:
+        raise UserError(f"{path}: not valid YAML ({e})") from None
+
+
+def input_record(adapters: dict) -> dict:
+    """{name: {"path", "sha256"}} of the adapters a stage is built from, for its run_info.json "inputs"."""
+    out = {}
+    for name, path in adapters.items():
+        f = weights.adapter_weights_file(path) if path is not None else None
+        if f is not None:
+            out[name] = {"path": str(path), "sha256": weights.fingerprint_file(f)}
+    return out
+
+
+def changed_inputs(folder: Path) -> list[str]:
+    """The inputs a finished stage recorded (run_info.json "inputs") that have changed since: retrained,
+    replaced or gone. [] when all are as recorded, or nothing was recorded."""
+    info = Path(folder) / "run_info.json"
+    recorded = read_json(info).get("inputs") or {} if info.is_file() else {}
+    changed = []
+    for name, rec in recorded.items():
+        f = weights.adapter_weights_file(rec["path"])
+        if f is None or weights.fingerprint_file(f) != rec["sha256"]:
+            changed.append(f"{name} ({rec['path']})")
+    return changed
 
 
 NOT_MATCHABLE = ("the objective (DPO's preference loss on chosen vs rejected answers vs SFT's likelihood of "

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from dporec import UserError
+from dporec import UserError, read_text
 from dporec.data.ratings import Movie
 
 FILE = "ranking_test.jsonl"
@@ -103,11 +103,11 @@ _MOVIE = ("title", "genres")
 def load(path, limit: int | None = None) -> list[dict]:
     """Candidate sets from `path`, checked: FILE:LINE: field for anything a ranking cannot use."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise UserError(f"{path}: no candidate-set file (data/prepare_movielens.py writes {FILE} beside the "
                         f"splits; set data.ranking_file, or eval.ranking=false)")
     out = []
-    for line_no, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), 1):
+    for line_no, line in enumerate(read_text(path).split("\n"), 1):
         if not line.strip():
             continue
         where = f"{path}:{line_no}"

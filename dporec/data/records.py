@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from dporec import UserError
+from dporec import UserError, read_text
 from dporec.data import task
 
 
@@ -157,27 +157,26 @@ def load_examples(path: str | Path, limit: int | None = None, max_errors: int = 
     which no line has two options (a next-movie file) gets one message saying so instead.
     """
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise UserError(f"data file not found: {path}")
     examples, errors, no_options, first, n_lines = [], [], 0, None, 0
-    with path.open(encoding="utf-8-sig") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            n_lines += 1
-            where = f"{path}:{n}"
+    for n, line in enumerate(read_text(path).split("\n"), 1):
+        if not line.strip():
+            continue
+        n_lines += 1
+        where = f"{path}:{n}"
+        try:
             try:
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise UserError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
-                if (isinstance(obj, dict) and all(isinstance(obj.get(k), str) for k in ("input", "output"))
-                        and not task.MARKER_RE.search(obj["input"])):
-                    no_options += 1
-                    first = first or (n, obj)
-                examples.append(parse_record(obj, where, f"{path.name}:{n}"))
-            except UserError as e:
-                errors.append(str(e))
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise UserError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
+            if (isinstance(obj, dict) and all(isinstance(obj.get(k), str) for k in ("input", "output"))
+                    and not task.MARKER_RE.search(obj["input"])):
+                no_options += 1
+                first = first or (n, obj)
+            examples.append(parse_record(obj, where, f"{path.name}:{n}"))
+        except UserError as e:
+            errors.append(str(e))
     if no_options and not examples:
         raise _not_pairwise(path, *first, n_lines)
     if errors:
@@ -239,3 +238,33 @@ def to_dpo_rows(examples, fmt: str = "alpaca", tokenizer=None) -> list[dict]:
             raise UserError(f"{e.source}: rejected answer equals chosen answer; DPO would learn nothing")
         rows.append({"prompt": format_prompt(e, fmt, tokenizer), "chosen": chosen, "rejected": rejected})
     return rows
+
+
+def token_lengths(rows: list[dict], tokenizer) -> list[int]:
+    """Each row's longest sequence in tokens, as the trainers build it: the prompt with its special
+    tokens, the longest answer (completion, chosen or rejected) without them, and the EOS TRL appends."""
+    prompts = tokenizer([r["prompt"] for r in rows])["input_ids"]
+    longest = [0] * len(rows)
+    for key in ("completion", "chosen", "rejected"):
+        if rows and key in rows[0]:
+            ids = tokenizer([r[key] for r in rows], add_special_tokens=False)["input_ids"]
+            longest = [max(m, len(a)) for m, a in zip(longest, ids)]
+    return [len(p) + m + 1 for p, m in zip(prompts, longest)]
+
+
+def check_lengths(examples, rows: list[dict], tokenizer, max_length: int, max_shown: int = 20) -> None:
+    """Refuse examples longer than model.max_seq_length, naming their lines.
+
+    TRL would drop or cut them silently: a cut answer trains on half a decision, a dropped one still
+    counts in n_train, and a file of only long examples ends in an empty-sampler traceback.
+    """
+    lengths = token_lengths(rows, tokenizer)
+    long = [(e.source, n) for e, n in zip(examples, lengths) if n > max_length]
+    if not long:
+        return
+    shown = [f"{where}: {n} tokens" for where, n in long[:max_shown]]
+    if len(long) > max_shown:
+        shown.append(f"... {len(long) - max_shown} more")
+    raise UserError(f"{len(long)} of {len(rows)} examples are longer than model.max_seq_length={max_length} "
+                    f"tokens (the longest: {max(lengths)}); raise model.max_seq_length (more memory per "
+                    "step) or shorten their histories:\n  " + "\n  ".join(shown))

@@ -20,7 +20,8 @@ PROMPT_FORMATS = ("alpaca", "chat")
 MARKER_RE = re.compile(r"\bOption[ \t]+([AB])[ \t]*:")
 # Any mention of a letter ("Option B", "option A"): decisions, references in reasonings, generated text.
 OPTION_RE = re.compile(r"\b([Oo]ption)(\s+)([AB])\b")
-_ANSWER_RE = re.compile(r"^\s*The\s+better\s+recommendation\s+is\s+Option\s+([AB])\b\.?\s*(.*)$", re.DOTALL)
+# The decision: "The better recommendation is Option X", X any word (anything but A or B is refused).
+_ANSWER_RE = re.compile(r"^\s*The\s+better\s+recommendation\s+is\s+Option\s+(\w+)")
 # The thesis's reasoning: "<x>" is the chosen option's genres (or title), "<y>" the other option's.
 _THESIS_REASONING = ("Reasoning: The user has shown a strong preference for themes found in {x}. "
                      "Option {letter} ({y}) does not align with their recent viewing patterns.")
@@ -126,10 +127,23 @@ def answer_text(letter: str, reasoning: str = "") -> str:
 
 
 def parse_answer(output: str) -> tuple[str, str] | str:
-    """(letter, reasoning) of a record's answer, or what is wrong with it."""
+    """(letter, reasoning) of a record's answer, or what is wrong with it.
+
+    The decision sentence must name exactly one of Option A and Option B: "Option A or Option B",
+    "Option B, or maybe Option A" and "Option C" are refused rather than read as a guess. The
+    reasoning after it may mention either option.
+    """
     m = _ANSWER_RE.match(output)
     if m is not None:
-        return m.group(1), m.group(2).strip()
+        letter, rest = m.group(1), output[m.end():]
+        if letter not in LETTERS:
+            return f"field 'output' decides for 'Option {letter}'; only Option A or B can be the answer"
+        decision_end = _SENTENCE_SPLIT_RE.search(rest)
+        decision = rest[:decision_end.start()] if decision_end else rest
+        if named_letters(decision) or re.search(r"\b[Oo]ption\s+\w", decision):
+            return (f"field 'output': the decision sentence names more than one option "
+                    f"({(m.group(0) + decision).strip()!r}); it must name exactly one")
+        return letter, re.sub(r"^\.?\s*", "", rest).strip()
     named = named_letters(output)
     if not named:
         return f"field 'output' names no option (expected '{ANSWER_PREFIX}A.' or '...B.')"

@@ -237,14 +237,24 @@ def evaluate(cfg: dict, from_predictions: str | Path | None = None,
     warning = splits.balance_warning(examples, test_file)
     if warning:  # harmless for the two-order metrics, but worth knowing
         print(warning)
-    ranking_file = None
+    ranking_file = sets = None
     if ec["ranking"]:  # read and checked before any model loads
         ranking_file = cfg["data"]["ranking_file"] or candidates.default_path(test_file)
         sets = candidates.load(ranking_file, limit=ec["ranking_max_users"])
+    backends.check_model_name(cfg["model"]["name"])
     adapters = runs.find_adapters(cfg, config_path)
     eval_dir = runs.prepare_run_dir(runs.stage_dir(cfg, runs.EVAL), cfg, done_marker=runs.MARKERS[runs.EVAL])
     print(f"[eval] {len(examples)} test pairs from {test_file}; models: {', '.join(adapters)}")
+    with runs.stage_guard(eval_dir, resumable=False):
+        results, path = _score_and_write(cfg, backend, examples, adapters, eval_dir, ranking_file, sets)
+    return _print_results(results, path)
 
+
+def _score_and_write(cfg: dict, backend: str, examples, adapters: dict, eval_dir: Path, ranking_file,
+                     sets) -> tuple[dict, Path]:
+    """Load the base once, score every model in both orders (and rank), analyse, write eval_dir."""
+    from dporec.modeling import backends
+    ec, test_file = cfg["eval"], cfg["data"]["test_file"]
     t0 = time.perf_counter()
     model, tok = load_models(cfg, backend, adapters)
     from dporec.evaluation import ranking, scoring
@@ -279,9 +289,9 @@ def evaluate(cfg: dict, from_predictions: str | Path | None = None,
                                                                    "nothing to compare"}
     results["meta"]["wall_seconds"] = round(time.perf_counter() - t0, 1)
 
-    runs.write_run_info(eval_dir, cfg, stage="eval", backend=backend, adapters=meta["adapters"])
-    path = files.write_evaluation(eval_dir, results, rows)  # results.json last: marks a finished evaluation
-    return _print_results(results, path)
+    runs.write_run_info(eval_dir, cfg, stage="eval", backend=backend, adapters=meta["adapters"],
+                        inputs=runs.input_record(adapters))
+    return results, files.write_evaluation(eval_dir, results, rows)  # results.json last: the marker
 
 
 def _print_results(results: dict, path: Path) -> int:

@@ -17,8 +17,9 @@ from pathlib import Path
 
 import torch
 
-from dporec import UserError, compat, runs
+from dporec import UserError, compat, runs, weights
 from dporec.modeling.hardware import check_unsloth_dtype, cuda_capability, dtype_for, refuse_without_gpu
+from dporec.weights import is_local_name
 
 
 def choose_backend(requested: str, has_cuda: bool, has_unsloth: bool,
@@ -96,24 +97,28 @@ def compute_dtype(cfg: dict, capability=...) -> torch.dtype:
     return dtype_for(cfg["model"]["dtype"], cuda_capability() if capability is ... else capability)
 
 
-def is_local_name(name: str) -> bool:
-    """Whether model.name names a local folder (True) or a hub id (False); the rule both the loader
-    and verify_setup.py apply.
-
-    'org/name' is a hub id, unless its first component is a local folder or this repo's models/
-    (then it is a path, reported missing instead of tried on the hub); './x', '/x', '~/x', anything
-    with more than one '/' and anything that exists on disk is a path.
-    """
-    first = name.split("/", 1)[0]
-    return (name.startswith((".", "/", "~")) or Path(name).expanduser().exists() or name.count("/") > 1
-            or os.sep != "/" and os.sep in name
-            or first == "models" or (first != name and Path(first).is_dir()))
+def hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
 
 
-def _check_model_name(name: str) -> None:
-    if is_local_name(name) and not Path(name).expanduser().is_dir():
-        hint = " (build it with: make models)" if "models/" in name else ""
-        raise UserError(f"model.name: folder not found: {name}{hint}")
+def check_model_name(name: str) -> None:
+    """What loading model.name would trip over, before it loads: a missing folder, a folder without
+    config.json or with missing or truncated weights, a hub id that is not cached while offline."""
+    if is_local_name(name):
+        folder = Path(name).expanduser()
+        if not folder.is_dir():
+            hint = " (build it with: make models)" if "models/" in name else ""
+            raise UserError(f"model.name: folder not found: {name}{hint}")
+        if not (folder / "config.json").is_file():
+            raise UserError(f"model.name: {name} has no config.json: not a model folder")
+        weights.check_model_files(folder)
+        return
+    cached = weights.model_folder(name)
+    if hub_offline():
+        if cached is None:
+            raise UserError(f"model.name={name} is not in the Hugging Face cache and HF_HUB_OFFLINE is set: "
+                            "download it once with network access, or point model.name at a local folder")
+        weights.check_model_files(cached)
 
 
 def load_tokenizer(name: str):
@@ -172,14 +177,17 @@ def unsloth_chat_bos_problem(tok) -> str | None:
 def load_base(cfg: dict, backend: str):
     """The (optionally 4-bit) base model and its tokenizer, frozen."""
     name = cfg["model"]["name"]
-    _check_model_name(name)
-    if backend == "unsloth":
-        model, tok = _unsloth_load(cfg, name)
-        if tok.pad_token is None:
-            tok.pad_token = tok.eos_token
-    else:
-        model, tok = _hf_load(cfg, name), load_tokenizer(name)
-        compat.disable_cpu_weight_packing(model)
+    check_model_name(name)
+    try:
+        if backend == "unsloth":
+            model, tok = _unsloth_load(cfg, name)
+            if tok.pad_token is None:
+                tok.pad_token = tok.eos_token
+        else:
+            model, tok = _hf_load(cfg, name), load_tokenizer(name)
+            compat.disable_cpu_weight_packing(model)
+    except OSError as e:  # no network for a hub id, a file that cannot be read: the library says which
+        raise UserError(f"model.name={name}: cannot load it: {str(e).strip().splitlines()[0]}") from None
     for p in model.parameters():
         p.requires_grad_(False)
     return model, tok

@@ -5,16 +5,16 @@ Each check asks the runtime's own rules (records, splits, runs), never copies of
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
 from dporec import UserError, runs
 from dporec.data import records, splits
 from dporec.data.sources import forms
-from dporec.modeling.backends import is_local_name
+from dporec.modeling.backends import check_model_name
 from dporec.modeling.hardware import free_memory
 from dporec.preflight.table import FAIL, GB, OK, WARN, row
+from dporec.weights import is_local_name, model_folder, projection_shapes
 
 
 def _build_hint(name: str) -> str:
@@ -27,28 +27,19 @@ def _build_hint(name: str) -> str:
 
 def check_model(ctx):
     name = ctx.cfg["model"]["name"]
-    if is_local_name(name):  # the loader's own rule: what it would look for on disk, verify looks for here
-        folder = Path(name).expanduser()
-        if not folder.is_dir():
-            return row(FAIL, "model", f"folder not found: {name}", _build_hint(name))
-        if not (folder / "config.json").is_file():
-            return row(FAIL, "model", f"{name} has no config.json", _build_hint(name))
+    try:  # the loader's own check: what it would refuse, verify refuses
+        check_model_name(name)
+    except UserError as e:
+        return row(FAIL, "model", str(e), _build_hint(name))
+    folder = model_folder(name)
+    if folder is not None:
         ctx.cache["model_config"] = folder / "config.json"
-        return row(OK, "model", f"local folder {name}")
-    from huggingface_hub import try_to_load_from_cache
-    try:
-        hit = try_to_load_from_cache(name, "config.json")
-    except Exception as e:
-        return row(FAIL, "model", f"{name!r} is neither a local folder nor a valid hub id ({e})",
-                   _build_hint(name))
-    if isinstance(hit, str):
-        ctx.cache["model_config"] = Path(hit)
-        return row(OK, "model", f"{name} found in the Hugging Face cache ({Path(hit).parent})")
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
-        return row(WARN, "model", f"{name} is not in the local cache and HF_HUB_OFFLINE "
-                                  "is set: needs hub access",
-                   "unset HF_HUB_OFFLINE once to download it, or point model.name at a local copy")
-    return row(WARN, "model", f"{name} is not cached: it will be downloaded from the hub on first use")
+        where = (f"local folder {name}" if is_local_name(name)
+                 else f"{name} in the Hugging Face cache ({folder})")
+        return row(OK, "model", f"{where}, weights complete")
+    if not is_local_name(name) and "/" in name.strip("/") and " " not in name:
+        return row(WARN, "model", f"{name} is not cached: it will be downloaded from the hub on first use")
+    return row(FAIL, "model", f"{name!r} is neither a local folder nor a valid hub id", _build_hint(name))
 
 
 def _param_counts(config_file: Path) -> tuple[int, int]:
@@ -116,6 +107,7 @@ def check_data(ctx):
                             f"fix the line(s) above, or rebuild: {_prepare_hint(ctx)} --force"))
     if rows:
         return rows
+    ctx.cache["examples"] = loaded
     parts, warnings = [], []
     for split, exs in loaded.items():
         b = splits.balance(exs)
@@ -132,6 +124,28 @@ def check_data(ctx):
     rows.append(_check_pairs(loaded))
     rows.append(_check_ids(loaded))
     return rows
+
+
+def check_lengths(ctx):
+    """Every training and validation example within model.max_seq_length, measured with the model's own
+    tokenizer as the stages measure it (records.check_lengths) before they train."""
+    if "examples" not in ctx.cache or "model_config" not in ctx.cache:
+        return row(WARN, "data: lengths", "not measured: needs the data files and the model's tokenizer")
+    from dporec.modeling.backends import load_tokenizer
+    d, limit = ctx.cfg["data"], ctx.cfg["model"]["max_seq_length"]
+    tok = load_tokenizer(str(ctx.cache["model_config"].parent))
+    exs = (ctx.cache["examples"]["train"][:d["max_train_examples"] or None]
+           + ctx.cache["examples"]["val"][:d["max_val_examples"] or None])
+    longest = 0
+    try:
+        for to_rows in (records.to_sft_rows, records.to_dpo_rows):
+            rows = to_rows(exs, d["prompt_format"], tok)
+            records.check_lengths(exs, rows, tok, limit)
+            longest = max(longest, *records.token_lengths(rows, tok))
+    except UserError as e:
+        return row(FAIL, "data: lengths", str(e), "raise model.max_seq_length, or shorten the histories")
+    return row(OK, "data: lengths", f"longest training sequence {longest} tokens "
+                                    f"(model.max_seq_length {limit})")
 
 
 def _check_users(loaded):
@@ -172,17 +186,19 @@ def _check_ids(loaded):
 
 def _lora_params(config_file: Path, r: int, targets) -> int:
     c = json.loads(config_file.read_text())
-    h, inter = c.get("hidden_size", 0), c.get("intermediate_size", 0)
-    heads = c.get("num_attention_heads", 1)
-    kv = c.get("num_key_value_heads", heads) * c.get("head_dim", h // max(heads, 1))
-    shapes = {"q_proj": (h, h), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (h, h),
-              "gate_proj": (h, inter), "up_proj": (h, inter), "down_proj": (inter, h)}
+    shapes = projection_shapes(c)  # (in, out) features; LoRA adds r * (in + out) per projection
     per_layer = sum(r * sum(shapes[t]) for t in targets if t in shapes)
     return per_layer * c.get("num_hidden_layers", 0)
 
 
 def check_disk(ctx):
     out = Path(ctx.cfg["output_dir"]).resolve()
+    try:  # the stages' own check, which they run before any model loads
+        for folder in (out, *(runs.stage_dir(ctx.cfg, s) for s in runs.MARKERS)):
+            if folder == out or folder.exists():
+                runs.check_writable(folder)
+    except UserError as e:
+        return row(FAIL, "disk", str(e), "set output_dir=<a writable folder>")
     probe = out
     while not probe.exists():
         probe = probe.parent

@@ -5,7 +5,7 @@ config.yaml, run_info.json and (last, the finished marker) metrics.json into its
 """
 from __future__ import annotations
 
-from dporec import compat, runs
+from dporec import compat, runs, weights
 from dporec.data import records, splits
 from dporec.modeling import backends
 from dporec.training import dpo_trainer, health, trainer
@@ -27,17 +27,21 @@ def run_sft(cfg: dict, callbacks=()) -> int:
     # sft.run_name / sft.init_adapter: run_experiment.py's compute-matched control continues the SFT
     # adapter in its own folder (output_dir/sft_control).
     init_adapter = cfg["sft"]["init_adapter"]
+    backends.check_model_name(cfg["model"]["name"])
     if init_adapter:
         runs.check_adapter(init_adapter, cfg["model"]["name"])
     out, resume_from = trainer.prepare_stage_dir(cfg, runs.stage_dir(cfg, cfg["sft"]["run_name"]))
 
-    model, tok, train_ds, val_ds = _load(cfg, backend, init_adapter, records.to_sft_rows, train_exs, val_exs)
-    from trl import SFTTrainer
-    sft = SFTTrainer(model=model, args=trainer.sft_config(cfg, out, backend),
-                     train_dataset=train_ds, eval_dataset=val_ds, processing_class=tok)
-    if _fit(sft, tok, out, cfg, backend, resume_from, callbacks, train_exs, val_exs,
-            stage="sft", init_adapter=init_adapter):
-        print(f"[sft] adapter saved to {out}")
+    with runs.stage_guard(out):
+        model, tok, train_ds, val_ds = _load(cfg, backend, init_adapter, records.to_sft_rows, train_exs,
+                                             val_exs)
+        from trl import SFTTrainer
+        sft = SFTTrainer(model=model, args=trainer.sft_config(cfg, out, backend),
+                         train_dataset=train_ds, eval_dataset=val_ds, processing_class=tok)
+        if _fit(sft, tok, out, cfg, backend, resume_from, callbacks, train_exs, val_exs,
+                stage="sft", init_adapter=init_adapter,
+                inputs=runs.input_record({"init_adapter": init_adapter} if init_adapter else {})):
+            print(f"[sft] adapter saved to {out}")
     return 0
 
 
@@ -48,21 +52,25 @@ def run_dpo(cfg: dict, callbacks=()) -> int:
     records.to_dpo_rows(train_exs + val_exs)  # rejected == chosen fails here, before any model loads
 
     init = cfg["dpo"]["init"]
+    backends.check_model_name(cfg["model"]["name"])
     adapter = runs.sft_adapter_path(cfg) if init == "sft" else None
     if adapter is not None:
         runs.check_adapter(adapter, cfg["model"]["name"])
     reference = REFERENCE_SFT if init == "sft" else REFERENCE_BASE
     out, resume_from = trainer.prepare_stage_dir(cfg, runs.stage_dir(cfg, runs.DPO))
 
-    model, tok, train_ds, val_ds = _load(cfg, backend, adapter, records.to_dpo_rows, train_exs, val_exs)
-    # ref_model=None and no peft_config: TRL freezes a copy of the 'default' adapter as 'ref'.
-    dpo = dpo_trainer.trainer_class(backend)(
-        model=model, ref_model=None, args=trainer.dpo_config(cfg, out, backend),
-        train_dataset=train_ds, eval_dataset=val_ds, processing_class=tok)
-    if _fit(dpo, tok, out, cfg, backend, resume_from, callbacks, train_exs, val_exs,
-            stage="dpo", init=init, reference_model=reference, sft_adapter=str(adapter) if adapter else None,
-            loss_type=cfg["dpo"]["loss_type"], beta=cfg["dpo"]["beta"]):
-        print(f"[dpo] adapter saved to {out} (reference: {reference})")
+    with runs.stage_guard(out):
+        model, tok, train_ds, val_ds = _load(cfg, backend, adapter, records.to_dpo_rows, train_exs, val_exs)
+        # ref_model=None and no peft_config: TRL freezes a copy of the 'default' adapter as 'ref'.
+        dpo = dpo_trainer.trainer_class(backend)(
+            model=model, ref_model=None, args=trainer.dpo_config(cfg, out, backend),
+            train_dataset=train_ds, eval_dataset=val_ds, processing_class=tok)
+        if _fit(dpo, tok, out, cfg, backend, resume_from, callbacks, train_exs, val_exs,
+                stage="dpo", init=init, reference_model=reference,
+                sft_adapter=str(adapter) if adapter else None,
+                loss_type=cfg["dpo"]["loss_type"], beta=cfg["dpo"]["beta"],
+                inputs=runs.input_record({"sft": adapter} if adapter else {})):
+            print(f"[dpo] adapter saved to {out} (reference: {reference})")
     return 0
 
 
@@ -72,8 +80,10 @@ def _load(cfg: dict, backend: str, adapter, to_rows, train_exs, val_exs):
     set_seed(cfg["seed"])
     model, tok = backends.load_for_training(cfg, backend, adapter=adapter)
     fmt = cfg["data"]["prompt_format"]
-    return (model, tok, trainer.to_dataset(to_rows(train_exs, fmt, tok)),
-            trainer.to_dataset(to_rows(val_exs, fmt, tok)))
+    train_rows, val_rows = to_rows(train_exs, fmt, tok), to_rows(val_exs, fmt, tok)
+    # measured with this run's tokenizer before the trainer sees them: TRL drops or cuts long rows silently
+    records.check_lengths(train_exs + val_exs, train_rows + val_rows, tok, cfg["model"]["max_seq_length"])
+    return model, tok, trainer.to_dataset(train_rows), trainer.to_dataset(val_rows)
 
 
 def _fit(tr, tok, out, cfg: dict, backend: str, resume_from, callbacks, train_exs, val_exs, **facts) -> bool:
@@ -82,5 +92,7 @@ def _fit(tr, tok, out, cfg: dict, backend: str, resume_from, callbacks, train_ex
     stage = facts["stage"]
     wall = trainer.train(tr, resume_from, callbacks=[health.make_callback(stage, cfg["health"]), *callbacks])
     facts.update(backend=backend, resumed_from=resume_from, n_train=len(train_exs), n_val=len(val_exs),
-                 train_balance=splits.balance(train_exs))
+                 train_balance=splits.balance(train_exs),
+                 # what evaluation and DPO compare to catch a same-named base with other weights
+                 base_fingerprint=weights.fingerprint_base(cfg["model"]["name"]))
     return bool(trainer.finish_run(tr, tok, out, cfg, wall, **facts))  # {} on the other processes

@@ -188,38 +188,70 @@ def peak_memory() -> dict:
 
 
 def trained_tokens(log: dict) -> tuple[int | None, str | None]:
-    """(tokens trained on so far, which counter) from one training log entry.
+    """(tokens trained on so far, which counter) from one training log entry (benchmarks' step timer).
 
-    TRL's num_tokens (attention-mask sum) when present; else transformers' num_input_tokens_seen
-    (non-padding tokens, include_num_input_tokens_seen="non_padding"), the only count under Unsloth.
+    transformers' num_input_tokens_seen (non-padding tokens, include_num_input_tokens_seen="non_padding")
+    is logged under both backends and checkpointed; TRL's num_tokens (never logged under Unsloth, and
+    restarted from 0 on resume) only where it is missing.
     """
-    for key in ("num_tokens", "num_input_tokens_seen"):
+    for key in ("num_input_tokens_seen", "num_tokens"):
         if log.get(key) is not None:
             return log[key], key
     return None, None
 
 
+def _checkpoint_state(checkpoint: str | None) -> dict:
+    """The trainer state a run resumed from (global_step, num_input_tokens_seen, log_history)."""
+    if not checkpoint:
+        return {"global_step": 0, "num_input_tokens_seen": 0, "log_history": []}
+    return runs.read_json(Path(checkpoint) / "trainer_state.json")
+
+
+def whole_run_train_loss(hist: list[dict], summary_loss: float | None, steps: int,
+                         start: dict) -> float | None:
+    """The mean training loss over all the run's steps, resumed or not.
+
+    transformers' train_loss sums only this session's step losses (those after the checkpoint) and
+    divides by all steps; the steps before come back from the checkpoint's logged losses, each log
+    covering the steps since the previous one. Uninterrupted (start step 0) this is train_loss itself.
+    """
+    if summary_loss is None or not steps:
+        return summary_loss
+    before, last = 0.0, 0
+    for h in hist:
+        if "loss" in h and "step" in h and h["step"] <= start["global_step"]:
+            before += h["loss"] * (h["step"] - last)
+            last = h["step"]
+    return (before + summary_loss * steps) / steps
+
+
 def collect_metrics(trainer, wall_time_s: float, **extra) -> dict:
-    """metrics.json content from trainer.state.log_history (restored from checkpoints on resume)."""
-    hist = trainer.state.log_history
+    """metrics.json content from trainer.state (log history and token count restored from checkpoints
+    on resume), so a resumed run reports the figures of the uninterrupted one."""
+    state = trainer.state
+    hist = state.log_history
     train_hist, eval_hist = health.split_history(hist)
     # the end-of-training summary; with include_num_input_tokens_seen every step log has a train_runtime too
     summary = next((h for h in reversed(hist) if "train_runtime" in h and "train_loss" in h), {})
     runtime = summary.get("train_runtime")
     last_train = train_hist[-1] if train_hist else {}
-    num_tokens, token_source = trained_tokens(last_train)
+    start = _checkpoint_state(extra.get("resumed_from"))
+    tokens, token_source = getattr(state, "num_input_tokens_seen", None), "num_input_tokens_seen"
+    if not tokens:
+        tokens, token_source = trained_tokens(last_train)
+    session_tokens = (tokens or 0) - start.get("num_input_tokens_seen", 0)  # tokens/s: this session's
     out = {
-        "steps": trainer.state.global_step,
-        "epochs": trainer.state.epoch,
+        "steps": state.global_step,
+        "epochs": state.epoch,
         **extra,
-        "final_train_loss": summary.get("train_loss"),
+        "final_train_loss": whole_run_train_loss(hist, summary.get("train_loss"), state.global_step, start),
         "final_eval": eval_hist[-1] if eval_hist else None,
         "initial_eval": eval_hist[0] if eval_hist and eval_hist[0].get("step") == 0 else None,
         "final_train_metrics": {k: v for k, v in last_train.items()
                                 if k.startswith(("rewards/", "logps/", "loss", "mean_token_accuracy"))},
-        "tokens": num_tokens,
-        "tokens_source": token_source,
-        "tokens_per_second": (num_tokens / runtime) if num_tokens and runtime else None,
+        "tokens": tokens,
+        "tokens_source": token_source if tokens else None,
+        "tokens_per_second": (session_tokens / runtime) if session_tokens > 0 and runtime else None,
         "train_runtime_s": runtime,
         "wall_time_s": wall_time_s,
         **peak_memory(),

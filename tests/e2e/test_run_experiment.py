@@ -11,7 +11,7 @@ import pytest
 from dporec import UserError, experiment
 from dporec.analysis import comparison, metrics, seeds
 from dporec.report import files
-from tests.helpers import FIXTURES, TINY_CONFIG, experiment_main, tiny_overrides
+from tests.helpers import FIXTURES, TINY_CONFIG, experiment_main, sft_main, tiny_overrides
 
 # Fewer steps and test pairs than configs/tiny.yaml: two seeds x (SFT, DPO, control, eval) must stay quick.
 FAST = ["sft.max_steps=2", "dpo.max_steps=3", "data.max_train_examples=12", "data.max_val_examples=4",
@@ -84,6 +84,22 @@ def test_seeds_and_control_arm_end_to_end_then_skipped(capsys, tiny_data, tiny_m
         for s in (1, 2):
             assert f"[{stage}] skipped: {out / f'seed-{s}' / stage}" in second
     assert _finished_files(out) == before
+
+    # SFT of seed 1 retrained by hand: every stage built on it is stale and runs again; seed 2 is untouched
+    seed1 = out / "seed-1"
+    old_dpo = (seed1 / "dpo" / "adapter_model.safetensors").read_bytes()
+    assert sft_main(["--config", str(TINY_CONFIG), *tiny_overrides(tiny_data, tiny_model, seed1), *FAST,
+                     "seed=7", "--overwrite"]) == 0
+    capsys.readouterr()
+    assert experiment_main(argv) == 0
+    third = capsys.readouterr().out
+    assert f"[sft] skipped: {seed1 / 'sft'}" in third
+    for stage in ("dpo", "sft_control", "eval"):
+        assert f"[{stage}] stale: built from" in third
+        assert f"[{stage}] skipped: {out / 'seed-2' / stage}" in third
+    assert (seed1 / "dpo" / "adapter_model.safetensors").read_bytes() != old_dpo
+    inputs = json.loads((seed1 / "dpo" / "run_info.json").read_text())["inputs"]
+    assert inputs["sft"]["path"] == str(seed1 / "sft")
 
 
 def test_run_stage_skips_finished_and_resumes_unfinished(tmp_path):

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from dporec import ROOT, UserError, runs
+from dporec import ROOT, UserError, runs, weights
 from dporec.config import load_config
 from dporec.modeling import backends, hardware
 from dporec.preflight import inputs, table
@@ -93,7 +93,8 @@ def test_check_adapter_rejects_missing_and_mismatched(tiny_model, tmp_path):
         runs.check_adapter(tmp_path / "a", str(tiny_model))
     adapter_config = {"base_model_name_or_path": str(tiny_model)}
     (tmp_path / "a" / "adapter_config.json").write_text(json.dumps(adapter_config))
-    assert runs.check_adapter(tmp_path / "a", str(tiny_model))["base_model_name_or_path"] == str(tiny_model)
+    with pytest.raises(UserError, match="no weights"):  # the right base, but an interrupted save
+        runs.check_adapter(tmp_path / "a", str(tiny_model))
 
 
 def test_missing_local_model_folder_is_a_user_error(tmp_path, monkeypatch):
@@ -106,11 +107,16 @@ def test_verify_setup_and_the_loader_agree_on_org_slash_name(tmp_path, monkeypat
     """'org/x' with a local folder ./org: a path to the loader, so verify_setup must look for that
     folder too (not report a hub download); without ./org both treat it as a hub id."""
     monkeypatch.chdir(tmp_path)
-    assert not backends.is_local_name("org/x")
+    assert not weights.is_local_name("org/x")
     hub = inputs.check_model(table.Ctx(cfg_for("org/x"), "x.yaml"))
-    assert hub[0] == table.WARN and "cache" in hub[2]
+    # a hub id: not cached and HF_HUB_OFFLINE set (conftest), so both refuse it; with network, a download
+    assert hub[0] == table.FAIL and "HF_HUB_OFFLINE" in hub[2]
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    hub = inputs.check_model(table.Ctx(cfg_for("org/x"), "x.yaml"))
+    assert hub[0] == table.WARN and "downloaded" in hub[2]
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     (tmp_path / "org").mkdir()
-    assert backends.is_local_name("org/x")
+    assert weights.is_local_name("org/x")
     with pytest.raises(UserError, match="folder not found: org/x"):
         backends.load_base(cfg_for("org/x"), "hf")
     ctx = table.Ctx(cfg_for("org/x"), "x.yaml")

@@ -81,10 +81,10 @@ def test_sft_lowers_loss_and_moves_lora(sft_run):
     assert b and all(v.abs().max() > 0 for v in b.values())
     for key in ("tokens_per_second", "peak_memory_mb", "wall_time_s", "train_runtime_s"):
         assert m[key] > 0, key
-    # transformers' own count is logged too: under Unsloth it is the only one (no TRL num_tokens)
+    # transformers' own count (checkpointed; under Unsloth the only one) agrees with TRL's num_tokens
     assert all(h["num_input_tokens_seen"] > 0 for h in m["train_history"])
-    assert m["tokens_source"] == "num_tokens"
-    assert m["train_history"][-1]["num_input_tokens_seen"] == m["tokens"]  # both count non-padding tokens
+    assert m["tokens_source"] == "num_input_tokens_seen"
+    assert m["train_history"][-1]["num_tokens"] == m["tokens"]  # both count non-padding tokens
     assert m["peak_memory_kind"] == ("cuda max_memory_allocated" if torch.cuda.is_available()
                                      else "process peak RSS")
     info = json.loads((sft_run / "sft" / "run_info.json").read_text())
@@ -245,8 +245,14 @@ def test_resume_matches_uninterrupted_run(stage, request, tiny_data, tiny_model,
         run(script, tiny_data, tiny_model, tmp_path, *extra, callbacks=[_interrupt_at(4)])
     assert (tmp_path / stage / "checkpoint-4").is_dir() and not (tmp_path / stage / "metrics.json").exists()
     run(script, tiny_data, tiny_model, tmp_path, *extra, "--resume")
-    m = metrics(tmp_path / stage)
+    m, m_straight = metrics(tmp_path / stage), metrics(straight / stage)
     assert m["resumed_from"].endswith("checkpoint-4") and m["steps"] == 8
+    # the figures too: the whole run's loss and tokens, not only the resumed half's
+    assert m["final_train_loss"] == pytest.approx(m_straight["final_train_loss"], rel=1e-4)
+    assert m["tokens"] == m_straight["tokens"] > 0
+    assert [h["loss"] for h in m["train_history"]] == pytest.approx(
+        [h["loss"] for h in m_straight["train_history"]], rel=1e-4)
+    assert m["final_eval"]["eval_loss"] == pytest.approx(m_straight["final_eval"]["eval_loss"], rel=1e-4)
     a, b = adapter_weights(straight / stage), adapter_weights(tmp_path / stage)
     assert a.keys() == b.keys()
     for k in a:
@@ -340,10 +346,12 @@ def test_precision_flags_follow_the_model_dtype(tiny_cfg, capability, bf16, fp16
     assert glue.precision_flags(tiny_cfg, None) == {"use_cpu": True, "bf16": False, "fp16": False}
 
 
-def test_tokens_fall_back_to_num_input_tokens_seen():
-    """Under Unsloth TRL's num_tokens is never logged (its compute_loss replacement skips it)."""
-    assert glue.trained_tokens({"loss": 1.0, "num_tokens": 120.0, "num_input_tokens_seen": 120}) == \
-        (120.0, "num_tokens")
+def test_tokens_come_from_num_input_tokens_seen():
+    """Under Unsloth TRL's num_tokens is never logged (its compute_loss replacement skips it), and on
+    resume it restarts from 0; transformers' count is logged under both and checkpointed."""
+    assert glue.trained_tokens({"loss": 1.0, "num_tokens": 60.0, "num_input_tokens_seen": 120}) == \
+        (120, "num_input_tokens_seen")
+    assert glue.trained_tokens({"loss": 1.0, "num_tokens": 60.0}) == (60.0, "num_tokens")
     unsloth_log = {"loss": 1.0, "num_input_tokens_seen": 96, "step": 3}
     assert glue.trained_tokens(unsloth_log) == (96, "num_input_tokens_seen")
     assert glue.trained_tokens({"loss": 1.0}) == (None, None)
