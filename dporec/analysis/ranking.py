@@ -43,10 +43,15 @@ def copeland(pref: np.ndarray) -> np.ndarray:
     order, the common case for a rule-like model; it needs the log-odds to be calibrated probabilities,
     which one token's logit is not; and it adds an iterative fit.
     """
-    wins = (pref > 0).sum(1) + 0.5 * ((pref == 0).sum(1) - 1)  # minus the diagonal
-    margin = pref.sum(1)
+    wins, margin = standings(pref)
     keys = sorted(set(zip(wins, margin)))
     return np.array([keys.index(k) for k in zip(wins, margin)], dtype=float)
+
+
+def standings(pref: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(Copeland wins out of N - 1, a tie counting 1/2; summed preference margin) per item."""
+    wins = (pref > 0).sum(1) + 0.5 * ((pref == 0).sum(1) - 1)  # minus the diagonal
+    return wins, pref.sum(1)
 
 
 def kendall_tau_b(scores, ratings) -> float:

@@ -100,8 +100,11 @@ _NEEDED = {"user_id": str, "history": list, "candidates": list}
 _MOVIE = ("title", "genres")
 
 
-def load(path, limit: int | None = None) -> list[dict]:
-    """Candidate sets from `path`, checked: FILE:LINE: field for anything a ranking cannot use."""
+def load(path, limit: int | None = None, rated: bool = True) -> list[dict]:
+    """Candidate sets from `path`, checked: FILE:LINE: field for anything a ranking cannot use.
+
+    rated=False (recommend.py's requests) lets candidates come without a 'rating'; one given must be a number.
+    """
     path = Path(path)
     if not path.exists():
         raise UserError(f"{path}: no candidate-set file (data/prepare_movielens.py writes {FILE} beside the "
@@ -123,8 +126,12 @@ def load(path, limit: int | None = None) -> list[dict]:
                 if not isinstance(m, dict) or not all(x in m for x in _MOVIE):
                     raise UserError(f"{where}: {field}[{k}] needs 'title' and 'genres'")
         ratings = [c.get("rating") for c in rec["candidates"]]
+        if not rated:
+            ratings = [0 if x is None else x for x in ratings]
         if len(ratings) < 2 or not all(isinstance(x, (int, float)) for x in ratings):
-            raise UserError(f"{where}: 'candidates' needs at least 2 movies, each with a numeric 'rating'")
+            raise UserError(f"{where}: 'candidates' needs at least 2 movies, each with a numeric 'rating'"
+                            if rated else f"{where}: 'candidates' needs at least 2 movies ('rating' "
+                                          f"optional, a number when given)")
         ids = [c.get("item_id", c["title"]) for c in rec["candidates"]]
         if len(set(map(str, ids))) != len(ids):
             raise UserError(f"{where}: a movie appears twice in 'candidates'")

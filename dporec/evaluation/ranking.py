@@ -26,7 +26,9 @@ def pair_examples(cset: dict) -> list[records.Example]:
     out = []
     for i, j in combinations(range(len(movies)), 2):
         a, b = movies[i], movies[j]
-        label = "A" if cset["candidates"][i]["rating"] >= cset["candidates"][j]["rating"] else "B"
+        # unrated candidates (recommend.py's requests): the label is never read
+        ri, rj = (cset["candidates"][k].get("rating", 0) for k in (i, j))
+        label = "A" if ri >= rj else "B"
         out.append(records.Example(instruction=task.INSTRUCTION, input=pair_input(hist, a, b),
                                    output=task.answer_text(label), label=label, option_a=f"{a.display}.",
                                    option_b=f"{b.display}.", reasoning="", pair_id=f"{cset['id']}:{i}-{j}",
@@ -38,14 +40,19 @@ def _ratings(cset) -> list[float]:
     return [c["rating"] for c in cset["candidates"]]
 
 
-def score_model(model, tok, sets: list[dict], fmt: str, batch_size: int, name: str) -> list[dict]:
-    """Per set: {"user_id", "scores": Copeland scores, **metrics}."""
+def preference_matrices(model, tok, sets: list[dict], fmt: str, batch_size: int, name: str) -> list:
+    """Per set, the active model's N x N position-free preference matrix (analysis.ranking.preferences)."""
     from dporec.evaluation import scoring
     margins = scoring.decision_margins(model, tok, [pair_examples(s) for s in sets], fmt, batch_size,
                                        desc=f"ranking {name}")
+    return [R.preferences(m, len(s["candidates"])) for s, m in zip(sets, margins)]
+
+
+def score_model(model, tok, sets: list[dict], fmt: str, batch_size: int, name: str) -> list[dict]:
+    """Per set: {"user_id", "scores": Copeland scores, **metrics}."""
     out = []
-    for s, m in zip(sets, margins):
-        scores = R.copeland(R.preferences(m, len(s["candidates"])))
+    for s, pref in zip(sets, preference_matrices(model, tok, sets, fmt, batch_size, name)):
+        scores = R.copeland(pref)
         out.append({"user_id": s["user_id"], "scores": scores.tolist(), **R.metrics(scores, _ratings(s))})
     return out
 

@@ -332,6 +332,14 @@ def option_id(ex: Example, letter: str) -> str:
     return ex.option(letter)
 
 
+def option_title(ex: Example, letter: str) -> str:
+    """The movie in position `letter` as people read it: the builder's title, else the option's text."""
+    info = ex.extra.get("option_a" if letter == "A" else "option_b")
+    if isinstance(info, dict) and info.get("title"):
+        return str(info["title"])
+    return ex.option(letter).rstrip(".")
+
+
 def _choice(la: float, lb: float) -> str:
     return "A" if la > lb else "B" if lb > la else "tie"
 
@@ -348,6 +356,9 @@ def row_identity(model_name: str, ex: Example, order: str, e: Example) -> dict:
         "label": e.label,
         "option_a_id": option_id(e, "A"),
         "option_b_id": option_id(e, "B"),
+        # titles too, so qualitative examples need no join with the data files
+        "option_a_title": option_title(e, "A"),
+        "option_b_title": option_title(e, "B"),
     }
 
 

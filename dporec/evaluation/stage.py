@@ -8,6 +8,7 @@ score, so re-analysis needs numpy, scipy and matplotlib only.
 from __future__ import annotations
 
 import copy
+import os
 import time
 from pathlib import Path
 
@@ -273,6 +274,10 @@ def _score_and_write(cfg: dict, backend: str, examples, adapters: dict, eval_dir
         "adapters": {n: (str(p) if p else None) for n, p in adapters.items()},
         "seconds_per_model": seconds, "test_balance": splits.balance(examples),
         "task": task_of(test_file, examples),
+        # each trained model's curves, relative to eval/ so report.md's links survive moving the run folder
+        "training_curves": {n: os.path.relpath(Path(p) / "training_curves.png", eval_dir)
+                            for n, p in adapters.items()
+                            if p and (Path(p) / "training_curves.png").is_file()},
     }
     results = _analyse(rows, cfg, meta, str(test_file))
     # simple rules on the same pairs (side files beside data.train_file) + each model's personalised subset

@@ -23,7 +23,7 @@ from dporec.report.markdown import aggregate_markdown, write_report_md
 # predictions.csv columns, in this order; any other keys the scorer adds follow, sorted by name.
 PREDICTION_COLUMNS = (
     "model", "pair_id", "user_id", "order", "label", "option_a_id", "option_b_id",
-    "logp_a", "logp_b", "choice", "correct",
+    "option_a_title", "option_b_title", "logp_a", "logp_b", "choice", "correct",
     "logp_a_full", "logp_b_full", "choice_full", "correct_full",
     "parsed", "generated",
 )

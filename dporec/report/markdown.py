@@ -89,7 +89,12 @@ def report_md(results: dict) -> str:
                   *ranking_lines(results["ranking"]), "```", "",
                   "Every pair of a user's candidates asked in both option orders; the pairwise preferences "
                   "ranked by Copeland and compared with the user's ratings. Intervals: percentile bootstrap "
-                  "over users. Plot: ranking.png."]
+                  "over users. Plot: ranking.png.", "",
+                  "ranking.csv has one row per ranker (model or rule) and user: the three metrics, and in "
+                  "`scores` one number per candidate, in the candidate file's order, higher ranked first. "
+                  "For a model it is the Copeland rank score (0 = ranked last; two candidates share one only "
+                  "when their wins and summed margins are equal); for a rule, the rule's own number (e.g. "
+                  "the movie's mean rating before the cutoff)."]
     lines += ["", "## SFT vs DPO", ""]
     c = results.get("comparison")
     if c:
@@ -98,6 +103,12 @@ def report_md(results: dict) -> str:
     else:
         lines.append("No comparison: it needs predictions from both an `sft` and a `dpo` model.")
     lines += _control(results)
+    curves = (results.get("meta") or {}).get("training_curves") or {}
+    if curves:
+        lines += ["", "## Training curves", "", "Loss per optimizer step (training line, validation dots); "
+                  "for DPO also the reward margin, reward accuracy and log p(chosen), whose fall is "
+                  "likelihood displacement.", ""]
+        lines += [f"![{name}]({path})" for name, path in curves.items()]
     meta = {k: v for k, v in (results.get("meta") or {}).items() if isinstance(v, (str, int, float, bool))}
     if meta:
         lines += ["", "## Run", ""] + [f"- {k}: {v}" for k, v in meta.items()]
@@ -141,3 +152,49 @@ def aggregate_markdown(agg: dict) -> str:
             lines += ["", f"## {title}", ""] + comparison_lines(agg[key]) + ["", f"**{sentence(agg[key])}**"]
     lines += ["", f"Note: {agg['note']}."]
     return "\n".join(lines)
+
+
+def model_card(stage: str, cfg: dict, m: dict) -> str:
+    """README.md of an adapter folder: what it is (base, stage, data, reference), its headline training
+    numbers, and how to use it. Replaces PEFT's generated card, which cannot name the base or the data."""
+    base, d = cfg["model"]["name"], cfg["data"]
+    what = {"sft": "supervised fine-tuning (SFT) on the chosen answers",
+            "dpo": f"DPO (beta {cfg['dpo']['beta']}, loss {'+'.join(cfg['dpo']['loss_type'])}) from "
+                   f"{'the SFT adapter' if cfg['dpo']['init'] == 'sft' else 'the base model'}"}[stage]
+    if stage == "sft" and cfg["sft"]["init_adapter"]:
+        what = f"SFT continued from {cfg['sft']['init_adapter']} (the compute-matched control arm)"
+    ev = m.get("final_eval") or {}
+    numbers = [f"- optimizer steps: {m.get('steps')}, training examples: {m.get('n_train')}, "
+               f"validation examples: {m.get('n_val')}"]
+    if m.get("final_train_loss") is not None:
+        numbers.append(f"- mean training loss: {m['final_train_loss']:.4f}")
+    if ev.get("eval_loss") is not None:
+        numbers.append(f"- final validation loss: {ev['eval_loss']:.4f}")
+    if ev.get("eval_rewards/accuracies") is not None:
+        numbers.append(f"- final validation reward accuracy: {ev['eval_rewards/accuracies']:.3f}, "
+                       f"reward margin {ev.get('eval_rewards/margins', float('nan')):.4f}")
+    if m.get("reference_model"):
+        numbers.append(f"- DPO reference: {m['reference_model']}")
+    out = cfg["output_dir"]
+    folder = f"{out}/{stage}"
+    return "\n".join([
+        f"# LoRA adapter: {stage.upper()} of {base} for pairwise movie recommendation", "",
+        f"A LoRA adapter (r={cfg['lora']['r']}, alpha={cfg['lora']['alpha']}) on **{base}** "
+        f"({'4-bit NF4' if cfg['model']['load_in_4bit'] else 'unquantized'}), trained by {what}.",
+        f"Task: given a user's five most recent liked movies and two candidates, say which one the user "
+        f"will like (\"The better recommendation is Option A.\"). Data: {d['train_file']} "
+        f"(validation {d['val_file']}); seed {cfg['seed']}.", "",
+        "## Training", "", *numbers, "",
+        "Curves: training_curves.png. Everything recorded: metrics.json, config.yaml, run_info.json.",
+        f"Evaluation against base and SFT on held-out users: {out}/eval/report.md (evaluate_dpo.py).", "",
+        "## Use", "",
+        "```bash",
+        f"python recommend.py --config {folder}/config.yaml --adapter {folder} --input my_users.jsonl",
+        f"python export.py --adapter {folder} --out merged-{stage}   # one 16-bit model, no PEFT",
+        "```", "",
+        "```python",
+        "from peft import PeftModel",
+        "from transformers import AutoModelForCausalLM",
+        f"base = AutoModelForCausalLM.from_pretrained(\"{base}\")",
+        f"model = PeftModel.from_pretrained(base, \"{folder}\")",
+        "```", ""])

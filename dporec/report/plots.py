@@ -1,4 +1,5 @@
-"""The evaluation's plots: accuracy per model (both orders, with intervals), confidence margins, ranking.
+"""The run's plots: each training stage's curves, and the evaluation's accuracy per model (both orders,
+with intervals), confidence margins and ranking.
 
 matplotlib's Agg canvas is used directly (no pyplot), so they work headless and never touch the
 caller's pyplot state.
@@ -114,3 +115,38 @@ def plot_ranking(eval_dir, ranking: dict) -> Path:
     fig.suptitle(f"Ranking adherence: {ranking['n_users']} users (95% CI, users resampled; dashed: chance)",
                  fontsize=9)
     return _save(fig, eval_dir, "ranking.png")
+
+
+# Panels of training_curves.png: (title, log key, what it shows); a panel appears when its key was logged.
+TRAINING_PANELS = (
+    ("loss", "loss", "training loss per logged step, validation loss per evaluation"),
+    ("rewards/margins", "rewards/margins", "beta x (log-ratio chosen - log-ratio rejected)"),
+    ("rewards/accuracies", "rewards/accuracies", "share of pairs whose chosen answer gains more"),
+    ("logps/chosen", "logps/chosen", "log p(chosen answer): falling means likelihood displacement"),
+)
+
+
+def plot_training(folder, stage: str, train_hist: list[dict], eval_hist: list[dict]) -> Path | None:
+    """training_curves.png in a stage folder: training (line) and validation (dots) values per optimizer
+    step for the loss and, for DPO, reward margin, reward accuracy and log p(chosen); None with no history."""
+    panels = [(t, k) for t, k, _ in TRAINING_PANELS
+              if any(k in h for h in train_hist) or any(f"eval_{k}" in h for h in eval_hist)]
+    if not panels:
+        return None
+    fig = _figure(3.4 * len(panels), 3.2)
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, (title, key) in zip(axes, panels):
+        train = [(h["step"], h[key]) for h in train_hist if h.get(key) is not None and "step" in h]
+        val = [(h["step"], h[f"eval_{key}"]) for h in eval_hist if h.get(f"eval_{key}") is not None]
+        if train:
+            ax.plot(*zip(*train), color="#4C72B0", linewidth=1.0, label="train")
+        if val:
+            ax.plot(*zip(*val), "o-", color="#DD8452", markersize=3, linewidth=0.8, label="validation")
+        if key == "rewards/accuracies":
+            ax.axhline(0.5, color="grey", linestyle="--", linewidth=0.8)
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("optimizer step", fontsize=8)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"{stage.upper()} training", fontsize=9)
+    return _save(fig, folder, "training_curves.png")
+

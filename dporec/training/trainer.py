@@ -17,7 +17,9 @@ from dporec import UserError, compat, runs
 from dporec.data import records, splits
 from dporec.modeling.backends import compute_dtype
 from dporec.modeling.hardware import cuda_capability
+from dporec.report import plots
 from dporec.report.files import jsonable, write_json
+from dporec.report.markdown import model_card
 from dporec.training import health
 from dporec.training.distributed import ShardLog, processes, shard_report
 
@@ -280,6 +282,9 @@ def finish_run(trainer, tokenizer, out_dir: Path, cfg: dict, wall_time_s: float,
     history = health.split_history(trainer.state.log_history)
     metrics["health"] = jsonable(health.check(facts["stage"], *history, cfg["health"],
                                              health.warmup_of(trainer.args, trainer.state)))
+    plots.plot_training(out_dir, facts["stage"], *history)
+    # replaces PEFT's card ("fine-tuned version of [None]"): the base, the data, the stage, the numbers
+    (Path(out_dir) / "README.md").write_text(model_card(facts["stage"], cfg, metrics), encoding="utf-8")
     write_metrics(out_dir, metrics)
     print(summary_line(facts["stage"], metrics))
     health.print_warnings(facts["stage"], metrics["health"])

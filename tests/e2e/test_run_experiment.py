@@ -71,6 +71,9 @@ def test_seeds_and_control_arm_end_to_end_then_skipped(capsys, tiny_data, tiny_m
         assert res["control_arm"]["not_matched"] == []
         report_md = (run / "eval" / "report.md").read_text()
         assert "compute-matched SFT control" in report_md
+        for stage in ("sft", "dpo", "sft_control"):  # each trained model's curves, linked from the report
+            assert f"![{stage}](../{stage}/training_curves.png)" in report_md
+            assert (run / stage / "training_curves.png").is_file()
         assert "| learning rate | 0.0005 | 0.0005 | yes |" in report_md
         assert (run / "eval" / "comparison_control.json").is_file()
         assert json.loads((run / "sft" / "run_info.json").read_text())["seed"] == s

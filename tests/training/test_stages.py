@@ -68,8 +68,13 @@ def fresh_4bit_base(tiny_model):
 # ---------------------------------------------------------------------------------------------
 # SFT
 
-def test_sft_lowers_loss_and_moves_lora(sft_run):
+def test_sft_lowers_loss_and_moves_lora(sft_run, tiny_model):
     m = metrics(sft_run / "sft")
+    # what a user takes home besides the weights: curves and a model card naming base, stage and numbers
+    assert (sft_run / "sft" / "training_curves.png").stat().st_size > 10_000
+    card = (sft_run / "sft" / "README.md").read_text()
+    assert "[None]" not in card and f"SFT of {tiny_model}" in card
+    assert f"final validation loss: {m['final_eval']['eval_loss']:.4f}" in card
     assert m["steps"] == 8 and m["backend"] == "hf"
     assert m["health"]["observed"]["eval_loss_last"] == m["final_eval"]["eval_loss"]
     assert m["initial_eval"]["step"] == 0
@@ -158,6 +163,9 @@ def test_dpo_runs_reference_frozen_and_equal_at_init(which, request, tiny_model,
     assert low == ("low_reward_accuracy" in [w["code"] for w in m["health"]["warnings"]])
     assert m["health"] == json.loads(json.dumps(health.check_dpo(
         m["train_history"], m["eval_history"], health_thresholds(), warmup_steps=0)))
+    card = (root / "dpo" / "README.md").read_text()
+    assert f"DPO of {tiny_model}" in card and ref in card and "reward accuracy" in card
+    assert (root / "dpo" / "training_curves.png").stat().st_size > 10_000
 
     policy, frozen = adapter_weights(root / "dpo"), adapter_weights(root / "dpo" / "ref")
     if which == "sft":

@@ -1,0 +1,58 @@
+"""export.py: the merged model loads with transformers alone and scores like the adapter on its 4-bit base."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from dporec import UserError
+from dporec.config import load_config
+from dporec.data import records
+from dporec.evaluation import scoring
+from dporec.evaluation.stage import load_models
+from dporec.inference.export import export
+from dporec.training import stages
+from tests.helpers import TINY_CONFIG, tiny_overrides
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_data, tiny_model, tmp_path_factory):
+    out = tmp_path_factory.mktemp("exp")
+    cfg = load_config(TINY_CONFIG, [*tiny_overrides(tiny_data, tiny_model, out), "sft.max_steps=4"])
+    assert stages.run_sft(cfg) == 0
+    return cfg
+
+
+def test_merged_model_scores_like_the_adapter(trained, tiny_data, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    adapter = f"{trained['output_dir']}/sft"
+    out = export(adapter, tmp_path / "merged", dtype="float32")
+    assert not (out / "adapter_config.json").exists()
+    assert "quantization_config" not in json.loads((out / "config.json").read_text())
+    merged = AutoModelForCausalLM.from_pretrained(out)
+    assert type(merged).__name__ == "LlamaForCausalLM"  # no PEFT wrapper, no 4-bit layers
+    assert not any("lora" in n for n, _ in merged.named_parameters())
+    tok = AutoTokenizer.from_pretrained(out)
+
+    examples = records.load_examples(tiny_data / "test.jsonl", 12)
+    model, tok4 = load_models(trained, "hf", {"sft": adapter})
+    model.set_adapter("sft")
+    want = scoring.score_pairs(model, tok4, examples, batch_size=8)
+    got = scoring.score_pairs(merged, tok, examples, batch_size=8)
+    assert [r["choice"] for r in got] == [r["choice"] for r in want]
+    for key in ("logp_a", "logp_b", "logp_a_full", "logp_b_full"):
+        assert [r[key] for r in got] == pytest.approx([r[key] for r in want], abs=2e-3), key
+    info = json.loads((out / "export_info.json").read_text())
+    assert info["base_loaded_in_4bit"] is True and info["dtype"] == "float32"
+    assert trained["model"]["name"] in (out / "README.md").read_text()
+
+
+def test_bfloat16_export_and_no_silent_overwrite(trained, tmp_path):
+    from transformers import AutoModelForCausalLM
+    adapter = f"{trained['output_dir']}/sft"
+    out = export(adapter, tmp_path / "bf16")
+    assert AutoModelForCausalLM.from_pretrained(out).dtype == torch.bfloat16
+    with pytest.raises(UserError, match="pass --overwrite"):
+        export(adapter, out)
+    export(adapter, out, overwrite=True)
