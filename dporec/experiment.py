@@ -54,8 +54,7 @@ def ensure_data(cfg: dict) -> str:
         raise UserError(f"data.source builds train.jsonl, val.jsonl and test.jsonl in one folder; point "
                         f"data.train_file/val_file/test_file at {expected[0]}, {expected[1]}, {expected[2]}")
     print(f"[data] building {folder} from {d['source']} (seed {cfg['seed']})")
-    summary = sources.build(d["source"], folder, seed=cfg["seed"], ranking_candidates=d["ranking_candidates"],
-                            negatives=d["negatives"])
+    summary = sources.build(**sources.config_build(cfg))
     print(f"[data] {json.dumps(summary['splits'])}")
     for note in summary.get("notes", []):  # a thesis:FILE source says how its split relates to users
         print(f"[data] {note}")

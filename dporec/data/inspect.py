@@ -25,10 +25,19 @@ def load_all(paths: list[Path]) -> dict[Path, list[records.Example]]:
     return loaded
 
 
-def describe(examples: list[records.Example]) -> dict:
-    """Counts of one file: examples, users, A/B balance, negative kinds, layouts, mirrored reasonings."""
+def built_split(path: Path) -> bool:
+    """Whether `path` is a split a builder wrote (train/val/test.jsonl beside its summary.json)."""
+    path = Path(path)
+    split_names = ("train.jsonl", "val.jsonl", "test.jsonl")
+    return path.name in split_names and (path.parent / "summary.json").is_file()
+
+
+def describe(examples: list[records.Example], path: Path | None = None) -> dict:
+    """Counts of one file: examples, users, A/B balance, negative kinds, layouts, mirrored reasonings, and
+    whether a builder split it already."""
     b = splits.balance(examples)
-    return {**b, "users": len({e.user_id for e in examples if e.user_id is not None}),
+    return {**b, "built_split": path is not None and built_split(path),
+            "users": len({e.user_id for e in examples if e.user_id is not None}),
             "negatives": dict(sorted(Counter(e.extra.get("negative_kind", "unrecorded")
                                              for e in examples).items())),
             "layouts": dict(sorted(Counter(records.layout(e) for e in examples).items())),

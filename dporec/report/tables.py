@@ -155,7 +155,7 @@ def dataset_lines(path, d: dict) -> list[str]:
              + " (inline = the thesis's one-line layout)",
              f"  DPO rejected answers: {d['mirrored']} with the reasoning mirrored to the other option, "
              f"{d['n'] - d['mirrored']} decision sentence only (free-text reasoning, see README)"]
-    if not d["users"] and d["layouts"].get("inline"):
+    if not d["users"] and d["layouts"].get("inline") and not d.get("built_split"):
         lines.append(f"  to train and evaluate on it, split it (one line per user in the thesis's file): "
                      f"python data/prepare_movielens.py --source thesis:{path} --out data/generated/thesis")
     return lines

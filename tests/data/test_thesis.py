@@ -175,3 +175,16 @@ def test_tiny_pipeline_end_to_end_on_a_thesis_file(thesis_src, tiny_model, tmp_p
     assert results["comparison"]["n_pairs"] == 6
     dpo_log = json.loads((out / "dpo" / "metrics.json").read_text())
     assert dpo_log["steps"] == 2
+
+
+def test_check_dataset_advises_splitting_the_thesis_file_only_before_it_is_split(thesis_src, tmp_path):
+    from dporec.data import inspect
+    from dporec.report.tables import dataset_lines
+    path, _ = thesis_src
+    advice = "to train and evaluate on it, split it"
+    assert any(advice in line for line in dataset_lines(path, inspect.describe(records.load_examples(path),
+                                                                               path)))
+    sources.build(f"thesis:{path}", tmp_path, seed=3)
+    built = tmp_path / "train.jsonl"
+    assert not any(advice in line for line in dataset_lines(built, inspect.describe(
+        records.load_examples(built), built)))

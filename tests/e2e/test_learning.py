@@ -21,17 +21,18 @@ import pytest
 
 from dporec import ROOT
 from dporec.data import ratings, records, sources, task
+from dporec.data.sources import synthetic
 from dporec.evaluation import baselines
+from dporec.modeling import local_models
 from tests.helpers import dpo_main, evaluate_main, sft_main
-from tests.support import learnable
 
 CONFIG = ROOT / "configs" / "tiny_learn.yaml"
 
 
 @pytest.fixture(scope="module")
 def learn_inputs(tmp_path_factory) -> tuple[Path, Path]:
-    """(model folder, data folder), built as `python -m tests.support.learnable` does (~1 minute)."""
-    return learnable.build_all(tmp_path_factory.mktemp("learn"))
+    """(model folder, data folder), built as `python scripts/build_learnable.py` does (~1 minute)."""
+    return local_models.build_learnable(tmp_path_factory.mktemp("learn"))
 
 
 def shuffled_labels(src: Path, dst: Path, seed: int = 0) -> Path:
@@ -91,8 +92,8 @@ def test_shuffled_labels_teach_nothing(learn_inputs, tmp_path):
 
 
 def test_shared_tastes_data_favour_the_genre_rule(tmp_path):
-    folder = learnable.write_ml1m_shared_tastes(tmp_path / "ml")
-    summary = sources.build(str(folder), tmp_path / "d", history_len=learnable.HISTORY_LEN)
+    folder = synthetic.write_ml1m_shared_tastes(tmp_path / "ml")
+    summary = sources.build(str(folder), tmp_path / "d", history_len=synthetic.SHARED_HISTORY_LEN)
     test = records.load_examples(tmp_path / "d" / "test.jsonl")
     assert summary["splits"]["train"]["examples"] >= 500
     assert abs(summary["splits"]["test"]["A"] - summary["splits"]["test"]["B"]) <= 1
@@ -105,7 +106,7 @@ def test_shared_tastes_data_favour_the_genre_rule(tmp_path):
 
 
 def test_pretraining_texts_carry_no_preference():
-    texts = learnable.pretraining_texts(400, seed=3)
+    texts = local_models.pretraining_texts(400, seed=3)
     firsts = [t.split("### Response:\n")[1].split("Option ")[1][0] for t in texts]
     # which option is restated first is random: nothing in the text says which option is better
     assert 0.4 <= firsts.count("A") / len(firsts) <= 0.6

@@ -71,6 +71,15 @@ def read_ratings(source: str, allow_md5_mismatch: bool = False):
     return movielens.read(source, allow_md5_mismatch)
 
 
+def config_build(cfg: dict) -> dict:
+    """build()'s arguments for a config: its data.source into the folder of its data files, with its seed,
+    negatives and candidate count; the one rule data/prepare_movielens.py --config and run_experiment.py
+    share, so every route builds the same splits."""
+    d = cfg["data"]
+    return {"source": d["source"], "out_dir": Path(d["train_file"]).parent, "seed": cfg["seed"],
+            "ranking_candidates": d["ranking_candidates"], "negatives": d["negatives"]}
+
+
 def build(source: str, out_dir: str | Path, seed: int = 0, history_len: int = 5,
           max_examples_per_user: int = 3, val_fraction: float = 0.1, test_fraction: float = 0.1,
           like_threshold: int = 4, dislike_threshold: int = 2, ranking_candidates: int = 8,

@@ -18,6 +18,7 @@ from dporec import UserError
 from dporec.data.ratings import COLUMNS, Movie
 
 MD5 = "c4d9eecfca2ab87c1945afe126590906"
+URL = "https://files.grouplens.org/datasets/movielens/ml-1m.zip"  # from https://grouplens.org/datasets/movielens/1m/
 RATING_FIELDS = ("UserID", "MovieID", "Rating", "Timestamp")
 
 
@@ -101,7 +102,10 @@ def _texts(path: Path, allow_md5_mismatch: bool) -> dict[str, tuple[str, str]]:
                             "the unzipped ml-1m/ folder or ml-1m.zip")
         return {w: ((path / w).read_text(encoding="latin-1"), str(path / w)) for w in wanted}
     if not path.is_file():
-        raise UserError(f"data source not found: {path}")
+        raise UserError(f"data source not found: {path}. MovieLens-1M may not be redistributed: download "
+                        f"ml-1m.zip yourself from {URL} (terms: "
+                        f"https://grouplens.org/datasets/movielens/1m/) and put it at {path}, e.g. "
+                        f"`curl -L -o {path} {URL}`; its MD5 is checked")
     if path.suffix != ".zip":
         raise UserError(f"{path}: expected the ml-1m/ folder or ml-1m.zip")
     if path.name == "ml-1m.zip":

@@ -4,8 +4,8 @@ MovieLens may not be redistributed, so fixtures come from here, with a known gro
 likes a few of the 18 ML genres and dislikes a few others; ratings >= 4 fall mostly on movies of
 liked genres, <= 2 on disliked ones, with noise. A few "generous" users never rate below 3 (the
 builder's unseen-popular negative), and timestamps repeat within a user (same-second ties, as in
-ML-1M). Titles are "Synthetic Movie 17 (1994)": never a real row. The parts (rated_movies,
-star_ratings, timestamps, users_table, write_dat) also serve other generators with other tastes.
+ML-1M). Titles are "Synthetic Movie 17 (1994)": never a real row. write_ml1m_shared_tastes writes the
+learnable setting's ratings with the same parts (rated_movies, star_ratings, timestamps, users_table).
 """
 from __future__ import annotations
 
@@ -145,5 +145,62 @@ def write_ml1m(out_dir: str | Path, n_users: int = ML1M_USERS, n_movies: int = M
     out.mkdir(parents=True, exist_ok=True)
     write_dat(out / "ratings.dat", ratings_table)
     write_dat(out / "movies.dat", movies_table)
+    write_dat(out / "users.dat", users_table(rng, n_users))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared tastes: the learnable setting's ratings (configs/tiny_learn.yaml, dporec.modeling.local_models)
+# A few genres are liked by nearly everyone and a few disliked by nearly everyone; each movie has one
+# genre and a short title ("Film 17 (1994)"), so prompts are short and "which option has a liked genre"
+# decides the pair: the genre-overlap baseline scores ~90% on the test pairs.
+
+# Genre appeal shared by all users: the first N_PLEASERS genres of a fixed shuffle get log-weight
+# +SHARED_APPEAL of being liked, the last N_PLEASERS the same weight of being disliked.
+SHARED_HISTORY_LEN = 4   # history movies per prompt: 4 keeps prompts short; the genre rule then scores ~87%
+N_PLEASERS = 4           # genres nearly everyone likes (and, mirrored, nearly everyone dislikes)
+SHARED_APPEAL = 4.0      # how strongly the shared appeal dominates personal taste (0: personal only)
+_SHARED_ORDER = np.random.default_rng(7).permutation(len(GENRES))
+
+
+def _shared_tastes(rng, n_users: int) -> tuple[np.ndarray, np.ndarray]:
+    """2 liked and 4 disliked genres per user, mostly the shared pleasers / shared dislikes."""
+    appeal = np.zeros(len(GENRES))
+    appeal[_SHARED_ORDER[:N_PLEASERS]] = SHARED_APPEAL
+    appeal[_SHARED_ORDER[-N_PLEASERS:]] = -SHARED_APPEAL
+    gumbel = lambda: -np.log(-np.log(rng.random((n_users, len(GENRES)))))  # noqa: E731
+    rows = np.arange(n_users)[:, None]
+    liked = np.zeros((n_users, len(GENRES)), bool)
+    liked[rows, (-(appeal + gumbel())).argsort(axis=1)[:, :2]] = True
+    key = np.where(liked, -np.inf, -appeal + gumbel())
+    disliked = np.zeros_like(liked)
+    disliked[rows, (-key).argsort(axis=1)[:, :4]] = True
+    return liked, disliked
+
+
+def write_ml1m_shared_tastes(out_dir: str | Path, n_users: int = 400, n_movies: int = 400,
+                             ratings_per_user: int = 80, seed: int = 0) -> Path:
+    """ratings.dat, movies.dat, users.dat in ML-1M format (as write_ml1m) with mostly shared tastes,
+    one genre per movie and short titles; returns the folder. Deterministic for a seed."""
+    rng = np.random.default_rng(seed)
+    genre = rng.integers(0, len(GENRES), n_movies)
+    mask = np.zeros((n_movies, len(GENRES)), bool)
+    mask[np.arange(n_movies), genre] = True
+    ids = np.arange(1, n_movies + 1)
+    years = rng.integers(1919, 2001, n_movies)
+    movies = pd.DataFrame({"id": ids, "title": [f"Film {i} ({y})" for i, y in zip(ids, years)],
+                           "genres": [GENRES[g] for g in genre]})
+    liked, disliked = _shared_tastes(rng, n_users)
+    extra = rng.exponential(ratings_per_user - MIN_RATINGS_PER_USER, n_users).astype(np.int64)
+    counts = np.minimum(MIN_RATINGS_PER_USER + extra, n_movies)
+    users = np.repeat(np.arange(n_users), counts)
+    rated = rated_movies(rng, counts, n_movies)
+    ratings = pd.DataFrame({"user": users + 1, "movie": rated + 1,
+                            "rating": star_ratings(rng, users, rated, liked, disliked, mask),
+                            "timestamp": timestamps(rng, counts)})
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    write_dat(out / "ratings.dat", ratings)
+    write_dat(out / "movies.dat", movies)
     write_dat(out / "users.dat", users_table(rng, n_users))
     return out
