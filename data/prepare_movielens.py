@@ -18,9 +18,9 @@
     python data/prepare_movielens.py --source thesis:contrastive_rec_train.jsonl --ml1m data/ml-1m.zip \\
         --out data/generated/thesis
 
---config FILE takes --source, --out, --seed, --negatives and --ranking-candidates from the config
-(data.source, the folder of data.train_file, seed, data.negatives, data.ranking_candidates); a flag
-given as well wins. Without --config, --source and --out are required and --seed defaults to 42, the
+--config FILE [KEY=VALUE ...] takes --source, --out, --seed, --negatives and --ranking-candidates from
+the config (data.source, the folder of data.train_file, seed, data.negatives, data.ranking_candidates);
+a flag given as well wins. Without --config, --source and --out are required and --seed defaults to 42, the
 configs' seed.
 
 Writes OUT/train.jsonl, val.jsonl, test.jsonl (users disjoint, answer in position A for half of each
@@ -42,6 +42,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="sources:\n  " + "\n  ".join(sources.help_lines()))
     p.add_argument("--config", type=Path, help="a YAML config: build the data its runs read")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="with --config: config overrides, e.g. data.train_file=... seed=3")
     p.add_argument("--source", help=sources.forms())
     p.add_argument("--ml1m", metavar="PATH",
                    help="with thesis:FILE: ml-1m.zip or folder to recover "
@@ -61,12 +63,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--allow-md5-mismatch", action="store_true",
                    help="accept an ml-1m.zip whose MD5 differs from the published one")
     p.add_argument("--force", action="store_true", help="write into a non-empty --out folder")
-    return p.parse_args(argv)
+    return p.parse_intermixed_args(argv)
 
 
 def with_config(args: argparse.Namespace) -> argparse.Namespace:
     """Flags not given come from --config (sources.config_build), else the configs' defaults."""
-    cfg = load_config(args.config)
+    if args.overrides and not args.config:
+        raise UserError(f"KEY=VALUE overrides ({' '.join(args.overrides)}) need --config")
+    cfg = load_config(args.config, args.overrides)
     built = sources.config_build(cfg) if args.config else {}
     if args.config and not built["source"] and not args.source:
         raise UserError(f"{args.config}: data.source is not set; pass --source or set it in the config")

@@ -56,7 +56,10 @@ SCHEMA: dict[str, Any] = {
     "seed": F(42, int, help="data order, LoRA init, bootstrap; run_experiment.py repeats over `seeds`"),
     "seeds": F(None, list, NONE, help="run_experiment.py: repeat training+evaluation over these seeds"),
     "overwrite": F(False, bool, help="replace a finished run folder instead of refusing"),
-    "resume": F(False, bool, help="continue from the last checkpoint in the run folder"),
+    "resume": F(False, bool, str, choices=(False, True, "auto"),
+                help="true: continue from the last checkpoint in the run folder; auto: continue one if "
+                     "there is one, else start fresh, and leave a finished stage as it is (rerunning a "
+                     "notebook cell after a disconnect is then all it takes)"),
     "model": {
         "name": F("unsloth/llama-3-8b-bnb-4bit", str,
                   help="hub id or local folder; the default is stored in 4-bit (a third of the download)"),

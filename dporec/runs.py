@@ -69,6 +69,19 @@ def prepare_run_dir(path: Path, cfg: dict, done_marker: str = "metrics.json") ->
     return path
 
 
+def finished_already(path: Path, cfg: dict, done_marker: str = "metrics.json") -> bool:
+    """resume=auto and the stage is finished: say so and leave it (a stale one is refused instead)."""
+    path = Path(path)
+    if cfg.get("resume") != "auto" or not (path / done_marker).is_file():
+        return False
+    changed = changed_inputs(path)
+    if changed:
+        raise UserError(f"{path} is finished but stale: built from {', '.join(changed)}, which has changed "
+                        "since. Pass --overwrite (without resume) to build it again")
+    print(f"[{path.name}] finished already ({path / done_marker}); resume=auto leaves it as it is")
+    return True
+
+
 def check_writable(path: Path) -> None:
     """A file can be created in `path` (or, before it exists, in its nearest existing parent)."""
     folder = next((p for p in (path, *path.parents) if p.exists()), None)
@@ -133,6 +146,8 @@ def resume_checkpoint(path: Path, cfg: dict) -> str | None:
     """
     found = checkpoints_in(path)
     last = str(found[-1]) if found else None
+    if cfg.get("resume") == "auto" and last is None:
+        return None  # nothing to continue: a fresh start
     if cfg.get("resume"):
         if last is None:
             raise UserError(f"resume requested, but {path} has no checkpoint-N folder to continue from. "

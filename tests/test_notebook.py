@@ -1,6 +1,7 @@
 """notebooks/dpo_vs_sft.ipynb: valid nbformat-4 JSON whose cells only call things that exist here
 (scripts, Makefile targets, config files), rebuild a recycled Colab VM first (Drive, code, install),
-and keep everything a rerun with --resume needs on Drive."""
+download the data themselves, keep everything on Drive, resume by themselves (resume=auto), show the
+ranking and the curves, and run the control arm on the main run's SFT adapter."""
 from __future__ import annotations
 
 import json
@@ -113,7 +114,7 @@ def test_every_command_writes_to_drive(nb):
     for c in calls:
         if c[1] in stage_scripts:
             seen.add(c[1])
-            var = next((a for a in c if a in ("{ARGS}", "{CONTROL_ARGS}")), None)
+            var = next((a for a in c if a == "{ARGS}"), None)
             assert var, f"{' '.join(c)} does not pass the Drive overrides"
             overrides = dict(kv.split("=", 1) for kv in settings[var.strip("{}")].split())
             assert overrides["output_dir"].startswith(drive + "/runs/")
@@ -121,8 +122,8 @@ def test_every_command_writes_to_drive(nb):
                 assert overrides[key].startswith(drive + "/")
             assert not any(a.startswith("output_dir=")
                            for a in c), "a second output_dir would override Drive's"
-        if c[1] == "data/prepare_movielens.py":
-            assert c[c.index("--out") + 1] == "{DATA}" and c[c.index("--source") + 1].startswith("{DRIVE}/")
+        if c[1] == "data/prepare_movielens.py":  # the config's own build, into the Drive folder ARGS names
+            assert c[c.index("--config") + 1] == "configs/llama3_8b.yaml" and "{ARGS}" in c
     assert seen == stage_scripts
     # the overrides are valid config keys
     load_config(ROOT / "configs" / "llama3_8b.yaml", settings["ARGS"].split())
@@ -130,9 +131,41 @@ def test_every_command_writes_to_drive(nb):
     assert 'eval_dir = f"{RUN}/eval"' in text
 
 
-def test_resume_advice_matches_a_command(nb):
+def test_stage_cells_resume_by_themselves(nb):
+    """Rerunning a cell after a disconnect continues the stage: no cell needs editing to add --resume."""
+    calls = [c for c in _commands(nb) if c[0] == "python"]
+    for script in ("train_sft.py", "train_dpo.py", "evaluate_dpo.py"):
+        call = next(c for c in calls if c[1] == script)
+        assert "resume=auto" in call and "--resume" not in call, script
+    cfg = load_config(ROOT / "configs" / "llama3_8b.yaml", ["resume=auto"])
+    assert cfg["resume"] == "auto"
     markdown = "".join(_source(c) for c in nb["cells"] if c["cell_type"] == "markdown")
-    assert "--resume" in markdown and "from the top" in markdown
+    assert "resume=auto" in markdown and "from the top" in markdown
+
+
+def test_data_is_downloaded_and_md5_checked(nb):
+    from dporec.data.sources.movielens import MD5, URL
+    text = "".join(_code_cells(nb))
+    assert URL in text and MD5 in text and "!curl -L --fail" in text
+    settings = _settings(nb)
+    assert settings["ZIP"].startswith(settings["DRIVE"] + "/")
+    args = dict(kv.split("=", 1) for kv in settings["ARGS"].split())
+    assert args["data.source"] == settings["ZIP"]  # the config's build reads the downloaded zip
+
+
+def test_ranking_and_curves_are_shown(nb):
+    text = "".join(_code_cells(nb))
+    assert "ranking.png" in text and "eval.ranking=false" not in text
+    assert load_config(ROOT / "configs" / "llama3_8b.yaml")["eval"]["ranking"] is True
+    for stage in ("sft", "dpo"):
+        assert f'{{RUN}}/{stage}/training_curves.png' in text
+
+
+def test_control_arm_reuses_the_main_runs_sft(nb):
+    """The control continues this run's SFT adapter: the same output_dir, so SFT and DPO are skipped."""
+    calls = [c for c in _commands(nb) if c[:2] == ["python", "run_experiment.py"]]
+    assert calls and all("{ARGS}" in c and "experiment.control_arm=true" in c for c in calls)
+    assert "CONTROL_ARGS" not in NOTEBOOK.read_text(encoding="utf-8")
 
 
 def test_no_placeholders(nb):

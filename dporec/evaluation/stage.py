@@ -244,6 +244,9 @@ def evaluate(cfg: dict, from_predictions: str | Path | None = None,
         sets = candidates.load(ranking_file, limit=ec["ranking_max_users"])
     backends.check_model_name(cfg["model"]["name"])
     adapters = runs.find_adapters(cfg, config_path)
+    if runs.finished_already(runs.stage_dir(cfg, runs.EVAL), cfg, runs.MARKERS[runs.EVAL]):
+        results_file = runs.marker(cfg, runs.EVAL)
+        return _print_results(runs.read_json(results_file), results_file)
     eval_dir = runs.prepare_run_dir(runs.stage_dir(cfg, runs.EVAL), cfg, done_marker=runs.MARKERS[runs.EVAL])
     print(f"[eval] {len(examples)} test pairs from {test_file}; models: {', '.join(adapters)}")
     with runs.stage_guard(eval_dir, resumable=False):

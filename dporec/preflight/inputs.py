@@ -85,7 +85,7 @@ def check_memory(ctx):
 def _prepare_hint(ctx) -> str:
     folder = Path(ctx.cfg["data"]["train_file"]).parent
     if ctx.cfg["data"]["source"]:
-        return f"python data/prepare_movielens.py --source {ctx.cfg['data']['source']} --out {folder}"
+        return f"python data/prepare_movielens.py --config {ctx.config_path}"
     return f"python data/prepare_movielens.py --source SOURCE --out {folder} (SOURCE: {forms()})"
 
 
@@ -95,8 +95,15 @@ def check_data(ctx):
     missing = [str(p) for p in files.values() if not p.is_file()]
     if missing:
         if d["source"]:
-            return row(WARN, "data", f"missing {', '.join(missing)}; run_experiment.py will build them from "
-                                     f"data.source={d['source']}", _prepare_hint(ctx))
+            source = d["source"]
+            local = not source.startswith(("recbole:", "synthetic", "thesis:"))
+            if local and not Path(source).exists():
+                from dporec.data.sources.movielens import URL
+                return row(WARN, "data", f"not built yet, and its source {source} is not there: download it "
+                                         f"next (curl -L -o {source} {URL}), then build the data",
+                           _prepare_hint(ctx))
+            return row(WARN, "data", f"not built yet: build it next from data.source={source} "
+                                     f"(run_experiment.py also builds it)", _prepare_hint(ctx))
         return row(FAIL, "data", f"missing {', '.join(missing)}", _prepare_hint(ctx))
     loaded, rows = {}, []
     for split, path in files.items():

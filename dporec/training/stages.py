@@ -30,7 +30,10 @@ def run_sft(cfg: dict, callbacks=()) -> int:
     backends.check_model_name(cfg["model"]["name"])
     if init_adapter:
         runs.check_adapter(init_adapter, cfg["model"]["name"])
+    if runs.finished_already(runs.stage_dir(cfg, cfg["sft"]["run_name"]), cfg):
+        return 0
     out, resume_from = trainer.prepare_stage_dir(cfg, runs.stage_dir(cfg, cfg["sft"]["run_name"]))
+    cfg = {**cfg, "resume": resume_from is not None}  # what the trainer is told: continuing or not
 
     with runs.stage_guard(out):
         model, tok, train_ds, val_ds = _load(cfg, backend, init_adapter, records.to_sft_rows, train_exs,
@@ -57,7 +60,10 @@ def run_dpo(cfg: dict, callbacks=()) -> int:
     if adapter is not None:
         runs.check_adapter(adapter, cfg["model"]["name"])
     reference = REFERENCE_SFT if init == "sft" else REFERENCE_BASE
+    if runs.finished_already(runs.stage_dir(cfg, runs.DPO), cfg):
+        return 0
     out, resume_from = trainer.prepare_stage_dir(cfg, runs.stage_dir(cfg, runs.DPO))
+    cfg = {**cfg, "resume": resume_from is not None}
 
     with runs.stage_guard(out):
         model, tok, train_ds, val_ds = _load(cfg, backend, adapter, records.to_dpo_rows, train_exs, val_exs)

@@ -417,3 +417,23 @@ def test_dpo_loss_types_pass_through_to_trl(loss_type, tiny_data, tiny_model, tm
         assert first > math.log(2) + 0.1  # the NLL term adds to sigmoid's log 2
     b = {k: v for k, v in adapter_weights(out / "dpo").items() if "lora_B" in k}
     assert b and any(v.abs().max() > 0 for v in b.values())
+
+
+def test_resume_auto_continues_starts_fresh_or_leaves_finished(tiny_data, tiny_model, tmp_path, sft_run,
+                                                              capsys):
+    """resume=auto (the notebook's cells): the same command after a disconnect continues, on a fresh folder
+    starts, and on a finished stage does nothing."""
+    with pytest.raises(KeyboardInterrupt):
+        run(stages.run_sft, tiny_data, tiny_model, tmp_path, callbacks=[_interrupt_at(4)])
+    run(stages.run_sft, tiny_data, tiny_model, tmp_path, "resume=auto")
+    assert metrics(tmp_path / "sft")["resumed_from"].endswith("checkpoint-4")
+    a, b = adapter_weights(sft_run / "sft"), adapter_weights(tmp_path / "sft")
+    assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-5) for k in a)
+    before = (tmp_path / "sft" / "metrics.json").read_text()
+    capsys.readouterr()
+    run(stages.run_sft, tiny_data, tiny_model, tmp_path, "resume=auto")
+    assert "finished already" in capsys.readouterr().out
+    assert (tmp_path / "sft" / "metrics.json").read_text() == before
+    fresh = tmp_path / "fresh"
+    run(stages.run_sft, tiny_data, tiny_model, fresh, "resume=auto")
+    assert metrics(fresh / "sft")["resumed_from"] is None and metrics(fresh / "sft")["initial_eval"]
