@@ -8,9 +8,9 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 PYTHON := $(BIN)/python
 STAMP  := $(VENV)/.installed-cpu
-# CPU-only torch. On Linux the package index's torch 2.13.0 depends on CUDA libraries (several GB) a CPU
-# machine never uses; PyTorch's CPU wheel index serves the same release without them. Where pip already
-# finds a local 2.13.0+cpu wheel (pip's find-links), that one is used and nothing is downloaded.
+# CPU-only torch, first of: a local 2.13.0+cpu wheel pip already finds (its find-links); PyTorch's CPU
+# wheel index (the same release without the CUDA libraries, several GB, that the package index's Linux
+# torch pulls); the package index itself when that index cannot be reached (a short timeout, no hang).
 TORCH_VERSION   ?= 2.13.0
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 export HF_HUB_OFFLINE=1
@@ -22,8 +22,8 @@ $(STAMP): requirements-core.txt requirements-cpu.txt requirements-assets.txt pyp
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "torch==$(TORCH_VERSION)+cpu" \
-		|| $(BIN)/pip install -q "torch==$(TORCH_VERSION)+cpu" --index-url $(TORCH_CPU_INDEX) \
-			--extra-index-url https://pypi.org/simple \
+		|| $(BIN)/pip install -q --timeout 20 --retries 1 "torch==$(TORCH_VERSION)+cpu" \
+			--index-url $(TORCH_CPU_INDEX) --extra-index-url https://pypi.org/simple \
 		|| $(BIN)/pip install -q "torch==$(TORCH_VERSION)"
 	$(BIN)/pip install -q -r requirements-cpu.txt
 	$(BIN)/pip install -q --no-deps -r requirements-assets.txt

@@ -32,17 +32,36 @@ def adapters_to_fp32(trainer, backend: str) -> int:
     Pin: trl 1.14.0. Its trainers cast the trainable adapter of a 4-bit model to bf16 when built, but a
     resumed run gets fp32 adapters back (the Trainer reloads the checkpoint through PEFT, which
     upcasts), so the two halves of a resumed run would train at different precision. fp32 adapters
-    (PEFT's own default) are a few MB. Unsloth manages its own dtypes. Remove when TRL stops casting.
+    (PEFT's own default) are a few MB. Under Unsloth its generated trainer skips the cast and this
+    changes nothing; if that rewrite fails Unsloth falls back to TRL's class, which casts, and this
+    restores fp32 there too. Remove when TRL stops casting.
     """
     import torch
-    if backend == "unsloth":
-        return 0
     changed = 0
     for name, p in trainer.model.named_parameters():
         if "lora_" in name and p.dtype != torch.float32:
             p.data = p.data.float()
             changed += 1
     return changed
+
+
+def policy_from_reference(model) -> int:
+    """Copy TRL's frozen 'ref' adapter into the trainable 'default' one; returns how many tensors.
+
+    Pin: trl 1.14.0 (dpo_trainer.py ~647-708). Given an adapter-initialised PeftModel it copies 'default'
+    into 'ref' in fp32 and then casts the trainable adapter of a 4-bit model to bf16: widening it back
+    (adapters_to_fp32) cannot restore the lost bits, so the policy would start at bf16(SFT) and the
+    reference at SFT, and step-0 rewards carry rounding noise. Call after adapters_to_fp32 and before
+    the first step of a fresh DPO run from an adapter. Remove when TRL copies after the cast.
+    """
+    params = dict(model.named_parameters())
+    n = 0
+    for name, p in params.items():
+        ref = params.get(name.replace(".default.", ".ref.")) if ".default." in name else None
+        if ref is not None and "lora_" in name:
+            p.data.copy_(ref.data.to(p.dtype))
+            n += 1
+    return n
 
 
 def load_trainable_adapter(model, checkpoint: str | Path) -> bool:

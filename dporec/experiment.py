@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import shlex
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -128,7 +129,11 @@ def control_settings(dpo_dir: Path, sft_dir: Path, run_name: str = CONTROL) -> d
 def run_once(cfg: dict, config_path: str = "<your config>") -> tuple[dict, dict]:
     """SFT -> DPO (-> control) -> eval for one run folder. Returns (results, {stage: status})."""
     overwrite, launcher = cfg["overwrite"], cfg["experiment"]["launcher"]
-    train_sft, train_dpo = stage_runner(SFT, launcher), stage_runner(DPO, launcher)
+    train_sft = stage_runner(SFT, launcher)
+    # `import unsloth` (SFT under Unsloth, in this process) patches transformers' Llama for the whole
+    # process; the shared-prompt DPO runs on hf and needs the unpatched one: a child process of its own
+    clean = cfg["dpo"]["prefix_sharing"] and "unsloth" in sys.modules
+    train_dpo = stage_runner(DPO, launcher or (shlex.quote(sys.executable) if clean else None))
     status = {SFT: run_stage(SFT, runs.marker(cfg, SFT), train_sft, cfg, overwrite)}
     status[DPO] = run_stage(DPO, runs.marker(cfg, DPO), train_dpo, cfg, overwrite)
     eval_cfg = cfg

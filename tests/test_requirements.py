@@ -31,7 +31,7 @@ PLATFORMS = [f"manylinux_2_{y}_x86_64" for y in (17, 24, 27, 28)] + [
 def test_torch_torchvision_xformers_are_pinned_exactly():
     """A range would let pip pick a torch that xformers was not built for (2.14.x is a CUDA 13 build)."""
     pins = env.parse_pins(REQUIREMENTS)
-    for name in ("torch", "torchvision", "xformers", "unsloth", "unsloth-zoo"):
+    for name in ("torch", "torchvision", "xformers", "unsloth", "unsloth-zoo", "torchao"):
         spec = list(pins[name].specifier)
         assert len(spec) == 1 and spec[0].operator == "==", f"{name} is not pinned: {pins[name]}"
     assert pins["torch"].specifier.contains("2.10.0+cu128")  # Colab's local-label builds satisfy the pin
@@ -78,7 +78,8 @@ def test_requirements_resolve_to_a_matching_set(python, tmp_path):
                                                     "trl", "peft", "bitsandbytes")))
 
     pins = env.parse_pins(REQUIREMENTS)
-    for name in ("torch", "torchvision", "xformers", "unsloth", "unsloth-zoo", "trl", "transformers"):
+    for name in ("torch", "torchvision", "xformers", "unsloth", "unsloth-zoo", "trl", "transformers",
+                 "torchao"):
         assert pins[name].specifier.contains(version[name]), (name, version[name])
     cuda_runtimes = [n for n in version if n.startswith("nvidia-cuda-runtime-cu")]
     assert cuda_runtimes == ["nvidia-cuda-runtime-cu12"], cuda_runtimes  # a CUDA 12 torch, not a CUDA 13 one

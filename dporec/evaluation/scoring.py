@@ -112,7 +112,9 @@ def _forward(model, ids, mask, pos, keep: int, **kw):
     """Model output with logits for the last `keep` positions only (0: all)."""
     try:
         out = model(input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=keep, **kw)
-    except TypeError:  # a model without logits_to_keep: compute all logits and slice
+    except TypeError as e:  # only a model without logits_to_keep: compute all logits and slice
+        if "logits_to_keep" not in str(e):
+            raise
         out = model(input_ids=ids, attention_mask=mask, position_ids=pos, **kw)
     return out, (out.logits[:, -keep:] if keep else out.logits)
 

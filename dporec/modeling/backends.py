@@ -18,23 +18,28 @@ from pathlib import Path
 import torch
 
 from dporec import UserError, compat, runs, weights
-from dporec.modeling.hardware import check_unsloth_dtype, cuda_capability, dtype_for, refuse_without_gpu
+from dporec.modeling.hardware import cuda_capability, dtype_for, refuse_without_gpu, unsloth_dtype_note
 from dporec.weights import is_local_name
+
+SHARED_PROMPT_NEEDS_HF = ("dpo.prefix_sharing=true: the shared-prompt DPO forward needs a custom attention "
+                          "mask, which Unsloth's patched Llama drops in training")
 
 
 def choose_backend(requested: str, has_cuda: bool, has_unsloth: bool,
-                   several: bool = False) -> tuple[str, str]:
+                   several: bool = False, shared_prompt: bool = False) -> tuple[str, str]:
     """(backend, why) for model.backend on a machine with these facts; UserError where it cannot run.
 
     The rule resolve_backend applies and verify_setup.py reports, without importing anything.
     Several processes (accelerate launch): the hf path is the one tested with DDP here; Unsloth's
-    multi-GPU route has not been run with these scripts, so it is not chosen silently.
+    multi-GPU route has not been run with these scripts, so it is not chosen silently. shared_prompt:
+    the DPO stage with dpo.prefix_sharing, which runs on hf.
     """
     if requested == "auto":
-        backend = "unsloth" if has_cuda and has_unsloth and not several else "hf"
+        backend = "unsloth" if has_cuda and has_unsloth and not several and not shared_prompt else "hf"
         why = ("CUDA GPU and unsloth found" if backend == "unsloth" else
                "no CUDA GPU" if not has_cuda else "unsloth is not installed" if not has_unsloth else
-               "several processes: DDP runs on the hf path")
+               "several processes: DDP runs on the hf path" if several else
+               SHARED_PROMPT_NEEDS_HF + " (dpo.prefix_sharing=false: DPO under Unsloth)")
         return backend, why
     if requested == "unsloth":
         if not has_cuda:
@@ -47,6 +52,10 @@ def choose_backend(requested: str, has_cuda: bool, has_unsloth: bool,
             raise UserError("model.backend=unsloth under accelerate launch with several processes is not "
                             "supported by these scripts (untested); use model.backend=hf "
                             "(or auto) for multi-GPU training")
+        if shared_prompt:
+            raise UserError(f"model.backend=unsloth with {SHARED_PROMPT_NEEDS_HF}: set "
+                            "dpo.prefix_sharing=false to train DPO under Unsloth, or model.backend=auto "
+                            "(DPO then runs on hf)")
         return "unsloth", "as configured"
     if requested == "hf":
         return "hf", "as configured"
@@ -57,10 +66,11 @@ def several_processes() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
-def resolve_backend(requested: str, verbose: bool = True) -> str:
+def resolve_backend(requested: str, verbose: bool = True, shared_prompt: bool = False) -> str:
     """'auto' | 'unsloth' | 'hf' -> the backend actually used (importing Unsloth first if chosen)."""
     backend, why = choose_backend(requested, torch.cuda.is_available(),
-                                  importlib.util.find_spec("unsloth") is not None, several_processes())
+                                  importlib.util.find_spec("unsloth") is not None, several_processes(),
+                                  shared_prompt)
     if requested == "auto" and verbose:
         print(f"[backend] auto -> {backend} ({why})")
     if backend == "unsloth":
@@ -68,14 +78,20 @@ def resolve_backend(requested: str, verbose: bool = True) -> str:
     return backend
 
 
-def backend_for(cfg: dict) -> str:
+def shared_prompt_dpo(cfg: dict, stage: str | None) -> bool:
+    return stage == "dpo" and cfg["dpo"]["prefix_sharing"]
+
+
+def backend_for(cfg: dict, stage: str | None = None) -> str:
     """What every script calls first: refuse a GPU-sized model without a GPU (before any download),
     resolve the backend (importing Unsloth first when chosen), and reject dtype settings this GPU or
-    Unsloth cannot run, all before a model is loaded."""
+    Unsloth cannot run, all before a model is loaded. stage "dpo": its shared-prompt forward runs on hf."""
     refuse_without_gpu(cfg)
-    backend = resolve_backend(cfg["model"]["backend"])
+    backend = resolve_backend(cfg["model"]["backend"], shared_prompt=shared_prompt_dpo(cfg, stage))
     capability = cuda_capability()
-    check_unsloth_dtype(cfg, backend, capability)
+    note = unsloth_dtype_note(cfg, backend, capability)
+    if note:
+        print(note)
     dtype_for(cfg["model"]["dtype"], capability)
     return backend
 
@@ -147,10 +163,12 @@ def _hf_load(cfg: dict, name: str):
 def _unsloth_load(cfg: dict, name: str, **kwargs):
     """FastLanguageModel.from_pretrained with this config's length and dtype (bf16 at capability >= 8.0)."""
     from unsloth import FastLanguageModel
-    check_unsloth_dtype(cfg, "unsloth", cuda_capability())
+    # use_exact_model_name: Unsloth would otherwise swap a 16-bit name (unsloth/llama-3-8b) for its 4-bit
+    # upload, PEFT would record the swapped name, and the project's own adapters would then be refused
+    # as trained on another base (runs.check_adapter)
     model, tok = FastLanguageModel.from_pretrained(
         model_name=name, max_seq_length=cfg["model"]["max_seq_length"], dtype=compute_dtype(cfg),
-        load_in_4bit=cfg["model"]["load_in_4bit"], **kwargs)
+        load_in_4bit=cfg["model"]["load_in_4bit"], use_exact_model_name=True, **kwargs)
     problem = unsloth_chat_bos_problem(tok) if cfg["data"]["prompt_format"] == "chat" else None
     if problem:
         raise UserError(problem)

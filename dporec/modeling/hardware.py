@@ -47,13 +47,15 @@ def dtype_for(name: str, capability: tuple[int, int] | None) -> torch.dtype:
     return getattr(torch, name)
 
 
-def check_unsloth_dtype(cfg: dict, backend: str, capability: tuple[int, int] | None) -> None:
-    """Unsloth refuses fp16 training of a model on a GPU with bf16 deep inside its trainer patch
-    ("Model is in float16 precision but you want to use bfloat16"); say so before loading anything."""
+def unsloth_dtype_note(cfg: dict, backend: str, capability: tuple[int, int] | None) -> str | None:
+    """A note (not a refusal) for fp16 under Unsloth on a GPU with bf16: Unsloth 2026.10 trains it when
+    the trainer's precision flags agree with the model's dtype, which they always do here
+    (training.trainer.precision_flags), but bf16 is the better choice there (no loss scaling)."""
     if backend == "unsloth" and cfg["model"]["dtype"] == "float16" and bf16_supported(capability):
-        raise UserError("model.dtype=float16 with model.backend=unsloth on a GPU with bf16 (compute "
-                        f"capability {capability[0]}.{capability[1]}): Unsloth refuses this combination. Use "
-                        f"model.dtype=auto (bf16 on this GPU), or model.backend=hf to train in float16.")
+        return (f"[dtype] model.dtype=float16 under Unsloth on a GPU with bf16 (compute capability "
+                f"{capability[0]}.{capability[1]}): it trains, with loss scaling; "
+                "model.dtype=auto picks bf16")
+    return None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -50,7 +50,7 @@ def run_sft(cfg: dict, callbacks=()) -> int:
 
 def run_dpo(cfg: dict, callbacks=()) -> int:
     """Train the DPO adapter into <output_dir>/dpo/; `callbacks` are added to the Trainer."""
-    backend = backends.backend_for(cfg)
+    backend = backends.backend_for(cfg, stage="dpo")
     train_exs, val_exs = trainer.load_stage_data(cfg)
     records.to_dpo_rows(train_exs + val_exs)  # rejected == chosen fails here, before any model loads
 
@@ -68,7 +68,7 @@ def run_dpo(cfg: dict, callbacks=()) -> int:
     with runs.stage_guard(out):
         model, tok, train_ds, val_ds = _load(cfg, backend, adapter, records.to_dpo_rows, train_exs, val_exs)
         # ref_model=None and no peft_config: TRL freezes a copy of the 'default' adapter as 'ref'.
-        dpo = dpo_trainer.trainer_class(backend)(
+        dpo = dpo_trainer.trainer_class(backend, cfg["dpo"]["prefix_sharing"])(
             model=model, ref_model=None, args=trainer.dpo_config(cfg, out, backend),
             train_dataset=train_ds, eval_dataset=val_ds, processing_class=tok)
         if _fit(dpo, tok, out, cfg, backend, resume_from, callbacks, train_exs, val_exs,
@@ -96,7 +96,11 @@ def _fit(tr, tok, out, cfg: dict, backend: str, resume_from, callbacks, train_ex
     """Train, then save the adapter and the run's records; True on the process that wrote them."""
     compat.adapters_to_fp32(tr, backend)
     stage = facts["stage"]
+    if stage == "dpo" and facts.get("init") == "sft" and not resume_from:
+        compat.policy_from_reference(tr.model)  # the policy starts exactly at the reference (SFT)
     wall = trainer.train(tr, resume_from, callbacks=[health.make_callback(stage, cfg["health"]), *callbacks])
+    if stage == "dpo":  # whether each pair's prompt ran once, or why not (the first batch's check)
+        facts["shared_prompt"] = getattr(tr, "shared_prompt", "off (the Unsloth backend)")
     facts.update(backend=backend, resumed_from=resume_from, n_train=len(train_exs), n_val=len(val_exs),
                  train_balance=splits.balance(train_exs),
                  # what evaluation and DPO compare to catch a same-named base with other weights

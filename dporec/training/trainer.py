@@ -111,6 +111,8 @@ def trainer_args(cfg: dict, stage: str, out_dir: Path, backend: str) -> dict:
         gradient_checkpointing=tc["gradient_checkpointing"] and backend != "unsloth",
         max_length=cfg["model"]["max_seq_length"],
         logging_steps=tc["logging_steps"],
+        # one non-finite micro-batch loss must not poison the logged loss (Unsloth's config turns it off)
+        logging_nan_inf_filter=True,
         eval_strategy="steps",
         eval_steps=tc["eval_steps"],
         # The step-0 evaluation is the baseline every curve is read against (and, for DPO, shows the

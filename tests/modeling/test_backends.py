@@ -182,12 +182,14 @@ def test_explicit_bf16_on_a_gpu_without_it_is_refused():
     assert hardware.dtype_for("float16", (8, 6)) == torch.float16
 
 
-def test_unsloth_float16_on_ampere_fails_early():
+def test_unsloth_float16_on_ampere_is_a_note_not_a_refusal():
+    """Unsloth 2026.10 trains fp16 on Ampere when the trainer flags agree, which precision_flags ensures."""
     cfg = load_config(TINY_CONFIG, ["model.dtype=float16"])
-    with pytest.raises(UserError, match="Unsloth refuses.*model.dtype=auto"):
-        hardware.check_unsloth_dtype(cfg, "unsloth", (8, 6))
-    hardware.check_unsloth_dtype(cfg, "unsloth", (7, 5))  # T4: fp16 is Unsloth's own choice there
-    hardware.check_unsloth_dtype(cfg, "hf", (8, 6))
+    assert "model.dtype=auto picks bf16" in hardware.unsloth_dtype_note(cfg, "unsloth", (8, 6))
+    from dporec.training.trainer import precision_flags
+    assert precision_flags(cfg, (8, 6)) == {"bf16": False, "fp16": True}  # the flags agree with the model
+    assert hardware.unsloth_dtype_note(cfg, "unsloth", (7, 5)) is None  # T4: fp16 is Unsloth's own choice
+    assert hardware.unsloth_dtype_note(cfg, "hf", (8, 6)) is None
 
 
 def test_unsloth_gradient_checkpointing_follows_the_config():
@@ -292,3 +294,38 @@ def test_prequantized_models_skip_the_stability_check_the_same_way(tiny_model):
     assert "pre-quantized" in hardware.prequantized_reason(big)  # decided from the name: no download
     assert hardware.prequantized_reason(load_config(TINY_CONFIG, [f"model.name={tiny_model}"])) is None
     assert hardware.prequantized("some/model", {"quantization_config": {"load_in_4bit": True}})
+
+
+def test_unsloth_loads_exactly_the_named_model(monkeypatch, tmp_path):
+    """FastLanguageModel.from_pretrained swaps a 16-bit name for its 4-bit upload unless told not to; the
+    adapter would then record the swapped name and the project's own SFT adapter be refused. A fake
+    loader that behaves like Unsloth 2026.10 (remapping without use_exact_model_name) shows the name kept."""
+    import sys
+    import types
+    calls = []
+
+    class FastLanguageModel:
+        @staticmethod
+        def from_pretrained(model_name, use_exact_model_name=False, **kwargs):
+            loaded = model_name if use_exact_model_name else model_name + "-bnb-4bit"
+            calls.append(loaded)
+            tok = types.SimpleNamespace(pad_token="<pad>", bos_token=None, chat_template=None)
+            return types.SimpleNamespace(name_or_path=loaded), tok
+
+    monkeypatch.setitem(sys.modules, "unsloth", types.SimpleNamespace(FastLanguageModel=FastLanguageModel))
+    cfg = load_config(TINY_CONFIG, ["model.name=unsloth/llama-3-8b", "model.dtype=float32"])
+    model, _ = backends._unsloth_load(cfg, "unsloth/llama-3-8b")
+    assert calls == ["unsloth/llama-3-8b"] and model.name_or_path == "unsloth/llama-3-8b"
+
+
+def test_shared_prompt_dpo_runs_on_hf():
+    """Unsloth drops a custom attention mask in training: the shared-prompt DPO stage runs on hf under
+    auto, and an explicit unsloth asks to turn the sharing off."""
+    backend, why = backends.choose_backend("auto", True, True, shared_prompt=True)
+    assert backend == "hf" and "dpo.prefix_sharing=false" in why
+    assert backends.choose_backend("auto", True, True)[0] == "unsloth"  # SFT and evaluation keep Unsloth
+    with pytest.raises(UserError, match="dpo.prefix_sharing=false"):
+        backends.choose_backend("unsloth", True, True, shared_prompt=True)
+    cfg = load_config(TINY_CONFIG)
+    assert backends.shared_prompt_dpo(cfg, "dpo") and not backends.shared_prompt_dpo(cfg, "sft")
+    assert not backends.shared_prompt_dpo(load_config(TINY_CONFIG, ["dpo.prefix_sharing=false"]), "dpo")
