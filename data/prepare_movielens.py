@@ -18,9 +18,10 @@
     python data/prepare_movielens.py --source thesis:contrastive_rec_train.jsonl --ml1m data/ml-1m.zip \\
         --out data/generated/thesis
 
---config FILE [KEY=VALUE ...] takes --source, --out, --seed, --negatives and --ranking-candidates from
-the config (data.source, the folder of data.train_file, seed, data.negatives, data.ranking_candidates);
-a flag given as well wins. Without --config, --source and --out are required and --seed defaults to 42, the
+--config FILE [KEY=VALUE ...] takes --source, --out, --seed, --negatives, --ranking-candidates and the
+pairs per user from the config (data.source, the folder of data.train_file, seed, data.negatives,
+data.ranking_candidates, data.train_pairs_per_user, data.eval_pairs_per_user); a flag given as well
+wins. Without --config, --source and --out are required and --seed defaults to 42, the
 configs' seed.
 
 Writes OUT/train.jsonl, val.jsonl, test.jsonl (users disjoint, answer in position A for half of each
@@ -51,7 +52,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, help="output folder")
     p.add_argument("--seed", type=int, help="picks targets, negatives, splits and positions (default 42)")
     p.add_argument("--history-len", type=int, default=5, help="liked movies shown before the pair")
-    p.add_argument("--max-per-user", type=int, default=3, help="examples per user at most")
+    p.add_argument("--train-pairs-per-user", type=int, help="pairs per training user at most (default 1)")
+    p.add_argument("--eval-pairs-per-user", type=int, help="pairs per val/test user at most (default 3)")
     p.add_argument("--ranking-candidates", type=int,
                    help="movies per test user in ranking_test.jsonl (eval.ranking; 0: no file; default 8)")
     p.add_argument("--negatives", choices=("disliked", "matched"),
@@ -75,7 +77,9 @@ def with_config(args: argparse.Namespace) -> argparse.Namespace:
     if args.config and not built["source"] and not args.source:
         raise UserError(f"{args.config}: data.source is not set; pass --source or set it in the config")
     for flag, key in (("source", "source"), ("out", "out_dir"), ("seed", "seed"),
-                      ("ranking_candidates", "ranking_candidates"), ("negatives", "negatives")):
+                      ("ranking_candidates", "ranking_candidates"), ("negatives", "negatives"),
+                      ("train_pairs_per_user", "train_pairs_per_user"),
+                      ("eval_pairs_per_user", "eval_pairs_per_user")):
         if getattr(args, flag) is None:
             setattr(args, flag, built.get(key, cfg["data"].get(key, cfg.get(key))))
     if args.source is None or args.out is None:
@@ -95,7 +99,8 @@ def main(argv=None) -> int:
                             "ml-1m source is given as --source itself)")
         source = f"{source}?ml1m={args.ml1m}"
     summary = sources.build(source, args.out, seed=args.seed, history_len=args.history_len,
-                            max_examples_per_user=args.max_per_user, val_fraction=args.val_fraction,
+                            train_pairs_per_user=args.train_pairs_per_user,
+                            eval_pairs_per_user=args.eval_pairs_per_user, val_fraction=args.val_fraction,
                             test_fraction=args.test_fraction, ranking_candidates=args.ranking_candidates,
                             negatives=args.negatives, allow_md5_mismatch=args.allow_md5_mismatch)
     print(thesis_summary(summary) if summary.get("kind") == "thesis" else pairs_summary(summary))

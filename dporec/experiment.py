@@ -38,11 +38,12 @@ def ensure_data(cfg: dict) -> str:
     ranking = [] if not cfg["eval"]["ranking"] or d["ranking_file"] else [candidates.default_path(files_[2])]
     if all(f.is_file() for f in files_ + ranking):
         built = files_[0].parent / "summary.json"
-        negatives = runs.read_json(built).get("negatives") if built.is_file() else None
-        if negatives and negatives != d["negatives"]:
-            raise UserError(f"{files_[0].parent} was built with negatives={negatives} ({built}), but "
-                            f"data.negatives={d['negatives']}: point data.train_file/val_file/test_file at "
-                            f"another folder to build the {d['negatives']} task there")
+        summary = runs.read_json(built) if built.is_file() else {}
+        for key in ("negatives", "train_pairs_per_user", "eval_pairs_per_user"):
+            if summary.get(key) is not None and summary[key] != d[key]:
+                raise UserError(f"{files_[0].parent} was built with {key}={summary[key]} ({built}), but "
+                                f"data.{key}={d[key]}: point data.train_file/val_file/test_file at another "
+                                f"folder to build that data there")
         return "skipped"
     if not d["source"]:
         missing = ", ".join(str(f) for f in files_ if not f.is_file())

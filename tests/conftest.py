@@ -21,10 +21,11 @@ os.environ.setdefault("WANDB_DISABLED", "true")
 
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory) -> Path:
-    """train/val/test.jsonl built from synthetic MovieLens-format ratings (40 users)."""
+    """train/val/test.jsonl built from synthetic MovieLens-format ratings (40 users; three training pairs
+    per user, so that configs/tiny.yaml's 32 training examples exist)."""
     from dporec.data import sources
     out = tmp_path_factory.mktemp("data")
-    sources.build("synthetic:40", out, seed=0)
+    sources.build("synthetic:40", out, seed=0, train_pairs_per_user=3)
     return out
 
 

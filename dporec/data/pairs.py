@@ -10,9 +10,11 @@ Everything in the user's time order (ties: file order):
             <= dislike_threshold that training users, before the target's time, rated about as well
             and as often as the target, higher or lower at random ("matched"): general appeal then
             answers no better than chance, and only the user's own taste separates the two.
-Up to `max_examples_per_user` targets per user, drawn at random. Users are split into train/val/test
-(no user in two splits) and each split puts the answer in position A for exactly half (±1) of its
-examples. The reasoning states which of the history's genres each option has (task.genre_reasoning).
+Up to `train_pairs_per_user` targets per training user and `eval_pairs_per_user` per validation or
+test user, drawn at random (the thesis trained on one line per user; more test pairs per user buy
+power). Users are split into train/val/test (no user in two splits) and each split puts the answer in
+position A for exactly half (±1) of its examples. The reasoning states which of the history's genres
+each option has (task.genre_reasoning).
 """
 from __future__ import annotations
 
@@ -212,10 +214,10 @@ def _example(user, k, target, target_ts, history, history_ts, negative, kind, mo
     )
 
 
-def _check_args(history_len, max_examples_per_user, val_fraction, test_fraction, like_threshold,
-                dislike_threshold) -> None:
-    if history_len < 1 or max_examples_per_user < 1:
-        raise UserError("history_len and max_examples_per_user must be at least 1")
+def _check_args(history_len, train_pairs_per_user, eval_pairs_per_user, val_fraction, test_fraction,
+                like_threshold, dislike_threshold) -> None:
+    if history_len < 1 or min(train_pairs_per_user, eval_pairs_per_user) < 1:
+        raise UserError("history_len, train_pairs_per_user and eval_pairs_per_user must be at least 1")
     if min(val_fraction, test_fraction) < 0 or val_fraction + test_fraction >= 1:
         raise UserError("val_fraction and test_fraction must be >= 0 and sum to less than 1")
     if dislike_threshold >= like_threshold:
@@ -223,11 +225,13 @@ def _check_args(history_len, max_examples_per_user, val_fraction, test_fraction,
                         f"be below like_threshold ({like_threshold})")
 
 
-def _build(ratings, movies, seed, history_len, max_examples_per_user, val_fraction, test_fraction,
-           like_threshold, dislike_threshold, negatives="disliked"):
+def _build(ratings, movies, seed, history_len, train_pairs_per_user, eval_pairs_per_user, val_fraction,
+           test_fraction, like_threshold, dislike_threshold, negatives="disliked"):
     """({split: examples}, all ratings as the examples name movies, {split: users}, candidate targets)."""
-    _check_args(history_len, max_examples_per_user, val_fraction, test_fraction, like_threshold,
-                dislike_threshold)
+    _check_args(history_len, train_pairs_per_user, eval_pairs_per_user, val_fraction, test_fraction,
+                like_threshold, dislike_threshold)
+    # targets are drawn for the larger cap, so a split's pairs do not depend on the other split's cap
+    max_examples_per_user = max(train_pairs_per_user, eval_pairs_per_user)
     if negatives not in NEGATIVES:
         raise UserError(f"negatives must be one of {list(NEGATIVES)}, got {negatives!r}")
     ratings = R.prepare(ratings, movies)
@@ -247,11 +251,13 @@ def _build(ratings, movies, seed, history_len, max_examples_per_user, val_fracti
         chosen, kinds = _pick_negatives(ratings, targets, dislike_threshold, split_users["train"],
                                         _rng(seed, "negatives"))
     split_of = {u: s for s, users in split_users.items() for u in users}
+    cap = {s: train_pairs_per_user if s == "train" else eval_pairs_per_user for s in SPLITS}
     k = targets.groupby("user_id").cumcount().to_numpy()
-    splits = {s: [] for s in SPLITS}
+    splits, per_user = {s: [] for s in SPLITS}, Counter()
     for i, (user, item, ts) in enumerate(targets.itertuples(index=False)):
-        if chosen[i] < 0:
+        if chosen[i] < 0 or per_user[user] >= cap[split_of[user]]:
             continue
+        per_user[user] += 1
         splits[split_of[user]].append(_example(user, k[i], item, ts, hist_items[i], hist_ts[i],
                                                chosen[i], kinds[i], movies))
     splits = {s: random_balanced_positions(exs, random.Random(f"{seed}-{s}")) for s, exs in splits.items()}
@@ -269,14 +275,16 @@ def summarize(splits: dict[str, list[records.Example]]) -> dict:
 
 
 def build(ratings: pd.DataFrame, movies: dict[int, Movie], out_dir: str | Path, source: str, seed: int = 0,
-          history_len: int = 5, max_examples_per_user: int = 3, val_fraction: float = 0.1,
+          history_len: int = 5, train_pairs_per_user: int = 1, eval_pairs_per_user: int = 3,
+          val_fraction: float = 0.1,
           test_fraction: float = 0.1, like_threshold: int = 4, dislike_threshold: int = 2,
           ranking_candidates: int = 8, negatives: str = "disliked", start: float | None = None) -> dict:
     """Write out_dir/{train,val,test}.jsonl, the training users' ratings beside them (for the baseline
     rules), the test users' candidate sets (ranking_candidates movies each; 0: none) and summary.json;
     return the summary."""
     start = time.perf_counter() if start is None else start
-    params = {"seed": seed, "history_len": history_len, "max_examples_per_user": max_examples_per_user,
+    params = {"seed": seed, "history_len": history_len, "train_pairs_per_user": train_pairs_per_user,
+              "eval_pairs_per_user": eval_pairs_per_user,
               "val_fraction": val_fraction, "test_fraction": test_fraction,
               "like_threshold": like_threshold, "dislike_threshold": dislike_threshold,
               "negatives": negatives}

@@ -117,7 +117,8 @@ def pairs_summary(summary: dict) -> str:
     """The console report of a build from ratings."""
     lines = [f"source {summary['source']}: {summary['ratings']:,} ratings by {summary['rating_users']:,} "
              f"users on {summary['movies']:,} movies; seed {summary['seed']}, history "
-             f"{summary['history_len']}, at most {summary['max_examples_per_user']} per user; "
+             f"{summary['history_len']}, at most {summary.get('train_pairs_per_user', '?')} pair(s) per "
+             f"training user and {summary.get('eval_pairs_per_user', '?')} per val/test user; "
              f"{summary['users_without_examples']:,} users have too few liked movies for an example",
              f"{'split':<6} {'users':>6} {'examples':>9} {'A':>6} {'B':>6}  negatives"]
     for name, s in summary["splits"].items():

@@ -171,7 +171,8 @@ def test_same_second_ratings_never_enter_the_history(tmp_path):
     (folder / "movies.dat").write_text("".join(f"{m}::Synthetic Movie {m} (1990)::Drama\n"
                                                for m in range(1, 9)),
                                        encoding="latin-1")
-    sources.build(str(folder), tmp_path / "out", history_len=5, max_examples_per_user=5)
+    sources.build(str(folder), tmp_path / "out", history_len=5, train_pairs_per_user=5,
+                  eval_pairs_per_user=5)
     records = load_split(tmp_path / "out", "train")
     assert sorted(r["target_timestamp"] for r in records) == [106, 106]
     for r in records:
@@ -348,3 +349,26 @@ def test_ml1m_size_builds_in_well_under_a_minute(tmp_path):
     summary = sources.build("synthetic", tmp_path, seed=0)
     assert time.perf_counter() - start < 60
     assert summary["rating_users"] == synthetic.ML1M_USERS and summary["ratings"] > 900_000
+
+
+def test_pairs_per_user_are_capped_per_split_and_independent(tmp_path):
+    """One training pair per user, as the thesis trained; up to three per val/test user for power; and a
+    split's pairs do not depend on the other split's cap."""
+    from collections import Counter
+    one = sources.build("synthetic:200", tmp_path / "one", seed=0, ranking_candidates=0)
+    three = sources.build("synthetic:200", tmp_path / "three", seed=0, ranking_candidates=0,
+                          train_pairs_per_user=3)
+    assert one["train_pairs_per_user"] == 1 and one["eval_pairs_per_user"] == 3
+
+    def per_user(folder, split):
+        return Counter(json.loads(line)["user_id"]
+                       for line in (folder / f"{split}.jsonl").read_text().splitlines())
+
+    assert max(per_user(tmp_path / "one", "train").values()) == 1
+    assert max(per_user(tmp_path / "three", "train").values()) == 3
+    assert max(per_user(tmp_path / "one", "test").values()) == 3
+    assert set(per_user(tmp_path / "one", "train")) == set(per_user(tmp_path / "three", "train"))
+    for split in ("val", "test"):
+        one_text, three_text = ((tmp_path / k / f"{split}.jsonl").read_text() for k in ("one", "three"))
+        assert one_text == three_text, split
+    assert one["splits"]["train"]["examples"] < three["splits"]["train"]["examples"]

@@ -93,7 +93,8 @@ def test_shuffled_labels_teach_nothing(learn_inputs, tmp_path):
 
 def test_shared_tastes_data_favour_the_genre_rule(tmp_path):
     folder = synthetic.write_ml1m_shared_tastes(tmp_path / "ml")
-    summary = sources.build(str(folder), tmp_path / "d", history_len=synthetic.SHARED_HISTORY_LEN)
+    summary = sources.build(str(folder), tmp_path / "d", history_len=synthetic.SHARED_HISTORY_LEN,
+                            train_pairs_per_user=3)
     test = records.load_examples(tmp_path / "d" / "test.jsonl")
     assert summary["splits"]["train"]["examples"] >= 500
     assert abs(summary["splits"]["test"]["A"] - summary["splits"]["test"]["B"]) <= 1

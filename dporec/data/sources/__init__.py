@@ -77,13 +77,15 @@ def config_build(cfg: dict) -> dict:
     share, so every route builds the same splits."""
     d = cfg["data"]
     return {"source": d["source"], "out_dir": Path(d["train_file"]).parent, "seed": cfg["seed"],
-            "ranking_candidates": d["ranking_candidates"], "negatives": d["negatives"]}
+            "ranking_candidates": d["ranking_candidates"], "negatives": d["negatives"],
+            "train_pairs_per_user": d["train_pairs_per_user"],
+            "eval_pairs_per_user": d["eval_pairs_per_user"]}
 
 
 def build(source: str, out_dir: str | Path, seed: int = 0, history_len: int = 5,
-          max_examples_per_user: int = 3, val_fraction: float = 0.1, test_fraction: float = 0.1,
-          like_threshold: int = 4, dislike_threshold: int = 2, ranking_candidates: int = 8,
-          negatives: str = "disliked", allow_md5_mismatch: bool = False) -> dict:
+          train_pairs_per_user: int = 1, eval_pairs_per_user: int = 3, val_fraction: float = 0.1,
+          test_fraction: float = 0.1, like_threshold: int = 4, dislike_threshold: int = 2,
+          ranking_candidates: int = 8, negatives: str = "disliked", allow_md5_mismatch: bool = False) -> dict:
     """Write out_dir/{train,val,test}.jsonl (and, from ratings, the baselines' training ratings and the
     test users' candidate sets) and summary.json; return the summary."""
     source = str(source)
@@ -95,7 +97,7 @@ def build(source: str, out_dir: str | Path, seed: int = 0, history_len: int = 5,
     start = time.perf_counter()
     ratings, movies = read_ratings(source, allow_md5_mismatch)
     return pairs.build(ratings, movies, out_dir, source=source, seed=seed, history_len=history_len,
-                       max_examples_per_user=max_examples_per_user, val_fraction=val_fraction,
-                       test_fraction=test_fraction, like_threshold=like_threshold,
+                       train_pairs_per_user=train_pairs_per_user, eval_pairs_per_user=eval_pairs_per_user,
+                       val_fraction=val_fraction, test_fraction=test_fraction, like_threshold=like_threshold,
                        dislike_threshold=dislike_threshold, ranking_candidates=ranking_candidates,
                        negatives=negatives, start=start)
