@@ -88,8 +88,8 @@ SCHEMA: dict[str, Any] = {
                             "most pairs) or matched (a disliked movie as popular and as well rated as the "
                             "liked one: only personal taste answers it)"),
         "train_pairs_per_user": F(1, int, lo=1, help="pairs per training user when built from a source: 1, "
-                                                     "as the thesis trained (one line per user); more "
-                                                     "multiplies training time"),
+                                                     "as the thesis trained (one line per "
+                                                     "user); more multiplies training time"),
         "eval_pairs_per_user": F(3, int, lo=1, help="pairs per validation or test user: 3 gives ML-1M's "
                                                     "604 test users ~1,570 test pairs, the power the "
                                                     "verdict needs (docs/statistics.md)"),
@@ -113,9 +113,11 @@ SCHEMA: dict[str, Any] = {
                                                 "ranking_test.jsonl beside test_file"),
     },
     "train": {  # shared by the SFT and DPO stages
-        "batch_size": F(1, int, lo=1,
-                        help="thesis value; larger batches use the GPU better if memory allows"),
-        "grad_accum": F(8, int, lo=1, help="effective batch = batch_size * grad_accum"),
+        "batch_size": F(8, int, lo=1,
+                        help="examples (DPO: pairs) per forward; the thesis's effective batch of 8 in one "
+                             "micro-batch keeps the GPU busy (the thesis ran 1 x 8: the same optimizer steps "
+                             "and loss); lower it and raise grad_accum if memory runs out"),
+        "grad_accum": F(1, int, lo=1, help="effective batch = batch_size * grad_accum (thesis: 8)"),
         "gradient_checkpointing": F(True, bool, help="recompute activations: slower steps, much less memory"),
         "optim": F("adamw_8bit", str, help="8-bit Adam states (bitsandbytes, GPU only; adamw_torch on CPU)"),
         "weight_decay": F(0.0, float, lo=0),
@@ -175,6 +177,9 @@ SCHEMA: dict[str, Any] = {
         "adapters": F({}, dict, help="extra name: adapter-path pairs to evaluate"),
         "batch_size": F(16, int, lo=1,
                         help="pairs scored per padded batch; lower it if evaluation runs out of memory"),
+        "full_answer": F(False, bool, help="also score both complete answers (reasoning and EOS: what DPO "
+                                           "trains) in both orders, a secondary table; ~2.5x the scoring "
+                                           "cost of the decision alone, the measure"),
         "generate": F(False, bool, help="also generate greedy answers and parse them "
                                         "(slower; likelihood scoring is the measure)"),
         "max_new_tokens": F(32, int, lo=1),
@@ -185,7 +190,7 @@ SCHEMA: dict[str, Any] = {
                                 "accuracy: the thesis asks whether DPO is better by 2 points"),
         "ranking": F(True, bool, help="also rank N rated candidates per test user from all their pairs "
                                       "(Kendall tau-b, NDCG@3, hit@1): the second verdict line"),
-        "ranking_max_users": F(200, int, NONE, lo=1,
+        "ranking_max_users": F(150, int, NONE, lo=1,
                                help="rank the first this many candidate sets only: each "
                                     "costs N(N-1) scored questions per model (null: all)"),
         "ranking_margin": F(0.04, float, lo=0,

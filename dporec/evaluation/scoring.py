@@ -1,13 +1,14 @@
 """Likelihood scoring of both answers of every test pair in both option orders.
 
 Every test pair is scored in its file order ("original") and with the two options exchanged
-("swapped", records.swap). In each order the model scores the two complete answers, "The better
-recommendation is Option A. <reasoning for A>" + EOS and the same for B; nothing is generated.
-Each answer gives two scores:
+("swapped", records.swap); nothing is generated. Each order gives:
   decision (logp_a / logp_b): summed log-prob of "The better recommendation is Option X"; the words
-      before the letter are shared, so logp_a - logp_b is exactly the letter token(s).
-  full (logp_a_full / logp_b_full): every answer token including EOS, the quantity TRL's DPO loss
-      uses (checked against DPOTrainer in the tests); secondary, as answers differ in length.
+      before the letter are shared, so logp_a - logp_b is exactly the letter token(s). By default this
+      is all that is scored: one context per order, prompt + "...Option", whose last logit reads both
+      letters (decision_logps).
+  full (logp_a_full / logp_b_full, eval.full_answer): both complete answers "The better recommendation
+      is Option A. <reasoning for A>" + EOS, every token, the quantity TRL's DPO loss uses (checked
+      against DPOTrainer in the tests); secondary, as answers differ in length.
 Tokenization follows TRL 1.14: EOS appended to the completion as text, completion ids = the joint
 ids after the prompt's length.
 """
@@ -247,6 +248,42 @@ def pair_logps(model, tokenizer, batch: list[tuple[_Seq, _Seq]],
     return result
 
 
+def decision_logps(model, tokenizer, batch: list[tuple[_Seq, _Seq]],
+                   info: ScoringInfo | None = None) -> list[tuple[float, float]]:
+    """(logp_a, logp_b) of the decision sentence of each pair-order from ONE context: the prompt and the
+    answer's words up to the letter, left-padded so that every context ends in the last column, the
+    last logits kept only. The same numbers as the full-answer path's decision scores (the words before
+    the letter are shared), at the cost of one prompt per order instead of two answers."""
+    dev = model_device(model)
+    ctx = [a.ids[:_common_prefix(a.ids, b.ids)] for a, b in batch]
+    ids, mask, pos = pad(ctx, pad_id(tokenizer), left=True)
+    keep = max(len(c) - len(a.prompt_ids) + 1 for c, (a, _) in zip(ctx, batch))  # answer words + letter
+    _, logits = _forward(model, ids.to(dev), mask.to(dev), pos.to(dev), keep, use_cache=False)
+    width = ids.shape[1]
+    words = _picked_logps(logits[:, :-1], ids[:, width - keep + 1:].to(dev))
+    letters = torch.tensor([[a.ids[len(c)], b.ids[len(c)]] for c, (a, b) in zip(ctx, batch)], device=dev)
+    last = _picked_logps(logits[:, -1:].expand(-1, 2, -1), letters)
+    if info is not None:
+        info.forward_passes += 1
+        info.forward_tokens += ids.numel()
+    out = []
+    for r, (c, (a, _)) in enumerate(zip(ctx, batch)):
+        m = len(c) - len(a.prompt_ids)  # "The better recommendation is Option": this row's last m columns
+        shared = float(words[r, words.shape[1] - m:].sum()) if m else 0.0
+        out.append((shared + float(last[r, 0]), shared + float(last[r, 1])))
+    return out
+
+
+def _exact_decisions(pairs) -> bool:
+    """Whether every pair-order's decision ends at the first token where A and B differ (the letter), so
+    one context with its last logit gives both decision scores (not so for a tokenizer merging 'A.')."""
+    for a, b in pairs:
+        split = _common_prefix(a.ids, b.ids)
+        if (len(a.prompt_ids) + a.n_decision, len(b.prompt_ids) + b.n_decision) != (split + 1, split + 1):
+            return False
+    return True
+
+
 def _decision_items(examples, tokenizer, fmt: str):
     """(context ids, A's letter token, B's letter token) per example and order, or None when some
     answer's decision span does not end at the first token where A and B differ (then the letters
@@ -308,7 +345,7 @@ def decision_margins(model, tokenizer, groups, fmt: str = "alpaca", batch_size: 
     for group in tqdm(groups, desc=desc or "ranking", unit="set", leave=False):
         items = _decision_items(group, tokenizer, fmt) if share else None
         if items is None:
-            rows = score_pairs(model, tokenizer, group, fmt, batch_size, info=info)
+            rows = score_pairs(model, tokenizer, group, fmt, batch_size, info=info, full_answer=False)
             flat = [r["logp_a"] - r["logp_b"] for r in rows]
         else:
             was_training = getattr(model, "training", False)
@@ -366,7 +403,7 @@ def row_identity(model_name: str, ex: Example, order: str, e: Example) -> dict:
 
 def score_pairs(model, tokenizer, examples, fmt: str = "alpaca", batch_size: int = 8, desc: str | None = None,
                 model_name: str = "model", info: ScoringInfo | None = None,
-                share_prefix: bool | None = None) -> list[dict]:
+                share_prefix: bool | None = None, full_answer: bool = True) -> list[dict]:
     """Prediction rows (dporec.analysis.metrics) for every example in both option orders.
 
     The model is used as it is (set the adapter before calling). share_prefix: None (default)
@@ -382,6 +419,19 @@ def score_pairs(model, tokenizer, examples, fmt: str = "alpaca", batch_size: int
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     pairs = _build_pairs(examples, tokenizer, fmt)
+    if not full_answer and _exact_decisions(pairs):  # the decision only: one context per pair-order
+        check_lengths([_common_prefix(a.ids, b.ids) for a, b in pairs], length_limit(model))
+        scores = run_batches(model, pairs, batch_size, lambda p: len(p[0].ids),
+                             lambda b: decision_logps(model, tokenizer, b, info), desc)
+        if info is not None:
+            info.n_sequences += len(pairs)
+        items = ((ex, order, e) for ex in examples for order, e in orders(ex))
+        rows = []
+        for (ex, order, e), (la, lb) in zip(items, scores):
+            choice = _choice(la, lb)
+            rows.append({**row_identity(model_name, ex, order, e), "logp_a": la, "logp_b": lb,
+                         "choice": choice, "correct": choice == e.label})
+        return rows
     check_lengths([len(s.ids) for p in pairs for s in p], length_limit(model))
     if share_prefix is None:
         share_prefix = can_share_prefix(model)

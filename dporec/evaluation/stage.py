@@ -33,7 +33,7 @@ def score_all(model, tok, examples, adapters: dict, cfg: dict, tag: str = "", in
         t0 = time.perf_counter()
         with adapters_mod.active(model, name, adapters):
             r = scoring.score_pairs(model, tok, examples, fmt, ec["batch_size"], desc=f"scoring {name}{tag}",
-                                    model_name=name, info=info)
+                                    model_name=name, info=info, full_answer=ec["full_answer"])
             if ec["generate"] and not tag:
                 gen = generation.generate_choices(model, tok, examples, fmt, ec["batch_size"],
                                                   ec["max_new_tokens"], model_name=name,
@@ -273,7 +273,9 @@ def _score_and_write(cfg: dict, backend: str, examples, adapters: dict, eval_dir
     meta = {
         "test_file": str(test_file), "n_pairs": len(examples), "prompt_format": cfg["data"]["prompt_format"],
         "model": cfg["model"]["name"], "backend": backend, "load_in_4bit": cfg["model"]["load_in_4bit"],
-        "scoring": "likelihood, both option orders", "decision_span_fallbacks": info.fallback_decision_spans,
+        "scoring": "likelihood, both option orders, " + ("the decision and both full answers"
+                                                         if ec["full_answer"] else "the decision"),
+        "decision_span_fallbacks": info.fallback_decision_spans,
         "adapters": {n: (str(p) if p else None) for n, p in adapters.items()},
         "seconds_per_model": seconds, "test_balance": splits.balance(examples),
         "task": task_of(test_file, examples),

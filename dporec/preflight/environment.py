@@ -157,6 +157,7 @@ def check_gpu(ctx):
         return row(WARN, "gpu", "CPU only: the hf backend will be used, slowly (fine for configs/tiny.yaml "
                                 "and configs/cpu_demo.yaml; the 8B runs need a CUDA GPU)")
     p = torch.cuda.get_device_properties(0)
+    ctx.cache["gpu_name"] = p.name  # check_time predicts for this GPU
     bf16 = bf16_supported((p.major, p.minor))
     detail = (f"{p.name}, {p.total_memory / GB:.1f} GiB, compute capability {p.major}.{p.minor}, "
               f"bf16 {'yes' if bf16 else 'no (fp16 will be used)'}; torch {torch.__version__}")
@@ -218,7 +219,7 @@ def check_backend(ctx):
     """backends.choose_backend's choice (the scripts' rule), importing Unsloth only where it is chosen."""
     from dporec.modeling.backends import choose_backend, several_processes
     requested = ctx.cfg["model"]["backend"]
-    has_unsloth = importlib.util.find_spec("unsloth") is not None
+    has_unsloth = ctx.cache["has_unsloth"] = importlib.util.find_spec("unsloth") is not None
     try:
         backend, why = choose_backend(requested, ctx.cuda, has_unsloth, several_processes())
     except UserError as e:

@@ -1,10 +1,12 @@
 """Preflight of the run's inputs: the model (found, and how much memory it needs), the data files (valid,
-balanced, user-disjoint, no rejected == chosen), free disk, and the adapters an evaluation would load.
+balanced, user-disjoint, no rejected == chosen, within max_seq_length), free disk, the adapters an
+evaluation would load, and the predicted time of the whole run.
 Each check asks the runtime's own rules (records, splits, runs), never copies of them.
 """
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -140,7 +142,7 @@ def check_lengths(ctx):
         return row(WARN, "data: lengths", "not measured: needs the data files and the model's tokenizer")
     from dporec.modeling.backends import load_tokenizer
     d, limit = ctx.cfg["data"], ctx.cfg["model"]["max_seq_length"]
-    tok = load_tokenizer(str(ctx.cache["model_config"].parent))
+    tok = ctx.cache["tokenizer"] = load_tokenizer(str(ctx.cache["model_config"].parent))
     exs = (ctx.cache["examples"]["train"][:d["max_train_examples"] or None]
            + ctx.cache["examples"]["val"][:d["max_val_examples"] or None])
     longest = 0
@@ -254,3 +256,39 @@ def check_adapters(ctx):
     return rows or [row(OK, "adapters", "none to evaluate besides the base model")]
 
 
+# ---------------------------------------------------------------------------------------------
+# Time and memory
+
+def check_time(ctx):
+    """The predicted wall time and peak memory of the configured run, stage by stage (preflight.cost): on
+    this GPU, or on an RTX 3090 and a T4 on a machine without one."""
+    from dporec.modeling.backends import choose_backend
+    from dporec.preflight import cost
+    cfg = ctx.cfg
+    if "model_config" in ctx.cache:
+        shape = cost.shape_from_config(json.loads(Path(ctx.cache["model_config"]).read_text()))
+    elif re.search(r"llama-?3.*8b", cfg["model"]["name"], re.IGNORECASE):
+        shape = cost.LLAMA3_8B
+    else:
+        return row(WARN, "time", "not predicted: the model's config.json is not on disk yet")
+    data = cost.data_shape(cfg, ctx.cache.get("tokenizer")) if "examples" in ctx.cache else None
+    if data is None:
+        if not str(cfg["data"]["source"] or "").endswith(("ml-1m.zip", "ml-1m", "ml-1m/")):
+            return row(WARN, "time", "not predicted: build the data first (its size decides the time)")
+        data = cost.ML1M_BUILD
+    gpus = [ctx.cache["gpu_name"]] if ctx.cache.get("gpu_name") else [cost.RTX_3090, cost.T4]
+    lines = []
+    for gpu in gpus:
+        requested = cfg["model"]["backend"]
+        # without a GPU here, predict the GPU install (requirements.txt installs unsloth)
+        has_unsloth = ctx.cache.get("has_unsloth", True) if ctx.cuda else True
+        try:
+            pick = {stage: choose_backend(requested, True, has_unsloth, shared_prompt=stage == "dpo"
+                                          and cfg["dpo"]["prefix_sharing"])[0]
+                    for stage in ("sft", "dpo", "eval")}
+            pred = cost.predict(cfg, shape, data, pick, gpu)
+        except (UserError, ValueError) as e:
+            lines.append(f"{gpu}: not predicted ({e})")
+            continue
+        lines += cost.format_prediction(pred, data)
+    return row(OK, "time", "\n".join(lines))

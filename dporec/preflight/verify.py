@@ -14,7 +14,8 @@ def verify(cfg: dict, config_path: str, smoke: bool = False, for_eval: bool = Fa
     # check_backend first: on a GPU it imports Unsloth, which must precede transformers/peft.
     checks = [env.check_python, env.check_backend, env.check_packages, env.check_gpu, env.check_xformers,
               env.check_bnb_4bit, inputs.check_model, inputs.check_memory, env.check_needs_gpu,
-              inputs.check_data, inputs.check_lengths, inputs.check_disk, inputs.check_adapters]
+              inputs.check_data, inputs.check_lengths, inputs.check_disk, inputs.check_adapters,
+              inputs.check_time]
     if smoke:
         checks.append(check_smoke)
     print(f"verify_setup: {config_path}" + (" (for evaluation)" if for_eval else ""))

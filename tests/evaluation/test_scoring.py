@@ -123,6 +123,26 @@ def test_shared_prefix_equals_full_sequences(lora_4bit, heldout_examples):
         assert torch.allclose(ga, wa, atol=1e-4) and torch.allclose(gb, wb, atol=1e-4)
 
 
+def test_decision_only_scoring_equals_the_full_path(lora_4bit, heldout_examples):
+    """The default (eval.full_answer=false): one context per pair-order, its last logits read the
+    decision's words and both letters; the same decision scores as scoring both full answers, in
+    batches of contexts of different lengths, and no full-answer fields."""
+    model, tok = lora_4bit
+    exs = heldout_examples[:4]
+    full = scoring.score_pairs(model, tok, exs, batch_size=8)
+    for bs in (1, 3, 8):
+        info = scoring.ScoringInfo()
+        fast = scoring.score_pairs(model, tok, exs, batch_size=bs, info=info, full_answer=False)
+        assert info.n_sequences == 2 * len(exs) and info.forward_passes == -(-2 * len(exs) // bs)
+        for a, b in zip(fast, full):
+            assert {k: a[k] for k in ("pair_id", "order", "label", "choice")} == \
+                {k: b[k] for k in ("pair_id", "order", "label", "choice")}
+            assert a["logp_a"] == pytest.approx(b["logp_a"], abs=1e-4)
+            assert a["logp_b"] == pytest.approx(b["logp_b"], abs=1e-4)
+            assert "logp_a_full" not in a
+    assert max(abs(a["logp_a"] - a["logp_b"]) for a in full) > 1e-3  # the adapter makes A and B differ
+
+
 def test_decision_score_is_the_answer_prefix(base_4bit, heldout_examples):
     """logp_a/logp_b sum exactly the tokens of 'The better recommendation is Option X' (checked
     against an unpadded forward with all logits), and the span is an exact token prefix."""

@@ -1,0 +1,87 @@
+"""The predicted cost of a run (dporec/preflight/cost.py): the FLOP count by hand on a small case, the
+thesis run within its 3-hour budget on an RTX 3090, what each saving is worth, and the inputs it reads."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from dporec import ROOT
+from dporec.config import load_config
+from dporec.preflight import cost
+
+THESIS = ROOT / "configs" / "llama3_8b.yaml"
+GPU_BACKENDS = {"sft": "unsloth", "dpo": "hf", "eval": "unsloth"}  # auto on a CUDA GPU with unsloth
+
+
+def test_llama3_8b_shape_by_arithmetic():
+    config = {"hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32,
+              "num_attention_heads": 32, "num_key_value_heads": 8, "vocab_size": 128256,
+              "tie_word_embeddings": False}
+    shape = cost.shape_from_config(config)
+    assert shape.params == cost.LLAMA3_8B.params == 8_030_261_248
+    assert shape.matmul == pytest.approx(7.5e9, rel=0.01)
+
+
+def test_flop_count_by_hand():
+    """10 training pairs of a 100-token prompt and 20-token answers, batch 2, one epoch each, eval every
+    step: every stage's tokens written out."""
+    cfg = load_config(None, ["train.batch_size=2", "train.grad_accum=1", "train.eval_steps=1",
+                             "sft.epochs=1", "dpo.epochs=1", "data.max_val_examples=4", "eval.ranking=false"])
+    model = cost.ModelShape(params=1e9 + 1e8, embedding=1e8, hidden=512, layers=4, vocab=1000,
+                            intermediate=2048)
+    data = cost.DataShape(train=10, val=4, test=6, prompt=100, answer=20)
+    got = {s.name: s for s in cost.stages(cfg, model, data, {"sft": "hf", "dpo": "hf", "eval": "hf"})}
+    n = 1e9
+    # SFT: 5 steps x 2 examples x 120 tokens, 6N; 6 validation passes (step 0, then every step) x 4 x 120, 2N
+    assert got["SFT"].tokens == 10 * 120
+    assert got["SFT"].flops == pytest.approx(6 * n * 1200 + 2 * n * 6 * 4 * 120)
+    # DPO with the shared prompt: 100 + 20 + 20 tokens a pair; validation forwards the policy only
+    assert got["DPO"].tokens == 10 * 140
+    assert got["DPO"].flops == pytest.approx(6 * n * 1400 + 2 * n * 6 * 4 * 140)
+    assert got["DPO reference"].tokens == (10 + 4) * 140  # once, training and validation pairs
+    # the decision only: 6 pairs x 2 orders x (prompt + 7) x 3 models
+    assert got["evaluation"].tokens == 6 * 2 * 107 * 3
+    plain = cost.stages(load_config(None, ["dpo.prefix_sharing=false", "dpo.precompute_ref_log_probs=false",
+                                           "train.batch_size=2", "train.grad_accum=1", "dpo.epochs=1"]),
+                        model, data, {"sft": "hf", "dpo": "hf", "eval": "hf"})
+    plain = {s.name: s for s in plain}
+    assert plain["DPO"].tokens == 10 * 240 and plain["DPO reference"].tokens == 10 * 240
+
+
+def test_thesis_run_fits_three_hours_on_an_rtx_3090():
+    cfg = load_config(THESIS)
+    pred = cost.predict(cfg, cost.LLAMA3_8B, cost.ML1M_BUILD, GPU_BACKENDS, cost.RTX_3090)
+    assert 1.5 < pred.hours <= 3.0
+    assert {s.name for s, _ in pred.rows} == {"SFT", "DPO", "DPO reference", "evaluation", "ranking"}
+    assert max(pred.peak_gib.values()) < 24
+    # what the savings are worth: without them the same run takes much longer
+    before = load_config(THESIS, ["dpo.prefix_sharing=false", "dpo.precompute_ref_log_probs=false",
+                                  "eval.full_answer=true", "data.train_pairs_per_user=3"])
+    slow = cost.predict(before, cost.LLAMA3_8B, cost.ML1M_BUILD,
+                        {"sft": "unsloth", "dpo": "unsloth", "eval": "unsloth"}, cost.RTX_3090)
+    assert slow.hours > 1.5 * pred.hours
+    lines = "\n".join(cost.format_prediction(pred, cost.ML1M_BUILD))
+    assert "RTX 3090" in lines and "assumed 40%" in lines and "not a measurement" in lines
+
+
+def test_a_measured_utilisation_replaces_the_assumption(tmp_path, monkeypatch):
+    measured = tmp_path / "utilisation.json"
+    measured.write_text(json.dumps({"RTX 3090": {"train": 0.2, "eval": 0.2,
+                                                 "source": "bench_train, 2 runs"}}))
+    monkeypatch.setattr(cost, "MEASURED_FILE", measured)
+    cfg = load_config(THESIS)
+    slow = cost.predict(cfg, cost.LLAMA3_8B, cost.ML1M_BUILD, GPU_BACKENDS, cost.RTX_3090)
+    monkeypatch.setattr(cost, "MEASURED_FILE", tmp_path / "none.json")
+    assumed = cost.predict(cfg, cost.LLAMA3_8B, cost.ML1M_BUILD, GPU_BACKENDS, cost.RTX_3090)
+    assert slow.hours == pytest.approx(2 * assumed.hours) and slow.source.startswith("measured")
+
+
+def test_data_shape_reads_the_files(tiny_cfg, tiny_model):
+    from dporec.modeling.backends import load_tokenizer
+    shape = cost.data_shape(tiny_cfg, load_tokenizer(str(tiny_model)))
+    lines = {s: len((ROOT / tiny_cfg["data"][f"{s}_file"]).read_text().splitlines()) for s in ("train",
+                                                                                               "val", "test")}
+    assert (shape.train, shape.val, shape.test) == (lines["train"], lines["val"], lines["test"])
+    assert shape.measured == "the model's tokenizer" and 50 < shape.prompt < 600 and shape.answer > 5
+    assert cost.data_shape(load_config(None, ["data.train_file=/nonexistent/train.jsonl"])) is None
