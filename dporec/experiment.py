@@ -39,7 +39,9 @@ def ensure_data(cfg: dict) -> str:
     if all(f.is_file() for f in files_ + ranking):
         built = files_[0].parent / "summary.json"
         summary = runs.read_json(built) if built.is_file() else {}
-        for key in ("negatives", "train_pairs_per_user", "eval_pairs_per_user"):
+        # the task always; the pairs per user when the config builds its data (data.source)
+        keys = ("negatives", "train_pairs_per_user", "eval_pairs_per_user") if d["source"] else ("negatives",)
+        for key in keys:
             if summary.get(key) is not None and summary[key] != d[key]:
                 raise UserError(f"{files_[0].parent} was built with {key}={summary[key]} ({built}), but "
                                 f"data.{key}={d[key]}: point data.train_file/val_file/test_file at another "

@@ -42,7 +42,7 @@ def trained_run(tiny_data, tiny_model, tmp_path_factory):
 def evaluated(trained_run):
     run, args = trained_run
     rc = evaluate_main([*args, "eval.generate=true", "eval.max_new_tokens=6", "eval.stability=true",
-                            "eval.ranking=true", "eval.ranking_max_users=3"])
+                            "eval.ranking=true", "eval.ranking_max_users=3", "eval.full_answer=true"])
     assert rc == 0
     return run / "eval"
 
@@ -51,6 +51,7 @@ def test_results_json(evaluated):
     res = json.loads((evaluated / "results.json").read_text())
     assert list(res["models"]) == ["base", "sft", "dpo"]
     n = res["meta"]["n_pairs"]
+    assert "the decision and both full answers" in res["meta"]["scoring"]
     for name, m in res["models"].items():
         for key in MODEL_KEYS:
             assert key in m, (name, key)
