@@ -1,19 +1,26 @@
-"""Where a DPO step's time and memory go on CPU: one real step of train_dpo's trainer, profiled.
+"""Where a DPO step's time and memory go on CPU: real steps of train_dpo's trainer against TRL's.
 
     # after `make demo` has written runs/demo/sft (or any SFT adapter of the config):
-    python benchmarks/profile_dpo_step.py --config configs/cpu_demo.yaml
+    python benchmarks/profile_dpo_step.py --config configs/cpu_demo.yaml --compare
+    python benchmarks/profile_dpo_step.py --config configs/cpu_demo.yaml              # ours, profiled
     python benchmarks/profile_dpo_step.py --config configs/cpu_demo.yaml --trainer trl
-    python benchmarks/profile_dpo_step.py --config configs/cpu_demo.yaml train.gradient_checkpointing=true
 
-Builds the DPOTrainer exactly as train_dpo.run does (same config, data, adapter, reference), takes
-`--steps` batches from its dataloader and runs training_step on each under torch.profiler
-(--trainer trl: TRL's DPOTrainer as it ships, the baseline for dporec/training/dpo_trainer.py). Prints the
-operators that take the time (self CPU time) and allocate the memory, the logits tensor sizes, the
-process's peak RSS (sampled every 5 ms) and the step wall time. Nothing is saved.
+Builds the DPOTrainer as train_dpo.run does (same config, data, adapter, reference), takes `--steps`
+batches from its dataloader and runs training_step on each. --trainer ours is the project's trainer with
+what train() adds on CPU (freed memory returned to the OS after building and after every step,
+dporec.modeling.hardware.return_freed_memory); --trainer trl is TRL's DPOTrainer as it ships, on the same
+config. With torch.profiler it prints the operators that take the time and allocate the memory.
+
+--compare runs both, each in a process of its own (resident memory is per process) without the
+profiler, and prints one table: resident memory before the first step, its peak during the steps
+(sampled every 5 ms), and the wall time per optimizer step. Nothing is saved.
 """
 from __future__ import annotations
 
 import argparse
+import json
+import subprocess
+import sys
 import threading
 import time
 
@@ -56,9 +63,12 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=2)
     p.add_argument("--rows", type=int, default=25, help="operators to print")
     p.add_argument("--trainer", choices=("ours", "trl"), default="ours",
-                   help="ours: train_dpo's trainer (answer-only logits, "
-                        "dporec/training/dpo_trainer.py); trl: TRL's own")
+                   help="ours: train_dpo's trainer (dporec/training/dpo_trainer.py); trl: TRL's own")
+    p.add_argument("--compare", action="store_true", help="both trainers, one process each, one table")
+    p.add_argument("--json", help=argparse.SUPPRESS)  # a --compare child: write the figures here
     own, rest = p.parse_known_args(argv)
+    if own.compare:
+        return compare(own, rest)
     cfg = parse_args(__doc__, rest)[1]
     torch.manual_seed(cfg["seed"])
     backend = backends.backend_for(cfg)
@@ -72,12 +82,16 @@ def main(argv=None) -> int:
 
     from trl import DPOTrainer
     if own.trainer == "ours":
-        DPOTrainer = dpo_trainer.trainer_class(backend)  # noqa: N806
+        DPOTrainer = dpo_trainer.trainer_class(backend, cfg["dpo"]["prefix_sharing"])  # noqa: N806
+    from dporec.modeling.hardware import return_freed_memory
+    ours = own.trainer == "ours"
     with tempfile.TemporaryDirectory() as tmp:
         trainer = DPOTrainer(model=model, ref_model=None, args=training.dpo_config(cfg, tmp, backend),
                              train_dataset=ds, processing_class=tok,
                              eval_dataset=training.to_dataset(records.to_dpo_rows(val_exs, fmt, tok)))
         compat.adapters_to_fp32(trainer, backend)
+        if ours:
+            return_freed_memory()
         trainer.create_optimizer_and_scheduler(num_training_steps=own.steps + 1)
         trainer.current_gradient_accumulation_steps = 1  # set by Trainer's loop, which is not run here
         batches = iter(trainer.get_train_dataloader())
@@ -92,22 +106,62 @@ def main(argv=None) -> int:
         print(f"fp32 logits for every position: {full:.0f} MiB per forward (policy and reference each); "
               f"for completion positions only: {n_comp * vocab * 4 / 2**20:.0f} MiB")
         trainer.model.train()
+        rss_first = psutil.Process().memory_info().rss  # everything built, before any step
         trainer.training_step(trainer.model, first)  # warm-up: first-call allocations, thread pools
+        if ours:
+            return_freed_memory()
         rss0 = psutil.Process().memory_info().rss
+        from contextlib import nullcontext
+
         from torch.profiler import ProfilerActivity, profile
+        profiled = profile(activities=[ProfilerActivity.CPU], profile_memory=True) if not own.json else None
+        accum = cfg["train"]["grad_accum"]
         walls = []
-        with PeakRSS() as peak, profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        with PeakRSS() as peak, profiled or nullcontext() as prof:
             for _ in range(own.steps):
-                batch = next(batches, first)
                 t = time.perf_counter()
-                trainer.training_step(trainer.model, batch)
+                for _ in range(accum):  # one optimizer step's micro-batches
+                    trainer.training_step(trainer.model, next(batches, first))
+                    if ours:
+                        return_freed_memory()
                 walls.append(time.perf_counter() - t)
-        print(f"step wall time: {', '.join(f'{w:.1f} s' for w in walls)} (profiler overhead included)")
-        print(f"RSS before the profiled steps {rss0 / 2**30:.2f} GiB, peak during them "
-              f"{peak.peak / 2**30:.2f} GiB")
+        if own.json:
+            figures = {"rss_before_first_step": rss_first, "rss_before_steps": rss0, "peak": peak.peak,
+                       "step_seconds": walls}
+            open(own.json, "w").write(json.dumps(figures))
+            return 0
+        print(f"optimizer step wall time: {', '.join(f'{w:.1f} s' for w in walls)} (profiler overhead "
+              f"included)")
+        print(f"RSS before the first step {rss_first / 2**30:.2f} GiB, before the profiled steps "
+              f"{rss0 / 2**30:.2f} GiB, peak during them {peak.peak / 2**30:.2f} GiB")
         table = prof.key_averages()
         print(table.table(sort_by="self_cpu_time_total", row_limit=own.rows, max_name_column_width=40))
         print(table.table(sort_by="self_cpu_memory_usage", row_limit=12, max_name_column_width=40))
+    return 0
+
+
+def compare(own, rest) -> int:
+    """Both trainers, one child process each (resident memory is per process), one table."""
+    import tempfile
+    rows = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for which in ("ours", "trl"):
+            out = f"{tmp}/{which}.json"
+            cmd = [sys.executable, __file__, "--trainer", which, "--steps", str(own.steps), "--json", out,
+                   *rest]
+            print(f"[profile] {which}: {' '.join(cmd[1:])}", flush=True)
+            done = subprocess.run(cmd, capture_output=True, text=True)
+            if done.returncode:
+                print(done.stdout[-2000:], done.stderr[-3000:])
+                return done.returncode
+            rows[which] = json.loads(open(out).read())
+    gib = 2 ** 30
+    print(f"\n{'trainer':<8}{'RSS before 1st step':>21}{'peak RSS in steps':>19}{'s / optimizer step':>20}")
+    for which, r in rows.items():
+        steps = r["step_seconds"][1:] or r["step_seconds"]  # the first timed step still warms up caches
+        print(f"{which:<8}{r['rss_before_first_step'] / gib:>17.2f} GiB{r['peak'] / gib:>15.2f} GiB"
+              f"{sum(steps) / len(steps):>20.1f}")
+    print("ours: train_dpo's trainer as train() runs it; trl: TRL's DPOTrainer as it ships, same config")
     return 0
 
 

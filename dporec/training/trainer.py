@@ -16,7 +16,7 @@ import torch
 from dporec import UserError, compat, runs
 from dporec.data import records, splits
 from dporec.modeling.backends import compute_dtype
-from dporec.modeling.hardware import cuda_capability
+from dporec.modeling.hardware import cuda_capability, return_freed_memory
 from dporec.report import plots
 from dporec.report.files import jsonable, write_json
 from dporec.report.markdown import model_card
@@ -162,6 +162,9 @@ def train(trainer, resume_from: str | None = None, callbacks=()) -> float:
     """
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
+    else:  # what building the trainer freed (datasets, the reference precompute), then after every step
+        return_freed_memory()
+        trainer.add_callback(_freed_memory_callback())
     for cb in callbacks:
         trainer.add_callback(cb)
     # Only several processes have shards to compare; one process skips the per-example hashing.
@@ -180,6 +183,20 @@ def train(trainer, resume_from: str | None = None, callbacks=()) -> float:
             raise UserError(OOM_ADVICE) from None
         raise
     return time.perf_counter() - start
+
+
+def _freed_memory_callback():
+    """A TrainerCallback returning freed memory to the OS after each micro-batch and optimizer step (CPU)."""
+    from transformers import TrainerCallback
+
+    class ReturnFreedMemory(TrainerCallback):
+        def on_substep_end(self, args, state, control, **kwargs):
+            return_freed_memory()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            return_freed_memory()
+
+    return ReturnFreedMemory()
 
 
 def peak_memory() -> dict:
