@@ -18,8 +18,13 @@ from pathlib import Path
 import torch
 
 from dporec import UserError, compat, runs, weights
-from dporec.modeling.hardware import (cuda_capability, dtype_for, refuse_without_gpu, return_freed_memory,
-                                     unsloth_dtype_note)
+from dporec.modeling.hardware import (
+    cuda_capability,
+    dtype_for,
+    refuse_without_gpu,
+    return_freed_memory,
+    unsloth_dtype_note,
+)
 from dporec.weights import is_local_name
 
 SHARED_PROMPT_NEEDS_HF = ("dpo.prefix_sharing=true: the shared-prompt DPO forward needs a custom attention "
