@@ -5,6 +5,8 @@ config.yaml, run_info.json and (last, the finished marker) metrics.json into its
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 from dporec import compat, runs, weights
 from dporec.data import records, splits
 from dporec.modeling import backends
@@ -37,7 +39,7 @@ def run_sft(cfg: dict, callbacks=()) -> int:
 
     with runs.stage_guard(out):
         model, tok, train_ds, val_ds = _load(cfg, backend, init_adapter, records.to_sft_rows, train_exs,
-                                             val_exs)
+                                             val_exs, out)
         from trl import SFTTrainer
         sft = SFTTrainer(model=model, args=trainer.sft_config(cfg, out, backend),
                          train_dataset=train_ds, eval_dataset=val_ds, processing_class=tok)
@@ -66,7 +68,8 @@ def run_dpo(cfg: dict, callbacks=()) -> int:
     cfg = {**cfg, "resume": resume_from is not None}
 
     with runs.stage_guard(out):
-        model, tok, train_ds, val_ds = _load(cfg, backend, adapter, records.to_dpo_rows, train_exs, val_exs)
+        model, tok, train_ds, val_ds = _load(cfg, backend, adapter, records.to_dpo_rows, train_exs, val_exs,
+                                             out)
         # ref_model=None and no peft_config: TRL freezes a copy of the 'default' adapter as 'ref'.
         dpo = dpo_trainer.trainer_class(backend, cfg["dpo"]["prefix_sharing"])(
             model=model, ref_model=None, args=trainer.dpo_config(cfg, out, backend),
@@ -80,7 +83,7 @@ def run_dpo(cfg: dict, callbacks=()) -> int:
     return 0
 
 
-def _load(cfg: dict, backend: str, adapter, to_rows, train_exs, val_exs):
+def _load(cfg: dict, backend: str, adapter, to_rows, train_exs, val_exs, out: Path):
     """(model with a trainable LoRA, tokenizer, train dataset, validation dataset)."""
     from transformers import set_seed
     set_seed(cfg["seed"])
@@ -89,7 +92,9 @@ def _load(cfg: dict, backend: str, adapter, to_rows, train_exs, val_exs):
     train_rows, val_rows = to_rows(train_exs, fmt, tok), to_rows(val_exs, fmt, tok)
     # measured with this run's tokenizer before the trainer sees them: TRL drops or cuts long rows silently
     records.check_lengths(train_exs + val_exs, train_rows + val_rows, tok, cfg["model"]["max_seq_length"])
-    return model, tok, trainer.to_dataset(train_rows), trainer.to_dataset(val_rows)
+    shared = out / trainer.SHARED_DATASETS
+    return (model, tok, trainer.to_dataset(train_rows, shared / "train"),
+            trainer.to_dataset(val_rows, shared / "val"))
 
 
 def _fit(tr, tok, out, cfg: dict, backend: str, resume_from, callbacks, train_exs, val_exs, **facts) -> bool:

@@ -7,6 +7,7 @@ Nothing here imports transformers/trl/peft at module import time (Unsloth must p
 from __future__ import annotations
 
 import resource
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -50,9 +51,25 @@ def load_stage_data(cfg: dict) -> tuple[list, list]:
     return train, val
 
 
-def to_dataset(rows: list[dict]):
-    from datasets import Dataset
-    return Dataset.from_list(rows)
+SHARED_DATASETS = ".datasets"  # the stage folder's subfolder for to_dataset's copies under several processes
+
+
+def to_dataset(rows: list[dict], shared_folder: Path | None = None):
+    """A datasets.Dataset of the rows; under several processes, one saved in `shared_folder`.
+
+    An in-memory dataset keeps its cache files (TRL's tokenized rows, the precomputed reference
+    log-probabilities) in a temporary folder of each process's own, so the file the main process
+    writes is missing in the others. A dataset on disk keeps them next to itself, seen by all.
+    """
+    from datasets import Dataset, load_from_disk
+    state = processes()
+    if state.num_processes == 1 or shared_folder is None:
+        return Dataset.from_list(rows)
+    if state.is_main_process:
+        shutil.rmtree(shared_folder, ignore_errors=True)  # an interrupted run's copy and its caches
+        Dataset.from_list(rows).save_to_disk(str(shared_folder))
+    state.wait_for_everyone()
+    return load_from_disk(str(shared_folder))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -293,6 +310,7 @@ def finish_run(trainer, tokenizer, out_dir: Path, cfg: dict, wall_time_s: float,
     shards = shard_report(trainer, collator) if isinstance(collator, ShardLog) else None
     if not processes().is_main_process:
         return {}
+    shutil.rmtree(Path(out_dir) / SHARED_DATASETS, ignore_errors=True)  # to_dataset's copies, if any
     tokenizer.save_pretrained(str(out_dir))
     facts = {**facts, "world_size": processes().num_processes}
     runs.write_run_info(out_dir, cfg, **facts)

@@ -395,6 +395,9 @@ def test_oom_becomes_advice():
     class Boom:
         state = None
 
+        def add_callback(self, callback):
+            pass
+
         def train(self, resume_from_checkpoint=None):
             raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
