@@ -8,8 +8,8 @@ Commands:
     python evaluate_dpo.py --config configs/llama3_8b.yaml
     python evaluate_dpo.py --config configs/llama3_8b.yaml eval.generate=true
     python evaluate_dpo.py --config configs/llama3_8b.yaml eval.stability=true --overwrite
-    # ranking adherence over N candidates per test user as well (data/prepare_movielens.py writes them)
-    python evaluate_dpo.py --config configs/llama3_8b.yaml eval.ranking=true --overwrite
+    # without the ranking (on by default, 150 users): the pairwise verdict alone, faster
+    python evaluate_dpo.py --config configs/llama3_8b.yaml eval.ranking=false --overwrite
     # more adapters next to base/sft/dpo (e.g. the compute-matched SFT control)
     python evaluate_dpo.py --config configs/llama3_8b.yaml "eval.adapters={sft_control: runs/x/sft_control}"
     # re-analyse a finished evaluation from its predictions.csv: no model is loaded (seconds, no GPU)
@@ -29,23 +29,25 @@ as results.previous.json, and what a CSV cannot give back (timings, the stabilit
 setup) is carried over from it. Any other PATH is copied into <output_dir>/eval/, which must not
 hold a finished evaluation unless --overwrite is given.
 
-How it measures:
+How it measures (docs/statistics.md):
   - Every test pair is scored in its original option order and with the options swapped, so a
     model that always answers "A" scores 50%, not 100% (the precursor's always-A labels).
-  - Likelihood scoring, no sampling: for both orders the model scores both complete answers;
-    the decision is the option whose "The better recommendation is Option X" has the higher
-    log-prob (dporec/evaluation/scoring.py). Full-answer log-probs (the quantity DPO trains) are reported too.
+  - Likelihood scoring, no sampling: the decision is the option whose "... Option X" has the higher
+    log-prob (dporec/evaluation/scoring.py); eval.full_answer=true also scores both complete answers
+    (the quantity DPO trains) as a secondary table.
   - The 4-bit base is loaded once; adapters are switched with set_adapter; the base is scored with
     its adapters disabled. A DPO run started from SFT also saved a ref/ sub-folder (the frozen
     reference); the top-level adapter, the policy, is what is evaluated.
-  - Verdict: two-order accuracy DPO vs SFT; a paired sign-flip permutation test over users of that
-    same difference and the CI that inverts it; an exact McNemar test on right-in-both-orders as a
-    secondary line; the test size a difference of this size would need (dporec/analysis/). With an
+  - Verdict: two-order accuracy DPO vs SFT, the mean per-pair difference with a cluster-robust
+    (CR2) t interval over users and its p-value; the label follows the interval with the practical
+    margin eval.margin_points: SUPPORTED (all above 0), NOT SUPPORTED (all below the margin) or
+    INCONCLUSIVE; then the test size the margin needs (dporec/analysis/). Baselines read only
+    ratings made before each pair's time; the strongest is chosen on validation. With an
     sft_control adapter, DPO vs that control too, and what the control matches.
-  - eval.ranking=true also ranks N rated candidates per test user (ranking_test.jsonl beside the test
-    file) from all their pairs in both orders: Kendall tau-b, NDCG@3 and hit@1 against the user's
-    ratings, per model and baseline rule, DPO vs SFT paired over users (dporec/evaluation/ranking.py); adds
-    ranking.csv and ranking.png.
+  - eval.ranking (default true, eval.ranking_max_users users) ranks N rated candidates per test user
+    (ranking_test.jsonl beside the test file) from all their pairs in both orders: Kendall tau-b,
+    NDCG@3 and hit@1 against the user's ratings, per model and baseline rule, and a second verdict
+    line for DPO - SFT in tau-b by the same rule; adds ranking.csv and ranking.png.
   - eval.generate=true adds greedy generation, parsed strictly (an answer naming both options or
     neither is invalid). eval.stability=true loads the base again unquantized and reports how many
     decisions change between 4-bit and 16-bit (fp32 on CPU).

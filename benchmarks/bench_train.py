@@ -63,6 +63,7 @@ from pathlib import Path
 
 from dporec import ROOT, UserError
 from dporec.config import run_main
+from dporec.preflight.cost import MEASURED_FILE, ML1M_BUILD, RTX_3090, gpu_spec  # the one GPU table
 from dporec.runs import package_versions
 
 BASE_CONFIG = ROOT / "configs" / "llama3_8b.yaml"  # the thesis settings every run starts from
@@ -79,37 +80,11 @@ SHAPES: dict[str, dict | None] = {
     "tiny": None,  # local_models.build_tiny_llama as is (hidden 64, 2 layers, its own 512-token tokenizer)
 }
 
-# Dense (no sparsity) peak TFLOP/s for bf16 tensor-core matmuls with fp32 accumulation, and memory
-# bandwidth in GB/s, from the vendors' spec sheets. First match wins, so variants come first.
-# T4 has no bf16: its fp16 figure. This workplace measured 798 TFLOP/s for an 8192^3 bf16 matmul on
-# its H100 SXM and 788 on its H200 (BENCHMARKS.md): ~80% of these spec figures is the practical ceiling.
-GPU_SPECS = [  # (regex on the lower-cased torch.cuda.get_device_name, label, TFLOP/s, GB/s)
-    (r"h100.*pcie", "H100 PCIe", 756.0, 2000.0),
-    (r"h100.*nvl", "H100 NVL", 835.0, 3900.0),
-    (r"h100", "H100 SXM", 989.0, 3350.0),
-    (r"h200.*nvl", "H200 NVL", 835.0, 4800.0),
-    (r"h200", "H200 SXM", 989.0, 4800.0),
-    (r"a100.*80gb", "A100 80GB", 312.0, 2039.0),
-    (r"a100", "A100 40GB", 312.0, 1555.0),
-    (r"rtx 3090", "RTX 3090", 71.0, 936.0),
-    (r"\bl4\b", "L4", 121.0, 300.0),
-    (r"\bt4\b", "T4 (fp16)", 65.0, 320.0),
-]
-RTX_3090 = "NVIDIA GeForce RTX 3090"
 GIB_MB = 1024.0  # MiB per GiB
 
 
 # ---------------------------------------------------------------------------------------------
 # Pure arithmetic (tested in tests/test_bench_train.py)
-
-def gpu_spec(device_name: str | None) -> dict | None:
-    """{'label', 'bf16_tflops', 'bandwidth_gbs'} for a torch.cuda.get_device_name(), None when unknown."""
-    name = (device_name or "").lower()
-    for pattern, label, tflops, gbs in GPU_SPECS:
-        if re.search(pattern, name):
-            return {"label": label, "bf16_tflops": tflops, "bandwidth_gbs": gbs}
-    return None
-
 
 def flops_per_token(n_params: float, stage: str, convention: str = "6n",
                     gradient_checkpointing: bool = True) -> float:
@@ -469,6 +444,30 @@ def derive(summary: dict) -> None:
         summary["predict_3090"] = predictions(summary, spec)
 
 
+def utilisation_record(summary: dict) -> dict | None:
+    """What verify_setup.py's time prediction reads for this GPU (dporec/preflight/cost.py): the mean
+    6N model-FLOP utilisation of the finished training runs. Only the Llama-3-8B shape counts: a small
+    model's utilisation says little about the thesis model's."""
+    spec = summary["gpu"]["spec"]
+    mfus = [r["mfu_6n"] for r in summary["runs"] if r.get("status") == "ok" and r.get("mfu_6n")]
+    if summary["shape"] != "llama3-8b" or not spec or not mfus:
+        return None
+    return {"train": sum(mfus) / len(mfus), "runs": len(mfus),
+            "source": f"benchmarks/bench_train.py --shape llama3-8b on {summary['gpu']['name']}"}
+
+
+def save_utilisation(summary: dict, path: Path = MEASURED_FILE) -> Path | None:
+    """Merge this run's utilisation_record into `path` under the GPU's label; None when there is none."""
+    record = utilisation_record(summary)
+    if record is None:
+        return None
+    known = json.loads(path.read_text()) if path.is_file() else {}
+    known[summary["gpu"]["spec"]["label"]] = record
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(known, indent=2) + "\n")
+    return path
+
+
 def predictions(summary: dict, spec: dict) -> list[dict]:
     pairs = summary["predict_3090_pairs"]
     out = []
@@ -510,7 +509,8 @@ def print_table(summary: dict) -> None:
                 if e.get("status") == "ok" else e["status"])
         print(f"evaluation {e['backend']}: {done}")
     if summary.get("predict_3090_pairs") and not summary["gpu"]["spec"]:
-        print(f"\nno RTX 3090 extrapolation: no peak figures for {summary['gpu']['name']!r} (GPU_SPECS)")
+        print(f"\nno RTX 3090 extrapolation: no peak figures for {summary['gpu']['name']!r} "
+              "(dporec/preflight/cost.py, GPU_SPECS)")
     if summary.get("predict_3090"):
         print(f"\nEXTRAPOLATION to an RTX 3090 (not measured): {summary['predict_3090_pairs']} pairs")
         for p in summary["predict_3090"]:
@@ -550,7 +550,9 @@ def parse_args(argv):
                                                               "pairs/s (0: skip)")
     p.add_argument("--eval-batch-size", type=int, default=16)
     p.add_argument("--predict-3090", action="store_true", help="add the RTX 3090 extrapolation")
-    p.add_argument("--pairs", type=int, default=5400, help="training pairs for --predict-3090 (default 5400)")
+    p.add_argument("--pairs", type=int, default=ML1M_BUILD.train,
+                   help=f"training pairs for --predict-3090 (default {ML1M_BUILD.train}: an ML-1M build, one "
+                        f"pair per training user)")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--force", action="store_true", help="rerun stages that already finished in --out")
     p.add_argument("--build-only", action="store_true", help="build (or reuse) the model and data, then stop")
@@ -635,6 +637,10 @@ def main(argv: list[str] | None = None) -> int:
     write_summary(summary, summary_path)
     print_table(summary)
     print(f"\nwritten: {summary_path}")
+    saved = save_utilisation(summary)
+    if saved:
+        print(f"measured utilisation for {summary['gpu']['spec']['label']} written to {saved}: "
+              "verify_setup.py's time row now predicts from it")
     return 0
 
 

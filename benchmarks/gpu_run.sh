@@ -1,21 +1,21 @@
 #!/usr/bin/env bash
-# The GPU session for the Unsloth-vs-transformers benchmark and the end-to-end proof, in steps that
-# each fit one device call (< 10 minutes) and each stand alone: the device machine stays warm only
-# ~30 s after a call, so every step reinstalls the carried wheels (seconds) and rebuilds what it
-# needs; while the machine is still warm, /tmp/site, /tmp/bench models and finished runs are reused.
+# The GPU proof: the Unsloth-vs-transformers benchmark and the end-to-end run, in steps that each fit
+# a 10-minute command on a GPU machine without network access, and each stand alone: every step
+# reinstalls the carried wheels (seconds) and rebuilds what it needs; on a machine that still holds
+# /tmp/site, /tmp/bench models and finished runs from an earlier step, they are reused.
 #
-# Before the session, HERE (a machine with registry access):
+# Beforehand, on a machine with registry access:
 #     bash benchmarks/gpu_wheels.sh        # .whl/*.whl (~35 MiB, slimmed) + .whl/tokenizer-smollm2/
-# Then one device `run` per step, in this order (most important first), each with carry [".whl"]:
+# Then one command per step, in this order (most important first), with .whl/ copied along:
 #     bash benchmarks/gpu_run.sh e2e       # ~5 min: install, versions, verify_setup, SFT -> DPO -> eval, hf + unsloth
 #     bash benchmarks/gpu_run.sh small     # ~6 min: bench_train --shape small, 1x8 + 4x2, hf + unsloth
 #     bash benchmarks/gpu_run.sh 8b        # ~8 min: bench_train --shape llama3-8b, 1x8 (thesis), hf + unsloth
-#     bash benchmarks/gpu_run.sh 8b-4x2    # ~8 min: the same at batch 4 x accum 2 (if device time is left)
+#     bash benchmarks/gpu_run.sh 8b-4x2    # ~8 min: the same at batch 4 x accum 2
 # Each step writes to $OUT: <step>.log (the console), bench_<shape>.json or e2e results, and
-# <step>-runs.tgz (every child's log, metrics.json, run_info.json). At most 8 files come back.
-# Device budget: 30 min a session, machine start included, so four steps is about all of it; a step
-# cut off by its time limit still returns what it finished (the JSON is rewritten after every stage),
-# and rerunning it on a still-warm machine continues where it stopped.
+# <step>-runs.tgz (every child's log, metrics.json, run_info.json). A step cut off by its time limit
+# still leaves what it finished (the JSON is rewritten after every stage), and rerunning it on the
+# same machine continues where it stopped. The 8b steps also write benchmarks/results/utilisation.json
+# (copy it back into the checkout: verify_setup.py's time prediction reads it).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 STEP=${1:?usage: bash benchmarks/gpu_run.sh e2e|small|8b|8b-4x2}
@@ -76,10 +76,11 @@ small)
     ;;
 8b | 8b-4x2)
     BATCH=1x8; [ "$STEP" = 8b-4x2 ] && BATCH=4x2
-    df -h /tmp | tail -1   # the bf16 checkpoint takes ~16 GB of the 64 GiB disk
+    df -h /tmp | tail -1   # the bf16 checkpoint takes ~16 GB
     timeout 560 python3 benchmarks/bench_train.py --shape llama3-8b --backends hf,unsloth --batch-sizes $BATCH \
         --steps 6 --eval-pairs 16 --out $BENCH --model-dir $BENCH/models/llama3-8b --predict-3090 "${TOKARG[@]}"
     cp $BENCH/bench_llama3-8b.json "$OUT/bench_llama3-8b-$BATCH.json"; pack $BENCH/runs/llama3-8b
+    cp benchmarks/results/utilisation.json "$OUT/" 2>/dev/null   # the measured MFU for verify_setup
     ;;
 *)
     echo "unknown step $STEP: use e2e, small, 8b or 8b-4x2"; exit 2 ;;

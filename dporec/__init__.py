@@ -1,8 +1,9 @@
 """dporec: does DPO give better ranking adherence than SFT when a 4-bit Llama 3 recommends movies?
 
 Subpackages by pipeline stage, imports flowing downward only (pyproject.toml's import-linter
-contracts; README "Layout"): experiment | preflight -> evaluation | training -> modeling | report
--> analysis | runs -> config -> data -> compat. `a | b`: a layer of two packages that never import each other.
+contracts; docs/development.md): experiment | preflight | inference -> evaluation | training -> modeling |
+report -> analysis | runs -> weights -> config -> data -> compat. `a | b`: packages of one layer, which never
+import each other.
 """
 from pathlib import Path
 

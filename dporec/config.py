@@ -105,7 +105,7 @@ SCHEMA: dict[str, Any] = {
                                    "costs time; 200 pairs show trends"),
         "max_test_examples": F(None, int, NONE, lo=1,
                                help="null = all: ~1,200-2,900 pairs are needed to detect "
-                                    "+2 points (README, statistics)"),
+                                    "+2 points (docs/statistics.md)"),
         "ranking_candidates": F(8, int, lo=2, also=(0,),
                                 help="movies per test user in the candidate sets run_experiment.py "
                                      "builds (more: a finer ranking, N(N-1) scored questions)"),
@@ -147,6 +147,8 @@ SCHEMA: dict[str, Any] = {
                   help="sft: continue the SFT adapter, reference = frozen SFT model (S-DPO, Zephyr); "
                        "base: fresh LoRA, reference = base model. Different experiments"),
         "sft_adapter": F(None, str, NONE, help="default: <output_dir>/sft"),
+        "run_name": F("dpo", str, help="folder under output_dir for this DPO run (the on-policy arm: "
+                                       "dpo_onpolicy)"),
         "beta": F(0.1, float, lo=0, open_lo=True,
                   help="thesis value; recommendation DPO work (S-DPO, DMPO) uses 1: a larger "
                        "beta keeps the policy nearer the reference "
@@ -216,6 +218,30 @@ SCHEMA: dict[str, Any] = {
                                            "'preference signal' from 'more training'"),
         "launcher": F(None, str, NONE, help="run_experiment.py runs the training stages as child processes "
                                             "under this command, e.g. 'accelerate launch --num_processes 2'"),
+        "on_policy_arm": F(False, bool, help="also sample answers from the SFT model, judge them by the "
+                                             "ratings and the history (sample_onpolicy.py), and train DPO "
+                                             "from SFT on those pairs with the off-policy DPO's steps, beta, "
+                                             "learning rate and reference: the two DPO arms differ only in "
+                                             "their pairs"),
+    },
+    "onpolicy": {  # sample_onpolicy.py: preference pairs from the SFT model's own answers
+        "samples_per_prompt": F(4, int, lo=2, help="answers sampled per training prompt and option order: "
+                                                   "more finds a right and a wrong answer for more prompts, "
+                                                   "at proportionally more generation time"),
+        "temperature": F(0.9, float, lo=0, open_lo=True,
+                         help="sampling temperature: higher gives more varied answers (more prompts "
+                              "with both a right and a wrong one) and more malformed ones"),
+        "top_p": F(0.95, float, lo=0, hi=1, open_lo=True, help="nucleus sampling: the smallest set of "
+                                                               "tokens with this much probability"),
+        "max_new_tokens": F(96, int, lo=8, help="an answer with its reasoning is ~50 tokens; longer "
+                                                "costs generation time, shorter cuts reasoning off"),
+        "batch_size": F(8, int, lo=1, help="prompts per generate call (each with samples_per_prompt "
+                                           "answers); lower it if sampling runs out of memory"),
+        "rejected": F("wrong_decision", str, choices=("wrong_decision", "wrong_decision_or_false_claims"),
+                      help="which sampled answers can be rejected: the wrong decision only, or also a "
+                           "right decision whose reasoning makes a false genre claim"),
+        "max_prompts": F(None, int, NONE, lo=1, help="sample for the first this many training examples "
+                                                     "only (each in both orders); null: all"),
     },
 }
 
@@ -307,6 +333,9 @@ def _check_together(cfg: dict, where: str) -> None:
         if len(weights) != len(d["loss_type"]) or not numbers:
             raise UserError(f"{where}: 'dpo.loss_weights' must hold one number >= 0 per dpo.loss_type entry "
                             f"({d['loss_type']}), got {d['loss_weights']!r}")
+    if cfg["experiment"]["on_policy_arm"] and d["init"] != "sft":
+        raise UserError(f"{where}: 'experiment.on_policy_arm' samples from the SFT model and trains DPO from "
+                        f"it, so it needs dpo.init=sft (got {d['init']!r})")
 
 
 def set_key(cfg: dict, dotted: str, value, where: str = "override"):

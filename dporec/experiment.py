@@ -27,6 +27,7 @@ from dporec.report.sentences import verdict_sentence
 from dporec.training.stages import run_dpo, run_sft
 
 SFT, DPO, CONTROL, EVAL = runs.SFT, runs.DPO, runs.CONTROL, runs.EVAL
+PAIRS, ONPOLICY = runs.ONPOLICY_PAIRS, runs.ONPOLICY
 STAGE_SCRIPTS = {SFT: ("train_sft.py", run_sft), DPO: ("train_dpo.py", run_dpo)}
 
 
@@ -129,8 +130,22 @@ def control_settings(dpo_dir: Path, sft_dir: Path, run_name: str = CONTROL) -> d
             "sft.learning_rate": lr}
 
 
+def onpolicy_settings(cfg: dict) -> dict:
+    """{config key: value} that make the DPO stage the on-policy arm: DPO from the SFT adapter on the
+    sampled pairs, for exactly the off-policy DPO's optimizer steps; beta, learning rate, loss,
+    reference and every shared setting come from the same config, so only the pairs differ."""
+    dpo_dir = runs.stage_dir(cfg, DPO)
+    steps = runs.read_json(dpo_dir / "metrics.json").get("steps")
+    if not isinstance(steps, int) or steps <= 0:
+        raise UserError(f"{dpo_dir / 'metrics.json'} has no positive 'steps' count; cannot size the "
+                        "on-policy arm")
+    return {"dpo.run_name": ONPOLICY, "dpo.max_steps": steps, "data.max_train_examples": None,
+            "data.train_file": str(runs.stage_dir(cfg, PAIRS) / "pairs.jsonl")}
+
+
 def run_once(cfg: dict, config_path: str = "<your config>") -> tuple[dict, dict]:
-    """SFT -> DPO (-> control) -> eval for one run folder. Returns (results, {stage: status})."""
+    """SFT -> DPO (-> control) (-> on-policy pairs -> on-policy DPO) -> eval for one run folder.
+    Returns (results, {stage: status})."""
     overwrite, launcher = cfg["overwrite"], cfg["experiment"]["launcher"]
     train_sft = stage_runner(SFT, launcher)
     # `import unsloth` (SFT under Unsloth, in this process) patches transformers' Llama for the whole
@@ -143,8 +158,15 @@ def run_once(cfg: dict, config_path: str = "<your config>") -> tuple[dict, dict]
     if cfg["experiment"]["control_arm"]:
         control = updated(cfg, control_settings(runs.stage_dir(cfg, DPO), runs.stage_dir(cfg, SFT), CONTROL))
         status[CONTROL] = run_stage(CONTROL, runs.marker(cfg, CONTROL), train_sft, control, overwrite)
-        adapters = {**cfg["eval"]["adapters"], CONTROL: str(runs.stage_dir(cfg, CONTROL))}
-        eval_cfg = updated(cfg, {"eval.adapters": adapters})
+        adapters = {**eval_cfg["eval"]["adapters"], CONTROL: str(runs.stage_dir(cfg, CONTROL))}
+        eval_cfg = updated(eval_cfg, {"eval.adapters": adapters})
+    if cfg["experiment"]["on_policy_arm"]:
+        from dporec.onpolicy.stage import run_sampling
+        status[PAIRS] = run_stage(PAIRS, runs.marker(cfg, PAIRS), run_sampling, cfg, overwrite)
+        arm = updated(cfg, onpolicy_settings(cfg))
+        status[ONPOLICY] = run_stage(ONPOLICY, runs.marker(cfg, ONPOLICY), train_dpo, arm, overwrite)
+        adapters = {**eval_cfg["eval"]["adapters"], ONPOLICY: str(runs.stage_dir(cfg, ONPOLICY))}
+        eval_cfg = updated(eval_cfg, {"eval.adapters": adapters})
     expected = set(eval_cfg["eval"]["models"]) | set(eval_cfg["eval"]["adapters"])
     results_file = runs.marker(cfg, EVAL)
     # An evaluation that lacks a model asked for now (e.g. the control arm was switched on later) is redone.
@@ -187,13 +209,14 @@ def run(cfg: dict, config_path: str = "<your config>") -> int:
     rows = {s: files.read_predictions(out_dir / f"seed-{s}" / EVAL / "predictions.csv") for s in seeds}
     ec = cfg["eval"]
     comparisons = {"pooled": ("sft", "dpo", ("SFT", "DPO"), "comparison"),
-                   "pooled_control": (CONTROL, "dpo", ("SFT control", "DPO"), "comparison_control")}
+                   "pooled_control": (CONTROL, "dpo", ("SFT control", "DPO"), "comparison_control"),
+                   "pooled_onpolicy": ("sft", ONPOLICY, ("SFT", "on-policy DPO"), "comparison_onpolicy")}
     agg = aggregate_seeds(results_by_seed, rows, comparisons, margin=ec["margin_points"] / 100,
                           alpha=ec["alpha"])
     for s in seeds:
         agg["per_seed"][str(s)]["output_dir"] = str(out_dir / f"seed-{s}")
-    for key in ("pooled", "pooled_control"):
-        if agg[key]:
+    for key in comparisons:
+        if agg.get(key):
             agg[key]["sentence"] = verdict_sentence(agg[key])
     agg = files.write_aggregate(out_dir, agg)
 

@@ -27,8 +27,10 @@ from dporec import ROOT, UserError, read_text, weights
 from dporec.config import save_config
 
 SFT, DPO, CONTROL, EVAL = "sft", "dpo", "sft_control", "eval"
+ONPOLICY_PAIRS, ONPOLICY = "onpolicy_pairs", "dpo_onpolicy"  # the on-policy arm's pairs and DPO adapter
 TRAINED_BY = {SFT: "train_sft.py", DPO: "train_dpo.py"}
-MARKERS = {SFT: "metrics.json", DPO: "metrics.json", CONTROL: "metrics.json", EVAL: "results.json"}
+MARKERS = {SFT: "metrics.json", DPO: "metrics.json", CONTROL: "metrics.json", EVAL: "results.json",
+           ONPOLICY_PAIRS: "summary.json", ONPOLICY: "metrics.json"}
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 ADAPTER_FILE = "adapter_config.json"
 
@@ -188,8 +190,9 @@ def sft_adapter_path(cfg: dict) -> Path:
 def eval_adapters(cfg: dict, with_control: bool = False) -> dict[str, Path | None]:
     """{name: adapter folder, or None for the base model} evaluate_dpo.py loads, in evaluation order.
 
-    with_control adds the control arm's folder when experiment.control_arm is set (run_experiment.py
-    passes it to the evaluation as an eval.adapters entry). Names are checked; folders are not.
+    with_control adds the control arm's folder when experiment.control_arm is set, and the on-policy
+    arm's when experiment.on_policy_arm is (run_experiment.py passes them to the evaluation as
+    eval.adapters entries). Names are checked; folders are not.
     """
     found: dict[str, Path | None] = {}
     extra = dict(cfg["eval"]["adapters"] or {})
@@ -207,6 +210,8 @@ def eval_adapters(cfg: dict, with_control: bool = False) -> dict[str, Path | Non
         found[name] = Path(str(path))
     if with_control and cfg["experiment"]["control_arm"]:
         found.setdefault(CONTROL, stage_dir(cfg, CONTROL))
+    if with_control and cfg["experiment"]["on_policy_arm"]:
+        found.setdefault(ONPOLICY, stage_dir(cfg, ONPOLICY))
     return found
 
 

@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from dporec import ROOT, UserError
+from dporec.config import defaults
 
 _spec = importlib.util.spec_from_file_location("bench_train", ROOT / "benchmarks" / "bench_train.py")
 bt = importlib.util.module_from_spec(_spec)
@@ -28,7 +29,8 @@ _spec.loader.exec_module(bt)
     ("Tesla T4", "T4 (fp16)", 65, 320),
 ])
 def test_gpu_spec_known(name, label, tflops, gbs):
-    assert bt.gpu_spec(name) == {"label": label, "bf16_tflops": tflops, "bandwidth_gbs": gbs}
+    spec = bt.gpu_spec(name)
+    assert (spec["label"], spec["bf16_tflops"], spec["bandwidth_gbs"]) == (label, tflops, gbs)
 
 
 @pytest.mark.parametrize("name", ["NVIDIA L40S", "NVIDIA GeForce RTX 4090", "cpu", "", None])
@@ -100,3 +102,26 @@ def test_llama3_8b_shape_has_8_03b_parameters():
 def test_small_shape_matches_smollm2_135m():
     n = bt.count_params(bt.llama_config("small"))
     assert n == 134_515_008  # tied embeddings counted once
+
+
+def test_measured_utilisation_reaches_the_time_prediction(tmp_path, monkeypatch):
+    """bench_train's measured MFU on the 8B shape is what verify_setup's time row then predicts from."""
+    from dporec.preflight import cost
+    spec = bt.gpu_spec("NVIDIA H100 80GB HBM3")
+    runs = [{"status": "ok", "mfu_6n": 0.10}, {"status": "ok", "mfu_6n": 0.30},
+            {"status": "skipped: needs a CUDA GPU"}]
+    summary = {"shape": "llama3-8b", "gpu": {"name": "NVIDIA H100 80GB HBM3", "spec": spec}, "runs": runs}
+    path = tmp_path / "utilisation.json"
+    assert bt.save_utilisation({**summary, "shape": "small"}, path) is None  # a small model says little
+    assert bt.save_utilisation(summary, path) == path
+    monkeypatch.setattr(cost, "MEASURED_FILE", path)
+    assert cost.measured_utilisation("H100 SXM")["train"] == pytest.approx(0.20)
+    assert cost.measured_utilisation("RTX 3090") is None
+    cfg = defaults()
+    backends = {"sft": "unsloth", "dpo": "hf", "eval": "unsloth"}
+    measured = cost.predict(cfg, cost.LLAMA3_8B, cost.ML1M_BUILD, backends, "NVIDIA H100 80GB HBM3")
+    assert measured.source.startswith("measured") and measured.utilisation["train"] == pytest.approx(0.20)
+    path.unlink()
+    assumed = cost.predict(cfg, cost.LLAMA3_8B, cost.ML1M_BUILD, backends, "NVIDIA H100 80GB HBM3")
+    assert assumed.source.startswith("assumed")  # 40%: twice the measured 20%, half the hours
+    assert measured.hours == pytest.approx(2 * assumed.hours)

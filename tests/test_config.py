@@ -137,3 +137,11 @@ def test_updated_copies_and_validates():
         updated(cfg, {"dpo.betta": 0.3})
     with pytest.raises(UserError, match="must be float"):
         updated(cfg, {"dpo.beta": "high"})
+
+
+def test_the_on_policy_arm_needs_dpo_from_sft():
+    assert load_config(None, ["experiment.on_policy_arm=true"])["onpolicy"]["samples_per_prompt"] == 4
+    with pytest.raises(UserError, match="on_policy_arm.*dpo.init=sft"):
+        load_config(None, ["experiment.on_policy_arm=true", "dpo.init=base"])
+    with pytest.raises(UserError, match="onpolicy.rejected"):
+        load_config(None, ["onpolicy.rejected=longest"])

@@ -55,3 +55,38 @@ def test_script_help_runs(script):
                          timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "usage" in out.stdout.lower()
+
+
+def _mentions():
+    """(file, docs page) for every docs/*.md named in the project's text files."""
+    files = [ROOT / "README.md", ROOT / "BENCHMARKS.md", *(ROOT / "docs").glob("*.md"),
+             *ROOT.glob("*.py"), *(ROOT / "dporec").rglob("*.py"), *(ROOT / "configs").glob("*.yaml"),
+             *(ROOT / "notebooks").glob("*.ipynb")]
+    for f in files:
+        for page in re.findall(r"docs/[\w-]+\.md", f.read_text(encoding="utf-8")):
+            yield f, page
+
+
+def test_every_docs_page_named_exists():
+    mentions = list(_mentions())
+    assert len(mentions) > 10
+    for f, page in mentions:
+        assert (ROOT / page).is_file(), f"{f.relative_to(ROOT)} names {page}, which does not exist"
+
+
+def test_markdown_links_resolve():
+    """Relative links in README.md, BENCHMARKS.md and docs/ point at files that exist."""
+    for f in [ROOT / "README.md", ROOT / "BENCHMARKS.md", *(ROOT / "docs").glob("*.md")]:
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", f.read_text(encoding="utf-8")):
+            if "://" in target:
+                continue
+            assert (f.parent / target).exists(), f"{f.relative_to(ROOT)} links to missing {target}"
+
+
+def test_readme_stays_short_and_opens_with_what_a_user_needs():
+    lines = README.splitlines()
+    assert len(lines) <= 250
+    first = "\n".join(lines[:60])
+    for needed in ("RTX 3090", "driver", "disk", "verify_setup.py", "train_sft.py", "train_dpo.py",
+                   "evaluate_dpo.py"):
+        assert needed in first, f"the README's first 60 lines do not mention {needed}"

@@ -41,7 +41,9 @@ def describe(examples: list[records.Example], path: Path | None = None) -> dict:
             "negatives": dict(sorted(Counter(e.extra.get("negative_kind", "unrecorded")
                                              for e in examples).items())),
             "layouts": dict(sorted(Counter(records.layout(e) for e in examples).items())),
-            "mirrored": sum(records.reasoning_is_mirrored(e) for e in examples)}
+            "own_rejected": sum(records.REJECTED in e.extra for e in examples),
+            "mirrored": sum(records.reasoning_is_mirrored(e) for e in examples
+                            if records.REJECTED not in e.extra)}
 
 
 def leaks(loaded: dict[Path, list[records.Example]]) -> list[str]:

@@ -5,7 +5,8 @@ A record has `instruction`, `input` (a history and two options, dporec.data.task
 better recommendation is Option A. Reasoning: ..."). Builders add structured fields the scripts may
 use: `id`, `user_id`, `label`, `history`, `option_a`, `option_b` (dicts with item_id/title/year/
 genres), `negative_kind` and `reasons` ({"A": ..., "B": ...}: the reasoning arguing for each
-option). A record without them (the thesis's file) works everywhere; its pair id is "<file>:<line>".
+option); on-policy pairs add `rejected`, the model's own losing answer (`output` is its winning one).
+A record without them (the thesis's file) works everywhere; its pair id is "<file>:<line>".
 """
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ from pathlib import Path
 
 from dporec import UserError, read_text
 from dporec.data import task
+
+REJECTED = "rejected"  # an optional field: the record's own rejected answer (on-policy pairs)
 
 
 @dataclass
@@ -71,11 +74,18 @@ def sft_output(ex: Example) -> str:
 
 
 def chosen_output(ex: Example) -> str:
+    """The answer DPO prefers: the record's own when it carries its rejected answer (on-policy pairs,
+    both sampled from the model), else the builder's answer for the right option."""
+    if REJECTED in ex.extra:
+        return ex.output
     return task.answer_text(ex.label, reasoning_for(ex, ex.label))
 
 
 def rejected_output(ex: Example) -> str:
-    """The answer naming the wrong option, with reasoning that argues for that option."""
+    """The answer naming the wrong option, with reasoning that argues for that option; or the record's
+    own `rejected` answer when it has one."""
+    if REJECTED in ex.extra:
+        return ex.extra[REJECTED]
     return task.answer_text(ex.other, reasoning_for(ex, ex.other))
 
 
@@ -89,6 +99,8 @@ def swap(ex: Example) -> Example:
     extra = dict(ex.extra)
     if "option_a" in extra and "option_b" in extra:
         extra["option_a"], extra["option_b"] = ex.extra["option_b"], ex.extra["option_a"]
+    if REJECTED in extra:
+        extra[REJECTED] = task.swap_letter_refs(extra[REJECTED])
     return replace(ex, input=task.swap_options(ex.input), output=task.swap_letter_refs(ex.output),
                    label=ex.other, option_a=ex.option_b, option_b=ex.option_a,
                    reasoning=task.swap_letter_refs(ex.reasoning), reasons=reasons, extra=extra)
@@ -127,6 +139,15 @@ def parse_record(obj, where: str, default_id: str) -> Example:
     if reasons is not None and not (isinstance(reasons, dict) and set(reasons) == {"A", "B"}
                                     and all(isinstance(v, str) for v in reasons.values())):
         raise UserError(f"{where}: field 'reasons' must map both 'A' and 'B' to a text")
+    rejected = obj.get(REJECTED)
+    if rejected is not None:
+        if not isinstance(rejected, str):
+            raise UserError(f"{where}: field '{REJECTED}' must be a string")
+        wrong = task.parse_answer(rejected)
+        if isinstance(wrong, str):
+            raise UserError(f"{where}: {wrong.replace(repr('output'), repr(REJECTED))}")
+        if rejected.strip() == obj["output"].strip():
+            raise UserError(f"{where}: field '{REJECTED}' equals 'output'; DPO would learn nothing")
     known = {"instruction", "input", "output", "id", "user_id", "label", "reasons"}
     return Example(
         instruction=obj["instruction"], input=obj["input"], output=obj["output"], label=label,

@@ -54,6 +54,28 @@ def generate_choices(model, tokenizer, examples, fmt: str = "alpaca", batch_size
     return rows
 
 
+def sample_answers(model, tokenizer, prompts: list[str], k: int, temperature: float, top_p: float,
+                   max_new_tokens: int, batch_size: int = 8, desc: str | None = None) -> list[list[str]]:
+    """k sampled answers per prompt (temperature, top-p), batched with left padding: the on-policy
+    stage's generation. Returns one list of k texts per prompt, in the prompts' order."""
+    items = [encode(tokenizer, p) for p in prompts]
+    check_lengths([len(ids) + max_new_tokens for ids in items], length_limit(model),
+                  "prompt + max_new_tokens")
+    dev = model_device(model)
+    pad_token = pad_id(tokenizer)
+    eos = _eos_ids(model, tokenizer)
+
+    def generate(batch):
+        ids, mask, _ = pad(batch, pad_token)
+        out = model.generate(input_ids=ids.to(dev), attention_mask=mask.to(dev), do_sample=True,
+                             temperature=temperature, top_p=top_p, num_return_sequences=k,
+                             max_new_tokens=max_new_tokens, pad_token_id=pad_token, eos_token_id=eos)
+        texts = [tokenizer.decode(seq, skip_special_tokens=True) for seq in out[:, ids.shape[1]:].cpu()]
+        return [texts[i * k:(i + 1) * k] for i in range(len(batch))]  # generate groups a prompt's k
+
+    return run_batches(model, items, batch_size, len, generate, desc or "sampling")
+
+
 def attach_generations(rows: list[dict], gen_rows: list[dict]) -> list[dict]:
     """Scoring rows with "generated"/"parsed" copied from the matching generation rows."""
     gen = {(g["model"], g["pair_id"], g["order"]): g for g in gen_rows}

@@ -119,11 +119,16 @@ def stability(cfg, backend, examples, adapters, rows_q, needed: int) -> dict:
 # ---------------------------------------------------------------------------------------------
 # From prediction rows to results.json
 
+ONPOLICY_KEYS = ("comparison_onpolicy", "comparison_onpolicy_vs_dpo")
+
+
 def build_results(rows_by_model: dict[str, list[dict]], cfg: dict, meta: dict | None = None) -> dict:
-    """{"models", "comparison", "comparison_control", "control_arm", "meta"} from prediction rows.
+    """{"models", "comparison", "comparison_control", "control_arm", "comparison_onpolicy",
+    "comparison_onpolicy_vs_dpo", "meta"} from prediction rows.
 
     comparison: SFT vs DPO when both were scored; comparison_control: the compute-matched SFT control
-    vs DPO; control_arm: what the control matches, when both stage folders are there."""
+    vs DPO; control_arm: what the control matches, when both stage folders are there;
+    comparison_onpolicy(_vs_dpo): the on-policy DPO arm vs SFT and vs off-policy DPO."""
     ec = cfg["eval"]
     rows = rows_by_model
     results = {"models": {name: model_metrics(r, n_boot=ec["bootstrap_samples"], seed=cfg["seed"],
@@ -133,7 +138,15 @@ def build_results(rows_by_model: dict[str, list[dict]], cfg: dict, meta: dict | 
     results["comparison"] = compare(rows["sft"], rows["dpo"], **kw) if has_main else None
     results["comparison_control"] = (compare(rows[runs.CONTROL], rows["dpo"], names=("SFT control", "DPO"),
                                              **kw) if has_control else None)
-    for key in ("comparison", "comparison_control"):
+    # the on-policy arm against SFT (the question's comparison) and against off-policy DPO (which pairs)
+    on = runs.ONPOLICY in rows
+    results["comparison_onpolicy"] = (compare(rows["sft"], rows[runs.ONPOLICY],
+                                              names=("SFT", "on-policy DPO"), **kw)
+                                      if on and "sft" in rows else None)
+    results["comparison_onpolicy_vs_dpo"] = (compare(rows["dpo"], rows[runs.ONPOLICY],
+                                                     names=("off-policy DPO", "on-policy DPO"), **kw)
+                                             if on and "dpo" in rows else None)
+    for key in ONPOLICY_KEYS + ("comparison", "comparison_control"):
         if results[key]:
             results[key]["sentence"] = verdict_sentence(results[key])
     results["control_arm"] = None
@@ -285,7 +298,7 @@ def _score_and_write(cfg: dict, backend: str, examples, adapters: dict, eval_dir
                             if p and (Path(p) / "training_curves.png").is_file()},
     }
     results = _analyse(rows, cfg, meta, str(test_file))
-    # simple rules on the same pairs (side files beside data.train_file) + each model's personalised subset
+    # simple rules on the same pairs (side files beside data.train_file), the strongest chosen on validation
     _add_baselines(results, cfg, rows, examples)
     if ranking_file:
         rank_base = ranking.baseline_rows(sets, cfg["data"]["train_file"])

@@ -102,6 +102,13 @@ def backend_for(cfg: dict, stage: str | None = None) -> str:
     return backend
 
 
+def prepare_generation(model, backend: str) -> None:
+    """Unsloth's fast generation path (its inference mode) for sampling; the hf path needs nothing."""
+    if backend == "unsloth":
+        from unsloth import FastLanguageModel
+        FastLanguageModel.for_inference(model)
+
+
 def release_memory() -> None:
     """Hand freed model memory back (call after dropping the last reference to a model)."""
     import gc

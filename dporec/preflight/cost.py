@@ -150,6 +150,7 @@ class Stage:
     tokens: float
     what: str
     peak_gib: float | None = None
+    decode_steps: float = 0.0  # sequential generation steps: each reads every weight once (bandwidth-bound)
 
 
 def _steps(cfg: dict, stage: str, examples: int) -> tuple[int, int]:
@@ -199,8 +200,26 @@ def stages(cfg: dict, model: ModelShape, data: DataShape, backends: dict[str, st
         control_tokens = seen * (p + a)  # as many optimizer steps as DPO, SFT-sized examples
         out.append(Stage("SFT control", backends["sft"], train_factor * n * control_tokens, control_tokens,
                          f"{steps} steps, as many as DPO"))
+    on_policy = cfg["experiment"]["on_policy_arm"]
+    if on_policy:
+        oc = cfg["onpolicy"]
+        prompts = 2 * min(n_train, oc["max_prompts"] or n_train)  # every training example in both orders
+        k = oc["samples_per_prompt"]
+        # the prompt runs once per sampled sequence; an answer is about as long as the builder's
+        gen_tokens = prompts * k * (p + a)
+        calls = math.ceil(prompts / oc["batch_size"])
+        out.append(Stage("on-policy sampling", backends["eval"], 2 * n * gen_tokens, gen_tokens,
+                         f"{prompts} prompts x {k} samples, up to {oc['max_new_tokens']} new tokens",
+                         decode_steps=calls * oc["max_new_tokens"]))
+        # DPO on at most one pair per prompt, for the off-policy DPO's steps: the same compute per step
+        out.append(Stage("on-policy DPO", backends["dpo"], train_factor * n * dpo_tokens, dpo_tokens,
+                         f"{steps} steps, as many as DPO, on at most {prompts} sampled pairs"))
+        ref = (prompts + n_val) * pair if precomputed else seen * pair
+        out.append(Stage("on-policy reference", backends["dpo"], 2 * n * ref, ref,
+                         "one pass over the sampled pairs" if precomputed else "a forward in every step"))
 
-    n_models = len(ec["models"]) + len(ec["adapters"]) + (1 if cfg["experiment"]["control_arm"] else 0)
+    n_models = (len(ec["models"]) + len(ec["adapters"]) + (1 if cfg["experiment"]["control_arm"] else 0)
+                + (1 if on_policy else 0))
     if ec["full_answer"]:  # both full answers per order; hf runs the prompt once for the two
         per_order = (p + 2 * a) if backends["eval"] == "hf" else 2 * (p + a)
     else:  # the decision: one context, prompt + "The better recommendation is Option"
@@ -282,10 +301,15 @@ def predict(cfg: dict, model: ModelShape, data: DataShape, backends: dict[str, s
         util = {"train": measured["train"], "eval": measured.get("eval", measured["train"])}
         source = f"measured: {measured.get('source', 'benchmarks/bench_train.py')}"
     rate = {k: spec["bf16_tflops"] * 1e12 * u for k, u in util.items()}
+    # one generation step reads every weight once: 4-bit matrices (~0.55 byte per weight with their
+    # scales) and 16-bit embeddings, at the same share of the memory bandwidth
+    head = model.vocab * model.hidden
+    weight_bytes = (model.params - model.embedding - head) * 0.55 + (model.embedding + head) * 2
     rows = []
     for s in stages(cfg, model, data, backends):
-        kind = "eval" if s.name in ("evaluation", "ranking") else "train"
-        rows.append((s, s.flops / rate[kind] / 3600))
+        kind = "eval" if s.name in ("evaluation", "ranking", "on-policy sampling") else "train"
+        decode = s.decode_steps * weight_bytes / (spec["bandwidth_gbs"] * 1e9 * util["eval"])
+        rows.append((s, (s.flops / rate[kind] + decode) / 3600))
     shared = cfg["dpo"]["prefix_sharing"] and backends["dpo"] == "hf"
     peaks = {"SFT": peak_memory_gib(cfg, model, data, "sft", False),
              "DPO": peak_memory_gib(cfg, model, data, "dpo", shared)}
@@ -296,11 +320,11 @@ def predict(cfg: dict, model: ModelShape, data: DataShape, backends: dict[str, s
 def format_prediction(pred: Prediction, data: DataShape) -> list[str]:
     """The table verify_setup.py prints (and docs/speed.md quotes)."""
     lines = [f"predicted on one {pred.gpu} ({pred.source}; a FLOP count, not a measurement):",
-             f"  {'stage':<14}{'backend':<9}{'tokens':>9}{'PFLOP':>8}{'hours':>7}  what"]
+             f"  {'stage':<19}{'backend':<9}{'tokens':>9}{'PFLOP':>8}{'hours':>7}  what"]
     for s, h in pred.rows:
-        lines.append(f"  {s.name:<14}{s.backend:<9}{s.tokens / 1e6:>8.2f}M{s.flops / 1e15:>8.0f}{h:>7.2f}"
+        lines.append(f"  {s.name:<19}{s.backend:<9}{s.tokens / 1e6:>8.2f}M{s.flops / 1e15:>8.0f}{h:>7.2f}"
                      f"  {s.what}")
-    lines.append(f"  {'total':<14}{'':<9}{'':>9}{sum(s.flops for s, _ in pred.rows) / 1e15:>8.0f}"
+    lines.append(f"  {'total':<19}{'':<9}{'':>9}{sum(s.flops for s, _ in pred.rows) / 1e15:>8.0f}"
                  f"{pred.hours:>7.2f}")
     peaks = ", ".join(f"{k} {v:.1f} GiB" for k, v in pred.peak_gib.items())
     lines.append(f"  peak memory (predicted): {peaks} of {pred.memory_gib} GiB; token sizes from "

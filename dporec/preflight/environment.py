@@ -14,8 +14,8 @@ from dporec import ROOT, UserError
 from dporec.preflight.table import FAIL, GB, OK, WARN, row
 
 GPU_ONLY_PACKAGES = ("unsloth", "unsloth_zoo", "xformers", "torchvision")
-# A version drift in these changes trainer/quantization behaviour (README "Versions"); elsewhere it rarely
-# matters.
+# A version drift in these changes trainer/quantization behaviour (docs/setup.md, "Versions"); elsewhere
+# it rarely matters.
 CRITICAL_PACKAGES = {"torch", "transformers", "trl", "peft", "bitsandbytes", "datasets", "accelerate"}
 MIN_PYTHON = (3, 10)  # transformers 5 and Unsloth need 3.10+
 

@@ -38,6 +38,22 @@ def baselines_section(results: dict) -> list[str]:
     return lines + ["", baseline_clause(results)]
 
 
+def _onpolicy(results: dict) -> list[str]:
+    c, v = results.get("comparison_onpolicy"), results.get("comparison_onpolicy_vs_dpo")
+    if not c and not v:
+        return []
+    lines = ["", "## On-policy DPO", "",
+             "DPO from the SFT adapter on pairs of the SFT model's own sampled answers: chosen, a right "
+             "decision whose genre claims are all true; rejected, a wrong decision (judged from the "
+             "user's ratings and the history, not by a model). The same steps, beta, learning rate and "
+             "reference as the off-policy DPO, so the two DPO arms differ only in their pairs. Pair "
+             "counts: onpolicy_pairs/summary.json."]
+    for comp, head in ((c, "### On-policy DPO vs SFT"), (v, "### On-policy vs off-policy DPO")):
+        if comp:
+            lines += ["", head, ""] + comparison_lines(comp) + ["", f"**{sentence(comp)}**"]
+    return lines
+
+
 def _control(results: dict) -> list[str]:
     c = results.get("comparison_control")
     if not c:
@@ -103,6 +119,7 @@ def report_md(results: dict) -> str:
     else:
         lines.append("No comparison: it needs predictions from both an `sft` and a `dpo` model.")
     lines += _control(results)
+    lines += _onpolicy(results)
     curves = (results.get("meta") or {}).get("training_curves") or {}
     if curves:
         lines += ["", "## Training curves", "", "Loss per optimizer step (training line, validation dots); "
@@ -147,7 +164,8 @@ def aggregate_markdown(agg: dict) -> str:
                          f"{100 * c['difference']:+.1f} [{100 * c['ci95'][0]:+.1f}, "
                          f"{100 * c['ci95'][1]:+.1f}] | {p} | {c['verdict']} |")
     for key, title in (("pooled", "Pooled over seeds: DPO vs SFT"),
-                       ("pooled_control", "Pooled over seeds: DPO vs the compute-matched SFT control")):
+                       ("pooled_control", "Pooled over seeds: DPO vs the compute-matched SFT control"),
+                       ("pooled_onpolicy", "Pooled over seeds: on-policy DPO vs SFT")):
         if agg.get(key):
             lines += ["", f"## {title}", ""] + comparison_lines(agg[key]) + ["", f"**{sentence(agg[key])}**"]
     lines += ["", f"Note: {agg['note']}."]
@@ -160,7 +178,9 @@ def model_card(stage: str, cfg: dict, m: dict) -> str:
     base, d = cfg["model"]["name"], cfg["data"]
     what = {"sft": "supervised fine-tuning (SFT) on the chosen answers",
             "dpo": f"DPO (beta {cfg['dpo']['beta']}, loss {'+'.join(cfg['dpo']['loss_type'])}) from "
-                   f"{'the SFT adapter' if cfg['dpo']['init'] == 'sft' else 'the base model'}"}[stage]
+                   f"{'the SFT adapter' if cfg['dpo']['init'] == 'sft' else 'the base model'}"
+                   + (" on pairs of the SFT model's own sampled answers (the on-policy arm)"
+                      if cfg["dpo"]["run_name"] == "dpo_onpolicy" else "")}[stage]
     if stage == "sft" and cfg["sft"]["init_adapter"]:
         what = f"SFT continued from {cfg['sft']['init_adapter']} (the compute-matched control arm)"
     ev = m.get("final_eval") or {}

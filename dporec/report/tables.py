@@ -11,7 +11,7 @@ def sentence(comparison: dict) -> str:
 
 
 def baseline_lines(results: dict) -> list[str]:
-    """One line per baseline (accuracy, user-clustered 95% CI), then the personalised subset."""
+    """One line per baseline: its accuracy and user-clustered 95% CI, or why it is not available."""
     b = results.get("baselines")
     if not b:
         return []
@@ -86,6 +86,14 @@ def format_table(results: dict) -> str:
                      + baseline_lines(results) + ranking)
 
 
+ONPOLICY_HEADS = (
+    ("comparison_onpolicy", "On-policy DPO (pairs from the SFT model's own answers, judged by the data) "
+                            "vs SFT:"),
+    ("comparison_onpolicy_vs_dpo", "On-policy vs off-policy DPO (the same steps, beta, learning rate and "
+                                   "reference; only the pairs differ):"),
+)
+
+
 def format_verdict(results: dict) -> str:
     """Console block: the SFT-vs-DPO comparison, the verdict, the baseline clause, the control arm."""
     c = results.get("comparison")
@@ -107,6 +115,9 @@ def format_verdict(results: dict) -> str:
         if match:
             missed = f"; NOT matched: {', '.join(match['not_matched'])}" if match["not_matched"] else ""
             lines.append(f"Matched: {', '.join(match['matched'])}{missed}")
+    for key, head in ONPOLICY_HEADS:
+        if results.get(key):
+            lines += ["", head, sentence(results[key])]
     return "\n".join(lines + [rule])
 
 
@@ -155,7 +166,9 @@ def dataset_lines(path, d: dict) -> list[str]:
              "  options: " + ", ".join(f"{k} {v}" for k, v in d["layouts"].items())
              + " (inline = the thesis's one-line layout)",
              f"  DPO rejected answers: {d['mirrored']} with the reasoning mirrored to the other option, "
-             f"{d['n'] - d['mirrored']} decision sentence only (free-text reasoning, see README)"]
+             f"{d['n'] - d['mirrored'] - d.get('own_rejected', 0)} decision sentence only (free-text "
+             f"reasoning, see docs/data.md)"
+             + (f", {d['own_rejected']} the record's own (on-policy pairs)" if d.get("own_rejected") else "")]
     if not d["users"] and d["layouts"].get("inline") and not d.get("built_split"):
         lines.append(f"  to train and evaluate on it, split it (one line per user in the thesis's file): "
                      f"python data/prepare_movielens.py --source thesis:{path} --out data/generated/thesis")

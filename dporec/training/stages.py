@@ -51,7 +51,7 @@ def run_sft(cfg: dict, callbacks=()) -> int:
 
 
 def run_dpo(cfg: dict, callbacks=()) -> int:
-    """Train the DPO adapter into <output_dir>/dpo/; `callbacks` are added to the Trainer."""
+    """Train the DPO adapter into <output_dir>/<dpo.run_name>/; `callbacks` are added to the Trainer."""
     backend = backends.backend_for(cfg, stage="dpo")
     train_exs, val_exs = trainer.load_stage_data(cfg)
     records.to_dpo_rows(train_exs + val_exs)  # rejected == chosen fails here, before any model loads
@@ -62,9 +62,11 @@ def run_dpo(cfg: dict, callbacks=()) -> int:
     if adapter is not None:
         runs.check_adapter(adapter, cfg["model"]["name"])
     reference = REFERENCE_SFT if init == "sft" else REFERENCE_BASE
-    if runs.finished_already(runs.stage_dir(cfg, runs.DPO), cfg):
+    # dpo.run_name: run_experiment.py's on-policy arm trains into dpo_onpolicy/ on its sampled pairs
+    folder = runs.stage_dir(cfg, cfg["dpo"]["run_name"])
+    if runs.finished_already(folder, cfg):
         return 0
-    out, resume_from = trainer.prepare_stage_dir(cfg, runs.stage_dir(cfg, runs.DPO))
+    out, resume_from = trainer.prepare_stage_dir(cfg, folder)
     cfg = {**cfg, "resume": resume_from is not None}
 
     with runs.stage_guard(out):

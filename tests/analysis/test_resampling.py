@@ -130,7 +130,7 @@ def test_bootstrap_resamples_users_not_pairs():
 
 
 def test_required_pairs_matches_the_known_range():
-    # README "Reading the verdict": +2 points at ~80% accuracy needs ~1,200-2,900 pairs when the models
+    # docs/statistics.md: +2 points at ~80% accuracy needs ~1,200-2,900 pairs when the models
     # disagree on 6-15% of pairs. With binary per-pair outcomes the per-pair difference has variance
     # p_d - delta^2.
     sd = lambda p_d, delta: math.sqrt(p_d - delta ** 2)  # noqa: E731

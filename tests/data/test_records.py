@@ -391,3 +391,39 @@ def test_next_movie_file_is_refused_with_one_message(tmp_path):
     assert f"{path}:2:" not in text and "\n" not in text
     result = check_cli(path)
     assert result.returncode == 2 and result.stderr.count("next-movie") == 1
+
+
+def _onpolicy_line(**extra):
+    rec = {"instruction": task.INSTRUCTION,
+           "input": task.own_line_input(["Se7en (1995) (Crime)"], "Heat (1995) (Crime)",
+                                        "Casper (1995) (Comedy)"),
+           "output": "The better recommendation is Option A. Reasoning: Option A has Crime.",
+           "rejected": "The better recommendation is Option B. Reasoning: Option B is lighter."}
+    rec.update(extra)
+    return json.dumps(rec)
+
+
+def test_a_record_with_its_own_rejected_answer(tmp_path):
+    """On-policy pairs carry both answers: DPO trains on exactly them, in either order."""
+    path = tmp_path / "pairs.jsonl"
+    path.write_text(_onpolicy_line() + "\n")
+    ex = records.load_examples(path)[0]
+    row = records.to_dpo_rows([ex])[0]
+    assert row["chosen"] == ex.output and row["rejected"].startswith("The better recommendation is Option B.")
+    sw = records.swap(ex)
+    assert records.chosen_output(sw).startswith("The better recommendation is Option B. Reasoning: Option B")
+    assert records.rejected_output(sw) == ("The better recommendation is Option A. Reasoning: Option A is "
+                                           "lighter.")
+    assert records.load_examples(path)[0].extra["rejected"] == ex.extra["rejected"]  # kept as written
+
+
+@pytest.mark.parametrize("rejected, message", [
+    (3, "field 'rejected' must be a string"),
+    ("Option B, I think.", "'rejected' must start with"),
+    ("The better recommendation is Option A. Reasoning: Option A has Crime.", "'rejected' equals 'output'"),
+])
+def test_a_bad_rejected_answer_is_named_with_file_and_line(tmp_path, rejected, message):
+    path = tmp_path / "pairs.jsonl"
+    path.write_text(_onpolicy_line() + "\n" + _onpolicy_line(rejected=rejected) + "\n")
+    with pytest.raises(UserError, match=rf"pairs.jsonl:2: .*{re.escape(message)}"):
+        records.load_examples(path)

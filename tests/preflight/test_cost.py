@@ -49,6 +49,29 @@ def test_flop_count_by_hand():
     assert plain["DPO"].tokens == 10 * 240 and plain["DPO reference"].tokens == 10 * 240
 
 
+def test_the_on_policy_arm_by_hand():
+    """Sampling: 10 examples x 2 orders x 3 samples of prompt + answer, plus its bandwidth-bound decode
+    steps; on-policy DPO as many steps as DPO; one more model to evaluate."""
+    over = ["train.batch_size=2", "train.grad_accum=1", "dpo.epochs=1", "eval.ranking=false",
+            "experiment.on_policy_arm=true", "onpolicy.samples_per_prompt=3", "onpolicy.batch_size=4",
+            "onpolicy.max_new_tokens=30"]
+    model = cost.ModelShape(params=1e9 + 1e8, embedding=1e8, hidden=512, layers=4, vocab=1000,
+                            intermediate=2048)
+    data = cost.DataShape(train=10, val=4, test=6, prompt=100, answer=20)
+    hf = {"sft": "hf", "dpo": "hf", "eval": "hf"}
+    got = {s.name: s for s in cost.stages(load_config(None, over), model, data, hf)}
+    assert got["on-policy sampling"].tokens == 20 * 3 * 120
+    assert got["on-policy sampling"].decode_steps == 5 * 30  # ceil(20 prompts / 4) calls x 30 tokens
+    assert got["on-policy DPO"].tokens == got["DPO"].tokens
+    assert got["on-policy reference"].tokens == (20 + 4) * 140
+    assert got["evaluation"].tokens == 6 * 2 * 107 * 4
+    thesis = cost.predict(load_config(THESIS), cost.LLAMA3_8B, cost.ML1M_BUILD, GPU_BACKENDS, cost.RTX_3090)
+    arm = cost.predict(load_config(THESIS, ["experiment.on_policy_arm=true"]), cost.LLAMA3_8B,
+                       cost.ML1M_BUILD, GPU_BACKENDS, cost.RTX_3090)
+    hours = dict((s.name, h) for s, h in arm.rows)
+    assert hours["on-policy sampling"] > 0 and arm.hours > thesis.hours + hours["on-policy DPO"]
+
+
 def test_thesis_run_fits_three_hours_on_an_rtx_3090():
     cfg = load_config(THESIS)
     pred = cost.predict(cfg, cost.LLAMA3_8B, cost.ML1M_BUILD, GPU_BACKENDS, cost.RTX_3090)

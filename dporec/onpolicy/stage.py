@@ -1,0 +1,186 @@
+"""The sampling stage (sample_onpolicy.py): the SFT model's own answers, judged, paired for DPO.
+
+The base loads once with the SFT adapter; every training prompt, in both option orders, gets
+onpolicy.samples_per_prompt sampled answers. Each answer is judged from the data (dporec.data.judge):
+its decision against the user's label, its genre claims against the history. A prompt with a right
+answer that makes only true claims and a rejectable answer becomes one pair, written in the record
+format train_dpo.py reads (`output` the chosen answer, `rejected` the rejected one). Samples are
+appended to samples.jsonl as they are made, so an interrupted run continues where it stopped.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from dporec import UserError, runs
+from dporec.data import judge, records, splits
+from dporec.report.files import write_json
+
+SAMPLES, PAIRS, SUMMARY, SETTINGS = "samples.jsonl", "pairs.jsonl", "summary.json", "sampling.json"
+CHUNK = 64  # prompts generated between two appends to samples.jsonl: what an interruption can lose
+
+
+def settings(cfg: dict, adapter: Path) -> dict:
+    """What the samples depend on: continuing with other settings would mix two kinds of samples."""
+    oc = cfg["onpolicy"]
+    return {"adapter": str(adapter), "model": cfg["model"]["name"], "train_file": cfg["data"]["train_file"],
+            "prompt_format": cfg["data"]["prompt_format"], "seed": cfg["seed"],
+            **{k: oc[k] for k in ("samples_per_prompt", "temperature", "top_p", "max_new_tokens")}}
+
+
+def prompts_of(cfg: dict) -> list[records.Example]:
+    """The training examples sampled for, each to be asked in both option orders."""
+    dc, limit = cfg["data"], cfg["onpolicy"]["max_prompts"]
+    exs = records.load_examples(dc["train_file"], dc["max_train_examples"])
+    return exs[:limit] if limit else exs
+
+
+def read_samples(path: Path) -> dict[tuple[str, str], list[str]]:
+    """{(pair id, order): samples} already in samples.jsonl; a last line cut off by a kill is dropped."""
+    done = {}
+    if not path.is_file():
+        return done
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # the line an interruption cut short: sampled again
+        done[(row["id"], row["order"])] = row["samples"]
+    return done
+
+
+def make_pairs(examples, samples: dict, rule: str) -> tuple[list[dict], dict]:
+    """(pair records, summary counts) from the samples of every (example, order)."""
+    kinds = dict.fromkeys(judge.KINDS, 0)
+    decisions = {"A": 0, "B": 0}
+    counts = dict.fromkeys(("prompts", "samples", "prompts_all_right", "prompts_all_wrong",
+                            "prompts_without_chosen", "prompts_without_rejected", "degenerate_pairs",
+                            "samples_with_claims_checked", "samples_claims_unchecked",
+                            "longer_is_chosen", "shorter_is_chosen"), 0)
+    chosen_position = {"A": 0, "B": 0}
+    pairs = []
+    for ex in examples:
+        for order, e in records.orders(ex):
+            texts = [t.strip() for t in samples[(ex.pair_id, order)]]
+            verdicts = [judge.judge(t, e) for t in texts]
+            counts["prompts"] += 1
+            counts["samples"] += len(texts)
+            for v in verdicts:
+                kinds[v.kind] += 1
+                if v.decision:
+                    decisions[v.decision] += 1
+                if v.kind != judge.UNPARSEABLE:
+                    counts["samples_with_claims_checked" if v.checked else "samples_claims_unchecked"] += 1
+            counts["prompts_all_right"] += all(v.kind == judge.RIGHT for v in verdicts)
+            counts["prompts_all_wrong"] += all(v.kind == judge.WRONG for v in verdicts)
+            chosen = next((t for t, v in zip(texts, verdicts) if judge.is_chosen(v)), None)
+            rejected = next((t for t, v in zip(texts, verdicts) if judge.is_rejected(v, rule)), None)
+            counts["prompts_without_chosen"] += chosen is None
+            counts["prompts_without_rejected"] += rejected is None
+            if chosen is None or rejected is None:
+                continue
+            if chosen == rejected:  # cannot happen with these rules; counted so that it would show
+                counts["degenerate_pairs"] += 1
+                continue
+            counts["longer_is_chosen"] += len(chosen) > len(rejected)
+            counts["shorter_is_chosen"] += len(chosen) < len(rejected)
+            chosen_position[e.label] += 1
+            rec = records.to_record(e)
+            rec.pop("reasons", None)  # the builder's texts: this pair's answers are the model's own
+            rec.update({"id": f"{ex.pair_id}:{order}", "output": chosen, records.REJECTED: rejected,
+                        "order": order})
+            pairs.append(rec)
+    n = len(pairs)
+    summary = {**counts, "pairs": n, "parse_failures": kinds[judge.UNPARSEABLE], "samples_by_kind": kinds,
+               "sampled_decisions": decisions, "chosen_position": chosen_position,
+               "longer_is_chosen_rate": counts["longer_is_chosen"] / n if n else None,
+               "rejected_rule": rule}
+    return pairs, summary
+
+
+def run_sampling(cfg: dict) -> int:
+    """Sample, judge and pair into <output_dir>/onpolicy_pairs/; see the module docstring."""
+    from dporec.evaluation.stage import load_models
+    from dporec.modeling import backends
+
+    oc = cfg["onpolicy"]
+    adapter = runs.sft_adapter_path(cfg)
+    runs.check_adapter(adapter, cfg["model"]["name"])
+    examples = prompts_of(cfg)
+    folder = runs.stage_dir(cfg, runs.ONPOLICY_PAIRS)
+    if runs.finished_already(folder, cfg, SUMMARY):
+        return 0
+    out = runs.prepare_run_dir(folder, {**cfg, "resume": False}, done_marker=SUMMARY)
+    wanted = settings(cfg, adapter)
+    if (out / SETTINGS).is_file() and runs.read_json(out / SETTINGS) != wanted:
+        raise UserError(f"{out} holds samples made with other settings ({out / SETTINGS}); pass --overwrite "
+                        "to sample again with these, or use another output_dir")
+    (out / SETTINGS).write_text(json.dumps(wanted, indent=2) + "\n")
+    done = read_samples(out / SAMPLES)
+    asked = [(ex, order, e) for ex in examples for order, e in records.orders(ex)]
+    # each prompt keeps its place k in `asked`: its random stream is the same whether or not a run
+    # before this one was interrupted
+    todo = [(k, *item) for k, item in enumerate(asked) if (item[0].pair_id, item[1]) not in done]
+    print(f"[onpolicy] {len(examples)} training examples x 2 orders x {oc['samples_per_prompt']} samples"
+          + (f"; continuing: {len(done)} prompts sampled already" if done else ""))
+    t0 = time.perf_counter()
+    with runs.stage_guard(out, resumable=False):
+        if todo:
+            backend = backends.backend_for(cfg)
+            backends.check_model_name(cfg["model"]["name"])
+            model, tok = load_models(cfg, backend, {"sft": adapter})
+            backends.prepare_generation(model, backend)
+            try:
+                _sample(model, tok, todo, cfg, out / SAMPLES)
+            except KeyboardInterrupt:
+                raise KeyboardInterrupt(f"interrupted: the samples made so far are kept in {out / SAMPLES}; "
+                                        "rerun the same command to continue from them") from None
+            del model
+            backends.release_memory()
+        samples = read_samples(out / SAMPLES)
+        pairs, summary = make_pairs(examples, samples, oc["rejected"])
+        if not pairs:
+            raise UserError(f"[onpolicy] no pair from {summary['prompts']} prompts: "
+                            f"{summary['prompts_without_chosen']} had no right answer with true claims, "
+                            f"{summary['prompts_without_rejected']} no rejectable answer, "
+                            f"{summary['parse_failures']} of {summary['samples']} samples were unparseable. "
+                            "Raise onpolicy.temperature or onpolicy.samples_per_prompt, or train SFT longer")
+        records.write_jsonl(out / PAIRS, pairs)
+        records.load_examples(out / PAIRS)  # what train_dpo.py will read: every line valid
+        summary.update(examples=len(examples), seconds=round(time.perf_counter() - t0, 1),
+                       pair_balance=splits.balance(records.load_examples(out / PAIRS)), **wanted)
+        runs.write_run_info(out, cfg, stage="onpolicy", inputs=runs.input_record({"sft": adapter}))
+        write_json(out / SUMMARY, summary)  # last: the stage's finished marker
+    print(summary_line(summary, out))
+    return 0
+
+
+def _sample(model, tok, todo, cfg: dict, path: Path) -> None:
+    """Generate for every (example, order) in `todo`, appending each chunk's samples to `path`."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from dporec.evaluation.generation import sample_answers
+    oc, fmt = cfg["onpolicy"], cfg["data"]["prompt_format"]
+    with path.open("a", encoding="utf-8") as f:
+        for i in tqdm(range(0, len(todo), CHUNK), desc="[onpolicy] sampling", unit="chunk"):
+            chunk = todo[i:i + CHUNK]
+            torch.manual_seed(cfg["seed"] * 1_000_003 + chunk[0][0])
+            prompts = [records.format_prompt(e, fmt, tok) for _, _, _, e in chunk]
+            texts = sample_answers(model, tok, prompts, oc["samples_per_prompt"], oc["temperature"],
+                                   oc["top_p"], oc["max_new_tokens"], oc["batch_size"])
+            for (_, ex, order, _), t in zip(chunk, texts):
+                row = {"id": ex.pair_id, "order": order, "samples": t}
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            f.flush()
+
+
+def summary_line(s: dict, out: Path) -> str:
+    rate = s["longer_is_chosen_rate"]
+    return (f"[onpolicy] {s['pairs']} pairs from {s['prompts']} prompts ({s['samples']} samples, "
+            f"{s['parse_failures']} unparseable); all right {s['prompts_all_right']}, all wrong "
+            f"{s['prompts_all_wrong']}; chosen in position A {s['chosen_position']['A']} / B "
+            f"{s['chosen_position']['B']}; longer answer chosen in "
+            f"{'n/a' if rate is None else f'{100 * rate:.0f}%'}; degenerate {s['degenerate_pairs']}; "
+            f"written to {out / PAIRS}")
