@@ -1,6 +1,7 @@
 """Check that this machine can run the experiment before spending hours on it.
 
-    # GPU: versions, GPU + driver, xformers, Unsloth, 4-bit matmul, model, memory, data, disk
+    # GPU: versions, GPU + driver, xformers, Unsloth, 4-bit matmul, model, memory, data, disk, and the
+    # predicted time and peak memory of every stage (on this GPU; without one, an RTX 3090 and a T4)
     python verify_setup.py --config configs/llama3_8b.yaml
     # GPU: also a few SFT + DPO steps with the backend the config resolves to
     python verify_setup.py --config configs/llama3_8b.yaml --smoke

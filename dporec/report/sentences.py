@@ -76,7 +76,8 @@ def comparison_lines(c: dict) -> list[str]:
         + ("; no user ids, so every pair is its own cluster" if c.get("clustering") == BY_PAIRS else ""),
         f"- Two-order accuracy: {a} {pct(c['a_accuracy'])}, {b} {pct(c['b_accuracy'])}; difference "
         f"({b} \u2212 {a}) {signed(100 * c['difference'])} points; {b} scores higher on "
-        f"{c['pairs_b_higher']} pairs, {a} on {c['pairs_a_higher']}; they choose differently on "
+        f"{c['pairs_b_higher']} pair{'' if c['pairs_b_higher'] == 1 else 's'}, {a} on "
+        f"{c['pairs_a_higher']}; they choose differently on "
         f"{c['decisions_differ']:,} of {c['decisions']:,} decisions",
         f"- {100 * (1 - c['alpha']):g}% CI of the difference: {signed(100 * lo)} to {signed(100 * hi)} "
         f"points, {format_p(c['p_value'])} ({interval_description(c)}; the interval excludes 0 exactly when "
