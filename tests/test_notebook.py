@@ -168,6 +168,14 @@ def test_control_arm_reuses_the_main_runs_sft(nb):
     assert "CONTROL_ARGS" not in NOTEBOOK.read_text(encoding="utf-8")
 
 
+def test_on_policy_arm_runs_in_the_same_run_folder(nb):
+    """The on-policy cell samples from this run's SFT model and keeps the control in the report."""
+    calls = [c for c in _commands(nb) if c[:2] == ["python", "run_experiment.py"]
+             and "experiment.on_policy_arm=true" in c]
+    assert len(calls) == 1 and "{ARGS}" in calls[0] and "experiment.control_arm=true" in calls[0]
+    assert '{RUN}/onpolicy_pairs/summary.json' in "".join(_code_cells(nb))
+
+
 def test_no_placeholders(nb):
     text = NOTEBOOK.read_text(encoding="utf-8")
     for bad in ("<your", "YOUR_", "TODO", "xxx"):
