@@ -240,6 +240,10 @@ SCHEMA: dict[str, Any] = {
         "rejected": F("wrong_decision", str, choices=("wrong_decision", "wrong_decision_or_false_claims"),
                       help="which sampled answers can be rejected: the wrong decision only, or also a "
                            "right decision whose reasoning makes a false genre claim"),
+        "balance_positions": F(True, bool, help="keep as many pairs with the chosen answer in position A "
+                                                "as in B, dropping the majority's extra pairs: a model "
+                                                "that errs more in one order would otherwise teach DPO "
+                                                "a position"),
         "max_prompts": F(None, int, NONE, lo=1, help="sample for the first this many training examples "
                                                      "only (each in both orders); null: all"),
     },

@@ -99,6 +99,24 @@ def make_pairs(examples, samples: dict, rule: str) -> tuple[list[dict], dict]:
     return pairs, summary
 
 
+def balance_positions(pairs: list[dict], summary: dict, seed: int) -> list[dict]:
+    """The pairs with as many chosen answers in position A as in B (±0): the majority position's extra
+    pairs are dropped at random. A model that errs more in one order would otherwise hand DPO a
+    position signal, the precursor's always-A fault in a milder form. Counts go into `summary`."""
+    import random
+    by = {L: [p for p in pairs if p["label"] == L] for L in ("A", "B")}
+    n = min(len(by["A"]), len(by["B"]))
+    rng = random.Random(seed)
+    keep = {id(p) for L in by for p in rng.sample(by[L], n)}
+    kept = [p for p in pairs if id(p) in keep]
+    longer = sum(len(p["output"]) > len(p[records.REJECTED]) for p in kept)
+    summary.update(pairs_sampled=len(pairs), chosen_position_sampled=summary["chosen_position"],
+                   dropped_for_balance=len(pairs) - len(kept), pairs=len(kept),
+                   chosen_position={"A": n, "B": n},
+                   longer_is_chosen_rate=longer / len(kept) if kept else None)
+    return kept
+
+
 def run_sampling(cfg: dict) -> int:
     """Sample, judge and pair into <output_dir>/onpolicy_pairs/; see the module docstring."""
     from dporec.evaluation.stage import load_models
@@ -140,11 +158,15 @@ def run_sampling(cfg: dict) -> int:
             backends.release_memory()
         samples = read_samples(out / SAMPLES)
         pairs, summary = make_pairs(examples, samples, oc["rejected"])
+        if oc["balance_positions"]:
+            pairs = balance_positions(pairs, summary, cfg["seed"])
         if not pairs:
             raise UserError(f"[onpolicy] no pair from {summary['prompts']} prompts: "
                             f"{summary['prompts_without_chosen']} had no right answer with true claims, "
                             f"{summary['prompts_without_rejected']} no rejectable answer, "
-                            f"{summary['parse_failures']} of {summary['samples']} samples were unparseable. "
+                            f"{summary['parse_failures']} of {summary['samples']} samples were unparseable"
+                            + (f", {summary['dropped_for_balance']} pairs dropped to balance positions. "
+                               if summary.get("dropped_for_balance") else ". ") +
                             "Raise onpolicy.temperature or onpolicy.samples_per_prompt, or train SFT longer")
         records.write_jsonl(out / PAIRS, pairs)
         records.load_examples(out / PAIRS)  # what train_dpo.py will read: every line valid
@@ -181,6 +203,9 @@ def summary_line(s: dict, out: Path) -> str:
     return (f"[onpolicy] {s['pairs']} pairs from {s['prompts']} prompts ({s['samples']} samples, "
             f"{s['parse_failures']} unparseable); all right {s['prompts_all_right']}, all wrong "
             f"{s['prompts_all_wrong']}; chosen in position A {s['chosen_position']['A']} / B "
-            f"{s['chosen_position']['B']}; longer answer chosen in "
+            f"{s['chosen_position']['B']}"
+            + (f" ({s['dropped_for_balance']} dropped to balance them)" if s.get("dropped_for_balance")
+               else "")
+            + "; longer answer chosen in "
             f"{'n/a' if rate is None else f'{100 * rate:.0f}%'}; degenerate {s['degenerate_pairs']}; "
             f"written to {out / PAIRS}")

@@ -101,14 +101,17 @@ def test_on_policy_arm_keeps_what_sft_learned(learned):
     noise (the upper end of the paired interval of their difference is at or above 0)."""
     results, out = learned
     summary = json.loads((out / "onpolicy_pairs" / "summary.json").read_text())
-    print({k: summary[k] for k in ("prompts", "samples", "parse_failures", "pairs", "prompts_all_right",
-                                   "prompts_all_wrong", "degenerate_pairs", "chosen_position",
-                                   "longer_is_chosen_rate", "sampled_decisions")})
+    print({k: summary[k] for k in ("prompts", "samples", "parse_failures", "pairs_sampled", "pairs",
+                                   "prompts_all_right", "prompts_all_wrong", "degenerate_pairs",
+                                   "chosen_position_sampled", "longer_is_chosen_rate", "sampled_decisions")})
     assert summary["prompts"] == 2 * 100 and summary["samples"] == summary["prompts"] * 4  # tiny_learn.yaml
     assert summary["degenerate_pairs"] == 0 and summary["pairs"] > 0
-    assert sum(summary["chosen_position"].values()) == summary["pairs"]
-    assert summary["pairs"] + summary["prompts_without_chosen"] + summary["prompts_without_rejected"] >= \
-        summary["prompts"]  # every prompt either paired or counted as skipped (some lack both)
+    # every prompt either paired or counted as skipped (some lack both)
+    assert (summary["pairs_sampled"] + summary["prompts_without_chosen"]
+            + summary["prompts_without_rejected"]) >= summary["prompts"]
+    # the kept pairs have the chosen answer in A as often as in B, the extra ones dropped and counted
+    assert summary["chosen_position"]["A"] == summary["chosen_position"]["B"] == summary["pairs"] / 2
+    assert summary["pairs_sampled"] - summary["dropped_for_balance"] == summary["pairs"]
     pairs = records.load_examples(out / "onpolicy_pairs" / "pairs.jsonl")
     assert len(pairs) == summary["pairs"]
     assert all(records.chosen_output(e) != records.rejected_output(e) for e in pairs)
@@ -131,8 +134,13 @@ def test_shuffled_labels_teach_nothing(learn_inputs, tmp_path):
     original = {e.pair_id: e for e in records.load_examples(data_dir / "train.jsonl")}
     kept = sum(e.option(e.label) == original[e.pair_id].option(original[e.pair_id].label) for e in train)
     assert 0.4 <= kept / len(train) <= 0.6  # about half of the answers now name the disliked movie
-    acc = {m: r["accuracy"] for m, r in run_pipeline(model, shuffled, tmp_path / "run")["models"].items()}
-    assert 0.4 <= acc["sft"] <= 0.6 and 0.4 <= acc["dpo"] <= 0.6
+    models = run_pipeline(model, shuffled, tmp_path / "run")["models"]
+    for name in ("sft", "dpo"):
+        # at chance: within 50% +- 10, or (75 pairs from 27 users are noisy) an interval that holds 50%;
+        # the real run's 89-91% is far outside both
+        acc, (lo, hi) = models[name]["accuracy"], models[name]["accuracy_ci95"]
+        assert 0.4 <= acc <= 0.6 or lo <= 0.5 <= hi, (name, acc, lo, hi)
+        assert acc < 0.7, (name, acc)
 
 
 def test_shared_tastes_data_favour_the_genre_rule(tmp_path):
