@@ -6,9 +6,9 @@ and the same run on the same data with the training labels shuffled stays at 50%
 Either test fails when training or scoring is miswired: a wrong letter or flipped labels would send
 the real run below 50%, scoring the wrong token would leave it at chance, and a leak of the answer
 into the prompt (or scoring that ignores the model) would lift the shuffled control.
-Measured on 2 cores: base 44.0%, SFT 88.7%, DPO 90.7%, on-policy DPO 90.7% (36 pairs from 200
-sampled prompts, none degenerate); the genre-overlap rule 86.7% on the same 75 test pairs. Whole file
-~5 minutes.
+Measured on 2 cores: base 44.0%, SFT 88.7%, DPO 90.7%, on-policy DPO 89.3% (22 position-balanced
+pairs of the 36 that 200 sampled prompts gave, none degenerate); shuffled SFT 42.7%, DPO 50.0%; the
+genre-overlap rule 86.7% on the same 75 test pairs. Whole file ~4.5 minutes.
 """
 from __future__ import annotations
 
