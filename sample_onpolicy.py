@@ -1,13 +1,13 @@
 """On-policy preference pairs: the SFT model's own answers, judged by the ratings and the history.
 
 Commands:
-    # CPU smoke run on the tiny random Llama (after train_sft.py --config configs/tiny.yaml); a random
-    # model rarely writes a parseable answer, so expect "no pair" and its counts
-    python sample_onpolicy.py --config configs/tiny.yaml
-    # the learnable tiny setting (after its SFT stage), then DPO from SFT on the pairs it wrote
+    # CPU smoke run: the learnable tiny setting (built by scripts/build_learnable.py, about a minute),
+    # its SFT stage, the sampling (~45 s), then DPO from SFT on the pairs it wrote
+    python scripts/build_learnable.py --out models/learn
+    python train_sft.py --config configs/tiny_learn.yaml
     python sample_onpolicy.py --config configs/tiny_learn.yaml
     python train_dpo.py --config configs/tiny_learn.yaml dpo.run_name=dpo_onpolicy \\
-        data.train_file=runs/tiny_learn/onpolicy_pairs/pairs.jsonl
+        data.train_file=runs/tiny-learn/onpolicy_pairs/pairs.jsonl
     # the thesis run's SFT model, 4 samples per prompt and order; or all of it as the experiment arm
     python sample_onpolicy.py --config configs/llama3_8b.yaml
     python run_experiment.py --config configs/llama3_8b.yaml experiment.on_policy_arm=true

@@ -22,6 +22,7 @@ from dporec.data import candidates, sources
 from dporec.evaluation.stage import evaluate
 from dporec.modeling.backends import release_memory
 from dporec.modeling.hardware import refuse_without_gpu
+from dporec.onpolicy.stage import run_sampling
 from dporec.report import files, markdown, tables
 from dporec.report.sentences import verdict_sentence
 from dporec.training.stages import run_dpo, run_sft
@@ -161,7 +162,6 @@ def run_once(cfg: dict, config_path: str = "<your config>") -> tuple[dict, dict]
         adapters = {**eval_cfg["eval"]["adapters"], CONTROL: str(runs.stage_dir(cfg, CONTROL))}
         eval_cfg = updated(eval_cfg, {"eval.adapters": adapters})
     if cfg["experiment"]["on_policy_arm"]:
-        from dporec.onpolicy.stage import run_sampling
         status[PAIRS] = run_stage(PAIRS, runs.marker(cfg, PAIRS), run_sampling, cfg, overwrite)
         arm = updated(cfg, onpolicy_settings(cfg))
         status[ONPOLICY] = run_stage(ONPOLICY, runs.marker(cfg, ONPOLICY), train_dpo, arm, overwrite)

@@ -10,6 +10,7 @@ appended to samples.jsonl as they are made, so an interrupted run continues wher
 from __future__ import annotations
 
 import json
+import random
 import time
 from pathlib import Path
 
@@ -103,7 +104,6 @@ def balance_positions(pairs: list[dict], summary: dict, seed: int) -> list[dict]
     """The pairs with as many chosen answers in position A as in B (±0): the majority position's extra
     pairs are dropped at random. A model that errs more in one order would otherwise hand DPO a
     position signal, the precursor's always-A fault in a milder form. Counts go into `summary`."""
-    import random
     by = {L: [p for p in pairs if p["label"] == L] for L in ("A", "B")}
     n = min(len(by["A"]), len(by["B"]))
     rng = random.Random(seed)
@@ -161,17 +161,19 @@ def run_sampling(cfg: dict) -> int:
         if oc["balance_positions"]:
             pairs = balance_positions(pairs, summary, cfg["seed"])
         if not pairs:
-            raise UserError(f"[onpolicy] no pair from {summary['prompts']} prompts: "
+            raise UserError(f"on-policy sampling made no pair from {summary['prompts']} prompts: "
                             f"{summary['prompts_without_chosen']} had no right answer with true claims, "
                             f"{summary['prompts_without_rejected']} no rejectable answer, "
                             f"{summary['parse_failures']} of {summary['samples']} samples were unparseable"
                             + (f", {summary['dropped_for_balance']} pairs dropped to balance positions. "
                                if summary.get("dropped_for_balance") else ". ") +
-                            "Raise onpolicy.temperature or onpolicy.samples_per_prompt, or train SFT longer")
+                            "Mostly unparseable samples: lower onpolicy.temperature; samples that all agree: "
+                            "raise it or onpolicy.samples_per_prompt; or train SFT longer. Then rerun with "
+                            "--overwrite (the samples depend on these settings)")
         records.write_jsonl(out / PAIRS, pairs)
-        records.load_examples(out / PAIRS)  # what train_dpo.py will read: every line valid
+        written = records.load_examples(out / PAIRS)  # what train_dpo.py will read: every line valid
         summary.update(examples=len(examples), seconds=round(time.perf_counter() - t0, 1),
-                       pair_balance=splits.balance(records.load_examples(out / PAIRS)), **wanted)
+                       pair_balance=splits.balance(written), **wanted)
         runs.write_run_info(out, cfg, stage="onpolicy", inputs=runs.input_record({"sft": adapter}))
         write_json(out / SUMMARY, summary)  # last: the stage's finished marker
     print(summary_line(summary, out))
