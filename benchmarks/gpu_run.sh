@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU proof: the Unsloth-vs-transformers benchmark and the end-to-end run, in steps that each fit
 # a 10-minute command on a GPU machine without network access, and each stand alone: every step
-# reinstalls the carried wheels (seconds) and rebuilds what it needs; on a machine that still holds
+# reinstalls the copied wheels (seconds) and rebuilds what it needs; on a machine that still holds
 # /tmp/site, /tmp/bench models and finished runs from an earlier step, they are reused.
 #
 # Beforehand, on a machine with registry access:
@@ -20,15 +20,15 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 STEP=${1:?usage: bash benchmarks/gpu_run.sh e2e|small|8b|8b-4x2}
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
-BENCH=/tmp/bench                      # models, data and runs; persists only while the machine is warm
+BENCH=/tmp/bench                      # models, data and runs; reused by later steps on the same machine
 LOG="$OUT/$STEP.log"
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false \
        PYTHONUNBUFFERED=1 WANDB_DISABLED=true
 exec > >(tee "$LOG") 2>&1
 
-# --- install the carried wheels (device README recipe); skipped when this warm machine has them
+# --- install the copied wheels; skipped when this machine installed them in an earlier step
 if [ ! -f /tmp/site/.installed ]; then
-    ls .whl/*.whl >/dev/null 2>&1 || { echo "no .whl/*.whl: run benchmarks/gpu_wheels.sh here and carry .whl"; exit 1; }
+    ls .whl/*.whl >/dev/null 2>&1 || { echo "no .whl/*.whl: run benchmarks/gpu_wheels.sh on a machine with registry access and copy .whl/ here"; exit 1; }
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
         .whl/*.whl || exit 1
     touch /tmp/site/.installed

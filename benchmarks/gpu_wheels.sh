@@ -1,35 +1,33 @@
 #!/usr/bin/env bash
-# Fetch, on THIS machine (which reaches the package registry), the wheels the GPU device machine lacks,
-# so a GPU session can install them there with no network. Also copies a real BPE tokenizer for the
-# benchmark models. Nothing here is committed: .whl/ is git-ignored.
+# Fetch, on a machine that reaches the package registry, the wheels an offline GPU machine lacks, so
+# benchmarks/gpu_run.sh can install them there with no network. Also copies a real BPE tokenizer for
+# the benchmark models. Nothing here is committed: .whl/ is git-ignored.
 #
 # Commands:
-#     bash benchmarks/gpu_wheels.sh            # -> .whl/*.whl (slimmed, ONE carry) + .whl/tokenizer-smollm2/
+#     bash benchmarks/gpu_wheels.sh            # -> .whl/*.whl (slimmed, one folder) + .whl/tokenizer-smollm2/
 #     bash benchmarks/gpu_wheels.sh --full     # -> .whl/1/, .whl/2/: the unmodified wheels in two batches
 #
-# Target: the device image's python3 (3.12, manylinux x86_64) with torch 2.11+cu130, transformers
-# 5.17.0, peft, accelerate, numpy, pandas, pyarrow, ... already installed (BENCHMARKS.md describes the
-# device image). What it lacks, checked against every Requires-Dist of the wheels
-# below (`unzip -p X.whl '*/METADATA' | grep ^Requires-Dist`):
+# Target: a GPU machine with python3 3.12 (manylinux x86_64) and torch 2.11+cu130, transformers 5.17.0,
+# peft, accelerate, numpy, pandas, pyarrow, ... already installed. What such a machine lacks, checked
+# against every Requires-Dist of the wheels below (`unzip -p X.whl '*/METADATA' | grep ^Requires-Dist`):
 #   trl, datasets (+ dill, multiprocess; fsspec pinned <=2026.2.0 by datasets), bitsandbytes,
 #   unsloth, unsloth_zoo, xformers, torchao, cut_cross_entropy, tyro (+ docstring_parser, typeguard),
 #   hf_transfer, msgspec, diffusers (+ importlib_metadata), structlog, nest_asyncio,
 #   pydantic (+ pydantic_core, annotated_types, typing_inspection, typing_extensions>=4.16).
-# Already there: torch, torchvision, triton, transformers, peft, accelerate, numpy, pandas, pyarrow,
+# Assumed present: torch, torchvision, triton, transformers, peft, accelerate, numpy, pandas, pyarrow,
 #   huggingface_hub, safetensors, sentencepiece, protobuf, psutil, einops, regex, pillow, requests,
 #   httpx, xxhash, filelock, jinja2, pyyaml, tqdm, rich, typer, click, wheel, packaging, zipp, aiohttp.
 #
-# Why slimmed wheels by default: the full set is ~99 MB of wheels, over the 64 MiB one device call
-# carries, so it must be installed across two calls into a folder that survives only while the machine
-# stays warm (30 s after each call). Two wheels carry dead weight for this machine:
-#   bitsandbytes (43 MB): CUDA 11.8-12.8, ROCm and XPU builds of its library; torch there is cu130,
-#     so only libbitsandbytes_cuda130.so (+ cuda132 and cpu) is kept;
+# Why slimmed wheels by default: the full set is ~99 MB; two wheels carry files a cu130 torch never
+# loads:
+#   bitsandbytes (43 MB): CUDA 11.8-12.8, ROCm and XPU builds of its library; only
+#     libbitsandbytes_cuda130.so (+ cuda132 and cpu) is kept;
 #   unsloth (31 MB): the "Unsloth Studio" web app (studio/: JS bundles, a web backend) that the
-#     training library never imports;
-# Dropping those files (and their RECORD lines) gives one ~30 MB folder that every call can carry and
-# install in seconds, so no call depends on an earlier one's machine still being warm.
+#     training library never imports.
+# Dropping those files (and their RECORD lines) gives one ~35 MB folder that is quick to copy to the GPU
+# machine and install in seconds.
 #
-# On the device machine (per call; see benchmarks/gpu_run.sh), with carry [".whl"]:
+# On the GPU machine (benchmarks/gpu_run.sh does this in every step), with .whl/ copied along:
 #     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
 #         --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
 set -euo pipefail
@@ -69,7 +67,7 @@ else
     rm -rf .whl/1 .whl/2; rm -f .whl/*.whl
     download .whl "${BATCH1[@]}" "${BATCH2[@]}"
     "$PY" - <<'EOF'
-# Rewrite two wheels without files this machine never loads; RECORD keeps only what remains.
+# Rewrite two wheels without files a cu130 torch never loads; RECORD keeps only what remains.
 import glob, os, zipfile
 
 def slim(path, drop):
@@ -111,5 +109,5 @@ echo "--- wheels (MB):"
 find .whl -type f -name '*.whl' -printf '%s %p\n' | sort -k2 | awk '{printf "%8.1f  %s\n", $1/1e6, $2}'
 for d in .whl .whl/1 .whl/2 .whl/tokenizer-smollm2; do
     [ -d "$d" ] || continue
-    du -sb "$d" | awk -v d="$d" '{printf "%-24s %6.1f MiB (a call carries at most 64 MiB, the ~0.4 MB working tree included)\n", d, $1/1048576}'
+    du -sb "$d" | awk -v d="$d" '{printf "%-24s %6.1f MiB (the folder to copy to the GPU machine)\n", d, $1/1048576}'
 done

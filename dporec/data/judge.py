@@ -18,8 +18,6 @@ UNPARSEABLE, RIGHT, RIGHT_FALSE_CLAIMS, WRONG = "unparseable", "right", "right, 
 KINDS = (RIGHT, RIGHT_FALSE_CLAIMS, WRONG, UNPARSEABLE)
 REJECT_RULES = ("wrong_decision", "wrong_decision_or_false_claims")
 
-# "Heat (1995) (Action|Crime)": a movie's genres are the parentheses right after its year.
-_GENRES_AFTER_YEAR_RE = re.compile(r"\(\d{4}\)\s*\(([^()]*)\)")
 # One claim: "<subject> has <genres or 'none of them'>", up to the clause's end.
 _CLAIM_RE = re.compile(r"(?P<subject>[^;:]+?)\s+has\s+(?P<what>[^;]+?)\s*$", re.IGNORECASE)
 _NONE_RE = re.compile(r"^(none|no genres?)\b", re.IGNORECASE)
@@ -39,17 +37,15 @@ class Judgement:
 
 def genres_of(movie_text: str) -> list[str]:
     """The genres a prompt shows for one movie ('Heat (1995) (Action|Crime)' -> ['Action', 'Crime'])."""
-    m = _GENRES_AFTER_YEAR_RE.search(movie_text)
-    if m is None:
-        mentions = task.option_mentions(movie_text)
-        return [g.strip() for g in mentions.get("genres", "").split("|") if g.strip()]
-    return [g.strip() for g in m.group(1).split("|") if g.strip()]
+    shown = task.shown_genres(movie_text)
+    if shown:
+        return shown[0]
+    return [g.strip() for g in task.option_mentions(movie_text).get("genres", "").split("|") if g.strip()]
 
 
 def history_genres(input_text: str) -> set[str]:
     """Every genre the prompt's history shows (empty when it shows titles only)."""
-    return {g.strip() for grp in _GENRES_AFTER_YEAR_RE.findall(task.history_text(input_text))
-            for g in grp.split("|") if g.strip()}
+    return {g for genres in task.shown_genres(task.history_text(input_text)) for g in genres}
 
 
 def _split_genres(what: str) -> list[str]:

@@ -28,6 +28,8 @@ _THESIS_REASONING = ("Reasoning: The user has shown a strong preference for them
 _THESIS_REASONING_RE = re.compile(
     r"^Reasoning:\s*The user has shown a strong preference for themes found in (?P<x>.+?)\.\s*"
     r"Option (?P<letter>[AB]) \((?P<y>.+)\) does not align with their recent viewing patterns\.?$", re.DOTALL)
+# How a prompt shows a movie's genres: in parentheses right after its year, "Heat (1995) (Action|Crime)".
+YEAR_GENRES_RE = re.compile(r"\((\d{4})\)\s*\(([^()]*)\)")
 # A next-movie record (the thesis's movielens_train.jsonl) asks what to watch, not which of two.
 NEXT_MOVIE_RE = re.compile(r"should (they )?watch|watch next", re.IGNORECASE)
 # A decision sentence ends at '.', '!' or '?' followed by space, or at a line break.
@@ -95,6 +97,12 @@ def history_text(text: str) -> str:
     m = MARKER_RE.search(text)
     head = re.sub(r"^\s*History\s*:", "", text[:m.start() if m else len(text)])
     return head.strip().rstrip(".").strip()
+
+
+def shown_genres(text: str) -> list[list[str]]:
+    """The genres of each movie a text shows, in order ('Heat (1995) (Action|Crime), ...' ->
+    [['Action', 'Crime'], ...]); movies shown without genres (titles only) are not listed."""
+    return [[g.strip() for g in grp.split("|") if g.strip()] for _, grp in YEAR_GENRES_RE.findall(text)]
 
 
 def layout(text: str) -> str:

@@ -47,7 +47,6 @@ RATING_RULES = ("mean_rating", "popularity", "item_cf")
 NO_TIME = ("the records hold no target time (target_timestamp), so a rating rule could read ratings made "
            "after the pair; rebuild the data with data/prepare_movielens.py")
 LABELS = {name: rule.label for name, rule in RULES.items()}
-_YEAR_GENRES_RE = re.compile(r"\((\d{4})\)\s*\(([^()]*)\)")
 _YEAR_RE = re.compile(r"\((\d{4})\)")
 
 
@@ -69,7 +68,7 @@ def _option(ex, letter: str) -> dict:
     if isinstance(info, dict) and "genres" in info:
         return {"item_id": info.get("item_id"), "year": info.get("year"), "genres": list(info["genres"])}
     text = ex.option(letter)
-    m = _YEAR_GENRES_RE.search(text)
+    m = task.YEAR_GENRES_RE.search(text)
     year = _YEAR_RE.findall(text)
     return {"item_id": None, "year": int(m.group(1)) if m else int(year[-1]) if year else None,
             "genres": m.group(2).split("|") if m else []}
@@ -81,8 +80,7 @@ def _history(ex) -> list[dict]:
     if isinstance(hist, list) and hist and all(isinstance(h, dict) for h in hist):
         return [{"item_id": h.get("item_id"), "genres": list(h.get("genres") or [])} for h in hist]
     # only the history part: in the thesis's one-line layout the options share the 'History:' line
-    return [{"item_id": None, "genres": g.split("|")}
-            for _, g in _YEAR_GENRES_RE.findall(task.history_text(ex.input))]
+    return [{"item_id": None, "genres": g} for g in task.shown_genres(task.history_text(ex.input))]
 
 
 def genre_counts(history: list[dict]) -> dict[str, int]:

@@ -20,6 +20,27 @@ def _eos_ids(model, tokenizer) -> list[int]:
     return [i for k, i in enumerate(ids) if i is not None and i not in ids[:k]]
 
 
+def _generate(model, tokenizer, prompt_ids: list[list[int]], max_new_tokens: int, batch_size: int,
+              desc: str, k: int = 1, **sampling) -> list[list[str]]:
+    """k generated continuations per prompt (greedy unless `sampling` sets do_sample), batched with left
+    padding, longest prompts first; one list of k texts per prompt, in the prompts' order."""
+    check_lengths([len(ids) + max_new_tokens for ids in prompt_ids], length_limit(model),
+                  "prompt + max_new_tokens")
+    dev = model_device(model)
+    pad_token = pad_id(tokenizer)
+    eos = _eos_ids(model, tokenizer)
+
+    def generate(batch):
+        ids, mask, _ = pad(batch, pad_token)
+        out = model.generate(input_ids=ids.to(dev), attention_mask=mask.to(dev), num_return_sequences=k,
+                             max_new_tokens=max_new_tokens, pad_token_id=pad_token, eos_token_id=eos,
+                             **{"do_sample": False, **sampling})
+        texts = [tokenizer.decode(seq, skip_special_tokens=True) for seq in out[:, ids.shape[1]:].cpu()]
+        return [texts[i * k:(i + 1) * k] for i in range(len(batch))]  # generate groups a prompt's k
+
+    return run_batches(model, prompt_ids, batch_size, len, generate, desc)
+
+
 def generate_choices(model, tokenizer, examples, fmt: str = "alpaca", batch_size: int = 8,
                      max_new_tokens: int = 32, model_name: str = "model",
                      desc: str | None = None) -> list[dict]:
@@ -28,26 +49,11 @@ def generate_choices(model, tokenizer, examples, fmt: str = "alpaca", batch_size
     Rows carry the identity fields of score_pairs rows plus "generated" and "parsed" (A, B or
     None); merge them into scoring rows with attach_generations().
     """
-    examples = list(examples)
-    items = []
-    for ex in examples:
-        for order, e in orders(ex):
-            items.append((ex, order, e, encode(tokenizer, records.format_prompt(e, fmt, tokenizer))))
-    check_lengths([len(it[3]) + max_new_tokens for it in items], length_limit(model),
-                  "prompt + max_new_tokens")
-    dev = model_device(model)
-    pad_token = pad_id(tokenizer)
-    eos = _eos_ids(model, tokenizer)
-
-    def generate(batch):
-        ids, mask, _ = pad([it[3] for it in batch], pad_token)
-        out = model.generate(input_ids=ids.to(dev), attention_mask=mask.to(dev), do_sample=False,
-                             max_new_tokens=max_new_tokens, pad_token_id=pad_token, eos_token_id=eos)
-        return [tokenizer.decode(seq, skip_special_tokens=True) for seq in out[:, ids.shape[1]:].cpu()]
-
-    texts = run_batches(model, items, batch_size, lambda it: len(it[3]), generate, desc or "generating")
+    items = [(ex, order, e) for ex in examples for order, e in orders(ex)]
+    prompt_ids = [encode(tokenizer, records.format_prompt(e, fmt, tokenizer)) for _, _, e in items]
+    texts = _generate(model, tokenizer, prompt_ids, max_new_tokens, batch_size, desc or "generating")
     rows = []
-    for (ex, order, e, _), text in zip(items, texts):
+    for (ex, order, e), (text,) in zip(items, texts):
         row = row_identity(model_name, ex, order, e)
         row.update({"generated": text, "parsed": task.parse_choice(text)})
         rows.append(row)
@@ -56,24 +62,10 @@ def generate_choices(model, tokenizer, examples, fmt: str = "alpaca", batch_size
 
 def sample_answers(model, tokenizer, prompts: list[str], k: int, temperature: float, top_p: float,
                    max_new_tokens: int, batch_size: int = 8, desc: str | None = None) -> list[list[str]]:
-    """k sampled answers per prompt (temperature, top-p), batched with left padding: the on-policy
-    stage's generation. Returns one list of k texts per prompt, in the prompts' order."""
-    items = [encode(tokenizer, p) for p in prompts]
-    check_lengths([len(ids) + max_new_tokens for ids in items], length_limit(model),
-                  "prompt + max_new_tokens")
-    dev = model_device(model)
-    pad_token = pad_id(tokenizer)
-    eos = _eos_ids(model, tokenizer)
-
-    def generate(batch):
-        ids, mask, _ = pad(batch, pad_token)
-        out = model.generate(input_ids=ids.to(dev), attention_mask=mask.to(dev), do_sample=True,
-                             temperature=temperature, top_p=top_p, num_return_sequences=k,
-                             max_new_tokens=max_new_tokens, pad_token_id=pad_token, eos_token_id=eos)
-        texts = [tokenizer.decode(seq, skip_special_tokens=True) for seq in out[:, ids.shape[1]:].cpu()]
-        return [texts[i * k:(i + 1) * k] for i in range(len(batch))]  # generate groups a prompt's k
-
-    return run_batches(model, items, batch_size, len, generate, desc or "sampling")
+    """k sampled answers per prompt (temperature, top-p): the on-policy stage's generation. Returns one
+    list of k texts per prompt, in the prompts' order."""
+    return _generate(model, tokenizer, [encode(tokenizer, p) for p in prompts], max_new_tokens, batch_size,
+                     desc or "sampling", k=k, do_sample=True, temperature=temperature, top_p=top_p)
 
 
 def attach_generations(rows: list[dict], gen_rows: list[dict]) -> list[dict]:

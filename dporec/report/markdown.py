@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from dporec import runs
 from dporec.analysis.metrics import BY_USERS, bootstrap_label
 from dporec.report.numbers import ci_text, format_p, pct
 from dporec.report.sentences import LABEL_RULE, baseline_clause, comparison_lines
@@ -180,7 +181,7 @@ def model_card(stage: str, cfg: dict, m: dict) -> str:
             "dpo": f"DPO (beta {cfg['dpo']['beta']}, loss {'+'.join(cfg['dpo']['loss_type'])}) from "
                    f"{'the SFT adapter' if cfg['dpo']['init'] == 'sft' else 'the base model'}"
                    + (" on pairs of the SFT model's own sampled answers (the on-policy arm)"
-                      if cfg["dpo"]["run_name"] == "dpo_onpolicy" else "")}[stage]
+                      if cfg["dpo"]["run_name"] == runs.ONPOLICY else "")}[stage]
     if stage == "sft" and cfg["sft"]["init_adapter"]:
         what = f"SFT continued from {cfg['sft']['init_adapter']} (the compute-matched control arm)"
     ev = m.get("final_eval") or {}
