@@ -118,14 +118,19 @@ def stage_runner(stage: str, launcher: str | None):
     return child
 
 
+def dpo_steps(dpo_dir: Path, arm: str) -> int:
+    """The finished DPO stage's optimizer steps: what the control and on-policy arms are sized to."""
+    steps = runs.read_json(dpo_dir / "metrics.json").get("steps")
+    if not isinstance(steps, int) or steps <= 0:
+        raise UserError(f"{dpo_dir / 'metrics.json'} has no positive 'steps' count; cannot size the {arm}")
+    return steps
+
+
 def control_settings(dpo_dir: Path, sft_dir: Path, run_name: str = CONTROL) -> dict:
     """{config key: value} that make the SFT stage continue the SFT adapter as the compute-matched
     control: the DPO stage's optimizer steps and learning rate; batch size, accumulation, schedule,
     warmup, optimizer, training examples and seed come from the shared train/data sections."""
-    steps = runs.read_json(dpo_dir / "metrics.json").get("steps")
-    if not isinstance(steps, int) or steps <= 0:
-        raise UserError(f"{dpo_dir / 'metrics.json'} has no positive "
-                        "'steps' count; cannot size the control arm")
+    steps = dpo_steps(dpo_dir, "control arm")
     lr = runs.read_yaml(dpo_dir / "config.yaml")["dpo"]["learning_rate"]
     return {"sft.init_adapter": str(sft_dir), "sft.run_name": run_name, "sft.max_steps": steps,
             "sft.learning_rate": lr}
@@ -135,11 +140,7 @@ def onpolicy_settings(cfg: dict) -> dict:
     """{config key: value} that make the DPO stage the on-policy arm: DPO from the SFT adapter on the
     sampled pairs, for exactly the off-policy DPO's optimizer steps; beta, learning rate, loss,
     reference and every shared setting come from the same config, so only the pairs differ."""
-    dpo_dir = runs.stage_dir(cfg, DPO)
-    steps = runs.read_json(dpo_dir / "metrics.json").get("steps")
-    if not isinstance(steps, int) or steps <= 0:
-        raise UserError(f"{dpo_dir / 'metrics.json'} has no positive 'steps' count; cannot size the "
-                        "on-policy arm")
+    steps = dpo_steps(runs.stage_dir(cfg, DPO), "on-policy arm")
     return {"dpo.run_name": ONPOLICY, "dpo.max_steps": steps, "data.max_train_examples": None,
             "data.train_file": str(runs.stage_dir(cfg, PAIRS) / "pairs.jsonl")}
 
