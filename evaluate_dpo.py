@@ -10,8 +10,9 @@ Commands:
     python evaluate_dpo.py --config configs/llama3_8b.yaml eval.stability=true --overwrite
     # without the ranking (on by default, 150 users): the pairwise verdict alone, faster
     python evaluate_dpo.py --config configs/llama3_8b.yaml eval.ranking=false --overwrite
-    # more adapters next to base/sft/dpo (e.g. the compute-matched SFT control)
-    python evaluate_dpo.py --config configs/llama3_8b.yaml "eval.adapters={sft_control: runs/x/sft_control}"
+    # with an arm's model (trained by run_experiment.py or the stage scripts' --arm), or any other adapter
+    python evaluate_dpo.py --config configs/llama3_8b.yaml experiment.control_arm=true --overwrite
+    python evaluate_dpo.py --config configs/llama3_8b.yaml "eval.adapters={other: runs/x/dpo}"
     # re-analyse a finished evaluation from its predictions.csv: no model is loaded (seconds, no GPU)
     python evaluate_dpo.py --config configs/tiny.yaml --from-predictions runs/tiny/eval/predictions.csv
     python evaluate_dpo.py --config configs/tiny.yaml --from-predictions old/predictions.csv \\
@@ -42,8 +43,8 @@ How it measures (docs/statistics.md):
     (CR2) t interval over users and its p-value; the label follows the interval with the practical
     margin eval.margin_points: SUPPORTED (all above 0), NOT SUPPORTED (all below the margin) or
     INCONCLUSIVE; then the test size the margin needs (dporec/analysis/). Baselines read only
-    ratings made before each pair's time; the strongest is chosen on validation. With an
-    sft_control adapter, DPO vs that control too, and what the control matches.
+    ratings made before each pair's time; the strongest is chosen on validation. Each arm the config
+    switches on (dporec/arms.py) adds its model and its comparisons, under the same rule.
   - eval.ranking (default true, eval.ranking_max_users users) ranks N rated candidates per test user
     (ranking_test.jsonl beside the test file) from all their pairs in both orders: Kendall tau-b,
     NDCG@3 and hit@1 against the user's ratings, per model and baseline rule, and a second verdict
@@ -54,15 +55,12 @@ How it measures (docs/statistics.md):
 """
 from __future__ import annotations
 
-from dporec.config import parse_args, run_main
-from dporec.evaluation.stage import evaluate
+from dporec import cli
+from dporec.config import run_main
 
 
 def main(argv: list[str] | None = None) -> int:
-    args, cfg = parse_args(__doc__, argv, extra=lambda p: p.add_argument(
-        "--from-predictions", metavar="PATH", help="recompute every statistic from "
-                                                   "this predictions.csv; no model"))
-    return evaluate(cfg, args.from_predictions, args.config)
+    return cli.evaluate_dpo(argv, __doc__)
 
 
 if __name__ == "__main__":

@@ -20,23 +20,12 @@ Assumptions:
 """
 from __future__ import annotations
 
-import argparse
-
+from dporec import cli
 from dporec.config import run_main
-from dporec.inference.export import DTYPES, export
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--adapter", required=True, metavar="DIR", help="a trained adapter, e.g. runs/x/dpo")
-    p.add_argument("--out", required=True, metavar="DIR", help="the merged model's folder")
-    p.add_argument("--dtype", default="bfloat16", choices=DTYPES, help="weights' dtype (default bfloat16)")
-    p.add_argument("--base", metavar="NAME", help="load this base instead of the one config.yaml names")
-    p.add_argument("--backend", default="auto", choices=("auto", "hf", "unsloth"))
-    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
-    args = p.parse_args(argv)
-    export(args.adapter, args.out, args.dtype, args.base, args.backend, args.overwrite)
-    return 0
+    return cli.export(argv, __doc__)
 
 
 if __name__ == "__main__":

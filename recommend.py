@@ -27,18 +27,12 @@ evaluate_dpo.py, on the backend the config picks (Unsloth on a CUDA GPU, transfo
 """
 from __future__ import annotations
 
-from dporec.config import parse_args, run_main
-from dporec.inference.recommend import recommend
+from dporec import cli
+from dporec.config import run_main
 
 
 def main(argv: list[str] | None = None) -> int:
-    def extra(p):
-        p.add_argument("--input", required=True, metavar="FILE.jsonl", help="requests: history + candidates")
-        p.add_argument("--adapter", metavar="DIR", help="adapter folder, or 'none' for the base model")
-        p.add_argument("--explain", action="store_true", help="generate the answer for the top pair")
-        p.add_argument("--out", metavar="FILE.jsonl", help="also write the rankings here")
-    args, cfg = parse_args(__doc__, argv, extra=extra)
-    return recommend(cfg, args.input, args.adapter, args.explain, args.out)
+    return cli.recommend(argv, __doc__)
 
 
 if __name__ == "__main__":

@@ -6,8 +6,7 @@ Commands:
     python scripts/build_learnable.py --out models/learn
     python train_sft.py --config configs/tiny_learn.yaml
     python sample_onpolicy.py --config configs/tiny_learn.yaml
-    python train_dpo.py --config configs/tiny_learn.yaml dpo.run_name=dpo_onpolicy \\
-        data.train_file=runs/tiny-learn/onpolicy_pairs/pairs.jsonl
+    python train_dpo.py --config configs/tiny_learn.yaml --arm onpolicy
     # the thesis run's SFT model, 4 samples per prompt and order; or all of it as the experiment arm
     python sample_onpolicy.py --config configs/llama3_8b.yaml
     python run_experiment.py --config configs/llama3_8b.yaml experiment.on_policy_arm=true
@@ -20,7 +19,7 @@ with all samples right / all wrong, degenerate pairs (0), the chosen answers' po
 the longer answer is chosen, and the sampled decisions' spread over A and B.
 
 Assumptions:
-  - The base loads once with the SFT adapter (dpo.sft_adapter, default <output_dir>/sft); every
+  - The base loads once with the run's SFT adapter (dpo.sft_adapter, default <output_dir>/sft); every
     training prompt (data.train_file, up to onpolicy.max_prompts) is asked in both option orders,
     onpolicy.samples_per_prompt times each, at onpolicy.temperature / top_p. Unsloth's inference
     mode on a CUDA GPU, transformers' generate elsewhere.
@@ -32,12 +31,12 @@ Assumptions:
 """
 from __future__ import annotations
 
-from dporec.config import parse_args, run_main
-from dporec.onpolicy.stage import run_sampling
+from dporec import cli
+from dporec.config import run_main
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_sampling(parse_args(__doc__, argv)[1])
+    return cli.sample_onpolicy(argv, __doc__)
 
 
 if __name__ == "__main__":

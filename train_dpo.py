@@ -10,14 +10,17 @@ Commands:
         "dpo.loss_weights=[1.0, 1.0]"
     python train_dpo.py --config configs/llama3_8b.yaml dpo.loss_type=[ipo] dpo.beta=0.5
     python train_dpo.py --config configs/llama3_8b.yaml --resume
+    # the on-policy arm's DPO (after sample_onpolicy.py): the same steps as DPO, on the sampled pairs
+    python train_dpo.py --config configs/llama3_8b.yaml --arm onpolicy
 
-Writes <output_dir>/dpo/: the LoRA adapter (plus ref/, the frozen reference copy, when started
+Writes <output_dir>/dpo/ (--arm onpolicy: <output_dir>/dpo_onpolicy/): the LoRA adapter (plus ref/, the
+frozen reference copy, when started
 from SFT), tokenizer, checkpoint-N/, config.yaml, run_info.json and (last) metrics.json with the
 loss and rewards/chosen|rejected|margins|accuracies and logps/* histories (train and eval), tokens/s,
 peak memory, wall time and which reference was used.
 
 Assumptions:
-  - dpo.init=sft: the policy starts from the SFT adapter (dpo.sft_adapter, default <output_dir>/sft)
+  - dpo.init=sft: the policy starts from the run's SFT adapter (dpo.sft_adapter, default <output_dir>/sft)
     and TRL keeps a frozen copy of it as the reference: DPO measures movement away from the SFT
     model. dpo.init=base: a fresh LoRA; its frozen copy adds nothing (lora_B = 0), so the reference
     is the base model. The choice is recorded in run_info.json and metrics.json.
@@ -28,12 +31,12 @@ Assumptions:
 """
 from __future__ import annotations
 
-from dporec.config import parse_args, run_main
-from dporec.training.stages import run_dpo
+from dporec import cli
+from dporec.config import run_main
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_dpo(parse_args(__doc__, argv)[1])
+    return cli.train_dpo(argv, __doc__)
 
 
 if __name__ == "__main__":

@@ -7,10 +7,13 @@ Commands:
     python train_sft.py --config configs/llama3_8b.yaml
     python train_sft.py --config configs/llama3_8b.yaml --resume
     python train_sft.py --config configs/llama3_8b.yaml sft.max_steps=200 seed=3 --overwrite
+    # the compute-matched control arm (after train_dpo.py): SFT continued for as many steps as DPO took
+    python train_sft.py --config configs/llama3_8b.yaml --arm control
 
-Writes <output_dir>/sft/: the LoRA adapter, tokenizer, checkpoint-N/ folders, config.yaml,
-run_info.json and (last, marking the run finished) metrics.json with train/eval loss history,
-tokens/s, peak memory and wall time.
+Writes <output_dir>/sft/ (--arm control: <output_dir>/sft_control/): the LoRA adapter, tokenizer,
+checkpoint-N/ folders, config.yaml (the config as given), run_info.json (with the stage's effective steps,
+learning rate and data), a model card and (last, marking the run finished) metrics.json with train/eval
+loss history, tokens/s, peak memory and wall time.
 
 Assumptions:
   - Rows are prompt/completion pairs (records.to_sft_rows): TRL trains on the completion only (prompt
@@ -22,12 +25,12 @@ Assumptions:
 """
 from __future__ import annotations
 
-from dporec.config import parse_args, run_main
-from dporec.training.stages import run_sft
+from dporec import cli
+from dporec.config import run_main
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_sft(parse_args(__doc__, argv)[1])
+    return cli.train_sft(argv, __doc__)
 
 
 if __name__ == "__main__":

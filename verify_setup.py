@@ -10,6 +10,8 @@
     python verify_setup.py --config configs/tiny.yaml --smoke
     # before evaluate_dpo.py: the adapters must exist
     python verify_setup.py --config configs/llama3_8b.yaml --for-eval
+    # predict the time from the utilisation a GPU benchmark measured (benchmarks/bench_train.py)
+    python verify_setup.py --config configs/llama3_8b.yaml --utilisation benchmarks/results/utilisation.json
 
 Prints one row per check: ✓ fine, ! works but worth knowing (slow path, not trained yet, ...),
 ✗ will fail (each with the command or setting that fixes it). Exit status 1 when any check is ✗.
@@ -19,19 +21,12 @@ Without --smoke it runs in seconds and never trains, downloads or imports Unslot
 """
 from __future__ import annotations
 
-from dporec.config import parse_args, run_main
-from dporec.preflight.verify import verify
+from dporec import cli
+from dporec.config import run_main
 
 
 def main(argv: list[str] | None = None) -> int:
-    def extra(p):
-        p.add_argument("--smoke", action="store_true",
-                       help="also run a few SFT and DPO steps on a tiny model")
-        p.add_argument("--for-eval", action="store_true", help="adapters in output_dir must "
-                                                               "exist (before evaluation)")
-
-    args, cfg = parse_args(__doc__, argv, extra=extra)
-    return verify(cfg, args.config, smoke=args.smoke, for_eval=args.for_eval)
+    return cli.verify_setup(argv, __doc__)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ Commands:
 
 Methods, each over the same N test pairs in BOTH option orders (a "pair" is always one test pair
 fully decided in both orders, so pairs/s are comparable):
-  likelihood   dporec.scoring.score_pairs: 4 answers per pair (2 orders x 2 full answers), no
+  likelihood   dporec.evaluation.scoring.score_answers: 4 answers per pair (2 orders x 2 full answers), no
                generation; the two answers of one order share the prompt and "The better
                recommendation is Option": one cached forward over that shared part, then one over
                both continuations, batched (eval.batch_size example-orders per batch)
@@ -35,7 +35,7 @@ from pathlib import Path
 
 from dporec.config import parse_args, run_main
 from dporec.data import records
-from dporec.evaluation import generation, scoring
+from dporec.evaluation import generation, logprobs, scoring
 from dporec.modeling import adapters, backends
 
 
@@ -59,7 +59,10 @@ def _timed(fn):
 
 def main(argv: list[str] | None = None) -> int:
     args, cfg = parse_args(__doc__, argv, extra=_extra)
-    backend = backends.resolve_backend(cfg["model"]["backend"])
+    from dporec import log
+    from dporec.modeling import runtime
+    log.setup()
+    backend = runtime.setup(cfg, "eval").backend("eval")
     examples = records.load_examples(cfg["data"]["test_file"], limit=args.pairs)
     n = len(examples)
     ec, fmt = cfg["eval"], cfg["data"]["prompt_format"]
@@ -75,15 +78,15 @@ def main(argv: list[str] | None = None) -> int:
           f"batch {bs}; max_new_tokens {new}")
 
     warm = examples[:max(1, min(n, bs // 4))]
-    scoring.score_pairs(model, tok, warm, fmt, bs, desc="warm-up")
+    scoring.score_answers(model, tok, warm, fmt, bs, desc="warm-up")
     generation.generate_choices(model, tok, warm[:1], fmt, bs, min(new, 4), desc="warm-up")
 
     results, rows = {}, {}
     paths = {"likelihood": True} if args.no_full_seq else {"likelihood": True, "full-seq": False}
     for _ in range(max(1, args.repeat)):
         for name, share in paths.items():
-            info = scoring.ScoringInfo()
-            rows[name], s = _timed(partial(scoring.score_pairs, model, tok, examples, fmt, bs, desc=name,
+            info = logprobs.ScoringInfo()
+            rows[name], s = _timed(partial(scoring.score_answers, model, tok, examples, fmt, bs, desc=name,
                                            info=info, share_prefix=share))
             if name not in results or s < results[name]["seconds"]:
                 results[name] = {"seconds": s, "sequences": info.n_sequences,

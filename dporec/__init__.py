@@ -1,9 +1,10 @@
 """dporec: does DPO give better ranking adherence than SFT when a 4-bit Llama 3 recommends movies?
 
-Subpackages by pipeline stage, imports flowing downward only (pyproject.toml's import-linter
-contracts; docs/development.md): experiment | preflight | inference -> evaluation | training -> modeling |
-report -> analysis | runs -> weights -> config -> data -> compat. `a | b`: packages of one layer, which never
-import each other.
+Subpackages by pipeline stage, imports flowing downward only (pyproject.toml's import-linter contracts,
+which tests/test_architecture.py holds this list to; docs/development.md):
+cli -> experiment -> preflight | inference | onpolicy -> evaluation | training -> modeling | report ->
+analysis | runs -> weights -> config -> arms -> data -> costmodel | files | log | compat.
+`a | b`: packages of one layer, which never import each other.
 """
 from pathlib import Path
 

@@ -101,3 +101,22 @@ def allow_indexed_cpu_storages() -> None:
 
     ser.register_package(5, lambda obj: None, restore)
     ser._dporec_cpu_index = True
+
+
+TRL_DPO_HOOKS = ("_compute_loss", "_compute_ref_log_probs")  # what dporec.training.dpo_trainer overrides
+
+
+def check_trl_dpo_hooks(base) -> None:
+    """Refuse a trl.DPOTrainer that lacks a private method the project's DPO trainer overrides.
+
+    Pin: trl 1.14.0. dporec.training.dpo_trainer speeds up DPO by overriding TRL_DPO_HOOKS (the loss's
+    forward and the reference precompute). A TRL that renamed one would never call the override: the
+    speed-up would be off without a word. Remove this when the trainer no longer overrides private
+    methods; tests/training/test_dpo_trainer.py counts that each hook is called in training.
+    """
+    missing = [h for h in TRL_DPO_HOOKS if not callable(getattr(base, h, None))]
+    if missing:
+        import trl
+        raise UserError(f"trl {trl.__version__}'s DPOTrainer has no {', '.join(missing)}, which the "
+                        "project's DPO trainer overrides (dporec/training/dpo_trainer.py, written for trl "
+                        "1.14.0): pip install -r requirements.txt")

@@ -18,8 +18,8 @@ from typing import Any
 
 import yaml
 
-from dporec import UserError, read_text
-from dporec.data import sources, task
+from dporec import UserError, arms, read_text
+from dporec.data import built, sources, task
 
 
 @dataclass(frozen=True)
@@ -47,6 +47,15 @@ DPO_LOSSES = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_
 
 
 NONE = type(None)
+
+
+def experiment_section() -> dict:
+    """The experiment section: one switch per arm of dporec/arms.py (experiment.control_arm,
+    experiment.on_policy_arm, ...), and the launcher of the training stages."""
+    return {**{a.switch: F(False, bool, help=a.help) for a in arms.ARMS},
+            "launcher": F(None, str, NONE, help="run_experiment.py runs the training stages as child "
+                                                "processes under this command, e.g. 'accelerate launch "
+                                                "--num_processes 2'")}
 
 # The schema: every valid key, its default and its type. The defaults are the thesis's settings
 # (Llama 3 8B in 4-bit NF4, LoRA r=16, SFT then DPO from the SFT adapter); configs/*.yaml hold only
@@ -82,15 +91,17 @@ SCHEMA: dict[str, Any] = {
     "data": {
         "source": F(None, str, NONE, help="run_experiment.py builds the three files from this when missing: "
                                           + sources.forms()),
-        "negatives": F("disliked", str, choices=("disliked", "matched"),
+        "negatives": F(built.DEFAULTS["negatives"], str, choices=("disliked", "matched"),
                        help="how run_experiment.py picks each pair's other movie when it builds from a "
                             "source: disliked (any movie the user rated <= 2: general appeal alone answers "
                             "most pairs) or matched (a disliked movie as popular and as well rated as the "
                             "liked one: only personal taste answers it)"),
-        "train_pairs_per_user": F(1, int, lo=1, help="pairs per training user when built from a source: 1, "
+        "train_pairs_per_user": F(built.DEFAULTS["train_pairs_per_user"], int, lo=1,
+                                  help="pairs per training user when built from a source: 1, "
                                                      "as the thesis trained (one line per "
                                                      "user); more multiplies training time"),
-        "eval_pairs_per_user": F(3, int, lo=1, help="pairs per validation or test user: 3 gives ML-1M's "
+        "eval_pairs_per_user": F(built.DEFAULTS["eval_pairs_per_user"], int, lo=1,
+                                 help="pairs per validation or test user: 3 gives ML-1M's "
                                                     "604 test users ~1,570 test pairs, the power the "
                                                     "verdict needs (docs/statistics.md)"),
         "train_file": F("data/generated/ml1m/train.jsonl", str),
@@ -106,7 +117,16 @@ SCHEMA: dict[str, Any] = {
         "max_test_examples": F(None, int, NONE, lo=1,
                                help="null = all: ~1,200-2,900 pairs are needed to detect "
                                     "+2 points (docs/statistics.md)"),
-        "ranking_candidates": F(8, int, lo=2, also=(0,),
+        "history_len": F(built.DEFAULTS["history_len"], int, lo=1,
+                         help="liked movies in each prompt's history when built from a "
+                                            "source (the thesis shows 5): longer prompts cost time and "
+                                            "memory, shorter ones tell the model less"),
+        "val_fraction": F(built.DEFAULTS["val_fraction"], float, lo=0, hi=1, open_hi=True,
+                          help="share of users held out for validation when built from a source"),
+        "test_fraction": F(built.DEFAULTS["test_fraction"], float, lo=0, hi=1, open_hi=True,
+                           help="share of users held out for the test when built from a source: more "
+                                "test pairs give the verdict more power, fewer leave more to train on"),
+        "ranking_candidates": F(built.DEFAULTS["ranking_candidates"], int, lo=2, also=(0,),
                                 help="movies per test user in the candidate sets run_experiment.py "
                                      "builds (more: a finer ranking, N(N-1) scored questions)"),
         "ranking_file": F(None, str, NONE, help="candidate sets for eval.ranking; default: "
@@ -135,9 +155,6 @@ SCHEMA: dict[str, Any] = {
                                                "them; the package must be installed)"),
     },
     "sft": {
-        "init_adapter": F(None, str, NONE, help="continue training this adapter instead of a fresh LoRA "
-                                                "(run_experiment.py's compute-matched control arm)"),
-        "run_name": F("sft", str, help="folder under output_dir for this SFT run"),
         "learning_rate": F(2e-4, float, lo=0, open_lo=True, help="thesis value; standard for QLoRA SFT"),
         "epochs": F(1.0, float, lo=0, open_lo=True),
         "max_steps": F(-1, int, lo=1, also=(-1,), help="> 0 overrides epochs; -1: epochs decide"),
@@ -146,9 +163,10 @@ SCHEMA: dict[str, Any] = {
         "init": F("sft", str, choices=("sft", "base"),
                   help="sft: continue the SFT adapter, reference = frozen SFT model (S-DPO, Zephyr); "
                        "base: fresh LoRA, reference = base model. Different experiments"),
-        "sft_adapter": F(None, str, NONE, help="default: <output_dir>/sft"),
-        "run_name": F("dpo", str, help="folder under output_dir for this DPO run (the on-policy arm: "
-                                       "dpo_onpolicy)"),
+        "sft_adapter": F(None, str, NONE, help="the run's SFT adapter, when it was trained elsewhere: DPO "
+                                               "starts from it, the evaluation scores it as 'sft', the arms "
+                                               "build on it, and run_experiment.py trains no SFT of its own. "
+                                               "Default: <output_dir>/sft"),
         "beta": F(0.1, float, lo=0, open_lo=True,
                   help="thesis value; recommendation DPO work (S-DPO, DMPO) uses 1: a larger "
                        "beta keeps the policy nearer the reference "
@@ -213,17 +231,7 @@ SCHEMA: dict[str, Any] = {
                                 help="SFT: warn when the last eval loss is this fraction above "
                                      "its minimum (over-fitting)"),
     },
-    "experiment": {
-        "control_arm": F(False, bool, help="also continue SFT for as many steps as DPO takes: separates "
-                                           "'preference signal' from 'more training'"),
-        "launcher": F(None, str, NONE, help="run_experiment.py runs the training stages as child processes "
-                                            "under this command, e.g. 'accelerate launch --num_processes 2'"),
-        "on_policy_arm": F(False, bool, help="also sample answers from the SFT model, judge them by the "
-                                             "ratings and the history (sample_onpolicy.py), and train DPO "
-                                             "from SFT on those pairs with the off-policy DPO's steps, beta, "
-                                             "learning rate and reference: the two DPO arms differ only in "
-                                             "their pairs"),
-    },
+    "experiment": experiment_section(),
     "onpolicy": {  # sample_onpolicy.py: preference pairs from the SFT model's own answers
         "samples_per_prompt": F(4, int, lo=2, help="answers sampled per training prompt and option order: "
                                                    "more finds a right and a wrong answer for more prompts, "
@@ -265,7 +273,19 @@ def _all_keys(schema: dict = SCHEMA, prefix: str = "") -> list[str]:
     return out
 
 
+# Keys earlier versions had, and what does their job now
+RETIRED = {
+    "sft.run_name": "the stages' folders are fixed (sft/, and each arm's: dporec/arms.py); set output_dir",
+    "sft.init_adapter": "the compute-matched control continues the run's SFT adapter: "
+                        "python train_sft.py --config FILE --arm control",
+    "dpo.run_name": "the on-policy DPO stage trains into dpo_onpolicy/: python train_dpo.py --config FILE "
+                    "--arm onpolicy",
+}
+
+
 def _unknown(key: str, where: str) -> UserError:
+    if key in RETIRED:
+        return UserError(f"{where}: '{key}' is no longer a config key: {RETIRED[key]}")
     near = difflib.get_close_matches(key, _all_keys(), n=1, cutoff=0.5)
     hint = f" (did you mean '{near[0]}'?)" if near else ""
     return UserError(f"{where}: unknown config key '{key}'{hint}")
@@ -329,7 +349,7 @@ def _merge(cfg: dict, data: dict, schema: dict, where: str, prefix: str = ""):
 
 
 def _check_together(cfg: dict, where: str) -> None:
-    """Rules that tie two keys together."""
+    """Every rule that ties two keys together, checked wherever a config is made or changed."""
     d = cfg["dpo"]
     weights = d["loss_weights"]
     if weights is not None:
@@ -337,9 +357,23 @@ def _check_together(cfg: dict, where: str) -> None:
         if len(weights) != len(d["loss_type"]) or not numbers:
             raise UserError(f"{where}: 'dpo.loss_weights' must hold one number >= 0 per dpo.loss_type entry "
                             f"({d['loss_type']}), got {d['loss_weights']!r}")
-    if cfg["experiment"]["on_policy_arm"] and d["init"] != "sft":
-        raise UserError(f"{where}: 'experiment.on_policy_arm' samples from the SFT model and trains DPO from "
-                        f"it, so it needs dpo.init=sft (got {d['init']!r})")
+    for arm in arms.enabled(cfg):
+        for key, value, why in arm.requires:
+            section, leaf = key.split(".")
+            if cfg[section][leaf] != value:
+                raise UserError(f"{where}: 'experiment.{arm.switch}' {why}, so it needs {key}={value} "
+                                f"(got {cfg[section][leaf]!r})")
+    seeds = cfg["seeds"]
+    if seeds is not None and (len(set(map(str, seeds))) != len(seeds)
+                              or not all(isinstance(x, int) and not isinstance(x, bool) for x in seeds)):
+        raise UserError(f"{where}: 'seeds' must be distinct integers, got {seeds}")
+    if cfg["resume"] and cfg["overwrite"]:
+        raise UserError("--resume and --overwrite contradict each other: --resume continues an unfinished "
+                        "run, --overwrite deletes it and starts over; pass one of them")
+    dd = cfg["data"]
+    if dd["val_fraction"] + dd["test_fraction"] >= 1:
+        raise UserError(f"{where}: 'data.val_fraction' + 'data.test_fraction' must be below 1, got "
+                        f"{dd['val_fraction']} + {dd['test_fraction']}")
 
 
 def set_key(cfg: dict, dotted: str, value, where: str = "override"):
@@ -394,7 +428,8 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] = ()) -> di
 def parse_args(description: str, argv: list[str] | None = None, extra: Callable | None = None):
     """The common CLI: --config FILE, --resume, --overwrite, then KEY=VALUE overrides.
 
-    Returns (args, cfg). `extra(parser)` may add script-specific flags.
+    Returns (args, cfg). `extra(parser)` may add script-specific flags. --resume and --overwrite are the
+    config keys resume=true and overwrite=true, checked with the rest.
     """
     p = argparse.ArgumentParser(description=description,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -405,15 +440,8 @@ def parse_args(description: str, argv: list[str] | None = None, extra: Callable 
     if extra:
         extra(p)
     args = p.parse_intermixed_args(argv)  # flags may come after KEY=VALUE overrides
-    cfg = load_config(args.config, args.overrides)
-    if args.resume:
-        cfg["resume"] = True
-    if args.overwrite:
-        cfg["overwrite"] = True
-    if cfg.get("resume") and cfg.get("overwrite"):
-        raise UserError("--resume and --overwrite contradict each other: --resume continues an unfinished "
-                        "run, --overwrite deletes it and starts over; pass one of them")
-    return args, cfg
+    flags = [f"{k}=true" for k in ("resume", "overwrite") if getattr(args, k)]
+    return args, load_config(args.config, [*args.overrides, *flags])
 
 
 def save_config(cfg: dict, path: str | os.PathLike) -> Path:

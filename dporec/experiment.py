@@ -1,53 +1,55 @@
-"""The whole experiment: data -> SFT -> DPO (-> compute-matched control) -> evaluation, skipping finished
-stages and resuming interrupted ones, once or over several seeds (what run_experiment.py runs).
+"""The whole experiment: data -> SFT -> DPO -> each switched-on arm's stages (dporec.arms) -> evaluation,
+skipping finished stages, rerunning stale ones and continuing interrupted ones, once or over several seeds
+(what run_experiment.py runs).
 
-Each training stage runs in this process (dporec.training.stages), or, with experiment.launcher, as a
-child process of its script under that command (e.g. `accelerate launch` for several GPUs), reading
-the resolved config from a temporary YAML file.
+One process setup (modeling.runtime) decides every stage's backend. A stage runs in this process when its
+backend is the one this process loaded; otherwise (DPO's shared-prompt forward on hf after Unsloth loaded
+for SFT) and, with experiment.launcher, for every training stage, it runs as a child process of its script
+with the same config and its StageSpec handed over in files.
 """
 from __future__ import annotations
 
 import json
+import logging
 import shlex
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
-from dporec import ROOT, UserError, runs
+from dporec import ROOT, UserError, arms
 from dporec.analysis.seeds import aggregate_seeds
 from dporec.config import save_config, updated
-from dporec.data import candidates, sources
-from dporec.evaluation.stage import evaluate
+from dporec.data import built, candidates, sources
+from dporec.evaluation.stage import current, evaluate, refresh
+from dporec.files import read_json
+from dporec.modeling import runtime
 from dporec.modeling.backends import release_memory
-from dporec.modeling.hardware import refuse_without_gpu
 from dporec.onpolicy.stage import run_sampling
-from dporec.report import files, markdown, tables
+from dporec.report import markdown, outputs, tables
+from dporec.report.predictions import read_predictions
 from dporec.report.sentences import verdict_sentence
+from dporec.runs import lifecycle, provenance
+from dporec.runs.adapters import FinishedRun, eval_adapters, sft_adapter, sft_adapter_given
 from dporec.training.stages import run_dpo, run_sft
 
-SFT, DPO, CONTROL, EVAL = runs.SFT, runs.DPO, runs.CONTROL, runs.EVAL
-PAIRS, ONPOLICY = runs.ONPOLICY_PAIRS, runs.ONPOLICY
-STAGE_SCRIPTS = {SFT: ("train_sft.py", run_sft), DPO: ("train_dpo.py", run_dpo)}
+log = logging.getLogger(__name__)
+RUNNERS = {"sft": run_sft, "dpo": run_dpo, "sampling": run_sampling}  # by arms.Stage.kind
 
 
 def ensure_data(cfg: dict) -> str:
-    """'skipped' when the three data files (and, for eval.ranking, the candidate sets beside them) exist;
-    otherwise build them from data.source (the same seed rebuilds the same splits)."""
+    """'skipped' when the three data files (and, for eval.ranking, the candidate sets beside them) exist and
+    agree with the config; otherwise build them from data.source (the same seed rebuilds the same splits)."""
     d = cfg["data"]
     files_ = [Path(d[k]) for k in ("train_file", "val_file", "test_file")]
     ranking = [] if not cfg["eval"]["ranking"] or d["ranking_file"] else [candidates.default_path(files_[2])]
     if all(f.is_file() for f in files_ + ranking):
-        built = files_[0].parent / "summary.json"
-        summary = runs.read_json(built) if built.is_file() else {}
-        # the task always; the pairs per user when the config builds its data (data.source)
-        keys = ("negatives", "train_pairs_per_user", "eval_pairs_per_user") if d["source"] else ("negatives",)
-        for key in keys:
-            if summary.get(key) is not None and summary[key] != d[key]:
-                raise UserError(f"{files_[0].parent} was built with {key}={summary[key]} ({built}), but "
-                                f"data.{key}={d[key]}: point data.train_file/val_file/test_file at another "
-                                f"folder to build that data there")
+        problems = built.disagreements(d)
+        if problems:
+            raise UserError("; ".join(problems) + ": point data.train_file/val_file/test_file at another "
+                            "folder to build that data there")
         return "skipped"
     if not d["source"]:
         missing = ", ".join(str(f) for f in files_ if not f.is_file())
@@ -55,188 +57,162 @@ def ensure_data(cfg: dict) -> str:
                         f"python data/prepare_movielens.py --source SOURCE --out {files_[0].parent}, or set "
                         f"data.source (SOURCE: {sources.forms()})")
     folder = files_[0].parent
-    expected = [folder / f"{s}.jsonl" for s in ("train", "val", "test")]
+    expected = [folder / f"{s}.jsonl" for s in built.SPLITS]
     if [f.resolve() for f in files_] != [f.resolve() for f in expected]:
         raise UserError(f"data.source builds train.jsonl, val.jsonl and test.jsonl in one folder; point "
                         f"data.train_file/val_file/test_file at {expected[0]}, {expected[1]}, {expected[2]}")
-    print(f"[data] building {folder} from {d['source']} (seed {cfg['seed']})")
+    log.info(f"[data] building {folder} from {d['source']} (seed {cfg['seed']})")
     summary = sources.build(**sources.config_build(cfg))
-    print(f"[data] {json.dumps(summary['splits'])}")
+    log.info(f"[data] {json.dumps(summary['splits'])}")
     for note in summary.get("notes", []):  # a thesis:FILE source says how its split relates to users
-        print(f"[data] {note}")
+        log.info(f"[data] {note}")
     return "built"
 
 
-def run_stage(name: str, marker: Path, run, cfg: dict, overwrite: bool) -> str:
-    """run(cfg) for one stage unless its marker file says it already finished from the inputs it has now.
+def run_stage(cfg: dict, spec: arms.StageSpec, run, rerun: bool = False) -> str:
+    """run(cfg, spec) for one stage unless its marker says it already finished from the inputs it has now.
 
-    The stage gets overwrite as given (or true when it is stale: an adapter it was built from has changed
-    since), and resume=true when its folder holds checkpoints of an unfinished run.
+    The stage gets overwrite=true when the user asked for it, when `rerun` or when it is stale (an adapter
+    it was built from has changed since), else resume=auto: an unfinished folder is continued, a missing
+    one started. The user's config itself is handed over unchanged.
     """
-    folder = marker.parent
+    stage = spec.stage
+    folder, marker = stage.folder(cfg["output_dir"]), stage.marker_file(cfg["output_dir"])
+    overwrite = cfg["overwrite"] or rerun
     if marker.is_file() and not overwrite:
-        changed = runs.changed_inputs(folder)
+        changed = provenance.changed_inputs(folder)
         if not changed:
-            print(f"[{name}] skipped: {marker} exists")
+            log.info(f"[{stage.name}] skipped: {marker} exists")
             return "skipped"
-        print(f"[{name}] stale: built from {', '.join(changed)}, which has changed since; running it again")
+        log.info(f"[{stage.name}] stale: built from {', '.join(changed)}, which has changed since; "
+                 "running it again")
         overwrite = True
-    cfg = updated(cfg, {"overwrite": overwrite, "resume": False})
-    if not overwrite and runs.checkpoints_in(folder):
-        cfg["resume"] = True
-        print(f"[{name}] {folder} holds an unfinished run: resuming it")
-    print(f"[{name}] running: {folder}")
+    if not overwrite and lifecycle.checkpoints_in(folder):
+        log.info(f"[{stage.name}] {folder} holds an unfinished run: resuming it")
+    log.info(f"[{stage.name}] running: {folder}")
     t0 = time.perf_counter()
-    code = run(cfg)
+    code = run(cfg, replace(spec, resume=False if overwrite else "auto", overwrite=overwrite))
     release_memory()
-    print(f"[{name}] finished in {time.perf_counter() - t0:.1f} s")
+    log.info(f"[{stage.name}] finished in {time.perf_counter() - t0:.1f} s")
     if code:
-        raise UserError(f"stage {name} failed (exit status {code}); "
+        raise UserError(f"stage {stage.name} failed (exit status {code}); "
                         "fix the error above and rerun this command")
     if not marker.is_file():
-        raise UserError(f"stage {name} ended without writing {marker}")
+        raise UserError(f"stage {stage.name} ended without writing {marker}")
     return "done"
 
 
-def stage_runner(stage: str, launcher: str | None):
-    """The training stage's function, in this process; or, with experiment.launcher, its script under
-    that command as a child process.
+def runner(stage: arms.Stage, rt: runtime.Runtime, launcher: str | None, config_path: str):
+    """How a stage runs: its function in this process, or its script as a child process, under
+    experiment.launcher for a training stage (e.g. `accelerate launch` for several GPUs) or with this
+    Python when this process runs another backend (modeling.runtime)."""
+    command = launcher if launcher and stage.kind in arms.TRAINING_KINDS else None
+    if command is None and not rt.runs_here(stage.kind):
+        command = shlex.quote(sys.executable)
+    if command:
+        return child(stage.script, command)
+    if stage.kind == "eval":
+        def run_eval(cfg: dict, spec: arms.StageSpec) -> int:
+            evaluate(cfg, rt, config_path=config_path, spec=spec)
+            return 0
+        return run_eval
+    return lambda cfg, spec: RUNNERS[stage.kind](cfg, spec, rt)
 
-    `accelerate launch --num_processes N` (several GPUs) needs processes of its own; the child reads
-    the resolved config from a YAML file written for it, so it trains exactly what the function would.
-    """
-    script, function = STAGE_SCRIPTS[stage]
-    if not launcher:
-        return function
 
-    def child(cfg: dict) -> int:
+def child(script: str, command: str):
+    """A stage as `<command> <script> --config FILE --stage-spec FILE` in a child process: the config is the
+    user's, resolved, and the spec the one the function would get, so it runs exactly what the function
+    would."""
+    def run(cfg: dict, spec: arms.StageSpec) -> int:
         with tempfile.TemporaryDirectory(prefix="dporec-launch-") as tmp:
             config = save_config(cfg, Path(tmp) / "config.yaml")
-            cmd = [*shlex.split(launcher), str(ROOT / script), "--config", str(config)]
-            print(f"[launch] {shlex.join(cmd)}", flush=True)
+            spec_file = Path(tmp) / "stage.json"
+            spec_file.write_text(json.dumps(arms.spec_to_dict(spec)))
+            cmd = [*shlex.split(command), str(ROOT / script), "--config", str(config),
+                   "--stage-spec", str(spec_file)]
+            log.info(f"[launch] {shlex.join(cmd)}")
+            sys.stdout.flush()
             return subprocess.call(cmd)
-    return child
+    return run
 
 
-def dpo_steps(dpo_dir: Path, arm: str) -> int:
-    """The finished DPO stage's optimizer steps: what the control and on-policy arms are sized to."""
-    steps = runs.read_json(dpo_dir / "metrics.json").get("steps")
-    if not isinstance(steps, int) or steps <= 0:
-        raise UserError(f"{dpo_dir / 'metrics.json'} has no positive 'steps' count; cannot size the {arm}")
-    return steps
-
-
-def control_settings(dpo_dir: Path, sft_dir: Path, run_name: str = CONTROL) -> dict:
-    """{config key: value} that make the SFT stage continue the SFT adapter as the compute-matched
-    control: the DPO stage's optimizer steps and learning rate; batch size, accumulation, schedule,
-    warmup, optimizer, training examples and seed come from the shared train/data sections."""
-    steps = dpo_steps(dpo_dir, "control arm")
-    lr = runs.read_yaml(dpo_dir / "config.yaml")["dpo"]["learning_rate"]
-    return {"sft.init_adapter": str(sft_dir), "sft.run_name": run_name, "sft.max_steps": steps,
-            "sft.learning_rate": lr}
-
-
-def onpolicy_settings(cfg: dict) -> dict:
-    """{config key: value} that make the DPO stage the on-policy arm: DPO from the SFT adapter on the
-    sampled pairs, for exactly the off-policy DPO's optimizer steps; beta, learning rate, loss,
-    reference and every shared setting come from the same config, so only the pairs differ."""
-    steps = dpo_steps(runs.stage_dir(cfg, DPO), "on-policy arm")
-    return {"dpo.run_name": ONPOLICY, "dpo.max_steps": steps, "data.max_train_examples": None,
-            "data.train_file": str(runs.stage_dir(cfg, PAIRS) / "pairs.jsonl")}
-
-
-def run_once(cfg: dict, config_path: str = "<your config>") -> tuple[dict, dict]:
-    """SFT -> DPO (-> control) (-> on-policy pairs -> on-policy DPO) -> eval for one run folder.
+def run_once(cfg: dict, rt: runtime.Runtime, config_path: str = "<your config>") -> tuple[dict, dict]:
+    """Every stage of one run folder, in arms.stages() order, then the evaluation.
     Returns (results, {stage: status})."""
-    overwrite, launcher = cfg["overwrite"], cfg["experiment"]["launcher"]
-    train_sft = stage_runner(SFT, launcher)
-    # `import unsloth` (SFT under Unsloth, in this process) patches transformers' Llama for the whole
-    # process; the shared-prompt DPO runs on hf and needs the unpatched one: a child process of its own
-    clean = cfg["dpo"]["prefix_sharing"] and "unsloth" in sys.modules
-    train_dpo = stage_runner(DPO, launcher or (shlex.quote(sys.executable) if clean else None))
-    status = {SFT: run_stage(SFT, runs.marker(cfg, SFT), train_sft, cfg, overwrite)}
-    status[DPO] = run_stage(DPO, runs.marker(cfg, DPO), train_dpo, cfg, overwrite)
-    eval_cfg = cfg
-    if cfg["experiment"]["control_arm"]:
-        control = updated(cfg, control_settings(runs.stage_dir(cfg, DPO), runs.stage_dir(cfg, SFT), CONTROL))
-        status[CONTROL] = run_stage(CONTROL, runs.marker(cfg, CONTROL), train_sft, control, overwrite)
-        adapters = {**eval_cfg["eval"]["adapters"], CONTROL: str(runs.stage_dir(cfg, CONTROL))}
-        eval_cfg = updated(eval_cfg, {"eval.adapters": adapters})
-    if cfg["experiment"]["on_policy_arm"]:
-        status[PAIRS] = run_stage(PAIRS, runs.marker(cfg, PAIRS), run_sampling, cfg, overwrite)
-        arm = updated(cfg, onpolicy_settings(cfg))
-        status[ONPOLICY] = run_stage(ONPOLICY, runs.marker(cfg, ONPOLICY), train_dpo, arm, overwrite)
-        adapters = {**eval_cfg["eval"]["adapters"], ONPOLICY: str(runs.stage_dir(cfg, ONPOLICY))}
-        eval_cfg = updated(eval_cfg, {"eval.adapters": adapters})
-    expected = set(eval_cfg["eval"]["models"]) | set(eval_cfg["eval"]["adapters"])
-    results_file = runs.marker(cfg, EVAL)
-    # An evaluation that lacks a model asked for now (e.g. the control arm was switched on later) is redone.
-    stale = results_file.is_file() and not expected <= set(runs.read_json(results_file)["models"])
-    status[EVAL] = run_stage(EVAL, results_file, lambda c: evaluate(c, config_path=config_path),
-                             eval_cfg, overwrite or stale)
-    results = runs.read_json(results_file)
-    if results.get("comparison") and "a_accuracy" not in results["comparison"]:
-        print("[eval] results.json was written by an earlier version: re-analysing its predictions.csv")
-        evaluate(eval_cfg, from_predictions=results_file.parent / "predictions.csv")
-        results = runs.read_json(results_file)
+    launcher = cfg["experiment"]["launcher"]
+    done = FinishedRun(cfg, "run_experiment.py")
+    status = {}
+    plan = [arms.SFT, arms.DPO, *(s for arm in arms.enabled(cfg) for s in arm.stages)]
+    for stage in plan:
+        if stage is arms.SFT and sft_adapter_given(cfg):
+            log.info(f"[sft] the run's SFT adapter is dpo.sft_adapter={sft_adapter(cfg)}: not trained here")
+            status[stage.name] = "given"
+            continue
+        spec = arms.spec_for(stage, cfg, done)  # derived once the stages before it have finished
+        status[stage.name] = run_stage(cfg, spec, runner(stage, rt, launcher, config_path))
+    results_file = arms.EVAL.marker_file(cfg["output_dir"])
+    # An evaluation that lacks a model asked for now (e.g. an arm was switched on later) is redone.
+    stale = results_file.is_file() and not set(eval_adapters(cfg)) <= set(read_json(results_file)["models"])
+    status[arms.EVAL.name] = run_stage(cfg, arms.StageSpec(arms.EVAL),
+                                       runner(arms.EVAL, rt, launcher, config_path), rerun=stale)
+    results = read_json(results_file)
+    if not current(results):
+        results = refresh(cfg, results_file)
     return results, status
 
 
 def run(cfg: dict, config_path: str = "<your config>") -> int:
-    """Data, then every stage of every seed, then the tables and verdicts."""
-    refuse_without_gpu(cfg)  # before building data or loading anything: a GPU-sized model on a CPU stops here
+    """The process setup, the data, then every stage of every seed, then the tables and verdicts."""
+    # before building data or loading anything: a GPU-sized model on a CPU stops here
+    rt = runtime.setup(cfg, "dpo" if sft_adapter_given(cfg) else "sft")
     t0 = time.perf_counter()
     status = {"data": ensure_data(cfg)}
     out_dir = Path(cfg["output_dir"])
     seeds = cfg["seeds"]
 
     if not seeds:
-        results, st = run_once(cfg, config_path)
+        results, st = run_once(cfg, rt, config_path)
         status.update(st)
-        print(tables.format_table(results))
-        print(tables.format_verdict(results))
-        _print_status(status, time.perf_counter() - t0)
-        print(f"results: {runs.marker(cfg, EVAL)}")
+        log.info(tables.format_table(results))
+        log.info(tables.format_verdict(results))
+        _report_status(status, time.perf_counter() - t0)
+        log.info(f"results: {arms.EVAL.marker_file(cfg['output_dir'])}")
         return 0
 
-    if len(set(seeds)) != len(seeds) or not all(isinstance(s, int) for s in seeds):
-        raise UserError(f"seeds must be distinct integers, got {seeds}")
     results_by_seed = {}
     for s in seeds:
         seed_cfg = updated(cfg, {"seed": s, "output_dir": str(out_dir / f"seed-{s}"), "seeds": None})
-        print(f"\n===== seed {s}: {seed_cfg['output_dir']} =====")
-        results_by_seed[s], st = run_once(seed_cfg, config_path)
+        log.info(f"\n===== seed {s}: {seed_cfg['output_dir']} =====")
+        results_by_seed[s], st = run_once(seed_cfg, rt, config_path)
         status.update({f"{k} (seed {s})": v for k, v in st.items()})
-    rows = {s: files.read_predictions(out_dir / f"seed-{s}" / EVAL / "predictions.csv") for s in seeds}
+    eval_dirs = {s: arms.EVAL.folder(out_dir / f"seed-{s}") for s in seeds}
+    rows = {s: read_predictions(eval_dirs[s] / "predictions.csv") for s in seeds}
     ec = cfg["eval"]
-    comparisons = {"pooled": ("sft", "dpo", ("SFT", "DPO"), "comparison"),
-                   "pooled_control": (CONTROL, "dpo", ("SFT control", "DPO"), "comparison_control"),
-                   "pooled_onpolicy": ("sft", ONPOLICY, ("SFT", "on-policy DPO"), "comparison_onpolicy")}
-    agg = aggregate_seeds(results_by_seed, rows, comparisons, margin=ec["margin_points"] / 100,
+    agg = aggregate_seeds(results_by_seed, rows, arms.comparisons(), margin=ec["margin_points"] / 100,
                           alpha=ec["alpha"])
     for s in seeds:
         agg["per_seed"][str(s)]["output_dir"] = str(out_dir / f"seed-{s}")
-    for key in comparisons:
-        if agg.get(key):
-            agg[key]["sentence"] = verdict_sentence(agg[key])
-    agg = files.write_aggregate(out_dir, agg)
+    for c in arms.comparisons():
+        if agg.get(c.pooled_key):
+            agg[c.pooled_key]["sentence"] = verdict_sentence(agg[c.pooled_key])
+    agg = outputs.write_aggregate(out_dir, agg)
 
     for s, results in results_by_seed.items():
-        print(f"\nseed {s}:")
-        print(tables.format_table(results))
-    print()
-    print(markdown.aggregate_markdown(agg))
-    if agg["pooled"]:
-        print(tables.format_verdict({"comparison": agg["pooled"]}))
-    _print_status(status, time.perf_counter() - t0)
+        log.info(f"\nseed {s}:")
+        log.info(tables.format_table(results))
+    log.info("")
+    log.info(markdown.aggregate_markdown(agg))
+    if agg[arms.MAIN.pooled_key]:
+        log.info(tables.format_verdict({arms.MAIN.key: agg[arms.MAIN.pooled_key]}))
+    _report_status(status, time.perf_counter() - t0)
     for s in seeds:
-        print(f"results (seed {s}): {out_dir / f'seed-{s}' / EVAL / runs.MARKERS[EVAL]}")
-    print(f"aggregate: {out_dir / 'aggregate.json'} and {out_dir / 'aggregate.md'}")
+        log.info(f"results (seed {s}): {eval_dirs[s] / arms.EVAL.marker}")
+    log.info(f"aggregate: {out_dir / 'aggregate.json'} and {out_dir / 'aggregate.md'}")
     return 0
 
 
-def _print_status(status: dict, seconds: float) -> None:
-    done = [k for k, v in status.items() if v != "skipped"]
+def _report_status(status: dict, seconds: float) -> None:
+    done = [k for k, v in status.items() if v not in ("skipped", "given")]
     skipped = [k for k, v in status.items() if v == "skipped"]
-    print(f"stages run: {', '.join(done) or 'none'}; skipped (already finished): "
-          f"{', '.join(skipped) or 'none'}; {seconds:.0f} s")
+    log.info(f"stages run: {', '.join(done) or 'none'}; skipped (already finished): "
+             f"{', '.join(skipped) or 'none'}; {seconds:.0f} s")

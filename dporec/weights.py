@@ -14,6 +14,7 @@ import struct
 from pathlib import Path
 
 from dporec import UserError
+from dporec.costmodel import projection_shapes
 
 ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
 MODEL_INDEX = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
@@ -79,18 +80,6 @@ def adapter_weights_file(folder: Path) -> Path | None:
 
 
 # LoRA target -> (in features, out features) of the base projection, from a Llama-style config.json.
-def projection_shapes(c: dict) -> dict[str, tuple[int, int]]:
-    hidden, inter = c.get("hidden_size"), c.get("intermediate_size")
-    heads = c.get("num_attention_heads")
-    if not (hidden and inter and heads):
-        return {}
-    head_dim = c.get("head_dim") or hidden // heads
-    kv = (c.get("num_key_value_heads") or heads) * head_dim
-    q = heads * head_dim
-    return {"q_proj": (hidden, q), "k_proj": (hidden, kv), "v_proj": (hidden, kv), "o_proj": (q, hidden),
-            "gate_proj": (hidden, inter), "up_proj": (hidden, inter), "down_proj": (inter, hidden)}
-
-
 _LORA_KEY = re.compile(r"layers\.(\d+)\.[\w.]*?(\w+_proj)\.lora_([AB])\.")
 
 

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import sys
 
-from dporec import ROOT, runs
+from dporec import ROOT, arms
 from dporec.config import load_config, run_main
+from dporec.files import read_json
 from dporec.report import tables
 
 SHOWN = (
@@ -25,12 +26,12 @@ SHOWN = (
 
 def main(argv: list[str] | None = None) -> int:
     for config, what in SHOWN:
-        results_file = runs.marker(load_config(ROOT / config), runs.EVAL)
+        results_file = arms.EVAL.marker_file(load_config(ROOT / config)["output_dir"])
         print("=" * 100 + f"\n{what}\n")
         if not results_file.is_file():
             print(f"  (not run: {results_file} is missing; run python run_experiment.py --config {config})\n")
             continue
-        results = runs.read_json(results_file)
+        results = read_json(results_file)
         print(tables.format_table(results))
         print(tables.format_verdict(results))
         print(f"  report: {results_file.parent / 'report.md'}\n")

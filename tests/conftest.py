@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from dporec import log
 from tests.helpers import TINY_CONFIG, tiny_overrides
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -17,6 +18,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("WANDB_DISABLED", "true")
+log.setup()  # the console the scripts set up (dporec.cli), so tests read what a user would see
 
 
 @pytest.fixture(scope="session")

@@ -1,25 +1,30 @@
-"""The floor plan holds: no import cycle (function-level imports included), no code imports a top-level
-script or edits sys.path, data/analysis/report load no torch, and the scripts stay thin. The layer
-order itself is import-linter's contract in pyproject.toml, run by `make test`."""
+"""The floor plan holds: no import cycle (function-level imports included), no code imports a script or
+edits sys.path, data/analysis/report load no torch, every entry script is thin and runs the package's own
+command line (dporec.cli), and the package's description of its layers is the contract's."""
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
+import tomllib
 
 import grimp
 import pytest
 
-from dporec import ROOT
+import dporec
+from dporec import ROOT, cli
 
-SCRIPTS = ("train_sft", "train_dpo", "evaluate_dpo", "run_experiment", "verify_setup", "prepare_movielens",
-           "check_dataset", "build_tiny_model", "prepare_smollm2")
-TOP_LEVEL = ("train_sft.py", "train_dpo.py", "evaluate_dpo.py", "run_experiment.py", "verify_setup.py")
+SKIP = {".venv", ".git", "runs", "models", ".whl"}
+# The entry scripts: every Python file at the checkout's top level and in data/ (found, not listed)
+ENTRY_SCRIPTS = sorted(p.relative_to(ROOT).as_posix()
+                       for p in [*ROOT.glob("*.py"), *(ROOT / "data").glob("*.py")])
+# Every script anywhere (scripts/ and benchmarks/ too): none may be imported
+ALL_SCRIPTS = sorted({p.stem for d in ("", "data", "scripts", "benchmarks") for p in (ROOT / d).glob("*.py")})
 
 
 def python_files():
-    skip = {".venv", ".git", "runs", "models", ".whl"}
-    return [p for p in ROOT.rglob("*.py") if not skip & set(p.relative_to(ROOT).parts)]
+    return [p for p in ROOT.rglob("*.py") if not SKIP & set(p.relative_to(ROOT).parts)]
 
 
 def _cycles(graph) -> list[list[str]]:
@@ -67,6 +72,7 @@ def test_no_import_cycle_even_through_function_level_imports():
 
 
 def test_nothing_imports_a_script_or_edits_sys_path():
+    assert {"train_sft", "prepare_movielens", "bench_train", "build_learnable"} <= set(ALL_SCRIPTS)
     offenders = []
     for path in python_files():
         tree = ast.parse(path.read_text(encoding="utf-8"))
@@ -79,7 +85,7 @@ def test_nothing_imports_a_script_or_edits_sys_path():
             elif isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", "")) in (
                     "__import__", "import_module") and node.args and isinstance(node.args[0], ast.Constant):
                 names = [node.args[0].value]
-            if any(n.split(".")[0] in SCRIPTS for n in names):
+            if any(n.split(".")[0] in ALL_SCRIPTS for n in names):
                 offenders.append(f"{path.relative_to(ROOT)}:{node.lineno} imports {names}")
             if (isinstance(node, ast.Attribute) and node.attr in ("insert", "append", "extend")
                     and isinstance(node.value, ast.Attribute) and node.value.attr == "path"
@@ -90,7 +96,7 @@ def test_nothing_imports_a_script_or_edits_sys_path():
 
 def test_data_analysis_and_report_load_no_ml_stack():
     modules = sorted(m for m in grimp.build_graph("dporec").modules
-                     if m.split(".")[1:2] and m.split(".")[1] in ("data", "analysis", "report"))
+                     if m.split(".")[1:2] and m.split(".")[1] in ("data", "analysis", "report", "runs"))
     assert "dporec.data.task" in modules and "dporec.report.plots" in modules
     code = (f"import importlib, sys\nfor m in {modules!r}:\n    "
             f"importlib.import_module(m)\nprint(sorted({{'torch', 'transformers', "
@@ -100,10 +106,45 @@ def test_data_analysis_and_report_load_no_ml_stack():
     assert out.stdout.strip() == "[]"
 
 
-@pytest.mark.parametrize("script", TOP_LEVEL)
-def test_top_level_scripts_are_thin(script):
+def test_every_entry_script_has_a_command():
+    """Each entry script's command line lives in dporec.cli under the script's name, and every command
+    there has its script: tests drive the real parsers through cli."""
+    assert len(ENTRY_SCRIPTS) == len(cli.COMMANDS) >= 10
+    assert sorted(cli.script_name(c) for c in cli.COMMANDS) == ENTRY_SCRIPTS
+
+
+@pytest.mark.parametrize("script", ENTRY_SCRIPTS)
+def test_entry_scripts_are_thin(script):
+    """A docstring with the commands, and `main(argv)` returning the package's command of the same name."""
     text = (ROOT / script).read_text(encoding="utf-8")
-    assert len(text.splitlines()) < 100
     tree = ast.parse(text)
-    functions = [n.name for n in tree.body if isinstance(n, ast.FunctionDef)]
-    assert functions == ["main"], functions  # a docstring and a short main that calls the package
+    assert ast.get_docstring(tree) and "python " in ast.get_docstring(tree)
+    functions = [n for n in tree.body if isinstance(n, ast.FunctionDef)]
+    assert [f.name for f in functions] == ["main"]
+    body = functions[0].body
+    name = script.rsplit("/", 1)[-1].removesuffix(".py")
+    assert len(body) == 1 and ast.unparse(body[0]) == f"return cli.{name}(argv, __doc__)"
+    assert len(text.splitlines()) < 100
+
+
+def test_the_package_describes_the_contracts_layers():
+    contracts = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"]
+    layers = contracts[0]["layers"]
+    described = " ".join(dporec.__doc__.split())
+    want = " -> ".join(" | ".join(m.removeprefix("dporec.") for m in layer.split(" | ")) for layer in layers)
+    assert want in described, (want, described)
+    listed = {m.removeprefix("dporec.") for layer in layers for m in layer.split(" | ")}
+    on_disk = {p.stem if p.is_file() else p.name for p in (ROOT / "dporec").iterdir()
+               if (p.suffix == ".py" and p.stem != "__init__")
+               or (p.is_dir() and (p / "__init__.py").is_file())}
+    assert listed == on_disk  # every package and top module has its layer
+
+
+def test_run_experiment_documents_every_stage():
+    """run_experiment.py's list of stages and their markers is the list dporec.arms defines."""
+    from dporec import arms
+    doc = (ROOT / "run_experiment.py").read_text(encoding="utf-8")
+    for stage in arms.stages():
+        line = rf"^\s+{stage.name}\s+<run>/{stage.name}/{re.escape(stage.marker)}"
+        assert re.search(line, doc, re.M), stage
+        assert stage.script in doc

@@ -1,6 +1,8 @@
-"""The pure parts of benchmarks/bench_train.py: GPU peak lookup, FLOP/MFU arithmetic, the RTX 3090
-extrapolation, steady-state tokens/s, batch parsing, and the model shapes' parameter counts (built
-on the meta device: nothing allocated). The GPU runs themselves are in benchmarks/gpu_run.sh."""
+"""The pure parts of benchmarks/bench_train.py and the cost model it shares with the predictor
+(dporec/costmodel.py): GPU peak lookup, FLOP/MFU arithmetic, the RTX 3090 extrapolation, steady-state
+tokens/s, batch parsing, the model shapes' parameter counts (checked against a model built on the meta
+device: nothing allocated), and the utilisation file's way to the prediction. The GPU runs themselves are
+in benchmarks/gpu_run.sh."""
 from __future__ import annotations
 
 import importlib.util
@@ -8,7 +10,7 @@ import sys
 
 import pytest
 
-from dporec import ROOT, UserError
+from dporec import ROOT, UserError, costmodel
 from dporec.config import defaults
 
 _spec = importlib.util.spec_from_file_location("bench_train", ROOT / "benchmarks" / "bench_train.py")
@@ -38,24 +40,31 @@ def test_gpu_spec_unknown_is_none(name):
     assert bt.gpu_spec(name) is None  # L40S must not match the L4 entry
 
 
-def test_flops_per_token_conventions():
-    n = 8e9
-    assert bt.flops_per_token(n, "sft", "6n") == 48e9
-    assert bt.flops_per_token(n, "dpo", "6n") == 64e9  # + reference forward 2N
-    assert bt.flops_per_token(n, "sft", "lora", gradient_checkpointing=True) == 48e9  # 4N + 2N recompute
-    assert bt.flops_per_token(n, "sft", "lora", gradient_checkpointing=False) == 32e9
-    assert bt.flops_per_token(n, "dpo", "lora", gradient_checkpointing=False) == 48e9
-    with pytest.raises(ValueError):
-        bt.flops_per_token(n, "sft", "5n")
-    with pytest.raises(ValueError):
-        bt.flops_per_token(n, "eval")
+def test_flops_follow_one_convention():
+    """matmul-6N: 6N per trained token with checkpointing (4N without); a DPO pair runs its prompt once
+    when shared; the reference adds 2N per pair token only when it runs in every step."""
+    shape = costmodel.ModelShape.from_config(costmodel.LLAMA3_8B_CONFIG)
+    n = shape.matmul
+    assert n == shape.params - shape.embedding == 8_030_261_248 - 128256 * 4096  # the LM head counted
+    assert costmodel.example_flops("sft", shape, 100, 50, True) == 6 * n * 150
+    assert costmodel.example_flops("sft", shape, 100, 50, False) == 4 * n * 150
+    assert costmodel.example_flops("dpo", shape, 100, 50, True) == 6 * n * 300
+    assert costmodel.example_flops("dpo", shape, 100, 50, True, shared_prompt=True) == 6 * n * 200
+    assert costmodel.example_flops("dpo", shape, 100, 50, True, shared_prompt=True,
+                                   reference_in_step=True) == 8 * n * 200
+    tied = costmodel.ModelShape.from_config(costmodel.SMOLLM2_135M_CONFIG)
+    assert tied.tied and tied.matmul == tied.params - tied.embedding + tied.head  # a tied head still runs
 
 
-def test_mfu_arithmetic():
-    # 1,000 tokens/s x 6 x 8.03e9 FLOPs = 48.18 TFLOP/s of 989 -> 4.87%
-    assert bt.mfu(1000.0, 6 * 8.03e9, 989.0) == pytest.approx(0.048716, rel=1e-4)
-    assert bt.mfu(None, 1.0, 989.0) is None
-    assert bt.mfu(1000.0, 1.0, None) is None
+def test_mfu_divides_the_predictors_flops():
+    """The benchmark measures seen tokens (a DPO pair's prompt twice); its MFU counts what ran."""
+    shape = costmodel.LLAMA3_8B
+    u = costmodel.utilisation(1000.0, "sft", shape, 100, 50, True, 989.0)
+    assert u == pytest.approx(1000.0 / 150 * 6 * shape.matmul * 150 / 989e12)
+    shared = costmodel.utilisation(1000.0, "dpo", shape, 100, 50, True, 989.0, shared_prompt=True)
+    assert shared == pytest.approx(1000.0 / 300 * 6 * shape.matmul * 200 / 989e12)
+    assert costmodel.utilisation(None, "sft", shape, 1, 1, True, 989.0) is None
+    assert costmodel.utilisation(1000.0, "sft", shape, 1, 1, True, None) is None
 
 
 def test_predict_3090_arithmetic():
@@ -89,39 +98,68 @@ def test_parse_batch_sizes():
             bt.parse_batch_sizes(bad)
 
 
+def _meta_count(config) -> int:
+    import torch
+    from transformers import AutoModelForCausalLM
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    return sum(p.numel() for p in model.parameters())  # tied weights are yielded once
+
+
 def test_llama3_8b_shape_has_8_03b_parameters():
     cfg = bt.llama_config("llama3-8b", vocab_size=49152)  # a smaller tokenizer keeps Llama 3's vocab
     assert cfg.vocab_size == 128256 and cfg.num_key_value_heads == 8
     assert cfg.rope_parameters["rope_theta"] == 500000.0
-    n = bt.count_params(cfg)
+    n = bt.n_params(cfg)
     # embed + lm_head 2*128256*4096, 32 layers of attention (GQA) + MLP + 2 norms, final norm
     layer = 2 * 4096 * 4096 + 2 * 4096 * 1024 + 3 * 4096 * 14336 + 2 * 4096
-    assert n == 2 * 128256 * 4096 + 32 * layer + 4096 == 8_030_261_248
+    assert n == 2 * 128256 * 4096 + 32 * layer + 4096 == 8_030_261_248 == _meta_count(cfg)
+    assert costmodel.LLAMA3_8B.params == n
 
 
 def test_small_shape_matches_smollm2_135m():
-    n = bt.count_params(bt.llama_config("small"))
-    assert n == 134_515_008  # tied embeddings counted once
+    cfg = bt.llama_config("small")
+    assert bt.n_params(cfg) == _meta_count(cfg) == 134_515_008  # tied embeddings counted once
 
 
-def test_measured_utilisation_reaches_the_time_prediction(tmp_path, monkeypatch):
-    """bench_train's measured MFU on the 8B shape is what verify_setup's time row then predicts from."""
+def test_one_count_serves_the_gpu_rule_the_memory_and_the_benchmark(tiny_model):
+    """The GPU rule (hardware.model_params), the preflight (costmodel.ModelShape) and the benchmark count
+    the same parameters, and the tiny model's count is what PyTorch builds."""
+    import json
+
+    from transformers import AutoConfig
+
+    from dporec.config import load_config
+    from dporec.modeling import hardware
+    config = json.loads((tiny_model / "config.json").read_text())
+    n = costmodel.ModelShape.from_config(config).params
+    built = AutoConfig.from_pretrained(tiny_model)
+    assert n == _meta_count(built) == bt.n_params(built)
+    assert hardware.model_params(load_config(None, [f"model.name={tiny_model}"])) == n
+
+
+def test_measured_utilisation_reaches_the_time_prediction(tmp_path):
+    """bench_train's measured MFU on the 8B shape is what verify_setup --utilisation predicts from, and a
+    file of another FLOP convention is refused."""
+    from dporec import UserError
     from dporec.preflight import cost
     spec = bt.gpu_spec("NVIDIA H100 80GB HBM3")
-    runs = [{"status": "ok", "mfu_6n": 0.10}, {"status": "ok", "mfu_6n": 0.30},
+    runs = [{"status": "ok", "mfu": 0.10}, {"status": "ok", "mfu": 0.30},
             {"status": "skipped: needs a CUDA GPU"}]
     summary = {"shape": "llama3-8b", "gpu": {"name": "NVIDIA H100 80GB HBM3", "spec": spec}, "runs": runs}
     path = tmp_path / "utilisation.json"
     assert bt.save_utilisation({**summary, "shape": "small"}, path) is None  # a small model says little
     assert bt.save_utilisation(summary, path) == path
-    monkeypatch.setattr(cost, "MEASURED_FILE", path)
-    assert cost.measured_utilisation("H100 SXM")["train"] == pytest.approx(0.20)
-    assert cost.measured_utilisation("RTX 3090") is None
+    measured_file = cost.read_utilisation(path)
+    assert measured_file["H100 SXM"]["train"] == pytest.approx(0.20) and "RTX 3090" not in measured_file
     cfg = defaults()
-    backends = {"sft": "unsloth", "dpo": "hf", "eval": "unsloth"}
-    measured = cost.predict(cfg, cost.LLAMA3_8B, cost.ML1M_BUILD, backends, "NVIDIA H100 80GB HBM3")
+    backends = {"sft": "unsloth", "dpo": "hf", "sampling": "unsloth", "eval": "unsloth"}
+    measured = cost.predict(cfg, costmodel.LLAMA3_8B, cost.ML1M_BUILD, backends, "NVIDIA H100 80GB HBM3",
+                            measured_file)
     assert measured.source.startswith("measured") and measured.utilisation["train"] == pytest.approx(0.20)
-    path.unlink()
-    assumed = cost.predict(cfg, cost.LLAMA3_8B, cost.ML1M_BUILD, backends, "NVIDIA H100 80GB HBM3")
+    assumed = cost.predict(cfg, costmodel.LLAMA3_8B, cost.ML1M_BUILD, backends, "NVIDIA H100 80GB HBM3")
     assert assumed.source.startswith("assumed")  # 40%: twice the measured 20%, half the hours
     assert measured.hours == pytest.approx(2 * assumed.hours)
+    path.write_text('{"H100 SXM": {"train": 0.2}}')  # the layout before the convention was named
+    with pytest.raises(UserError, match="convention"):
+        cost.read_utilisation(path)

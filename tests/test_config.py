@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dporec import ROOT, UserError
+from dporec import ROOT, UserError, arms
 from dporec.config import SCHEMA, defaults, load_config, parse_args, updated
-from dporec.runs import prepare_run_dir, stage_dir, write_run_info
+from dporec.runs.lifecycle import prepare_run_dir
+from dporec.runs.provenance import write_run_info
 
 TINY = ROOT / "configs" / "tiny.yaml"
 
@@ -100,20 +101,19 @@ def test_bad_override_syntax_and_missing_file(tmp_path):
 def test_parse_args_applies_flags_and_overrides():
     args, cfg = parse_args("test", ["--config", str(TINY), "--overwrite", "dpo.beta=0.2"])
     assert cfg["overwrite"] is True and cfg["dpo"]["beta"] == 0.2 and cfg["resume"] is False
-    assert stage_dir(cfg, "dpo") == Path("runs/tiny/dpo")
+    assert arms.DPO.folder(cfg["output_dir"]) == Path("runs/tiny/dpo")
 
 
 def test_prepare_run_dir_refuses_a_finished_run_unless_overwrite(tmp_path):
-    cfg = load_config(None)
-    run = prepare_run_dir(tmp_path / "sft", cfg)
+    run = prepare_run_dir(tmp_path / "sft", False, False, "metrics.json")
     (run / "metrics.json").write_text("{}")
     (run / "adapter.bin").write_text("old")
     with pytest.raises(UserError, match="already holds a finished run"):
-        prepare_run_dir(run, cfg)
+        prepare_run_dir(run, False, False, "metrics.json")
     with pytest.raises(UserError, match="nothing to resume"):
-        prepare_run_dir(run, {**cfg, "resume": True})
+        prepare_run_dir(run, True, False, "metrics.json")
     assert (run / "adapter.bin").exists()
-    prepare_run_dir(run, {**cfg, "overwrite": True})
+    prepare_run_dir(run, False, True, "metrics.json")
     assert run.is_dir() and not any(run.iterdir())
 
 
@@ -145,3 +145,29 @@ def test_the_on_policy_arm_needs_dpo_from_sft():
         load_config(None, ["experiment.on_policy_arm=true", "dpo.init=base"])
     with pytest.raises(UserError, match="onpolicy.rejected"):
         load_config(None, ["onpolicy.rejected=longest"])
+
+
+def test_rules_tying_keys_hold_wherever_a_config_is_made():
+    """Seeds distinct, resume against overwrite, an arm's needs: the schema's one cross-key check, from a
+    file, an override, a flag or config.updated alike."""
+    for bad in (["seeds=[1, 1]"], ["seeds=[1, true]"], ["resume=true", "overwrite=true"],
+                ["data.val_fraction=0.5", "data.test_fraction=0.5"]):
+        with pytest.raises(UserError):
+            load_config(TINY, bad)
+    with pytest.raises(UserError, match="contradict"):
+        parse_args("test", ["--config", str(TINY), "--resume", "--overwrite"])
+    with pytest.raises(UserError, match="contradict"):
+        updated(load_config(TINY), {"resume": "auto", "overwrite": True})
+    assert load_config(TINY, ["seeds=[3, 1]"])["seeds"] == [3, 1]
+
+
+def test_retired_keys_say_what_took_their_place():
+    for key, hint in (("sft.run_name", "set output_dir"), ("sft.init_adapter", "--arm control"),
+                      ("dpo.run_name", "--arm onpolicy")):
+        with pytest.raises(UserError, match=f"no longer a config key.*{hint}"):
+            load_config(TINY, [f"{key}=x"])
+
+
+def test_the_experiment_section_is_one_switch_per_arm():
+    assert set(SCHEMA["experiment"]) == {a.switch for a in arms.ARMS} | {"launcher"}
+    assert all(SCHEMA["experiment"][a.switch].help == a.help for a in arms.ARMS)

@@ -63,7 +63,7 @@ def compare_runs(runs_a, runs_b, margin: float = 0.02, alpha: float = 0.05, powe
     fraction (0.02 = 2 points).
 
     Keys: names [a, b], n_pairs, n_users, n_runs, clustering, a_accuracy, b_accuracy, difference
-    (b - a), ci95, p_value, significant, interval ({center, se, df}: the paired_interval the CI and p
+    (b - a), ci, p_value, significant, interval ({center, se, df}: the paired_interval the CI and p
     come from), verdict, margin, margin_status, pairs_b_higher, pairs_a_higher, decisions,
     decisions_differ (decisions, both orders of every pair and run, where the two models choose
     differently), sd_pair_difference, design_effect, pairs_for_margin (test pairs for `power` to
@@ -103,7 +103,7 @@ def compare_runs(runs_a, runs_b, margin: float = 0.02, alpha: float = 0.05, powe
         "a_accuracy": float(a.mean()),
         "b_accuracy": float(b.mean()),
         "difference": float(b.mean() - a.mean()),
-        "ci95": list(inf["ci"]),
+        "ci": list(inf["ci"]),
         "p_value": inf["p_value"],
         "significant": bool(inf["p_value"] < alpha),
         "interval": {k: inf[k] for k in ("center", "se", "df")},

@@ -185,13 +185,13 @@ def _accuracy_block(pairs: dict, kind: str, labels, alpha, n_boot, seed) -> dict
     m = po["margins"].ravel()
     return {
         "accuracy": float(po["score"].mean()),
-        "accuracy_ci95": cis[0],
+        "accuracy_ci": cis[0],
         "accuracy_original_order": float(po["original"].mean()),
-        "accuracy_original_order_ci95": cis[1],
+        "accuracy_original_order_ci": cis[1],
         "accuracy_swapped_order": float(po["swapped"].mean()),
-        "accuracy_swapped_order_ci95": cis[2],
+        "accuracy_swapped_order_ci": cis[2],
         "accuracy_both_orders": float(po["both"].mean()),
-        "accuracy_both_orders_ci95": cis[3],
+        "accuracy_both_orders_ci": cis[3],
         "consistency": float(po["consistent"].mean()),
         "first_option_rate": float(po["first"].sum() / (2 * n)),
         "confidence": {
@@ -224,7 +224,7 @@ def _generation_block(pairs: dict, labels, alpha, n_boot, seed) -> dict:
     return {
         "valid_rate": valid / (2 * n),
         "accuracy": correct / (2 * n),  # invalid outputs count as wrong
-        "accuracy_ci95": cluster_bootstrap_ci(score, labels, n_boot=n_boot, seed=seed, alpha=alpha),
+        "accuracy_ci": cluster_bootstrap_ci(score, labels, n_boot=n_boot, seed=seed, alpha=alpha),
         "accuracy_among_valid": (correct / valid) if valid else None,
         "consistency": consistent / n,
         "first_option_rate": first / (2 * n),
@@ -235,8 +235,9 @@ def _generation_block(pairs: dict, labels, alpha, n_boot, seed) -> dict:
 def model_metrics(rows, alpha: float = 0.05, n_boot: int = 2000, seed: int = 0) -> dict:
     """Metrics for one model's prediction rows (both orders of every pair required).
 
-    Keys: model, n_pairs, n_users, clustering, accuracy, accuracy_ci95 (percentile bootstrap of the
-    per-pair scores resampling users), accuracy_{original,swapped,both}_order(s) (+ _ci95),
+    Keys: model, n_pairs, n_users, clustering, alpha (1 - the intervals' level), accuracy, accuracy_ci
+    (percentile bootstrap of the
+    per-pair scores resampling users), accuracy_{original,swapped,both}_order(s) (+ _ci),
     consistency, first_option_rate, confidence{mean_margin, median_margin, mean_prob_correct},
     counts{decisions, correct, ties}, full_answer (same block from the full-answer scores, or
     None), generation (or None).
@@ -252,6 +253,7 @@ def model_metrics(rows, alpha: float = 0.05, n_boot: int = 2000, seed: int = 0) 
         "n_users": len({u for u in users.values() if u is not None}),
         "clustering": clustering,
         "interval": f"percentile {bootstrap_label(clustering)}, {n_boot} resamples",
+        "alpha": alpha,
     }
     out.update(_accuracy_block(pairs, "decision", labels, **kw))
     has_full = _all_or_none(rows, ("logp_a_full", "logp_b_full"), "full-answer scores "

@@ -21,7 +21,7 @@ def _mean_sd(values: list) -> dict:
 
 
 def _brief(c: dict | None) -> dict | None:
-    keys = ("names", "a_accuracy", "b_accuracy", "difference", "ci95", "p_value", "significant", "verdict")
+    keys = ("names", "a_accuracy", "b_accuracy", "difference", "ci", "p_value", "significant", "verdict")
     return {k: c.get(k) for k in keys} if c else None
 
 
@@ -32,36 +32,37 @@ def seed_spread(differences: list[float], alpha: float) -> dict:
     another seed; with k seeds it has only k - 1 degrees of freedom."""
     d = np.asarray(differences, dtype=float)
     sd = float(d.std(ddof=1)) if d.size > 1 else None
-    out = {"differences": d.tolist(), "mean": float(d.mean()), "sd": sd, "ci95": None}
+    out = {"differences": d.tolist(), "mean": float(d.mean()), "sd": sd, "ci": None}
     if d.size >= 3:
         half = float(sps.t.ppf(1 - alpha / 2, d.size - 1)) * out["sd"] / np.sqrt(d.size)
-        out["ci95"] = [out["mean"] - half, out["mean"] + half]
+        out["ci"] = [out["mean"] - half, out["mean"] + half]
     return out
 
 
-def aggregate_seeds(results_by_seed: dict, rows_by_seed: dict, comparisons: dict[str, tuple], margin: float,
+def aggregate_seeds(results_by_seed: dict, rows_by_seed: dict, comparisons, margin: float,
                     alpha: float) -> dict:
     """Mean ± sd of each metric over seeds; per comparison each seed's result, the seeds' spread and the
     pooled comparison (every test pair's scores averaged over seeds first, n = distinct pairs).
 
-    comparisons: {result key: (model a, model b, (name a, name b), per-seed results key)}; a pair whose
-    models were not evaluated gives None.
+    comparisons: records with key (the per-seed results key), pooled_key, a, b (model names) and names
+    (dporec.arms.Comparison); one whose models were not evaluated gives None.
     """
     models = list(next(iter(results_by_seed.values()))["models"])
     metrics = {m: {k: _mean_sd([_metric(r["models"][m], k) for r in results_by_seed.values()])
                    for k in SEED_METRICS} for m in models}
-    per_seed = {str(s): {key: _brief(r.get(key)) for *_, key in comparisons.values()}
+    per_seed = {str(s): {c.key: _brief(r.get(c.key)) for c in comparisons}
                 for s, r in results_by_seed.items()}
     runs = list(rows_by_seed.values())
-    out = {"seeds": list(results_by_seed), "models": models, "metrics": metrics, "per_seed": per_seed}
-    for key, (a, b, names, seed_key) in comparisons.items():
-        if a not in models or b not in models:
-            out[key] = None
+    out = {"seeds": list(results_by_seed), "models": models, "metrics": metrics, "per_seed": per_seed,
+           "alpha": alpha}
+    for c in comparisons:
+        if c.a not in models or c.b not in models:
+            out[c.pooled_key] = None
             continue
-        out[key] = compare_runs([r[a] for r in runs], [r[b] for r in runs], names=names, margin=margin,
-                                alpha=alpha)
-        out[key]["seed_spread"] = seed_spread([r[seed_key]["difference"] for r in results_by_seed.values()],
-                                              alpha)
+        out[c.pooled_key] = compare_runs([r[c.a] for r in runs], [r[c.b] for r in runs], names=c.names,
+                                         margin=margin, alpha=alpha)
+        out[c.pooled_key]["seed_spread"] = seed_spread(
+            [r[c.key]["difference"] for r in results_by_seed.values()], alpha)
     out["note"] = ("the pooled comparison averages each test pair's two-order score over the seeds first, so "
                    "it counts distinct pairs and users; it treats the trained models as fixed and covers the "
                    "sampling of test pairs only. The seeds' spread (and, with 3 or more seeds, its interval) "

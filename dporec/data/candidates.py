@@ -19,13 +19,12 @@ For one user, in the user's time order (ties: file order):
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from dporec import UserError, read_text
+from dporec import UserError, files
 from dporec.data.ratings import Movie
 
 FILE = "ranking_test.jsonl"
@@ -86,12 +85,6 @@ def build(ratings: pd.DataFrame, movies: dict[int, Movie], users, n: int, histor
     return records, {"users": len(records), "candidates_per_user": n, "left_out": left_out}
 
 
-def write(path: Path, records: list[dict]) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        for rec in records:
-            f.write(json.dumps(rec, ensure_ascii=False) + "\n")
-
-
 def default_path(test_file) -> Path:
     return Path(test_file).parent / FILE
 
@@ -110,14 +103,11 @@ def load(path, limit: int | None = None, rated: bool = True) -> list[dict]:
         raise UserError(f"{path}: no candidate-set file (data/prepare_movielens.py writes {FILE} beside the "
                         f"splits; set data.ranking_file, or eval.ranking=false)")
     out = []
-    for line_no, line in enumerate(read_text(path).split("\n"), 1):
-        if not line.strip():
-            continue
-        where = f"{path}:{line_no}"
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise UserError(f"{where}: not valid JSON ({e.msg})") from None
+    for _, where, rec in files.jsonl_lines(path):
+        if isinstance(rec, UserError):
+            raise rec
+        if not isinstance(rec, dict):
+            raise UserError(f"{where}: expected a JSON object, got {type(rec).__name__}")
         for key, kind in _NEEDED.items():
             if not isinstance(rec.get(key), kind):
                 raise UserError(f"{where}: field '{key}' missing or not a {kind.__name__}")

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-from dporec import UserError
-from dporec.data import records, splits
+from dporec import UserError, files
+from dporec.data import balance, built, records, splits
 
 
 def load_all(paths: list[Path]) -> dict[Path, list[records.Example]]:
@@ -25,18 +25,11 @@ def load_all(paths: list[Path]) -> dict[Path, list[records.Example]]:
     return loaded
 
 
-def built_split(path: Path) -> bool:
-    """Whether `path` is a split a builder wrote (train/val/test.jsonl beside its summary.json)."""
-    path = Path(path)
-    split_names = ("train.jsonl", "val.jsonl", "test.jsonl")
-    return path.name in split_names and (path.parent / "summary.json").is_file()
-
-
 def describe(examples: list[records.Example], path: Path | None = None) -> dict:
     """Counts of one file: examples, users, A/B balance, negative kinds, layouts, mirrored reasonings, and
     whether a builder split it already."""
-    b = splits.balance(examples)
-    return {**b, "built_split": path is not None and built_split(path),
+    b = balance.balance(examples)
+    return {**b, "built_split": path is not None and built.is_built_split(path),
             "users": len({e.user_id for e in examples if e.user_id is not None}),
             "negatives": dict(sorted(Counter(e.extra.get("negative_kind", "unrecorded")
                                              for e in examples).items())),
@@ -59,6 +52,6 @@ def write_rebalanced(examples: list[records.Example], out: Path) -> dict:
     """Write a copy with the answer in position A for half (±1) of the examples; never overwrites."""
     if out.exists():
         raise UserError(f"{out} exists; --rebalance never overwrites, choose another name")
-    fixed = splits.rebalance(examples)
-    records.write_jsonl(out, (records.to_record(e) for e in fixed))
-    return splits.balance(fixed)
+    fixed = balance.rebalance(examples)
+    files.write_jsonl(out, (records.to_record(e) for e in fixed))
+    return balance.balance(fixed)

@@ -18,7 +18,6 @@ each option has (task.genre_reasoning).
 """
 from __future__ import annotations
 
-import json
 import random
 import time
 import zlib
@@ -28,11 +27,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from dporec import UserError
-from dporec.data import candidates, records, task
+from dporec import UserError, files
+from dporec.data import built, candidates, records, task
 from dporec.data import ratings as R
+from dporec.data.balance import balance, random_balanced_positions
 from dporec.data.ratings import Movie
-from dporec.data.splits import balance, cut, random_balanced_positions
+from dporec.data.splits import cut
 
 SPLITS = ("train", "val", "test")
 NEGATIVES = ("disliked", "matched")
@@ -197,21 +197,29 @@ def pair_input(history: list[Movie], a: Movie, b: Movie) -> str:
     return task.own_line_input([m.display for m in history], a.display, b.display)
 
 
+def movie_example(history: list[Movie], a: Movie, b: Movie, label: str, pair_id: str,
+                  user_id: str | None = None, reasons: dict | None = None, extra: dict | None = None
+                  ) -> records.Example:
+    """The A/B example of two movies after a history, in the builder's own words: the one way the builder,
+    the ranking's questions and recommend.py's requests make an example from movies."""
+    reasoning = (reasons or {}).get(label, "")
+    return records.Example(
+        instruction=task.INSTRUCTION, input=pair_input(history, a, b),
+        output=task.answer_text(label, reasoning), label=label, option_a=f"{a.display}.",
+        option_b=f"{b.display}.", reasoning=reasoning, pair_id=pair_id, user_id=user_id, reasons=reasons,
+        extra=extra or {})
+
+
 def _example(user, k, target, target_ts, history, history_ts, negative, kind, movies) -> records.Example:
     """One example with the liked movie as Option A; positions are balanced afterwards."""
     hist = [movies[i] for i in history]
     a, b = movies[target], movies[negative]
-    reasons = {"A": reason_text(hist, a, b), "B": reason_text(hist, b, a)}
-    text = pair_input(hist, a, b)
     history_field = [{**m.record(i), "timestamp": int(t)} for i, m, t in zip(history, hist, history_ts)]
-    return records.Example(
-        instruction=task.INSTRUCTION, input=text, output=task.answer_text("A", reasons["A"]), label="A",
-        option_a=f"{a.display}.", option_b=f"{b.display}.", reasoning=reasons["A"],
-        pair_id=f"u{user}-{k}", user_id=str(user), reasons=reasons,
-        extra={"history": history_field, "option_a": a.record(target),
-               "option_b": b.record(negative), "negative_kind": str(kind),
-               "target_timestamp": int(target_ts)},
-    )
+    return movie_example(
+        hist, a, b, "A", f"u{user}-{k}", str(user),
+        reasons={"A": reason_text(hist, a, b), "B": reason_text(hist, b, a)},
+        extra={"history": history_field, "option_a": a.record(target), "option_b": b.record(negative),
+               "negative_kind": str(kind), "target_timestamp": int(target_ts)})
 
 
 def _check_args(history_len, train_pairs_per_user, eval_pairs_per_user, val_fraction, test_fraction,
@@ -274,14 +282,13 @@ def summarize(splits: dict[str, list[records.Example]]) -> dict:
     return out
 
 
-def build(ratings: pd.DataFrame, movies: dict[int, Movie], out_dir: str | Path, source: str, seed: int = 0,
-          history_len: int = 5, train_pairs_per_user: int = 1, eval_pairs_per_user: int = 3,
-          val_fraction: float = 0.1,
-          test_fraction: float = 0.1, like_threshold: int = 4, dislike_threshold: int = 2,
-          ranking_candidates: int = 8, negatives: str = "disliked", start: float | None = None) -> dict:
+def build(ratings: pd.DataFrame, movies: dict[int, Movie], out_dir: str | Path, source: str, seed: int,
+          history_len: int, train_pairs_per_user: int, eval_pairs_per_user: int, val_fraction: float,
+          test_fraction: float, like_threshold: int, dislike_threshold: int, ranking_candidates: int,
+          negatives: str, start: float | None = None) -> dict:
     """Write out_dir/{train,val,test}.jsonl, the training users' ratings beside them (for the baseline
     rules), the test users' candidate sets (ranking_candidates movies each; 0: none) and summary.json;
-    return the summary."""
+    return the summary. The settings' defaults: data.built.DEFAULTS (sources.build applies them)."""
     start = time.perf_counter() if start is None else start
     params = {"seed": seed, "history_len": history_len, "train_pairs_per_user": train_pairs_per_user,
               "eval_pairs_per_user": eval_pairs_per_user,
@@ -291,13 +298,13 @@ def build(ratings: pd.DataFrame, movies: dict[int, Movie], out_dir: str | Path, 
     splits, prepared, split_users, tried = _build(ratings, movies, **params)
     out = Path(out_dir)
     for s, exs in splits.items():
-        records.write_jsonl(out / f"{s}.jsonl", (records.to_record(e) for e in exs))
+        files.write_jsonl(out / f"{s}.jsonl", (records.to_record(e) for e in exs))
     R.write_train_ratings(out, prepared[prepared["user_id"].isin(split_users["train"])], like_threshold)
     ranking = None
     if ranking_candidates:
         sets, ranking = candidates.build(prepared, movies, split_users["test"], ranking_candidates,
                                          history_len, like_threshold, _rng(seed, "ranking"))
-        candidates.write(out / candidates.FILE, sets)
+        files.write_jsonl(out / candidates.FILE, sets)
     per_split = summarize(splits)
     rating_users = int(ratings["user_id"].nunique())
     summary = {"source": str(source), **params, "ratings": len(ratings), "movies": len(movies),
@@ -305,5 +312,5 @@ def build(ratings: pd.DataFrame, movies: dict[int, Movie], out_dir: str | Path, 
                "users_without_examples": rating_users - sum(s["users"] for s in per_split.values()),
                "task": TASKS[negatives], "candidate_targets": tried,
                "splits": per_split, "ranking": ranking, "seconds": round(time.perf_counter() - start, 2)}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    built.write_summary(out, summary)
     return summary

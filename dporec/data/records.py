@@ -10,11 +10,10 @@ A record without them (the thesis's file) works everywhere; its pair id is "<fil
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from dporec import UserError, read_text
+from dporec import UserError, files
 from dporec.data import task
 
 REJECTED = "rejected"  # an optional field: the record's own rejected answer (on-policy pairs)
@@ -181,16 +180,11 @@ def load_examples(path: str | Path, limit: int | None = None, max_errors: int = 
     if not path.exists():
         raise UserError(f"data file not found: {path}")
     examples, errors, no_options, first, n_lines = [], [], 0, None, 0
-    for n, line in enumerate(read_text(path).split("\n"), 1):
-        if not line.strip():
-            continue
+    for n, where, obj in files.jsonl_lines(path):
         n_lines += 1
-        where = f"{path}:{n}"
         try:
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UserError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
+            if isinstance(obj, UserError):
+                raise obj
             if (isinstance(obj, dict) and all(isinstance(obj.get(k), str) for k in ("input", "output"))
                     and not task.MARKER_RE.search(obj["input"])):
                 no_options += 1
@@ -224,14 +218,6 @@ def to_record(ex: Example) -> dict:
         rec["reasons"] = ex.reasons
     rec.update(ex.extra)
     return rec
-
-
-def write_jsonl(path: str | Path, records) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as f:
-        for r in records:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
 
 
 # ---------------------------------------------------------------------------------------------

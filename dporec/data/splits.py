@@ -1,72 +1,11 @@
-"""What makes split files trustworthy: position balance, pairs that teach something, no user or id
-shared between train, val and test; and the one cut of shuffled users into the three splits.
-
-The training and evaluation stages, data/check_dataset.py and verify_setup.py all ask these rules here.
+"""What makes split files trustworthy beyond position balance (dporec.data.balance): pairs that teach
+something, no user or id shared between train, val and test; and the one cut of shuffled users into the
+three splits.
 """
 from __future__ import annotations
 
-from dporec.data.records import Example, chosen_output, rejected_output, swap
-from dporec.data.task import LETTERS, other_letter
+from dporec.data.records import chosen_output, rejected_output
 
-IMBALANCE_WARN = 0.60  # warn when one letter holds more than this share of the answers
-
-
-# ---------------------------------------------------------------------------------------------
-# Position balance
-
-
-def balance(examples) -> dict:
-    n_a = sum(e.label == "A" for e in examples)
-    n = len(examples)
-    return {"n": n, "A": n_a, "B": n - n_a, "a_fraction": n_a / n if n else 0.0}
-
-
-def balance_warning(examples, name: str) -> str | None:
-    """A loud message when one position holds more than IMBALANCE_WARN of the answers."""
-    b = balance(examples)
-    top = max(b["A"], b["B"])
-    if b["n"] and top / b["n"] > IMBALANCE_WARN:
-        letter = "A" if b["A"] >= b["B"] else "B"
-        return (f"WARNING: {name}: Option {letter} is the answer in {top}/{b['n']} examples "
-                f"({100 * top / b['n']:.1f}%). A model can score well by always answering {letter}; "
-                f"rebalance with: python data/check_dataset.py {name} --rebalance OUT.jsonl")
-    return None
-
-
-def rebalance(examples: list[Example]) -> list[Example]:
-    """Swap options in the fewest examples needed so that A holds exactly half (±1) of the answers.
-
-    Deterministic: among the over-represented letter, every other example (by position in the
-    file) is swapped until the counts meet.
-    """
-    b = balance(examples)
-    major = "A" if b["A"] > b["B"] else "B"
-    excess = (abs(b["A"] - b["B"])) // 2
-    idx = [i for i, e in enumerate(examples) if e.label == major]
-    # spread the swaps over the file instead of swapping one contiguous block
-    step = len(idx) / excess if excess else 0
-    chosen = {idx[int(k * step)] for k in range(excess)}
-    return [swap(e) if i in chosen else e for i, e in enumerate(examples)]
-
-
-def random_balanced_positions(examples: list[Example], rng) -> list[Example]:
-    """The examples in a random order, with the correct answer in position A for exactly half (±1)
-    of every prefix of the result.
-
-    Scripts take the first N rows of a file (data.max_*_examples): a file balanced only as a whole
-    can be 65% one letter in its first 64 rows, enough for a short run to learn the position.
-    Alternating letters over a shuffled order keeps every prefix balanced; the alternation itself
-    is invisible to the model, which sees one example at a time (and the trainer reshuffles).
-    """
-    order = list(examples)
-    rng.shuffle(order)
-    first = rng.choice(LETTERS)
-    letters = [first if i % 2 == 0 else other_letter(first) for i in range(len(order))]
-    return [e if e.label == L else swap(e) for e, L in zip(order, letters)]
-
-
-# ---------------------------------------------------------------------------------------------
-# Pairs and splits
 
 def pair_problems(examples) -> list[str]:
     """'FILE:LINE: what' for each pair DPO could learn nothing from."""

@@ -2,6 +2,8 @@
 batches longest first in eval mode. Shared by scoring, generation and ranking."""
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 
 
@@ -35,22 +37,30 @@ def pad(seqs: list[list[int]], pad_token: int, left: bool = True):
     return ids, mask, pos
 
 
+@contextmanager
+def inference(model):
+    """The model in eval mode without autograd for the block, then back in the mode it was in."""
+    was_training = getattr(model, "training", False)
+    model.eval()
+    try:
+        with torch.inference_mode():
+            yield model
+    finally:
+        if was_training:
+            model.train()
+
+
 def run_batches(model, items: list, batch_size: int, length, fn, desc: str | None) -> list:
-    """fn(batch) for batches of `batch_size` items, longest first; results in the items' order."""
+    """fn(batch) for batches of `batch_size` items, longest first, in inference mode; results in the
+    items' order."""
     from tqdm.auto import tqdm
 
     # Longest first: an out-of-memory error shows up in the first batch, not after an hour.
     order = sorted(range(len(items)), key=lambda k: -length(items[k]))
     results: list = [None] * len(items)
     batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
-    was_training = getattr(model, "training", False)
-    model.eval()
-    try:
-        with torch.inference_mode():
-            for b in tqdm(batches, desc=desc or "scoring", unit="batch", leave=False):
-                for k, r in zip(b, fn([items[k] for k in b])):
-                    results[k] = r
-    finally:
-        if was_training:
-            model.train()
+    with inference(model):
+        for b in tqdm(batches, desc=desc or "scoring", unit="batch", leave=False):
+            for k, r in zip(b, fn([items[k] for k in b])):
+                results[k] = r
     return results

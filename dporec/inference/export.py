@@ -8,18 +8,24 @@ The folder loads with transformers alone (no PEFT, no bitsandbytes) and serves w
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from pathlib import Path
 
-from dporec import UserError, runs
+from dporec import UserError
 from dporec.config import load_config, updated
+from dporec.runs.adapters import check_adapter
+from dporec.runs.lifecycle import check_writable
+from dporec.runs.provenance import input_record
+
+log = logging.getLogger(__name__)
 
 DTYPES = ("bfloat16", "float16", "float32")
 
 
 def adapter_run_config(adapter: Path, base: str | None) -> dict:
     """The config the adapter was trained with (its config.yaml), else defaults with its recorded base."""
-    acfg = runs.check_adapter(adapter)
+    acfg = check_adapter(adapter)
     cfg = load_config(adapter / "config.yaml") if (adapter / "config.yaml").is_file() else load_config(None)
     name = base or (cfg["model"]["name"] if (adapter / "config.yaml").is_file()
                     else acfg.get("base_model_name_or_path"))
@@ -34,7 +40,7 @@ def claim_out(out: Path, overwrite: bool) -> None:
         if not overwrite:
             raise UserError(f"{out} exists and is not empty; pass --overwrite to replace it, "
                             "or choose another --out")
-    runs.check_writable(out)
+    check_writable(out)
 
 
 def export(adapter: str | Path, out: str | Path, dtype: str = "bfloat16", base: str | None = None,
@@ -42,13 +48,14 @@ def export(adapter: str | Path, out: str | Path, dtype: str = "bfloat16", base: 
     """Write the merged model (weights, config, tokenizer, model card, export_info.json) into `out`."""
     import torch
 
-    from dporec.modeling import backends
+    from dporec.modeling import backends, runtime
+    from dporec.modeling.hardware import quantized_weights
     adapter, out = Path(adapter), Path(out)
     cfg = adapter_run_config(adapter, base)
-    runs.check_adapter(adapter, cfg["model"]["name"])
+    check_adapter(adapter, cfg["model"]["name"])
     claim_out(out, overwrite)
     cfg = updated(cfg, {"model.backend": backend})
-    chosen = backends.backend_for(cfg)
+    chosen = runtime.setup(cfg, "eval").check("eval", "export.py")
     if chosen == "unsloth":
         # Unsloth's merged save dequantizes the 4-bit base itself; it writes the model's 16-bit dtype
         model, tok = backends.load_for_training(cfg, chosen, adapter=adapter)
@@ -56,7 +63,7 @@ def export(adapter: str | Path, out: str | Path, dtype: str = "bfloat16", base: 
         model.save_pretrained_merged(str(out), tok, save_method="merged_16bit")
     else:
         model, tok = backends.load_base(cfg, chosen)
-        if getattr(model, "is_quantized", False) or getattr(model.config, "quantization_config", None):
+        if quantized_weights(model):
             model.dequantize()  # the 4-bit weights the adapter was trained on, exactly, in the compute dtype
         from peft import PeftModel
         merged = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
@@ -64,12 +71,12 @@ def export(adapter: str | Path, out: str | Path, dtype: str = "bfloat16", base: 
         shutil.rmtree(out, ignore_errors=True)
         merged.save_pretrained(str(out), safe_serialization=True)
         tok.save_pretrained(str(out))
-    info = {"adapter": str(adapter), "adapter_sha256": runs.input_record({"a": adapter})["a"]["sha256"],
+    info = {"adapter": str(adapter), "adapter_sha256": input_record({"a": adapter})["a"]["sha256"],
             "base": cfg["model"]["name"], "base_loaded_in_4bit": cfg["model"]["load_in_4bit"],
             "dtype": dtype, "backend": chosen}
     (out / "export_info.json").write_text(json.dumps(info, indent=2) + "\n")
     (out / "README.md").write_text(model_card(adapter, info))
-    print(f"[export] merged {adapter} into {cfg['model']['name']} -> {out} ({dtype}, {chosen})")
+    log.info(f"[export] merged {adapter} into {cfg['model']['name']} -> {out} ({dtype}, {chosen})")
     return out
 
 

@@ -1,10 +1,11 @@
-"""Several adapters on one 4-bit base: attach them once, then switch between them (and the bare base)."""
+"""Several adapters on one 4-bit base: load the base once with every adapter attached, then switch between
+them (and the bare base)."""
 from __future__ import annotations
 
 from contextlib import nullcontext
 from pathlib import Path
 
-from dporec import runs
+from dporec.runs.adapters import check_adapter
 
 
 def attach_adapters(model, adapters: dict[str, str | Path], base_name: str | None = None):
@@ -15,7 +16,7 @@ def attach_adapters(model, adapters: dict[str, str | Path], base_name: str | Non
     from peft import PeftModel
     peft_model = None
     for name, path in adapters.items():
-        runs.check_adapter(path, base_name)
+        check_adapter(path, base_name)
         if peft_model is None:
             peft_model = PeftModel.from_pretrained(model, str(path), adapter_name=name)
         else:
@@ -23,6 +24,17 @@ def attach_adapters(model, adapters: dict[str, str | Path], base_name: str | Non
     result = peft_model if peft_model is not None else model
     result.eval()
     return result
+
+
+def load_with_adapters(cfg: dict, backend: str, adapters: dict[str, str | Path | None]):
+    """(model, tokenizer): the base once, with every adapter of `adapters` attached (None = the base
+    itself), in eval mode; what the evaluation, the on-policy sampling and recommend.py score with."""
+    from dporec.modeling import backends
+    base, tok = backends.load_base(cfg, backend)
+    with_adapters = {n: p for n, p in adapters.items() if p is not None}
+    model = attach_adapters(base, with_adapters, cfg["model"]["name"]) if with_adapters else base
+    model.eval()
+    return model, tok
 
 
 def active(model, name: str, adapters: dict):

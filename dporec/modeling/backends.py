@@ -6,25 +6,19 @@ Two backends load the same 4-bit NF4 base and produce the same kind of PEFT LoRA
             CPU included (bitsandbytes >= 0.49 has CPU 4-bit kernels).
 `auto` picks unsloth when a CUDA GPU and the package are present, else hf, and says which.
 
-Unsloth patches transformers/trl/peft when imported, so resolve_backend() imports it before any of
-them; nothing in this package imports those libraries at module import time.
+Unsloth patches transformers/trl/peft when imported, so the process setup (modeling.runtime) imports it
+before any of them; nothing in this package imports those libraries at module import time.
 """
 from __future__ import annotations
 
-import importlib.util
 import os
 from pathlib import Path
 
 import torch
 
-from dporec import UserError, compat, runs, weights
-from dporec.modeling.hardware import (
-    cuda_capability,
-    dtype_for,
-    refuse_without_gpu,
-    return_freed_memory,
-    unsloth_dtype_note,
-)
+from dporec import UserError, compat, weights
+from dporec.modeling.hardware import cuda_capability, dtype_for, return_freed_memory
+from dporec.runs.adapters import check_adapter
 from dporec.weights import is_local_name
 
 SHARED_PROMPT_NEEDS_HF = ("dpo.prefix_sharing=true: the shared-prompt DPO forward needs a custom attention "
@@ -35,7 +29,8 @@ def choose_backend(requested: str, has_cuda: bool, has_unsloth: bool,
                    several: bool = False, shared_prompt: bool = False) -> tuple[str, str]:
     """(backend, why) for model.backend on a machine with these facts; UserError where it cannot run.
 
-    The rule resolve_backend applies and verify_setup.py reports, without importing anything.
+    The rule the process setup (modeling.runtime) applies and verify_setup.py reports, without importing
+    anything.
     Several processes (accelerate launch): the hf path is the one tested with DDP here; Unsloth's
     multi-GPU route has not been run with these scripts, so it is not chosen silently. shared_prompt:
     the DPO stage with dpo.prefix_sharing, which runs on hf.
@@ -68,38 +63,13 @@ def choose_backend(requested: str, has_cuda: bool, has_unsloth: bool,
     raise UserError(f"model.backend must be auto, unsloth or hf, got {requested!r}")
 
 
+def world_size() -> int:
+    """Processes training together: WORLD_SIZE under `accelerate launch` / torchrun, else 1."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def several_processes() -> bool:
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
-
-
-def resolve_backend(requested: str, verbose: bool = True, shared_prompt: bool = False) -> str:
-    """'auto' | 'unsloth' | 'hf' -> the backend actually used (importing Unsloth first if chosen)."""
-    backend, why = choose_backend(requested, torch.cuda.is_available(),
-                                  importlib.util.find_spec("unsloth") is not None, several_processes(),
-                                  shared_prompt)
-    if requested == "auto" and verbose:
-        print(f"[backend] auto -> {backend} ({why})")
-    if backend == "unsloth":
-        import unsloth  # noqa: F401  (must precede trl/transformers/peft: it patches them)
-    return backend
-
-
-def shared_prompt_dpo(cfg: dict, stage: str | None) -> bool:
-    return stage == "dpo" and cfg["dpo"]["prefix_sharing"]
-
-
-def backend_for(cfg: dict, stage: str | None = None) -> str:
-    """What every script calls first: refuse a GPU-sized model without a GPU (before any download),
-    resolve the backend (importing Unsloth first when chosen), and reject dtype settings this GPU or
-    Unsloth cannot run, all before a model is loaded. stage "dpo": its shared-prompt forward runs on hf."""
-    refuse_without_gpu(cfg)
-    backend = resolve_backend(cfg["model"]["backend"], shared_prompt=shared_prompt_dpo(cfg, stage))
-    capability = cuda_capability()
-    note = unsloth_dtype_note(cfg, backend, capability)
-    if note:
-        print(note)
-    dtype_for(cfg["model"]["dtype"], capability)
-    return backend
+    return world_size() > 1
 
 
 def prepare_generation(model, backend: str) -> None:
@@ -266,7 +236,7 @@ def load_for_training(cfg: dict, backend: str, adapter: str | Path | None = None
         model.gradient_checkpointing_enable()
         model.enable_input_require_grads()
     if adapter is not None:
-        runs.check_adapter(adapter, cfg["model"]["name"])
+        check_adapter(adapter, cfg["model"]["name"])
         model = PeftModel.from_pretrained(model, str(adapter), is_trainable=True)
     else:
         model = get_peft_model(model, lora_config(cfg))

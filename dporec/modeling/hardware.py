@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from dporec import UserError
+from dporec.costmodel import ModelShape
 
 # ---------------------------------------------------------------------------------------------
 # Precision (capability None: no usable CUDA device)
@@ -145,22 +146,15 @@ def _local_config(name: str) -> dict | None:
 
 
 def model_params(cfg: dict) -> float | None:
-    """The parameter count the GPU rule uses (scripts and verify_setup alike), from a local config.json."""
+    """The parameter count the GPU rule uses (scripts and verify_setup alike), from a local config.json
+    (costmodel.ModelShape: the one count)."""
     config = _local_config(cfg["model"]["name"])
-    return _params_from_config(config) if config else None
-
-
-def _params_from_config(c: dict) -> float | None:
-    """Rough parameter count of a decoder-only transformer from its config.json (no model built)."""
-    try:
-        h, layers, vocab = c["hidden_size"], c["num_hidden_layers"], c["vocab_size"]
-    except KeyError:
+    if not config:
         return None
-    inter = c.get("intermediate_size", 4 * h)
-    heads = c.get("num_attention_heads", 1)
-    kv = c.get("num_key_value_heads", heads) * c.get("head_dim", h // max(heads, 1))
-    per_layer = 2 * h * h + 2 * h * kv + 3 * h * inter
-    return float(layers * per_layer + vocab * h * (1 if c.get("tie_word_embeddings") else 2))
+    try:
+        return float(ModelShape.from_config(config).params)
+    except KeyError:  # not a decoder config this rule can count
+        return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -171,6 +165,14 @@ def prequantized(name: str, config: dict | None = None) -> bool:
     if config is not None and config.get("quantization_config"):
         return True
     return bool(re.search(r"(bnb[-_]4bit|[-_](4|8)bit$|gptq|awq)", Path(name).name, re.IGNORECASE))
+
+
+def quantized_weights(model) -> bool:
+    """Whether a loaded model holds quantized weights (loaded in 4-bit, or a pre-quantized checkpoint):
+    the same rule as prequantized, asked of the loaded model's config."""
+    config = getattr(model, "config", None)
+    return prequantized(getattr(config, "name_or_path", "") or "",
+                        config.to_dict() if hasattr(config, "to_dict") else None)
 
 
 def prequantized_reason(cfg: dict) -> str | None:

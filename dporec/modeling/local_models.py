@@ -9,6 +9,7 @@ The tiny model's tokenizer is trained on texts in the task's own wording (dporec
 from __future__ import annotations
 
 import importlib.util
+import logging
 import shutil
 from pathlib import Path
 
@@ -19,6 +20,8 @@ from dporec import UserError
 from dporec.data import task
 from dporec.data.sources import synthetic
 from dporec.data.sources.synthetic import GENRES
+
+log = logging.getLogger(__name__)
 
 
 def claim_model_dir(out: str | Path, force: bool) -> Path:
@@ -172,8 +175,8 @@ def check_model_folder(folder: Path) -> None:
         if not torch.isfinite(logits).all():
             raise RuntimeError(f"{folder}: non-finite logits when loaded with load_in_4bit={four_bit}")
         kind = "4-bit NF4" if four_bit else "fp32"
-        print(f"[verify] {kind}: {type(model).__name__}, {sum(p.numel() for p in model.parameters()):,} "
-              f"stored parameters, logits {tuple(logits.shape)}")
+        log.info(f"[verify] {kind}: {type(model).__name__}, {sum(p.numel() for p in model.parameters()):,} "
+                 f"stored parameters, logits {tuple(logits.shape)}")
         del model
 
 
@@ -258,7 +261,7 @@ def build_learnable_llama(out_dir: str | Path, seed: int = 0, hidden: int = 128,
         sched.step()
         opt.zero_grad()
         if verbose and step % 50 == 0:
-            print(f"[pretrain] step {step} loss {loss.item():.3f}")
+            log.info(f"[pretrain] step {step} loss {loss.item():.3f}")
     model.eval()
     model.save_pretrained(out)
     return out

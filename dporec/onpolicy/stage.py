@@ -10,15 +10,21 @@ appended to samples.jsonl as they are made, so an interrupted run continues wher
 from __future__ import annotations
 
 import json
+import logging
 import random
 import time
 from pathlib import Path
 
-from dporec import UserError, runs
-from dporec.data import judge, records, splits
-from dporec.report.files import write_json
+from dporec import UserError, arms, files
+from dporec.data import balance, judge, records
+from dporec.files import read_json, write_json
+from dporec.modeling.adapters import load_with_adapters
+from dporec.runs import lifecycle, provenance
+from dporec.runs.adapters import FinishedRun, check_adapter, require_sft_adapter
 
-SAMPLES, PAIRS, SUMMARY, SETTINGS = "samples.jsonl", "pairs.jsonl", "summary.json", "sampling.json"
+SAMPLES, SETTINGS = "samples.jsonl", "sampling.json"
+PAIRS, SUMMARY = arms.PAIRS.output, arms.PAIRS.marker  # what on-policy DPO reads, and the finished marker
+log = logging.getLogger(__name__)
 CHUNK = 64  # prompts generated between two appends to samples.jsonl: what an interruption can lose
 
 
@@ -117,21 +123,23 @@ def balance_positions(pairs: list[dict], summary: dict, seed: int) -> list[dict]
     return kept
 
 
-def run_sampling(cfg: dict) -> int:
+def run_sampling(cfg: dict, spec: arms.StageSpec | None = None, rt=None) -> int:
     """Sample, judge and pair into <output_dir>/onpolicy_pairs/; see the module docstring."""
-    from dporec.evaluation.stage import load_models
-    from dporec.modeling import backends
+    from dporec.modeling import backends, runtime
 
     oc = cfg["onpolicy"]
-    adapter = runs.sft_adapter_path(cfg)
-    runs.check_adapter(adapter, cfg["model"]["name"])
+    spec = spec or arms.spec_for(arms.PAIRS, cfg, FinishedRun(cfg, "on-policy sampling"))
+    adapter = require_sft_adapter(spec.init_adapter, "on-policy sampling")
+    check_adapter(adapter, cfg["model"]["name"])
     examples = prompts_of(cfg)
-    folder = runs.stage_dir(cfg, runs.ONPOLICY_PAIRS)
-    if runs.finished_already(folder, cfg, SUMMARY):
+    folder = spec.stage.folder(cfg["output_dir"])
+    resume, overwrite = spec.mode(cfg)
+    if lifecycle.finished_already(folder, resume, SUMMARY):
         return 0
-    out = runs.prepare_run_dir(folder, {**cfg, "resume": False}, done_marker=SUMMARY)
+    # resume=true is how every run continues its samples: they are appended as they are made
+    out = lifecycle.prepare_run_dir(folder, False, overwrite, SUMMARY)
     wanted = settings(cfg, adapter)
-    if (out / SETTINGS).is_file() and runs.read_json(out / SETTINGS) != wanted:
+    if (out / SETTINGS).is_file() and read_json(out / SETTINGS) != wanted:
         raise UserError(f"{out} holds samples made with other settings ({out / SETTINGS}); pass --overwrite "
                         "to sample again with these, or use another output_dir")
     (out / SETTINGS).write_text(json.dumps(wanted, indent=2) + "\n")
@@ -140,14 +148,15 @@ def run_sampling(cfg: dict) -> int:
     # each prompt keeps its place k in `asked`: its random stream is the same whether or not a run
     # before this one was interrupted
     todo = [(k, *item) for k, item in enumerate(asked) if (item[0].pair_id, item[1]) not in done]
-    print(f"[onpolicy] {len(examples)} training examples x 2 orders x {oc['samples_per_prompt']} samples"
-          + (f"; continuing: {len(done)} prompts sampled already" if done else ""))
+    log.info(f"[onpolicy] {len(examples)} training examples x 2 orders x {oc['samples_per_prompt']} samples"
+             + (f"; continuing: {len(done)} prompts sampled already" if done else ""))
     t0 = time.perf_counter()
-    with runs.stage_guard(out, resumable=False):
+    with lifecycle.stage_guard(out, resumable=False):
         if todo:
-            backend = backends.backend_for(cfg)
+            rt = rt or runtime.setup(cfg, "sampling")
+            backend = rt.check("sampling", spec.stage.script)
             backends.check_model_name(cfg["model"]["name"])
-            model, tok = load_models(cfg, backend, {"sft": adapter})
+            model, tok = load_with_adapters(cfg, backend, {"sft": adapter})
             backends.prepare_generation(model, backend)
             try:
                 _sample(model, tok, todo, cfg, out / SAMPLES)
@@ -170,13 +179,14 @@ def run_sampling(cfg: dict) -> int:
                             "Mostly unparseable samples: lower onpolicy.temperature; samples that all agree: "
                             "raise it or onpolicy.samples_per_prompt; or train SFT longer. Then rerun with "
                             "--overwrite (the samples depend on these settings)")
-        records.write_jsonl(out / PAIRS, pairs)
+        files.write_jsonl(out / PAIRS, pairs)
         written = records.load_examples(out / PAIRS)  # what train_dpo.py will read: every line valid
         summary.update(examples=len(examples), seconds=round(time.perf_counter() - t0, 1),
-                       pair_balance=splits.balance(written), **wanted)
-        runs.write_run_info(out, cfg, stage="onpolicy", inputs=runs.input_record({"sft": adapter}))
+                       pair_balance=balance.balance(written), **wanted)
+        provenance.write_run_info(out, cfg, stage="onpolicy", spec=spec.record(cfg),
+                                  inputs=provenance.input_record({"sft": adapter}))
         write_json(out / SUMMARY, summary)  # last: the stage's finished marker
-    print(summary_line(summary, out))
+    log.info(summary_line(summary, out))
     return 0
 
 

@@ -1,94 +1,33 @@
-"""What a configured run will cost before it runs: FLOPs per stage from the data and the config, turned
-into wall time on a GPU at an assumed (or, where benchmarks/ measured it, a measured) utilisation, and
-a peak-memory estimate. verify_setup.py prints it; README and docs/speed.md quote it.
+"""What a configured run will cost before it runs: every stage of the run (the main ones and each switched-on
+arm's, from dporec.arms) with its FLOPs (dporec.costmodel, the convention the benchmark measures in), turned
+into wall time on a GPU at an assumed utilisation or one a benchmark measured (a file passed in), and each
+training stage's peak memory. verify_setup.py prints it; README and docs/speed.md quote it.
 
-FLOP conventions (N = the model's matmul parameters: everything but the input embedding, LM head
-included; attention's sequence-squared term and 4-bit dequantization are not counted):
-  trained token    6N: forward 2N, backward to the activations 2N (the 4-bit base gets no weight
-                   gradients; LoRA's own FLOPs are <1%), and 2N for the forward that gradient
-                   checkpointing recomputes (4N without checkpointing)
-  forward token    2N: the frozen reference, validation, scoring, ranking
-Token counts are the data's own (measured with the model's tokenizer when it is on disk, else
-characters / 4); a stage's tokens follow what the code runs: one prompt per pair with dpo.prefix_sharing
-(else two), the reference once with dpo.precompute_ref_log_probs (else every step), both full answers
-per option order in scoring, one context per question in the ranking.
+Token counts are the data's own (measured with the model's tokenizer when it is on disk, else characters /
+4); a stage's tokens follow what the code runs: one prompt per pair with dpo.prefix_sharing on hf (else
+two), the reference once with dpo.precompute_ref_log_probs (else in every step), both full answers per
+option order with eval.full_answer, one context per question in the ranking.
 """
 from __future__ import annotations
 
-import json
 import math
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dporec import ROOT
-
-ASSUMED_UTILISATION = 0.40  # share of the dense bf16 peak a QLoRA step sustains (benchmarks/ measure it)
-MEASURED_FILE = ROOT / "benchmarks" / "results" / "utilisation.json"  # written by benchmarks/bench_train.py
-GIB = 1024 ** 3
-
-# Dense (no sparsity) peak TFLOP/s for bf16 tensor-core matmuls with fp32 accumulation, memory in GiB and
-# bandwidth in GB/s, from the vendors' spec sheets. First match wins, so variants come first. T4 has no
-# bf16: its fp16 figure.
-GPU_SPECS = (  # (regex on the lower-cased torch.cuda.get_device_name, label, TFLOP/s, GiB, GB/s)
-    (r"h100.*pcie", "H100 PCIe", 756.0, 80, 2000.0),
-    (r"h100.*nvl", "H100 NVL", 835.0, 94, 3900.0),
-    (r"h100", "H100 SXM", 989.0, 80, 3350.0),
-    (r"h200.*nvl", "H200 NVL", 835.0, 141, 4800.0),
-    (r"h200", "H200 SXM", 989.0, 141, 4800.0),
-    (r"a100.*80gb", "A100 80GB", 312.0, 80, 2039.0),
-    (r"a100", "A100 40GB", 312.0, 40, 1555.0),
-    (r"rtx 3090", "RTX 3090", 71.0, 24, 936.0),
-    (r"\bl4\b", "L4", 121.0, 24, 300.0),
-    (r"\bt4\b", "T4 (fp16)", 65.0, 15, 320.0),
+from dporec import UserError, arms
+from dporec.costmodel import (
+    CONVENTION,
+    ModelShape,
+    decode_seconds,
+    example_flops,
+    forward_token_flops,
+    gpu_spec,
+    pair_tokens,
+    peak_memory_gib,
 )
-RTX_3090, T4 = "NVIDIA GeForce RTX 3090", "Tesla T4"
+from dporec.files import read_json
 
-
-def gpu_spec(device_name: str | None) -> dict | None:
-    """{'label', 'bf16_tflops', 'memory_gib', 'bandwidth_gbs'} for a torch.cuda.get_device_name()."""
-    name = (device_name or "").lower()
-    for pattern, label, tflops, gib, gbs in GPU_SPECS:
-        if re.search(pattern, name):
-            return {"label": label, "bf16_tflops": tflops, "memory_gib": gib, "bandwidth_gbs": gbs}
-    return None
-
-
-# ---------------------------------------------------------------------------------------------
-# What is computed: the model's shape and the data's sizes
-
-@dataclass
-class ModelShape:
-    params: float            # all parameters
-    embedding: float         # the input embedding (a lookup, no matmul)
-    hidden: int
-    layers: int
-    vocab: int
-    intermediate: int
-
-    @property
-    def matmul(self) -> float:
-        return self.params - self.embedding
-
-
-# Llama 3 8B (meta-llama/Meta-Llama-3-8B config.json): for a prediction before the weights are downloaded.
-LLAMA3_8B = ModelShape(params=8_030_261_248, embedding=525_336_576, hidden=4096, layers=32, vocab=128256,
-                       intermediate=14336)
-
-
-def shape_from_config(config: dict) -> ModelShape:
-    """A Llama-style config.json's parameter counts, by arithmetic (no model is built)."""
-    h, layers, v = config["hidden_size"], config["num_hidden_layers"], config["vocab_size"]
-    inter = config["intermediate_size"]
-    heads = config["num_attention_heads"]
-    head_dim = config.get("head_dim") or h // heads
-    kv = config.get("num_key_value_heads") or heads
-    attn = h * heads * head_dim * 2 + h * kv * head_dim * 2
-    per_layer = attn + 3 * h * inter + 2 * h
-    emb = v * h
-    head = 0 if config.get("tie_word_embeddings") else v * h
-    return ModelShape(params=emb + layers * per_layer + h + head, embedding=emb, hidden=h, layers=layers,
-                      vocab=v, intermediate=inter)
+ASSUMED_UTILISATION = 0.40  # share of the dense bf16 peak a QLoRA step sustains, until a benchmark says
 
 
 @dataclass
@@ -140,23 +79,23 @@ def data_shape(cfg: dict, tokenizer=None) -> DataShape | None:
 
 
 # ---------------------------------------------------------------------------------------------
-# The FLOP count, stage by stage
+# The stages and their FLOPs
 
 @dataclass
 class Stage:
     name: str
+    kind: str                  # "train" (compute at the training utilisation) or "eval"
     backend: str
     flops: float
     tokens: float
     what: str
-    peak_gib: float | None = None
     decode_steps: float = 0.0  # sequential generation steps: each reads every weight once (bandwidth-bound)
 
 
-def _steps(cfg: dict, stage: str, examples: int) -> tuple[int, int]:
-    """(optimizer steps, examples seen) of a training stage."""
+def _steps(cfg: dict, section: str, examples: int) -> tuple[int, int]:
+    """(optimizer steps, examples seen) of a training stage's effective config."""
     per_step = cfg["train"]["batch_size"] * cfg["train"]["grad_accum"]
-    sc = cfg[stage]
+    sc = cfg[section]
     steps = sc["max_steps"] if sc["max_steps"] > 0 else math.ceil(sc["epochs"] * examples / per_step)
     return steps, steps * per_step
 
@@ -167,166 +106,169 @@ def _evaluations(cfg: dict, steps: int) -> int:
     return 1 + steps // every + (1 if steps % every else 0)
 
 
-def stages(cfg: dict, model: ModelShape, data: DataShape, backends: dict[str, str]) -> list[Stage]:
-    """The run's stages (SFT, DPO, its reference, the control arm, evaluation, ranking) with their FLOPs."""
-    n = model.matmul
-    train_factor = 6.0 if cfg["train"]["gradient_checkpointing"] else 4.0
-    d, ec = cfg["data"], cfg["eval"]
-    n_train = min(data.train, d["max_train_examples"] or data.train)
-    n_val = min(data.val, d["max_val_examples"] or data.val)
-    n_test = min(data.test, d["max_test_examples"] or data.test)
+def _sampled_pairs(cfg: dict, n_train: int) -> int:
+    """At most one pair per sampled prompt: every training example in both orders."""
+    return 2 * min(n_train, cfg["onpolicy"]["max_prompts"] or n_train)
+
+
+def _training(spec: arms.StageSpec, cfg: dict, model: ModelShape, data: DataShape, backend: str,
+              n_train: int, n_val: int) -> list[Stage]:
+    """A training stage's rows: its steps (with validation) and, for DPO, its reference."""
+    from dporec.config import updated
+    kind, label = spec.stage.kind, spec.stage.label
+    scfg = updated(cfg, {k: v for k, v in spec.config_settings(cfg["output_dir"]).items()
+                         if k != "data.train_file"})
+    examples = _sampled_pairs(cfg, n_train) if spec.train_from else n_train
+    steps, seen = _steps(scfg, kind, examples)
+    p, a, gc = data.prompt, data.answer, scfg["train"]["gradient_checkpointing"]
+    shared = kind == "dpo" and scfg["dpo"]["prefix_sharing"] and backend == "hf"
+    precomputed = scfg["dpo"]["precompute_ref_log_probs"]
+    per_example = example_flops(kind, model, p, a, gc, shared)  # the reference: its own row below
+    tokens = p + a if kind == "sft" else pair_tokens(p, a, shared)
+    val = _evaluations(scfg, steps) * n_val * tokens * forward_token_flops(model)
+    if kind == "dpo" and not precomputed:
+        val *= 2  # the reference scores the validation pairs too
+    unit = "examples" if kind == "sft" else "pairs"
+    what = f"{steps} steps x {seen // max(steps, 1)} {unit}, {tokens:.0f} tokens each"
+    if kind == "dpo":
+        what += f" ({'prompt once' if shared else 'prompt twice'})"
+    if spec.train_from:
+        what += f", on at most {examples} {spec.train_from.label} pairs"
+    rows = [Stage(label, "train", backend, seen * per_example + val, seen * tokens, what)]
+    if kind == "dpo":
+        ref = (examples + n_val) * tokens if precomputed else seen * tokens
+        rows.append(Stage(f"{label} reference", "train", backend, forward_token_flops(model) * ref, ref,
+                          "one pass before training" if precomputed else "a forward in every step"))
+    return rows
+
+
+def _sampling(cfg: dict, model: ModelShape, data: DataShape, backend: str, n_train: int,
+              label: str) -> Stage:
+    oc = cfg["onpolicy"]
+    prompts, k = _sampled_pairs(cfg, n_train), oc["samples_per_prompt"]
+    # the prompt runs once per sampled sequence; an answer is about as long as the builder's
+    tokens = prompts * k * (data.prompt + data.answer)
+    return Stage(label, "eval", backend, forward_token_flops(model) * tokens, tokens,
+                 f"{prompts} prompts x {k} samples, up to {oc['max_new_tokens']} new tokens",
+                 decode_steps=math.ceil(prompts / oc["batch_size"]) * oc["max_new_tokens"])
+
+
+def _evaluation(cfg: dict, model: ModelShape, data: DataShape, backend: str, n_models: int) -> list[Stage]:
+    ec = cfg["eval"]
     p, a = data.prompt, data.answer
-    out = []
-
-    steps, seen = _steps(cfg, "sft", n_train)
-    sft_tokens = seen * (p + a)
-    val = _evaluations(cfg, steps) * n_val * (p + a) * 2 * n
-    out.append(Stage("SFT", backends["sft"], train_factor * n * sft_tokens + val, sft_tokens,
-                     f"{steps} steps x {seen // max(steps, 1)} examples, {p + a:.0f} tokens each"))
-
-    shared = cfg["dpo"]["prefix_sharing"] and backends["dpo"] == "hf"
-    pair = (p if shared else 2 * p) + 2 * a
-    steps, seen = _steps(cfg, "dpo", n_train)
-    dpo_tokens = seen * pair
-    precomputed = cfg["dpo"]["precompute_ref_log_probs"]
-    val = _evaluations(cfg, steps) * n_val * pair * 2 * n * (1 if precomputed else 2)
-    out.append(Stage("DPO", backends["dpo"], train_factor * n * dpo_tokens + val, dpo_tokens,
-                     f"{steps} steps x {seen // max(steps, 1)} pairs, {pair:.0f} tokens each "
-                     f"({'prompt once' if shared else 'prompt twice'})"))
-    ref_tokens = (n_train + n_val) * pair if precomputed else seen * pair
-    out.append(Stage("DPO reference", backends["dpo"], 2 * n * ref_tokens, ref_tokens,
-                     "one pass before training" if precomputed else "a forward in every step"))
-    if cfg["experiment"]["control_arm"]:
-        control_tokens = seen * (p + a)  # as many optimizer steps as DPO, SFT-sized examples
-        out.append(Stage("SFT control", backends["sft"], train_factor * n * control_tokens, control_tokens,
-                         f"{steps} steps, as many as DPO"))
-    on_policy = cfg["experiment"]["on_policy_arm"]
-    if on_policy:
-        oc = cfg["onpolicy"]
-        prompts = 2 * min(n_train, oc["max_prompts"] or n_train)  # every training example in both orders
-        k = oc["samples_per_prompt"]
-        # the prompt runs once per sampled sequence; an answer is about as long as the builder's
-        gen_tokens = prompts * k * (p + a)
-        calls = math.ceil(prompts / oc["batch_size"])
-        out.append(Stage("on-policy sampling", backends["eval"], 2 * n * gen_tokens, gen_tokens,
-                         f"{prompts} prompts x {k} samples, up to {oc['max_new_tokens']} new tokens",
-                         decode_steps=calls * oc["max_new_tokens"]))
-        # DPO on at most one pair per prompt, for the off-policy DPO's steps: the same compute per step
-        out.append(Stage("on-policy DPO", backends["dpo"], train_factor * n * dpo_tokens, dpo_tokens,
-                         f"{steps} steps, as many as DPO, on at most {prompts} sampled pairs"))
-        ref = (prompts + n_val) * pair if precomputed else seen * pair
-        out.append(Stage("on-policy reference", backends["dpo"], 2 * n * ref, ref,
-                         "one pass over the sampled pairs" if precomputed else "a forward in every step"))
-
-    n_models = (len(ec["models"]) + len(ec["adapters"]) + (1 if cfg["experiment"]["control_arm"] else 0)
-                + (1 if on_policy else 0))
+    n_test = min(data.test, cfg["data"]["max_test_examples"] or data.test)
     if ec["full_answer"]:  # both full answers per order; hf runs the prompt once for the two
-        per_order = (p + 2 * a) if backends["eval"] == "hf" else 2 * (p + a)
+        per_order = (p + 2 * a) if backend == "hf" else 2 * (p + a)
     else:  # the decision: one context, prompt + "The better recommendation is Option"
         per_order = p + 7
-    eval_tokens = n_test * 2 * per_order * n_models
-    out.append(Stage("evaluation", backends["eval"], 2 * n * eval_tokens, eval_tokens,
-                     f"{n_test} pairs x 2 orders x {n_models} models"))
+    tokens = n_test * 2 * per_order * n_models
+    out = [Stage("evaluation", "eval", backend, forward_token_flops(model) * tokens, tokens,
+                 f"{n_test} pairs x 2 orders x {n_models} models")]
     if ec["ranking"] and data.ranking_users:
         users = min(data.ranking_users, ec["ranking_max_users"] or data.ranking_users)
         questions = users * data.candidates * (data.candidates - 1)
         option = (p - 40) / 7  # the prompt is ~40 tokens of instruction and template plus 7 movies
         # hf shares each user's instruction and history across the questions; Unsloth runs each context
-        context = 2 * option + 8 if backends["eval"] == "hf" else p + 8
+        context = 2 * option + 8 if backend == "hf" else p + 8
         rank_tokens = questions * context * n_models
-        out.append(Stage("ranking", backends["eval"], 2 * n * rank_tokens, rank_tokens,
+        out.append(Stage("ranking", "eval", backend, forward_token_flops(model) * rank_tokens, rank_tokens,
                          f"{users} users x {questions // max(users, 1)} questions x {n_models} models"))
     return out
 
 
-# ---------------------------------------------------------------------------------------------
-# Peak memory
+def stages(cfg: dict, model: ModelShape, data: DataShape, backends: dict[str, str]) -> list[Stage]:
+    """Every stage the run will run (arms.stages() order, the switched-on arms only) with its FLOPs.
+    backends: {stage kind: backend} (modeling.runtime.plan)."""
+    from dporec.runs.adapters import eval_adapters
+    n_train = min(data.train, cfg["data"]["max_train_examples"] or data.train)
+    n_val = min(data.val, cfg["data"]["max_val_examples"] or data.val)
+    dpo_steps = _steps(cfg, "dpo", n_train)[0]
+    done = arms.Predicted(output_dir=cfg["output_dir"], sft_adapter="<the run's SFT adapter>",
+                          dpo_steps=dpo_steps, dpo_learning_rate=cfg["dpo"]["learning_rate"])
+    out = []
+    for stage in (arms.SFT, arms.DPO, *(s for a in arms.enabled(cfg) for s in a.stages)):
+        spec = arms.spec_for(stage, cfg, done)
+        backend = backends[stage.kind]
+        if stage.kind == "sampling":
+            out.append(_sampling(cfg, model, data, backend, n_train, stage.label))
+        else:
+            out += _training(spec, cfg, model, data, backend, n_train, n_val)
+    return out + _evaluation(cfg, model, data, backends["eval"], len(eval_adapters(cfg)))
 
-def peak_memory_gib(cfg: dict, model: ModelShape, data: DataShape, stage: str, shared: bool) -> float:
-    """A training stage's predicted peak GPU memory: 4-bit weights, LoRA with optimizer states,
-    checkpointed activations, one layer recomputed, the fp32 logits, and the CUDA context."""
-    four_bit = cfg["model"]["load_in_4bit"]
-    head = model.vocab * model.hidden
-    quantized = model.params - model.embedding - head
-    weights = quantized * (0.55 if four_bit else 2) + (model.embedding + head) * 2
-    lora = cfg["lora"]["r"] * 2 * (model.hidden * 4 + model.intermediate * 3) * model.layers
-    optimizer = 2 if "8bit" in cfg["train"]["optim"] else 8
-    lora_bytes = lora * (4 + 4 + optimizer)
-    rows = cfg["train"]["batch_size"] * (1 if stage == "sft" or shared else 2)
-    length = data.prompt + data.answer * (2 if stage == "dpo" and shared else 1)
-    act_layers = model.layers if cfg["train"]["gradient_checkpointing"] else model.layers * 8
-    activations = rows * length * model.hidden * 2 * act_layers
-    one_layer = rows * length * (model.hidden * 10 + model.intermediate * 4) * 2
-    # logits: every position for SFT; the answer columns only on the hf DPO path; fp32, with its grad
-    columns = length if stage == "sft" else 2 * data.answer + 2
-    logit_rows = cfg["train"]["batch_size"] * (1 if stage == "sft" else 2)
-    logits = logit_rows * columns * model.vocab * 4 * 2
-    return (weights + lora_bytes + activations + one_layer + logits) / GIB + 1.0  # + CUDA context
+
+def peak_memory(cfg: dict, model: ModelShape, data: DataShape, backends: dict[str, str],
+                gpu: bool = True) -> dict[str, float]:
+    """{"SFT": GiB, "DPO": GiB}: the training stages' predicted peak memory (the arms train the same
+    shapes). On a CPU (gpu False) the compute dtype is fp32 and there is no CUDA context."""
+    t, lc = cfg["train"], cfg["lora"]
+    common = dict(batch_size=t["batch_size"], prompt=data.prompt, answer=data.answer, r=lc["r"],
+                  targets=lc["target_modules"], eight_bit_optim="8bit" in t["optim"],
+                  checkpointing=t["gradient_checkpointing"], four_bit=cfg["model"]["load_in_4bit"],
+                  wide=2 if gpu else 4, gpu=gpu)
+    shared = cfg["dpo"]["prefix_sharing"] and backends["dpo"] == "hf"
+    return {"SFT": peak_memory_gib(model, "sft", **common),
+            "DPO": peak_memory_gib(model, "dpo", shared_prompt=shared, **common)}
 
 
 # ---------------------------------------------------------------------------------------------
 # Time
 
-def measured_utilisation(gpu_label: str) -> dict | None:
-    """{"train": u, "eval": u, "source": ...} that benchmarks/ measured on this GPU, when present."""
-    if not MEASURED_FILE.is_file():
-        return None
-    try:
-        measured = json.loads(MEASURED_FILE.read_text())
-    except (OSError, ValueError):
-        return None
-    return measured.get(gpu_label)
+def read_utilisation(path: Path) -> dict:
+    """{GPU label: {"train": u, "eval": u, "source": ...}} from a utilisation file a benchmark wrote;
+    refused when it was measured under another FLOP convention than costmodel.CONVENTION (its numbers
+    would then divide other FLOPs than the prediction multiplies)."""
+    content = read_json(path)
+    if content.get("convention") != CONVENTION:
+        raise UserError(f"{path} was measured under FLOP convention {content.get('convention')!r}, not "
+                        f"{CONVENTION!r} (dporec/costmodel.py): measure again with benchmarks/bench_train.py")
+    return content.get("gpus") or {}
 
 
 @dataclass
 class Prediction:
     gpu: str
     utilisation: dict            # {"train": u, "eval": u}
-    source: str                  # "assumed" or what measured it
+    source: str                  # "assumed ..." or what measured it
     rows: list                   # (Stage, hours)
     hours: float
     peak_gib: dict               # {"SFT": GiB, "DPO": GiB}
     memory_gib: float
 
 
-def predict(cfg: dict, model: ModelShape, data: DataShape, backends: dict[str, str],
-            gpu_name: str) -> Prediction:
+def predict(cfg: dict, model: ModelShape, data: DataShape, backends: dict[str, str], gpu_name: str,
+            measured: dict | None = None) -> Prediction:
+    """The run's stages on one `gpu_name`, at the utilisation `measured` holds for it (read_utilisation),
+    else the assumed one."""
     spec = gpu_spec(gpu_name)
     if spec is None:
         raise ValueError(f"no peak figures for GPU {gpu_name!r}")
-    measured = measured_utilisation(spec["label"])
     util = {"train": ASSUMED_UTILISATION, "eval": ASSUMED_UTILISATION}
     source = f"assumed {ASSUMED_UTILISATION:.0%} of the dense bf16 peak"
-    if measured:
-        util = {"train": measured["train"], "eval": measured.get("eval", measured["train"])}
-        source = f"measured: {measured.get('source', 'benchmarks/bench_train.py')}"
+    found = (measured or {}).get(spec["label"])
+    if found:
+        util = {"train": found["train"], "eval": found.get("eval", found["train"])}
+        source = f"measured: {found.get('source', 'benchmarks/bench_train.py')}"
     rate = {k: spec["bf16_tflops"] * 1e12 * u for k, u in util.items()}
-    # one generation step reads every weight once: 4-bit matrices (~0.55 byte per weight with their
-    # scales) and 16-bit embeddings, at the same share of the memory bandwidth
-    head = model.vocab * model.hidden
-    weight_bytes = (model.params - model.embedding - head) * 0.55 + (model.embedding + head) * 2
     rows = []
     for s in stages(cfg, model, data, backends):
-        kind = "eval" if s.name in ("evaluation", "ranking", "on-policy sampling") else "train"
-        decode = s.decode_steps * weight_bytes / (spec["bandwidth_gbs"] * 1e9 * util["eval"])
-        rows.append((s, (s.flops / rate[kind] + decode) / 3600))
-    shared = cfg["dpo"]["prefix_sharing"] and backends["dpo"] == "hf"
-    peaks = {"SFT": peak_memory_gib(cfg, model, data, "sft", False),
-             "DPO": peak_memory_gib(cfg, model, data, "dpo", shared)}
+        decode = (decode_seconds(s.decode_steps, model, spec["bandwidth_gbs"], util["eval"])
+                  if s.decode_steps else 0.0)
+        rows.append((s, (s.flops / rate[s.kind] + decode) / 3600))
     return Prediction(gpu=spec["label"], utilisation=util, source=source, rows=rows,
-                      hours=sum(h for _, h in rows), peak_gib=peaks, memory_gib=spec["memory_gib"])
+                      hours=sum(h for _, h in rows), peak_gib=peak_memory(cfg, model, data, backends),
+                      memory_gib=spec["memory_gib"])
 
 
 def format_prediction(pred: Prediction, data: DataShape) -> list[str]:
     """The table verify_setup.py prints (and docs/speed.md quotes)."""
     lines = [f"predicted on one {pred.gpu} ({pred.source}; a FLOP count, not a measurement):",
-             f"  {'stage':<19}{'backend':<9}{'tokens':>9}{'PFLOP':>8}{'hours':>7}  what"]
+             f"  {'stage':<28}{'backend':<9}{'tokens':>9}{'PFLOP':>8}{'hours':>7}  what"]
     for s, h in pred.rows:
-        lines.append(f"  {s.name:<19}{s.backend:<9}{s.tokens / 1e6:>8.2f}M{s.flops / 1e15:>8.0f}{h:>7.2f}"
+        lines.append(f"  {s.name:<28}{s.backend:<9}{s.tokens / 1e6:>8.2f}M{s.flops / 1e15:>8.0f}{h:>7.2f}"
                      f"  {s.what}")
-    lines.append(f"  {'total':<19}{'':<9}{'':>9}{sum(s.flops for s, _ in pred.rows) / 1e15:>8.0f}"
+    lines.append(f"  {'total':<28}{'':<9}{'':>9}{sum(s.flops for s, _ in pred.rows) / 1e15:>8.0f}"
                  f"{pred.hours:>7.2f}")
     peaks = ", ".join(f"{k} {v:.1f} GiB" for k, v in pred.peak_gib.items())
-    lines.append(f"  peak memory (predicted): {peaks} of {pred.memory_gib} GiB; token sizes from "
-                 f"{data.measured}")
+    lines.append(f"  peak memory (predicted, the memory row's estimate): {peaks} of {pred.memory_gib} GiB; "
+                 f"token sizes from {data.measured}")
     return lines

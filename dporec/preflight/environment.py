@@ -1,6 +1,6 @@
 """Preflight of the machine: Python and package versions, GPU, driver, xformers, backend and a 4-bit
-matmul. Each check takes a Ctx and returns rows; checks call the runtime's own rules
-(dporec.modeling.backends / hardware), never copies of them.
+matmul. Each check takes the shared Facts (preflight.table) and returns rows; checks call the runtime's own
+rules (dporec.modeling.runtime / backends / hardware), never copies of them.
 """
 from __future__ import annotations
 
@@ -149,15 +149,14 @@ def driver_row(smi: dict | None):
 def check_gpu(ctx):
     import torch
 
-    from dporec.modeling.hardware import bf16_supported, nvidia_smi
-    smi = ctx.cache["nvidia_smi"] = nvidia_smi()  # check_needs_gpu reuses it: two subprocesses each
+    from dporec.modeling.hardware import bf16_supported
+    smi = ctx.nvidia_smi
     if not ctx.cuda:
         if smi is not None:
             return gpu_unusable_row(smi, torch.__version__, torch.version.cuda)
         return row(WARN, "gpu", "CPU only: the hf backend will be used, slowly (fine for configs/tiny.yaml "
                                 "and configs/cpu_demo.yaml; the 8B runs need a CUDA GPU)")
     p = torch.cuda.get_device_properties(0)
-    ctx.cache["gpu_name"] = p.name  # check_time predicts for this GPU
     bf16 = bf16_supported((p.major, p.minor))
     detail = (f"{p.name}, {p.total_memory / GB:.1f} GiB, compute capability {p.major}.{p.minor}, "
               f"bf16 {'yes' if bf16 else 'no (fp16 will be used)'}; torch {torch.__version__}")
@@ -166,12 +165,11 @@ def check_gpu(ctx):
 
 def check_needs_gpu(ctx):
     """The scripts' own rule (hardware.gpu_refusal): a GPU-sized model without a usable CUDA device is a ✗."""
-    from dporec.modeling.hardware import gpu_refusal, model_params, nvidia_smi, why_no_cuda
+    from dporec.modeling.hardware import gpu_refusal, model_params, why_no_cuda
     n_params = model_params(ctx.cfg)
     if not gpu_refusal(ctx.cfg, ctx.cuda, n_params):
         return []
-    smi = ctx.cache["nvidia_smi"] if "nvidia_smi" in ctx.cache else nvidia_smi()
-    detail = gpu_refusal(ctx.cfg, ctx.cuda, n_params, why_no_cuda(smi), hint=False)
+    detail = gpu_refusal(ctx.cfg, ctx.cuda, n_params, why_no_cuda(ctx.nvidia_smi), hint=False)
     return row(FAIL, "needs a gpu", detail,
                "run it on a machine whose GPU torch can use (the gpu row says why this one cannot)")
 
@@ -216,33 +214,26 @@ def check_xformers(ctx):
 
 
 def check_backend(ctx):
-    """backends.choose_backend's choice (the scripts' rule), importing Unsloth only where it is chosen."""
-    from dporec.modeling.backends import choose_backend, several_processes
+    """The backend the run's process setup chose (modeling.runtime: the scripts' rule), and whether Unsloth
+    imported where it was chosen: the setup verify_setup.py made before any check."""
+    from dporec.modeling import runtime
+    from dporec.modeling.backends import world_size
     requested = ctx.cfg["model"]["backend"]
-    has_unsloth = ctx.cache["has_unsloth"] = importlib.util.find_spec("unsloth") is not None
     try:
-        backend, why = choose_backend(requested, ctx.cuda, has_unsloth, several_processes())
+        backend, why = runtime.plan(ctx.cfg, ctx.cuda, ctx.has_unsloth, world_size())["sft"]
     except UserError as e:
-        ctx.cache["backend"] = "hf"
-        fix = ("pip install -r requirements.txt" if ctx.cuda and not has_unsloth
+        fix = ("pip install -r requirements.txt" if ctx.cuda and not ctx.has_unsloth
                else "pass model.backend=hf (or auto)")
         return row(FAIL, "backend", str(e), fix)
-    # --smoke runs with this backend, so it imports what the real run imports
-    ctx.cache["backend"] = backend
     if backend == "hf":
         if requested == "hf":
             return row(OK, "backend", "hf (transformers + bitsandbytes + PEFT), as configured")
-        if ctx.cuda and not has_unsloth:
+        if ctx.cuda and not ctx.has_unsloth:
             return row(WARN, "backend", f"auto -> hf ({why}: slower, more memory)", "pip install -r "
                                                                                     "requirements.txt")
         return row(OK, "backend", f"auto -> hf ({why}; unsloth not imported)")
-    try:
-        # Must come before transformers/trl/peft are imported (it patches them): this check runs
-        # before any check that imports them.
-        import unsloth  # noqa: F401
-    except Exception as e:  # an import error here is exactly what the user needs to see
-        ctx.cache["backend"] = "hf"
-        return row(FAIL, "backend", f"unsloth is installed but fails to import: {type(e).__name__}: {e}",
+    if ctx.runtime is None:
+        return row(FAIL, "backend", ctx.setup_error or "the process setup did not run",
                    "pip install -r requirements.txt, or pass model.backend=hf")
     return row(OK, "backend", f"{requested} -> unsloth {_installed('unsloth')} (imports fine)")
 

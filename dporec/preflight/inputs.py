@@ -1,22 +1,23 @@
 """Preflight of the run's inputs: the model (found, and how much memory it needs), the data files (valid,
-balanced, user-disjoint, no rejected == chosen, within max_seq_length), free disk, the adapters an
-evaluation would load, and the predicted time of the whole run.
-Each check asks the runtime's own rules (records, splits, runs), never copies of them.
+balanced, user-disjoint, built as the config says, no rejected == chosen, within max_seq_length), free
+disk, the adapters an evaluation would load, and the predicted time of the whole run.
+Each check asks the runtime's own rules (records, splits, data.built, runs, costmodel), never copies of
+them, and reads what it needs from the shared Facts (preflight.table).
 """
 from __future__ import annotations
 
-import json
-import re
 import shutil
 from pathlib import Path
 
-from dporec import UserError, runs
-from dporec.data import records, splits
+from dporec import UserError, arms
+from dporec.data import balance, built, records, splits
 from dporec.data.sources import forms
 from dporec.modeling.backends import check_model_name
 from dporec.modeling.hardware import free_memory
 from dporec.preflight.table import FAIL, GB, OK, WARN, row
-from dporec.weights import is_local_name, model_folder, projection_shapes
+from dporec.runs.adapters import check_adapter, eval_adapters, has_adapter
+from dporec.runs.lifecycle import check_writable
+from dporec.weights import is_local_name
 
 
 def _build_hint(name: str) -> str:
@@ -33,9 +34,8 @@ def check_model(ctx):
         check_model_name(name)
     except UserError as e:
         return row(FAIL, "model", str(e), _build_hint(name))
-    folder = model_folder(name)
+    folder = ctx.model_folder
     if folder is not None:
-        ctx.cache["model_config"] = folder / "config.json"
         where = (f"local folder {name}" if is_local_name(name)
                  else f"{name} in the Hugging Face cache ({folder})")
         return row(OK, "model", f"{where}, weights complete")
@@ -44,41 +44,39 @@ def check_model(ctx):
     return row(FAIL, "model", f"{name!r} is neither a local folder nor a valid hub id", _build_hint(name))
 
 
-def _param_counts(config_file: Path) -> tuple[int, int]:
-    """(total parameters, parameters in embeddings/LM head that stay unquantized), built on 'meta'."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
-    conf = AutoConfig.from_pretrained(config_file.parent)
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(conf)
-    total = sum(p.numel() for p in model.parameters())
-    layers = (model.get_input_embeddings(), model.get_output_embeddings())
-    emb = {id(p): p.numel() for m in layers if m is not None for p in m.parameters()}
-    return total, sum(emb.values())
+def _size(n: float) -> str:
+    return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.1f}M"
 
 
 def check_memory(ctx):
-    if "model_config" not in ctx.cache:
+    """The training stages' predicted peak memory (preflight.cost.peak_memory: the one estimate, which the
+    time row's table repeats) against what this machine has free."""
+    from dporec.preflight import cost
+    if ctx.shape is None:
         return row(WARN, "memory", "model config not available: cannot estimate the memory needed")
-    total, emb = _param_counts(ctx.cache["model_config"])
-    ctx.cache["n_params"] = total
-    four_bit = ctx.cfg["model"]["load_in_4bit"]
-    wide = 2 if ctx.cuda else 4  # bf16/fp16 on GPU, fp32 on CPU (see backends.compute_dtype)
-    # NF4 with double quantization ~0.55 byte/param; embeddings and LM head stay in the compute dtype.
-    weights = (total - emb) * (0.55 if four_bit else wide) + emb * wide
-    # LoRA weights + optimizer states, activations at this sequence length, and the CUDA/torch runtime.
-    overhead = 0.25 * weights + (1.5 if ctx.cuda else 1.0) * GB
-    need = weights + overhead
+    data = cost.data_shape(ctx.cfg, ctx.tokenizer) if not ctx.data.missing else None
+    peaks = cost.peak_memory(ctx.cfg, ctx.shape, data or cost.ML1M_BUILD, _backends(ctx), gpu=ctx.cuda)
+    need = max(peaks.values()) * GB
     free, cap, where = free_memory(ctx.cuda)
-    size = f"{total / 1e9:.2f}B" if total >= 1e9 else f"{total / 1e6:.1f}M"
-    detail = (f"{size} params -> about {need / GB:.1f} GiB to train "
-              f"({'4-bit' if four_bit else 'unquantized'}); {where} "
-              f"free {free / GB:.1f} of {cap / GB:.1f} GiB")
+    four_bit = ctx.cfg["model"]["load_in_4bit"]
+    detail = (f"{_size(ctx.shape.params)} params -> about {need / GB:.1f} GiB to train "
+              f"({'4-bit' if four_bit else 'unquantized'}; SFT {peaks['SFT']:.1f}, DPO {peaks['DPO']:.1f} GiB"
+              f"{'' if data else ', token sizes of an ML-1M build'}); {where} free {free / GB:.1f} of "
+              f"{cap / GB:.1f} GiB")
     if need > cap:
         return row(FAIL, "memory", detail, "use a smaller model, or a machine with more memory")
     if need > free:
         return row(WARN, "memory", detail, "close other programs/notebooks holding memory")
     return row(OK, "memory", detail)
+
+
+def _backends(ctx) -> dict[str, str]:
+    """{stage kind: backend} the run would use: on this GPU, or, without one, on a GPU install
+    (requirements.txt installs unsloth)."""
+    from dporec.modeling import runtime
+    from dporec.modeling.backends import world_size
+    has_unsloth = ctx.has_unsloth if ctx.cuda else True
+    return {k: b for k, (b, _) in runtime.plan(ctx.cfg, True, has_unsloth, world_size()).items()}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -94,7 +92,7 @@ def _prepare_hint(ctx) -> str:
 def check_data(ctx):
     d = ctx.cfg["data"]
     files = {split: Path(d[f"{split}_file"]) for split in ("train", "val", "test")}
-    missing = [str(p) for p in files.values() if not p.is_file()]
+    missing = ctx.data.missing
     if missing:
         if d["source"]:
             source = d["source"]
@@ -107,28 +105,27 @@ def check_data(ctx):
             return row(WARN, "data", f"not built yet: build it next from data.source={source} "
                                      f"(run_experiment.py also builds it)", _prepare_hint(ctx))
         return row(FAIL, "data", f"missing {', '.join(missing)}", _prepare_hint(ctx))
-    loaded, rows = {}, []
-    for split, path in files.items():
-        try:
-            loaded[split] = records.load_examples(path)
-        except UserError as e:
-            rows.append(row(FAIL, f"data: {split}", str(e),
-                            f"fix the line(s) above, or rebuild: {_prepare_hint(ctx)} --force"))
-    if rows:
-        return rows
-    ctx.cache["examples"] = loaded
+    if ctx.data.errors:
+        return [row(FAIL, f"data: {split}", message,
+                    f"fix the line(s) above, or rebuild: {_prepare_hint(ctx)} --force")
+                for split, message in ctx.data.errors.items()]
+    loaded, rows = ctx.data.examples, []
     parts, warnings = [], []
     for split, exs in loaded.items():
-        b = splits.balance(exs)
+        b = balance.balance(exs)
         limit = d.get(f"max_{split}_examples")
         used = f", first {limit} used" if limit and limit < b["n"] else ""
         parts.append(f"{split} {b['n']} (A {100 * b['a_fraction']:.0f}%{used})")
-        w = splits.balance_warning(exs, str(files[split]))
+        w = balance.balance_warning(exs, str(files[split]))
         if w:
             warnings.append(w)
     rows.append(row(OK, "data: files", "; ".join(parts)))
     for w in warnings:
         rows.append(row(WARN, "data: balance", w, "python data/check_dataset.py ... --rebalance OUT.jsonl"))
+    problems = built.disagreements(d)  # the stages' own rule: they refuse to train on these files
+    if problems:
+        rows.append(row(FAIL, "data: built", "; ".join(problems), _prepare_hint(ctx) + " (into another "
+                                                                                       "folder)"))
     rows.append(_check_users(loaded))
     rows.append(_check_pairs(loaded))
     rows.append(_check_ids(loaded))
@@ -138,13 +135,12 @@ def check_data(ctx):
 def check_lengths(ctx):
     """Every training and validation example within model.max_seq_length, measured with the model's own
     tokenizer as the stages measure it (records.check_lengths) before they train."""
-    if "examples" not in ctx.cache or "model_config" not in ctx.cache:
+    if ctx.data.missing or ctx.data.errors or ctx.tokenizer is None:
         return row(WARN, "data: lengths", "not measured: needs the data files and the model's tokenizer")
-    from dporec.modeling.backends import load_tokenizer
     d, limit = ctx.cfg["data"], ctx.cfg["model"]["max_seq_length"]
-    tok = ctx.cache["tokenizer"] = load_tokenizer(str(ctx.cache["model_config"].parent))
-    exs = (ctx.cache["examples"]["train"][:d["max_train_examples"] or None]
-           + ctx.cache["examples"]["val"][:d["max_val_examples"] or None])
+    tok, examples = ctx.tokenizer, ctx.data.examples
+    exs = (examples["train"][:d["max_train_examples"] or None]
+           + examples["val"][:d["max_val_examples"] or None])
     longest = 0
     try:
         for to_rows in (records.to_sft_rows, records.to_dpo_rows):
@@ -193,19 +189,12 @@ def _check_ids(loaded):
 # ---------------------------------------------------------------------------------------------
 # Disk and adapters
 
-def _lora_params(config_file: Path, r: int, targets) -> int:
-    c = json.loads(config_file.read_text())
-    shapes = projection_shapes(c)  # (in, out) features; LoRA adds r * (in + out) per projection
-    per_layer = sum(r * sum(shapes[t]) for t in targets if t in shapes)
-    return per_layer * c.get("num_hidden_layers", 0)
-
-
 def check_disk(ctx):
     out = Path(ctx.cfg["output_dir"]).resolve()
     try:  # the stages' own check, which they run before any model loads
-        for folder in (out, *(runs.stage_dir(ctx.cfg, s) for s in runs.MARKERS)):
+        for folder in (out, *(s.folder(out) for s in arms.stages())):
             if folder == out or folder.exists():
-                runs.check_writable(folder)
+                check_writable(folder)
     except UserError as e:
         return row(FAIL, "disk", str(e), "set output_dir=<a writable folder>")
     probe = out
@@ -213,13 +202,14 @@ def check_disk(ctx):
         probe = probe.parent
     free = shutil.disk_usage(probe).free
     need = 1 * GB  # unknown model: a generous floor for adapters, checkpoints and results
-    if "model_config" in ctx.cache:
+    if ctx.shape is not None:
         lc = ctx.cfg["lora"]
-        lora = _lora_params(ctx.cache["model_config"], lc["r"], lc["target_modules"])
+        lora = ctx.shape.lora_params(lc["r"], lc["target_modules"])
         # fp32 adapter + two Adam states per checkpoint, save_total_limit checkpoints + the final adapter,
-        # for SFT, DPO (which also saves its frozen ref copy) and the control arm.
+        # for every training stage (DPO also saves its frozen ref copy)
         per_stage = lora * 4 * (3 * ctx.cfg["train"]["save_total_limit"] + 2)
-        need = max(3 * per_stage + 100 * 1024 ** 2, 200 * 1024 ** 2)
+        training = 2 + sum(s.kind in arms.TRAINING_KINDS for a in arms.enabled(ctx.cfg) for s in a.stages)
+        need = max(training * per_stage + 100 * 1024 ** 2, 200 * 1024 ** 2)
     detail = f"{free / GB:.1f} GiB free at {probe}; checkpoints need about {need / GB:.2f} GiB"
     if free < need:
         return row(FAIL, "disk", detail, "free disk space or set output_dir=<a roomier disk>")
@@ -227,9 +217,9 @@ def check_disk(ctx):
 
 
 def check_adapters(ctx):
-    """The adapters evaluate_dpo.py will load (runs.eval_adapters, its own list), plus the control arm's."""
+    """The adapters evaluate_dpo.py will load (runs.adapters.eval_adapters, its own list, arms included)."""
     try:
-        adapters = runs.eval_adapters(ctx.cfg, with_control=True)
+        adapters = eval_adapters(ctx.cfg)
     except UserError as e:
         return row(FAIL, "adapters", str(e), "fix eval.models / eval.adapters")
     rows = []
@@ -237,7 +227,7 @@ def check_adapters(ctx):
         if path is None:  # the base model
             continue
         label = f"adapter: {name}"
-        if not runs.has_adapter(path):
+        if not has_adapter(path):
             what = ("folder exists but holds no adapter yet (training unfinished? rerun with --resume)"
                     if path.is_dir() else "not trained yet")
             if ctx.for_eval:
@@ -247,7 +237,7 @@ def check_adapters(ctx):
                 rows.append(row(WARN, label, f"{path}: {what}"))
             continue
         try:
-            acfg = runs.check_adapter(path, ctx.cfg["model"]["name"])
+            acfg = check_adapter(path, ctx.cfg["model"]["name"])
         except UserError as e:
             rows.append(row(FAIL, label, str(e), "retrain it on this model.name, "
                                                  "or set model.name to its base"))
@@ -257,36 +247,31 @@ def check_adapters(ctx):
 
 
 # ---------------------------------------------------------------------------------------------
-# Time and memory
+# Time
 
 def check_time(ctx):
-    """The predicted wall time and peak memory of the configured run, stage by stage (preflight.cost): on
-    this GPU, or on an RTX 3090 and a T4 on a machine without one."""
-    from dporec.modeling.backends import choose_backend
+    """The predicted wall time of the configured run, stage by stage (preflight.cost): on this GPU, or on an
+    RTX 3090 and a T4 on a machine without one; at the utilisation --utilisation FILE measured, else the
+    assumed one."""
+    from dporec.costmodel import RTX_3090, T4
     from dporec.preflight import cost
     cfg = ctx.cfg
-    if "model_config" in ctx.cache:
-        shape = cost.shape_from_config(json.loads(Path(ctx.cache["model_config"]).read_text()))
-    elif re.search(r"llama-?3.*8b", cfg["model"]["name"], re.IGNORECASE):
-        shape = cost.LLAMA3_8B
-    else:
+    if ctx.shape is None:
         return row(WARN, "time", "not predicted: the model's config.json is not on disk yet")
-    data = cost.data_shape(cfg, ctx.cache.get("tokenizer")) if "examples" in ctx.cache else None
+    data = cost.data_shape(cfg, ctx.tokenizer) if not ctx.data.missing and not ctx.data.errors else None
     if data is None:
         if not str(cfg["data"]["source"] or "").endswith(("ml-1m.zip", "ml-1m", "ml-1m/")):
             return row(WARN, "time", "not predicted: build the data first (its size decides the time)")
         data = cost.ML1M_BUILD
-    gpus = [ctx.cache["gpu_name"]] if ctx.cache.get("gpu_name") else [cost.RTX_3090, cost.T4]
+    try:
+        measured = cost.read_utilisation(ctx.utilisation) if ctx.utilisation else None
+    except UserError as e:
+        return row(FAIL, "time", str(e), "measure again, or leave out --utilisation")
+    gpus = [ctx.gpu_name] if ctx.gpu_name else [RTX_3090, T4]
     lines = []
     for gpu in gpus:
-        requested = cfg["model"]["backend"]
-        # without a GPU here, predict the GPU install (requirements.txt installs unsloth)
-        has_unsloth = ctx.cache.get("has_unsloth", True) if ctx.cuda else True
         try:
-            pick = {stage: choose_backend(requested, True, has_unsloth, shared_prompt=stage == "dpo"
-                                          and cfg["dpo"]["prefix_sharing"])[0]
-                    for stage in ("sft", "dpo", "eval")}
-            pred = cost.predict(cfg, shape, data, pick, gpu)
+            pred = cost.predict(cfg, ctx.shape, data, _backends(ctx), gpu, measured)
         except (UserError, ValueError) as e:
             lines.append(f"{gpu}: not predicted ({e})")
             continue

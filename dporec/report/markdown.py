@@ -1,22 +1,23 @@
-"""report.md of an evaluation and aggregate.md of a run over seeds."""
+"""report.md of an evaluation and aggregate.md of a run over seeds. Both iterate over the comparisons of
+dporec.arms, and label every interval with the level it was made at (eval.alpha)."""
 from __future__ import annotations
 
 from pathlib import Path
 
-from dporec import runs
+from dporec import arms
 from dporec.analysis.metrics import BY_USERS, bootstrap_label
-from dporec.report.numbers import ci_text, format_p, pct
+from dporec.report.numbers import ci_text, format_p, level, pct
 from dporec.report.sentences import LABEL_RULE, baseline_clause, comparison_lines
 from dporec.report.tables import ranking_lines, sentence
 
 
-def _models_table(models: dict, block: str | None) -> list[str]:
-    lines = ["| Model | Pairs | Two-order accuracy [95% CI] | Original | Swapped | Both orders | "
+def _models_table(models: dict, block: str | None, lv: str) -> list[str]:
+    lines = [f"| Model | Pairs | Two-order accuracy [{lv} CI] | Original | Swapped | Both orders | "
              "Consistency | First-option rate | Mean margin |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, m in models.items():
         b = m if block is None else m[block]
-        lines.append(f"| {name} | {m['n_pairs']} | {pct(b['accuracy'])} {ci_text(b['accuracy_ci95'])} | "
+        lines.append(f"| {name} | {m['n_pairs']} | {pct(b['accuracy'])} {ci_text(b['accuracy_ci'])} | "
                      f"{pct(b['accuracy_original_order'])} | {pct(b['accuracy_swapped_order'])} | "
                      f"{pct(b['accuracy_both_orders'])} | {pct(b['consistency'])} | "
                      f"{pct(b['first_option_rate'])} | {b['confidence']['mean_margin']:+.2f} |")
@@ -28,7 +29,7 @@ def baselines_section(results: dict) -> list[str]:
     if not b:
         return []
     lines = ["## Baselines on the same test pairs", "",
-             "| Rule | Two-order accuracy [95% CI] |", "|---|---:|"]
+             f"| Rule | Two-order accuracy [{level(results.get('alpha'))} CI] |", "|---|---:|"]
     for v in b.values():
         lines.append(f"| {v['label']} | {pct(v['accuracy'])} {ci_text(v['ci'])} |" if v["available"]
                      else f"| {v['label']} | not available: {v['reason']} |")
@@ -39,50 +40,41 @@ def baselines_section(results: dict) -> list[str]:
     return lines + ["", baseline_clause(results)]
 
 
-def _onpolicy(results: dict) -> list[str]:
-    c, v = results.get("comparison_onpolicy"), results.get("comparison_onpolicy_vs_dpo")
-    if not c and not v:
+def _arm_section(results: dict, arm: arms.Arm) -> list[str]:
+    """An arm's section: what it is, each of its comparisons, and what it shares with the stage it is
+    matched to (when the arm has one)."""
+    present = [c for c in arm.comparisons if results.get(c.key)]
+    if not present:
         return []
-    lines = ["", "## On-policy DPO", "",
-             "DPO from the SFT adapter on pairs of the SFT model's own sampled answers: chosen, a right "
-             "decision whose genre claims are all true; rejected, a wrong decision (judged from the "
-             "user's ratings and the history, not by a model). The same steps, beta, learning rate and "
-             "reference as the off-policy DPO, so the two DPO arms differ only in their pairs. Pair "
-             "counts: onpolicy_pairs/summary.json."]
-    for comp, head in ((c, "### On-policy DPO vs SFT"), (v, "### On-policy vs off-policy DPO")):
-        if comp:
-            lines += ["", head, ""] + comparison_lines(comp) + ["", f"**{sentence(comp)}**"]
-    return lines
-
-
-def _control(results: dict) -> list[str]:
-    c = results.get("comparison_control")
-    if not c:
-        return []
-    lines = ["", "## DPO vs the compute-matched SFT control", "",
-             "SFT continued from the SFT adapter for as many optimizer steps as DPO took: tells \"DPO beats "
-             "SFT\" apart from \"more training beats less\".", ""]
-    lines += comparison_lines(c) + ["", f"**{sentence(c)}**"]
-    match = results.get("control_arm")
+    lines = ["", f"## {arm.title}", "", arm.about]
+    for c in present:
+        lines += ["", f"### {c.title}", ""] + comparison_lines(results[c.key])
+        lines += ["", f"**{sentence(results[c.key])}**"]
+    if arm.matched_to is None:
+        return lines
+    match = results.get(f"{arm.name}_arm")
+    ref, own = arm.matched_to, arm.model
     if match:
-        lines += ["", "| What | DPO | SFT control | Matched |", "|---|---:|---:|---|"]
-        lines += [f"| {i['what']} | {i['dpo']} | {i['control']} | {'yes' if i['matched'] else 'NO'} |"
+        lines += ["", f"| What | {ref.label} | {own.label} | Matched |", "|---|---:|---:|---|"]
+        lines += [f"| {i['what']} | {i[ref.name]} | {i[arm.name]} | {'yes' if i['matched'] else 'NO'} |"
                   for i in match["items"]]
         lines += ["", f"Not matchable: {match['not_matchable']}."]
     else:
-        lines += ["", "What the control matches is unknown: its run folder or the DPO run folder "
-                      "(config.yaml, metrics.json) is not there."]
+        lines += ["", f"What the {own.label} matches is unknown: its run folder or the {ref.label} run "
+                      "folder (config.yaml, metrics.json) is not there."]
     return lines
 
 
 def report_md(results: dict) -> str:
-    """report.md: model table, baselines, ranking, SFT-vs-DPO comparison, verdict, control arm, run facts."""
+    """report.md: model table, baselines, ranking, SFT-vs-DPO comparison, verdict, every arm's section, the
+    training curves and the run's facts."""
     models = results["models"]
+    lv = level(results.get("alpha"))
     how = bootstrap_label(next(iter(models.values())).get("clustering") or BY_USERS)
     lines = ["# Evaluation: DPO vs SFT ranking adherence", ""]
     task = (results.get("meta") or {}).get("task")
     lines += [f"Task: {task}.", ""] if task else []
-    lines += _models_table(models, None)
+    lines += _models_table(models, None, lv)
     lines += ["", "Accuracy averages both option orders of every "
                   f"test pair; intervals: percentile {how} of the "
               "per-pair scores. Consistency: the same movie is chosen in both orders. Margin: log p(correct "
@@ -90,14 +82,14 @@ def report_md(results: dict) -> str:
               "sentence, in nats. Exact ties count as wrong."]
     if all(m.get("full_answer") for m in models.values()):
         lines += ["", "## Full-answer scores (decision + reasoning + EOS)", ""]
-        lines += _models_table(models, "full_answer")
+        lines += _models_table(models, "full_answer", lv)
     gen = {name: m["generation"] for name, m in models.items() if m.get("generation")}
     if gen:
         lines += ["", "## Generation (parsed free text; invalid outputs count as wrong)", "",
-                  "| Model | Valid outputs | Accuracy [95% CI] | Consistency | First-option rate |",
+                  f"| Model | Valid outputs | Accuracy [{lv} CI] | Consistency | First-option rate |",
                   "|---|---:|---:|---:|---:|"]
         for name, g in gen.items():
-            acc = f"{pct(g['accuracy'])} {ci_text(g['accuracy_ci95'])}"
+            acc = f"{pct(g['accuracy'])} {ci_text(g['accuracy_ci'])}"
             lines.append(f"| {name} | {pct(g['valid_rate'])} | {acc} | {pct(g['consistency'])} | "
                          f"{pct(g['first_option_rate'])} |")
     lines += ["", *baselines_section(results)] if results.get("baselines") else []
@@ -112,15 +104,15 @@ def report_md(results: dict) -> str:
                   "For a model it is the Copeland rank score (0 = ranked last; two candidates share one only "
                   "when their wins and summed margins are equal); for a rule, the rule's own number (e.g. "
                   "the movie's mean rating before the cutoff)."]
-    lines += ["", "## SFT vs DPO", ""]
-    c = results.get("comparison")
+    lines += ["", f"## {arms.MAIN.title}", ""]
+    c = results.get(arms.MAIN.key)
     if c:
         lines += comparison_lines(c)
         lines += ["", f"**{sentence(c)}**", "", f"The label follows the interval: {LABEL_RULE}."]
     else:
         lines.append("No comparison: it needs predictions from both an `sft` and a `dpo` model.")
-    lines += _control(results)
-    lines += _onpolicy(results)
+    for arm in arms.ARMS:
+        lines += _arm_section(results, arm)
     curves = (results.get("meta") or {}).get("training_curves") or {}
     if curves:
         lines += ["", "## Training curves", "", "Loss per optimizer step (training line, validation dots); "
@@ -147,75 +139,38 @@ def _pm(s: dict, as_pct: bool) -> str:
     return f"{100 * s['mean']:.1f}{sd}%" if as_pct else f"{s['mean']:+.2f}{sd}"
 
 
+def _per_seed_table(agg: dict, comp: arms.Comparison) -> list[str]:
+    rows = [(s, r.get(comp.key)) for s, r in agg["per_seed"].items()]
+    if not any(c for _, c in rows):
+        return []
+    a, b = comp.names
+    lines = ["", f"### {comp.title}", "",
+             f"| Seed | {a} | {b} | {b} − {a} [{level(agg.get('alpha'))} CI] | Paired test p | Verdict |",
+             "|---|---:|---:|---:|---:|---|"]
+    for s, c in rows:
+        if c:
+            p = "n/a" if c.get("p_value") is None else format_p(c["p_value"])
+            lines.append(f"| {s} | {100 * c['a_accuracy']:.1f}% | {100 * c['b_accuracy']:.1f}% | "
+                         f"{100 * c['difference']:+.1f} [{100 * c['ci'][0]:+.1f}, "
+                         f"{100 * c['ci'][1]:+.1f}] | {p} | {c['verdict']} |")
+    return lines
+
+
 def aggregate_markdown(agg: dict) -> str:
-    """aggregate.md: mean ± sd over seeds, each seed's comparison, the pooled comparisons."""
+    """aggregate.md: mean ± sd over seeds, each seed's comparisons, every pooled comparison."""
     keys = list(next(iter(agg["metrics"].values())))
     lines = [f"# DPO vs SFT over seeds {', '.join(map(str, agg['seeds']))}", "",
              "Mean ± sample sd over seeds (training seed; same test pairs).", "",
              "| Model | " + " | ".join(keys) + " |", "|---|" + "---:|" * len(keys)]
     for m, ms in agg["metrics"].items():
         lines.append(f"| {m} | " + " | ".join(_pm(ms[k], k != "mean_margin") for k in keys) + " |")
-    lines += ["", "## Per seed", "", "| Seed | SFT | DPO | DPO − SFT [95% CI] | Paired test p | Verdict |",
-              "|---|---:|---:|---:|---:|---|"]
-    for s, r in agg["per_seed"].items():
-        c = r["comparison"]
-        if c:
-            p = "n/a" if c.get("p_value") is None else format_p(c["p_value"])
-            lines.append(f"| {s} | {100 * c['a_accuracy']:.1f}% | {100 * c['b_accuracy']:.1f}% | "
-                         f"{100 * c['difference']:+.1f} [{100 * c['ci95'][0]:+.1f}, "
-                         f"{100 * c['ci95'][1]:+.1f}] | {p} | {c['verdict']} |")
-    for key, title in (("pooled", "Pooled over seeds: DPO vs SFT"),
-                       ("pooled_control", "Pooled over seeds: DPO vs the compute-matched SFT control"),
-                       ("pooled_onpolicy", "Pooled over seeds: on-policy DPO vs SFT")):
-        if agg.get(key):
-            lines += ["", f"## {title}", ""] + comparison_lines(agg[key]) + ["", f"**{sentence(agg[key])}**"]
+    lines += ["", "## Per seed"]
+    for comp in arms.comparisons():
+        lines += _per_seed_table(agg, comp)
+    for comp in arms.comparisons():
+        pooled = agg.get(comp.pooled_key)
+        if pooled:
+            lines += ["", f"## Pooled over seeds: {comp.title}", ""] + comparison_lines(pooled)
+            lines += ["", f"**{sentence(pooled)}**"]
     lines += ["", f"Note: {agg['note']}."]
     return "\n".join(lines)
-
-
-def model_card(stage: str, cfg: dict, m: dict) -> str:
-    """README.md of an adapter folder: what it is (base, stage, data, reference), its headline training
-    numbers, and how to use it. Replaces PEFT's generated card, which cannot name the base or the data."""
-    base, d = cfg["model"]["name"], cfg["data"]
-    what = {"sft": "supervised fine-tuning (SFT) on the chosen answers",
-            "dpo": f"DPO (beta {cfg['dpo']['beta']}, loss {'+'.join(cfg['dpo']['loss_type'])}) from "
-                   f"{'the SFT adapter' if cfg['dpo']['init'] == 'sft' else 'the base model'}"
-                   + (" on pairs of the SFT model's own sampled answers (the on-policy arm)"
-                      if cfg["dpo"]["run_name"] == runs.ONPOLICY else "")}[stage]
-    if stage == "sft" and cfg["sft"]["init_adapter"]:
-        what = f"SFT continued from {cfg['sft']['init_adapter']} (the compute-matched control arm)"
-    ev = m.get("final_eval") or {}
-    numbers = [f"- optimizer steps: {m.get('steps')}, training examples: {m.get('n_train')}, "
-               f"validation examples: {m.get('n_val')}"]
-    if m.get("final_train_loss") is not None:
-        numbers.append(f"- mean training loss: {m['final_train_loss']:.4f}")
-    if ev.get("eval_loss") is not None:
-        numbers.append(f"- final validation loss: {ev['eval_loss']:.4f}")
-    if ev.get("eval_rewards/accuracies") is not None:
-        numbers.append(f"- final validation reward accuracy: {ev['eval_rewards/accuracies']:.3f}, "
-                       f"reward margin {ev.get('eval_rewards/margins', float('nan')):.4f}")
-    if m.get("reference_model"):
-        numbers.append(f"- DPO reference: {m['reference_model']}")
-    out = cfg["output_dir"]
-    folder = f"{out}/{stage}"
-    return "\n".join([
-        f"# LoRA adapter: {stage.upper()} of {base} for pairwise movie recommendation", "",
-        f"A LoRA adapter (r={cfg['lora']['r']}, alpha={cfg['lora']['alpha']}) on **{base}** "
-        f"({'4-bit NF4' if cfg['model']['load_in_4bit'] else 'unquantized'}), trained by {what}.",
-        f"Task: given a user's five most recent liked movies and two candidates, say which one the user "
-        f"will like (\"The better recommendation is Option A.\"). Data: {d['train_file']} "
-        f"(validation {d['val_file']}); seed {cfg['seed']}.", "",
-        "## Training", "", *numbers, "",
-        "Curves: training_curves.png. Everything recorded: metrics.json, config.yaml, run_info.json.",
-        f"Evaluation against base and SFT on held-out users: {out}/eval/report.md (evaluate_dpo.py).", "",
-        "## Use", "",
-        "```bash",
-        f"python recommend.py --config {folder}/config.yaml --adapter {folder} --input my_users.jsonl",
-        f"python export.py --adapter {folder} --out merged-{stage}   # one 16-bit model, no PEFT",
-        "```", "",
-        "```python",
-        "from peft import PeftModel",
-        "from transformers import AutoModelForCausalLM",
-        f"base = AutoModelForCausalLM.from_pretrained(\"{base}\")",
-        f"model = PeftModel.from_pretrained(base, \"{folder}\")",
-        "```", ""])

@@ -48,3 +48,9 @@ def about(n: int) -> str:
         return f"{n:,}"
     digits = len(str(n)) - 2
     return f"{int(round(n, -digits)):,}"
+
+
+def level(alpha: float | None) -> str:
+    """The confidence level of intervals made at `alpha`, as every label prints it: 0.05 -> '95%'.
+    None (results written before the level was recorded) is the default 0.05."""
+    return f"{100 * (1 - (0.05 if alpha is None else alpha)):g}%"

@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 
 from dporec.analysis.metrics import BY_USERS, bootstrap_label, margins
-from dporec.analysis.ranking import METRICS as RANKING_METRICS
+from dporec.analysis.rank_metrics import METRICS as RANKING_METRICS
+from dporec.report.numbers import level
 
 _MODEL_COLORS = {"sft": "#4C72B0", "dpo": "#DD8452"}
 
@@ -41,7 +42,7 @@ def _save(fig, eval_dir, name: str) -> Path:
 
 def plot_accuracy(eval_dir, results: dict) -> Path:
     """accuracy.png: per model, bars for original order, swapped order and two-order average, with
-    95% intervals from the user-clustered bootstrap (metrics.model_metrics)."""
+    intervals (at the results' level) from the user-clustered bootstrap (metrics.model_metrics)."""
     models = results["models"]
     if not models:
         raise ValueError("plot_accuracy: results has no models")
@@ -54,14 +55,14 @@ def plot_accuracy(eval_dir, results: dict) -> Path:
     x = np.arange(len(models))
     for i, (key, label, alpha) in enumerate(bars):
         vals = np.array([m[key] for m in models.values()])
-        yerr = _yerr(vals, [m[key + "_ci95"] for m in models.values()])
+        yerr = _yerr(vals, [m[key + "_ci"] for m in models.values()])
         ax.bar(x + (i - 1) * width, vals, width, yerr=yerr, capsize=3, label=label,
                color="#4C72B0", alpha=alpha, edgecolor="black", linewidth=0.5)
     ax.axhline(0.5, color="grey", linestyle="--", linewidth=0.8, label="chance")
     ax.set_xticks(x, [f"{name}\n(n={m['n_pairs']})" for name, m in models.items()])
     ax.set_ylim(0, 1.05)
     how = next(iter(models.values())).get("clustering")
-    ax.set_ylabel("accuracy (95% CI, " + bootstrap_label(how or BY_USERS) + ")")
+    ax.set_ylabel(f"accuracy ({level(results.get('alpha'))} CI, " + bootstrap_label(how or BY_USERS) + ")")
     ax.set_title("Pairwise ranking accuracy by option order")
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, fontsize=8, frameon=False)
     return _save(fig, eval_dir, "accuracy.png")
@@ -98,7 +99,7 @@ def plot_confidence(eval_dir, rows_by_model: dict) -> Path:
 
 def plot_ranking(eval_dir, ranking: dict) -> Path:
     """ranking.png: Kendall tau-b, NDCG@3 and hit@1 per model and available baseline rule, with the
-    user-bootstrap intervals and each metric's chance level (dporec.analysis.ranking)."""
+    user-bootstrap intervals and each metric's chance level (dporec.analysis.rank_metrics)."""
     rankers = {**ranking["models"], **{f"rule:\n{k}": v for k, v in ranking["baselines"].items()
                                        if v.get("available", True)}}
     fig = _figure(3.2 * len(RANKING_METRICS), 3.6)
@@ -112,8 +113,8 @@ def plot_ranking(eval_dir, ranking: dict) -> Path:
         ax.set_xticks(np.arange(len(rankers)), list(rankers), fontsize=7, rotation=45, ha="right")
         ax.set_title(m)
         ax.set_ylim(-1.05 if m == "kendall_tau_b" else 0, 1.05)
-    fig.suptitle(f"Ranking adherence: {ranking['n_users']} users (95% CI, users resampled; dashed: chance)",
-                 fontsize=9)
+    fig.suptitle(f"Ranking adherence: {ranking['n_users']} users ({level(ranking.get('alpha'))} CI, users "
+                 "resampled; dashed: chance)", fontsize=9)
     return _save(fig, eval_dir, "ranking.png")
 
 

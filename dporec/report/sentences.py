@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dporec.analysis.comparison import INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED
 from dporec.analysis.metrics import BY_PAIRS
-from dporec.report.numbers import about, format_p, pct, points, signed
+from dporec.report.numbers import about, format_p, level, pct, points, signed
 
 LABEL_RULE = ("SUPPORTED when the whole interval is above 0; NOT SUPPORTED when the whole interval is below "
               "the practical margin; INCONCLUSIVE otherwise")
@@ -22,7 +22,7 @@ def label_reason(c: dict, margin_text: str | None = None) -> str:
                   "open": f"whether by the {m} is not settled"}.get(c["margin_status"], "")
         return f"{reason}; {margin}" if margin else reason
     if c["verdict"] == NOT_SUPPORTED:
-        worse = f"; {c['names'][1]} is worse" if c["ci95"][1] < 0 else ""
+        worse = f"; {c['names'][1]} is worse" if c["ci"][1] < 0 else ""
         return f"the whole interval is below the {m}{worse}"
     assert c["verdict"] == INCONCLUSIVE
     return f"the interval reaches both 0 and the {m}"
@@ -41,11 +41,10 @@ def verdict_sentence(c: dict) -> str:
     """One honest sentence: the label, the accuracies, the difference with its interval and p, the label's
     reason, and the test size the prespecified margin needs."""
     a_name, b_name = c.get("names") or ("SFT", "DPO")
-    level = f"{100 * (1 - c['alpha']):g}%"
-    lo, hi = c["ci95"]
+    lo, hi = c["ci"]
     head = (f"{c['verdict']}: {b_name} {100 * c['b_accuracy']:.1f}% vs {a_name} {100 * c['a_accuracy']:.1f}% "
-            f"({points(c['difference'], 100 * c['margin'])} points, {level} CI {signed(100 * lo)} to "
-            f"{signed(100 * hi)}, {format_p(c['p_value'])}; {label_reason(c)})")
+            f"({points(c['difference'], 100 * c['margin'])} points, {level(c['alpha'])} CI "
+            f"{signed(100 * lo)} to {signed(100 * hi)}, {format_p(c['p_value'])}; {label_reason(c)})")
     parts = [head]
     if c["pairs_b_higher"] + c["pairs_a_higher"] == 0:
         parts.append(_sameness(c))
@@ -68,7 +67,7 @@ def interval_description(c: dict) -> str:
 def comparison_lines(c: dict) -> list[str]:
     """The comparison's facts, one '- ' line each (console and report.md)."""
     a, b = c.get("names") or ("SFT", "DPO")
-    lo, hi = c["ci95"]
+    lo, hi = c["ci"]
     runs = c.get("n_runs", 1)
     lines = [
         f"- Test pairs: {c['n_pairs']:,} from {c['n_users']:,} users, each scored in both option orders"
@@ -79,7 +78,7 @@ def comparison_lines(c: dict) -> list[str]:
         f"{c['pairs_b_higher']} pair{'' if c['pairs_b_higher'] == 1 else 's'}, {a} on "
         f"{c['pairs_a_higher']}; they choose differently on "
         f"{c['decisions_differ']:,} of {c['decisions']:,} decisions",
-        f"- {100 * (1 - c['alpha']):g}% CI of the difference: {signed(100 * lo)} to {signed(100 * hi)} "
+        f"- {level(c['alpha'])} CI of the difference: {signed(100 * lo)} to {signed(100 * hi)} "
         f"points, {format_p(c['p_value'])} ({interval_description(c)}; the interval excludes 0 exactly when "
         f"p < {c['alpha']:g})",
         f"- Verdict {c['verdict']}: {LABEL_RULE} ({_margin_points(c)}); {label_reason(c)}",
@@ -93,14 +92,15 @@ def comparison_lines(c: dict) -> list[str]:
     if spread:
         diffs = ", ".join(signed(100 * d) for d in spread["differences"])
         sd = "" if spread["sd"] is None else f" (sd {100 * spread['sd']:.1f})"
-        ci = ("" if spread["ci95"] is None else
-              f"; over seeds, 95% CI {signed(100 * spread['ci95'][0])} to {signed(100 * spread['ci95'][1])}")
+        ci = ("" if spread["ci"] is None else
+              f"; over seeds, {level(c['alpha'])} CI {signed(100 * spread['ci'][0])} to "
+              f"{signed(100 * spread['ci'][1])}")
         lines.append(f"- Each seed's difference in points: {diffs}{sd}{ci}")
     return lines
 
 
 def baseline_clause(results: dict) -> str:
-    """Whether each model beats the rule that was strongest on the validation pairs (paired 95% CI)."""
+    """Whether each model beats the rule that was strongest on the validation pairs (paired interval)."""
     best = results.get("best_baseline")
     if not best:
         return "No baseline could be chosen: no rule was available on the validation pairs."
@@ -113,7 +113,7 @@ def baseline_clause(results: dict) -> str:
         lo, hi = vs["ci"]
         how = "beats it" if lo > 0 else "falls below it" if hi < 0 else "does not differ clearly from it"
         parts.append(f"{name} {pct(m['accuracy'])} {how} ({signed(100 * vs['difference'])} points, "
-                     f"95% CI {signed(100 * lo)} to {signed(100 * hi)})")
+                     f"{level(results.get('alpha'))} CI {signed(100 * lo)} to {signed(100 * hi)})")
     head = (f"Strongest baseline on the validation pairs: {best['label']} "
             f"({pct(best['validation_accuracy'])} there, {pct(test['accuracy'])} on the test pairs).")
     return head + (" " + "; ".join(parts) + "." if parts else "")
@@ -126,7 +126,7 @@ def ranking_verdict(r: dict) -> str | None:
         return None
     t = c["kendall_tau_b"]
     lo, hi = t["ci"]
-    reason = label_reason({**t, "ci95": t["ci"], "names": ["SFT", "DPO"]}, f"margin of {t['margin']:g} tau")
+    reason = label_reason({**t, "ci": t["ci"], "names": ["SFT", "DPO"]}, f"margin of {t['margin']:g} tau")
     return (f"Ranking adherence {t['verdict']}: DPO − SFT Kendall tau-b {t['difference']:+.3f} per user "
-            f"(95% CI {lo:+.3f} to {hi:+.3f}, {format_p(t['p_value'])}; {reason}); pairwise two-order "
-            f"accuracy is the primary measure")
+            f"({level(r.get('alpha'))} CI {lo:+.3f} to {hi:+.3f}, {format_p(t['p_value'])}; {reason}); "
+            "pairwise two-order accuracy is the primary measure")

@@ -1,8 +1,9 @@
 """Console tables and blocks: the models, the baselines, the ranking, the verdict, and the data summaries."""
 from __future__ import annotations
 
-from dporec.analysis.ranking import METRICS as RANKING_METRICS
-from dporec.report.numbers import ci_text, format_p, pct
+from dporec import arms
+from dporec.analysis.rank_metrics import METRICS as RANKING_METRICS
+from dporec.report.numbers import ci_text, format_p, level, pct
 from dporec.report.sentences import baseline_clause, comparison_lines, ranking_verdict, verdict_sentence
 
 
@@ -11,7 +12,7 @@ def sentence(comparison: dict) -> str:
 
 
 def baseline_lines(results: dict) -> list[str]:
-    """One line per baseline: its accuracy and user-clustered 95% CI, or why it is not available."""
+    """One line per baseline: its accuracy and user-clustered interval, or why it is not available."""
     b = results.get("baselines")
     if not b:
         return []
@@ -69,10 +70,11 @@ def ranking_lines(r: dict) -> list[str]:
 
 def format_table(results: dict) -> str:
     """Fixed-width plain-text table of the per-model metrics, then baselines and ranking, for the console."""
-    header = ("model", "pairs", "acc", "95% CI", "orig", "swap", "both", "consist", "first-A", "margin")
+    header = ("model", "pairs", "acc", f"{level(results.get('alpha'))} CI", "orig", "swap", "both", "consist",
+              "first-A", "margin")
     rows = []
     for name, m in results["models"].items():
-        rows.append((name, str(m["n_pairs"]), pct(m["accuracy"]), ci_text(m["accuracy_ci95"]),
+        rows.append((name, str(m["n_pairs"]), pct(m["accuracy"]), ci_text(m["accuracy_ci"]),
                      pct(m["accuracy_original_order"]), pct(m["accuracy_swapped_order"]),
                      pct(m["accuracy_both_orders"]), pct(m["consistency"]),
                      pct(m["first_option_rate"]), f"{m['confidence']['mean_margin']:+.2f}"))
@@ -86,38 +88,28 @@ def format_table(results: dict) -> str:
                      + baseline_lines(results) + ranking)
 
 
-ONPOLICY_HEADS = (
-    ("comparison_onpolicy", "On-policy DPO (pairs from the SFT model's own answers, judged by the data) "
-                            "vs SFT:"),
-    ("comparison_onpolicy_vs_dpo", "On-policy vs off-policy DPO (the same steps, beta, learning rate and "
-                                   "reference; only the pairs differ):"),
-)
-
-
 def format_verdict(results: dict) -> str:
-    """Console block: the SFT-vs-DPO comparison, the verdict, the baseline clause, the control arm."""
-    c = results.get("comparison")
+    """Console block: the SFT-vs-DPO comparison, the verdict, the ranking line, the baseline clause, then
+    every arm's comparisons (dporec.arms) that the results hold."""
+    c = results.get(arms.MAIN.key)
     rule = "=" * 72
     if not c:
         return "\n".join([rule, "No SFT-vs-DPO comparison (needs both 'sft' and 'dpo' predictions).", rule])
     task = (results.get("meta") or {}).get("task")
-    lines = [rule, "SFT vs DPO" + (f" (task: {task})" if task else "")]
+    lines = [rule, arms.MAIN.lead + (f" (task: {task})" if task else "")]
     lines += comparison_lines(c) + ["", sentence(c)]
     if results.get("ranking") and results["ranking"].get("comparison"):
         lines += [ranking_verdict(results["ranking"])]
     if results.get("baselines"):
         lines += [baseline_clause(results)]
-    cc = results.get("comparison_control")
-    if cc:
-        lines += ["", "Compute-matched control (SFT continued for as many steps as DPO) vs DPO:",
-                  sentence(cc)]
-        match = results.get("control_arm")
+    for arm in arms.ARMS:
+        for comp in arm.comparisons:
+            if results.get(comp.key):
+                lines += ["", comp.lead, sentence(results[comp.key])]
+        match = results.get(f"{arm.name}_arm")
         if match:
             missed = f"; NOT matched: {', '.join(match['not_matched'])}" if match["not_matched"] else ""
             lines.append(f"Matched: {', '.join(match['matched'])}{missed}")
-    for key, head in ONPOLICY_HEADS:
-        if results.get(key):
-            lines += ["", head, sentence(results[key])]
     return "\n".join(lines + [rule])
 
 

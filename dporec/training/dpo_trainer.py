@@ -17,9 +17,14 @@ attention mask in training (and TRL's class is Unsloth's rewrite there), so unde
 """
 from __future__ import annotations
 
+import logging
 from contextlib import ExitStack
 
 import torch
+
+from dporec import compat
+
+log = logging.getLogger(__name__)
 
 _COLUMN_KEYS = ("input_ids", "attention_mask", "completion_mask")
 _OTHER_KEYS = {"ref_chosen_logps", "ref_rejected_logps"}
@@ -153,6 +158,8 @@ def answer_only_trainer_class(prefix_sharing: bool = False):
     prefix_sharing running each pair's prompt once (checked against TRL's layout on the first batch)."""
     import trl
 
+    compat.check_trl_dpo_hooks(trl.DPOTrainer)  # the private methods overridden below
+
     class DPOTrainer(trl.DPOTrainer):
         # "on", or why not: set by the first batch's check, read into metrics.json by the stage
         shared_prompt = "on" if prefix_sharing else "off (dpo.prefix_sharing=false)"
@@ -179,8 +186,8 @@ def answer_only_trainer_class(prefix_sharing: bool = False):
                 problem = self._shared_prompt_problem(ids, mask, cm, start, layout)
                 if problem:
                     self.shared_prompt = f"off: {problem}"
-                    print(f"[dpo] the shared-prompt forward is off for this run: {problem}; "
-                          "training continues in TRL's own layout (the prompt twice per pair)", flush=True)
+                    log.warning(f"[dpo] the shared-prompt forward is off for this run: {problem}; "
+                                "training continues in TRL's own layout (the prompt twice per pair)")
                     return None
             return layout
 

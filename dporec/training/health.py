@@ -11,8 +11,10 @@ Thresholds live in the config's `health` section (dporec/config.py says what eac
 """
 from __future__ import annotations
 
+import logging
 import math
-import sys
+
+log = logging.getLogger(__name__)
 
 DPO_REMEDY = ("try dpo.loss_type=[sigmoid, sft] (an NLL term keeps the chosen answer likely), a larger "
               "dpo.beta, or a lower dpo.learning_rate")
@@ -114,10 +116,10 @@ def check(stage: str, train_hist: list[dict], eval_hist: list[dict], thresholds:
     return fn(train_hist, eval_hist, thresholds, warmup_steps)
 
 
-def print_warnings(stage: str, health: dict) -> None:
+def report_warnings(stage: str, health: dict) -> None:
+    """Each warning on the console (stderr), with its remedy."""
     for w in health["warnings"]:
-        print(f"[{stage}] WARNING ({w['code']}): {w['message']}. Remedy: {w['remedy']}.", file=sys.stderr,
-              flush=True)
+        log.warning(f"[{stage}] WARNING ({w['code']}): {w['message']}. Remedy: {w['remedy']}.")
 
 
 def warmup_of(args, state) -> int:
@@ -150,6 +152,6 @@ def make_callback(stage: str, thresholds: dict):
             result = check(stage, *split_history(state.log_history), thresholds, warmup_of(args, state))
             new = [w for w in result["warnings"] if w["code"] in LIVE_CHECKS and w["code"] not in self.seen]
             self.seen.update(w["code"] for w in new)
-            print_warnings(stage, {"warnings": new})
+            report_warnings(stage, {"warnings": new})
 
     return HealthCallback()

@@ -49,7 +49,7 @@ def test_a_position_locked_model_is_not_supported_by_its_point_estimate():
     dpo = rows_from("dpo", [(f"p{i}", f"u{i}", "AB"[i % 2], ("A", "A")) for i in range(40)])
     c = comparison.compare(sft, dpo)
     assert (c["a_accuracy"], c["b_accuracy"]) == (0.45, 0.5) and c["difference"] == pytest.approx(0.05)
-    lo, hi = c["ci95"]
+    lo, hi = c["ci"]
     assert lo < 0 < hi and c["verdict"] == "INCONCLUSIVE" and not c["significant"]
     s = sentences.verdict_sentence(c)
     assert s.startswith("INCONCLUSIVE: DPO 50.0% vs SFT 45.0% (+5.0 points, 95% CI \u2212")
@@ -64,7 +64,7 @@ def test_issue10_counterexample():
     assert (c["a_accuracy"], c["b_accuracy"]) == (0.79, 0.785) and c["difference"] == pytest.approx(-0.005)
     assert c["n_pairs"] == 200 and c["n_users"] == 100 and c["clustering"] == "users"
     assert not c["significant"] and c["p_value"] > 0.5
-    lo, hi = c["ci95"]
+    lo, hi = c["ci"]
     assert lo < c["difference"] < hi and lo < 0 < hi
     assert c["verdict"] == comparison.verdict((lo, hi), 0.02) != "SUPPORTED"
     assert (c["pairs_b_higher"], c["pairs_a_higher"]) == (34, 18)
@@ -76,7 +76,7 @@ def test_identical_models_and_opposite_position_locked_models():
     spec = [(f"p{i}", f"u{i % 7}", "AB"[i % 2], tuple(rng.choice(["good", "bad", "A"], 2)))
             for i in range(40)]
     same = comparison.compare(rows_from("sft", spec), rows_from("dpo", spec))
-    lo, hi = same["ci95"]
+    lo, hi = same["ci"]
     assert same["difference"] == 0 and lo < 0 < hi and same["p_value"] == 1.0
     assert same["decisions_differ"] == 0 and same["pairs_for_margin"] is None
     s = sentences.verdict_sentence(same)
@@ -94,7 +94,7 @@ def test_enough_pairs_rule_out_the_margin():
     other = list(spec)
     other[0] = (*spec[0][:3], ("good", "bad"))
     c = comparison.compare(rows_from("sft", spec), rows_from("dpo", other))
-    assert c["ci95"][1] < 0.02 and c["verdict"] == "NOT SUPPORTED" and c["margin_status"] == "ruled out"
+    assert c["ci"][1] < 0.02 and c["verdict"] == "NOT SUPPORTED" and c["margin_status"] == "ruled out"
     assert "the whole interval is below the 2-point margin" in sentences.verdict_sentence(c)
 
 
@@ -107,7 +107,7 @@ def test_a_real_gain_is_supported_and_the_margin_judged_separately():
         sft_spec.append((pid, uid, lab, ("good" if s_ok else "bad",) * 2))
         dpo_spec.append((pid, uid, lab, ("good" if s_ok or rng.random() < 0.4 else "bad",) * 2))
     c = comparison.compare(rows_from("sft", sft_spec), rows_from("dpo", dpo_spec))
-    assert c["ci95"][0] > 0.02 and c["verdict"] == "SUPPORTED" and c["margin_status"] == "shown"
+    assert c["ci"][0] > 0.02 and c["verdict"] == "SUPPORTED" and c["margin_status"] == "shown"
     assert "better by at least the 2-point margin" in sentences.verdict_sentence(c)
     again = comparison.compare(rows_from("sft", sft_spec), rows_from("dpo", dpo_spec))
     assert again == c  # no resampling: the same rows give the same numbers
@@ -147,11 +147,11 @@ def test_pooling_identical_seeds_changes_nothing_and_the_spread_is_reported():
     for k in (2, 3):
         pooled = comparison.compare_runs([sft] * k, [dpo] * k)
         assert pooled["n_pairs"] == one["n_pairs"] == 100 and pooled["n_users"] == 25
-        assert pooled["p_value"] == one["p_value"] and pooled["ci95"] == one["ci95"] and pooled["n_runs"] == k
+        assert pooled["p_value"] == one["p_value"] and pooled["ci"] == one["ci"] and pooled["n_runs"] == k
     spread = seeds.seed_spread([0.01, 0.03, 0.02], alpha=0.05)
     assert spread["mean"] == pytest.approx(0.02) and spread["sd"] == pytest.approx(0.01)
-    assert spread["ci95"][0] < 0.02 < spread["ci95"][1]
-    assert seeds.seed_spread([0.01, 0.03], alpha=0.05)["ci95"] is None  # too few seeds for an interval
+    assert spread["ci"][0] < 0.02 < spread["ci"][1]
+    assert seeds.seed_spread([0.01, 0.03], alpha=0.05)["ci"] is None  # too few seeds for an interval
 
 
 def test_pooling_averages_each_pair_over_seeds():
@@ -185,14 +185,14 @@ def test_records_without_user_ids_cluster_by_pair(missing):
 
 def test_verdict_sentence_example():
     c = {"verdict": "INCONCLUSIVE", "b_accuracy": 0.81, "a_accuracy": 0.80, "difference": 0.01,
-         "ci95": (-0.012, 0.031), "p_value": 0.41, "alpha": 0.05, "margin": 0.02, "margin_status": "open",
+         "ci": (-0.012, 0.031), "p_value": 0.41, "alpha": 0.05, "margin": 0.02, "margin_status": "open",
          "names": ["SFT", "DPO"], "pairs_b_higher": 60, "pairs_a_higher": 50, "pairs_for_margin": 2941,
          "n_pairs": 1000, "power": 0.8}
     assert sentences.verdict_sentence(c) == (
         "INCONCLUSIVE: DPO 81.0% vs SFT 80.0% (+1.0 points, 95% CI \u22121.2 to +3.1, p = 0.41; the interval "
         "reaches both 0 and the 2-point margin); about 2,900 test pairs give 80% power for the 2-point "
         "margin (this test has 1,000).")
-    c.update(p_value=0.0004, difference=0.0204, ci95=(0.004, 0.037), verdict="SUPPORTED",
+    c.update(p_value=0.0004, difference=0.0204, ci=(0.004, 0.037), verdict="SUPPORTED",
              names=["SFT control", "DPO"])
     s = sentences.verdict_sentence(c)
     assert "(+2.04 points" in s  # one decimal would read "+2.0" next to the margin

@@ -23,7 +23,7 @@ def test_perfect_model():
     assert (m["accuracy"], m["first_option_rate"], m["consistency"]) == (1.0, 0.5, 1.0)
     assert m["accuracy_both_orders"] == 1.0
     assert m["counts"] == {"decisions": 20, "correct": 20, "ties": 0}
-    assert m["accuracy_ci95"] == (1.0, 1.0)
+    assert m["accuracy_ci"] == (1.0, 1.0)
 
 
 def test_always_b_model_gets_a_zero_width_interval():
@@ -31,8 +31,8 @@ def test_always_b_model_gets_a_zero_width_interval():
     # two-order accuracy. Wilson on the 180 decisions of 90 pairs claimed [42.8, 57.2].
     m = metrics.model_metrics(rows_from("sft", balanced_spec(90, ("B", "B"), users=30)), n_boot=500)
     assert m["accuracy"] == 0.5
-    assert m["accuracy_ci95"] == pytest.approx((0.5, 0.5), abs=1e-12)
-    lo, hi = m["accuracy_original_order_ci95"]
+    assert m["accuracy_ci"] == pytest.approx((0.5, 0.5), abs=1e-12)
+    lo, hi = m["accuracy_original_order_ci"]
     assert hi - lo > 0.1  # 0/1 per pair there
     assert m["clustering"] == "users" and m["n_users"] == 30
 

@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 
 from dporec import ROOT, UserError
-from dporec.data import pairs, records, sources, splits, task
+from dporec.data import balance, pairs, records, sources, task
 from dporec.data.sources import movielens as ml1m
 from dporec.data.sources import recbole, synthetic
 
@@ -308,7 +308,7 @@ def test_recbole_ml100k_builds(tmp_path):
     assert summary["ratings"] == 100_000 and summary["rating_users"] == 943
     for split in pairs.SPLITS:
         exs = records.load_examples(tmp_path / f"{split}.jsonl")
-        assert abs(splits.balance(exs)["A"] - splits.balance(exs)["B"]) <= 1
+        assert abs(balance.balance(exs)["A"] - balance.balance(exs)["B"]) <= 1
     titles = {h["title"] for r in load_split(tmp_path, "train") for h in r["history"]}
     assert "Star Wars (1977)" in titles  # ML-100K's most-rated movie, year joined as ML-1M spells it
     assert "recbole" not in sys.modules  # the files are read, the package never imported

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from dporec import ROOT, UserError
-from dporec.data import records, splits, task
+from dporec.data import balance, records, task
 from tests.support import thesis_file
 
 CHECK = ROOT / "data" / "check_dataset.py"
@@ -113,9 +113,9 @@ def test_rejected_differs_from_chosen_and_argues_for_the_other_option(i):
 @pytest.mark.parametrize("n", [1, 2, 20, 21])
 def test_random_balanced_positions_half_a(n):
     exs = [records.parse_record(precursor_record(i), f"x:{i}", f"x:{i}") for i in range(n)]
-    out = splits.random_balanced_positions(exs, random.Random(0))
+    out = balance.random_balanced_positions(exs, random.Random(0))
     for k in range(1, n + 1):  # every prefix, since scripts take the first N rows of a file
-        b = splits.balance(out[:k])
+        b = balance.balance(out[:k])
         assert abs(b["A"] - b["B"]) <= 1
     by_id = {e.pair_id: correct_title(e) for e in exs}
     assert sorted(e.pair_id for e in out) == sorted(by_id)
@@ -124,11 +124,11 @@ def test_random_balanced_positions_half_a(n):
 
 def test_rebalance_always_a_gives_half_and_keeps_answers_correct(tmp_path):
     exs = records.load_examples(always_a_file(tmp_path))
-    assert splits.balance_warning(exs, "always_a.jsonl") is not None
-    fixed = splits.rebalance(exs)
-    b = splits.balance(fixed)
+    assert balance.balance_warning(exs, "always_a.jsonl") is not None
+    fixed = balance.rebalance(exs)
+    b = balance.balance(fixed)
     assert abs(b["A"] - b["B"]) <= 1
-    assert splits.balance_warning(fixed, "fixed") is None
+    assert balance.balance_warning(fixed, "fixed") is None
     for before, after in zip(exs, fixed):
         assert correct_title(after) == correct_title(before)
         assert f"themes found in {correct_title(after)}." in records.chosen_output(after)
@@ -146,7 +146,7 @@ def test_check_cli_warns_on_always_a_and_rebalances(tmp_path):
     out = tmp_path / "balanced.jsonl"
     fixed = check_cli(src, "--rebalance", out)
     assert fixed.returncode == 0, fixed.stderr
-    b = splits.balance(records.load_examples(out))
+    b = balance.balance(records.load_examples(out))
     assert (b["A"], b["B"]) in ((10, 11), (11, 10))
     again = check_cli(out)
     assert again.returncode == 0 and "WARNING" not in again.stderr
@@ -280,8 +280,8 @@ def _genres(option_text: str) -> str:
 def test_rebalance_thesis_layout_letters_follow_options_history_untouched(tmp_path):
     path = write_lines(tmp_path / "t.jsonl", [json.dumps(thesis_record(i)) for i in range(11)])
     exs = records.load_examples(path)
-    fixed = splits.rebalance(exs)
-    assert sorted(splits.balance(fixed)[L] for L in "AB") == [5, 6]
+    fixed = balance.rebalance(exs)
+    assert sorted(balance.balance(fixed)[L] for L in "AB") == [5, 6]
     swapped = 0
     for before, after in zip(exs, fixed):
         if after.label == before.label:

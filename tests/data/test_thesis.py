@@ -15,7 +15,7 @@ import pytest
 from dporec import ROOT, UserError
 from dporec.data import records, sources, task
 from dporec.data.sources import thesis
-from dporec.report import files
+from dporec.report.predictions import read_predictions
 from tests.helpers import TINY_CONFIG, experiment_main
 from tests.support import thesis_file
 
@@ -166,7 +166,7 @@ def test_tiny_pipeline_end_to_end_on_a_thesis_file(thesis_src, tiny_model, tmp_p
     test_lines = {r["id"] for r in _read(folder / "test.jsonl")}
     train_lines = {r["id"] for r in _read(folder / "train.jsonl")}
     assert len(test_lines) == 6 and not test_lines & train_lines
-    rows = files.read_predictions(out / "eval" / "predictions.csv")
+    rows = read_predictions(out / "eval" / "predictions.csv")
     assert set(rows) == {"base", "sft", "dpo"}
     for model_rows in rows.values():
         orders = {(r["pair_id"], r["order"]) for r in model_rows}

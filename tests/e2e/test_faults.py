@@ -17,11 +17,11 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from dporec import ROOT, UserError, runs
+from dporec import ROOT, UserError, files, weights
 from dporec.config import load_config, parse_args, run_main
 from dporec.data import candidates, records
 from dporec.modeling.local_models import build_tiny_llama
-from dporec.report import files
+from dporec.runs import provenance
 from dporec.training import stages
 from tests.helpers import TINY_CONFIG, dpo_main, evaluate_main, sft_main, tiny_overrides, verify_main
 
@@ -171,28 +171,29 @@ def test_4_defaults_and_shipped_configs_are_in_range():
 # 5. A stage built from an adapter that has changed since is stale (run_experiment.py reruns it)
 
 def test_5_changed_input_makes_a_finished_stage_stale(tmp_path, capsys):
-    from dporec import experiment
+    from dporec import arms, experiment
     sft = tmp_path / "sft"
     sft.mkdir()
     (sft / "adapter_model.safetensors").write_bytes(b"first training")
     dpo = tmp_path / "dpo"
     dpo.mkdir()
-    runs.write_run_info(dpo, load_config(TINY_CONFIG), inputs=runs.input_record({"sft": sft}))
+    provenance.write_run_info(dpo, load_config(TINY_CONFIG), inputs=provenance.input_record({"sft": sft}))
     (dpo / "metrics.json").write_text("{}")
     calls = []
 
-    def train_dpo(cfg):
-        calls.append(cfg["overwrite"])
-        runs.write_run_info(dpo, cfg, inputs=runs.input_record({"sft": sft}))
+    def train_dpo(cfg, spec):
+        calls.append(spec.overwrite)
+        provenance.write_run_info(dpo, cfg, inputs=provenance.input_record({"sft": sft}))
         (dpo / "metrics.json").write_text("{}")
         return 0
 
-    cfg = load_config(TINY_CONFIG)
-    assert experiment.run_stage("dpo", dpo / "metrics.json", train_dpo, cfg, overwrite=False) == "skipped"
+    cfg = load_config(TINY_CONFIG, [f"output_dir={tmp_path}"])
+    spec = arms.StageSpec(arms.DPO)
+    assert experiment.run_stage(cfg, spec, train_dpo) == "skipped"
     (sft / "adapter_model.safetensors").write_bytes(b"trained again with another seed")
-    assert experiment.run_stage("dpo", dpo / "metrics.json", train_dpo, cfg, overwrite=False) == "done"
+    assert experiment.run_stage(cfg, spec, train_dpo) == "done"
     assert calls == [True] and f"stale: built from sft ({sft})" in capsys.readouterr().out
-    assert experiment.run_stage("dpo", dpo / "metrics.json", train_dpo, cfg, overwrite=False) == "skipped"
+    assert experiment.run_stage(cfg, spec, train_dpo) == "skipped"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -293,14 +294,14 @@ def test_7_same_named_base_with_other_weights_is_refused(trained, tiny_data, tin
     rebuilt = build_tiny_llama(tmp_path / "rebuilt" / "tiny-llama", seed=1)
     adapter = _adapter_copy(trained, tmp_path / "a", base_model_name_or_path=str(rebuilt))
     recorded = json.loads((adapter / "run_info.json").read_text())["base_fingerprint"]
-    assert recorded and recorded == runs.weights.fingerprint_base(str(tiny_model))
+    assert recorded and recorded == weights.fingerprint_base(str(tiny_model))
     argv = argv_for(tiny_data, rebuilt, tmp_path / "run", "eval.models=[base]",
                     f"eval.adapters={{a: {adapter}}}")
     refused(evaluate_main, argv, capsys, "other weights", recorded)
     verify_fails(argv + ["--for-eval"], capsys, "other weights")
     # a copy of the same weights under another folder is the same base
     same = shutil.copytree(tiny_model, tmp_path / "copy" / "tiny-llama")
-    assert runs.weights.fingerprint_base(str(same)) == recorded
+    assert weights.fingerprint_base(str(same)) == recorded
 
 
 # ---------------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from dporec import ROOT
+from dporec import ROOT, files
 from dporec.data import ratings, records, sources, task
 from dporec.data.sources import synthetic
 from dporec.evaluation import baselines
@@ -54,7 +54,7 @@ def shuffled_labels(src: Path, dst: Path, seed: int = 0) -> Path:
                 ex = replace(ex, label=wrong, output=task.answer_text(wrong, ex.reasons[wrong]),
                              reasoning=ex.reasons[wrong])
             out.append(ex)
-        records.write_jsonl(dst / f"{split}.jsonl", (records.to_record(e) for e in out))
+        files.write_jsonl(dst / f"{split}.jsonl", (records.to_record(e) for e in out))
     for name in ("test.jsonl", ratings.META_FILE, ratings.RATINGS_FILE):
         shutil.copy(src / name, dst / name)
     return dst
@@ -120,7 +120,7 @@ def test_on_policy_arm_keeps_what_sft_learned(learned):
     c = results["comparison_onpolicy"]
     assert c["names"] == ["SFT", "on-policy DPO"] and c["verdict"] in ("SUPPORTED", "NOT SUPPORTED",
                                                                       "INCONCLUSIVE")
-    assert c["ci95"][1] >= 0, c["sentence"]
+    assert c["ci"][1] >= 0, c["sentence"]
     assert acc["dpo_onpolicy"] >= 0.75
     assert results["comparison_onpolicy_vs_dpo"]["names"] == ["off-policy DPO", "on-policy DPO"]
     arm = json.loads((out / "dpo_onpolicy" / "metrics.json").read_text())
@@ -138,7 +138,7 @@ def test_shuffled_labels_teach_nothing(learn_inputs, tmp_path):
     for name in ("sft", "dpo"):
         # at chance: within 50% +- 10, or (75 pairs from 27 users are noisy) an interval that holds 50%;
         # the real run's 89-91% is far outside both
-        acc, (lo, hi) = models[name]["accuracy"], models[name]["accuracy_ci95"]
+        acc, (lo, hi) = models[name]["accuracy"], models[name]["accuracy_ci"]
         assert 0.4 <= acc <= 0.6 or lo <= 0.5 <= hi, (name, acc, lo, hi)
         assert acc < 0.7, (name, acc)
 

@@ -7,10 +7,12 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 
-from dporec import UserError, experiment
+from dporec import UserError, arms, experiment
 from dporec.analysis import comparison, metrics, seeds
-from dporec.report import files
+from dporec.modeling import runtime
+from dporec.report import predictions
 from tests.helpers import FIXTURES, TINY_CONFIG, experiment_main, sft_main, tiny_overrides
 
 # Fewer steps and test pairs than configs/tiny.yaml: two seeds x (SFT, DPO, control, eval) must stay quick.
@@ -51,7 +53,7 @@ def test_seeds_and_control_arm_end_to_end_then_skipped(capsys, tiny_data, tiny_m
     assert "Pooled over seeds" in (out / "aggregate.md").read_text()
     assert agg["pooled"]["seed_spread"]["differences"] == [agg["per_seed"][s]["comparison"]["difference"]
                                                           for s in ("1", "2")]
-    assert agg["pooled"]["verdict"] == comparison.verdict(agg["pooled"]["ci95"], 0.02)
+    assert agg["pooled"]["verdict"] == comparison.verdict(agg["pooled"]["ci"], 0.02)
 
     # The control arm continues the SFT adapter for as many optimizer steps as DPO took, at DPO's
     # learning rate (set apart from SFT's by the dpo.learning_rate override above).
@@ -61,7 +63,11 @@ def test_seeds_and_control_arm_end_to_end_then_skipped(capsys, tiny_data, tiny_m
         control = json.loads((run / "sft_control" / "metrics.json").read_text())
         assert control["steps"] == dpo_steps == 3
         assert control["init_adapter"] == str(run / "sft")
-        assert "learning_rate: 0.0005" in (run / "sft_control" / "config.yaml").read_text()
+        spec = json.loads((run / "sft_control" / "run_info.json").read_text())["spec"]
+        assert spec["learning_rate"] == 0.0005 and spec["max_steps"] == 3 and spec["arm"] == "control"
+        # the config the stage saved is the user's, as given: SFT's own rate and steps are untouched
+        saved = yaml.safe_load((run / "sft_control" / "config.yaml").read_text())
+        assert saved["sft"]["learning_rate"] == 1e-3 and saved["sft"]["max_steps"] == 2
         assert (run / "sft_control" / "adapter_config.json").is_file()
         res = json.loads((run / "eval" / "results.json").read_text())
         assert "sft_control" in res["models"] and res["comparison_control"]["names"] == ["SFT control", "DPO"]
@@ -106,25 +112,30 @@ def test_seeds_and_control_arm_end_to_end_then_skipped(capsys, tiny_data, tiny_m
 
 
 def test_run_stage_skips_finished_and_resumes_unfinished(tmp_path):
+    """The orchestrator hands a stage its lifecycle decision in the spec (continue what is there; rerun
+    when asked) and never rewrites the user's config: resume and overwrite stay as given."""
+    from dataclasses import replace
+
     from dporec.config import load_config
     calls = []
 
-    def fake_run(cfg):
-        calls.append({k: cfg[k] for k in ("resume", "overwrite")})
-        (tmp_path / "stage" / "metrics.json").write_text("{}")
+    def fake_run(cfg, spec):
+        calls.append({"resume": spec.resume, "overwrite": spec.overwrite, "config": (cfg["resume"],
+                                                                                     cfg["overwrite"])})
+        (tmp_path / "sft" / "metrics.json").write_text("{}")
         return 0
 
-    cfg = load_config(TINY_CONFIG)
-    marker = tmp_path / "stage" / "metrics.json"
-    (tmp_path / "stage" / "checkpoint-4").mkdir(parents=True)
-    assert experiment.run_stage("sft", marker, fake_run, cfg, overwrite=False) == "done"
-    assert calls == [{"resume": True, "overwrite": False}]
-    assert experiment.run_stage("sft", marker, fake_run, cfg, overwrite=False) == "skipped"
-    assert experiment.run_stage("sft", marker, fake_run, cfg, overwrite=True) == "done"
-    assert calls[-1] == {"resume": False, "overwrite": True}
-    assert cfg["resume"] is False and cfg["overwrite"] is False  # each stage gets its own copy
+    cfg = load_config(TINY_CONFIG, [f"output_dir={tmp_path}"])
+    spec = arms.StageSpec(arms.SFT)
+    (tmp_path / "sft" / "checkpoint-4").mkdir(parents=True)
+    assert experiment.run_stage(cfg, spec, fake_run) == "done"
+    assert calls == [{"resume": "auto", "overwrite": False, "config": (False, False)}]
+    assert experiment.run_stage(cfg, spec, fake_run) == "skipped"
+    assert experiment.run_stage(cfg, spec, fake_run, rerun=True) == "done"
+    assert calls[-1] == {"resume": False, "overwrite": True, "config": (False, False)}
+    assert cfg["resume"] is False and cfg["overwrite"] is False  # the user's config, as given
     with pytest.raises(UserError, match="stage dpo failed"):
-        experiment.run_stage("dpo", tmp_path / "dpo" / "metrics.json", lambda cfg: 3, cfg, overwrite=False)
+        experiment.run_stage(cfg, replace(spec, stage=arms.DPO), lambda cfg, spec: 3)
 
 
 def _rows(model: str, correct_by_pair: dict[str, tuple[bool, bool]]) -> list[dict]:
@@ -144,8 +155,8 @@ def _rows(model: str, correct_by_pair: dict[str, tuple[bool, bool]]) -> list[dic
 def test_predictions_round_trip_through_the_csv(tmp_path):
     sft = _rows("sft", {"p1": (True, False), "p2": (False, False), "p3": (True, True)})
     dpo = _rows("dpo", {"p1": (True, True), "p2": (True, False), "p3": (True, True)})
-    files.write_predictions(tmp_path, sft + dpo)
-    back = files.read_predictions(tmp_path / "predictions.csv")
+    predictions.write_predictions(tmp_path, sft + dpo)
+    back = predictions.read_predictions(tmp_path / "predictions.csv")
     assert back["sft"][1]["correct"] is False and isinstance(back["sft"][0]["logp_a"], float)
     assert comparison.compare(back["sft"], back["dpo"]) == comparison.compare(sft, dpo)
 
@@ -160,12 +171,9 @@ def test_identical_seeds_pool_to_one_seed(tmp_path):
     for k in (2, 3):
         agg = seeds.aggregate_seeds({s: res for s in range(k)},
                                     {s: {"sft": sft, "dpo": dpo} for s in range(k)},
-                                    {"pooled": ("sft", "dpo", ("SFT", "DPO"), "comparison"),
-                                     "pooled_control": ("sft_control", "dpo", ("SFT control", "DPO"),
-                                                        "comparison_control")},
-                                    margin=0.02, alpha=0.05)
+                                    arms.comparisons(), margin=0.02, alpha=0.05)
         assert agg["pooled"]["n_pairs"] == one["n_pairs"] and agg["pooled"]["p_value"] == one["p_value"]
-        assert agg["pooled"]["ci95"] == one["ci95"] and agg["pooled_control"] is None
+        assert agg["pooled"]["ci"] == one["ci"] and agg["pooled_control"] is None
         assert agg["metrics"]["dpo"]["accuracy"]["sd"] == 0.0
 
 
@@ -181,9 +189,11 @@ def test_results_from_the_previous_version_are_reanalysed_not_rescored(tmp_path,
     for name in ("predictions.csv", "results.json"):
         (out / "eval" / name).write_bytes((legacy / name).read_bytes())
     from dporec.config import load_config
-    results, status = experiment.run_once(load_config(TINY_CONFIG, [f"output_dir={out}"]))
+    cfg = load_config(TINY_CONFIG, [f"output_dir={out}"])
+    results, status = experiment.run_once(cfg, runtime.setup(cfg, "sft"))
     assert status == {"sft": "skipped", "dpo": "skipped", "eval": "skipped"}
     assert "a_accuracy" in results["comparison"] and "earlier version" in capsys.readouterr().out
+    assert "ci" in results["comparison"] and results["alpha"] == 0.05  # the layout every report reads now
     previous = json.loads((out / "eval" / "results.previous.json").read_text())
     assert previous == json.loads((legacy / "results.json").read_text())
 

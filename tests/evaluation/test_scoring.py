@@ -1,4 +1,5 @@
-"""Likelihood scoring (dporec/scoring.py) on the tiny random Llama: agreement with TRL's own DPO
+"""Likelihood scoring (dporec/evaluation/scoring.py, logprobs.py, sequences.py) on the tiny random
+Llama: agreement with TRL's own DPO
 log-probs, padding invariance, option swapping, exposure of an always-"A" model, and the strict
 parser of generated answers."""
 from __future__ import annotations
@@ -10,8 +11,8 @@ import torch
 
 from dporec.analysis import metrics
 from dporec.config import load_config
-from dporec.data import records, splits, task
-from dporec.evaluation import generation, scoring
+from dporec.data import balance, records, task
+from dporec.evaluation import generation, logprobs, scoring, sequences
 from dporec.modeling import adapters, backends
 from tests.helpers import TINY_CONFIG, tiny_overrides
 
@@ -54,7 +55,7 @@ def test_full_answer_scores_match_trl_dpo_logps(tiny_data, tiny_model, tmp_path,
         trl_chosen, trl_rejected = trainer.compute_ref_log_probs(trainer.model, batch)
 
     with trainer.model.disable_adapter():
-        ours = _by_key(scoring.score_pairs(trainer.model, tok, exs, batch_size=4))
+        ours = _by_key(scoring.score_answers(trainer.model, tok, exs, "alpaca", 4))
     for i, ex in enumerate(exs):
         row = ours[(ex.pair_id, "original")]
         chosen = row[f"logp_{ex.label.lower()}_full"]
@@ -66,8 +67,8 @@ def test_full_answer_scores_match_trl_dpo_logps(tiny_data, tiny_model, tmp_path,
 def test_batching_and_padding_do_not_change_scores(base_4bit, heldout_examples):
     model, tok = base_4bit
     exs = heldout_examples[:4]  # 16 sequences of different lengths: two padded batches of 8
-    one = scoring.score_pairs(model, tok, exs, batch_size=1)
-    eight = scoring.score_pairs(model, tok, exs, batch_size=8)
+    one = scoring.score_answers(model, tok, exs, "alpaca", 1)
+    eight = scoring.score_answers(model, tok, exs, "alpaca", 8)
     assert len(one) == len(eight) == 2 * len(exs)
     for a, b in zip(one, eight):
         assert (a["pair_id"], a["order"]) == (b["pair_id"], b["order"])
@@ -94,10 +95,10 @@ def test_shared_prefix_equals_full_sequences(lora_4bit, heldout_examples):
     continuations) gives the per-answer scores of full sequences, under 4-bit + LoRA."""
     model, tok = lora_4bit
     exs = heldout_examples[:3]
-    full = scoring.score_pairs(model, tok, exs, batch_size=8, share_prefix=False)
+    full = scoring.score_answers(model, tok, exs, "alpaca", 8, share_prefix=False)
     for bs in (1, 8):  # one example-order per batch; six (12 answers) of different lengths padded together
-        info = scoring.ScoringInfo()
-        shared = scoring.score_pairs(model, tok, exs, batch_size=bs, info=info)
+        info = logprobs.ScoringInfo()
+        shared = scoring.score_answers(model, tok, exs, "alpaca", bs, info=info)
         assert info.n_sequences == 4 * len(exs) and info.forward_passes == 2 * -(-2 * len(exs) // bs)
         for a, b in zip(shared, full):
             assert a["choice"] == b["choice"] and a["choice_full"] == b["choice_full"]
@@ -113,11 +114,11 @@ def test_shared_prefix_equals_full_sequences(lora_4bit, heldout_examples):
              (p2, [7, eos], [8, 9, eos]),          # split right after the prompt
              (p2, [7, 8, eos], [7, 8, 9, eos]),    # A's continuation is its EOS alone
              (p1, [7, 8, eos], [7, 8])]            # B is a prefix of A: split one token earlier
-    pairs = [(scoring._Seq(p, a, 1, True), scoring._Seq(p, b, 1, True)) for p, a, b in cases]
+    pairs = [(sequences.Seq(p, a, 1, True), sequences.Seq(p, b, 1, True)) for p, a, b in cases]
     assert len({len(p) for p in (p1, p2)}) == 2
     with torch.inference_mode():
-        got = scoring.pair_logps(model, tok, pairs)
-        want = scoring.token_logps(model, tok, [s for pair in pairs for s in pair])
+        got = logprobs.pair_logps(model, tok, pairs)
+        want = logprobs.token_logps(model, tok, [s for pair in pairs for s in pair])
     for (ga, gb), wa, wb in zip(got, want[0::2], want[1::2]):
         assert ga.shape == wa.shape and gb.shape == wb.shape
         assert torch.allclose(ga, wa, atol=1e-4) and torch.allclose(gb, wb, atol=1e-4)
@@ -129,10 +130,10 @@ def test_decision_only_scoring_equals_the_full_path(lora_4bit, heldout_examples)
     batches of contexts of different lengths, and no full-answer fields."""
     model, tok = lora_4bit
     exs = heldout_examples[:4]
-    full = scoring.score_pairs(model, tok, exs, batch_size=8)
+    full = scoring.score_answers(model, tok, exs, "alpaca", 8)
     for bs in (1, 3, 8):
-        info = scoring.ScoringInfo()
-        fast = scoring.score_pairs(model, tok, exs, batch_size=bs, info=info, full_answer=False)
+        info = logprobs.ScoringInfo()
+        fast = scoring.score_decisions(model, tok, exs, "alpaca", bs, info=info)
         assert info.n_sequences == 2 * len(exs) and info.forward_passes == -(-2 * len(exs) // bs)
         for a, b in zip(fast, full):
             assert {k: a[k] for k in ("pair_id", "order", "label", "choice")} == \
@@ -148,8 +149,8 @@ def test_decision_score_is_the_answer_prefix(base_4bit, heldout_examples):
     against an unpadded forward with all logits), and the span is an exact token prefix."""
     model, tok = base_4bit
     ex = heldout_examples[0]
-    info = scoring.ScoringInfo()
-    row = _by_key(scoring.score_pairs(model, tok, [ex], batch_size=4, info=info))[(ex.pair_id, "original")]
+    info = logprobs.ScoringInfo()
+    row = _by_key(scoring.score_answers(model, tok, [ex], "alpaca", 4, info=info))[(ex.pair_id, "original")]
     assert info.n_sequences == 4 and info.fallback_decision_spans == 0
     prompt = records.format_prompt(ex)
     p_ids = tok(prompt)["input_ids"]
@@ -166,7 +167,7 @@ def test_swapped_order_exchanges_options_and_flips_label(base_4bit, heldout_exam
     model, tok = base_4bit
     ex = heldout_examples[0]
     plain = replace(ex, extra={}, pair_id="no-ids")  # option ids fall back to texts
-    rows = _by_key(scoring.score_pairs(model, tok, [ex, plain], batch_size=8))
+    rows = _by_key(scoring.score_answers(model, tok, [ex, plain], "alpaca", 8))
     o, s = rows[(ex.pair_id, "original")], rows[(ex.pair_id, "swapped")]
     assert o["label"] == ex.label and s["label"] == ex.other
     assert (s["option_a_id"], s["option_b_id"]) == (o["option_b_id"], o["option_a_id"])
@@ -204,7 +205,7 @@ def always_a_adapter(tiny_data, tiny_model, tmp_path_factory):
     out = tmp_path_factory.mktemp("always_a")
     train = [e if e.label == "A" else records.swap(e)
              for e in records.load_examples(tiny_data / "train.jsonl")]
-    assert splits.balance(train)["A"] == len(train)
+    assert balance.balance(train)["A"] == len(train)
     cfg = _cfg(tiny_data, tiny_model, out, "model.load_in_4bit=false",
                "lora.target_modules=[q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj,lm_head]")
     torch.manual_seed(0)
@@ -225,9 +226,9 @@ def test_always_a_model_is_exposed_not_rewarded(always_a_adapter, tiny_data, tin
     cfg = _cfg(tiny_data, tiny_model, tmp_path)  # evaluated on the 4-bit base, as in evaluate_dpo.py
     base, tok = backends.load_base(cfg, "hf")
     model = adapters.attach_adapters(base, {"always_a": always_a_adapter}, str(tiny_model))
-    assert 0.4 <= splits.balance(heldout_examples)["a_fraction"] <= 0.6
+    assert 0.4 <= balance.balance(heldout_examples)["a_fraction"] <= 0.6
 
-    rows = scoring.score_pairs(model, tok, heldout_examples, model_name="always_a")
+    rows = scoring.score_answers(model, tok, heldout_examples, "alpaca", 8, model_name="always_a")
     # it really answers A: by a wide margin, in every decision
     assert min(r["logp_a"] - r["logp_b"] for r in rows) > 1.0
     m = metrics.model_metrics(rows)
@@ -239,7 +240,7 @@ def test_always_a_model_is_exposed_not_rewarded(always_a_adapter, tiny_data, tin
     # The precursor's setting: every test answer in position A. One-order accuracy would be 100%;
     # the two-order accuracy stays at chance.
     all_a = [e if e.label == "A" else records.swap(e) for e in heldout_examples]
-    m_a = metrics.model_metrics(scoring.score_pairs(model, tok, all_a, model_name="always_a"))
+    m_a = metrics.model_metrics(scoring.score_answers(model, tok, all_a, "alpaca", 8, model_name="always_a"))
     assert m_a["accuracy_original_order"] == 1.0
     assert m_a["accuracy"] == 0.5 and m_a["consistency"] == 0.0
 
@@ -277,7 +278,7 @@ def test_generate_choices_rows(base_4bit, heldout_examples):
     gen_by = _by_key(gen)
     for g in single:
         assert g["generated"] == gen_by[(g["pair_id"], g["order"])]["generated"]
-    rows = scoring.score_pairs(model, tok, exs, model_name="base")
+    rows = scoring.score_answers(model, tok, exs, "alpaca", 8, model_name="base")
     merged = generation.attach_generations(rows, gen)
     m = metrics.model_metrics(merged)
     assert m["generation"]["counts"]["decisions"] == 2 * len(exs)

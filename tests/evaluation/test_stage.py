@@ -23,7 +23,7 @@ FAST = ["sft.max_steps=2", "dpo.max_steps=2", "train.eval_steps=1000", "train.sa
         "data.max_train_examples=8", "data.max_val_examples=4", "data.max_test_examples=8"]
 MODEL_KEYS = ("n_pairs", "accuracy", "accuracy_original_order", "accuracy_swapped_order",
               "accuracy_both_orders", "consistency", "first_option_rate", "confidence")
-COMPARISON_KEYS = ("a_accuracy", "b_accuracy", "difference", "ci95", "p_value", "verdict", "margin_status",
+COMPARISON_KEYS = ("a_accuracy", "b_accuracy", "difference", "ci", "p_value", "verdict", "margin_status",
                    "significant", "interval", "pairs_for_margin", "clustering", "decisions_differ")
 
 
@@ -65,8 +65,8 @@ def test_results_json(evaluated):
         assert key in c, key
     assert c["difference"] == pytest.approx(c["b_accuracy"] - c["a_accuracy"])
     assert c["a_accuracy"] == res["models"]["sft"]["accuracy"] and c["names"] == ["SFT", "DPO"]
-    assert c["verdict"] == comparison.verdict(c["ci95"], c["margin"]) and c["margin"] == 0.02
-    lo, hi = c["ci95"]
+    assert c["verdict"] == comparison.verdict(c["ci"], c["margin"]) and c["margin"] == 0.02
+    lo, hi = c["ci"]
     assert (c["p_value"] < c["alpha"]) == (not lo <= 0 <= hi)
     assert c["clustering"] == "users" and c["n_users"] > 1
     stab = res["stability"]
@@ -188,7 +188,7 @@ def test_from_predictions_reads_the_previous_versions_file_without_the_ml_stack(
     # in a fresh interpreter: no torch/transformers/peft/trl may be imported on this path.
     code = ("import sys; from dporec.config import load_config; from dporec.evaluation.stage import "
             f"evaluate; cfg = load_config({str(TINY_CONFIG)!r}, ['output_dir={tmp_path / 'legacy'}']); "
-            f"rc = evaluate(cfg, {str(LEGACY / 'predictions.csv')!r}); "
+            f"rc = 0 if evaluate(cfg, from_predictions={str(LEGACY / 'predictions.csv')!r}) else 1; "
             "heavy = sorted({'torch', 'transformers', 'peft', 'trl', 'bitsandbytes'} & set(sys.modules)); "
             "print('HEAVY', heavy); sys.exit(rc)")
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
@@ -279,5 +279,5 @@ def test_a_negligible_difference_is_not_supported_through_from_predictions(tmp_p
     args = ["--config", str(TINY_CONFIG), f"output_dir={tmp_path / 'r'}", "--from-predictions", str(src)]
     assert evaluate_main(args) == 0
     c = json.loads((tmp_path / "r" / "eval" / "results.json").read_text())["comparison"]
-    assert 0 < c["difference"] < 0.001 and c["ci95"][1] < 0.02
+    assert 0 < c["difference"] < 0.001 and c["ci"][1] < 0.02
     assert c["verdict"] == "NOT SUPPORTED" and c["margin_status"] == "ruled out"

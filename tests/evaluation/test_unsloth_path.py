@@ -14,7 +14,7 @@ import torch
 from dporec import UserError
 from dporec.config import load_config
 from dporec.data import records
-from dporec.evaluation import generation, scoring
+from dporec.evaluation import generation, model_limits, scoring, sequences
 from dporec.modeling.backends import load_base, load_tokenizer, lora_config
 from tests.helpers import TINY_CONFIG
 
@@ -74,7 +74,7 @@ def test_one_bos_in_sft_dpo_and_scoring(tiny_model, examples, tmp_path):
     dpo = DPOTrainer(model=model, args=DPOConfig(**common), processing_class=tok,
                      train_dataset=Dataset.from_list(records.to_dpo_rows(examples, "chat", tok)))
     assert all(n_bos(r["prompt_ids"], tok) == 1 for r in dpo.train_dataset)
-    for pair in scoring._build_pairs(examples, tok, "chat"):
+    for pair in sequences.build_pairs(examples, tok, "chat"):
         for seq in pair:
             assert n_bos(seq.ids, tok) == 1 and seq.ids[0] == tok.bos_token_id
 
@@ -83,25 +83,25 @@ def test_scoring_refuses_sequences_longer_than_max_seq_length(tiny_model, tiny_d
     cfg = load_config(TINY_CONFIG, [f"model.name={tiny_model}"])
     model, tok = load_base(cfg, "hf")
     exs = records.load_examples(tiny_data / "test.jsonl", 2)
-    longest = max(len(s.ids) for p in scoring._build_pairs(exs, tok, "alpaca") for s in p)
-    assert scoring.length_limit(model) is None  # plain transformers: nothing is cut
-    rows = scoring.score_pairs(model, tok, exs, batch_size=4)
+    longest = max(len(s.ids) for p in sequences.build_pairs(exs, tok, "alpaca") for s in p)
+    assert model_limits.length_limit(model) is None  # plain transformers: nothing is cut
+    rows = scoring.score_answers(model, tok, exs, "alpaca", 4)
     # What Unsloth's FastLanguageModel sets; PEFT wrapping must not hide it.
     model.max_seq_length = longest - 1
-    assert scoring.length_limit(model) == longest - 1
+    assert model_limits.length_limit(model) == longest - 1
     with pytest.raises(UserError,
                        match=f"max_seq_length {longest - 1}.*longest {longest}.*at least {longest}"):
-        scoring.score_pairs(model, tok, exs, batch_size=4)
+        scoring.score_answers(model, tok, exs, "alpaca", 4)
     with pytest.raises(UserError, match="prompt \\+ max_new_tokens"):
         generation.generate_choices(model, tok, exs, max_new_tokens=longest)
     model.max_seq_length = longest  # exactly fits: scores are those of the unlimited model
-    again = scoring.score_pairs(model, tok, exs, batch_size=4)
+    again = scoring.score_answers(model, tok, exs, "alpaca", 4)
     assert [r["logp_a"] for r in again] == pytest.approx([r["logp_a"] for r in rows], abs=1e-6)
 
     from peft import get_peft_model
     wrapped = get_peft_model(model, lora_config(cfg))
     model.max_seq_length = 7
-    assert scoring.length_limit(wrapped) == 7
+    assert model_limits.length_limit(wrapped) == 7
 
 
 def test_unsloth_model_without_a_limit_is_an_error():
@@ -111,4 +111,4 @@ def test_unsloth_model_without_a_limit_is_an_error():
 
     Forward.forward.__module__ = "unsloth.models.llama"  # what can_share_prefix looks at
     with pytest.raises(RuntimeError, match="exposes no max_seq_length"):
-        scoring.length_limit(Forward())
+        model_limits.length_limit(Forward())

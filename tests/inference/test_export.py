@@ -10,8 +10,8 @@ from dporec import UserError
 from dporec.config import load_config
 from dporec.data import records
 from dporec.evaluation import scoring
-from dporec.evaluation.stage import load_models
 from dporec.inference.export import export
+from dporec.modeling.adapters import load_with_adapters
 from dporec.training import stages
 from tests.helpers import TINY_CONFIG, tiny_overrides
 
@@ -36,10 +36,10 @@ def test_merged_model_scores_like_the_adapter(trained, tiny_data, tmp_path):
     tok = AutoTokenizer.from_pretrained(out)
 
     examples = records.load_examples(tiny_data / "test.jsonl", 12)
-    model, tok4 = load_models(trained, "hf", {"sft": adapter})
+    model, tok4 = load_with_adapters(trained, "hf", {"sft": adapter})
     model.set_adapter("sft")
-    want = scoring.score_pairs(model, tok4, examples, batch_size=8)
-    got = scoring.score_pairs(merged, tok, examples, batch_size=8)
+    want = scoring.score_answers(model, tok4, examples, "alpaca", 8)
+    got = scoring.score_answers(merged, tok, examples, "alpaca", 8)
     assert [r["choice"] for r in got] == [r["choice"] for r in want]
     for key in ("logp_a", "logp_b", "logp_a_full", "logp_b_full"):
         assert [r[key] for r in got] == pytest.approx([r[key] for r in want], abs=2e-3), key

@@ -9,9 +9,9 @@ import pytest
 from dporec import UserError
 from dporec.config import load_config
 from dporec.data import candidates
-from dporec.evaluation import ranking, scoring
-from dporec.evaluation.stage import load_models
+from dporec.evaluation import candidate_ranking, scoring
 from dporec.inference.recommend import recommend
+from dporec.modeling.adapters import load_with_adapters
 from dporec.training import stages
 from tests.helpers import TINY_CONFIG, tiny_overrides
 
@@ -37,21 +37,21 @@ def requests(tiny_data, tmp_path, n_sets=3, unrated=True):
 def test_ranks_every_candidate_as_the_evaluation_decides(sft_cfg, tiny_data, tmp_path, capsys):
     req, out = requests(tiny_data, tmp_path), tmp_path / "rankings.jsonl"
     # no --adapter: the run's SFT adapter (it has no DPO one)
-    assert recommend(sft_cfg, str(req), None, explain=True, out_file=str(out)) == 0
+    assert len(recommend(sft_cfg, str(req), None, explain=True, out_file=str(out))) == 3
     got = [json.loads(line) for line in out.read_text().splitlines()]
     sets = candidates.load(req, rated=False)
     assert len(got) == len(sets)
     printed = capsys.readouterr().out
     assert "ranked by sft" in printed and "why (the model's answer" in printed
     # the evaluation's scoring of the same questions, with the same adapter active
-    model, tok = load_models(sft_cfg, "hf", {"sft": sft_cfg["output_dir"] + "/sft"})
+    model, tok = load_with_adapters(sft_cfg, "hf", {"sft": sft_cfg["output_dir"] + "/sft"})
     model.set_adapter("sft")
     for cset, result in zip(sets, got):
         n = len(cset["candidates"])
         ranks = {r["index"]: r["rank"] for r in result["ranking"]}
         assert sorted(ranks) == list(range(n)) and sorted(ranks.values()) == list(range(1, n + 1))
         assert result["explanation"]
-        rows = scoring.score_pairs(model, tok, ranking.pair_examples(cset), batch_size=8)
+        rows = scoring.score_decisions(model, tok, candidate_ranking.pair_examples(cset), "alpaca", 8)
         wins = [0.0] * n
         for (i, j), (orig, swapped) in zip(combinations(range(n), 2), zip(rows[0::2], rows[1::2])):
             pref = ((orig["logp_a"] - orig["logp_b"]) - (swapped["logp_a"] - swapped["logp_b"])) / 2
@@ -65,7 +65,7 @@ def test_ranks_every_candidate_as_the_evaluation_decides(sft_cfg, tiny_data, tmp
 
 def test_rated_request_reports_tau_and_base_model(sft_cfg, tiny_data, tmp_path, capsys):
     req = requests(tiny_data, tmp_path, n_sets=1, unrated=False)
-    assert recommend(sft_cfg, str(req), "none") == 0
+    assert len(recommend(sft_cfg, str(req), "none")) == 1
     printed = capsys.readouterr().out
     assert "ranked by the base model" in printed and "Kendall tau-b" in printed
 

@@ -7,10 +7,11 @@ import json
 import pytest
 import torch
 
-from dporec import ROOT, UserError, runs, weights
+from dporec import ROOT, UserError, weights
 from dporec.config import load_config
-from dporec.modeling import backends, hardware
+from dporec.modeling import backends, hardware, runtime
 from dporec.preflight import inputs, table
+from dporec.runs.adapters import check_adapter
 from tests.helpers import TINY_CONFIG
 
 
@@ -74,27 +75,41 @@ def test_adapter_roundtrip_continues_as_trainable_default(tiny_model, tmp_path):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CPU behaviour")
-def test_resolve_backend_on_cpu():
-    assert backends.resolve_backend("auto", verbose=False) == "hf"
-    assert backends.resolve_backend("hf", verbose=False) == "hf"
+def test_the_process_setup_on_cpu():
+    """One setup decides every stage kind's backend; on a CPU every kind runs on hf, in this process."""
+    for requested in ("auto", "hf"):
+        rt = runtime.setup(load_config(TINY_CONFIG, [f"model.backend={requested}"]), "sft")
+        assert rt.backends == dict.fromkeys(runtime.KINDS, "hf") and rt.process_backend == "hf"
+        assert all(rt.runs_here(k) for k in runtime.KINDS) and not rt.cuda
     with pytest.raises(UserError, match="needs a CUDA GPU"):
-        backends.resolve_backend("unsloth")
+        runtime.setup(load_config(TINY_CONFIG, ["model.backend=unsloth"]), "sft")
     with pytest.raises(UserError, match="auto, unsloth or hf"):
-        backends.resolve_backend("vllm")
+        backends.choose_backend("vllm", False, False)
+
+
+def test_a_stage_refuses_a_process_set_up_for_another_backend():
+    """A GPU process that loaded Unsloth for SFT cannot run the shared-prompt DPO stage (hf): the stage
+    says to run it in a fresh process (run_experiment.py does so itself)."""
+    rt = runtime.Runtime(backends={"sft": "unsloth", "dpo": "hf", "sampling": "unsloth", "eval": "unsloth"},
+                         process_backend="unsloth", cuda=True, capability=(8, 6), processes=1)
+    assert rt.runs_here("sft") and rt.runs_here("eval") and not rt.runs_here("dpo")
+    assert rt.check("sft", "train_sft.py") == "unsloth"
+    with pytest.raises(UserError, match="fresh process.*train_dpo.py"):
+        rt.check("dpo", "train_dpo.py")
 
 
 def test_check_adapter_rejects_missing_and_mismatched(tiny_model, tmp_path):
     with pytest.raises(UserError, match="no adapter_config.json"):
-        runs.check_adapter(tmp_path / "nothing", str(tiny_model))
+        check_adapter(tmp_path / "nothing", str(tiny_model))
     (tmp_path / "a").mkdir()
     (tmp_path / "a" / "adapter_config.json").write_text(
         json.dumps({"base_model_name_or_path": "unsloth/llama-3-8b-bnb-4bit"}))
     with pytest.raises(UserError, match="trained on 'unsloth/llama-3-8b-bnb-4bit'"):
-        runs.check_adapter(tmp_path / "a", str(tiny_model))
+        check_adapter(tmp_path / "a", str(tiny_model))
     adapter_config = {"base_model_name_or_path": str(tiny_model)}
     (tmp_path / "a" / "adapter_config.json").write_text(json.dumps(adapter_config))
     with pytest.raises(UserError, match="no weights"):  # the right base, but an interrupted save
-        runs.check_adapter(tmp_path / "a", str(tiny_model))
+        check_adapter(tmp_path / "a", str(tiny_model))
 
 
 def test_missing_local_model_folder_is_a_user_error(tmp_path, monkeypatch):
@@ -108,18 +123,18 @@ def test_verify_setup_and_the_loader_agree_on_org_slash_name(tmp_path, monkeypat
     folder too (not report a hub download); without ./org both treat it as a hub id."""
     monkeypatch.chdir(tmp_path)
     assert not weights.is_local_name("org/x")
-    hub = inputs.check_model(table.Ctx(cfg_for("org/x"), "x.yaml"))
+    hub = inputs.check_model(table.Facts(cfg_for("org/x"), "x.yaml"))
     # a hub id: not cached and HF_HUB_OFFLINE set (conftest), so both refuse it; with network, a download
     assert hub[0] == table.FAIL and "HF_HUB_OFFLINE" in hub[2]
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
-    hub = inputs.check_model(table.Ctx(cfg_for("org/x"), "x.yaml"))
+    hub = inputs.check_model(table.Facts(cfg_for("org/x"), "x.yaml"))
     assert hub[0] == table.WARN and "downloaded" in hub[2]
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     (tmp_path / "org").mkdir()
     assert weights.is_local_name("org/x")
     with pytest.raises(UserError, match="folder not found: org/x"):
         backends.load_base(cfg_for("org/x"), "hf")
-    ctx = table.Ctx(cfg_for("org/x"), "x.yaml")
+    ctx = table.Facts(cfg_for("org/x"), "x.yaml")
     status, _, detail, _ = inputs.check_model(ctx)
     assert status == table.FAIL and "folder not found: org/x" in detail
 
@@ -186,7 +201,7 @@ def test_unsloth_float16_on_ampere_is_a_note_not_a_refusal():
     """Unsloth 2026.10 trains fp16 on Ampere when the trainer flags agree, which precision_flags ensures."""
     cfg = load_config(TINY_CONFIG, ["model.dtype=float16"])
     assert "model.dtype=auto picks bf16" in hardware.unsloth_dtype_note(cfg, "unsloth", (8, 6))
-    from dporec.training.trainer import precision_flags
+    from dporec.training.arguments import precision_flags
     assert precision_flags(cfg, (8, 6)) == {"bf16": False, "fp16": True}  # the flags agree with the model
     assert hardware.unsloth_dtype_note(cfg, "unsloth", (7, 5)) is None  # T4: fp16 is Unsloth's own choice
     assert hardware.unsloth_dtype_note(cfg, "hf", (8, 6)) is None
@@ -284,9 +299,9 @@ def test_scripts_refuse_the_8b_config_on_cpu_before_loading(script, tmp_path):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CPU behaviour")
 def test_explicit_opt_in_passes_the_gpu_guard(tmp_path):
     cfg = load_config(ROOT / "configs" / "llama3_8b.yaml", ["model.backend=hf", "model.allow_cpu=true"])
-    assert backends.backend_for(cfg) == "hf"
+    assert runtime.setup(cfg, "sft").backend("sft") == "hf"
     with pytest.raises(UserError, match="needs a CUDA GPU"):
-        backends.backend_for(load_config(ROOT / "configs" / "llama3_8b.yaml"))
+        runtime.setup(load_config(ROOT / "configs" / "llama3_8b.yaml"), "sft")
 
 
 def test_prequantized_models_skip_the_stability_check_the_same_way(tiny_model):
@@ -326,6 +341,7 @@ def test_shared_prompt_dpo_runs_on_hf():
     assert backends.choose_backend("auto", True, True)[0] == "unsloth"  # SFT and evaluation keep Unsloth
     with pytest.raises(UserError, match="dpo.prefix_sharing=false"):
         backends.choose_backend("unsloth", True, True, shared_prompt=True)
-    cfg = load_config(TINY_CONFIG)
-    assert backends.shared_prompt_dpo(cfg, "dpo") and not backends.shared_prompt_dpo(cfg, "sft")
-    assert not backends.shared_prompt_dpo(load_config(TINY_CONFIG, ["dpo.prefix_sharing=false"]), "dpo")
+    plan = runtime.plan(load_config(TINY_CONFIG), True, True)
+    assert plan["dpo"][0] == "hf" and {plan[k][0] for k in ("sft", "sampling", "eval")} == {"unsloth"}
+    plan = runtime.plan(load_config(TINY_CONFIG, ["dpo.prefix_sharing=false"]), True, True)
+    assert {b for b, _ in plan.values()} == {"unsloth"}

@@ -1,5 +1,6 @@
 """Pairs from judged samples (no model): which sample is chosen and which rejected, what is skipped and
 counted, and the position balance of what is kept."""
+from dporec import files
 from dporec.data import records, task
 from dporec.onpolicy import stage
 
@@ -59,7 +60,7 @@ def test_pairs_are_records_train_dpo_reads(tmp_path):
     samples = {("p0", "original"): [RIGHT_A, "The better recommendation is Option B."],
                ("p0", "swapped"): [swapped(RIGHT_A), "The better recommendation is Option A."]}
     pairs, _ = stage.make_pairs(exs, samples, "wrong_decision")
-    records.write_jsonl(tmp_path / "pairs.jsonl", pairs)
+    files.write_jsonl(tmp_path / "pairs.jsonl", pairs)
     rows = records.to_dpo_rows(records.load_examples(tmp_path / "pairs.jsonl"))
     assert [r["chosen"] for r in rows] == [RIGHT_A, swapped(RIGHT_A)]
     assert [r["rejected"] for r in rows] == ["The better recommendation is Option B.",

@@ -1,26 +1,34 @@
-"""The predicted cost of a run (dporec/preflight/cost.py): the FLOP count by hand on a small case, the
-thesis run within its 3-hour budget on an RTX 3090, what each saving is worth, and the inputs it reads."""
+"""The predicted cost of a run (dporec/preflight/cost.py on dporec/costmodel.py): the FLOP count by hand on
+a small case, every switched-on arm's stages, the thesis run within its 3-hour budget on an RTX 3090, what
+each saving is worth, and the inputs it reads."""
 from __future__ import annotations
 
 import json
 
 import pytest
 
-from dporec import ROOT
+from dporec import ROOT, arms
 from dporec.config import load_config
+from dporec.costmodel import LLAMA3_8B, RTX_3090, ModelShape
+from dporec.modeling import runtime
 from dporec.preflight import cost
 
 THESIS = ROOT / "configs" / "llama3_8b.yaml"
-GPU_BACKENDS = {"sft": "unsloth", "dpo": "hf", "eval": "unsloth"}  # auto on a CUDA GPU with unsloth
+# auto on a CUDA GPU with unsloth: the process setup's own plan
+GPU_BACKENDS = {k: b for k, (b, _) in runtime.plan(load_config(THESIS), True, True).items()}
+HF = dict.fromkeys(runtime.KINDS, "hf")
+SMALL = ModelShape(params=int(1e9 + 1e8), embedding=int(1e8), head=512 * 1000, tied=False, hidden=512,
+                   layers=4, vocab=1000, projections={})
 
 
 def test_llama3_8b_shape_by_arithmetic():
     config = {"hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32,
               "num_attention_heads": 32, "num_key_value_heads": 8, "vocab_size": 128256,
               "tie_word_embeddings": False}
-    shape = cost.shape_from_config(config)
-    assert shape.params == cost.LLAMA3_8B.params == 8_030_261_248
+    shape = ModelShape.from_config(config)
+    assert shape.params == LLAMA3_8B.params == 8_030_261_248
     assert shape.matmul == pytest.approx(7.5e9, rel=0.01)
+    assert GPU_BACKENDS == {"sft": "unsloth", "dpo": "hf", "sampling": "unsloth", "eval": "unsloth"}
 
 
 def test_flop_count_by_hand():
@@ -28,10 +36,9 @@ def test_flop_count_by_hand():
     step: every stage's tokens written out."""
     cfg = load_config(None, ["train.batch_size=2", "train.grad_accum=1", "train.eval_steps=1",
                              "sft.epochs=1", "dpo.epochs=1", "data.max_val_examples=4", "eval.ranking=false"])
-    model = cost.ModelShape(params=1e9 + 1e8, embedding=1e8, hidden=512, layers=4, vocab=1000,
-                            intermediate=2048)
+    model = SMALL
     data = cost.DataShape(train=10, val=4, test=6, prompt=100, answer=20)
-    got = {s.name: s for s in cost.stages(cfg, model, data, {"sft": "hf", "dpo": "hf", "eval": "hf"})}
+    got = {s.name: s for s in cost.stages(cfg, model, data, HF)}
     n = 1e9
     # SFT: 5 steps x 2 examples x 120 tokens, 6N; 6 validation passes (step 0, then every step) x 4 x 120, 2N
     assert got["SFT"].tokens == 10 * 120
@@ -44,7 +51,7 @@ def test_flop_count_by_hand():
     assert got["evaluation"].tokens == 6 * 2 * 107 * 3
     plain = cost.stages(load_config(None, ["dpo.prefix_sharing=false", "dpo.precompute_ref_log_probs=false",
                                            "train.batch_size=2", "train.grad_accum=1", "dpo.epochs=1"]),
-                        model, data, {"sft": "hf", "dpo": "hf", "eval": "hf"})
+                        model, data, HF)
     plain = {s.name: s for s in plain}
     assert plain["DPO"].tokens == 10 * 240 and plain["DPO reference"].tokens == 10 * 240
 
@@ -55,48 +62,61 @@ def test_the_on_policy_arm_by_hand():
     over = ["train.batch_size=2", "train.grad_accum=1", "dpo.epochs=1", "eval.ranking=false",
             "experiment.on_policy_arm=true", "onpolicy.samples_per_prompt=3", "onpolicy.batch_size=4",
             "onpolicy.max_new_tokens=30"]
-    model = cost.ModelShape(params=1e9 + 1e8, embedding=1e8, hidden=512, layers=4, vocab=1000,
-                            intermediate=2048)
+    model = SMALL
     data = cost.DataShape(train=10, val=4, test=6, prompt=100, answer=20)
-    hf = {"sft": "hf", "dpo": "hf", "eval": "hf"}
-    got = {s.name: s for s in cost.stages(load_config(None, over), model, data, hf)}
+    got = {s.name: s for s in cost.stages(load_config(None, over), model, data, HF)}
     assert got["on-policy sampling"].tokens == 20 * 3 * 120
     assert got["on-policy sampling"].decode_steps == 5 * 30  # ceil(20 prompts / 4) calls x 30 tokens
     assert got["on-policy DPO"].tokens == got["DPO"].tokens
-    assert got["on-policy reference"].tokens == (20 + 4) * 140
+    assert got["on-policy DPO reference"].tokens == (20 + 4) * 140
     assert got["evaluation"].tokens == 6 * 2 * 107 * 4
-    thesis = cost.predict(load_config(THESIS), cost.LLAMA3_8B, cost.ML1M_BUILD, GPU_BACKENDS, cost.RTX_3090)
-    arm = cost.predict(load_config(THESIS, ["experiment.on_policy_arm=true"]), cost.LLAMA3_8B,
-                       cost.ML1M_BUILD, GPU_BACKENDS, cost.RTX_3090)
+    thesis = cost.predict(load_config(THESIS), LLAMA3_8B, cost.ML1M_BUILD, GPU_BACKENDS, RTX_3090)
+    with_control = load_config(None, [*over, "experiment.control_arm=true"])
+    control = {s.name: s for s in cost.stages(with_control, model, data, HF)}
+    assert control["SFT control"].tokens == got["SFT"].tokens  # as many steps as DPO (1 epoch) of SFT rows
+    arm = cost.predict(load_config(THESIS, ["experiment.on_policy_arm=true"]), LLAMA3_8B,
+                       cost.ML1M_BUILD, GPU_BACKENDS, RTX_3090)
     hours = dict((s.name, h) for s, h in arm.rows)
     assert hours["on-policy sampling"] > 0 and arm.hours > thesis.hours + hours["on-policy DPO"]
 
 
 def test_thesis_run_fits_three_hours_on_an_rtx_3090():
     cfg = load_config(THESIS)
-    pred = cost.predict(cfg, cost.LLAMA3_8B, cost.ML1M_BUILD, GPU_BACKENDS, cost.RTX_3090)
+    pred = cost.predict(cfg, LLAMA3_8B, cost.ML1M_BUILD, GPU_BACKENDS, RTX_3090)
     assert 1.5 < pred.hours <= 3.0
     assert {s.name for s, _ in pred.rows} == {"SFT", "DPO", "DPO reference", "evaluation", "ranking"}
     assert max(pred.peak_gib.values()) < 24
     # what the savings are worth: without them the same run takes much longer
     before = load_config(THESIS, ["dpo.prefix_sharing=false", "dpo.precompute_ref_log_probs=false",
                                   "eval.full_answer=true", "data.train_pairs_per_user=3"])
-    slow = cost.predict(before, cost.LLAMA3_8B, cost.ML1M_BUILD,
-                        {"sft": "unsloth", "dpo": "unsloth", "eval": "unsloth"}, cost.RTX_3090)
+    slow = cost.predict(before, LLAMA3_8B, cost.ML1M_BUILD,
+                        {"sft": "unsloth", "dpo": "unsloth", "eval": "unsloth"}, RTX_3090)
     assert slow.hours > 1.5 * pred.hours
     lines = "\n".join(cost.format_prediction(pred, cost.ML1M_BUILD))
     assert "RTX 3090" in lines and "assumed 40%" in lines and "not a measurement" in lines
 
 
-def test_a_measured_utilisation_replaces_the_assumption(tmp_path, monkeypatch):
+def test_every_arm_stage_is_costed_and_no_other():
+    """The rows follow dporec.arms: each switched-on arm's stages by their labels, nothing for the others."""
+    data = cost.DataShape(train=10, val=4, test=6, prompt=100, answer=20)
+    for switched in ([], ["control_arm"], ["on_policy_arm"], ["control_arm", "on_policy_arm"]):
+        cfg = load_config(None, ["eval.ranking=false", *(f"experiment.{k}=true" for k in switched)])
+        names = [s.name for s in cost.stages(cfg, SMALL, data, HF)]
+        want = ["SFT", "DPO", "DPO reference"]
+        for arm in arms.enabled(cfg):
+            for st in arm.stages:
+                want += [st.label] + ([f"{st.label} reference"] if st.kind == "dpo" else [])
+        assert names == want + ["evaluation"]
+
+
+def test_a_measured_utilisation_replaces_the_assumption(tmp_path):
     measured = tmp_path / "utilisation.json"
-    measured.write_text(json.dumps({"RTX 3090": {"train": 0.2, "eval": 0.2,
-                                                 "source": "bench_train, 2 runs"}}))
-    monkeypatch.setattr(cost, "MEASURED_FILE", measured)
+    measured.write_text(json.dumps({"convention": "matmul-6N", "gpus": {
+        "RTX 3090": {"train": 0.2, "eval": 0.2, "source": "bench_train, 2 runs"}}}))
     cfg = load_config(THESIS)
-    slow = cost.predict(cfg, cost.LLAMA3_8B, cost.ML1M_BUILD, GPU_BACKENDS, cost.RTX_3090)
-    monkeypatch.setattr(cost, "MEASURED_FILE", tmp_path / "none.json")
-    assumed = cost.predict(cfg, cost.LLAMA3_8B, cost.ML1M_BUILD, GPU_BACKENDS, cost.RTX_3090)
+    slow = cost.predict(cfg, LLAMA3_8B, cost.ML1M_BUILD, GPU_BACKENDS, RTX_3090,
+                        cost.read_utilisation(measured))
+    assumed = cost.predict(cfg, LLAMA3_8B, cost.ML1M_BUILD, GPU_BACKENDS, RTX_3090)
     assert slow.hours == pytest.approx(2 * assumed.hours) and slow.source.startswith("measured")
 
 

@@ -101,7 +101,7 @@ def test_a_crashing_check_becomes_a_failed_row(tiny_cfg):
     def check_boom(ctx):
         raise RuntimeError("boom")
 
-    rows = table.run_checks([check_boom, env.check_python], table.Ctx(tiny_cfg, "x.yaml"))
+    rows = table.run_checks([check_boom, env.check_python], table.Facts(tiny_cfg, "x.yaml"))
     assert rows[0][0] == table.FAIL and rows[0][1] == "boom" and "RuntimeError: boom" in rows[0][2]
     assert rows[1][0] == table.OK
 
@@ -172,14 +172,16 @@ def test_gpu_sized_config_without_gpu_is_a_failure(capsys, tiny_data, tmp_path):
 
 
 def test_smoke_runs_with_the_resolved_backend(tiny_cfg, tmp_path):
-    """An hf config on a GPU box with Unsloth installed: the smoke run must not switch to Unsloth
-    (auto) after transformers was imported."""
-    ctx = table.Ctx(tiny_cfg, "x.yaml", cuda=True)
-    tiny_cfg["model"]["backend"] = "hf"
-    env.check_backend(ctx)  # requested hf: returns before any Unsloth import
-    assert ctx.cache["backend"] == "hf"
-    assert smoke.smoke_config(ctx, tmp_path, tmp_path / "m")["model"]["backend"] == "hf"
-    ctx = table.Ctx(tiny_cfg, "x.yaml", cuda=False)
-    tiny_cfg["model"]["backend"] = "auto"
-    env.check_backend(ctx)
-    assert smoke.smoke_config(ctx, tmp_path, tmp_path / "m")["model"]["backend"] == "hf"
+    """The smoke run keeps the backend verify's process setup chose: an hf process never switches to
+    Unsloth after transformers was imported, and DPO shares its prompt only where it can (hf)."""
+    from dporec.modeling import runtime
+    facts = table.Facts(tiny_cfg, "x.yaml")
+    assert smoke.smoke_config(facts, tmp_path, tmp_path / "m")["model"]["backend"] == "hf"  # no setup yet
+    facts.setup()
+    assert facts.runtime.process_backend == "hf" and facts.setup_error is None
+    cfg = smoke.smoke_config(facts, tmp_path, tmp_path / "m")
+    assert cfg["model"]["backend"] == "hf" and cfg["dpo"]["prefix_sharing"]
+    facts.runtime = runtime.Runtime(backends=dict.fromkeys(runtime.KINDS, "unsloth"),
+                                    process_backend="unsloth", cuda=True, capability=(8, 6), processes=1)
+    cfg = smoke.smoke_config(facts, tmp_path, tmp_path / "m")
+    assert cfg["model"]["backend"] == "unsloth" and not cfg["dpo"]["prefix_sharing"]

@@ -6,8 +6,10 @@ import json
 import numpy as np
 import pytest
 
+from dporec import arms
 from dporec.analysis import comparison, metrics, seeds
-from dporec.report import files, markdown, numbers, plots, sentences, tables
+from dporec.files import jsonable
+from dporec.report import markdown, numbers, outputs, plots, predictions, sentences, tables
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -51,17 +53,17 @@ def results(rows_by_model):
 
 
 def test_write_results_parses_back(tmp_path, results):
-    path = files.write_results(tmp_path / "eval", results)
+    path = outputs.write_results(tmp_path / "eval", results)
     assert path == tmp_path / "eval" / "results.json"
     back = json.loads(path.read_text())
     assert back["comparison"]["verdict"] == results["comparison"]["verdict"]
     assert back["models"]["dpo"]["accuracy"] == results["models"]["dpo"]["accuracy"]
-    assert back["models"]["sft"]["accuracy_ci95"] == list(results["models"]["sft"]["accuracy_ci95"])
+    assert back["models"]["sft"]["accuracy_ci"] == list(results["models"]["sft"]["accuracy_ci"])
     assert back["meta"]["timings"] == {"scoring_s": 1.5}
 
 
 def test_write_results_is_strict_json(tmp_path):
-    path = files.write_results(tmp_path, {"models": {}, "comparison": None,
+    path = outputs.write_results(tmp_path, {"models": {}, "comparison": None,
                                            "meta": {"x": float("nan"), "y": np.float64(2.5), "z": (1, 2)}})
     assert json.loads(path.read_text())["meta"] == {"x": None, "y": 2.5, "z": [1, 2]}
 
@@ -69,10 +71,10 @@ def test_write_results_is_strict_json(tmp_path):
 def test_write_predictions_round_trip(tmp_path, rows_by_model):
     rows = rows_by_model["sft"] + rows_by_model["dpo"]
     extra = [dict(r, zz_note="x") for r in rows[:1]] + rows[1:]
-    path = files.write_predictions(tmp_path, extra)
+    path = predictions.write_predictions(tmp_path, extra)
     with open(path, newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
-        assert reader.fieldnames == list(files.PREDICTION_COLUMNS) + ["zz_note"]
+        assert reader.fieldnames == list(predictions.PREDICTION_COLUMNS) + ["zz_note"]
         back = list(reader)
     assert len(back) == len(rows) == 240
     for orig, got in zip(rows, back):
@@ -148,7 +150,7 @@ def test_report_without_user_ids_says_pairs(tmp_path, rows_by_model):
     assert "bootstrap over pairs (no user ids)" in text
     assert "no user ids, so every pair is its own cluster" in text
     assert "interval over pairs (no user ids)" in tables.format_verdict(res)
-    back = json.loads(files.write_results(tmp_path, res).read_text())
+    back = json.loads(outputs.write_results(tmp_path, res).read_text())
     assert back["comparison"]["clustering"] == "pairs (no user ids)"
     assert back["models"]["sft"]["interval"].startswith("percentile bootstrap over pairs (no user ids)")
 
@@ -188,9 +190,8 @@ def test_aggregate_markdown_uses_the_pooled_paired_test(rows_by_model):
     res = {"models": {m: metrics.model_metrics(r, n_boot=50) for m, r in rows_by_model.items()},
            "comparison": comparison.compare(rows_by_model["sft"], rows_by_model["dpo"])}
     agg = seeds.aggregate_seeds({s: res for s in (1, 2, 3)}, {s: rows_by_model for s in (1, 2, 3)},
-                                {"pooled": ("sft", "dpo", ("SFT", "DPO"), "comparison")}, margin=0.02,
-                                alpha=0.05)
-    md = markdown.aggregate_markdown(files.jsonable(agg))
+                                [arms.MAIN], margin=0.02, alpha=0.05)
+    md = markdown.aggregate_markdown(jsonable(agg))
     assert "averaged over 3 seeds first" in md and agg["pooled"]["n_pairs"] == 60
     assert sentences.verdict_sentence(agg["pooled"]) in md
     assert agg["pooled"]["seed_spread"]["sd"] == 0.0 and "Each seed's difference in points" in md

@@ -80,13 +80,16 @@ def test_run_experiment_runs_training_stages_under_a_launcher(tiny_data, tiny_mo
     assert (tmp_path / "run" / "eval" / "results.json").is_file()
 
 
-def test_several_processes_use_the_hf_backend(monkeypatch, capsys):
-    from dporec.modeling.backends import resolve_backend
+def test_several_processes_use_the_hf_backend(monkeypatch):
+    """Under a launch of several processes every stage kind runs on hf (the path DDP is tested on), even on
+    a GPU with Unsloth installed; an explicit unsloth is refused."""
+    from dporec.config import load_config
+    from dporec.modeling import runtime
+    from dporec.modeling.backends import world_size
     monkeypatch.setenv("WORLD_SIZE", "2")
-    assert resolve_backend("auto") == "hf"
-    monkeypatch.setattr("torch.cuda.is_available", lambda: True)
-    monkeypatch.setattr("importlib.util.find_spec", lambda name: object())  # as if unsloth were installed
-    assert resolve_backend("auto") == "hf"
-    assert "several processes" in capsys.readouterr().out
+    assert world_size() == 2
+    cfg = load_config(TINY_CONFIG)
+    plan = runtime.plan(cfg, True, True, world_size())
+    assert {b for b, _ in plan.values()} == {"hf"} and "several processes" in plan["sft"][1]
     with pytest.raises(UserError, match="model.backend=hf"):
-        resolve_backend("unsloth")
+        runtime.plan(load_config(TINY_CONFIG, ["model.backend=unsloth"]), True, True, world_size())

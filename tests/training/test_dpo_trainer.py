@@ -12,14 +12,13 @@ import torch
 
 from dporec import compat
 from dporec.data import records
-from dporec.training import dpo_trainer
-from dporec.training import trainer as glue
+from dporec.training import arguments, dpo_trainer, stages
 from tests.helpers import TINY_CONFIG, tiny_overrides
 
 
 def _trainer(cls, cfg, tmp_path, tok, model, rows):
-    ds = glue.to_dataset(rows)
-    tr = cls(model=model, ref_model=None, args=glue.dpo_config(cfg, tmp_path, "hf"),
+    ds = stages.to_dataset(rows)
+    tr = cls(model=model, ref_model=None, args=arguments.dpo_config(cfg, tmp_path, "hf"),
              train_dataset=ds, eval_dataset=ds, processing_class=tok)
     compat.adapters_to_fp32(tr, "hf")
     return tr
@@ -59,7 +58,12 @@ def test_our_dpo_trainer_equals_trl(shared, precompute, tiny_data, tiny_model, t
     exs = records.load_examples(tiny_data / "train.jsonl", 4)
     rows = records.to_dpo_rows(exs, "alpaca", tok)
     theirs = _trainer(DPOTrainer, cfg, tmp_path / "a", tok, model, rows)
+    # with precompute_ref_log_probs the reference runs when the trainer is built: watch its decoder then
+    built_rows = []
+    watch = dpo_trainer._decoder(twin).register_forward_hook(
+        lambda m, a, k, o: built_rows.append(tuple(k["input_ids"].shape)), with_kwargs=True)
     ours = _trainer(dpo_trainer.answer_only_trainer_class(shared), cfg, tmp_path / "b", tok, twin, rows)
+    watch.remove()
     # Move the policy away from its frozen 'ref' copy (the same way in both models): otherwise the rewards
     # are rounding noise around 0 and rewards/accuracies would compare noise, not the two trainers.
     with torch.no_grad():
@@ -97,6 +101,8 @@ def test_our_dpo_trainer_equals_trl(shared, precompute, tiny_data, tiny_model, t
     else:
         assert ours_rows == theirs_rows
     if precompute:  # the reference ran once, before training, through our decoder view too
+        # its forward (after the first batch's three-forward check) ran one row per pair, not TRL's two
+        assert built_rows and built_rows[-1][0] == len(rows), built_rows
         theirs_ref = theirs.data_collator([theirs.train_dataset[i] for i in range(len(rows))])
         ours_ref = ours.data_collator([ours.train_dataset[i] for i in range(len(rows))])
         for key in ("ref_chosen_logps", "ref_rejected_logps"):
@@ -156,3 +162,33 @@ def test_a_model_that_ignores_the_mask_is_caught(tiny_data, tiny_model, tmp_path
     loss, _, _ = _step(ours, batch)
     assert ours.shared_prompt.startswith("off: the rejected answer sees the chosen one")
     assert torch.isfinite(torch.tensor(loss))
+
+
+def test_the_private_trl_hooks_are_registered_and_called(tiny_data, tiny_model, tmp_path, monkeypatch):
+    """The trainer overrides exactly the private TRL methods compat.TRL_DPO_HOOKS registers, and training
+    calls each of them (an override of a renamed TRL method would never run: compat refuses that TRL)."""
+    import trl
+
+    from dporec import UserError
+    from dporec.config import load_config
+    from dporec.modeling.backends import load_for_training
+    cls = dpo_trainer.answer_only_trainer_class(True)
+    private = {n for n in vars(cls)
+               if n.startswith("_") and not n.startswith("__") and hasattr(trl.DPOTrainer, n)}
+    assert private == set(compat.TRL_DPO_HOOKS)
+    calls = dict.fromkeys(compat.TRL_DPO_HOOKS, 0)
+    for hook in compat.TRL_DPO_HOOKS:
+        def counted(self, *args, _original=getattr(cls, hook), _name=hook, **kwargs):
+            calls[_name] += 1
+            return _original(self, *args, **kwargs)
+        monkeypatch.setattr(cls, hook, counted)
+    cfg = load_config(TINY_CONFIG, tiny_overrides(tiny_data, tiny_model, tmp_path)
+                      + ["dpo.max_steps=2", "dpo.precompute_ref_log_probs=true", "train.eval_steps=100"])
+    model, tok = load_for_training(cfg, "hf")
+    rows = records.to_dpo_rows(records.load_examples(tiny_data / "train.jsonl", 8), "alpaca", tok)
+    trainer = _trainer(cls, cfg, tmp_path / "run", tok, model, rows)
+    assert calls["_compute_ref_log_probs"] >= 1  # the precompute, when the trainer was built
+    trainer.train()
+    assert calls["_compute_loss"] >= 2  # every training step
+    with pytest.raises(UserError, match="_compute_ref_log_probs"):
+        compat.check_trl_dpo_hooks(type("RenamedInANewerTRL", (), {"_compute_loss": lambda self: None}))

@@ -4,8 +4,7 @@ from __future__ import annotations
 import math
 
 from dporec.config import defaults
-from dporec.training import health
-from dporec.training import trainer as glue
+from dporec.training import arguments, health
 
 T = defaults()["health"]
 
@@ -100,6 +99,7 @@ def test_callback_warns_once_per_kind(capsys):
 
 def test_report_to_reaches_the_trainer_arguments(tiny_cfg, tmp_path):
     from dporec.config import set_key
-    assert glue.trainer_args(tiny_cfg, "sft", tmp_path, "hf")["report_to"] == "none"
+    assert arguments.trainer_args(tiny_cfg, "sft", tmp_path, "hf", False)["report_to"] == "none"
     set_key(tiny_cfg, "train.report_to", ["tensorboard", "wandb"])
-    assert glue.trainer_args(tiny_cfg, "dpo", tmp_path, "hf")["report_to"] == ["tensorboard", "wandb"]
+    args = arguments.trainer_args(tiny_cfg, "dpo", tmp_path, "hf", False)
+    assert args["report_to"] == ["tensorboard", "wandb"]

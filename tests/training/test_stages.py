@@ -15,11 +15,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from dporec import ROOT, UserError
+from dporec import ROOT, UserError, files
 from dporec.config import parse_args
 from dporec.data import records
-from dporec.training import health, stages
-from dporec.training import trainer as glue
+from dporec.training import arguments, health, stages
+from dporec.training import metrics as run_metrics
 from tests.helpers import TINY_CONFIG, tiny_overrides
 
 
@@ -107,8 +107,8 @@ def test_sft_masks_prompt_and_trains_eos(tiny_data, tiny_model, tmp_path):
     model, tok = load_for_training(cfg, "hf")
     exs = records.load_examples(tiny_data / "train.jsonl", 2)
     rows = records.to_sft_rows(exs, "alpaca", tok)
-    trainer = SFTTrainer(model=model, args=glue.sft_config(cfg, tmp_path, "hf"),
-                         train_dataset=glue.to_dataset(rows), eval_dataset=glue.to_dataset(rows),
+    trainer = SFTTrainer(model=model, args=arguments.sft_config(cfg, tmp_path, "hf"),
+                         train_dataset=stages.to_dataset(rows), eval_dataset=stages.to_dataset(rows),
                          processing_class=tok)
     # the trainer's own tokenized rows through its own collator, in order
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(len(rows))])
@@ -206,8 +206,8 @@ def test_dpo_loss_matches_formula_through_trl(tiny_data, tiny_model, tmp_path):
                       ["dpo.beta=0.1", "dpo.precompute_ref_log_probs=true"])
     model, tok = load_for_training(cfg, "hf")
     rows = records.to_dpo_rows(records.load_examples(tiny_data / "train.jsonl", 2), "alpaca", tok)
-    trainer = DPOTrainer(model=model, args=glue.dpo_config(cfg, tmp_path, "hf"),
-                         train_dataset=glue.to_dataset(rows), eval_dataset=glue.to_dataset(rows),
+    trainer = DPOTrainer(model=model, args=arguments.dpo_config(cfg, tmp_path, "hf"),
+                         train_dataset=stages.to_dataset(rows), eval_dataset=stages.to_dataset(rows),
                          processing_class=tok)
 
     class FixedLogProbs(torch.nn.Module):
@@ -289,7 +289,7 @@ def test_imbalanced_train_file_warns_loudly(tiny_data, tiny_model, sft_run, tmp_
     exs = records.load_examples(tiny_data / "train.jsonl")
     all_a = [e if e.label == "A" else records.swap(e) for e in exs]
     path = tmp_path / "all_a.jsonl"
-    records.write_jsonl(path, [records.to_record(e) for e in all_a])
+    files.write_jsonl(path, [records.to_record(e) for e in all_a])
     # pointed at the finished run, main stops right after validating the data: cheap, and it shows
     # the warning comes first
     with pytest.raises(UserError, match="already holds a finished run"):
@@ -333,14 +333,15 @@ def test_trainer_args_cpu_flags_and_optim_fallback(tiny_cfg, capsys):
     if torch.cuda.is_available():
         pytest.skip("CPU flags")
     tiny_cfg["train"]["optim"] = "adamw_8bit"
-    args = glue.trainer_args(tiny_cfg, "dpo", Path("x"), "hf")
+    args = arguments.trainer_args(tiny_cfg, "dpo", Path("x"), "hf", False)
     assert args["use_cpu"] and not args["bf16"] and not args["fp16"]
     assert args["optim"] == "adamw_torch" and "needs a CUDA GPU" in capsys.readouterr().out
     assert args["report_to"] == "none" and args["eval_strategy"] == "steps"
     assert args["learning_rate"] == tiny_cfg["dpo"]["learning_rate"]
     assert args["max_length"] == tiny_cfg["model"]["max_seq_length"]
     assert args["include_num_input_tokens_seen"] == "non_padding"
-    assert glue.trainer_args(tiny_cfg, "sft", Path("x"), "unsloth")["gradient_checkpointing"] is False
+    unsloth = arguments.trainer_args(tiny_cfg, "sft", Path("x"), "unsloth", False)
+    assert unsloth["gradient_checkpointing"] is False
 
 
 @pytest.mark.parametrize("capability, bf16, fp16", [((8, 6), True, False), ((7, 5), False, True),
@@ -348,23 +349,23 @@ def test_trainer_args_cpu_flags_and_optim_fallback(tiny_cfg, capsys):
 def test_precision_flags_follow_the_model_dtype(tiny_cfg, capability, bf16, fp16):
     """The trainer's flags come from backends.compute_dtype, like the loaded model: a T4 (7.5) gets fp16
     even though torch.cuda.is_bf16_supported() says True there (emulated)."""
-    assert glue.precision_flags(tiny_cfg, capability) == {"bf16": bf16, "fp16": fp16}
+    assert arguments.precision_flags(tiny_cfg, capability) == {"bf16": bf16, "fp16": fp16}
     tiny_cfg["model"]["dtype"] = "float16"
-    assert glue.precision_flags(tiny_cfg, (8, 6)) == {"bf16": False, "fp16": True}
+    assert arguments.precision_flags(tiny_cfg, (8, 6)) == {"bf16": False, "fp16": True}
     tiny_cfg["model"]["dtype"] = "float32"
-    assert glue.precision_flags(tiny_cfg, (8, 6)) == {"bf16": False, "fp16": False}
-    assert glue.precision_flags(tiny_cfg, None) == {"use_cpu": True, "bf16": False, "fp16": False}
+    assert arguments.precision_flags(tiny_cfg, (8, 6)) == {"bf16": False, "fp16": False}
+    assert arguments.precision_flags(tiny_cfg, None) == {"use_cpu": True, "bf16": False, "fp16": False}
 
 
 def test_tokens_come_from_num_input_tokens_seen():
     """Under Unsloth TRL's num_tokens is never logged (its compute_loss replacement skips it), and on
     resume it restarts from 0; transformers' count is logged under both and checkpointed."""
-    assert glue.trained_tokens({"loss": 1.0, "num_tokens": 60.0, "num_input_tokens_seen": 120}) == \
+    assert run_metrics.trained_tokens({"loss": 1.0, "num_tokens": 60.0, "num_input_tokens_seen": 120}) == \
         (120, "num_input_tokens_seen")
-    assert glue.trained_tokens({"loss": 1.0, "num_tokens": 60.0}) == (60.0, "num_tokens")
+    assert run_metrics.trained_tokens({"loss": 1.0, "num_tokens": 60.0}) == (60.0, "num_tokens")
     unsloth_log = {"loss": 1.0, "num_input_tokens_seen": 96, "step": 3}
-    assert glue.trained_tokens(unsloth_log) == (96, "num_input_tokens_seen")
-    assert glue.trained_tokens({"loss": 1.0}) == (None, None)
+    assert run_metrics.trained_tokens(unsloth_log) == (96, "num_input_tokens_seen")
+    assert run_metrics.trained_tokens({"loss": 1.0}) == (None, None)
 
     class Trainer:  # a log history as an Unsloth SFT run writes it
         class state:
@@ -373,7 +374,7 @@ def test_tokens_come_from_num_input_tokens_seen():
                            {"loss": 1.5, "num_input_tokens_seen": 100, "step": 2},
                            {"train_runtime": 4.0, "train_loss": 1.75, "step": 2}]
 
-    m = glue.collect_metrics(Trainer(), 5.0)
+    m = run_metrics.collect_metrics(Trainer(), 5.0, run_metrics.checkpoint_state(None))
     assert m["tokens"] == 100 and m["tokens_per_second"] == 25.0
     assert m["tokens_source"] == "num_input_tokens_seen"
 
@@ -402,7 +403,7 @@ def test_oom_becomes_advice():
             raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
     with pytest.raises(UserError, match="train.batch_size.*train.grad_accum.*max_seq_length"):
-        glue.train(Boom())
+        stages.train(Boom())
 
 
 @pytest.mark.parametrize("loss_type", [["ipo"], ["hinge"], ["sigmoid", "sft"]])

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dporec import UserError
+from dporec.data import built
 
 
 @dataclass(frozen=True)
@@ -72,32 +73,29 @@ def read_ratings(source: str, allow_md5_mismatch: bool = False):
 
 
 def config_build(cfg: dict) -> dict:
-    """build()'s arguments for a config: its data.source into the folder of its data files, with its seed,
-    negatives and candidate count; the one rule data/prepare_movielens.py --config and run_experiment.py
-    share, so every route builds the same splits."""
+    """build()'s arguments for a config: its data.source into the folder of its data files, with its seed
+    and build settings; the one rule data/prepare_movielens.py --config and run_experiment.py share, so
+    every route builds the same splits."""
     d = cfg["data"]
     return {"source": d["source"], "out_dir": Path(d["train_file"]).parent, "seed": cfg["seed"],
-            "ranking_candidates": d["ranking_candidates"], "negatives": d["negatives"],
-            "train_pairs_per_user": d["train_pairs_per_user"],
-            "eval_pairs_per_user": d["eval_pairs_per_user"]}
+            **{k: d[k] for k in built.DEFAULTS if k in d}}
 
 
-def build(source: str, out_dir: str | Path, seed: int = 0, history_len: int = 5,
-          train_pairs_per_user: int = 1, eval_pairs_per_user: int = 3, val_fraction: float = 0.1,
-          test_fraction: float = 0.1, like_threshold: int = 4, dislike_threshold: int = 2,
-          ranking_candidates: int = 8, negatives: str = "disliked", allow_md5_mismatch: bool = False) -> dict:
+def build(source: str, out_dir: str | Path, seed: int = 0, allow_md5_mismatch: bool = False,
+          **settings) -> dict:
     """Write out_dir/{train,val,test}.jsonl (and, from ratings, the baselines' training ratings and the
-    test users' candidate sets) and summary.json; return the summary."""
+    test users' candidate sets) and summary.json; return the summary. `settings`: data.built.DEFAULTS'
+    keys, each defaulting to its value there."""
+    unknown = set(settings) - set(built.DEFAULTS)
+    if unknown:
+        raise TypeError(f"unknown build settings {sorted(unknown)}; known: {sorted(built.DEFAULTS)}")
+    settings = {**built.DEFAULTS, **settings}
     source = str(source)
     if is_thesis(source):
         from dporec.data.sources import thesis
-        return thesis.build(source, out_dir, seed=seed, val_fraction=val_fraction,
-                            test_fraction=test_fraction, allow_md5_mismatch=allow_md5_mismatch)
+        return thesis.build(source, out_dir, seed=seed, val_fraction=settings["val_fraction"],
+                            test_fraction=settings["test_fraction"], allow_md5_mismatch=allow_md5_mismatch)
     from dporec.data import pairs
     start = time.perf_counter()
     ratings, movies = read_ratings(source, allow_md5_mismatch)
-    return pairs.build(ratings, movies, out_dir, source=source, seed=seed, history_len=history_len,
-                       train_pairs_per_user=train_pairs_per_user, eval_pairs_per_user=eval_pairs_per_user,
-                       val_fraction=val_fraction, test_fraction=test_fraction, like_threshold=like_threshold,
-                       dislike_threshold=dislike_threshold, ranking_candidates=ranking_candidates,
-                       negatives=negatives, start=start)
+    return pairs.build(ratings, movies, out_dir, source=source, seed=seed, start=start, **settings)

@@ -17,7 +17,6 @@ reports how many lines matched one user, none, or several, and whether any user 
 """
 from __future__ import annotations
 
-import json
 import random
 import time
 from collections import Counter, defaultdict
@@ -26,10 +25,11 @@ from pathlib import Path
 
 import numpy as np
 
-from dporec import UserError
-from dporec.data import records, task
+from dporec import UserError, files
+from dporec.data import built, records, task
+from dporec.data.balance import balance, random_balanced_positions
 from dporec.data.sources import movielens
-from dporec.data.splits import balance, cut, random_balanced_positions
+from dporec.data.splits import cut
 
 MAX_PARSES = 16  # history readings kept per line; more would mean titles that are prefixes of each other
 
@@ -165,8 +165,8 @@ def _split_groups(groups: list[str], val_fraction: float, test_fraction: float, 
     return cut(order, val_fraction, test_fraction)
 
 
-def build(source: str, out_dir: str | Path, seed: int = 0, val_fraction: float = 0.1,
-                      test_fraction: float = 0.1, allow_md5_mismatch: bool = False) -> dict:
+def build(source: str, out_dir: str | Path, seed: int, val_fraction: float, test_fraction: float,
+          allow_md5_mismatch: bool = False) -> dict:
     """Write out_dir/{train,val,test}.jsonl and summary.json from a thesis-layout file; return the summary."""
     start = time.perf_counter()
     path, ml1m = parse_source(source)
@@ -210,7 +210,7 @@ def build(source: str, out_dir: str | Path, seed: int = 0, val_fraction: float =
     splits = {s: random_balanced_positions(exs, random.Random(f"{seed}-{s}")) for s, exs in splits.items()}
     out = Path(out_dir)
     for s, exs in splits.items():
-        records.write_jsonl(out / f"{s}.jsonl", (records.to_record(e) for e in exs))
+        files.write_jsonl(out / f"{s}.jsonl", (records.to_record(e) for e in exs))
     summary = {
         "kind": "thesis", "source": str(source), "file": str(path), "ml1m": str(ml1m) if ml1m else None,
         "seed": seed, "val_fraction": val_fraction, "test_fraction": test_fraction, "lines": len(examples),
@@ -220,5 +220,5 @@ def build(source: str, out_dir: str | Path, seed: int = 0, val_fraction: float =
                        "examples": len(exs), **{L: balance(exs)[L] for L in task.LETTERS}}
                    for s, exs in splits.items()},
         "notes": notes, "seconds": round(time.perf_counter() - start, 2)}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    built.write_summary(out, summary)
     return summary

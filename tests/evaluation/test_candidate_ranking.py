@@ -1,5 +1,6 @@
-"""Ranking adherence (dporec/ranking.py, dporec/candidates.py): candidate sets, Copeland, the metrics,
-and the fast decision scoring against the evaluator's own score_pairs."""
+"""Ranking adherence (dporec/analysis/rank_metrics.py, dporec/evaluation/candidate_ranking.py,
+dporec/data/candidates.py): candidate sets, Copeland, the metrics,
+and the fast decision scoring against the evaluator's own score_decisions."""
 from __future__ import annotations
 
 import json
@@ -8,9 +9,9 @@ import numpy as np
 import pytest
 
 from dporec import UserError
-from dporec.analysis import ranking as rk
+from dporec.analysis import rank_metrics as rk
 from dporec.data import candidates, records
-from dporec.evaluation import baselines, ranking, scoring
+from dporec.evaluation import baselines, candidate_ranking, scoring, sequences
 from dporec.modeling import backends
 from tests.helpers import TINY_CONFIG, tiny_overrides
 
@@ -101,22 +102,22 @@ def test_ndcg_gain_starts_at_zero():
 
 def test_baselines_rank_by_their_own_numbers(tiny_data):
     sets = _sets(tiny_data)
-    rows = ranking.baseline_rows(sets, tiny_data / "train.jsonl")
+    rows = candidate_ranking.baseline_rows(sets, tiny_data / "train.jsonl")
     assert set(rows) == set(baselines.RULES)
     for rule in ("mean_rating", "popularity", "genre_overlap"):
         assert isinstance(rows[rule], list) and len(rows[rule]) == len(sets), rule
-    assert isinstance(ranking.baseline_rows(sets, "/nonexistent/train.jsonl")["mean_rating"], str)
+    assert isinstance(candidate_ranking.baseline_rows(sets, "/nonexistent/train.jsonl")["mean_rating"], str)
 
 
-def test_fast_decision_margins_equal_score_pairs(tiny_data, tiny_model, tmp_path):
+def test_fast_decision_margins_equal_score_decisions(tiny_data, tiny_model, tmp_path):
     from dporec.config import load_config
 
     cfg = load_config(TINY_CONFIG, tiny_overrides(tiny_data, tiny_model, tmp_path))
     model, tok = backends.load_base(cfg, "hf")
-    groups = [ranking.pair_examples(s)[:9] for s in _sets(tiny_data)[:2]]
-    assert scoring._decision_items(groups[0], tok, "alpaca") is not None  # the fast path is the one tested
-    fast = scoring.decision_margins(model, tok, groups, "alpaca", batch_size=3)
+    groups = [candidate_ranking.pair_examples(s)[:9] for s in _sets(tiny_data)[:2]]
+    assert sequences.decision_items(groups[0], tok, "alpaca") is not None  # the fast path is the one tested
+    fast = scoring.decision_margins(model, tok, groups, "alpaca", 3)
     for group, got in zip(groups, fast):
-        rows = scoring.score_pairs(model, tok, group, "alpaca", batch_size=4)
+        rows = scoring.score_decisions(model, tok, group, "alpaca", 4)
         want = [r["logp_a"] - r["logp_b"] for r in rows]
         assert [x for pair in got for x in pair] == pytest.approx(want, abs=1e-4)

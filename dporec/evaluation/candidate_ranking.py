@@ -1,22 +1,25 @@
 """Ranking adherence: rank one test user's N rated candidates by a model's pairwise answers, per model
-and baseline rule, and compare the rankings with the user's ratings (dporec.analysis.ranking).
+and baseline rule, and compare the rankings with the user's ratings (dporec.analysis.rank_metrics).
 
 Every pair of candidates is asked as the usual A/B question with the builder's own prompt, in both
 option orders, and scored with the evaluator's likelihood decision (scoring.decision_margins).
 """
 from __future__ import annotations
 
+import logging
 import math
 import time
 from itertools import combinations
 
 import numpy as np
 
-from dporec.analysis import ranking as R
-from dporec.data import candidates, records, task
-from dporec.data.pairs import pair_input
+from dporec.analysis import rank_metrics
+from dporec.data import candidates, records
+from dporec.data.pairs import movie_example
 from dporec.evaluation import baselines
 from dporec.modeling.adapters import active
+
+log = logging.getLogger(__name__)
 
 
 def pair_examples(cset: dict) -> list[records.Example]:
@@ -29,10 +32,7 @@ def pair_examples(cset: dict) -> list[records.Example]:
         # unrated candidates (recommend.py's requests): the label is never read
         ri, rj = (cset["candidates"][k].get("rating", 0) for k in (i, j))
         label = "A" if ri >= rj else "B"
-        out.append(records.Example(instruction=task.INSTRUCTION, input=pair_input(hist, a, b),
-                                   output=task.answer_text(label), label=label, option_a=f"{a.display}.",
-                                   option_b=f"{b.display}.", reasoning="", pair_id=f"{cset['id']}:{i}-{j}",
-                                   user_id=cset["user_id"]))
+        out.append(movie_example(hist, a, b, label, f"{cset['id']}:{i}-{j}", cset["user_id"]))
     return out
 
 
@@ -41,19 +41,21 @@ def _ratings(cset) -> list[float]:
 
 
 def preference_matrices(model, tok, sets: list[dict], fmt: str, batch_size: int, name: str) -> list:
-    """Per set, the active model's N x N position-free preference matrix (analysis.ranking.preferences)."""
+    """Per set, the active model's N x N position-free preference matrix
+    (analysis.rank_metrics.preferences)."""
     from dporec.evaluation import scoring
     margins = scoring.decision_margins(model, tok, [pair_examples(s) for s in sets], fmt, batch_size,
                                        desc=f"ranking {name}")
-    return [R.preferences(m, len(s["candidates"])) for s, m in zip(sets, margins)]
+    return [rank_metrics.preferences(m, len(s["candidates"])) for s, m in zip(sets, margins)]
 
 
 def score_model(model, tok, sets: list[dict], fmt: str, batch_size: int, name: str) -> list[dict]:
     """Per set: {"user_id", "scores": Copeland scores, **metrics}."""
     out = []
     for s, pref in zip(sets, preference_matrices(model, tok, sets, fmt, batch_size, name)):
-        scores = R.copeland(pref)
-        out.append({"user_id": s["user_id"], "scores": scores.tolist(), **R.metrics(scores, _ratings(s))})
+        scores = rank_metrics.copeland(pref)
+        out.append({"user_id": s["user_id"], "scores": scores.tolist(),
+                    **rank_metrics.metrics(scores, _ratings(s))})
     return out
 
 
@@ -67,8 +69,8 @@ def score_models(model, tok, sets, adapters: dict, cfg: dict) -> tuple[dict, dic
                                      cfg["eval"]["batch_size"], name)
         seconds[name] = time.perf_counter() - t0
         n_pairs = sum(math.comb(len(s["candidates"]), 2) for s in sets)
-        print(f"[eval] {name}: ranked {len(sets)} users' candidates ({n_pairs} pairs x 2 orders) in "
-              f"{seconds[name]:.1f}s")
+        log.info(f"[eval] {name}: ranked {len(sets)} users' candidates ({n_pairs} pairs x 2 orders) in "
+                 f"{seconds[name]:.1f}s")
     return rows, seconds
 
 
@@ -87,7 +89,7 @@ def baseline_rows(sets, train_file) -> dict[str, list[dict] | str]:
         if any(None in v for v in per_set):  # the files lack what the rule needs
             out[rule] = baselines.why_missing(rule, side_reason, timed)
             continue
-        out[rule] = [{"user_id": s["user_id"], "scores": v, **R.metrics(v, _ratings(s))}
+        out[rule] = [{"user_id": s["user_id"], "scores": v, **rank_metrics.metrics(v, _ratings(s))}
                      for s, v in zip(sets, per_set)]
     return out
 
@@ -100,17 +102,18 @@ def results(sets, rows: dict, base_rows: dict, seconds: dict, cfg: dict, path) -
     def rule_block(rule, r):
         label = baselines.LABELS[rule]
         if isinstance(r, list):
-            return R.summarize(r, n_boot, seed, alpha) | {"label": label}
+            return rank_metrics.summarize(r, n_boot, seed, alpha) | {"label": label}
         return {"label": label, "available": False, "reason": r}
 
     out = {"file": str(path), "n_users": len(sets),
            "candidates_per_user": sorted({len(s["candidates"]) for s in sets}),
-           "method": "copeland (ties: summed margin), both option orders", "liked": R.LIKED,
-           "chance": {m: float(np.mean([R.chance(_ratings(s))[m] for s in sets])) for m in R.METRICS},
-           "models": {n: R.summarize(r, n_boot, seed, alpha) for n, r in rows.items()},
+           "method": "copeland (ties: summed margin), both option orders", "liked": rank_metrics.LIKED,
+           "chance": {m: float(np.mean([rank_metrics.chance(_ratings(s))[m] for s in sets]))
+                      for m in rank_metrics.METRICS},
+           "models": {n: rank_metrics.summarize(r, n_boot, seed, alpha) for n, r in rows.items()},
            "baselines": {rule: rule_block(rule, r) for rule, r in base_rows.items()},
-           "seconds_per_model": {n: round(s, 1) for n, s in seconds.items()}}
+           "seconds_per_model": {n: round(s, 1) for n, s in seconds.items()}, "alpha": alpha}
     if "sft" in rows and "dpo" in rows:
         out["comparison"] = {"a": "sft", "b": "dpo",
-                             **R.compare(rows["sft"], rows["dpo"], alpha, ec["ranking_margin"])}
+                             **rank_metrics.compare(rows["sft"], rows["dpo"], alpha, ec["ranking_margin"])}
     return out

@@ -1,0 +1,56 @@
+"""A built data folder: train/val/test.jsonl (and, from ratings, ranking_test.jsonl and the training
+users' ratings) beside summary.json, which says how they were built. The build settings' defaults live here
+(the config schema and every builder read them), and so does the rule that a config and the folder it
+points at must agree: the stages, run_experiment.py and verify_setup.py all ask it.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from dporec.files import read_json, write_json
+
+SUMMARY = "summary.json"
+SPLITS = ("train", "val", "test")
+
+# How pairs are built from ratings (data.* config keys of the same names)
+DEFAULTS = {"history_len": 5, "train_pairs_per_user": 1, "eval_pairs_per_user": 3, "val_fraction": 0.1,
+            "test_fraction": 0.1, "like_threshold": 4, "dislike_threshold": 2, "ranking_candidates": 8,
+            "negatives": "disliked"}
+# what a config sets about its data when it builds them itself (data.source), and always
+BUILD_KEYS = ("negatives", "train_pairs_per_user", "eval_pairs_per_user", "history_len", "val_fraction",
+              "test_fraction")
+TASK_KEYS = ("negatives",)
+
+
+def summary_path(folder) -> Path:
+    return Path(folder) / SUMMARY
+
+
+def read_summary(folder) -> dict | None:
+    """The folder's summary.json, or None when it has none (files made by hand, or by an older builder)."""
+    path = summary_path(folder)
+    return read_json(path) if path.is_file() else None
+
+
+def write_summary(folder, summary: dict) -> Path:
+    return write_json(summary_path(folder), summary)
+
+
+def is_built_split(path) -> bool:
+    """Whether `path` is a split a builder wrote (train/val/test.jsonl beside its summary.json)."""
+    path = Path(path)
+    return path.name in {f"{s}.jsonl" for s in SPLITS} and summary_path(path.parent).is_file()
+
+
+def disagreements(data: dict) -> list[str]:
+    """How the built folder of a config's data (its data section) differs from what the config says:
+    'data.KEY=config value, built with built value (FILE)' for each key; [] when they agree or the folder
+    has no summary. The task (negatives) always counts; the build settings when the config builds its
+    data itself (data.source)."""
+    folder = Path(data["train_file"]).parent
+    summary = read_summary(folder)
+    if summary is None:
+        return []
+    keys = BUILD_KEYS if data.get("source") else TASK_KEYS
+    return [f"data.{k}={data[k]} but {folder} was built with {k}={summary[k]} ({summary_path(folder)})"
+            for k in keys if summary.get(k) is not None and summary[k] != data[k]]

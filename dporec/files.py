@@ -1,0 +1,82 @@
+"""JSON, JSON Lines and YAML files as the project reads and writes them: every reader names FILE (and
+LINE) in its error, every JSON writer goes through a temporary file renamed into place, so a half-written
+file never looks finished.
+"""
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from dporec import UserError, read_text
+
+
+def jsonable(obj):
+    """Tuples -> lists, numpy scalars -> Python, NaN/inf -> None (JSON has no NaN), paths -> str."""
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return [jsonable(v) for v in obj.tolist()]
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def write_json(path, content) -> Path:
+    """JSON (indent 2, NaN as null, anything else unknown as its str) through a temporary file renamed
+    into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    text = json.dumps(jsonable(content), indent=2, allow_nan=False, default=str)
+    tmp.write_text(text + "\n", encoding="utf-8")
+    tmp.replace(path)
+    return path
+
+
+def read_json(path) -> dict:
+    try:
+        return json.loads(read_text(path))
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}: not valid JSON ({e})") from None
+
+
+def read_yaml(path) -> dict:
+    try:
+        return yaml.safe_load(read_text(path)) or {}
+    except yaml.YAMLError as e:
+        raise UserError(f"{path}: not valid YAML ({e})") from None
+
+
+def jsonl_lines(path) -> Iterator[tuple[int, str, object]]:
+    """(line number, "FILE:LINE", decoded object) for every non-blank line of a JSON Lines file; a line
+    that is not JSON comes with a UserError naming it in place of the object, for the caller to collect,
+    raise or pass over."""
+    for n, line in enumerate(read_text(path).split("\n"), 1):
+        if not line.strip():
+            continue
+        where = f"{path}:{n}"
+        try:
+            yield n, where, json.loads(line)
+        except json.JSONDecodeError as e:
+            yield n, where, UserError(f"{where}: not valid JSON ({e.msg} at column {e.colno})")
+
+
+def write_jsonl(path, rows) -> Path:
+    """One JSON object per line, UTF-8, non-ASCII kept as it is."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as f:
+        for r in rows:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    return path

@@ -1,0 +1,82 @@
+"""predictions.csv, the evaluation's contract with every later analysis: one row per test pair, option
+order and model (the prediction rows of dporec.analysis.metrics), written and read back by any version."""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+from dporec import UserError
+
+# predictions.csv columns, in this order; any other keys the scorer adds follow, sorted by name.
+PREDICTION_COLUMNS = (
+    "model", "pair_id", "user_id", "order", "label", "option_a_id", "option_b_id",
+    "option_a_title", "option_b_title", "logp_a", "logp_b", "choice", "correct",
+    "logp_a_full", "logp_b_full", "choice_full", "correct_full",
+    "parsed", "generated",
+)
+
+
+def write_predictions(eval_dir, rows) -> Path:
+    """Write predictions.csv: one row per (test pair, order, model), columns PREDICTION_COLUMNS then
+    any extra keys sorted by name; missing values are empty cells."""
+    rows = list(rows)
+    extra = sorted({k for r in rows for k in r} - set(PREDICTION_COLUMNS))
+    columns = list(PREDICTION_COLUMNS) + extra
+    path = Path(eval_dir) / "predictions.csv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=columns, restval="")
+        writer.writeheader()
+        for r in rows:
+            writer.writerow({k: ("" if v is None else v) for k, v in r.items()})
+    return path
+
+
+def read_predictions(path) -> dict[str, list[dict]]:
+    """predictions.csv (write_predictions, this or any earlier version) back into typed prediction
+    rows, by model, in file order.
+
+    Empty cells were None or absent fields: they are dropped again, except 'parsed' where the file
+    has generations (an invalid generated answer is parsed=None, not a missing field). A malformed
+    file raises UserError naming FILE:LINE and the column.
+    """
+    path = Path(path)
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            raw = [(reader.line_num, r) for r in reader]
+            columns = reader.fieldnames or []
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise UserError(f"cannot read {path}: {e}") from None
+    missing = [c for c in ("model", "pair_id", "order", "label", "logp_a", "logp_b") if c not in columns]
+    if missing:
+        raise UserError(f"{path}: not a predictions.csv: no column(s) {missing} (has {columns[:8]})")
+    if not raw:
+        raise UserError(f"{path}: no prediction rows")
+    has_generation = any(r.get("generated") for _, r in raw)
+    by_model: dict[str, list[dict]] = {}
+    for line, r in raw:
+        if None in r:
+            raise UserError(f"{path}:{line}: more cells than the header has columns")
+        row = {}
+        for k, v in r.items():
+            if v is None or v == "":
+                if k == "parsed" and has_generation:
+                    row[k] = None
+                continue
+            if k.startswith("logp_"):
+                try:
+                    row[k] = float(v)
+                except ValueError:
+                    raise UserError(f"{path}:{line}: column {k!r} must be a number, got {v!r}") from None
+            elif k in ("correct", "correct_full"):
+                if v not in ("True", "False"):
+                    raise UserError(f"{path}:{line}: column {k!r} must be True or False, got {v!r}")
+                row[k] = v == "True"
+            else:
+                row[k] = v
+        for k in ("model", "pair_id", "order", "label", "logp_a", "logp_b"):
+            if k not in row:
+                raise UserError(f"{path}:{line}: column {k!r} is empty")
+        by_model.setdefault(row["model"], []).append(row)
+    return by_model
