@@ -47,7 +47,7 @@ TRAINING_KINDS = ("sft", "dpo")  # the kinds whose config section ([sft], [dpo])
 class StageSpec:
     """What the orchestrator hands a stage beside the user's config: the stage, the adapter it starts from
     and the few settings its arm sets. None: the config's own value. The stage trains with these and
-    records them (run_info.json "stage"); the config it saves is the user's, as given."""
+    records them (run_info.json "spec"); the config it saves is the user's, as given."""
     stage: Stage
     init_adapter: str | None = None  # sft: continue it; dpo: the policy and its reference start here
     max_steps: int | None = None

@@ -335,15 +335,17 @@ def _out_of_range(field: Field, value) -> str | None:
     return " and ".join(parts) + extra
 
 
-def _merge(cfg: dict, data: dict, schema: dict, where: str, prefix: str = ""):
+def _merge(cfg: dict, data: dict, schema: dict, where: str, prefix: str = "", recorded: bool = False):
     if not isinstance(data, dict):
         raise UserError(f"{where}: '{prefix.rstrip('.') or '<top>'}' must be a mapping of keys")
     for key, value in data.items():
         full = f"{prefix}{key}"
+        if recorded and full in RETIRED:
+            continue  # what an earlier version recorded: the stage's run_info.json says what it did
         if key not in schema:
             raise _unknown(full, where)
         if _is_section(schema[key]):
-            _merge(cfg[key], value or {}, schema[key], where, f"{full}.")
+            _merge(cfg[key], value or {}, schema[key], where, f"{full}.", recorded)
         else:
             cfg[key] = _check_value(full, schema[key], value, where)
 
@@ -399,8 +401,9 @@ def updated(cfg: dict, settings: dict) -> dict:
     return new
 
 
-def load_config(path: str | os.PathLike | None, overrides: list[str] = ()) -> dict:
-    """Defaults, then the YAML file, then `KEY=VALUE` overrides; everything validated."""
+def load_config(path: str | os.PathLike | None, overrides: list[str] = (), recorded: bool = False) -> dict:
+    """Defaults, then the YAML file, then `KEY=VALUE` overrides; everything validated. recorded: the file
+    is a config.yaml a stage wrote, whose RETIRED keys (written by an earlier version) are passed over."""
     cfg = defaults()
     if path is not None:
         path = Path(path)
@@ -411,7 +414,7 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] = ()) -> di
             data = yaml.safe_load(text) or {}
         except yaml.YAMLError as e:
             raise UserError(f"{path}: not valid YAML: {e}") from None
-        _merge(cfg, data, SCHEMA, str(path))
+        _merge(cfg, data, SCHEMA, str(path), recorded=recorded)
     for item in overrides:
         if "=" not in item:
             raise UserError(f"override '{item}' must look like KEY=VALUE (e.g. dpo.beta=0.5)")

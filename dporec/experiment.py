@@ -46,10 +46,7 @@ def ensure_data(cfg: dict) -> str:
     files_ = [Path(d[k]) for k in ("train_file", "val_file", "test_file")]
     ranking = [] if not cfg["eval"]["ranking"] or d["ranking_file"] else [candidates.default_path(files_[2])]
     if all(f.is_file() for f in files_ + ranking):
-        problems = built.disagreements(d)
-        if problems:
-            raise UserError("; ".join(problems) + ": point data.train_file/val_file/test_file at another "
-                            "folder to build that data there")
+        built.check_agrees(d)
         return "skipped"
     if not d["source"]:
         missing = ", ".join(str(f) for f in files_ if not f.is_file())

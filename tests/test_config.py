@@ -161,11 +161,17 @@ def test_rules_tying_keys_hold_wherever_a_config_is_made():
     assert load_config(TINY, ["seeds=[3, 1]"])["seeds"] == [3, 1]
 
 
-def test_retired_keys_say_what_took_their_place():
+def test_retired_keys_say_what_took_their_place(tmp_path):
     for key, hint in (("sft.run_name", "set output_dir"), ("sft.init_adapter", "--arm control"),
                       ("dpo.run_name", "--arm onpolicy")):
         with pytest.raises(UserError, match=f"no longer a config key.*{hint}"):
             load_config(TINY, [f"{key}=x"])
+    # a stage folder an earlier version wrote (export.py reads its config.yaml) still loads
+    old = tmp_path / "config.yaml"
+    old.write_text("sft:\n  run_name: sft_control\n  init_adapter: runs/x/sft\n  learning_rate: 5.0e-05\n")
+    with pytest.raises(UserError, match="no longer a config key"):
+        load_config(old)
+    assert load_config(old, recorded=True)["sft"]["learning_rate"] == 5e-5
 
 
 def test_the_experiment_section_is_one_switch_per_arm():

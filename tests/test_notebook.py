@@ -10,7 +10,7 @@ import shlex
 
 import pytest
 
-from dporec import ROOT
+from dporec import ROOT, arms
 from dporec.config import load_config
 
 NOTEBOOK = ROOT / "notebooks" / "dpo_vs_sft.ipynb"
@@ -128,7 +128,7 @@ def test_every_command_writes_to_drive(nb):
     # the overrides are valid config keys
     load_config(ROOT / "configs" / "llama3_8b.yaml", settings["ARGS"].split())
     text = "".join(_code_cells(nb))
-    assert 'eval_dir = f"{RUN}/eval"' in text
+    assert f'eval_dir = f"{{RUN}}/{arms.EVAL.name}"' in text  # the stage folders are dporec.arms' own
 
 
 def test_stage_cells_resume_by_themselves(nb):
@@ -157,8 +157,8 @@ def test_ranking_and_curves_are_shown(nb):
     text = "".join(_code_cells(nb))
     assert "ranking.png" in text and "eval.ranking=false" not in text
     assert load_config(ROOT / "configs" / "llama3_8b.yaml")["eval"]["ranking"] is True
-    for stage in ("sft", "dpo"):
-        assert f'{{RUN}}/{stage}/training_curves.png' in text
+    for stage in (arms.SFT, arms.DPO):
+        assert f'{{RUN}}/{stage.name}/training_curves.png' in text
 
 
 def test_control_arm_reuses_the_main_runs_sft(nb):
@@ -173,7 +173,9 @@ def test_on_policy_arm_runs_in_the_same_run_folder(nb):
     calls = [c for c in _commands(nb) if c[:2] == ["python", "run_experiment.py"]
              and "experiment.on_policy_arm=true" in c]
     assert len(calls) == 1 and "{ARGS}" in calls[0] and "experiment.control_arm=true" in calls[0]
-    assert '{RUN}/onpolicy_pairs/summary.json' in "".join(_code_cells(nb))
+    assert f'{{RUN}}/{arms.PAIRS.name}/{arms.PAIRS.marker}' in "".join(_code_cells(nb))
+    arm_switches = {f"experiment.{a.switch}=true" for a in arms.ARMS}
+    assert arm_switches <= set(calls[0])  # every arm, in the one run folder
 
 
 def test_no_placeholders(nb):

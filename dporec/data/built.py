@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from dporec import UserError
 from dporec.files import read_json, write_json
 
 SUMMARY = "summary.json"
@@ -54,3 +55,14 @@ def disagreements(data: dict) -> list[str]:
     keys = BUILD_KEYS if data.get("source") else TASK_KEYS
     return [f"data.{k}={data[k]} but {folder} was built with {k}={summary[k]} ({summary_path(folder)})"
             for k in keys if summary.get(k) is not None and summary[k] != data[k]]
+
+
+def check_agrees(data: dict) -> None:
+    """Refuse data files built with other settings than the config's (disagreements): what they would
+    train or score is not this config's experiment."""
+    problems = disagreements(data)
+    if problems:
+        raise UserError("the data files were built with other settings than this config's: "
+                        + "; ".join(problems) + ". Point data.train_file/val_file/test_file at another "
+                        "folder and build it there (python data/prepare_movielens.py --config ...), or use "
+                        "the config they were built with")

@@ -35,14 +35,6 @@ class Judgement:
     problem: str = ""                # why it is unparseable
 
 
-def genres_of(movie_text: str) -> list[str]:
-    """The genres a prompt shows for one movie ('Heat (1995) (Action|Crime)' -> ['Action', 'Crime'])."""
-    shown = task.shown_genres(movie_text)
-    if shown:
-        return shown[0]
-    return [g.strip() for g in task.option_mentions(movie_text).get("genres", "").split("|") if g.strip()]
-
-
 def history_genres(input_text: str) -> set[str]:
     """Every genre the prompt's history shows (empty when it shows titles only)."""
     return {g for genres in task.shown_genres(task.history_text(input_text)) for g in genres}
@@ -78,7 +70,7 @@ def check_claims(reasoning: str, input_text: str, options: dict[str, str]) -> tu
         letter = _which_option(m.group("subject"), options)
         if letter is None:
             continue  # not about one of the two options
-        own = set(genres_of(options[letter]))
+        own = set(task.option_genres(options[letter]))
         shared = own & shown
         n += 1
         what = m.group("what")

@@ -37,6 +37,13 @@ class Example:
     def option(self, letter: str) -> str:
         return self.option_a if letter == "A" else self.option_b
 
+    def option_record(self, letter: str) -> dict:
+        """The builder's structured field of the option in position `letter` ({"item_id", "title", "year",
+        "genres"}), or {} for a record without one (the thesis's file): the one way every reader of an
+        option (scoring's row identity, the baselines) finds it."""
+        info = self.extra.get("option_a" if letter == "A" else "option_b")
+        return info if isinstance(info, dict) else {}
+
     @property
     def other(self) -> str:
         return task.other_letter(self.label)

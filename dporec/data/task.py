@@ -105,6 +105,22 @@ def shown_genres(text: str) -> list[list[str]]:
     return [[g.strip() for g in grp.split("|") if g.strip()] for _, grp in YEAR_GENRES_RE.findall(text)]
 
 
+def option_genres(option_text: str) -> list[str]:
+    """The genres a prompt shows for one option ('Heat (1995) (Action|Crime)' -> ['Action', 'Crime'];
+    a title shown without genres -> [])."""
+    shown = shown_genres(option_text)
+    if shown:
+        return shown[0]
+    return [g.strip() for g in option_mentions(option_text).get("genres", "").split("|") if g.strip()]
+
+
+def option_year(option_text: str) -> int | None:
+    """The release year a prompt shows for one option: the year before its genres, else its last (YYYY)."""
+    m = YEAR_GENRES_RE.search(option_text)
+    years = re.findall(r"\((\d{4})\)", option_text)
+    return int(m.group(1)) if m else int(years[-1]) if years else None
+
+
 def layout(text: str) -> str:
     """'inline' (both options on one line, as in the thesis's file) or 'own-line'."""
     lo, hi = sorted(option_spans(text).values())

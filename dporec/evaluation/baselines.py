@@ -10,7 +10,6 @@ chosen on the validation pairs, then compared with each model on the test pairs.
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -47,7 +46,6 @@ RATING_RULES = ("mean_rating", "popularity", "item_cf")
 NO_TIME = ("the records hold no target time (target_timestamp), so a rating rule could read ratings made "
            "after the pair; rebuild the data with data/prepare_movielens.py")
 LABELS = {name: rule.label for name, rule in RULES.items()}
-_YEAR_RE = re.compile(r"\((\d{4})\)")
 
 
 def find_side(train_file) -> tuple[TrainRatings | None, str]:
@@ -64,14 +62,11 @@ def find_side(train_file) -> tuple[TrainRatings | None, str]:
 
 def _option(ex, letter: str) -> dict:
     """{"item_id", "year", "genres"} of one option: the builder's structured field, else the text."""
-    info = ex.extra.get("option_a" if letter == "A" else "option_b")
-    if isinstance(info, dict) and "genres" in info:
+    info = ex.option_record(letter)
+    if "genres" in info:
         return {"item_id": info.get("item_id"), "year": info.get("year"), "genres": list(info["genres"])}
     text = ex.option(letter)
-    m = task.YEAR_GENRES_RE.search(text)
-    year = _YEAR_RE.findall(text)
-    return {"item_id": None, "year": int(m.group(1)) if m else int(year[-1]) if year else None,
-            "genres": m.group(2).split("|") if m else []}
+    return {"item_id": None, "year": task.option_year(text), "genres": task.option_genres(text)}
 
 
 def _history(ex) -> list[dict]:

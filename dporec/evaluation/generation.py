@@ -41,12 +41,11 @@ def _generate(model, tokenizer, prompt_ids: list[list[int]], max_new_tokens: int
     return run_batches(model, prompt_ids, batch_size, len, generate, desc)
 
 
-def generate_choices(model, tokenizer, examples, fmt: str = "alpaca", batch_size: int = 8,
-                     max_new_tokens: int = 32, model_name: str = "model",
-                     desc: str | None = None) -> list[dict]:
+def generate_choices(model, tokenizer, examples, fmt: str, batch_size: int, max_new_tokens: int,
+                     model_name: str = "model", desc: str | None = None) -> list[dict]:
     """Greedy generation for every example in both orders, batched with left padding.
 
-    Rows carry the identity fields of score_pairs rows plus "generated" and "parsed" (A, B or
+    Rows carry the identity fields of the scoring rows plus "generated" and "parsed" (A, B or
     None); merge them into scoring rows with attach_generations().
     """
     items = [(ex, order, e) for ex in examples for order, e in orders(ex)]
@@ -61,7 +60,7 @@ def generate_choices(model, tokenizer, examples, fmt: str = "alpaca", batch_size
 
 
 def sample_answers(model, tokenizer, prompts: list[str], k: int, temperature: float, top_p: float,
-                   max_new_tokens: int, batch_size: int = 8, desc: str | None = None) -> list[list[str]]:
+                   max_new_tokens: int, batch_size: int, desc: str | None = None) -> list[list[str]]:
     """k sampled answers per prompt (temperature, top-p): the on-policy stage's generation. Returns one
     list of k texts per prompt, in the prompts' order."""
     return _generate(model, tokenizer, [encode(tokenizer, p) for p in prompts], max_new_tokens, batch_size,

@@ -23,18 +23,14 @@ FULL_ANSWER_FIELDS = ("logp_a_full", "logp_b_full", "choice_full", "correct_full
 
 def option_id(ex: Example, letter: str) -> str:
     """Identity of the movie in position `letter`: its item_id when the builder recorded one."""
-    info = ex.extra.get("option_a" if letter == "A" else "option_b")
-    if isinstance(info, dict) and info.get("item_id") is not None:
-        return str(info["item_id"])
-    return ex.option(letter)
+    item = ex.option_record(letter).get("item_id")
+    return str(item) if item is not None else ex.option(letter)
 
 
 def option_title(ex: Example, letter: str) -> str:
     """The movie in position `letter` as people read it: the builder's title, else the option's text."""
-    info = ex.extra.get("option_a" if letter == "A" else "option_b")
-    if isinstance(info, dict) and info.get("title"):
-        return str(info["title"])
-    return ex.option(letter).rstrip(".")
+    title = ex.option_record(letter).get("title")
+    return str(title) if title else ex.option(letter).rstrip(".")
 
 
 def _choice(la: float, lb: float) -> str:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from dporec import UserError, arms
 from dporec.analysis.metrics import per_pair_scores
-from dporec.data import balance, candidates, records
+from dporec.data import balance, built, candidates, records
 from dporec.evaluation.results import add_baselines, analyse, task_of
 from dporec.files import read_json
 from dporec.modeling import adapters as adapters_mod
@@ -171,6 +171,7 @@ def evaluate(cfg: dict, rt=None, from_predictions: str | Path | None = None,
     resume, overwrite = spec.mode(cfg)
     ec = cfg["eval"]
     test_file = cfg["data"]["test_file"]
+    built.check_agrees(cfg["data"])  # scores of other data are not this config's
     examples = records.load_examples(test_file, limit=cfg["data"]["max_test_examples"])
     warning = balance.balance_warning(examples, test_file)
     if warning:  # harmless for the two-order metrics, but worth knowing

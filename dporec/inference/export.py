@@ -26,7 +26,8 @@ DTYPES = ("bfloat16", "float16", "float32")
 def adapter_run_config(adapter: Path, base: str | None) -> dict:
     """The config the adapter was trained with (its config.yaml), else defaults with its recorded base."""
     acfg = check_adapter(adapter)
-    cfg = load_config(adapter / "config.yaml") if (adapter / "config.yaml").is_file() else load_config(None)
+    recorded = adapter / "config.yaml"
+    cfg = load_config(recorded, recorded=True) if recorded.is_file() else load_config(None)
     name = base or (cfg["model"]["name"] if (adapter / "config.yaml").is_file()
                     else acfg.get("base_model_name_or_path"))
     if not name:

@@ -48,10 +48,8 @@ def read_samples(path: Path) -> dict[tuple[str, str], list[str]]:
     done = {}
     if not path.is_file():
         return done
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
+    for _, _, row in files.jsonl_lines(path):
+        if isinstance(row, UserError):
             continue  # the line an interruption cut short: sampled again
         done[(row["id"], row["order"])] = row["samples"]
     return done

@@ -133,7 +133,7 @@ def _training(spec: arms.StageSpec, cfg: dict, model: ModelShape, data: DataShap
     if kind == "dpo":
         what += f" ({'prompt once' if shared else 'prompt twice'})"
     if spec.train_from:
-        what += f", on at most {examples} {spec.train_from.label} pairs"
+        what += f", on at most {examples} pairs from {spec.train_from.name}/"
     rows = [Stage(label, "train", backend, seen * per_example + val, seen * tokens, what)]
     if kind == "dpo":
         ref = (examples + n_val) * tokens if precomputed else seen * tokens

@@ -126,12 +126,7 @@ def load_stage_data(cfg: dict, scfg: dict) -> tuple[list, list]:
     A training set where one option letter dominates is trained on, but loudly: the model can learn
     the position instead of the preference (the precursor's always-A data).
     """
-    problems = built.disagreements(cfg["data"])
-    if problems:
-        raise UserError("the data files were built with other settings than this config's: "
-                        + "; ".join(problems) + ". Point data.train_file/val_file/test_file at another "
-                        "folder and build it (python data/prepare_movielens.py --config ...), or use the "
-                        "config they were built with")
+    built.check_agrees(cfg["data"])
     dc = scfg["data"]
     train = records.load_examples(dc["train_file"], dc["max_train_examples"])
     val = records.load_examples(dc["val_file"], dc["max_val_examples"])

@@ -210,3 +210,23 @@ def test_data_is_built_from_source_when_missing(tmp_path):
     cfg["data"]["test_file"] = str(tmp_path / "elsewhere" / "test.jsonl")
     with pytest.raises(UserError, match="data.source is not set"):
         experiment.ensure_data(cfg)
+
+
+def test_data_built_with_other_settings_is_refused_by_every_stage(tmp_path, tiny_model, capsys):
+    """A config whose build settings differ from the folder it points at: the orchestrator, the stage
+    scripts, the evaluation and the preflight all refuse it, naming the key (data.built)."""
+    from dporec.config import load_config
+    from dporec.evaluation.stage import evaluate
+    from dporec.training.stages import run_sft
+    from tests.helpers import verify_main
+    folder = tmp_path / "gen"
+    files_ = [f"data.{s}_file={folder / f'{s}.jsonl'}" for s in ("train", "val", "test")]
+    over = ["data.source=synthetic:30", *files_, f"model.name={tiny_model}", f"output_dir={tmp_path / 'run'}"]
+    assert experiment.ensure_data(load_config(TINY_CONFIG, over)) == "built"
+    other = load_config(TINY_CONFIG, [*over, "data.history_len=4"])
+    why = "data.history_len=4 but .* was built with history_len=5"
+    for stage in (experiment.ensure_data, run_sft, evaluate):
+        with pytest.raises(UserError, match=why):
+            stage(other)
+    assert verify_main(["--config", str(TINY_CONFIG), *over, "data.history_len=4"]) == 1
+    assert "data: built" in capsys.readouterr().out

@@ -266,14 +266,15 @@ def test_parse_choice_is_strict_and_unbiased(text, expected):
 def test_generate_choices_rows(base_4bit, heldout_examples):
     model, tok = base_4bit
     exs = heldout_examples[:3]
-    gen = generation.generate_choices(model, tok, exs, batch_size=4, max_new_tokens=6, model_name="base")
+    gen = generation.generate_choices(model, tok, exs, "alpaca", batch_size=4, max_new_tokens=6,
+                                      model_name="base")
     assert len(gen) == 2 * len(exs)
     assert {(g["pair_id"], g["order"]) for g in gen} == {(e.pair_id, o) for e in exs for o in task.ORDERS}
     for g in gen:
         assert isinstance(g["generated"], str)
         assert g["parsed"] == task.parse_choice(g["generated"])
     # batched left-padded greedy decoding gives what one-at-a-time decoding gives
-    single = generation.generate_choices(model, tok, exs[:1], batch_size=1, max_new_tokens=6,
+    single = generation.generate_choices(model, tok, exs[:1], "alpaca", batch_size=1, max_new_tokens=6,
                                          model_name="base")
     gen_by = _by_key(gen)
     for g in single:

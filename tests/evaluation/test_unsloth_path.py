@@ -93,7 +93,7 @@ def test_scoring_refuses_sequences_longer_than_max_seq_length(tiny_model, tiny_d
                        match=f"max_seq_length {longest - 1}.*longest {longest}.*at least {longest}"):
         scoring.score_answers(model, tok, exs, "alpaca", 4)
     with pytest.raises(UserError, match="prompt \\+ max_new_tokens"):
-        generation.generate_choices(model, tok, exs, max_new_tokens=longest)
+        generation.generate_choices(model, tok, exs, "alpaca", 8, max_new_tokens=longest)
     model.max_seq_length = longest  # exactly fits: scores are those of the unlimited model
     again = scoring.score_answers(model, tok, exs, "alpaca", 4)
     assert [r["logp_a"] for r in again] == pytest.approx([r["logp_a"] for r in rows], abs=1e-6)

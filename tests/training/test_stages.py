@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 
 from dporec import ROOT, UserError, files
@@ -433,6 +434,8 @@ def test_resume_auto_continues_starts_fresh_or_leaves_finished(tiny_data, tiny_m
         run(stages.run_sft, tiny_data, tiny_model, tmp_path, callbacks=[_interrupt_at(4)])
     run(stages.run_sft, tiny_data, tiny_model, tmp_path, "resume=auto")
     assert metrics(tmp_path / "sft")["resumed_from"].endswith("checkpoint-4")
+    # the config the stage saved is the user's as given: resume=auto, not "a checkpoint was found"
+    assert yaml.safe_load((tmp_path / "sft" / "config.yaml").read_text())["resume"] == "auto"
     a, b = adapter_weights(sft_run / "sft"), adapter_weights(tmp_path / "sft")
     assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-5) for k in a)
     before = (tmp_path / "sft" / "metrics.json").read_text()

@@ -131,6 +131,13 @@ def write_ml1m(out_dir: str | Path, n_users: int = ML1M_USERS, n_movies: int = M
     rng = np.random.default_rng(seed)
     genre_mask, movies_table = _movies(rng, n_movies)
     liked, disliked = _tastes(rng, n_users)
+    return _write_folder(out_dir, rng, movies_table, genre_mask, liked, disliked, ratings_per_user)
+
+
+def _write_folder(out_dir, rng, movies_table: pd.DataFrame, genre_mask: np.ndarray, liked: np.ndarray,
+                  disliked: np.ndarray, ratings_per_user: int) -> Path:
+    """Draw each user's ratings from their tastes and write ratings.dat, movies.dat and users.dat."""
+    n_users, n_movies = liked.shape[0], len(movies_table)
     extra = rng.exponential(ratings_per_user - MIN_RATINGS_PER_USER, n_users).astype(np.int64)
     counts = np.minimum(MIN_RATINGS_PER_USER + extra, n_movies)
     users = np.repeat(np.arange(n_users), counts)
@@ -191,16 +198,4 @@ def write_ml1m_shared_tastes(out_dir: str | Path, n_users: int = 400, n_movies: 
     movies = pd.DataFrame({"id": ids, "title": [f"Film {i} ({y})" for i, y in zip(ids, years)],
                            "genres": [GENRES[g] for g in genre]})
     liked, disliked = _shared_tastes(rng, n_users)
-    extra = rng.exponential(ratings_per_user - MIN_RATINGS_PER_USER, n_users).astype(np.int64)
-    counts = np.minimum(MIN_RATINGS_PER_USER + extra, n_movies)
-    users = np.repeat(np.arange(n_users), counts)
-    rated = rated_movies(rng, counts, n_movies)
-    ratings = pd.DataFrame({"user": users + 1, "movie": rated + 1,
-                            "rating": star_ratings(rng, users, rated, liked, disliked, mask),
-                            "timestamp": timestamps(rng, counts)})
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    write_dat(out / "ratings.dat", ratings)
-    write_dat(out / "movies.dat", movies)
-    write_dat(out / "users.dat", users_table(rng, n_users))
-    return out
+    return _write_folder(out_dir, rng, movies, mask, liked, disliked, ratings_per_user)
