@@ -15,7 +15,8 @@
 # <step>-runs.tgz (every child's log, metrics.json, run_info.json). A step cut off by its time limit
 # still leaves what it finished (the JSON is rewritten after every stage), and rerunning it on the
 # same machine continues where it stopped. The 8b steps also write benchmarks/results/utilisation.json
-# (copy it back into the checkout: verify_setup.py's time prediction reads it).
+# (copy it back into the checkout: verify_setup.py --utilisation benchmarks/results/utilisation.json
+# predicts from it).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 STEP=${1:?usage: bash benchmarks/gpu_run.sh e2e|small|8b|8b-4x2}
@@ -59,6 +60,8 @@ e2e)
         COMMON=(model.name=$M model.backend=$B output_dir=$O data.train_file=$D/train.jsonl
                 data.val_file=$D/val.jsonl data.test_file=$D/test.jsonl train.optim=adamw_8bit
                 train.gradient_checkpointing=true --overwrite)
+        # Unsloth cannot run the shared-prompt DPO forward (a custom mask): DPO under Unsloth shares nothing
+        [ "$B" = unsloth ] && COMMON+=(dpo.prefix_sharing=false)
         echo "=== $B: SFT -> DPO (from SFT) -> evaluation"
         timeout 150 python3 train_sft.py --config configs/tiny.yaml "${COMMON[@]}" &&
         timeout 150 python3 train_dpo.py --config configs/tiny.yaml "${COMMON[@]}" &&
@@ -80,7 +83,7 @@ small)
     timeout 560 python3 benchmarks/bench_train.py --shape llama3-8b --backends hf,unsloth --batch-sizes $BATCH \
         --steps 6 --eval-pairs 16 --out $BENCH --model-dir $BENCH/models/llama3-8b --predict-3090 "${TOKARG[@]}"
     cp $BENCH/bench_llama3-8b.json "$OUT/bench_llama3-8b-$BATCH.json"; pack $BENCH/runs/llama3-8b
-    cp benchmarks/results/utilisation.json "$OUT/" 2>/dev/null   # the measured MFU for verify_setup
+    cp benchmarks/results/utilisation.json "$OUT/" 2>/dev/null   # the measured MFU for verify_setup --utilisation
     ;;
 *)
     echo "unknown step $STEP: use e2e, small, 8b or 8b-4x2"; exit 2 ;;

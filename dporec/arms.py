@@ -158,6 +158,16 @@ class Arm:
     def stage(self, name: str) -> Stage:
         return next(s for s in self.stages if s.name == name)
 
+    def unmet(self, cfg: dict) -> list[str]:
+        """What the config lacks for this arm: one message per `requires` entry it does not meet."""
+        out = []
+        for key, value, why in self.requires:
+            section, leaf = key.split(".")
+            if cfg[section][leaf] != value:
+                out.append(f"the {self.name} arm {why}, so it needs {key}={value} "
+                           f"(got {cfg[section][leaf]!r})")
+        return out
+
 
 # ---------------------------------------------------------------------------------------------
 # The compute-matched SFT control: SFT continued for as many steps as DPO took

@@ -39,6 +39,8 @@ def _spec(args, cfg: dict, kind: str) -> arms.StageSpec | None:
     if getattr(args, "arm", None):
         from dporec.runs.adapters import FinishedRun
         arm = arms.by_name(args.arm)
+        for problem in arm.unmet(cfg):
+            raise UserError(f"--arm {arm.name}: {problem}")
         stage = next(s for s in arm.stages if s.kind == kind)
         return arm.derive(stage, FinishedRun(cfg, f"--arm {arm.name}"))
     return None

@@ -360,11 +360,8 @@ def _check_together(cfg: dict, where: str) -> None:
             raise UserError(f"{where}: 'dpo.loss_weights' must hold one number >= 0 per dpo.loss_type entry "
                             f"({d['loss_type']}), got {d['loss_weights']!r}")
     for arm in arms.enabled(cfg):
-        for key, value, why in arm.requires:
-            section, leaf = key.split(".")
-            if cfg[section][leaf] != value:
-                raise UserError(f"{where}: 'experiment.{arm.switch}' {why}, so it needs {key}={value} "
-                                f"(got {cfg[section][leaf]!r})")
+        for problem in arm.unmet(cfg):
+            raise UserError(f"{where}: 'experiment.{arm.switch}': {problem}")
     seeds = cfg["seeds"]
     if seeds is not None and (len(set(map(str, seeds))) != len(seeds)
                               or not all(isinstance(x, int) and not isinstance(x, bool) for x in seeds)):
@@ -403,10 +400,12 @@ def updated(cfg: dict, settings: dict) -> dict:
 
 def load_config(path: str | os.PathLike | None, overrides: list[str] = (), recorded: bool = False) -> dict:
     """Defaults, then the YAML file, then `KEY=VALUE` overrides; everything validated. recorded: the file
-    is a config.yaml a stage wrote, whose RETIRED keys (written by an earlier version) are passed over."""
+    is a config.yaml a stage wrote (as is every one with a run_info.json beside it), whose RETIRED keys
+    (written by an earlier version) are passed over."""
     cfg = defaults()
     if path is not None:
         path = Path(path)
+        recorded = recorded or (path.parent / "run_info.json").is_file()
         if not path.exists():
             raise UserError(f"config file not found: {path}")
         text = read_text(path)

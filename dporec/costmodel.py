@@ -97,9 +97,12 @@ class ModelShape:
     @classmethod
     def from_config(cls, config: dict) -> ModelShape:
         """A Llama-style config.json's counts, by arithmetic (no model is built): the projections, two
-        norms per layer, a final norm, the embedding and (untied) the LM head."""
+        norms per layer, a final norm, the embedding and (untied) the LM head. A decoder config of another
+        layout is counted as if it were one (an MLP of 4 x hidden when it names none): close enough for
+        the GPU rule and the estimates. A KeyError when it names no hidden size, layers or vocabulary."""
         h, layers, vocab = config["hidden_size"], config["num_hidden_layers"], config["vocab_size"]
-        proj = projection_shapes(config)
+        proj = projection_shapes(config) or projection_shapes(
+            {"intermediate_size": 4 * h, "num_attention_heads": 1, **config, "hidden_size": h})
         per_layer = sum(i * o for i, o in proj.values()) + 2 * h
         emb = vocab * h
         tied = bool(config.get("tie_word_embeddings"))

@@ -155,6 +155,7 @@ def run_once(cfg: dict, rt: runtime.Runtime, config_path: str = "<your config>")
     results = read_json(results_file)
     if not current(results):
         results = refresh(cfg, results_file)
+        status[arms.EVAL.name] = "re-analysed"
     return results, status
 
 
@@ -170,8 +171,9 @@ def run(cfg: dict, config_path: str = "<your config>") -> int:
     if not seeds:
         results, st = run_once(cfg, rt, config_path)
         status.update(st)
-        log.info(tables.format_table(results))
-        log.info(tables.format_verdict(results))
+        if st[arms.EVAL.name] == "skipped":  # an evaluation that ran has reported its tables already
+            log.info(tables.format_table(results))
+            log.info(tables.format_verdict(results))
         _report_status(status, time.perf_counter() - t0)
         log.info(f"results: {arms.EVAL.marker_file(cfg['output_dir'])}")
         return 0

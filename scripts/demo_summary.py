@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import sys
 
-from dporec import ROOT, arms
+from dporec import ROOT, arms, log
 from dporec.config import load_config, run_main
+from dporec.evaluation.stage import current, refresh
 from dporec.files import read_json
 from dporec.report import tables
 
@@ -25,6 +26,7 @@ SHOWN = (
 
 
 def main(argv: list[str] | None = None) -> int:
+    log.setup()
     for config, what in SHOWN:
         results_file = arms.EVAL.marker_file(load_config(ROOT / config)["output_dir"])
         print("=" * 100 + f"\n{what}\n")
@@ -32,6 +34,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  (not run: {results_file} is missing; run python run_experiment.py --config {config})\n")
             continue
         results = read_json(results_file)
+        if not current(results):  # written by an earlier version: analysed again from its predictions.csv
+            results = refresh(load_config(ROOT / config), results_file)
         print(tables.format_table(results))
         print(tables.format_verdict(results))
         print(f"  report: {results_file.parent / 'report.md'}\n")

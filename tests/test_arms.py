@@ -182,3 +182,28 @@ def test_stages_read_their_spec_not_plumbing_keys():
     assert arms.spec_from_dict(json.loads(json.dumps(arms.spec_to_dict(onpolicy)))) == onpolicy
     assert arms.main_spec(arms.DPO, cfg, done).init_adapter == "runs/x/sft"
     assert arms.main_spec(arms.DPO, load_config(None, ["dpo.init=base"]), done).init_adapter is None
+
+
+def test_an_arm_run_alone_still_needs_what_its_switch_needs(tmp_path):
+    """train_dpo.py --arm onpolicy with dpo.init=base would train from SFT while recording init: base: the
+    arm's needs hold for --arm as for its switch (Arm.unmet, one rule)."""
+    from dporec import UserError, cli
+    with pytest.raises(UserError, match="--arm onpolicy.*dpo.init=sft"):
+        cli.train_dpo(["--config", "configs/tiny.yaml", f"output_dir={tmp_path}", "dpo.init=base",
+                       "--arm", "onpolicy"])
+
+
+def test_a_given_sft_adapter_is_neither_trained_nor_costed(tmp_path):
+    """dpo.sft_adapter: the run's one SFT adapter comes from elsewhere, so the cost model prices no SFT."""
+    from dporec.preflight import cost
+    from dporec.runs.adapters import eval_adapters, sft_adapter_given
+    cfg = load_config(None, [f"output_dir={tmp_path / 'run'}", f"dpo.sft_adapter={tmp_path / 'elsewhere'}",
+                             "eval.ranking=false", "experiment.control_arm=true"])
+    assert sft_adapter_given(cfg) and eval_adapters(cfg)["sft"] == tmp_path / "elsewhere"
+    done = arms.Predicted(cfg["output_dir"], str(tmp_path / "elsewhere"), 5, 1e-5)
+    assert arms.spec_for(arms.CONTROL, cfg, done).init_adapter == str(tmp_path / "elsewhere")
+    data = cost.DataShape(train=10, val=4, test=6, prompt=100, answer=20)
+    shape = ModelShape.from_config({"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+                                    "num_attention_heads": 4, "vocab_size": 512})
+    names = [s.name for s in cost.stages(cfg, shape, data, dict.fromkeys(runtime.KINDS, "hf"))]
+    assert names == ["DPO", "DPO reference", "SFT control", "evaluation"]

@@ -166,9 +166,14 @@ def evaluate(cfg: dict, rt=None, from_predictions: str | Path | None = None,
 
     from dporec.modeling import backends, runtime
     spec = spec or arms.StageSpec(arms.EVAL)
+    resume, overwrite = spec.mode(cfg)
+    folder = arms.EVAL.folder(cfg["output_dir"])
+    if lifecycle.finished_already(folder, resume, arms.EVAL.marker):  # resume=auto leaves it as it is
+        results_file = arms.EVAL.marker_file(cfg["output_dir"])
+        results = read_json(results_file)
+        return _report(results, results_file) if current(results) else refresh(cfg, results_file)
     rt = rt or runtime.setup(cfg, "eval")
     backend = rt.check("eval", arms.EVAL.script)
-    resume, overwrite = spec.mode(cfg)
     ec = cfg["eval"]
     test_file = cfg["data"]["test_file"]
     built.check_agrees(cfg["data"])  # scores of other data are not this config's
@@ -182,10 +187,6 @@ def evaluate(cfg: dict, rt=None, from_predictions: str | Path | None = None,
         sets = candidates.load(ranking_file, limit=ec["ranking_max_users"])
     backends.check_model_name(cfg["model"]["name"])
     adapters = find_adapters(cfg, config_path)
-    folder = arms.EVAL.folder(cfg["output_dir"])
-    if lifecycle.finished_already(folder, resume, arms.EVAL.marker):
-        results_file = arms.EVAL.marker_file(cfg["output_dir"])
-        return _report(read_json(results_file), results_file)
     eval_dir = lifecycle.prepare_run_dir(folder, resume, overwrite, arms.EVAL.marker)
     log.info(f"[eval] {len(examples)} test pairs from {test_file}; models: {', '.join(adapters)}")
     with lifecycle.stage_guard(eval_dir, resumable=False):

@@ -27,7 +27,7 @@ KINDS = ("sft", "dpo", "sampling", "eval")  # dporec.arms.Stage.kind
 
 @dataclass(frozen=True)
 class Runtime:
-    backends: dict                   # stage kind -> "unsloth" | "hf"
+    backends: dict                   # stage kind -> "unsloth" | "hf" | None (cannot run here: see why)
     process_backend: str             # the backend this process loaded (its first stage's)
     cuda: bool
     capability: tuple | None         # GPU 0's compute capability; None without CUDA
@@ -42,7 +42,10 @@ class Runtime:
         return self.backends[kind] == self.process_backend
 
     def check(self, kind: str, script: str) -> str:
-        """The stage's backend, or a UserError when this process was set up for another one."""
+        """The stage's backend, or a UserError when the config cannot run it here or this process was set
+        up for another backend."""
+        if self.backends[kind] is None:
+            raise UserError(self.why[kind])
         if not self.runs_here(kind):
             raise UserError(f"this process runs the {self.process_backend} backend (Unsloth patches the "
                             f"model classes for the whole process), but the {kind} stage runs on "
@@ -50,12 +53,26 @@ class Runtime:
         return self.backends[kind]
 
 
-def plan(cfg: dict, cuda: bool, has_unsloth: bool, processes: int = 1) -> dict[str, tuple[str, str]]:
+def plan(cfg: dict, cuda: bool, has_unsloth: bool, processes: int = 1) -> dict[str, tuple[str | None, str]]:
     """{stage kind: (backend, why)} for this config on a machine with these facts; imports nothing.
-    The DPO stage with dpo.prefix_sharing runs on hf (its shared-prompt forward needs a custom mask)."""
-    return {kind: choose_backend(cfg["model"]["backend"], cuda, has_unsloth, processes > 1,
-                                 shared_prompt=kind == "dpo" and cfg["dpo"]["prefix_sharing"])
-            for kind in KINDS}
+    The DPO stage with dpo.prefix_sharing runs on hf (its shared-prompt forward needs a custom mask). A kind
+    the config cannot run here gets (None, why): an error only where a stage of that kind runs."""
+    out = {}
+    for kind in KINDS:
+        try:
+            out[kind] = choose_backend(cfg["model"]["backend"], cuda, has_unsloth, processes > 1,
+                                       shared_prompt=kind == "dpo" and cfg["dpo"]["prefix_sharing"])
+        except UserError as e:
+            out[kind] = (None, str(e))
+    return out
+
+
+def backends_of(chosen: dict[str, tuple[str | None, str]]) -> dict[str, str]:
+    """{kind: backend} of a plan; a UserError naming the first kind the config cannot run."""
+    for backend, why in chosen.values():
+        if backend is None:
+            raise UserError(why)
+    return {k: b for k, (b, _) in chosen.items()}
 
 
 def setup(cfg: dict, first: str) -> Runtime:
@@ -67,6 +84,8 @@ def setup(cfg: dict, first: str) -> Runtime:
     cuda = torch.cuda.is_available()
     has_unsloth = importlib.util.find_spec("unsloth") is not None
     chosen = plan(cfg, cuda, has_unsloth, world_size())
+    if chosen[first][0] is None:
+        raise UserError(chosen[first][1])
     backends = {k: b for k, (b, _) in chosen.items()}
     if "unsloth" in sys.modules and backends[first] == "hf":
         raise UserError("Unsloth was imported in this process before the run started (it patches "

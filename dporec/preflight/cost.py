@@ -179,14 +179,15 @@ def _evaluation(cfg: dict, model: ModelShape, data: DataShape, backend: str, n_m
 def stages(cfg: dict, model: ModelShape, data: DataShape, backends: dict[str, str]) -> list[Stage]:
     """Every stage the run will run (arms.stages() order, the switched-on arms only) with its FLOPs.
     backends: {stage kind: backend} (modeling.runtime.plan)."""
-    from dporec.runs.adapters import eval_adapters
+    from dporec.runs.adapters import eval_adapters, sft_adapter_given
     n_train = min(data.train, cfg["data"]["max_train_examples"] or data.train)
     n_val = min(data.val, cfg["data"]["max_val_examples"] or data.val)
     dpo_steps = _steps(cfg, "dpo", n_train)[0]
     done = arms.Predicted(output_dir=cfg["output_dir"], sft_adapter="<the run's SFT adapter>",
                           dpo_steps=dpo_steps, dpo_learning_rate=cfg["dpo"]["learning_rate"])
     out = []
-    for stage in (arms.SFT, arms.DPO, *(s for a in arms.enabled(cfg) for s in a.stages)):
+    trained_sft = [] if sft_adapter_given(cfg) else [arms.SFT]  # dpo.sft_adapter: no SFT stage of its own
+    for stage in (*trained_sft, arms.DPO, *(s for a in arms.enabled(cfg) for s in a.stages)):
         spec = arms.spec_for(stage, cfg, done)
         backend = backends[stage.kind]
         if stage.kind == "sampling":

@@ -10,7 +10,7 @@ import platform
 import sys
 from pathlib import Path
 
-from dporec import ROOT, UserError
+from dporec import ROOT
 from dporec.preflight.table import FAIL, GB, OK, WARN, row
 
 GPU_ONLY_PACKAGES = ("unsloth", "unsloth_zoo", "xformers", "torchvision")
@@ -219,12 +219,15 @@ def check_backend(ctx):
     from dporec.modeling import runtime
     from dporec.modeling.backends import world_size
     requested = ctx.cfg["model"]["backend"]
-    try:
-        backend, why = runtime.plan(ctx.cfg, ctx.cuda, ctx.has_unsloth, world_size())["sft"]
-    except UserError as e:
+    chosen = runtime.plan(ctx.cfg, ctx.cuda, ctx.has_unsloth, world_size())
+    backend, why = chosen["sft"]
+    if backend is None:
         fix = ("pip install -r requirements.txt" if ctx.cuda and not ctx.has_unsloth
                else "pass model.backend=hf (or auto)")
-        return row(FAIL, "backend", str(e), fix)
+        return row(FAIL, "backend", why, fix)
+    if chosen["dpo"][0] is None:  # the config's other stages run; its DPO stage cannot
+        detail = f"{backend} for SFT and evaluation, but DPO cannot run: {chosen['dpo'][1]}"
+        return row(FAIL, "backend", detail, "set dpo.prefix_sharing=false, or model.backend=auto")
     if backend == "hf":
         if requested == "hf":
             return row(OK, "backend", "hf (transformers + bitsandbytes + PEFT), as configured")

@@ -54,8 +54,12 @@ def check_memory(ctx):
     from dporec.preflight import cost
     if ctx.shape is None:
         return row(WARN, "memory", "model config not available: cannot estimate the memory needed")
-    data = cost.data_shape(ctx.cfg, ctx.tokenizer) if not ctx.data.missing else None
-    peaks = cost.peak_memory(ctx.cfg, ctx.shape, data or cost.ML1M_BUILD, _backends(ctx), gpu=ctx.cuda)
+    data = cost.data_shape(ctx.cfg, ctx.tokenizer) if not ctx.data.missing and not ctx.data.errors else None
+    try:
+        backends = _backends(ctx)
+    except UserError:  # the backend row says why; the memory of a DPO stage without a shared prompt
+        backends = {"dpo": None}
+    peaks = cost.peak_memory(ctx.cfg, ctx.shape, data or cost.ML1M_BUILD, backends, gpu=ctx.cuda)
     need = max(peaks.values()) * GB
     free, cap, where = free_memory(ctx.cuda)
     four_bit = ctx.cfg["model"]["load_in_4bit"]
@@ -72,11 +76,11 @@ def check_memory(ctx):
 
 def _backends(ctx) -> dict[str, str]:
     """{stage kind: backend} the run would use: on this GPU, or, without one, on a GPU install
-    (requirements.txt installs unsloth)."""
+    (requirements.txt installs unsloth); a UserError when the config cannot run a stage there."""
     from dporec.modeling import runtime
     from dporec.modeling.backends import world_size
     has_unsloth = ctx.has_unsloth if ctx.cuda else True
-    return {k: b for k, (b, _) in runtime.plan(ctx.cfg, True, has_unsloth, world_size()).items()}
+    return runtime.backends_of(runtime.plan(ctx.cfg, True, has_unsloth, world_size()))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -89,7 +89,10 @@ class Facts:
 
         from dporec.costmodel import LLAMA3_8B, ModelShape
         if self.model_config:
-            return ModelShape.from_config(self.model_config)
+            try:
+                return ModelShape.from_config(self.model_config)
+            except KeyError:  # not a decoder config the cost model can count
+                return None
         return LLAMA3_8B if re.search(r"llama-?3.*8b", self.cfg["model"]["name"], re.IGNORECASE) else None
 
     @cached_property

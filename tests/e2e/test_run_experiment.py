@@ -191,7 +191,7 @@ def test_results_from_the_previous_version_are_reanalysed_not_rescored(tmp_path,
     from dporec.config import load_config
     cfg = load_config(TINY_CONFIG, [f"output_dir={out}"])
     results, status = experiment.run_once(cfg, runtime.setup(cfg, "sft"))
-    assert status == {"sft": "skipped", "dpo": "skipped", "eval": "skipped"}
+    assert status == {"sft": "skipped", "dpo": "skipped", "eval": "re-analysed"}
     assert "a_accuracy" in results["comparison"] and "earlier version" in capsys.readouterr().out
     assert "ci" in results["comparison"] and results["alpha"] == 0.05  # the layout every report reads now
     previous = json.loads((out / "eval" / "results.previous.json").read_text())

@@ -281,3 +281,19 @@ def test_a_negligible_difference_is_not_supported_through_from_predictions(tmp_p
     c = json.loads((tmp_path / "r" / "eval" / "results.json").read_text())["comparison"]
     assert 0 < c["difference"] < 0.001 and c["ci"][1] < 0.02
     assert c["verdict"] == "NOT SUPPORTED" and c["margin_status"] == "ruled out"
+
+
+def test_an_earlier_versions_finished_evaluation_is_reanalysed_not_misread(tmp_path, capsys):
+    """evaluate_dpo.py resume=auto on an evaluation written before the level was recorded (ci95 keys): its
+    predictions.csv is analysed again instead of the old results.json being read into today's tables."""
+    import shutil
+    eval_dir = tmp_path / "run" / "eval"
+    eval_dir.mkdir(parents=True)
+    for name in ("predictions.csv", "results.json"):
+        shutil.copy(LEGACY / name, eval_dir / name)
+    assert "ci95" in (eval_dir / "results.json").read_text()
+    assert evaluate_main(["--config", str(TINY_CONFIG), f"output_dir={tmp_path / 'run'}", "resume=auto",
+                          "eval.ranking=false"]) == 0
+    out = capsys.readouterr().out
+    assert "earlier version" in out and "95% CI" in out
+    assert '"ci"' in (eval_dir / "results.json").read_text()

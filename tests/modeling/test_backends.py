@@ -345,3 +345,24 @@ def test_shared_prompt_dpo_runs_on_hf():
     assert plan["dpo"][0] == "hf" and {plan[k][0] for k in ("sft", "sampling", "eval")} == {"unsloth"}
     plan = runtime.plan(load_config(TINY_CONFIG, ["dpo.prefix_sharing=false"]), True, True)
     assert {b for b, _ in plan.values()} == {"unsloth"}
+
+
+def test_an_impossible_dpo_backend_stops_only_the_dpo_stage(monkeypatch):
+    """model.backend=unsloth with the shared-prompt DPO (which Unsloth cannot run): SFT, evaluation and
+    sampling still set up on Unsloth; only the DPO stage is refused, saying what to change. A GPU with
+    Unsloth is simulated (a stand-in module; nothing of Unsloth's runs)."""
+    import types
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(runtime, "cuda_capability", lambda: (8, 6))
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object())
+    monkeypatch.setitem(__import__("sys").modules, "unsloth", types.ModuleType("unsloth"))
+    cfg = load_config(TINY_CONFIG, ["model.backend=unsloth"])
+    rt = runtime.setup(cfg, "sft")
+    assert rt.backend("sft") == rt.backend("eval") == rt.backend("sampling") == "unsloth"
+    assert rt.check("eval", "evaluate_dpo.py") == "unsloth"
+    with pytest.raises(UserError, match="dpo.prefix_sharing=false"):
+        rt.check("dpo", "train_dpo.py")
+    with pytest.raises(UserError, match="dpo.prefix_sharing=false"):
+        runtime.setup(cfg, "dpo")
+    assert runtime.setup(load_config(TINY_CONFIG, ["model.backend=unsloth", "dpo.prefix_sharing=false"]),
+                         "dpo").backend("dpo") == "unsloth"

@@ -91,5 +91,7 @@ def test_several_processes_use_the_hf_backend(monkeypatch):
     cfg = load_config(TINY_CONFIG)
     plan = runtime.plan(cfg, True, True, world_size())
     assert {b for b, _ in plan.values()} == {"hf"} and "several processes" in plan["sft"][1]
+    refused = runtime.plan(load_config(TINY_CONFIG, ["model.backend=unsloth"]), True, True, world_size())
+    assert refused["sft"][0] is None and "model.backend=hf" in refused["sft"][1]
     with pytest.raises(UserError, match="model.backend=hf"):
-        runtime.plan(load_config(TINY_CONFIG, ["model.backend=unsloth"]), True, True, world_size())
+        runtime.backends_of(refused)
