@@ -270,6 +270,6 @@ def format_prediction(pred: Prediction, data: DataShape) -> list[str]:
     lines.append(f"  {'total':<28}{'':<9}{'':>9}{sum(s.flops for s, _ in pred.rows) / 1e15:>8.0f}"
                  f"{pred.hours:>7.2f}")
     peaks = ", ".join(f"{k} {v:.1f} GiB" for k, v in pred.peak_gib.items())
-    lines.append(f"  peak memory (predicted, the memory row's estimate): {peaks} of {pred.memory_gib} GiB; "
-                 f"token sizes from {data.measured}")
+    lines.append(f"  peak GPU memory (predicted; the memory row's estimate, in 16-bit on the GPU): {peaks} "
+                 f"of {pred.memory_gib} GiB; token sizes from {data.measured}")
     return lines
