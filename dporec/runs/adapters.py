@@ -51,8 +51,8 @@ class FinishedRun:
         rec = provenance.stage_record(arms.DPO.folder(self.output_dir))
         if rec is None:
             raise UserError(f"{self.needed_for} is sized by the finished DPO stage, but "
-                            f"{arms.DPO.folder(self.output_dir)} holds none: run python train_dpo.py --config "
-                            "<same config> first")
+                            f"{arms.DPO.folder(self.output_dir)} holds none: run python train_dpo.py "
+                            "--config <same config> first")
         return rec
 
     @cached_property
@@ -87,8 +87,8 @@ def eval_adapters(cfg: dict) -> dict[str, Path | None]:
         if name == "base" or name in built_in and name in cfg["eval"]["models"]:
             raise UserError(f"eval.adapters: the name {name!r} is taken by a built-in model; choose another")
         if name in arm_models and Path(str(path)).resolve() != arm_models[name].resolve():
-            raise UserError(f"eval.adapters: the name {name!r} is the model of an arm this config switches on "
-                            f"({arm_models[name]}); choose another name")
+            raise UserError(f"eval.adapters: the name {name!r} is the model of an arm this config switches "
+                            f"on ({arm_models[name]}); choose another name")
         found[name] = Path(str(path))
     for name, path in arm_models.items():
         found.setdefault(name, path)
@@ -98,8 +98,10 @@ def eval_adapters(cfg: dict) -> dict[str, Path | None]:
 def missing_adapter_message(name: str, path: Path, config_path: str) -> str:
     stage = next((s for s in arms.stages() if s.name == name and s.kind != "eval"), None)
     arm = arms.arm_of(name)
-    how = (f"train it with: python {stage.script} --config {config_path}" + (f" --arm {arm.name}" if arm else "")
-           if stage else "check eval.adapters")
+    how = "check eval.adapters"
+    if stage:
+        how = f"train it with: python {stage.script} --config {config_path}"
+        how += f" --arm {arm.name}" if arm else ""
     return f"the evaluation scores {name!r}, but {path} holds no adapter (no {ADAPTER_FILE}); {how}"
 
 
