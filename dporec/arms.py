@@ -37,8 +37,9 @@ class Stage:
         return self.folder(output_dir) / self.marker
 
 
-SFT = Stage("sft", "sft", "metrics.json", "train_sft.py", "SFT")
-DPO = Stage("dpo", "dpo", "metrics.json", "train_dpo.py", "DPO")
+TRAINING_MARKER = "metrics.json"  # what a training stage writes last (dporec.training.metrics)
+SFT = Stage("sft", "sft", TRAINING_MARKER, "train_sft.py", "SFT")
+DPO = Stage("dpo", "dpo", TRAINING_MARKER, "train_dpo.py", "DPO")
 EVAL = Stage("eval", "eval", "results.json", "evaluate_dpo.py", "evaluation")
 TRAINING_KINDS = ("sft", "dpo")  # the kinds whose config section ([sft], [dpo]) holds steps and rate
 
@@ -172,7 +173,7 @@ class Arm:
 # ---------------------------------------------------------------------------------------------
 # The compute-matched SFT control: SFT continued for as many steps as DPO took
 
-CONTROL = Stage("sft_control", "sft", "metrics.json", "train_sft.py", "SFT control")
+CONTROL = Stage("sft_control", "sft", TRAINING_MARKER, "train_sft.py", "SFT control")
 
 
 def _control_spec(stage: Stage, done: Finished) -> StageSpec:
@@ -211,7 +212,7 @@ CONTROL_ARM = Arm(
 
 PAIRS = Stage("onpolicy_pairs", "sampling", "summary.json", "sample_onpolicy.py", "on-policy sampling",
               output="pairs.jsonl")
-ONPOLICY = Stage("dpo_onpolicy", "dpo", "metrics.json", "train_dpo.py", "on-policy DPO")
+ONPOLICY = Stage("dpo_onpolicy", "dpo", TRAINING_MARKER, "train_dpo.py", "on-policy DPO")
 
 
 def _onpolicy_spec(stage: Stage, done: Finished) -> StageSpec:

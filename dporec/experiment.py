@@ -29,6 +29,7 @@ from dporec.modeling import runtime
 from dporec.modeling.backends import release_memory
 from dporec.onpolicy.stage import run_sampling
 from dporec.report import markdown, outputs, tables
+from dporec.report.predictions import FILE as PREDICTIONS_FILE
 from dporec.report.predictions import read_predictions
 from dporec.report.sentences import verdict_sentence
 from dporec.runs import lifecycle, provenance
@@ -185,7 +186,7 @@ def run(cfg: dict, config_path: str = "<your config>") -> int:
         results_by_seed[s], st = run_once(seed_cfg, rt, config_path)
         status.update({f"{k} (seed {s})": v for k, v in st.items()})
     eval_dirs = {s: arms.EVAL.folder(out_dir / f"seed-{s}") for s in seeds}
-    rows = {s: read_predictions(eval_dirs[s] / "predictions.csv") for s in seeds}
+    rows = {s: read_predictions(eval_dirs[s] / PREDICTIONS_FILE) for s in seeds}
     ec = cfg["eval"]
     agg = aggregate_seeds(results_by_seed, rows, arms.comparisons(), margin=ec["margin_points"] / 100,
                           alpha=ec["alpha"])

@@ -21,12 +21,12 @@ from dporec.evaluation.results import add_baselines, analyse, task_of
 from dporec.files import read_json
 from dporec.modeling import adapters as adapters_mod
 from dporec.report import outputs, tables
+from dporec.report.predictions import FILE as PREDICTIONS_FILE
 from dporec.report.predictions import read_predictions
 from dporec.runs import lifecycle, provenance
 from dporec.runs.adapters import find_adapters
 
 log = logging.getLogger(__name__)
-PREDICTIONS = "predictions.csv"
 
 # ---------------------------------------------------------------------------------------------
 # Scoring every model
@@ -125,7 +125,7 @@ def reanalyse(cfg: dict, source: Path, spec: arms.StageSpec | None = None) -> tu
     resume, overwrite = spec.mode(cfg)
     eval_dir = arms.EVAL.folder(cfg["output_dir"])
     results_file = eval_dir / arms.EVAL.marker
-    target = eval_dir / PREDICTIONS
+    target = eval_dir / PREDICTIONS_FILE
     in_place = target.is_file() and source.resolve() == target.resolve()
     rows = read_predictions(source)
     previous = {}
@@ -263,8 +263,9 @@ def current(results: dict) -> bool:
 def refresh(cfg: dict, results_file: Path) -> dict:
     """An earlier version's results.json analysed again from its predictions.csv (the same numbers' source),
     so that every report reads the layout it expects."""
-    if not (results_file.parent / PREDICTIONS).is_file():
-        raise UserError(f"{results_file} was written by an earlier version and has no {PREDICTIONS} beside "
+    source = results_file.parent / PREDICTIONS_FILE
+    if not source.is_file():
+        raise UserError(f"{results_file} was written by an earlier version and has no {source.name} beside "
                         "it to re-analyse; evaluate again with --overwrite")
-    log.info(f"[eval] {results_file} was written by an earlier version: re-analysing its {PREDICTIONS}")
-    return evaluate(cfg, from_predictions=results_file.parent / PREDICTIONS)
+    log.info(f"[eval] {results_file} was written by an earlier version: re-analysing its {source.name}")
+    return evaluate(cfg, from_predictions=source)

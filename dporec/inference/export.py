@@ -16,7 +16,7 @@ from dporec import UserError
 from dporec.config import load_config, updated
 from dporec.runs.adapters import check_adapter
 from dporec.runs.lifecycle import check_writable
-from dporec.runs.provenance import input_record
+from dporec.runs.provenance import CONFIG, input_record
 
 log = logging.getLogger(__name__)
 
@@ -26,9 +26,9 @@ DTYPES = ("bfloat16", "float16", "float32")
 def adapter_run_config(adapter: Path, base: str | None) -> dict:
     """The config the adapter was trained with (its config.yaml), else defaults with its recorded base."""
     acfg = check_adapter(adapter)
-    recorded = adapter / "config.yaml"
+    recorded = adapter / CONFIG
     cfg = load_config(recorded, recorded=True) if recorded.is_file() else load_config(None)
-    name = base or (cfg["model"]["name"] if (adapter / "config.yaml").is_file()
+    name = base or (cfg["model"]["name"] if recorded.is_file()
                     else acfg.get("base_model_name_or_path"))
     if not name:
         raise UserError(f"{adapter}: no config.yaml and no base_model_name_or_path in adapter_config.json; "

@@ -7,6 +7,8 @@ from pathlib import Path
 
 from dporec import UserError
 
+FILE = "predictions.csv"  # in the evaluation folder
+
 # predictions.csv columns, in this order; any other keys the scorer adds follow, sorted by name.
 PREDICTION_COLUMNS = (
     "model", "pair_id", "user_id", "order", "label", "option_a_id", "option_b_id",
@@ -22,7 +24,7 @@ def write_predictions(eval_dir, rows) -> Path:
     rows = list(rows)
     extra = sorted({k for r in rows for k in r} - set(PREDICTION_COLUMNS))
     columns = list(PREDICTION_COLUMNS) + extra
-    path = Path(eval_dir) / "predictions.csv"
+    path = Path(eval_dir) / FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=columns, restval="")

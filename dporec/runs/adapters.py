@@ -149,7 +149,7 @@ def check_adapter(path: str | Path, base_name: str | None = None) -> dict:
 def _check_same_base(adapter: Path, base_name: str) -> None:
     """A same-named base with other weights (a rebuilt or replaced folder) would load the adapter without
     complaint and score a different model: compare the fingerprint the adapter's training recorded."""
-    info = adapter / "run_info.json"
+    info = adapter / provenance.RUN_INFO
     recorded = read_json(info).get("base_fingerprint") if info.is_file() else None
     current = weights.fingerprint_base(base_name) if recorded else None
     if recorded and current and recorded != current:

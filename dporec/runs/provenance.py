@@ -8,10 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from dporec import ROOT, UserError, weights
+from dporec import ROOT, UserError, arms, weights
 from dporec.config import save_config
 from dporec.files import read_json, read_yaml
 
+CONFIG, RUN_INFO = "config.yaml", "run_info.json"  # what every stage folder records beside its outputs
 PACKAGES = ("torch", "transformers", "trl", "peft", "bitsandbytes", "datasets", "accelerate",
             "unsloth", "unsloth_zoo", "xformers", "scipy", "numpy")
 
@@ -46,7 +47,7 @@ def write_run_info(path: Path, cfg: dict, **extra) -> None:
     reference_model=..."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, path / "config.yaml")
+    save_config(cfg, path / CONFIG)
     info = {
         "seed": cfg["seed"],
         "git_commit": git_commit(),
@@ -56,7 +57,7 @@ def write_run_info(path: Path, cfg: dict, **extra) -> None:
         "packages": package_versions(),
         **extra,
     }
-    (path / "run_info.json").write_text(json.dumps(info, indent=2, default=str) + "\n")
+    (path / RUN_INFO).write_text(json.dumps(info, indent=2, default=str) + "\n")
 
 
 def input_record(adapters: dict) -> dict:
@@ -72,7 +73,7 @@ def input_record(adapters: dict) -> dict:
 def changed_inputs(folder: Path) -> list[str]:
     """The inputs a finished stage recorded (run_info.json "inputs") that have changed since: retrained,
     replaced or gone. [] when all are as recorded, or nothing was recorded."""
-    info = Path(folder) / "run_info.json"
+    info = Path(folder) / RUN_INFO
     recorded = read_json(info).get("inputs") or {} if info.is_file() else {}
     changed = []
     for name, rec in recorded.items():
@@ -88,8 +89,8 @@ def stage_record(folder: Path) -> dict | None:
     None when the folder holds no finished stage."""
     folder = Path(folder)
     try:
-        info, m = read_json(folder / "run_info.json"), read_json(folder / "metrics.json")
-        cfg = read_yaml(folder / "config.yaml")
+        info, m = read_json(folder / RUN_INFO), read_json(folder / arms.TRAINING_MARKER)
+        cfg = read_yaml(folder / CONFIG)
     except UserError:
         return None
     rec = dict(info.get("spec") or {})

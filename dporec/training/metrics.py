@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from dporec import arms
 from dporec.files import jsonable, read_json, write_json
 from dporec.training import health
 
@@ -99,7 +100,7 @@ def collect_metrics(trainer, wall_time_s: float, start: dict, **extra) -> dict:
 
 def write_metrics(out_dir: Path, metrics: dict) -> Path:
     """metrics.json is the 'finished' marker prepare_run_dir checks: write it last."""
-    return write_json(Path(out_dir) / "metrics.json", metrics)
+    return write_json(Path(out_dir) / arms.TRAINING_MARKER, metrics)
 
 
 def summary_line(stage: str, m: dict) -> str:
