@@ -156,9 +156,6 @@ class Arm:
     unmatched: Callable[[dict], str] | None = None  # what cannot be matched, for a config
     requires: tuple = ()              # ((dotted key, value, why), ...) the switch needs
 
-    def stage(self, name: str) -> Stage:
-        return next(s for s in self.stages if s.name == name)
-
     def unmet(self, cfg: dict) -> list[str]:
         """What the config lacks for this arm: one message per `requires` entry it does not meet."""
         out = []

@@ -23,7 +23,7 @@ from dporec import ROOT, UserError, arms
 from dporec.analysis.seeds import aggregate_seeds
 from dporec.config import save_config, updated
 from dporec.data import built, candidates, sources
-from dporec.evaluation.stage import current, evaluate, refresh
+from dporec.evaluation.stage import evaluate, read_results
 from dporec.files import read_json
 from dporec.modeling import runtime
 from dporec.modeling.backends import release_memory
@@ -32,8 +32,8 @@ from dporec.report import markdown, outputs, tables
 from dporec.report.predictions import FILE as PREDICTIONS_FILE
 from dporec.report.predictions import read_predictions
 from dporec.report.sentences import verdict_sentence
-from dporec.runs import lifecycle, provenance
-from dporec.runs.adapters import FinishedRun, eval_adapters, sft_adapter, sft_adapter_given
+from dporec.runs import lifecycle
+from dporec.runs.adapters import FinishedRun, eval_adapters, run_stages, sft_adapter, sft_adapter_given
 from dporec.training.stages import run_dpo, run_sft
 
 log = logging.getLogger(__name__)
@@ -77,8 +77,8 @@ def run_stage(cfg: dict, spec: arms.StageSpec, run, rerun: bool = False) -> str:
     stage = spec.stage
     folder, marker = stage.folder(cfg["output_dir"]), stage.marker_file(cfg["output_dir"])
     overwrite = cfg["overwrite"] or rerun
-    if marker.is_file() and not overwrite:
-        changed = provenance.changed_inputs(folder)
+    changed = None if overwrite else lifecycle.stale_inputs(folder, stage.marker)
+    if changed is not None:
         if not changed:
             log.info(f"[{stage.name}] skipped: {marker} exists")
             return "skipped"
@@ -140,12 +140,10 @@ def run_once(cfg: dict, rt: runtime.Runtime, config_path: str = "<your config>")
     launcher = cfg["experiment"]["launcher"]
     done = FinishedRun(cfg, "run_experiment.py")
     status = {}
-    plan = [arms.SFT, arms.DPO, *(s for arm in arms.enabled(cfg) for s in arm.stages)]
-    for stage in plan:
-        if stage is arms.SFT and sft_adapter_given(cfg):
-            log.info(f"[sft] the run's SFT adapter is dpo.sft_adapter={sft_adapter(cfg)}: not trained here")
-            status[stage.name] = "given"
-            continue
+    if sft_adapter_given(cfg):
+        log.info(f"[sft] the run's SFT adapter is dpo.sft_adapter={sft_adapter(cfg)}: not trained here")
+        status[arms.SFT.name] = "given"
+    for stage in run_stages(cfg):
         spec = arms.spec_for(stage, cfg, done)  # derived once the stages before it have finished
         status[stage.name] = run_stage(cfg, spec, runner(stage, rt, launcher, config_path))
     results_file = arms.EVAL.marker_file(cfg["output_dir"])
@@ -153,9 +151,8 @@ def run_once(cfg: dict, rt: runtime.Runtime, config_path: str = "<your config>")
     stale = results_file.is_file() and not set(eval_adapters(cfg)) <= set(read_json(results_file)["models"])
     status[arms.EVAL.name] = run_stage(cfg, arms.StageSpec(arms.EVAL),
                                        runner(arms.EVAL, rt, launcher, config_path), rerun=stale)
-    results = read_json(results_file)
-    if not current(results):
-        results = refresh(cfg, results_file)
+    results, reanalysed = read_results(cfg, results_file)
+    if reanalysed:
         status[arms.EVAL.name] = "re-analysed"
     return results, status
 

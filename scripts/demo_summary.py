@@ -9,8 +9,7 @@ import sys
 
 from dporec import ROOT, arms, log
 from dporec.config import load_config, run_main
-from dporec.evaluation.stage import current, refresh
-from dporec.files import read_json
+from dporec.evaluation.stage import read_results
 from dporec.report import tables
 
 SHOWN = (
@@ -33,9 +32,7 @@ def main(argv: list[str] | None = None) -> int:
         if not results_file.is_file():
             print(f"  (not run: {results_file} is missing; run python run_experiment.py --config {config})\n")
             continue
-        results = read_json(results_file)
-        if not current(results):  # written by an earlier version: analysed again from its predictions.csv
-            results = refresh(load_config(ROOT / config), results_file)
+        results, _ = read_results(load_config(ROOT / config), results_file)
         print(tables.format_table(results))
         print(tables.format_verdict(results))
         print(f"  report: {results_file.parent / 'report.md'}\n")

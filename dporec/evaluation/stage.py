@@ -170,8 +170,8 @@ def evaluate(cfg: dict, rt=None, from_predictions: str | Path | None = None,
     folder = arms.EVAL.folder(cfg["output_dir"])
     if lifecycle.finished_already(folder, resume, arms.EVAL.marker):  # resume=auto leaves it as it is
         results_file = arms.EVAL.marker_file(cfg["output_dir"])
-        results = read_json(results_file)
-        return _report(results, results_file) if current(results) else refresh(cfg, results_file)
+        results, reanalysed = read_results(cfg, results_file)
+        return results if reanalysed else _report(results, results_file)
     rt = rt or runtime.setup(cfg, "eval")
     backend = rt.check("eval", arms.EVAL.script)
     ec = cfg["eval"]
@@ -251,6 +251,13 @@ def _report(results: dict, path: Path) -> dict:
     log.info(tables.format_verdict(results))
     log.info(f"[eval] results: {path}")
     return results
+
+
+def read_results(cfg: dict, results_file: Path) -> tuple[dict, bool]:
+    """(results, re-analysed): a finished evaluation's results.json, or, written by an earlier version,
+    the same predictions analysed again into today's layout (refresh)."""
+    results = read_json(results_file)
+    return (results, False) if current(results) else (refresh(cfg, results_file), True)
 
 
 def current(results: dict) -> bool:

@@ -116,8 +116,7 @@ def _training(spec: arms.StageSpec, cfg: dict, model: ModelShape, data: DataShap
     """A training stage's rows: its steps (with validation) and, for DPO, its reference."""
     from dporec.config import updated
     kind, label = spec.stage.kind, spec.stage.label
-    scfg = updated(cfg, {k: v for k, v in spec.config_settings(cfg["output_dir"]).items()
-                         if k != "data.train_file"})
+    scfg = updated(cfg, spec.config_settings(cfg["output_dir"]))
     examples = _sampled_pairs(cfg, n_train) if spec.train_from else n_train
     steps, seen = _steps(scfg, kind, examples)
     p, a, gc = data.prompt, data.answer, scfg["train"]["gradient_checkpointing"]
@@ -179,15 +178,14 @@ def _evaluation(cfg: dict, model: ModelShape, data: DataShape, backend: str, n_m
 def stages(cfg: dict, model: ModelShape, data: DataShape, backends: dict[str, str]) -> list[Stage]:
     """Every stage the run will run (arms.stages() order, the switched-on arms only) with its FLOPs.
     backends: {stage kind: backend} (modeling.runtime.plan)."""
-    from dporec.runs.adapters import eval_adapters, sft_adapter_given
+    from dporec.runs.adapters import eval_adapters, run_stages
     n_train = min(data.train, cfg["data"]["max_train_examples"] or data.train)
     n_val = min(data.val, cfg["data"]["max_val_examples"] or data.val)
     dpo_steps = _steps(cfg, "dpo", n_train)[0]
     done = arms.Predicted(output_dir=cfg["output_dir"], sft_adapter="<the run's SFT adapter>",
                           dpo_steps=dpo_steps, dpo_learning_rate=cfg["dpo"]["learning_rate"])
     out = []
-    trained_sft = [] if sft_adapter_given(cfg) else [arms.SFT]  # dpo.sft_adapter: no SFT stage of its own
-    for stage in (*trained_sft, arms.DPO, *(s for a in arms.enabled(cfg) for s in a.stages)):
+    for stage in run_stages(cfg):
         spec = arms.spec_for(stage, cfg, done)
         backend = backends[stage.kind]
         if stage.kind == "sampling":

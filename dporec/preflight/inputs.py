@@ -15,7 +15,7 @@ from dporec.data.sources import forms
 from dporec.modeling.backends import check_model_name
 from dporec.modeling.hardware import free_memory
 from dporec.preflight.table import FAIL, GB, OK, WARN, row
-from dporec.runs.adapters import check_adapter, eval_adapters, has_adapter
+from dporec.runs.adapters import check_adapter, eval_adapters, has_adapter, run_stages
 from dporec.runs.lifecycle import check_writable
 from dporec.weights import is_local_name
 
@@ -54,7 +54,7 @@ def check_memory(ctx):
     from dporec.preflight import cost
     if ctx.shape is None:
         return row(WARN, "memory", "model config not available: cannot estimate the memory needed")
-    data = cost.data_shape(ctx.cfg, ctx.tokenizer) if not ctx.data.missing and not ctx.data.errors else None
+    data = ctx.data_shape
     try:
         backends = _backends(ctx)
     except UserError:  # the backend row says why; the memory of a DPO stage without a shared prompt
@@ -212,7 +212,7 @@ def check_disk(ctx):
         # fp32 adapter + two Adam states per checkpoint, save_total_limit checkpoints + the final adapter,
         # for every training stage (DPO also saves its frozen ref copy)
         per_stage = lora * 4 * (3 * ctx.cfg["train"]["save_total_limit"] + 2)
-        training = 2 + sum(s.kind in arms.TRAINING_KINDS for a in arms.enabled(ctx.cfg) for s in a.stages)
+        training = sum(s.kind in arms.TRAINING_KINDS for s in run_stages(ctx.cfg))
         need = max(training * per_stage + 100 * 1024 ** 2, 200 * 1024 ** 2)
     detail = f"{free / GB:.1f} GiB free at {probe}; checkpoints need about {need / GB:.2f} GiB"
     if free < need:
@@ -262,7 +262,7 @@ def check_time(ctx):
     cfg = ctx.cfg
     if ctx.shape is None:
         return row(WARN, "time", "not predicted: the model's config.json is not on disk yet")
-    data = cost.data_shape(cfg, ctx.tokenizer) if not ctx.data.missing and not ctx.data.errors else None
+    data = ctx.data_shape
     if data is None:
         if not str(cfg["data"]["source"] or "").endswith(("ml-1m.zip", "ml-1m", "ml-1m/")):
             return row(WARN, "time", "not predicted: build the data first (its size decides the time)")

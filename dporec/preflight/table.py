@@ -111,6 +111,15 @@ class Facts:
         return Loaded(loaded, errors, [str(p) for p in files.values() if not p.is_file()])
 
     @cached_property
+    def data_shape(self):
+        """preflight.cost.DataShape of the data files (token sizes with the model's tokenizer when it is on
+        disk), or None when they are missing or invalid: the memory and time rows both read it."""
+        if self.data.missing or self.data.errors:
+            return None
+        from dporec.preflight import cost
+        return cost.data_shape(self.cfg, self.tokenizer)
+
+    @cached_property
     def tokenizer(self):
         """The model's tokenizer, when the model is on disk."""
         if self.model_folder is None:

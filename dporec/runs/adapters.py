@@ -27,6 +27,13 @@ def sft_adapter_given(cfg: dict) -> bool:
     return sft_adapter(cfg).resolve() != arms.SFT.folder(cfg["output_dir"]).resolve()
 
 
+def run_stages(cfg: dict) -> list:
+    """The stages this config runs before its evaluation, in order (arms.Stage): SFT unless dpo.sft_adapter
+    gives the run's SFT adapter, DPO, then the stages of every arm it switches on."""
+    return [*([] if sft_adapter_given(cfg) else [arms.SFT]), arms.DPO,
+            *(s for arm in arms.enabled(cfg) for s in arm.stages)]
+
+
 def require_sft_adapter(path, needed_for: str) -> Path:
     """The run's SFT adapter at `path`, checked to be there; a clear error naming what needs it when not."""
     path = Path(path)

@@ -47,12 +47,19 @@ def prepare_run_dir(path: Path, resume, overwrite: bool, done_marker: str) -> Pa
     return path
 
 
+def stale_inputs(path: Path, done_marker: str) -> list[str] | None:
+    """None when the stage folder holds no finished run; else the inputs it was built from that have
+    changed since ([] when it is current). run_experiment.py reruns a stale stage; a script refuses it."""
+    path = Path(path)
+    return provenance.changed_inputs(path) if (path / done_marker).is_file() else None
+
+
 def finished_already(path: Path, resume, done_marker: str) -> bool:
     """resume=auto and the stage is finished: say so and leave it (a stale one is refused instead)."""
     path = Path(path)
-    if resume != "auto" or not (path / done_marker).is_file():
+    changed = stale_inputs(path, done_marker) if resume == "auto" else None
+    if changed is None:
         return False
-    changed = provenance.changed_inputs(path)
     if changed:
         raise UserError(f"{path} is finished but stale: built from {', '.join(changed)}, which has changed "
                         "since. Pass --overwrite (without resume) to build it again")
