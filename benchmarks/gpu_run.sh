@@ -6,20 +6,24 @@
 #
 # Beforehand, on a machine with registry access:
 #     bash benchmarks/gpu_wheels.sh        # .whl/*.whl (~35 MiB, slimmed) + .whl/tokenizer-smollm2/
-# Then one command per step, in this order (most important first), with .whl/ copied along:
-#     bash benchmarks/gpu_run.sh e2e       # ~5 min: install, versions, verify_setup, SFT -> DPO -> eval, hf + unsloth
+# Then one command per step, with .whl/ copied along. With ~15 minutes of device time, run `bench` alone:
+#     bash benchmarks/gpu_run.sh bench     # THE one-shot measurement (~8 min on an H100, estimated): the
+#                                          #   stack check (stops when torch/bitsandbytes don't fit), then on
+#                                          #   the Llama-3-8B shape (random NF4 weights) both SFTs and the three
+#                                          #   DPO routes (Unsloth; hf with and without the shared prompt)
+#     bash benchmarks/gpu_run.sh e2e       # ~5 min: verify_setup --smoke, then SFT -> DPO -> eval, hf + unsloth
 #     bash benchmarks/gpu_run.sh small     # ~6 min: bench_train --shape small, 1x8 + 4x2, hf + unsloth
-#     bash benchmarks/gpu_run.sh 8b        # ~8 min: bench_train --shape llama3-8b, 1x8 (thesis), hf + unsloth
-#     bash benchmarks/gpu_run.sh 8b-4x2    # ~8 min: the same at batch 4 x accum 2
+#     bash benchmarks/gpu_run.sh 8b-4x2    # ~8 min: the 8B shape at batch 4 x accum 2
 # Each step writes to $OUT: <step>.log (the console), bench_<shape>.json or e2e results, and
 # <step>-runs.tgz (every child's log, metrics.json, run_info.json). A step cut off by its time limit
 # still leaves what it finished (the JSON is rewritten after every stage), and rerunning it on the
-# same machine continues where it stopped. The 8b steps also write benchmarks/results/utilisation.json
-# (copy it back into the checkout: verify_setup.py --utilisation benchmarks/results/utilisation.json
+# same machine continues where it stopped. The 8B steps also write benchmarks/results/<gpu>.json (tokens/s,
+# MFU by the predictor's FLOP convention, peak memory, the stack and whether xformers loaded; copy it
+# back into the checkout and commit it: verify_setup.py --utilisation benchmarks/results/<gpu>.json
 # predicts from it).
 set -uo pipefail
 cd "$(dirname "$0")/.."
-STEP=${1:?usage: bash benchmarks/gpu_run.sh e2e|small|8b|8b-4x2}
+STEP=${1:?usage: bash benchmarks/gpu_run.sh bench|e2e|small|8b-4x2}
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 BENCH=/tmp/bench                      # models, data and runs; reused by later steps on the same machine
 LOG="$OUT/$STEP.log"
@@ -47,13 +51,27 @@ pack() {  # pack FOLDER...: child logs and metrics (not the adapters) into one f
 }
 
 case "$STEP" in
+bench)
+    # The dry run first: the wheels copied here target this machine's torch; xformers 0.0.35 is built for
+    # torch 2.10.0+cu128 (what requirements.txt installs), so here its kernels may not load and Unsloth
+    # then runs PyTorch attention: accepted, and recorded in the results file beside every figure.
+    python3 benchmarks/bench_train.py --shape llama3-8b --out $BENCH --check-stack --accept-no-xformers || exit 1
+    df -h /tmp | tail -1   # the bf16 build takes ~16 GB before it is quantised to ~5.7 GB
+    # Unsloth first: its routes have never been measured. 5 steps, 2 of them warm-up, no evaluation.
+    timeout 520 python3 benchmarks/bench_train.py --shape llama3-8b --backends unsloth,hf --batch-sizes 1x8 \
+        --steps 5 --warmup-steps 2 --eval-pairs 0 --prequantize --accept-no-xformers --out $BENCH \
+        --model-dir $BENCH/models/llama3-8b-nf4 --predict-3090 "${TOKARG[@]}"
+    cp $BENCH/bench_llama3-8b.json "$OUT/" 2>/dev/null; pack $BENCH/runs/llama3-8b
+    cp benchmarks/results/*.json "$OUT/" 2>/dev/null   # the per-GPU results verify_setup --utilisation reads
+    ;;
 e2e)
     # The Unsloth path end to end (and the hf one beside it) on the small random-weight model:
     # configs/tiny.yaml's short schedule with the thesis's optimizer and checkpointing.
     timeout 90 python3 benchmarks/bench_train.py --shape small --out $BENCH --build-only "${TOKARG[@]}" || exit 1
     M=$BENCH/models/small; D=$BENCH/data
     python3 -c "import unsloth, trl, bitsandbytes, xformers; print('imports ok: unsloth', unsloth.__version__)"
-    timeout 120 python3 verify_setup.py --config configs/llama3_8b.yaml model.name=$M \
+    # --smoke: the backends the real run uses (SFT under Unsloth, the shared-prompt DPO on hf in a child)
+    timeout 180 python3 verify_setup.py --config configs/llama3_8b.yaml --smoke model.name=$M \
         data.train_file=$D/train.jsonl data.val_file=$D/val.jsonl data.test_file=$D/test.jsonl
     for B in unsloth hf; do
         O=/tmp/e2e/$B
@@ -78,13 +96,14 @@ small)
     cp $BENCH/bench_small.json "$OUT/"; pack $BENCH/runs/small
     ;;
 8b | 8b-4x2)
-    BATCH=1x8; [ "$STEP" = 8b-4x2 ] && BATCH=4x2
+    BATCH=1x8; [ "$STEP" = 8b-4x2 ] && BATCH=4x2   # 8b: bench's runs with evaluation, without --prequantize
     df -h /tmp | tail -1   # the bf16 checkpoint takes ~16 GB
     timeout 560 python3 benchmarks/bench_train.py --shape llama3-8b --backends hf,unsloth --batch-sizes $BATCH \
-        --steps 6 --eval-pairs 16 --out $BENCH --model-dir $BENCH/models/llama3-8b --predict-3090 "${TOKARG[@]}"
+        --steps 6 --eval-pairs 16 --accept-no-xformers --prequantize --out $BENCH \
+        --model-dir $BENCH/models/llama3-8b-nf4 --predict-3090 "${TOKARG[@]}"
     cp $BENCH/bench_llama3-8b.json "$OUT/bench_llama3-8b-$BATCH.json"; pack $BENCH/runs/llama3-8b
-    cp benchmarks/results/utilisation.json "$OUT/" 2>/dev/null   # the measured MFU for verify_setup --utilisation
+    cp benchmarks/results/*.json "$OUT/" 2>/dev/null   # the per-GPU results verify_setup --utilisation reads
     ;;
 *)
-    echo "unknown step $STEP: use e2e, small, 8b or 8b-4x2"; exit 2 ;;
+    echo "unknown step $STEP: use bench, e2e, small, 8b or 8b-4x2"; exit 2 ;;
 esac

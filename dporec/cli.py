@@ -107,12 +107,14 @@ def verify_setup(argv: list[str] | None = None, doc: str = "") -> int:
 
     def extra(p):
         p.add_argument("--smoke", action="store_true",
-                       help="also run a few SFT and DPO steps on a tiny model")
+                       help="also run a few SFT and DPO steps on a tiny model, each stage on the backend "
+                            "the real run gives it (in a fresh process where this one cannot run it)")
         p.add_argument("--for-eval", action="store_true", help="adapters in output_dir must "
                                                                "exist (before evaluation)")
         p.add_argument("--utilisation", metavar="FILE", type=Path,
-                       help="predict with the utilisation a benchmark measured (benchmarks/bench_train.py "
-                            "writes benchmarks/results/utilisation.json) instead of the assumed one")
+                       help="predict with the utilisation per backend a benchmark measured "
+                            "(benchmarks/bench_train.py writes benchmarks/results/<gpu>.json) instead of "
+                            "the assumed ones")
 
     args, cfg = parse_args(doc, argv, extra=extra)
     from dporec.preflight.verify import verify

@@ -1,7 +1,8 @@
 """The cost model, written once: a model's shape, the FLOPs each kind of work runs, the bytes its weights
 take, and the GPU memory a training stage peaks at. The predictor (preflight.cost, verify_setup.py's time
-and memory rows) and the benchmark that calibrates it (benchmarks/bench_train.py: MFU, utilisation.json)
-both call these functions, so a measured utilisation divides exactly the FLOPs a prediction multiplies.
+and memory rows) and the benchmark that calibrates it (benchmarks/bench_train.py: MFU per backend in
+benchmarks/results/<gpu>.json) both call these functions, so a measured utilisation divides exactly the
+FLOPs a prediction multiplies.
 
 FLOP convention CONVENTION ("matmul-6N"): N = the model's matmul parameters, everything but the input
 embedding (a lookup; the LM head is counted); attention's sequence-squared term and 4-bit dequantization

@@ -2,26 +2,24 @@
 skipping finished stages, rerunning stale ones and continuing interrupted ones, once or over several seeds
 (what run_experiment.py runs).
 
-One process setup (modeling.runtime) decides every stage's backend. A stage runs in this process when its
-backend is the one this process loaded; otherwise (DPO's shared-prompt forward on hf after Unsloth loaded
-for SFT) and, with experiment.launcher, for every training stage, it runs as a child process of its script
-with the same config and its StageSpec handed over in files.
+One process setup (modeling.runtime) decides every stage's backend. Where each stage starts, it is decided
+whether it may run in this process: only when its backend is the one this process loaded and, on hf, when
+nothing has patched the model classes by then (Runtime.runs_here). Otherwise (DPO's shared-prompt forward
+on hf after Unsloth loaded for SFT, any hf stage after something patched Llama) and, with
+experiment.launcher, for every training stage, it runs as a fresh child process of its script with the
+same config and its StageSpec handed over in files.
 """
 from __future__ import annotations
 
 import json
 import logging
-import shlex
-import subprocess
-import sys
-import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
 
-from dporec import ROOT, UserError, arms
+from dporec import UserError, arms
 from dporec.analysis.seeds import aggregate_seeds
-from dporec.config import save_config, updated
+from dporec.config import updated
 from dporec.data import built, candidates, sources
 from dporec.evaluation.stage import evaluate, read_results
 from dporec.files import read_json
@@ -103,35 +101,18 @@ def run_stage(cfg: dict, spec: arms.StageSpec, run, rerun: bool = False) -> str:
 def runner(stage: arms.Stage, rt: runtime.Runtime, launcher: str | None, config_path: str):
     """How a stage runs: its function in this process, or its script as a child process, under
     experiment.launcher for a training stage (e.g. `accelerate launch` for several GPUs) or with this
-    Python when this process runs another backend (modeling.runtime)."""
-    command = launcher if launcher and stage.kind in arms.TRAINING_KINDS else None
-    if command is None and not rt.runs_here(stage.kind):
-        command = shlex.quote(sys.executable)
-    if command:
-        return child(stage.script, command)
+    Python when this process cannot run it unpatched (decided now, when the stage starts)."""
+    if launcher and stage.kind in arms.TRAINING_KINDS:
+        return runtime.child(stage.script, launcher)
+    why = rt.why_not_here(stage.kind)
+    if why:
+        return runtime.child(stage.script, why=why)
     if stage.kind == "eval":
         def run_eval(cfg: dict, spec: arms.StageSpec) -> int:
             evaluate(cfg, rt, config_path=config_path, spec=spec)
             return 0
         return run_eval
     return lambda cfg, spec: RUNNERS[stage.kind](cfg, spec, rt)
-
-
-def child(script: str, command: str):
-    """A stage as `<command> <script> --config FILE --stage-spec FILE` in a child process: the config is the
-    user's, resolved, and the spec the one the function would get, so it runs exactly what the function
-    would."""
-    def run(cfg: dict, spec: arms.StageSpec) -> int:
-        with tempfile.TemporaryDirectory(prefix="dporec-launch-") as tmp:
-            config = save_config(cfg, Path(tmp) / "config.yaml")
-            spec_file = Path(tmp) / "stage.json"
-            spec_file.write_text(json.dumps(arms.spec_to_dict(spec)))
-            cmd = [*shlex.split(command), str(ROOT / script), "--config", str(config),
-                   "--stage-spec", str(spec_file)]
-            log.info(f"[launch] {shlex.join(cmd)}")
-            sys.stdout.flush()
-            return subprocess.call(cmd)
-    return run
 
 
 def run_once(cfg: dict, rt: runtime.Runtime, config_path: str = "<your config>") -> tuple[dict, dict]:

@@ -42,3 +42,21 @@ def tiny_cfg(tiny_data, tiny_model, tmp_path):
     """configs/tiny.yaml pointed at the fixtures, with a fresh run folder."""
     from dporec.config import load_config
     return load_config(TINY_CONFIG, tiny_overrides(tiny_data, tiny_model, tmp_path / "run"))
+
+
+@pytest.fixture
+def standin_unsloth(monkeypatch):
+    """Patch LlamaModel.forward for the whole process the way Unsloth does; returns the calls it saw as
+    (training, mask dropped)."""
+    from transformers.models.llama import modeling_llama
+    original = modeling_llama.LlamaModel.forward
+    calls = []
+
+    def forward(self, *args, attention_mask=None, **kwargs):
+        dropped = self.training and attention_mask is not None and attention_mask.dim() == 4
+        calls.append((self.training, dropped))
+        return original(self, *args, attention_mask=None if dropped else attention_mask, **kwargs)
+
+    forward.__module__ = "standin_unsloth.models.llama"  # where a patch's forward lives: not transformers
+    monkeypatch.setattr(modeling_llama.LlamaModel, "forward", forward)
+    return calls

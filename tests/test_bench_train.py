@@ -6,6 +6,7 @@ in benchmarks/gpu_run.sh."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 
 import pytest
@@ -139,27 +140,80 @@ def test_one_count_serves_the_gpu_rule_the_memory_and_the_benchmark(tiny_model):
 
 
 def test_measured_utilisation_reaches_the_time_prediction(tmp_path):
-    """bench_train's measured MFU on the 8B shape is what verify_setup --utilisation predicts from, and a
-    file of another FLOP convention is refused."""
+    """bench_train's measured MFU on the 8B shape, per backend, is what verify_setup --utilisation predicts
+    from (benchmarks/results/<gpu>.json), and a file of another FLOP convention is refused."""
     from dporec import UserError
     from dporec.preflight import cost
     spec = bt.gpu_spec("NVIDIA H100 80GB HBM3")
-    runs = [{"status": "ok", "mfu": 0.10}, {"status": "ok", "mfu": 0.30},
-            {"status": "skipped: needs a CUDA GPU"}]
-    summary = {"shape": "llama3-8b", "gpu": {"name": "NVIDIA H100 80GB HBM3", "spec": spec}, "runs": runs}
-    path = tmp_path / "utilisation.json"
-    assert bt.save_utilisation({**summary, "shape": "small"}, path) is None  # a small model says little
-    assert bt.save_utilisation(summary, path) == path
+    runs = [{"status": "ok", "backend": "hf", "route": "sft", "mfu": 0.10},
+            {"status": "ok", "backend": "hf", "route": "dpo-shared", "mfu": 0.30},
+            {"status": "ok", "backend": "unsloth", "route": "sft", "mfu": 0.40},
+            {"status": "skipped: needs a CUDA GPU", "backend": "unsloth", "route": "dpo-unshared"}]
+    summary = {"shape": "llama3-8b", "gpu": {"name": "NVIDIA H100 80GB HBM3", "spec": spec}, "runs": runs,
+               "stack": {"facts": {"torch": "2.10.0+cu128"}, "problems": {}}}
+    assert bt.save_results({**summary, "shape": "small"}, tmp_path) is None  # a small model says little
+    path = bt.save_results(summary, tmp_path)
+    assert path == tmp_path / "h100-sxm.json"
+    record = json.loads(path.read_text())
+    assert record["stack"]["facts"]["torch"] == "2.10.0+cu128" and len(record["runs"]) == 4
     measured_file = cost.read_utilisation(path)
-    assert measured_file["H100 SXM"]["train"] == pytest.approx(0.20) and "RTX 3090" not in measured_file
+    assert measured_file["H100 SXM"]["hf"]["train"] == pytest.approx(0.20)
+    assert measured_file["H100 SXM"]["unsloth"]["train"] == pytest.approx(0.40)
     cfg = defaults()
     backends = {"sft": "unsloth", "dpo": "hf", "sampling": "unsloth", "eval": "unsloth"}
     measured = cost.predict(cfg, costmodel.LLAMA3_8B, cost.ML1M_BUILD, backends, "NVIDIA H100 80GB HBM3",
                             measured_file)
-    assert measured.source.startswith("measured") and measured.utilisation["train"] == pytest.approx(0.20)
-    assumed = cost.predict(cfg, costmodel.LLAMA3_8B, cost.ML1M_BUILD, backends, "NVIDIA H100 80GB HBM3")
-    assert assumed.source.startswith("assumed")  # 40%: twice the measured 20%, half the hours
-    assert measured.hours == pytest.approx(2 * assumed.hours)
-    path.write_text('{"H100 SXM": {"train": 0.2}}')  # the layout before the convention was named
+    assert measured.source.startswith("measured")
+    assert measured.utilisation["hf"]["train"] == pytest.approx(0.2)
+    rows = {s.name: (s, h) for s, h in measured.rows}
+    s, h = rows["DPO"]
+    assert h == pytest.approx(s.flops / (989e12 * 0.2) / 3600)  # hf's measured figure divides hf's FLOPs
+    s, h = rows["SFT"]
+    assert h == pytest.approx(s.flops / (989e12 * 0.4) / 3600)
+    path.write_text(json.dumps({**record, "convention": "matmul-8N"}))
     with pytest.raises(UserError, match="convention"):
         cost.read_utilisation(path)
+
+
+def test_dpo_routes_come_from_the_predictors_record():
+    """The benchmark runs every DPO route the predictor prices (preflight.cost.DPO_ROUTES), from its own
+    backend's SFT adapter, and counts a shared prompt once only where the run really shared it."""
+    from dporec.preflight import cost
+    for backend in ("hf", "unsloth"):
+        dpo = [("dpo", s) for b, s in cost.DPO_ROUTES if b == backend]
+        assert bt.routes(backend) == [("sft", False), *dpo]
+    shape = costmodel.LLAMA3_8B
+    base = {"status": "ok", "backend": "hf", "batch": "1x8", "batch_size": 1, "grad_accum": 8, "steps": 4,
+            "tokens": 4000, "tokens_per_s": 1000.0, "stage": "dpo"}
+    summary = {"model": {"config": costmodel.LLAMA3_8B_CONFIG}, "data": {"prompt_tokens": 136,
+               "answer_tokens": 52}, "gpu": {"spec": bt.gpu_spec("NVIDIA H100 80GB HBM3")},
+               "runs": [{**base, "route": "dpo-shared", "shared_prompt_used": "on"},
+                        {**base, "route": "dpo-shared", "shared_prompt_used": "off: the check refused"},
+                        {**base, "route": "dpo-unshared", "shared_prompt_used": "off"}]}
+    bt.derive(summary)
+    on, refused, unshared = (r["mfu"] for r in summary["runs"])
+    assert refused == unshared and on == pytest.approx(costmodel.utilisation(
+        1000.0, "dpo", shape, 136, 52, True, 989, shared_prompt=True))
+    assert on < unshared  # the same tokens/s did fewer FLOPs when the prompt ran once
+
+
+def test_the_stack_check_names_what_will_not_load():
+    """The benchmark's dry run uses verify_setup's rules (preflight.environment): xformers built for another
+    torch, bitsandbytes without a library for torch's CUDA (a slimmed wheel), no GPU, no Unsloth."""
+    from dporec.preflight import environment as env
+    libs = ["libbitsandbytes_cpu.so", "libbitsandbytes_cuda128.so", "libbitsandbytes_cuda130.so"]
+    versions = dict.fromkeys(env.STACK_PACKAGES, "1.0")
+    build = {"version": {"torch": "2.10.0+cu128", "cuda": 1208}}
+    users = {"torch": "2.10.0+cu128", "torch_cuda": "12.8", "cuda_available": True, "versions": versions,
+             "xformers_build": build, "bitsandbytes_libraries": libs}
+    assert env.stack_problems(users) == {}
+    device = {**users, "torch": "2.11.0+cu130", "torch_cuda": "13.0"}
+    assert set(env.stack_problems(device)) == {"xformers"}
+    assert "Unsloth uses PyTorch attention" in env.stack_problems(device)["xformers"]
+    slimmed = {**device, "bitsandbytes_libraries": ["libbitsandbytes_cuda132.so"]}
+    problems = env.stack_problems(slimmed)
+    assert "libbitsandbytes_cuda130" in problems["bitsandbytes"] and "bitsandbytes" in env.STACK_BLOCKING
+    bare = {**users, "cuda_available": False, "versions": {**versions, "unsloth": None}}
+    assert set(env.stack_problems(bare)) == {"gpu", "unsloth"}
+    here = env.stack_facts()  # this machine: read from files, nothing heavy imported
+    assert here["versions"]["torch"] and "libbitsandbytes_cpu.so" in here["bitsandbytes_libraries"]

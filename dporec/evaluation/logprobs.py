@@ -26,14 +26,34 @@ class ScoringInfo:
     forward_tokens: int = 0            # positions run through the model, padding included
 
 
+HEAD_CHUNK = 16384  # vocabulary rows of the LM head widened to fp32 at a time (256 MiB at hidden 4096)
+
+
+def _fp32_head(module, args, output):
+    """Forward hook on the LM head: its logits in fp32 from the 16-bit hidden states and weight. A bf16
+    logit near 15 is rounded to 0.0625, which would quantise a letter margin and make exact ties common;
+    the head's matmul over the few kept columns is cheap next to the decoder."""
+    if output.dtype == torch.float32 or not isinstance(module, torch.nn.Linear):
+        return None
+    x, w = args[0].float(), module.weight
+    out = torch.cat([x @ w[i:i + HEAD_CHUNK].float().T for i in range(0, w.shape[0], HEAD_CHUNK)], dim=-1)
+    return out if module.bias is None else out + module.bias.float()
+
+
 def _forward(model, ids, mask, pos, keep: int, **kw):
-    """Model output with logits for the last `keep` positions only (0: all)."""
+    """Model output with fp32 logits for the last `keep` positions only (0: all)."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    handle = head.register_forward_hook(_fp32_head) if head is not None else None
     try:
-        out = model(input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=keep, **kw)
-    except TypeError as e:  # only a model without logits_to_keep: compute all logits and slice
-        if "logits_to_keep" not in str(e):
-            raise
-        out = model(input_ids=ids, attention_mask=mask, position_ids=pos, **kw)
+        try:
+            out = model(input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=keep, **kw)
+        except TypeError as e:  # only a model without logits_to_keep: compute all logits and slice
+            if "logits_to_keep" not in str(e):
+                raise
+            out = model(input_ids=ids, attention_mask=mask, position_ids=pos, **kw)
+    finally:
+        if handle is not None:
+            handle.remove()
     return out, (out.logits[:, -keep:] if keep else out.logits)
 
 

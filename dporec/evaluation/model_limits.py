@@ -5,13 +5,14 @@ runs without cutting it (Unsloth's max_seq_length). Read from the model's own cl
 from __future__ import annotations
 
 from dporec import UserError
+from dporec.modeling.patches import model_patches
 
 
 def can_share_prefix(model) -> bool:
-    """False under Unsloth: its patched forward sends every call with past_key_values down a
-    one-new-token decoding path (kv length = cache + 1), which would mis-score a continuation."""
-    return not any("unsloth" in (getattr(type(m).forward, "__module__", None) or "")
-                   for m in _model_chain(model))
+    """False when another library replaced a forward of this model (Unsloth's patched forward sends every
+    call with past_key_values down a one-new-token decoding path, kv length = cache + 1, which would
+    mis-score a continuation)."""
+    return not model_patches(model)
 
 
 def length_limit(model) -> int | None:

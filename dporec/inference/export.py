@@ -58,10 +58,21 @@ def export(adapter: str | Path, out: str | Path, dtype: str = "bfloat16", base: 
     cfg = updated(cfg, {"model.backend": backend})
     chosen = runtime.setup(cfg, "eval").check("eval", "export.py")
     if chosen == "unsloth":
-        # Unsloth's merged save dequantizes the 4-bit base itself; it writes the model's 16-bit dtype
+        problem = unsloth_export_problem(adapter, dtype, base, checkpoint_dtype(cfg["model"]["name"]))
+        if problem:
+            raise UserError(problem)
+        # Unsloth's merged save dequantizes the 4-bit base itself and writes the base checkpoint's dtype
         model, tok = backends.load_for_training(cfg, chosen, adapter=adapter)
         shutil.rmtree(out, ignore_errors=True)
-        model.save_pretrained_merged(str(out), tok, save_method="merged_16bit")
+        buffers = [d / UNSLOTH_BUFFERS for d in (Path.cwd(), out)]
+        existed = {d for d in buffers if d.exists()}
+        try:
+            model.save_pretrained_merged(str(out), tok, save_method="merged_16bit")
+        finally:  # the temporary folder Unsloth's merge may leave behind on an error
+            for d in buffers:
+                if d not in existed:
+                    shutil.rmtree(d, ignore_errors=True)
+        dtype = written_dtype(out) or dtype  # what was written, recorded as such
     else:
         model, tok = backends.load_base(cfg, chosen)
         if quantized_weights(model):
@@ -79,6 +90,38 @@ def export(adapter: str | Path, out: str | Path, dtype: str = "bfloat16", base: 
     (out / "README.md").write_text(model_card(adapter, info))
     log.info(f"[export] merged {adapter} into {cfg['model']['name']} -> {out} ({dtype}, {chosen})")
     return out
+
+
+UNSLOTH_BUFFERS = "_unsloth_temporary_saved_buffers"  # unsloth/save.py's scratch folder for merges
+
+
+def checkpoint_dtype(name: str) -> str | None:
+    """The dtype a model checkpoint's config.json names (dtype, or torch_dtype before transformers 5), when
+    the checkpoint is on disk."""
+    from dporec.weights import model_folder
+    folder = model_folder(name)
+    if folder is None or not (folder / "config.json").is_file():
+        return None
+    config = json.loads((folder / "config.json").read_text())
+    return config.get("dtype") or config.get("torch_dtype")
+
+
+def written_dtype(out: Path) -> str | None:
+    return checkpoint_dtype(str(out))
+
+
+def unsloth_export_problem(adapter: Path, dtype: str, base: str | None, base_dtype: str | None) -> str | None:
+    """What the Unsloth merge cannot honour (unsloth 2026.10.7, save.py / unsloth_zoo saving_utils.py):
+    it loads the base recorded in the adapter (so --base cannot change it) and writes the base checkpoint's
+    16-bit dtype whatever is asked. None when it can do what was asked."""
+    recorded = check_adapter(adapter).get("base_model_name_or_path")
+    if base and recorded and base != recorded:
+        return (f"--base {base}: under Unsloth the merge uses the base the adapter records ({recorded}); "
+                "pass --backend hf to merge into another base")
+    if base_dtype and dtype != base_dtype:
+        return (f"--dtype {dtype}: Unsloth's merged save writes the base checkpoint's dtype ({base_dtype}); "
+                f"pass --dtype {base_dtype}, or --backend hf to write {dtype}")
+    return None
 
 
 def model_card(adapter: Path, info: dict) -> str:

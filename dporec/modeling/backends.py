@@ -131,6 +131,39 @@ def load_tokenizer(name: str):
     return tok
 
 
+# Non-reentrant checkpointing: passed explicitly wherever checkpointing is switched on (transformers' own
+# default differs between its entry points; PEFT's prepare_model_for_kbit_training picks reentrant).
+CHECKPOINTING_KWARGS = {"use_reentrant": False}
+
+
+def set_4bit_compute_dtype(model, dtype: torch.dtype) -> list[str]:
+    """Make every 4-bit linear layer compute in `dtype`. For a pre-quantized checkpoint transformers keeps the
+    checkpoint's bnb_4bit_compute_dtype over the BitsAndBytesConfig passed in, so on a T4 (no bf16 tensor
+    cores) the 4-bit matmuls could run in bf16 while the trainer runs fp16. Returns the dtypes replaced."""
+    replaced = set()
+    for m in model.modules():
+        if not (type(m).__name__ == "Linear4bit" and type(m).__module__.startswith("bitsandbytes.")):
+            continue  # (PEFT's LoRA wrapper of it has the same name)
+        if m.compute_dtype != dtype:
+            replaced.add(str(m.compute_dtype).replace("torch.", ""))
+            m.compute_dtype = dtype
+        m.compute_type_is_set = True  # else its first input's dtype could override it again
+    return sorted(replaced)
+
+
+def keep_compute_dtype(model, dtype: torch.dtype) -> int:
+    """Cast the frozen floating-point weights prepare_model_for_kbit_training widened to fp32 (the input
+    embedding, the LM head and the norms: 2 x 525M parameters on Llama 3 8B, +~2 GiB, and an fp32 residual
+    stream) back to the compute dtype, as the memory estimate (costmodel.peak_memory_gib) assumes and as
+    Unsloth keeps them. Call before the LoRA adapter exists (TRL casts that one itself). Returns the count."""
+    n = 0
+    for p in model.parameters():
+        if p.is_floating_point() and p.dtype != dtype and not p.requires_grad:
+            p.data = p.data.to(dtype)
+            n += 1
+    return n
+
+
 def _hf_load(cfg: dict, name: str):
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
     dtype = compute_dtype(cfg)
@@ -142,7 +175,9 @@ def _hf_load(cfg: dict, name: str):
     # Under `accelerate launch` each process holds its own copy on its own GPU (DDP).
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     kwargs["device_map"] = {"": local_rank} if torch.cuda.is_available() else {"": "cpu"}
-    return AutoModelForCausalLM.from_pretrained(name, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(name, **kwargs)
+    set_4bit_compute_dtype(model, dtype)
+    return model
 
 
 def _unsloth_load(cfg: dict, name: str, **kwargs):
@@ -154,15 +189,27 @@ def _unsloth_load(cfg: dict, name: str, **kwargs):
     model, tok = FastLanguageModel.from_pretrained(
         model_name=name, max_seq_length=cfg["model"]["max_seq_length"], dtype=compute_dtype(cfg),
         load_in_4bit=cfg["model"]["load_in_4bit"], use_exact_model_name=True, **kwargs)
+    set_4bit_compute_dtype(model, compute_dtype(cfg))
     problem = unsloth_chat_bos_problem(tok) if cfg["data"]["prompt_format"] == "chat" else None
     if problem:
         raise UserError(problem)
     return model, tok
 
 
-def unsloth_gradient_checkpointing(cfg: dict):
-    """Unsloth's use_gradient_checkpointing value for train.gradient_checkpointing."""
-    return "unsloth" if cfg["train"]["gradient_checkpointing"] else False
+# Unsloth's own rule (unsloth/models/_utils.py apply_unsloth_gradient_checkpointing, 2026.10.7): below this
+# max_seq_length its "unsloth" mode falls back to plain checkpointing, because offloading each layer's input
+# to CPU memory costs more than it saves on short rows.
+UNSLOTH_OFFLOAD_FROM = 512
+
+
+def unsloth_gradient_checkpointing(cfg: dict, longest: int | None = None):
+    """Unsloth's use_gradient_checkpointing value for train.gradient_checkpointing, sized from the data:
+    "unsloth" (activations offloaded to CPU) only when the stage's longest row reaches UNSLOTH_OFFLOAD_FROM
+    tokens, else plain checkpointing (True). Unsloth itself decides from model.max_seq_length (512 here by
+    default), which would offload rows of ~200-250 tokens for nothing. longest None: Unsloth's own choice."""
+    if not cfg["train"]["gradient_checkpointing"]:
+        return False
+    return "unsloth" if longest is None or longest >= UNSLOTH_OFFLOAD_FROM else True
 
 
 def unsloth_chat_bos_problem(tok) -> str | None:
@@ -203,8 +250,10 @@ def lora_config(cfg: dict):
                       target_modules=list(lc["target_modules"]), bias="none", task_type="CAUSAL_LM")
 
 
-def load_for_training(cfg: dict, backend: str, adapter: str | Path | None = None):
+def load_for_training(cfg: dict, backend: str, adapter: str | Path | None = None, longest: int | None = None):
     """Base model with a trainable LoRA: fresh (adapter=None) or continued from a saved adapter.
+    longest: the stage's longest row in tokens (sizes Unsloth's checkpointing; see
+    unsloth_gradient_checkpointing).
 
     The trainable adapter is named 'default' in both cases, which is what TRL expects when it
     builds a frozen 'ref' copy for DPO from an adapter-initialised policy.
@@ -215,15 +264,16 @@ def load_for_training(cfg: dict, backend: str, adapter: str | Path | None = None
         if adapter is not None:
             # Unsloth loads base + adapter together when given the adapter folder; trainable. Without
             # use_gradient_checkpointing its default ("unsloth") would ignore train.gradient_checkpointing.
-            model, tok = _unsloth_load(cfg, str(adapter),
-                                       use_gradient_checkpointing=unsloth_gradient_checkpointing(cfg))
+            checkpointing = unsloth_gradient_checkpointing(cfg, longest)
+            model, tok = _unsloth_load(cfg, str(adapter), use_gradient_checkpointing=checkpointing)
         else:
             model, tok = _unsloth_load(cfg, cfg["model"]["name"])
             lc = cfg["lora"]
             model = FastLanguageModel.get_peft_model(
                 model, r=lc["r"], target_modules=list(lc["target_modules"]), lora_alpha=lc["alpha"],
                 lora_dropout=lc["dropout"], bias="none",
-                use_gradient_checkpointing=unsloth_gradient_checkpointing(cfg), random_state=cfg["seed"])
+                use_gradient_checkpointing=unsloth_gradient_checkpointing(cfg, longest),
+                random_state=cfg["seed"])
         if tok.pad_token is None:
             tok.pad_token = tok.eos_token
         return model, tok
@@ -231,9 +281,11 @@ def load_for_training(cfg: dict, backend: str, adapter: str | Path | None = None
     from peft import PeftModel, get_peft_model, prepare_model_for_kbit_training
     model, tok = load_base(cfg, backend)
     if cfg["model"]["load_in_4bit"]:
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gc)
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gc,
+                                                gradient_checkpointing_kwargs=CHECKPOINTING_KWARGS)
+        keep_compute_dtype(model, compute_dtype(cfg))
     elif gc:
-        model.gradient_checkpointing_enable()
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=CHECKPOINTING_KWARGS)
         model.enable_input_require_grads()
     if adapter is not None:
         check_adapter(adapter, cfg["model"]["name"])

@@ -4,19 +4,28 @@ re-detects the machine or the libraries.
 
 Unsloth patches transformers, TRL and PEFT when it is imported, for the whole process (Llama's forwards at
 class level, trl.DPOTrainer), and must be imported before them. So one process runs one backend: the one
-its first stage needs. A stage whose backend differs cannot run in it (Runtime.check); run_experiment.py
-runs such a stage in a child process of its own (Runtime.runs_here).
+its first stage needs. Whether a stage may run in this process is decided when the stage starts, from
+the backend it needs and what the process has loaded by then (modeling.patches): a stage on another
+backend, or a stage on hf once anything has patched the model classes, cannot run here (Runtime.check);
+run_experiment.py runs such a stage in a fresh child process (Runtime.runs_here).
 """
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
+import shlex
+import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
-from dporec import UserError, compat
+from dporec import ROOT, UserError, arms, compat
+from dporec.config import save_config
+from dporec.modeling import patches
 from dporec.modeling.backends import choose_backend, several_processes, world_size
 from dporec.modeling.hardware import cuda_capability, dtype_for, refuse_without_gpu, unsloth_dtype_note
 
@@ -37,19 +46,33 @@ class Runtime:
     def backend(self, kind: str) -> str:
         return self.backends[kind]
 
+    def why_not_here(self, kind: str) -> str | None:
+        """Why a stage of this kind cannot run in this process now, or None when it can: its backend is
+        the one loaded here and, for hf, nothing has patched the model classes (checked live: a stage
+        starting after an Unsloth stage of the same process sees the patch)."""
+        backend = self.backends[kind]
+        if backend != self.process_backend:
+            return (f"this process runs the {self.process_backend} backend (Unsloth patches the model "
+                    f"classes for the whole process), but the {kind} stage runs on {backend}")
+        if backend == "hf":
+            patched = patches.process_patches()
+            if patched:
+                return (f"the {kind} stage runs on hf, but this process's model classes are patched by "
+                        f"another backend: {'; '.join(patched[:3])}")
+        return None
+
     def runs_here(self, kind: str) -> bool:
-        """Whether a stage of this kind can run in this process: its backend is the one loaded here."""
-        return self.backends[kind] == self.process_backend
+        """Whether a stage of this kind can run in this process now (why_not_here)."""
+        return self.why_not_here(kind) is None
 
     def check(self, kind: str, script: str) -> str:
-        """The stage's backend, or a UserError when the config cannot run it here or this process was set
-        up for another backend."""
+        """The stage's backend, or a UserError when the config cannot run it here or this process cannot
+        run it unpatched (call it where the stage starts, before it loads a model)."""
         if self.backends[kind] is None:
             raise UserError(self.why[kind])
-        if not self.runs_here(kind):
-            raise UserError(f"this process runs the {self.process_backend} backend (Unsloth patches the "
-                            f"model classes for the whole process), but the {kind} stage runs on "
-                            f"{self.backends[kind]}: run it in a fresh process (python {script} ...)")
+        why = self.why_not_here(kind)
+        if why:
+            raise UserError(f"{why}: run it in a fresh process (python {script} ...)")
         return self.backends[kind]
 
 
@@ -87,10 +110,6 @@ def setup(cfg: dict, first: str) -> Runtime:
     if chosen[first][0] is None:
         raise UserError(chosen[first][1])
     backends = {k: b for k, (b, _) in chosen.items()}
-    if "unsloth" in sys.modules and backends[first] == "hf":
-        raise UserError("Unsloth was imported in this process before the run started (it patches "
-                        "transformers for the whole process), but this stage runs on hf: run it in a "
-                        "fresh Python process")
     if cfg["model"]["backend"] == "auto":
         log.info(f"[backend] auto -> {backends[first]} ({chosen[first][1]})")
     if backends[first] == "unsloth":
@@ -108,3 +127,26 @@ def setup(cfg: dict, first: str) -> Runtime:
         compat.allow_indexed_cpu_storages()
     return Runtime(backends=backends, process_backend=backends[first], cuda=cuda, capability=capability,
                    processes=world_size(), why={k: w for k, (_, w) in chosen.items()})
+
+
+def child(script: str, command: str | None = None, why: str | None = None):
+    """A stage as `<command> <script> --config FILE --stage-spec FILE` in a fresh child process (command:
+    this Python unless given, e.g. `accelerate launch`): the config is the user's, resolved, and the spec
+    the one the stage function would get, so it runs exactly what the function would, in a process no
+    other backend has patched. `why`: the reason it cannot run here, printed when it starts. Returns
+    run(cfg, spec) -> exit status."""
+    command = command or shlex.quote(sys.executable)
+
+    def run(cfg: dict, spec: arms.StageSpec) -> int:
+        if why:
+            log.info(f"[{spec.stage.name}] in a fresh process: {why}")
+        with tempfile.TemporaryDirectory(prefix="dporec-launch-") as tmp:
+            config = save_config(cfg, Path(tmp) / "config.yaml")
+            spec_file = Path(tmp) / "stage.json"
+            spec_file.write_text(json.dumps(arms.spec_to_dict(spec)))
+            cmd = [*shlex.split(command), str(ROOT / script), "--config", str(config),
+                   "--stage-spec", str(spec_file)]
+            log.info(f"[launch] {shlex.join(cmd)}")
+            sys.stdout.flush()
+            return subprocess.call(cmd)
+    return run

@@ -27,7 +27,16 @@ from dporec.costmodel import (
 )
 from dporec.files import read_json
 
-ASSUMED_UTILISATION = 0.40  # share of the dense bf16 peak a QLoRA step sustains, until a benchmark says
+# Share of a GPU's dense 16-bit peak each backend sustains, ASSUMED until benchmarks/bench_train.py measures
+# it on that GPU (a results file passed to verify_setup.py --utilisation replaces these). hf: QLoRA through
+# bitsandbytes' dequantise-then-matmul and PyTorch SDPA. unsloth: its fused LoRA/dequantisation kernels and
+# Triton RoPE/norms; it advertises ~2x over HF for Llama-3-8B QLoRA (long rows, large GPUs), and this
+# bundle's rows are short (~190-240 tokens), where fused kernels win less: assumed 1.4x in training, less
+# in the scoring forwards.
+ASSUMED_UTILISATION = {"hf": {"train": 0.40, "eval": 0.40}, "unsloth": {"train": 0.56, "eval": 0.45}}
+# A GPU whose spec peak a QLoRA step reaches a smaller share of, until measured: the T4 is a 70 W card that
+# throttles below its boost clock, with 320 GB/s to feed the 4-bit dequantisation.
+ASSUMED_DERATE = {"T4 (fp16)": 0.6}
 
 
 @dataclass
@@ -213,21 +222,43 @@ def peak_memory(cfg: dict, model: ModelShape, data: DataShape, backends: dict[st
 # Time
 
 def read_utilisation(path: Path) -> dict:
-    """{GPU label: {"train": u, "eval": u, "source": ...}} from a utilisation file a benchmark wrote;
-    refused when it was measured under another FLOP convention than costmodel.CONVENTION (its numbers
-    would then divide other FLOPs than the prediction multiplies)."""
+    """{GPU label: {"hf": {"train": u, "eval": u}, "unsloth": {...}, "source": ...}} from a results file
+    benchmarks/bench_train.py wrote (benchmarks/results/<gpu>.json); refused when it was measured under
+    another FLOP convention than costmodel.CONVENTION (its numbers would then divide other FLOPs than the
+    prediction multiplies). A backend the benchmark could not measure keeps its assumed utilisation."""
     content = read_json(path)
     if content.get("convention") != CONVENTION:
         raise UserError(f"{path} was measured under FLOP convention {content.get('convention')!r}, not "
                         f"{CONVENTION!r} (dporec/costmodel.py): measure again with benchmarks/bench_train.py")
-    return content.get("gpus") or {}
+    label, util = content.get("gpu"), content.get("utilisation")
+    if not label or not isinstance(util, dict):
+        raise UserError(f"{path}: not a results file of benchmarks/bench_train.py "
+                        "(no 'gpu' and 'utilisation')")
+    return {label: {**util, "source": f"measured by {content.get('source', 'benchmarks/bench_train.py')} "
+                                      f"({path.name})"}}
+
+
+def utilisation_for(gpu_label: str, measured: dict | None = None) -> tuple[dict, str]:
+    """({backend: {"train": u, "eval": u}}, where it comes from) on one GPU: measured where a results file
+    has the backend (its training figure; the evaluation one only where it was measured too), else
+    assumed (derated on a GPU that reaches less of its spec)."""
+    derate = ASSUMED_DERATE.get(gpu_label, 1.0)
+    util = {b: {k: u * derate for k, u in v.items()} for b, v in ASSUMED_UTILISATION.items()}
+    found = (measured or {}).get(gpu_label) or {}
+    got = [b for b in util if isinstance(found.get(b), dict) and found[b].get("train")]
+    for b in got:
+        util[b] = {"train": found[b]["train"], "eval": found[b].get("eval") or util[b]["eval"]}
+    assumed = ", ".join(f"{b} {v['train']:.0%}" for b, v in util.items() if b not in got)
+    parts = ([found["source"] + " for " + " and ".join(got)] if got else []) + (
+        [f"assumed {assumed} of the dense 16-bit peak"] if assumed else [])
+    return util, "; ".join(parts)
 
 
 @dataclass
 class Prediction:
     gpu: str
-    utilisation: dict            # {"train": u, "eval": u}
-    source: str                  # "assumed ..." or what measured it
+    utilisation: dict            # {backend: {"train": u, "eval": u}}
+    source: str                  # "assumed ..." and/or what measured it
     rows: list                   # (Stage, hours)
     hours: float
     peak_gib: dict               # {"SFT": GiB, "DPO": GiB}
@@ -236,26 +267,41 @@ class Prediction:
 
 def predict(cfg: dict, model: ModelShape, data: DataShape, backends: dict[str, str], gpu_name: str,
             measured: dict | None = None) -> Prediction:
-    """The run's stages on one `gpu_name`, at the utilisation `measured` holds for it (read_utilisation),
-    else the assumed one."""
+    """The run's stages on one `gpu_name`, each at its backend's utilisation (utilisation_for)."""
     spec = gpu_spec(gpu_name)
     if spec is None:
         raise ValueError(f"no peak figures for GPU {gpu_name!r}")
-    util = {"train": ASSUMED_UTILISATION, "eval": ASSUMED_UTILISATION}
-    source = f"assumed {ASSUMED_UTILISATION:.0%} of the dense bf16 peak"
-    found = (measured or {}).get(spec["label"])
-    if found:
-        util = {"train": found["train"], "eval": found.get("eval", found["train"])}
-        source = f"measured: {found.get('source', 'benchmarks/bench_train.py')}"
-    rate = {k: spec["bf16_tflops"] * 1e12 * u for k, u in util.items()}
+    util, source = utilisation_for(spec["label"], measured)
     rows = []
     for s in stages(cfg, model, data, backends):
-        decode = (decode_seconds(s.decode_steps, model, spec["bandwidth_gbs"], util["eval"])
+        u = util[s.backend]
+        decode = (decode_seconds(s.decode_steps, model, spec["bandwidth_gbs"], u["eval"])
                   if s.decode_steps else 0.0)
-        rows.append((s, (s.flops / rate[s.kind] + decode) / 3600))
+        rows.append((s, (s.flops / (spec["bf16_tflops"] * 1e12 * u[s.kind]) + decode) / 3600))
     return Prediction(gpu=spec["label"], utilisation=util, source=source, rows=rows,
                       hours=sum(h for _, h in rows), peak_gib=peak_memory(cfg, model, data, backends),
                       memory_gib=spec["memory_gib"])
+
+
+# The ways the DPO stage can run: (backend, dpo.prefix_sharing). Unsloth's patched Llama drops a custom
+# attention mask in training, so it runs the pair's prompt twice (docs/speed.md).
+DPO_ROUTES = (("hf", True), ("hf", False), ("unsloth", False))
+
+
+def dpo_routes(cfg: dict, model: ModelShape, data: DataShape, backends: dict[str, str], gpu_name: str,
+               measured: dict | None = None) -> list[dict]:
+    """The DPO stage (its steps and its reference) predicted on each route of DPO_ROUTES, side by side:
+    [{"backend", "shared_prompt", "hours", "peak_gib", "chosen"}]; chosen marks this config's route."""
+    from dporec.config import updated
+    configured = (backends.get("dpo"), bool(cfg["dpo"]["prefix_sharing"]) and backends.get("dpo") == "hf")
+    out = []
+    for backend, shared in DPO_ROUTES:
+        rcfg = updated(cfg, {"dpo.prefix_sharing": shared})
+        pred = predict(rcfg, model, data, {**backends, "dpo": backend}, gpu_name, measured)
+        out.append({"backend": backend, "shared_prompt": shared,
+                    "hours": sum(h for s, h in pred.rows if s.name.startswith(arms.DPO.label)),
+                    "peak_gib": pred.peak_gib["DPO"], "chosen": (backend, shared) == configured})
+    return out
 
 
 def format_prediction(pred: Prediction, data: DataShape) -> list[str]:
@@ -270,4 +316,17 @@ def format_prediction(pred: Prediction, data: DataShape) -> list[str]:
     peaks = ", ".join(f"{k} {v:.1f} GiB" for k, v in pred.peak_gib.items())
     lines.append(f"  peak GPU memory (predicted; the memory row's estimate, in 16-bit on the GPU): {peaks} "
                  f"of {pred.memory_gib} GiB; token sizes from {data.measured}")
+    return lines
+
+
+def format_routes(routes: list[dict]) -> list[str]:
+    """The DPO stage on each route, the configured one marked (verify_setup.py's time row)."""
+    lines = ["  the DPO stage by route (steps + reference, each at its backend's utilisation):"]
+    for r in routes:
+        what = f"{r['backend']}, prompt {'once (shared)' if r['shared_prompt'] else 'twice'}"
+        switch = ("dpo.prefix_sharing=true" if r["shared_prompt"] else
+                  "model.backend=hf dpo.prefix_sharing=false" if r["backend"] == "hf" else
+                  "dpo.prefix_sharing=false, with Unsloth on the GPU")
+        mark = "<- this config" if r["chosen"] else f"({switch})"
+        lines.append(f"    {what:<28}{r['hours']:>6.2f} h  {r['peak_gib']:>5.1f} GiB  {mark}")
     return lines

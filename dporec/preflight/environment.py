@@ -191,6 +191,67 @@ def xformers_mismatch(build: dict, torch_version: str, torch_cuda: str | None) -
     return None
 
 
+def bitsandbytes_library_missing(libraries: list[str], torch_cuda: str | None) -> str | None:
+    """Why bitsandbytes has no GPU kernels for this torch: it loads libbitsandbytes_cuda<XY>.so for
+    torch.version.cuda (bitsandbytes/cextension.py), and a wheel without that library (a slimmed copy, or
+    a torch of another CUDA) has none."""
+    if not torch_cuda:
+        return None
+    major, minor = str(torch_cuda).split(".")[:2]
+    want = f"libbitsandbytes_cuda{int(major)}{int(minor)}."
+    if any(name.startswith(want) for name in libraries):
+        return None
+    return (f"no {want.rstrip('.')} for torch's CUDA {torch_cuda} (it has {', '.join(libraries) or 'none'}): "
+            "no 4-bit GPU kernels")
+
+
+STACK_PACKAGES = ("torch", "transformers", "trl", "peft", "accelerate", "bitsandbytes", "datasets", "unsloth",
+                  "unsloth_zoo", "xformers", "triton", "torchao")
+STACK_BLOCKING = ("gpu", "bitsandbytes")  # a problem here leaves nothing a GPU benchmark could measure
+
+
+def stack_facts() -> dict:
+    """The GPU stack a run or a benchmark measures, read from the installed files and torch alone: nothing
+    that patches or compiles is imported, and no CUDA context is made (a benchmark's parent process must
+    not hold GPU memory its children measure)."""
+    import torch
+    facts = {"python": platform.python_version(), "torch": torch.__version__,
+             "torch_cuda": torch.version.cuda, "cuda_available": torch.cuda.is_available(),
+             "versions": {p: _installed(p) for p in STACK_PACKAGES}, "xformers_build": None,
+             "bitsandbytes_libraries": []}
+    xf = importlib.util.find_spec("xformers")
+    if xf and xf.submodule_search_locations:
+        build = Path(xf.submodule_search_locations[0]) / "cpp_lib.json"
+        facts["xformers_build"] = json.loads(build.read_text()) if build.is_file() else None
+    bnb = importlib.util.find_spec("bitsandbytes")
+    if bnb and bnb.submodule_search_locations:
+        folder = Path(bnb.submodule_search_locations[0])
+        facts["bitsandbytes_libraries"] = sorted(p.name for p in folder.glob("libbitsandbytes_*"))
+    return facts
+
+
+def stack_problems(facts: dict) -> dict[str, str]:
+    """{part: why} for the parts of a stack (stack_facts) whose compiled code will not load here: no GPU,
+    bitsandbytes without kernels for torch's CUDA, xformers built for another torch (its kernels do not
+    load and Unsloth runs PyTorch attention instead), Unsloth absent."""
+    out = {}
+    if not facts["cuda_available"]:
+        out["gpu"] = "no CUDA GPU visible to torch"
+    if facts["versions"].get("bitsandbytes") is None:
+        out["bitsandbytes"] = "not installed"
+    else:
+        missing = bitsandbytes_library_missing(facts["bitsandbytes_libraries"], facts["torch_cuda"])
+        if missing:
+            out["bitsandbytes"] = missing
+    if facts["versions"].get("xformers") and facts.get("xformers_build"):
+        why = xformers_mismatch(facts["xformers_build"], facts["torch"], facts["torch_cuda"])
+        if why:
+            out["xformers"] = why + ": its kernels will not load and Unsloth uses PyTorch attention instead"
+    if facts["versions"].get("unsloth") is None:
+        out["unsloth"] = "not installed: the Unsloth routes cannot run"
+    return out
+
+
 def check_xformers(ctx):
     """Installed but not loading, xformers is worse than absent: Unsloth falls back to PyTorch attention
     with a one-line message, and runs slower with more memory than the pinned install."""
@@ -250,6 +311,11 @@ def check_bnb_4bit(ctx):
     except Exception as e:
         return row(FAIL, "4-bit matmul", f"bitsandbytes does not import: {type(e).__name__}: {e}",
                    _install_hint(ctx))
+    if ctx.cuda:  # a wheel without the library for torch's CUDA has no GPU kernels at all
+        missing = bitsandbytes_library_missing(stack_facts()["bitsandbytes_libraries"], torch.version.cuda)
+        if missing:
+            return row(FAIL, "4-bit matmul", f"bitsandbytes {_installed('bitsandbytes')}: {missing}",
+                       _install_hint(ctx))
     dev = "cuda" if ctx.cuda else "cpu"
     dtype = torch.float16 if ctx.cuda else torch.float32
     gen = torch.Generator().manual_seed(0)

@@ -38,10 +38,28 @@ def check_model(ctx):
     if folder is not None:
         where = (f"local folder {name}" if is_local_name(name)
                  else f"{name} in the Hugging Face cache ({folder})")
-        return row(OK, "model", f"{where}, weights complete")
+        return row(OK, "model", f"{where}, weights complete{_four_bit_note(ctx)}")
     if not is_local_name(name) and "/" in name.strip("/") and " " not in name:
         return row(WARN, "model", f"{name} is not cached: it will be downloaded from the hub on first use")
     return row(FAIL, "model", f"{name!r} is neither a local folder nor a valid hub id", _build_hint(name))
+
+
+def _four_bit_note(ctx) -> str:
+    """What the 4-bit matmuls compute in: the loader sets every 4-bit layer to the run's compute dtype
+    (backends.set_4bit_compute_dtype), also over a pre-quantized checkpoint's own bnb_4bit_compute_dtype."""
+    from dporec.modeling.backends import compute_dtype
+    from dporec.modeling.hardware import cuda_capability
+    if not ctx.cfg["model"]["load_in_4bit"]:
+        return ""
+    try:
+        dtype = str(compute_dtype(ctx.cfg, cuda_capability() if ctx.cuda else None)).replace("torch.", "")
+    except UserError:  # the dtype row of the backend check says why
+        return ""
+    saved = ((ctx.model_config or {}).get("quantization_config") or {}).get("bnb_4bit_compute_dtype")
+    if saved and saved != dtype:
+        return (f"; pre-quantized with bnb_4bit_compute_dtype={saved}: the 4-bit matmuls are set to run in "
+                f"{dtype}, the training dtype here")
+    return f"; 4-bit matmuls in {dtype}"
 
 
 def _size(n: float) -> str:
@@ -280,4 +298,5 @@ def check_time(ctx):
             lines.append(f"{gpu}: not predicted ({e})")
             continue
         lines += cost.format_prediction(pred, data)
+        lines += cost.format_routes(cost.dpo_routes(cfg, ctx.shape, data, _backends(ctx), gpu, measured))
     return row(OK, "time", "\n".join(lines))

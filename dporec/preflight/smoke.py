@@ -1,5 +1,8 @@
-"""Preflight's optional smoke run: a few SFT and DPO steps on a tiny model, through the real stages,
-with the backend the user's config resolves to."""
+"""Preflight's optional smoke run: a few SFT and DPO steps on a tiny model, through the real stages, on the
+backends the real run will use: each stage kind on its planned backend (modeling.runtime.plan of the
+user's model.backend and dpo.prefix_sharing), in this process where it can run here and otherwise in a
+fresh child process, exactly as run_experiment.py decides it (on a GPU with Unsloth: SFT here under
+Unsloth, the shared-prompt DPO on hf in a child)."""
 from __future__ import annotations
 
 import logging
@@ -8,11 +11,12 @@ import time
 from functools import partial
 from pathlib import Path
 
-from dporec import ROOT, UserError
+from dporec import ROOT, UserError, arms
 from dporec.config import load_config, updated
 from dporec.data import sources
 from dporec.modeling import local_models
 from dporec.preflight.table import FAIL, OK, row
+from dporec.runs.adapters import FinishedRun
 from dporec.training.stages import run_dpo, run_sft
 
 log = logging.getLogger(__name__)
@@ -27,30 +31,37 @@ def check_smoke(ctx):
         sources.build("synthetic:30", tmp / "data", seed=0)
         cfg = smoke_config(ctx, tmp, model_dir)
         from dporec.modeling import runtime
-        rt = runtime.setup(cfg, "sft")  # the same backends as this process: nothing new is imported
-        for stage, run in (("SFT", run_sft), ("DPO", run_dpo)):
-            code = _call(partial(run, rt=rt), cfg)
+        try:  # the user's backends; this process was set up by verify for the user's first stage
+            rt = runtime.setup(cfg, "sft")
+        except UserError as e:
+            return row(FAIL, "smoke training", str(e), "fix model.backend / dpo.prefix_sharing")
+        ran = []
+        for stage, run in ((arms.SFT, run_sft), (arms.DPO, run_dpo)):
+            spec = arms.spec_for(stage, cfg, FinishedRun(cfg, "the smoke run"))  # DPO: from the SFT just made
+            why = rt.why_not_here(stage.kind) if rt.backends[stage.kind] else None
+            if why:  # as run_experiment.py runs it: in a process no other backend has patched
+                code = _call(partial(runtime.child(stage.script, why=why), spec=spec), cfg)
+            else:
+                code = _call(partial(run, spec=spec, rt=rt), cfg)
             if code:
-                return row(FAIL, "smoke training", f"{stage} exited with status {code} (output above)",
+                return row(FAIL, "smoke training", f"{stage.label} on {rt.backends[stage.kind]} exited with "
+                                                   f"status {code} (output above)",
                            "read the error above; python train_sft.py "
                            "--config configs/tiny.yaml reproduces it")
+            ran.append(f"{stage.label} on {rt.backends[stage.kind]}" + (" in a fresh process" if why else ""))
     return row(OK, "smoke training", f"3 SFT + 3 DPO steps on a tiny 4-bit Llama in {time.time() - t0:.0f} s "
-                                     f"(backend {_backend(ctx)})")
-
-
-def _backend(ctx) -> str:
-    """The backend this process was set up for (verify's process setup), else hf."""
-    return ctx.runtime.process_backend if ctx.runtime else "hf"
+                                     f"({', '.join(ran)})")
 
 
 def smoke_config(ctx, tmp: Path, model_dir: Path) -> dict:
-    """The smoke run's config. It keeps the backend the process setup chose for the user's config: with
-    backend auto the tiny config would import Unsloth after this process imported transformers. DPO runs
-    on that backend too: with the shared prompt on hf, without under Unsloth (which cannot run it)."""
+    """The smoke run's config: the tiny model and data with the user's model.backend and dpo.prefix_sharing,
+    so each stage runs on the backend the real run gives it. Without a process setup (it failed: its row
+    says why) the smoke runs on hf."""
     data = tmp / "data"
+    user = ctx.cfg
     return updated(load_config(ROOT / "configs" / "tiny.yaml"), {
-        "model.name": str(model_dir), "model.backend": _backend(ctx),
-        "dpo.prefix_sharing": _backend(ctx) == "hf",
+        "model.name": str(model_dir), "model.backend": user["model"]["backend"] if ctx.runtime else "hf",
+        "dpo.prefix_sharing": user["dpo"]["prefix_sharing"],
         "output_dir": str(tmp / "run"),
         "data.train_file": str(data / "train.jsonl"), "data.val_file": str(data / "val.jsonl"),
         "data.test_file": str(data / "test.jsonl"), "sft.max_steps": 3, "dpo.max_steps": 3,

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from dporec.modeling.backends import compute_dtype
+from dporec.modeling.backends import CHECKPOINTING_KWARGS, compute_dtype
 from dporec.modeling.hardware import cuda_capability
 
 log = logging.getLogger(__name__)
@@ -53,6 +53,7 @@ def trainer_args(cfg: dict, stage: str, out_dir: Path, backend: str, resuming: b
         optim=resolve_optim(tc["optim"]),
         # Unsloth's get_peft_model already installed its own checkpointing; a second wrap breaks it.
         gradient_checkpointing=tc["gradient_checkpointing"] and backend != "unsloth",
+        gradient_checkpointing_kwargs=CHECKPOINTING_KWARGS,
         max_length=cfg["model"]["max_seq_length"],
         logging_steps=tc["logging_steps"],
         # one non-finite micro-batch loss must not poison the logged loss (Unsloth's config turns it off)

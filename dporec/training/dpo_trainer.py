@@ -13,7 +13,9 @@ exactly TRL's tensors to TRL's own loss, metrics and backward (tests/training/te
 
 Both are decoder hooks, so they apply to the policy forward, the reference forward (the frozen 'ref'
 adapter of the same PeftModel) and the reference precompute alike. Unsloth's patched Llama drops a custom
-attention mask in training (and TRL's class is Unsloth's rewrite there), so under Unsloth neither applies.
+attention mask in training (and TRL's class is Unsloth's rewrite there), so under Unsloth neither applies,
+and this trainer refuses a model whose forwards another library replaced (modeling.patches): in a process
+Unsloth has patched, the shared prompt would silently let the rejected answer see the chosen one.
 """
 from __future__ import annotations
 
@@ -22,7 +24,8 @@ from contextlib import ExitStack
 
 import torch
 
-from dporec import compat
+from dporec import UserError, compat
+from dporec.modeling.patches import model_patches
 
 log = logging.getLogger(__name__)
 
@@ -159,10 +162,25 @@ def answer_only_trainer_class(prefix_sharing: bool = False):
     import trl
 
     compat.check_trl_dpo_hooks(trl.DPOTrainer)  # the private methods overridden below
+    if not trl.DPOTrainer.__module__.startswith("trl."):  # `import unsloth` rewrites it in place
+        raise UserError(f"trl.DPOTrainer in this process is {trl.DPOTrainer.__module__}'s rewrite, not TRL's "
+                        "(Unsloth was imported): the hf DPO stage runs in a fresh process (run_experiment.py "
+                        "does that; run train_dpo.py on its own)")
 
     class DPOTrainer(trl.DPOTrainer):
         # "on", or why not: set by the first batch's check, read into metrics.json by the stage
         shared_prompt = "on" if prefix_sharing else "off (dpo.prefix_sharing=false)"
+
+        def __init__(self, model=None, *args, **kwargs):
+            # before TRL's __init__, whose reference precompute already runs the hooks below
+            patched = model_patches(model) if model is not None else []
+            if patched:
+                raise UserError("the hf DPO trainer refuses a model whose forward another library replaced "
+                                f"({'; '.join(patched[:3])}): in training that forward may drop the custom "
+                                "attention mask this trainer relies on. Run the hf DPO stage in a fresh "
+                                "process (run_experiment.py does that), or model.backend=unsloth with "
+                                "dpo.prefix_sharing=false")
+            super().__init__(model, *args, **kwargs)
 
         def _views(self, inputs):
             """(the batch TRL is handed, start, [decoder views to enter]), or None for TRL's own path."""
@@ -195,19 +213,34 @@ def answer_only_trainer_class(prefix_sharing: bool = False):
             """Whether this model really runs the shared layout as TRL's: the rejected answer must not see
             the chosen one (its logits unchanged when the chosen tokens are replaced), and every answer
             token's log-prob must match TRL's layout. A model that ignores a custom 4D mask or position
-            ids (Unsloth's patched Llama in training, flash-attention kernels) fails here."""
+            ids (Unsloth's patched Llama in training, flash-attention kernels) fails here.
+
+            It runs in TRL's training mode, whatever mode the caller is in (the first batch is often the
+            reference precompute, in eval mode): a forward that drops the mask only in training would
+            pass an eval-mode check. Dropout stays off so the three passes are comparable; no gradients;
+            every module's mode is restored."""
             decoder = _decoder(self.model)
             if getattr(decoder.config, "_attn_implementation", "eager") not in ("sdpa", "eager"):
                 return f"attention implementation {decoder.config._attn_implementation!r} takes no 4D mask"
             tail = {"input_ids": ids[:, start:], "attention_mask": mask[:, start:], "use_cache": False}
             scrambled = dict(layout, ids=torch.where(layout["seg"] == 1, (layout["ids"] + 7) % 100 + 3,
                                                      layout["ids"]))
-            with torch.no_grad():
-                logps = []
-                for lay in (None, layout, scrambled):
-                    with decoder_view(self.model, start, ids, mask, lay):
-                        logits = self.model(**tail).logits[:, :-1].float()
-                    logps.append(torch.log_softmax(logits, -1).gather(-1, ids[:, start + 1:, None])[..., 0])
+            modes = {m: m.training for m in self.model.modules()}
+            try:
+                self.model.train()
+                for m in self.model.modules():
+                    if isinstance(m, torch.nn.Dropout):
+                        m.eval()
+                with torch.no_grad():
+                    logps = []
+                    for lay in (None, layout, scrambled):
+                        with decoder_view(self.model, start, ids, mask, lay):
+                            logits = self.model(**tail).logits[:, :-1].float()
+                        logps.append(torch.log_softmax(logits, -1)
+                                     .gather(-1, ids[:, start + 1:, None])[..., 0])
+            finally:
+                for m, training in modes.items():
+                    m.training = training
             answer = cm[:, start + 1:].bool()
             n = ids.shape[0] // 2
             rejected = answer.clone()

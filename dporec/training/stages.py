@@ -177,8 +177,12 @@ def _load(scfg: dict, backend: str, adapter, to_rows, train_exs, val_exs, out: P
     """(model with a trainable LoRA, tokenizer, train dataset, validation dataset)."""
     from transformers import set_seed
     set_seed(scfg["seed"])
-    model, tok = backends.load_for_training(scfg, backend, adapter=adapter)
     fmt = scfg["data"]["prompt_format"]
+    longest = None
+    if backend == "unsloth" and scfg["train"]["gradient_checkpointing"]:  # sizes Unsloth's offloading
+        tok = backends.load_tokenizer(scfg["model"]["name"])
+        longest = max(records.token_lengths(to_rows(train_exs + val_exs, fmt, tok), tok), default=0)
+    model, tok = backends.load_for_training(scfg, backend, adapter=adapter, longest=longest)
     train_rows, val_rows = to_rows(train_exs, fmt, tok), to_rows(val_exs, fmt, tok)
     # measured with this run's tokenizer before the trainer sees them: TRL drops or cuts long rows silently
     records.check_lengths(train_exs + val_exs, train_rows + val_rows, tok, scfg["model"]["max_seq_length"])

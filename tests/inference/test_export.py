@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -56,3 +57,19 @@ def test_bfloat16_export_and_no_silent_overwrite(trained, tmp_path):
     with pytest.raises(UserError, match="pass --overwrite"):
         export(adapter, out)
     export(adapter, out, overwrite=True)
+
+
+def test_what_the_unsloth_merge_cannot_honour_is_refused(trained, tiny_model, tmp_path):
+    """Under Unsloth the merge loads the base the adapter records and writes its checkpoint's dtype: another
+    --base or --dtype is refused before anything loads, naming what it would write; the record reads the
+    dtype from what was written."""
+    from dporec.inference.export import checkpoint_dtype, unsloth_export_problem, written_dtype
+    adapter = Path(f"{trained['output_dir']}/sft")
+    base_dtype = checkpoint_dtype(str(tiny_model))
+    assert base_dtype == "float32"  # the tiny model is saved in fp32
+    assert unsloth_export_problem(adapter, "float32", None, base_dtype) is None
+    assert "writes the base checkpoint's dtype (float32)" in unsloth_export_problem(adapter, "bfloat16", None,
+                                                                                     base_dtype)
+    assert "--backend hf" in unsloth_export_problem(adapter, "float32", "another/base", base_dtype)
+    out = export(adapter, tmp_path / "bf16")
+    assert written_dtype(out) == json.loads((out / "export_info.json").read_text())["dtype"] == "bfloat16"

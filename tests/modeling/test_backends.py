@@ -43,6 +43,26 @@ def test_load_for_training_4bit_only_lora_trainable(tiny_model):
     assert not any(getattr(m, "support_avx512bf16_for_cpu", False) for m in model.modules())
 
 
+def test_16bit_training_keeps_the_compute_dtype_and_non_reentrant_checkpointing(tiny_model):
+    """prepare_model_for_kbit_training widens the embedding, LM head and norms to fp32 (+~2 GiB and an fp32
+    residual stream on Llama 3 8B); the loader casts them back, as the memory estimate assumes. Every 4-bit
+    layer computes in the compute dtype, whatever the checkpoint says, and checkpointing is non-reentrant."""
+    import bitsandbytes as bnb
+    cfg = cfg_for(tiny_model, "model.dtype=bfloat16", "train.gradient_checkpointing=true")
+    model, _ = backends.load_for_training(cfg, "hf")
+    frozen = {p.dtype for p in model.parameters() if p.is_floating_point() and not p.requires_grad}
+    assert frozen == {torch.bfloat16}
+    four_bit = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert four_bit and all(m.compute_dtype == torch.bfloat16 and m.compute_type_is_set for m in four_bit)
+    layer = model.get_base_model().model.layers[0]
+    assert layer.gradient_checkpointing
+    assert layer._gradient_checkpointing_func.keywords["use_reentrant"] is False
+    m = four_bit[0]
+    m.compute_dtype = torch.float32  # what a pre-quantized checkpoint's own bnb_4bit_compute_dtype can set
+    assert backends.set_4bit_compute_dtype(model, torch.bfloat16) == ["float32"]
+    assert m.compute_dtype == torch.bfloat16
+
+
 def test_gradients_unchanged_by_an_eval_pass(tiny_model):
     """An eval-mode forward must not change later training gradients (bitsandbytes CPU repacking)."""
     def lora_grads(eval_first: bool):
@@ -213,6 +233,10 @@ def test_unsloth_gradient_checkpointing_follows_the_config():
         return backends.unsloth_gradient_checkpointing(cfg)
 
     assert gc("true") == "unsloth" and gc("false") is False
+    cfg = load_config(TINY_CONFIG, ["train.gradient_checkpointing=true"])
+    # sized from the data: offloading to CPU only for rows as long as Unsloth's own threshold
+    assert backends.unsloth_gradient_checkpointing(cfg, longest=240) is True
+    assert backends.unsloth_gradient_checkpointing(cfg, longest=backends.UNSLOTH_OFFLOAD_FROM) == "unsloth"
 
 
 def test_load_for_training_passes_gradient_checkpointing_to_unsloth_adapter_loads(tmp_path, monkeypatch):
@@ -226,7 +250,8 @@ def test_load_for_training_passes_gradient_checkpointing_to_unsloth_adapter_load
         @staticmethod
         def from_pretrained(**kw):
             calls.append(kw)
-            return object(), types.SimpleNamespace(pad_token="<pad>", bos_token=None, chat_template=None)
+            return torch.nn.Linear(1, 1), types.SimpleNamespace(pad_token="<pad>", bos_token=None,
+                                                                chat_template=None)
 
     monkeypatch.setitem(sys.modules, "unsloth", types.SimpleNamespace(FastLanguageModel=FakeFast))
     monkeypatch.setattr(backends, "cuda_capability", lambda: (8, 6))
@@ -235,6 +260,8 @@ def test_load_for_training_passes_gradient_checkpointing_to_unsloth_adapter_load
         backends.load_for_training(cfg, "unsloth", adapter=tmp_path / "sft")
         assert calls[-1]["use_gradient_checkpointing"] == expected
         assert calls[-1]["model_name"] == str(tmp_path / "sft") and calls[-1]["dtype"] == torch.bfloat16
+    backends.load_for_training(cfg, "unsloth", adapter=tmp_path / "sft", longest=240)  # rows of this data
+    assert calls[-1]["use_gradient_checkpointing"] is True  # plain checkpointing: no offload for short rows
 
 
 def test_unsloth_refuses_a_chat_template_with_literal_bos():
@@ -325,7 +352,9 @@ def test_unsloth_loads_exactly_the_named_model(monkeypatch, tmp_path):
             loaded = model_name if use_exact_model_name else model_name + "-bnb-4bit"
             calls.append(loaded)
             tok = types.SimpleNamespace(pad_token="<pad>", bos_token=None, chat_template=None)
-            return types.SimpleNamespace(name_or_path=loaded), tok
+            model = torch.nn.Linear(1, 1)  # a module: the loader sets its 4-bit layers' compute dtype
+            model.name_or_path = loaded
+            return model, tok
 
     monkeypatch.setitem(sys.modules, "unsloth", types.SimpleNamespace(FastLanguageModel=FastLanguageModel))
     cfg = load_config(TINY_CONFIG, ["model.name=unsloth/llama-3-8b", "model.dtype=float32"])

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from dporec import ROOT, arms
+from dporec import ROOT, UserError, arms
 from dporec.config import load_config
 from dporec.costmodel import LLAMA3_8B, RTX_3090, ModelShape
 from dporec.modeling import runtime
@@ -89,11 +89,10 @@ def test_thesis_run_fits_three_hours_on_an_rtx_3090():
     # what the savings are worth: without them the same run takes much longer
     before = load_config(THESIS, ["dpo.prefix_sharing=false", "dpo.precompute_ref_log_probs=false",
                                   "eval.full_answer=true", "data.train_pairs_per_user=3"])
-    slow = cost.predict(before, LLAMA3_8B, cost.ML1M_BUILD,
-                        {"sft": "unsloth", "dpo": "unsloth", "eval": "unsloth"}, RTX_3090)
+    slow = cost.predict(before, LLAMA3_8B, cost.ML1M_BUILD, GPU_BACKENDS, RTX_3090)  # same backends
     assert slow.hours > 1.5 * pred.hours
     lines = "\n".join(cost.format_prediction(pred, cost.ML1M_BUILD))
-    assert "RTX 3090" in lines and "assumed 40%" in lines and "not a measurement" in lines
+    assert "RTX 3090" in lines and "assumed hf 40%, unsloth 56%" in lines and "not a measurement" in lines
 
 
 def test_every_arm_stage_is_costed_and_no_other():
@@ -110,14 +109,56 @@ def test_every_arm_stage_is_costed_and_no_other():
 
 
 def test_a_measured_utilisation_replaces_the_assumption(tmp_path):
-    measured = tmp_path / "utilisation.json"
-    measured.write_text(json.dumps({"convention": "matmul-6N", "gpus": {
-        "RTX 3090": {"train": 0.2, "eval": 0.2, "source": "bench_train, 2 runs"}}}))
+    """A results file of benchmarks/bench_train.py: each backend at its measured utilisation, a backend it
+    could not measure at the assumed one, and the source line says which is which."""
+    measured = tmp_path / "rtx-3090.json"
+    half = {b: {k: u / 2 for k, u in v.items()} for b, v in cost.ASSUMED_UTILISATION.items()}
+    measured.write_text(json.dumps({"convention": "matmul-6N", "gpu": "RTX 3090", "utilisation": half}))
     cfg = load_config(THESIS)
     slow = cost.predict(cfg, LLAMA3_8B, cost.ML1M_BUILD, GPU_BACKENDS, RTX_3090,
                         cost.read_utilisation(measured))
     assumed = cost.predict(cfg, LLAMA3_8B, cost.ML1M_BUILD, GPU_BACKENDS, RTX_3090)
     assert slow.hours == pytest.approx(2 * assumed.hours) and slow.source.startswith("measured")
+    measured.write_text(json.dumps({"convention": "matmul-6N", "gpu": "RTX 3090",
+                                    "utilisation": {"hf": half["hf"]}}))
+    util, source = cost.utilisation_for("RTX 3090", cost.read_utilisation(measured))
+    assert util["hf"] == half["hf"] and util["unsloth"] == cost.ASSUMED_UTILISATION["unsloth"]
+    assert "for hf" in source and "assumed unsloth 56%" in source
+    measured.write_text(json.dumps({"convention": "matmul-6N", "gpus": {"RTX 3090": {"train": 0.2}}}))
+    with pytest.raises(UserError, match="not a results file"):
+        cost.read_utilisation(measured)
+
+
+def test_both_dpo_routes_side_by_side():
+    """verify_setup.py's DPO rows: the same stage on hf with the shared prompt, hf without, and Unsloth
+    (without: it drops the mask), each at its backend's utilisation; the configured route is marked."""
+    cfg = load_config(THESIS)
+    routes = cost.dpo_routes(cfg, LLAMA3_8B, cost.ML1M_BUILD, GPU_BACKENDS, RTX_3090)
+    by = {(r["backend"], r["shared_prompt"]): r for r in routes}
+    assert list(by) == list(cost.DPO_ROUTES) and by["hf", True]["chosen"]
+    assert sum(r["chosen"] for r in routes) == 1
+    # the same FLOPs on both unshared routes: the hours scale with the utilisations
+    u = cost.ASSUMED_UTILISATION
+    assert by["unsloth", False]["hours"] == pytest.approx(
+        by["hf", False]["hours"] * u["hf"]["train"] / u["unsloth"]["train"])
+    assert by["hf", True]["hours"] < by["hf", False]["hours"]
+    assert by["hf", True]["peak_gib"] != by["hf", False]["peak_gib"]  # one row per pair, not two
+    pred = cost.predict(cfg, LLAMA3_8B, cost.ML1M_BUILD, GPU_BACKENDS, RTX_3090)
+    dpo_hours = sum(h for s, h in pred.rows if s.name.startswith("DPO"))
+    assert by["hf", True]["hours"] == pytest.approx(dpo_hours)  # the route is the prediction's own row
+    unsloth_cfg = load_config(THESIS, ["dpo.prefix_sharing=false"])
+    plan = {k: b for k, (b, _) in runtime.plan(unsloth_cfg, True, True).items()}
+    chosen = [r for r in cost.dpo_routes(unsloth_cfg, LLAMA3_8B, cost.ML1M_BUILD, plan, RTX_3090)
+              if r["chosen"]]
+    assert [(r["backend"], r["shared_prompt"]) for r in chosen] == [("unsloth", False)]
+    text = "\n".join(cost.format_routes(routes))
+    assert "<- this config" in text and "dpo.prefix_sharing=false, with Unsloth" in text
+
+
+def test_the_t4_is_assumed_to_reach_less_of_its_spec():
+    util, source = cost.utilisation_for("T4 (fp16)")
+    assert util["hf"]["train"] == pytest.approx(cost.ASSUMED_UTILISATION["hf"]["train"] * 0.6)
+    assert cost.utilisation_for("RTX 3090")[0] == cost.ASSUMED_UTILISATION
 
 
 def test_data_shape_reads_the_files(tiny_cfg, tiny_model):

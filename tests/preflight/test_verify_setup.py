@@ -32,6 +32,23 @@ def test_good_tiny_config_passes(capsys, tiny_data, tiny_model, tmp_path):
                    for line in out.splitlines()), (name, out)
     # Adapters that do not exist yet are only a warning before training.
     assert "adapter: sft" in out and "not trained yet" in out
+    assert "4-bit matmuls in float32" in out  # what the loader sets every 4-bit layer to
+    assert "the DPO stage by route" in out and "<- this config" in out  # both DPO routes, side by side
+
+
+def test_a_prequantized_checkpoints_compute_dtype_is_named(tiny_cfg, tiny_model, tmp_path):
+    """A pre-quantized checkpoint keeps its own bnb_4bit_compute_dtype in transformers; the model row says
+    the loader sets the 4-bit matmuls to the run's dtype instead."""
+    from dporec.config import updated
+    from dporec.preflight import inputs
+    model = tmp_path / "prequantized"
+    shutil.copytree(tiny_model, model)
+    config = json.loads((model / "config.json").read_text())
+    config["quantization_config"] = {"load_in_4bit": True, "bnb_4bit_compute_dtype": "bfloat16"}
+    (model / "config.json").write_text(json.dumps(config))
+    status, _, detail, _ = inputs.check_model(table.Facts(updated(tiny_cfg, {"model.name": str(model)}), "x"))
+    assert status == table.OK
+    assert "bnb_4bit_compute_dtype=bfloat16: the 4-bit matmuls are set to run in float32" in detail
 
 
 def _copy_data(tiny_data, tmp_path):
@@ -117,7 +134,7 @@ def test_pins_come_from_the_requirements_files():
 def test_smoke_trains_a_few_steps(capsys, tiny_data, tiny_model, tmp_path):
     code, out = run(capsys, "--smoke", *tiny_overrides(tiny_data, tiny_model, tmp_path / "run"))
     assert code == 0, out
-    assert any(line.lstrip().startswith("✓") and "smoke training" in line and "(backend hf)" in line
+    assert any(line.lstrip().startswith("✓") and "smoke training" in line and "(SFT on hf, DPO on hf)" in line
                for line in out.splitlines()), out
 
 
@@ -171,17 +188,25 @@ def test_gpu_sized_config_without_gpu_is_a_failure(capsys, tiny_data, tmp_path):
     assert "needs a gpu" not in capsys.readouterr().out
 
 
-def test_smoke_runs_with_the_resolved_backend(tiny_cfg, tmp_path):
-    """The smoke run keeps the backend verify's process setup chose: an hf process never switches to
-    Unsloth after transformers was imported, and DPO shares its prompt only where it can (hf)."""
-    from dporec.modeling import runtime
-    facts = table.Facts(tiny_cfg, "x.yaml")
+def test_smoke_runs_with_the_users_backends(tiny_cfg, tmp_path):
+    """The smoke run keeps the user's model.backend and dpo.prefix_sharing, so each stage runs on the backend
+    the real run plans for it (on a GPU with Unsloth: SFT under Unsloth, the shared-prompt DPO on hf);
+    without a process setup it runs on hf."""
+    from dporec.config import updated
+    facts = table.Facts(updated(tiny_cfg, {"dpo.prefix_sharing": False}), "x.yaml")
     assert smoke.smoke_config(facts, tmp_path, tmp_path / "m")["model"]["backend"] == "hf"  # no setup yet
     facts.setup()
     assert facts.runtime.process_backend == "hf" and facts.setup_error is None
     cfg = smoke.smoke_config(facts, tmp_path, tmp_path / "m")
-    assert cfg["model"]["backend"] == "hf" and cfg["dpo"]["prefix_sharing"]
-    facts.runtime = runtime.Runtime(backends=dict.fromkeys(runtime.KINDS, "unsloth"),
-                                    process_backend="unsloth", cuda=True, capability=(8, 6), processes=1)
-    cfg = smoke.smoke_config(facts, tmp_path, tmp_path / "m")
-    assert cfg["model"]["backend"] == "unsloth" and not cfg["dpo"]["prefix_sharing"]
+    assert cfg["model"]["backend"] == "auto" and not cfg["dpo"]["prefix_sharing"]
+
+
+def test_smoke_runs_a_stage_this_process_cannot_run_in_a_fresh_one(standin_unsloth, tiny_cfg):
+    """Under a process-wide patch of Llama's forward (the stand-in for Unsloth), the hf stages of the smoke
+    run go to fresh processes, as run_experiment.py sends them, and pass there."""
+    facts = table.Facts(tiny_cfg, "x.yaml")
+    facts.setup()
+    status, name, detail = smoke.check_smoke(facts)[:3]
+    assert status == table.OK, detail
+    assert "SFT on hf in a fresh process" in detail and "DPO on hf in a fresh process" in detail
+    assert not any(training for training, _ in standin_unsloth)  # nothing trained under the patch
