@@ -10,8 +10,8 @@
     python verify_setup.py --config configs/tiny.yaml --smoke
     # before evaluate_dpo.py: the adapters must exist
     python verify_setup.py --config configs/llama3_8b.yaml --for-eval
-    # predict the time from the utilisation a GPU benchmark measured (benchmarks/bench_train.py)
-    python verify_setup.py --config configs/llama3_8b.yaml --utilisation benchmarks/results/utilisation.json
+    # predict the time from the utilisation per backend a GPU benchmark measured (benchmarks/bench_train.py)
+    python verify_setup.py --config configs/llama3_8b.yaml --utilisation benchmarks/results/rtx-3090.json
 
 Prints one row per check: ✓ fine, ! works but worth knowing (slow path, not trained yet, ...),
 ✗ will fail (each with the command or setting that fixes it). Exit status 1 when any check is ✗.

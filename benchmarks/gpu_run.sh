@@ -13,6 +13,7 @@
 #                                          #   DPO routes (Unsloth; hf with and without the shared prompt)
 #     bash benchmarks/gpu_run.sh e2e       # ~5 min: verify_setup --smoke, then SFT -> DPO -> eval, hf + unsloth
 #     bash benchmarks/gpu_run.sh small     # ~6 min: bench_train --shape small, 1x8 + 4x2, hf + unsloth
+#     bash benchmarks/gpu_run.sh 8b        # ~8 min: the 8B shape at batch 1 x accum 8, with evaluation
 #     bash benchmarks/gpu_run.sh 8b-4x2    # ~8 min: the 8B shape at batch 4 x accum 2
 # Each step writes to $OUT: <step>.log (the console), bench_<shape>.json or e2e results, and
 # <step>-runs.tgz (every child's log, metrics.json, run_info.json). A step cut off by its time limit
@@ -23,7 +24,7 @@
 # predicts from it).
 set -uo pipefail
 cd "$(dirname "$0")/.."
-STEP=${1:?usage: bash benchmarks/gpu_run.sh bench|e2e|small|8b-4x2}
+STEP=${1:?usage: bash benchmarks/gpu_run.sh bench|e2e|small|8b|8b-4x2}
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 BENCH=/tmp/bench                      # models, data and runs; reused by later steps on the same machine
 LOG="$OUT/$STEP.log"
@@ -96,12 +97,12 @@ small)
     cp $BENCH/bench_small.json "$OUT/"; pack $BENCH/runs/small
     ;;
 8b | 8b-4x2)
-    BATCH=1x8; [ "$STEP" = 8b-4x2 ] && BATCH=4x2   # 8b: bench's runs with evaluation, without --prequantize
-    df -h /tmp | tail -1   # the bf16 checkpoint takes ~16 GB
+    BATCH=1x8; [ "$STEP" = 8b-4x2 ] && BATCH=4x2   # the bench step's NF4 model; runs of their own (--out)
+    df -h /tmp | tail -1   # the bf16 build takes ~16 GB before it is quantised
     timeout 560 python3 benchmarks/bench_train.py --shape llama3-8b --backends hf,unsloth --batch-sizes $BATCH \
-        --steps 6 --eval-pairs 16 --accept-no-xformers --prequantize --out $BENCH \
+        --steps 6 --eval-pairs 16 --accept-no-xformers --prequantize --out $BENCH/$STEP \
         --model-dir $BENCH/models/llama3-8b-nf4 --predict-3090 "${TOKARG[@]}"
-    cp $BENCH/bench_llama3-8b.json "$OUT/bench_llama3-8b-$BATCH.json"; pack $BENCH/runs/llama3-8b
+    cp $BENCH/$STEP/bench_llama3-8b.json "$OUT/bench_llama3-8b-$BATCH.json"; pack $BENCH/$STEP/runs/llama3-8b
     cp benchmarks/results/*.json "$OUT/" 2>/dev/null   # the per-GPU results verify_setup --utilisation reads
     ;;
 *)

@@ -102,17 +102,14 @@ def runner(stage: arms.Stage, rt: runtime.Runtime, launcher: str | None, config_
     """How a stage runs: its function in this process, or its script as a child process, under
     experiment.launcher for a training stage (e.g. `accelerate launch` for several GPUs) or with this
     Python when this process cannot run it unpatched (decided now, when the stage starts)."""
-    if launcher and stage.kind in arms.TRAINING_KINDS:
-        return runtime.child(stage.script, launcher)
-    why = rt.why_not_here(stage.kind)
-    if why:
-        return runtime.child(stage.script, why=why)
     if stage.kind == "eval":
-        def run_eval(cfg: dict, spec: arms.StageSpec) -> int:
+        def here(cfg: dict, spec: arms.StageSpec) -> int:
             evaluate(cfg, rt, config_path=config_path, spec=spec)
             return 0
-        return run_eval
-    return lambda cfg, spec: RUNNERS[stage.kind](cfg, spec, rt)
+    else:
+        def here(cfg: dict, spec: arms.StageSpec) -> int:
+            return RUNNERS[stage.kind](cfg, spec, rt)
+    return runtime.placed(stage, rt, here, launcher)
 
 
 def run_once(cfg: dict, rt: runtime.Runtime, config_path: str = "<your config>") -> tuple[dict, dict]:

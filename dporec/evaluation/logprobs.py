@@ -16,6 +16,7 @@ import torch
 
 from dporec.evaluation.batches import model_device, pad, pad_id
 from dporec.evaluation.sequences import Seq, common_prefix
+from dporec.modeling.backends import decoder_of
 
 
 @dataclass
@@ -29,24 +30,37 @@ class ScoringInfo:
 HEAD_CHUNK = 16384  # vocabulary rows of the LM head widened to fp32 at a time (256 MiB at hidden 4096)
 
 
-def _fp32_head(module, args, output):
-    """Forward hook on the LM head: its logits in fp32 from the 16-bit hidden states and weight. A bf16
-    logit near 15 is rounded to 0.0625, which would quantise a letter margin and make exact ties common;
-    the head's matmul over the few kept columns is cheap next to the decoder."""
-    if output.dtype == torch.float32 or not isinstance(module, torch.nn.Linear):
-        return None
-    x, w = args[0].float(), module.weight
-    out = torch.cat([x @ w[i:i + HEAD_CHUNK].float().T for i in range(0, w.shape[0], HEAD_CHUNK)], dim=-1)
-    return out if module.bias is None else out + module.bias.float()
+def fp32_logits(hidden: torch.Tensor, head) -> torch.Tensor:
+    """The LM head's logits in fp32 from the decoder's (16-bit) hidden states: a bf16 logit near 15 is
+    rounded to 0.0625, which would quantise a letter margin and make exact ties common. The head's weight
+    is widened a chunk at a time into one preallocated output."""
+    w, x = head.weight, hidden.float()
+    out = torch.empty(*x.shape[:-1], w.shape[0], dtype=torch.float32, device=x.device)
+    for i in range(0, w.shape[0], HEAD_CHUNK):
+        out[..., i:i + HEAD_CHUNK] = x @ w[i:i + HEAD_CHUNK].float().T
+    bias = getattr(head, "bias", None)
+    return out if bias is None else out + bias.float()
 
 
 def _forward(model, ids, mask, pos, keep: int, **kw):
-    """Model output with fp32 logits for the last `keep` positions only (0: all)."""
+    """Model output and fp32 logits for the last `keep` positions only (0: all).
+
+    The logits are computed here from the decoder's last hidden state (caught by a hook on the decoder
+    module), not read from the model's output: Unsloth's causal-LM forward casts its logits back to the
+    model's 16-bit dtype. The model itself is asked for one column only. A model without a separate
+    decoder and a plain linear head gets its own logits, widened."""
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    handle = head.register_forward_hook(_fp32_head) if head is not None else None
+    decoder = decoder_of(model)
+    caught = {}
+    handle = None
+    if decoder is not None and isinstance(head, torch.nn.Linear):
+        def catch(module, args, output):
+            caught["h"] = output[0] if isinstance(output, tuple) else output.last_hidden_state
+        handle = decoder.register_forward_hook(catch)
     try:
         try:
-            out = model(input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=keep, **kw)
+            asked = 1 if handle is not None else keep
+            out = model(input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=asked, **kw)
         except TypeError as e:  # only a model without logits_to_keep: compute all logits and slice
             if "logits_to_keep" not in str(e):
                 raise
@@ -54,7 +68,10 @@ def _forward(model, ids, mask, pos, keep: int, **kw):
     finally:
         if handle is not None:
             handle.remove()
-    return out, (out.logits[:, -keep:] if keep else out.logits)
+    if "h" in caught:
+        h = caught["h"]
+        return out, fp32_logits(h[:, -keep:] if keep else h, head)
+    return out, (out.logits[:, -keep:] if keep else out.logits).float()
 
 
 def _picked_logps(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -98,11 +98,8 @@ UNSLOTH_BUFFERS = "_unsloth_temporary_saved_buffers"  # unsloth/save.py's scratc
 def checkpoint_dtype(name: str) -> str | None:
     """The dtype a model checkpoint's config.json names (dtype, or torch_dtype before transformers 5), when
     the checkpoint is on disk."""
-    from dporec.weights import model_folder
-    folder = model_folder(name)
-    if folder is None or not (folder / "config.json").is_file():
-        return None
-    config = json.loads((folder / "config.json").read_text())
+    from dporec.weights import base_config
+    config = base_config(name) or {}
     return config.get("dtype") or config.get("torch_dtype")
 
 
@@ -116,8 +113,8 @@ def unsloth_export_problem(adapter: Path, dtype: str, base: str | None, base_dty
     16-bit dtype whatever is asked. None when it can do what was asked."""
     recorded = check_adapter(adapter).get("base_model_name_or_path")
     if base and recorded and base != recorded:
-        return (f"--base {base}: under Unsloth the merge uses the base the adapter records ({recorded}); "
-                "pass --backend hf to merge into another base")
+        return (f"--base {base}: under Unsloth the merge loads the base path the adapter records "
+                f"({recorded}) exactly; pass --backend hf to merge into another base or copy")
     if base_dtype and dtype != base_dtype:
         return (f"--dtype {dtype}: Unsloth's merged save writes the base checkpoint's dtype ({base_dtype}); "
                 f"pass --dtype {base_dtype}, or --backend hf to write {dtype}")

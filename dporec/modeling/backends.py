@@ -79,6 +79,13 @@ def prepare_generation(model, backend: str) -> None:
         FastLanguageModel.for_inference(model)
 
 
+def decoder_of(model):
+    """The decoder stack (e.g. LlamaModel) under a PeftModel / ForCausalLM; None when it exposes none."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    dec = base.get_decoder() if hasattr(base, "get_decoder") else None
+    return None if dec is None or dec is base else dec
+
+
 def release_memory() -> None:
     """Hand freed model memory back (call after dropping the last reference to a model)."""
     import gc
@@ -158,6 +165,9 @@ def keep_compute_dtype(model, dtype: torch.dtype) -> int:
     Unsloth keeps them. Call before the LoRA adapter exists (TRL casts that one itself). Returns the count."""
     n = 0
     for p in model.parameters():
+        # packed 4-bit weights may be stored in a float dtype (bnb_4bit_quant_storage): bytes, not numbers
+        if type(p).__name__ == "Params4bit" or getattr(p, "quant_state", None) is not None:
+            continue
         if p.is_floating_point() and p.dtype != dtype and not p.requires_grad:
             p.data = p.data.to(dtype)
             n += 1

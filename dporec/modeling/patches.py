@@ -12,8 +12,9 @@ from __future__ import annotations
 import inspect
 import sys
 
-# Where a model class's forward may come from and still be the stack's own code.
-OWN = ("transformers.", "torch.", "peft.", "bitsandbytes.", "accelerate.")
+# Where a model class's forward may come from and still be the stack's own code (transformers_modules: a
+# checkpoint's own modelling code, trust_remote_code).
+OWN = ("transformers.", "transformers_modules.", "torch.", "peft.", "bitsandbytes.", "accelerate.")
 
 
 def _foreign(cls) -> str | None:

@@ -51,6 +51,8 @@ class Runtime:
         the one loaded here and, for hf, nothing has patched the model classes (checked live: a stage
         starting after an Unsloth stage of the same process sees the patch)."""
         backend = self.backends[kind]
+        if backend is None:  # the config cannot run it on this machine at all
+            return self.why[kind]
         if backend != self.process_backend:
             return (f"this process runs the {self.process_backend} backend (Unsloth patches the model "
                     f"classes for the whole process), but the {kind} stage runs on {backend}")
@@ -72,7 +74,8 @@ class Runtime:
             raise UserError(self.why[kind])
         why = self.why_not_here(kind)
         if why:
-            raise UserError(f"{why}: run it in a fresh process (python {script} ...)")
+            raise UserError(f"{why}: run it in a fresh process (python {script} ...; if this already is "
+                            "one, something imported at start-up patches transformers: remove it)")
         return self.backends[kind]
 
 
@@ -127,6 +130,16 @@ def setup(cfg: dict, first: str) -> Runtime:
         compat.allow_indexed_cpu_storages()
     return Runtime(backends=backends, process_backend=backends[first], cuda=cuda, capability=capability,
                    processes=world_size(), why={k: w for k, (_, w) in chosen.items()})
+
+
+def placed(stage: arms.Stage, rt: Runtime, here, launcher: str | None = None):
+    """Where a stage runs, decided when it starts: `here` (run(cfg, spec) in this process) when this process
+    can run it unpatched, else the stage's script in a fresh child process (also, with a launcher such as
+    `accelerate launch`, every training stage). run_experiment.py and verify_setup.py --smoke both ask."""
+    if launcher and stage.kind in arms.TRAINING_KINDS:
+        return child(stage.script, launcher)
+    why = rt.why_not_here(stage.kind)
+    return child(stage.script, why=why) if why else here
 
 
 def child(script: str, command: str | None = None, why: str | None = None):

@@ -101,6 +101,12 @@ class Stage:
     decode_steps: float = 0.0  # sequential generation steps: each reads every weight once (bandwidth-bound)
 
 
+def shares_prompt(cfg: dict, dpo_backend: str | None) -> bool:
+    """Whether the DPO stage runs each pair's prompt once: dpo.prefix_sharing, on hf only (Unsloth's
+    patched Llama drops the mask it needs; the DPO trainer then runs TRL's layout)."""
+    return bool(cfg["dpo"]["prefix_sharing"]) and dpo_backend == "hf"
+
+
 def _steps(cfg: dict, section: str, examples: int) -> tuple[int, int]:
     """(optimizer steps, examples seen) of a training stage's effective config."""
     per_step = cfg["train"]["batch_size"] * cfg["train"]["grad_accum"]
@@ -129,7 +135,7 @@ def _training(spec: arms.StageSpec, cfg: dict, model: ModelShape, data: DataShap
     examples = _sampled_pairs(cfg, n_train) if spec.train_from else n_train
     steps, seen = _steps(scfg, kind, examples)
     p, a, gc = data.prompt, data.answer, scfg["train"]["gradient_checkpointing"]
-    shared = kind == "dpo" and scfg["dpo"]["prefix_sharing"] and backend == "hf"
+    shared = kind == "dpo" and shares_prompt(scfg, backend)
     precomputed = scfg["dpo"]["precompute_ref_log_probs"]
     per_example = example_flops(kind, model, p, a, gc, shared)  # the reference: its own row below
     tokens = p + a if kind == "sft" else pair_tokens(p, a, shared)
@@ -213,7 +219,7 @@ def peak_memory(cfg: dict, model: ModelShape, data: DataShape, backends: dict[st
                   targets=lc["target_modules"], eight_bit_optim="8bit" in t["optim"],
                   checkpointing=t["gradient_checkpointing"], four_bit=cfg["model"]["load_in_4bit"],
                   wide=2 if gpu else 4, gpu=gpu)
-    shared = cfg["dpo"]["prefix_sharing"] and backends["dpo"] == "hf"
+    shared = shares_prompt(cfg, backends["dpo"])
     return {"SFT": peak_memory_gib(model, "sft", **common),
             "DPO": peak_memory_gib(model, "dpo", shared_prompt=shared, **common)}
 
@@ -293,7 +299,7 @@ def dpo_routes(cfg: dict, model: ModelShape, data: DataShape, backends: dict[str
     """The DPO stage (its steps and its reference) predicted on each route of DPO_ROUTES, side by side:
     [{"backend", "shared_prompt", "hours", "peak_gib", "chosen"}]; chosen marks this config's route."""
     from dporec.config import updated
-    configured = (backends.get("dpo"), bool(cfg["dpo"]["prefix_sharing"]) and backends.get("dpo") == "hf")
+    configured = (backends.get("dpo"), shares_prompt(cfg, backends.get("dpo")))
     out = []
     for backend, shared in DPO_ROUTES:
         rcfg = updated(cfg, {"dpo.prefix_sharing": shared})

@@ -59,7 +59,7 @@ def _four_bit_note(ctx) -> str:
     if saved and saved != dtype:
         return (f"; pre-quantized with bnb_4bit_compute_dtype={saved}: the 4-bit matmuls are set to run in "
                 f"{dtype}, the training dtype here")
-    return f"; 4-bit matmuls in {dtype}"
+    return f"; 4-bit matmuls in {dtype}" + ("" if ctx.cuda else " here (bf16 or fp16 on a GPU)")
 
 
 def _size(n: float) -> str:
@@ -275,7 +275,7 @@ def check_time(ctx):
     """The predicted wall time of the configured run, stage by stage (preflight.cost): on this GPU, or on an
     RTX 3090 and a T4 on a machine without one; at the utilisation --utilisation FILE measured, else the
     assumed one."""
-    from dporec.costmodel import RTX_3090, T4
+    from dporec.costmodel import RTX_3090, T4, gpu_spec
     from dporec.preflight import cost
     cfg = ctx.cfg
     if ctx.shape is None:
@@ -291,6 +291,10 @@ def check_time(ctx):
         return row(FAIL, "time", str(e), "measure again, or leave out --utilisation")
     gpus = [ctx.gpu_name] if ctx.gpu_name else [RTX_3090, T4]
     lines = []
+    labels = {(gpu_spec(g) or {}).get("label") for g in gpus}
+    if measured and not labels & set(measured):  # measured on another GPU: every figure below is assumed
+        lines.append(f"--utilisation {ctx.utilisation} was measured on {', '.join(measured)}, not on "
+                     f"{' or '.join(sorted(x for x in labels if x))}: the assumed utilisations apply")
     for gpu in gpus:
         try:
             pred = cost.predict(cfg, ctx.shape, data, _backends(ctx), gpu, measured)

@@ -37,18 +37,20 @@ def check_smoke(ctx):
             return row(FAIL, "smoke training", str(e), "fix model.backend / dpo.prefix_sharing")
         ran = []
         for stage, run in ((arms.SFT, run_sft), (arms.DPO, run_dpo)):
+            if rt.backends[stage.kind] is None:  # the config cannot run this stage here: the plan says why
+                return row(FAIL, "smoke training", f"{stage.label}: {rt.why[stage.kind]}",
+                           "fix model.backend / dpo.prefix_sharing")
             spec = arms.spec_for(stage, cfg, FinishedRun(cfg, "the smoke run"))  # DPO: from the SFT just made
-            why = rt.why_not_here(stage.kind) if rt.backends[stage.kind] else None
-            if why:  # as run_experiment.py runs it: in a process no other backend has patched
-                code = _call(partial(runtime.child(stage.script, why=why), spec=spec), cfg)
-            else:
-                code = _call(partial(run, spec=spec, rt=rt), cfg)
+            # as run_experiment.py places it: here, or in a fresh process where this one cannot run it
+            fresh = rt.why_not_here(stage.kind) is not None
+            placed = runtime.placed(stage, rt, lambda c, spec, run=run: run(c, spec=spec, rt=rt))
+            code = _call(partial(placed, spec=spec), cfg)
             if code:
                 return row(FAIL, "smoke training", f"{stage.label} on {rt.backends[stage.kind]} exited with "
                                                    f"status {code} (output above)",
                            "read the error above; python train_sft.py "
                            "--config configs/tiny.yaml reproduces it")
-            ran.append(f"{stage.label} on {rt.backends[stage.kind]}" + (" in a fresh process" if why else ""))
+            ran.append(f"{stage.label} on {rt.backends[stage.kind]}" + (" in a fresh process" * fresh))
     return row(OK, "smoke training", f"3 SFT + 3 DPO steps on a tiny 4-bit Llama in {time.time() - t0:.0f} s "
                                      f"({', '.join(ran)})")
 

@@ -25,6 +25,7 @@ from contextlib import ExitStack
 import torch
 
 from dporec import UserError, compat
+from dporec.modeling.backends import decoder_of
 from dporec.modeling.patches import model_patches
 
 log = logging.getLogger(__name__)
@@ -91,11 +92,9 @@ def shared_prompt_mask(seg: torch.Tensor, dtype: torch.dtype | None) -> torch.Te
 
 
 def _decoder(model):
-    """The decoder stack (e.g. LlamaModel) under a PeftModel / ForCausalLM."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    dec = base.get_decoder() if hasattr(base, "get_decoder") else None
-    if dec is None or dec is base:
-        raise TypeError(f"{type(base).__name__} exposes no separate decoder")
+    dec = decoder_of(model)
+    if dec is None:
+        raise TypeError(f"{type(model).__name__} exposes no separate decoder")
     return dec
 
 
@@ -161,11 +160,11 @@ def answer_only_trainer_class(prefix_sharing: bool = False):
     prefix_sharing running each pair's prompt once (checked against TRL's layout on the first batch)."""
     import trl
 
-    compat.check_trl_dpo_hooks(trl.DPOTrainer)  # the private methods overridden below
     if not trl.DPOTrainer.__module__.startswith("trl."):  # `import unsloth` rewrites it in place
         raise UserError(f"trl.DPOTrainer in this process is {trl.DPOTrainer.__module__}'s rewrite, not TRL's "
                         "(Unsloth was imported): the hf DPO stage runs in a fresh process (run_experiment.py "
                         "does that; run train_dpo.py on its own)")
+    compat.check_trl_dpo_hooks(trl.DPOTrainer)  # the private methods overridden below
 
     class DPOTrainer(trl.DPOTrainer):
         # "on", or why not: set by the first batch's check, read into metrics.json by the stage

@@ -63,6 +63,24 @@ def test_16bit_training_keeps_the_compute_dtype_and_non_reentrant_checkpointing(
     assert m.compute_dtype == torch.bfloat16
 
 
+def test_packed_4bit_weights_in_a_float_storage_are_not_cast(tiny_model):
+    """bnb_4bit_quant_storage may be a float dtype (a pre-quantized checkpoint keeps its own): the packed
+    bytes are then floating-point tensors, and casting them as numbers would corrupt the base."""
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+    quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                               bnb_4bit_quant_storage=torch.bfloat16,
+                               bnb_4bit_compute_dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, quantization_config=quant, dtype=torch.float32)
+    packed = {n: p.detach().clone() for n, p in model.named_parameters() if type(p).__name__ == "Params4bit"}
+    assert packed and all(p.dtype == torch.bfloat16 for p in packed.values())
+    backends.keep_compute_dtype(model, torch.float32)
+    after = dict(model.named_parameters())
+    # compared as bits: packed bytes read as bf16 include NaN patterns
+    for n, p in packed.items():
+        assert after[n].dtype == torch.bfloat16
+        assert torch.equal(after[n].view(torch.int16), p.view(torch.int16))
+
+
 def test_gradients_unchanged_by_an_eval_pass(tiny_model):
     """An eval-mode forward must not change later training gradients (bitsandbytes CPU repacking)."""
     def lora_grads(eval_first: bool):

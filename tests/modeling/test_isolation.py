@@ -108,18 +108,32 @@ def test_the_shared_prompt_check_runs_in_training_mode(tiny_data, tiny_model, tm
 
 
 def test_the_shared_prompt_check_passes_an_honest_model_in_training_mode(tiny_data, tiny_model, tmp_path):
-    """The same check with lora dropout on (tiny.yaml: 0.05): dropout is held off during it, so an honest
-    model is not turned off by chance."""
+    """The check with dropout active on a LoRA that changes the output (lora_B != 0, as after SFT): TRL
+    turns dropout off by default (DPOConfig.disable_dropout), but where it is on, the check holds it off,
+    so an honest model is not turned off by chance. The check runs at the first training step here."""
     cfg = load_config(TINY_CONFIG, tiny_overrides(tiny_data, tiny_model, tmp_path)
-                      + ["dpo.precompute_ref_log_probs=true", "lora.dropout=0.3"])
+                      + ["dpo.precompute_ref_log_probs=false", "lora.dropout=0.1"])
     model, tok, rows = _rows_and_model(cfg, tiny_data)
+    torch.manual_seed(0)
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.5)
     trainer = _trainer(dpo_trainer.answer_only_trainer_class(True), cfg, tmp_path / "t", model, tok, rows)
+    dropouts = [m for m in model.modules() if isinstance(m, torch.nn.Dropout)]
+    assert dropouts and all(m.p == 0 for m in dropouts)  # TRL's default
+    for m in dropouts:
+        m.p = 0.5
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(len(rows))])
+    model.train()
+    trainer.compute_loss(model, batch)
     assert trainer.shared_prompt == "on"
+    assert all(m.training for m in dropouts)  # back in training mode after the check
 
 
 def test_scoring_reads_the_kept_logits_in_fp32(tiny_model):
-    """A bf16 model's letter margin from fp32 logits: the head's matmul over the kept columns is widened,
-    so the margin is not rounded to bf16's ~0.06 steps at logit 15."""
+    """A bf16 model's letter margin from fp32 logits, computed from the decoder's hidden state: also when
+    the model's own forward casts its logits back to 16 bits (as Unsloth's causal-LM forward does), so the
+    margin is not rounded to bf16's ~0.06 steps at logit 15."""
     from transformers import AutoModelForCausalLM
 
     from dporec.evaluation import logprobs
@@ -127,8 +141,18 @@ def test_scoring_reads_the_kept_logits_in_fp32(tiny_model):
     ids = torch.randint(3, 100, (2, 12))
     mask, pos = torch.ones_like(ids), torch.arange(12).repeat(2, 1)
     with torch.no_grad():
-        out, logits = logprobs._forward(model, ids, mask, pos, 3, use_cache=False)
+        hidden = model.model(input_ids=ids, attention_mask=mask, position_ids=pos).last_hidden_state
+        want = hidden[:, -3:].float() @ model.lm_head.weight.float().T
         plain = model(input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=3).logits
+        forward = model.forward
+
+        def cast_back(*args, **kwargs):  # the causal-LM forward returns 16-bit logits, whatever it computed
+            out = forward(*args, **kwargs)
+            out.logits = out.logits.float().to(torch.bfloat16)
+            return out
+
+        model.forward = cast_back
+        _, logits = logprobs._forward(model, ids, mask, pos, 3, use_cache=False)
     assert logits.dtype == torch.float32 and plain.dtype == torch.bfloat16
-    assert torch.allclose(logits, plain.float(), atol=0.1)  # the same numbers, minus bf16's rounding
-    assert not torch.equal(logits, plain.float())
+    assert torch.allclose(logits, want, rtol=1e-5, atol=1e-5)
+    assert not torch.equal(logits, plain.float())  # bf16's rounding is gone

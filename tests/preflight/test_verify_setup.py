@@ -36,6 +36,17 @@ def test_good_tiny_config_passes(capsys, tiny_data, tiny_model, tmp_path):
     assert "the DPO stage by route" in out and "<- this config" in out  # both DPO routes, side by side
 
 
+def test_a_results_file_of_another_gpu_is_named_not_silently_ignored(capsys, tiny_data, tiny_model, tmp_path):
+    """--utilisation with a file measured on another GPU than the ones predicted for: the time row says the
+    assumed utilisations apply instead of quietly printing them."""
+    measured = tmp_path / "h100-sxm.json"
+    measured.write_text(json.dumps({"convention": "matmul-6N", "gpu": "H100 SXM",
+                                    "utilisation": {"hf": {"train": 0.3}}}))
+    over = tiny_overrides(tiny_data, tiny_model, tmp_path / "run")
+    _, out = run(capsys, "--utilisation", str(measured), *over)
+    assert "was measured on H100 SXM, not on RTX 3090 or T4 (fp16): the assumed utilisations apply" in out
+
+
 def test_a_prequantized_checkpoints_compute_dtype_is_named(tiny_cfg, tiny_model, tmp_path):
     """A pre-quantized checkpoint keeps its own bnb_4bit_compute_dtype in transformers; the model row says
     the loader sets the 4-bit matmuls to the run's dtype instead."""

@@ -273,6 +273,23 @@ def test_resume_matches_uninterrupted_run(stage, request, tiny_data, tiny_model,
     assert any(not torch.equal(ckpt[k], b[k]) for k in a)
 
 
+def test_a_resume_finishes_after_its_checkpoint_rotated_away(sft_run, tiny_data, tiny_model, tmp_path):
+    """With more saves to come than save_total_limit keeps, the checkpoint a resume started from is deleted
+    before the run ends: what the metrics need from it is read before training, so the stage still
+    finishes, and its metrics.json equals the uninterrupted run's."""
+    ckpt = ["train.save_steps=1", "train.save_total_limit=2"]  # saves at 3..8 after the resume: 6 > 2 + 1
+    with pytest.raises(KeyboardInterrupt):
+        run(stages.run_sft, tiny_data, tiny_model, tmp_path, *ckpt, callbacks=[_interrupt_at(2)])
+    run(stages.run_sft, tiny_data, tiny_model, tmp_path, *ckpt, "--resume")
+    assert not (tmp_path / "sft" / "checkpoint-2").exists()  # rotated away during the resumed run
+    m, m_straight = metrics(tmp_path / "sft"), metrics(sft_run / "sft")
+    assert m["resumed_from"].endswith("checkpoint-2") and m["steps"] == m_straight["steps"] == 8
+    assert m["final_train_loss"] == pytest.approx(m_straight["final_train_loss"], rel=1e-4)
+    assert m["tokens"] == m_straight["tokens"]
+    assert [h["loss"] for h in m["train_history"]] == pytest.approx(
+        [h["loss"] for h in m_straight["train_history"]], rel=1e-4)
+
+
 # ---------------------------------------------------------------------------------------------
 # Refusals and bad input: all before any model is loaded
 
