@@ -6,7 +6,7 @@
 #
 # Beforehand, on a machine with registry access:
 #     bash benchmarks/gpu_wheels.sh        # .whl/*.whl (~35 MiB, slimmed) + .whl/tokenizer-smollm2/
-# Then one command per step, with .whl/ copied along. With ~15 minutes of device time, run `bench` alone:
+# Then one command per step, with .whl/ copied along; `bench` first (the measurement the predictions need):
 #     bash benchmarks/gpu_run.sh bench     # THE one-shot measurement (~8 min on an H100, estimated): the
 #                                          #   stack check (stops when torch/bitsandbytes don't fit), then on
 #                                          #   the Llama-3-8B shape (random NF4 weights) both SFTs and the three
