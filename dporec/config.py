@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import copy
 import difflib
+import math
 import os
 import sys
 from collections.abc import Callable
@@ -20,6 +21,7 @@ import yaml
 
 from dporec import UserError, arms, read_text
 from dporec.data import built, sources, task
+from dporec.files import load_yaml
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,7 @@ DPO_LOSSES = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_
 
 
 NONE = type(None)
+SEED_MAX = 2**32 - 1  # numpy's seeds are 32-bit
 
 
 def experiment_section() -> dict:
@@ -62,8 +65,9 @@ def experiment_section() -> dict:
 # what differs from them. Each help says what the knob means and what it trades off.
 SCHEMA: dict[str, Any] = {
     "output_dir": F("runs/llama3_8b", str, help="run folder; sft/, dpo/ and eval/ are written under it"),
-    "seed": F(42, int, help="data order, LoRA init, bootstrap; run_experiment.py repeats over `seeds`"),
-    "seeds": F(None, list, NONE, help="run_experiment.py: repeat training+evaluation over these seeds"),
+    "seed": F(42, int, lo=0, hi=SEED_MAX, help="data order, LoRA init, bootstrap; run_experiment.py repeats "
+                                                "over `seeds`"),
+    "seeds": F(None, list, NONE, lo=1, help="run_experiment.py: repeat training+evaluation over these seeds"),
     "overwrite": F(False, bool, help="replace a finished run folder instead of refusing"),
     "resume": F(False, bool, str, choices=(False, True, "auto"),
                 help="true: continue from the last checkpoint in the run folder; auto: continue one if "
@@ -82,7 +86,7 @@ SCHEMA: dict[str, Any] = {
                                          "CPU anyway, at days per epoch; otherwise every script refuses it"),
     },
     "lora": {
-        "r": F(16, int, lo=1, help="adapter rank: more capacity and memory; 16 is the thesis value"),
+        "r": F(16, int, lo=1, hi=1024, help="adapter rank: more capacity and memory; 16 is the thesis value"),
         "alpha": F(16, int, lo=1, help="scale = alpha / r"),
         "dropout": F(0.0, float, lo=0, hi=1, open_hi=True, help="0 lets Unsloth use its fast path"),
         "target_modules": F(["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
@@ -304,6 +308,8 @@ def _check_value(key: str, field: Field, value, where: str):
     if not ok:
         names = " or ".join("null" if t is NONE else t.__name__ for t in types)
         raise UserError(f"{where}: '{key}' must be {names}, got {value!r}")
+    if isinstance(value, float) and not math.isfinite(value):  # .inf trains to NaN, .nan compares to nothing
+        raise UserError(f"{where}: '{key}' must be a finite number, got {value!r}")
     if field.choices and value not in field.choices:
         raise UserError(f"{where}: '{key}' must be one of {list(field.choices)}, got {value!r}")
     if isinstance(value, list) and field.lo is not None and len(value) < field.lo:
@@ -326,11 +332,13 @@ def _out_of_range(field: Field, value) -> str | None:
     hi_ok = field.hi is None or (value < field.hi if field.open_hi else value <= field.hi)
     if lo_ok and hi_ok:
         return None
+    def num(x):  # an integer bound in full (a seed's 4294967295), a float one short
+        return str(x) if isinstance(x, int) else f"{x:g}"
     parts = []
     if field.lo is not None:
-        parts.append(f"{'>' if field.open_lo else '>='} {field.lo:g}")
+        parts.append(f"{'>' if field.open_lo else '>='} {num(field.lo)}")
     if field.hi is not None:
-        parts.append(f"{'<' if field.open_hi else '<='} {field.hi:g}")
+        parts.append(f"{'<' if field.open_hi else '<='} {num(field.hi)}")
     extra = "".join(f" or {a}" for a in field.also)
     return " and ".join(parts) + extra
 
@@ -345,7 +353,8 @@ def _merge(cfg: dict, data: dict, schema: dict, where: str, prefix: str = "", re
         if key not in schema:
             raise _unknown(full, where)
         if _is_section(schema[key]):
-            _merge(cfg[key], value or {}, schema[key], where, f"{full}.", recorded)
+            # an empty section (`sft:`) is no settings; `model: 0` is not a section
+            _merge(cfg[key], {} if value is None else value, schema[key], where, f"{full}.", recorded)
         else:
             cfg[key] = _check_value(full, schema[key], value, where)
 
@@ -363,9 +372,16 @@ def _check_together(cfg: dict, where: str) -> None:
         for problem in arm.unmet(cfg):
             raise UserError(f"{where}: 'experiment.{arm.switch}': {problem}")
     seeds = cfg["seeds"]
-    if seeds is not None and (len(set(map(str, seeds))) != len(seeds)
-                              or not all(isinstance(x, int) and not isinstance(x, bool) for x in seeds)):
-        raise UserError(f"{where}: 'seeds' must be distinct integers, got {seeds}")
+    if seeds is not None and (len(set(map(str, seeds))) != len(seeds) or not all(
+            isinstance(x, int) and not isinstance(x, bool) and 0 <= x <= SEED_MAX for x in seeds)):
+        raise UserError(f"{where}: 'seeds' must be distinct integers from 0 to {SEED_MAX}, got {seeds}")
+    out = str(cfg["output_dir"]).strip()
+    if not out:
+        raise UserError(f"{where}: 'output_dir' must name a folder, got {cfg['output_dir']!r}")
+    # ~ and $VARS as a shell would expand them: a folder literally named '~' is never what was meant
+    cfg["output_dir"] = os.path.expandvars(os.path.expanduser(out))
+    if "$" in cfg["output_dir"]:
+        raise UserError(f"{where}: 'output_dir' {out!r} names an environment variable that is not set")
     if cfg["resume"] and cfg["overwrite"]:
         raise UserError("--resume and --overwrite contradict each other: --resume continues an unfinished "
                         "run, --overwrite deletes it and starts over; pass one of them")
@@ -408,12 +424,8 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] = (), recor
         recorded = recorded or (path.parent / "run_info.json").is_file()
         if not path.exists():
             raise UserError(f"config file not found: {path}")
-        text = read_text(path)
-        try:
-            data = yaml.safe_load(text) or {}
-        except yaml.YAMLError as e:
-            raise UserError(f"{path}: not valid YAML: {e}") from None
-        _merge(cfg, data, SCHEMA, str(path), recorded=recorded)
+        data = load_yaml(read_text(path), path)  # a key given twice is refused, not silently replaced
+        _merge(cfg, {} if data is None else data, SCHEMA, str(path), recorded=recorded)
     for item in overrides:
         if "=" not in item:
             raise UserError(f"override '{item}' must look like KEY=VALUE (e.g. dpo.beta=0.5)")

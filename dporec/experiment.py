@@ -30,7 +30,7 @@ from dporec.report import markdown, outputs, tables
 from dporec.report.predictions import FILE as PREDICTIONS_FILE
 from dporec.report.predictions import read_predictions
 from dporec.report.sentences import verdict_sentence
-from dporec.runs import lifecycle
+from dporec.runs import lifecycle, provenance
 from dporec.runs.adapters import FinishedRun, eval_adapters, run_stages, sft_adapter, sft_adapter_given
 from dporec.training.stages import run_dpo, run_sft
 
@@ -75,16 +75,26 @@ def run_stage(cfg: dict, spec: arms.StageSpec, run, rerun: bool = False) -> str:
     stage = spec.stage
     folder, marker = stage.folder(cfg["output_dir"]), stage.marker_file(cfg["output_dir"])
     overwrite = cfg["overwrite"] or rerun
-    changed = None if overwrite else lifecycle.stale_inputs(folder, stage.marker)
+    recipe = provenance.recipe(cfg, spec)  # what the stage would be built from now
+    if not overwrite and lifecycle.marker_broken(folder, stage.marker):
+        log.info(f"[{stage.name}] {marker} is half-written or unreadable: running the stage again")
+        overwrite = True
+    changed = None if overwrite else lifecycle.stale_inputs(folder, stage.marker, recipe)
     if changed is not None:
         if not changed:
             log.info(f"[{stage.name}] skipped: {marker} exists")
             return "skipped"
-        log.info(f"[{stage.name}] stale: built from {', '.join(changed)}, which has changed since; "
+        log.info(f"[{stage.name}] stale: built from other inputs or settings ({'; '.join(changed)}); "
                  "running it again")
         overwrite = True
     if not overwrite and lifecycle.checkpoints_in(folder):
-        log.info(f"[{stage.name}] {folder} holds an unfinished run: resuming it")
+        other = provenance.recipe_changes(folder, recipe, provenance.MAY_CHANGE_ON_RESUME)
+        if other:
+            log.info(f"[{stage.name}] {folder} holds an unfinished run started with other settings or data "
+                     f"({'; '.join(other)}): starting it over")
+            overwrite = True
+        else:
+            log.info(f"[{stage.name}] {folder} holds an unfinished run: resuming it")
     log.info(f"[{stage.name}] running: {folder}")
     t0 = time.perf_counter()
     code = run(cfg, replace(spec, resume=False if overwrite else "auto", overwrite=overwrite))
@@ -126,7 +136,8 @@ def run_once(cfg: dict, rt: runtime.Runtime, config_path: str = "<your config>")
         status[stage.name] = run_stage(cfg, spec, runner(stage, rt, launcher, config_path))
     results_file = arms.EVAL.marker_file(cfg["output_dir"])
     # An evaluation that lacks a model asked for now (e.g. an arm was switched on later) is redone.
-    stale = results_file.is_file() and not set(eval_adapters(cfg)) <= set(read_json(results_file)["models"])
+    stale = (results_file.is_file() and not lifecycle.marker_broken(results_file.parent, arms.EVAL.marker)
+             and not set(eval_adapters(cfg)) <= set(read_json(results_file)["models"]))
     status[arms.EVAL.name] = run_stage(cfg, arms.StageSpec(arms.EVAL),
                                        runner(arms.EVAL, rt, launcher, config_path), rerun=stale)
     results, reanalysed = read_results(cfg, results_file)

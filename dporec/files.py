@@ -51,11 +51,33 @@ def read_json(path) -> dict:
         raise UserError(f"{path}: not valid JSON ({e})") from None
 
 
-def read_yaml(path) -> dict:
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping: PyYAML keeps the last silently, so a
+    second `sft:` section would drop the first one's settings without a word."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} appears twice (lines {seen[key] + 1} and "
+                    f"{key_node.start_mark.line + 1}): the second would replace the first",
+                    key_node.start_mark)
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep)
+
+
+def load_yaml(text: str, where) -> object:
+    """Parse YAML text (safe types only, no key twice in one mapping); UserError naming `where`."""
     try:
-        return yaml.safe_load(read_text(path)) or {}
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as e:
-        raise UserError(f"{path}: not valid YAML ({e})") from None
+        raise UserError(f"{where}: not valid YAML ({e})") from None
+
+
+def read_yaml(path) -> dict:
+    return load_yaml(read_text(path), path) or {}
 
 
 def jsonl_lines(path) -> Iterator[tuple[int, str, object]]:

@@ -48,6 +48,23 @@ def leaks(loaded: dict[Path, list[records.Example]]) -> list[str]:
     return out
 
 
+def check_held_out(test: Path, test_examples: list[records.Example], training: dict[str, str]) -> None:
+    """Refuse test pairs whose users or ids the training files hold (the same check as check_dataset.py):
+    a verdict on training users says nothing about the held-out ones. `training`: {config key: path}."""
+    loaded = {Path(test): test_examples}
+    for key, path in training.items():
+        if path and Path(path).is_file() and Path(path).resolve() != Path(test).resolve():
+            loaded[Path(path)] = records.load_examples(path)
+        elif path and Path(path).is_file():  # the test file IS a training file
+            raise UserError(f"data.test_file {test} is also {key}: the evaluation would score training "
+                            "pairs; point data.test_file at the held-out split")
+    found = [leak for leak in leaks(loaded) if str(test) in leak]
+    if found:
+        raise UserError(f"data.test_file {test} shares users or pairs with the training data "
+                        f"({'; '.join(found)}): the evaluation would score training users; rebuild the "
+                        "splits by user (data/prepare_movielens.py) or check them with data/check_dataset.py")
+
+
 def write_rebalanced(examples: list[records.Example], out: Path) -> dict:
     """Write a copy with the answer in position A for half (±1) of the examples; never overwrites."""
     if out.exists():

@@ -14,9 +14,16 @@ from dporec.data import built, pairs, records
 from dporec.evaluation import baselines
 from dporec.report.sentences import verdict_sentence
 from dporec.runs import provenance
+from dporec.runs.provenance import ANALYSIS_ONLY
 
 log = logging.getLogger(__name__)
 
+
+
+def analysis_settings(cfg: dict) -> dict:
+    """The evaluation settings an analysis was made with (provenance.ANALYSIS_ONLY): results.json records
+    them, and a results.json analysed with others is re-analysed from its predictions."""
+    return {k: cfg["eval"][k.split(".")[1]] for k in ANALYSIS_ONLY}
 
 def build_results(rows_by_model: dict[str, list[dict]], cfg: dict, meta: dict | None = None,
                   adapters: dict | None = None) -> dict:
@@ -27,7 +34,9 @@ def build_results(rows_by_model: dict[str, list[dict]], cfg: dict, meta: dict | 
     rows = rows_by_model
     results = {"models": {name: model_metrics(r, n_boot=ec["bootstrap_samples"], seed=cfg["seed"],
                                               alpha=ec["alpha"]) for name, r in rows.items()},
-               "alpha": ec["alpha"]}
+               "alpha": ec["alpha"],
+               # what the analysis was made with: another value re-analyses (evaluation.stage.read_results)
+               "analysis": analysis_settings(cfg)}
     for c in arms.comparisons():
         if c.a in rows and c.b in rows:
             results[c.key] = compare(rows[c.a], rows[c.b], names=c.names, margin=ec["margin_points"] / 100,

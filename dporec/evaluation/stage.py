@@ -16,8 +16,8 @@ from pathlib import Path
 
 from dporec import UserError, arms
 from dporec.analysis.metrics import per_pair_scores
-from dporec.data import balance, built, candidates, records
-from dporec.evaluation.results import add_baselines, analyse, task_of
+from dporec.data import balance, built, candidates, inspect, records
+from dporec.evaluation.results import add_baselines, analyse, analysis_settings, task_of
 from dporec.files import read_json
 from dporec.modeling import adapters as adapters_mod
 from dporec.report import outputs, tables
@@ -119,6 +119,17 @@ def stability(cfg, backend, examples, adapters, rows_q, needed: int) -> dict:
 # ---------------------------------------------------------------------------------------------
 # The stage
 
+def _keep_previous(path: Path) -> Path:
+    """Rename a file the re-analysis replaces to the first free <name>.previous[-N]<suffix>: an earlier
+    re-analysis's copy is never replaced."""
+    n, dst = 1, path.with_name(f"{path.stem}.previous{path.suffix}")
+    while dst.exists():
+        n += 1
+        dst = path.with_name(f"{path.stem}.previous-{n}{path.suffix}")
+    path.replace(dst)
+    return dst
+
+
 def reanalyse(cfg: dict, source: Path, spec: arms.StageSpec | None = None) -> tuple[dict, Path]:
     """--from-predictions: every statistic, results.json, report.md and plots from a predictions.csv."""
     spec = spec or arms.StageSpec(arms.EVAL)
@@ -129,9 +140,19 @@ def reanalyse(cfg: dict, source: Path, spec: arms.StageSpec | None = None) -> tu
     in_place = target.is_file() and source.resolve() == target.resolve()
     rows = read_predictions(source)
     previous = {}
-    if in_place and results_file.is_file():
-        previous = read_json(results_file)
-    elif not in_place:
+    # a source inside the evaluation folder (an edited copy beside the scored one) is the user's file: the
+    # folder is kept, and what the re-analysis replaces is kept under a .previous name
+    inside = source.resolve().parent == eval_dir.resolve()
+    if in_place or inside:
+        if results_file.is_file() and not lifecycle.marker_broken(eval_dir, arms.EVAL.marker):
+            previous = read_json(results_file)
+        if inside and not in_place:
+            data = source.read_bytes()
+            if target.is_file():
+                _keep_previous(target)
+            target.write_bytes(data)
+            provenance.write_run_info(eval_dir, cfg, stage="eval", reanalysed_from=str(source))
+    else:
         data = source.read_bytes()  # before prepare_run_dir may clear a folder that holds the source
         eval_dir = lifecycle.prepare_run_dir(eval_dir, resume, overwrite, arms.EVAL.marker)
         target.write_bytes(data)
@@ -147,7 +168,7 @@ def reanalyse(cfg: dict, source: Path, spec: arms.StageSpec | None = None) -> tu
         if kept in previous:
             results[kept] = previous[kept]
     if previous:  # kept: the numbers it held were derived, but a user may want to compare
-        results_file.replace(eval_dir / "results.previous.json")
+        _keep_previous(results_file)
     log.info(f"[eval] re-analysed {source}: models {', '.join(rows)}; no model loaded")
     return results, outputs.write_evaluation(eval_dir, results, rows, predictions=False)
 
@@ -168,7 +189,8 @@ def evaluate(cfg: dict, rt=None, from_predictions: str | Path | None = None,
     spec = spec or arms.StageSpec(arms.EVAL)
     resume, overwrite = spec.mode(cfg)
     folder = arms.EVAL.folder(cfg["output_dir"])
-    if lifecycle.finished_already(folder, resume, arms.EVAL.marker):  # resume=auto leaves it as it is
+    recipe = provenance.recipe(cfg, spec)
+    if lifecycle.finished_already(folder, resume, arms.EVAL.marker, recipe):  # resume=auto: left as it is
         results_file = arms.EVAL.marker_file(cfg["output_dir"])
         results, reanalysed = read_results(cfg, results_file)
         return results if reanalysed else _report(results, results_file)
@@ -178,6 +200,8 @@ def evaluate(cfg: dict, rt=None, from_predictions: str | Path | None = None,
     test_file = cfg["data"]["test_file"]
     built.check_agrees(cfg["data"])  # scores of other data are not this config's
     examples = records.load_examples(test_file, limit=cfg["data"]["max_test_examples"])
+    training = {f"data.{k}": cfg["data"][k] for k in ("train_file", "val_file")}
+    inspect.check_held_out(test_file, examples, training)  # a verdict on training users is no verdict
     warning = balance.balance_warning(examples, test_file)
     if warning:  # harmless for the two-order metrics, but worth knowing
         log.warning(warning)
@@ -188,6 +212,7 @@ def evaluate(cfg: dict, rt=None, from_predictions: str | Path | None = None,
     backends.check_model_name(cfg["model"]["name"])
     adapters = find_adapters(cfg, config_path)
     eval_dir = lifecycle.prepare_run_dir(folder, resume, overwrite, arms.EVAL.marker)
+    lifecycle.start_recipe(eval_dir, recipe, continuing=False)
     log.info(f"[eval] {len(examples)} test pairs from {test_file}; models: {', '.join(adapters)}")
     with lifecycle.stage_guard(eval_dir, resumable=False):
         results, path = _score_and_write(cfg, backend, examples, adapters, eval_dir, ranking_file, sets)
@@ -241,7 +266,7 @@ def _score_and_write(cfg: dict, backend: str, examples, adapters: dict, eval_dir
     results["meta"]["wall_seconds"] = round(time.perf_counter() - t0, 1)
 
     provenance.write_run_info(eval_dir, cfg, stage="eval", backend=backend, adapters=meta["adapters"],
-                              inputs=provenance.input_record(adapters))
+                              inputs=provenance.input_record(adapters, cfg["output_dir"]))
     return results, outputs.write_evaluation(eval_dir, results, rows)  # results.json last: the marker
 
 
@@ -254,25 +279,29 @@ def _report(results: dict, path: Path) -> dict:
 
 
 def read_results(cfg: dict, results_file: Path) -> tuple[dict, bool]:
-    """(results, re-analysed): a finished evaluation's results.json, or, written by an earlier version,
-    the same predictions analysed again into today's layout (refresh)."""
+    """(results, re-analysed): a finished evaluation's results.json, or, written by an earlier version or
+    analysed with other settings (provenance.ANALYSIS_ONLY: alpha, margin, ...), the same predictions
+    analysed again (refresh)."""
     results = read_json(results_file)
-    return (results, False) if current(results) else (refresh(cfg, results_file), True)
+    return (results, False) if current(results, cfg) else (refresh(cfg, results_file), True)
 
 
-def current(results: dict) -> bool:
-    """Whether results.json was written by this version: an earlier one lacks what the reports read now
-    (the comparisons' "ci" and the level)."""
+def current(results: dict, cfg: dict | None = None) -> bool:
+    """Whether results.json was written by this version (an earlier one lacks what the reports read now:
+    the comparisons' "ci" and the level) and, given the config, analysed with its settings."""
     c = results.get(arms.MAIN.key)
-    return "alpha" in results and (not c or "ci" in c)
+    if "alpha" not in results or (c and "ci" not in c):
+        return False
+    return cfg is None or results.get("analysis") == analysis_settings(cfg)
 
 
 def refresh(cfg: dict, results_file: Path) -> dict:
-    """An earlier version's results.json analysed again from its predictions.csv (the same numbers' source),
-    so that every report reads the layout it expects."""
+    """A results.json analysed again from its predictions.csv (the same numbers' source): one written by an
+    earlier version, so that every report reads the layout it expects, or with other analysis settings."""
     source = results_file.parent / PREDICTIONS_FILE
     if not source.is_file():
-        raise UserError(f"{results_file} was written by an earlier version and has no {source.name} beside "
-                        "it to re-analyse; evaluate again with --overwrite")
-    log.info(f"[eval] {results_file} was written by an earlier version: re-analysing its {source.name}")
+        raise UserError(f"{results_file} was analysed by an earlier version or with other settings and has "
+                        f"no {source.name} beside it to re-analyse; evaluate again with --overwrite")
+    log.info(f"[eval] {results_file} was analysed by an earlier version or with other settings "
+             f"(now {analysis_settings(cfg)}): re-analysing its {source.name}")
     return evaluate(cfg, from_predictions=source)

@@ -16,7 +16,7 @@ from dporec import UserError
 from dporec.config import load_config, updated
 from dporec.runs.adapters import check_adapter
 from dporec.runs.lifecycle import check_writable
-from dporec.runs.provenance import CONFIG, input_record
+from dporec.runs.provenance import CONFIG, RUN_INFO, input_record
 
 log = logging.getLogger(__name__)
 
@@ -36,12 +36,33 @@ def adapter_run_config(adapter: Path, base: str | None) -> dict:
     return updated(cfg, {"model.name": name})
 
 
-def claim_out(out: Path, overwrite: bool) -> None:
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+INFO = "export_info.json"  # what an export writes last: the mark of a folder an export made
+
+
+def claim_out(out: Path, overwrite: bool, adapter: Path) -> None:
+    """Refuse an --out that would lose something: the adapter itself, a folder inside it or holding it, a
+    folder holding a run (its run_info.json), or, without --overwrite, any non-empty folder. With
+    --overwrite only a folder an earlier export wrote (its export_info.json) is replaced."""
+    o, a = out.resolve(), adapter.resolve()
+    if o == a or a in o.parents or o in a.parents:
+        raise UserError(f"--out {out} is, holds or lies inside the adapter {adapter}: choose a new folder")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file: choose a new folder")
+    if out.exists() and any(out.iterdir()):
         if not overwrite:
-            raise UserError(f"{out} exists and is not empty; pass --overwrite to replace it, "
-                            "or choose another --out")
-    check_writable(out)
+            raise UserError(f"--out {out} exists and is not empty; pass --overwrite to replace an earlier "
+                            "export there, or choose another --out")
+        if not (out / INFO).is_file():
+            raise UserError(f"--out {out} holds files no export wrote (no {INFO}): --overwrite replaces only "
+                            "an earlier export; choose a new --out")
+        run = next(out.rglob(RUN_INFO), None)
+        if run is not None:
+            raise UserError(f"--out {out} holds a run ({run.parent}): choose a new --out")
+    try:
+        check_writable(out)
+    except UserError as e:
+        raise UserError(str(e).replace("Set output_dir to a writable folder", "Choose a writable --out")
+                        ) from None
 
 
 def export(adapter: str | Path, out: str | Path, dtype: str = "bfloat16", base: str | None = None,
@@ -54,40 +75,49 @@ def export(adapter: str | Path, out: str | Path, dtype: str = "bfloat16", base: 
     adapter, out = Path(adapter), Path(out)
     cfg = adapter_run_config(adapter, base)
     check_adapter(adapter, cfg["model"]["name"])
-    claim_out(out, overwrite)
+    claim_out(out, overwrite, adapter)
     cfg = updated(cfg, {"model.backend": backend})
     chosen = runtime.setup(cfg, "eval").check("eval", "export.py")
     if chosen == "unsloth":
         problem = unsloth_export_problem(adapter, dtype, base, checkpoint_dtype(cfg["model"]["name"]))
         if problem:
             raise UserError(problem)
-        # Unsloth's merged save dequantizes the 4-bit base itself and writes the base checkpoint's dtype
-        model, tok = backends.load_for_training(cfg, chosen, adapter=adapter)
-        shutil.rmtree(out, ignore_errors=True)
-        buffers = [d / UNSLOTH_BUFFERS for d in (Path.cwd(), out)]
-        existed = {d for d in buffers if d.exists()}
-        try:
-            model.save_pretrained_merged(str(out), tok, save_method="merged_16bit")
-        finally:  # the temporary folder Unsloth's merge may leave behind on an error
-            for d in buffers:
-                if d not in existed:
-                    shutil.rmtree(d, ignore_errors=True)
-        dtype = written_dtype(out) or dtype  # what was written, recorded as such
-    else:
-        model, tok = backends.load_base(cfg, chosen)
-        if quantized_weights(model):
-            model.dequantize()  # the 4-bit weights the adapter was trained on, exactly, in the compute dtype
-        from peft import PeftModel
-        merged = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
-        merged = merged.to(getattr(torch, dtype))
-        shutil.rmtree(out, ignore_errors=True)
-        merged.save_pretrained(str(out), safe_serialization=True)
-        tok.save_pretrained(str(out))
-    info = {"adapter": str(adapter), "adapter_sha256": input_record({"a": adapter})["a"]["sha256"],
-            "base": cfg["model"]["name"], "base_loaded_in_4bit": cfg["model"]["load_in_4bit"],
-            "dtype": dtype, "backend": chosen}
-    (out / "export_info.json").write_text(json.dumps(info, indent=2) + "\n")
-    (out / "README.md").write_text(model_card(adapter, info))
+    adapter_sha256 = input_record({"a": adapter})["a"]["sha256"]  # before anything is written
+    # written into a temporary sibling and renamed into place: an interrupted export leaves --out as it was
+    tmp = out.parent / f".{out.name}.exporting"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        if chosen == "unsloth":
+            # Unsloth's merged save dequantizes the 4-bit base itself and writes the base checkpoint's dtype
+            model, tok = backends.load_for_training(cfg, chosen, adapter=adapter)
+            buffers = [d / UNSLOTH_BUFFERS for d in (Path.cwd(), tmp)]
+            existed = {d for d in buffers if d.exists()}
+            try:
+                model.save_pretrained_merged(str(tmp), tok, save_method="merged_16bit")
+            finally:  # the temporary folder Unsloth's merge may leave behind on an error
+                for d in buffers:
+                    if d not in existed:
+                        shutil.rmtree(d, ignore_errors=True)
+            dtype = written_dtype(tmp) or dtype  # what was written, recorded as such
+        else:
+            model, tok = backends.load_base(cfg, chosen)
+            if quantized_weights(model):
+                model.dequantize()  # the 4-bit weights the adapter was trained on, exactly, in compute dtype
+            from peft import PeftModel
+            merged = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+            merged = merged.to(getattr(torch, dtype))
+            merged.save_pretrained(str(tmp), safe_serialization=True)
+            tok.save_pretrained(str(tmp))
+        info = {"adapter": str(adapter), "adapter_sha256": adapter_sha256, "base": cfg["model"]["name"],
+                "base_loaded_in_4bit": cfg["model"]["load_in_4bit"], "dtype": dtype, "backend": chosen}
+        (tmp / "README.md").write_text(model_card(adapter, info))
+        (tmp / INFO).write_text(json.dumps(info, indent=2) + "\n")
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if out.exists():  # an earlier export (claim_out checked), or an empty folder
+        shutil.rmtree(out)
+    tmp.rename(out)
     log.info(f"[export] merged {adapter} into {cfg['model']['name']} -> {out} ({dtype}, {chosen})")
     return out
 

@@ -17,12 +17,12 @@ from pathlib import Path
 
 from dporec import UserError, arms, files
 from dporec.data import balance, judge, records
-from dporec.files import read_json, write_json
+from dporec.files import write_json
 from dporec.modeling.adapters import load_with_adapters
 from dporec.runs import lifecycle, provenance
 from dporec.runs.adapters import FinishedRun, check_adapter, require_sft_adapter
 
-SAMPLES, SETTINGS = "samples.jsonl", "sampling.json"
+SAMPLES = "samples.jsonl"
 PAIRS, SUMMARY = arms.PAIRS.output, arms.PAIRS.marker  # what on-policy DPO reads, and the finished marker
 log = logging.getLogger(__name__)
 CHUNK = 64  # prompts generated between two appends to samples.jsonl: what an interruption can lose
@@ -132,15 +132,14 @@ def run_sampling(cfg: dict, spec: arms.StageSpec | None = None, rt=None) -> int:
     examples = prompts_of(cfg)
     folder = spec.stage.folder(cfg["output_dir"])
     resume, overwrite = spec.mode(cfg)
-    if lifecycle.finished_already(folder, resume, SUMMARY):
+    recipe = provenance.recipe(cfg, spec)
+    if lifecycle.finished_already(folder, resume, SUMMARY, recipe):
         return 0
-    # resume=true is how every run continues its samples: they are appended as they are made
+    # resume=true is how every run continues its samples: they are appended as they are made, and
+    # continued only with the settings they were made with
     out = lifecycle.prepare_run_dir(folder, False, overwrite, SUMMARY)
+    lifecycle.start_recipe(out, recipe, continuing=(out / SAMPLES).is_file())
     wanted = settings(cfg, adapter)
-    if (out / SETTINGS).is_file() and read_json(out / SETTINGS) != wanted:
-        raise UserError(f"{out} holds samples made with other settings ({out / SETTINGS}); pass --overwrite "
-                        "to sample again with these, or use another output_dir")
-    (out / SETTINGS).write_text(json.dumps(wanted, indent=2) + "\n")
     done = read_samples(out / SAMPLES)
     asked = [(ex, order, e) for ex in examples for order, e in records.orders(ex)]
     # each prompt keeps its place k in `asked`: its random stream is the same whether or not a run
@@ -182,7 +181,7 @@ def run_sampling(cfg: dict, spec: arms.StageSpec | None = None, rt=None) -> int:
         summary.update(examples=len(examples), seconds=round(time.perf_counter() - t0, 1),
                        pair_balance=balance.balance(written), **wanted)
         provenance.write_run_info(out, cfg, stage="onpolicy", spec=spec.record(cfg),
-                                  inputs=provenance.input_record({"sft": adapter}))
+                                  inputs=provenance.input_record({"sft": adapter}, cfg["output_dir"]))
         write_json(out / SUMMARY, summary)  # last: the stage's finished marker
     log.info(summary_line(summary, out))
     return 0

@@ -44,6 +44,19 @@ def check_model(ctx):
     return row(FAIL, "model", f"{name!r} is neither a local folder nor a valid hub id", _build_hint(name))
 
 
+def check_trainer_names(ctx):
+    """train.optim, train.lr_scheduler and train.report_to are names transformers knows (the stages'
+    own check, training.arguments.check_names)."""
+    from dporec.training.arguments import check_names
+    try:
+        check_names(ctx.cfg)
+    except UserError as e:
+        return row(FAIL, "trainer settings", str(e), "fix the name in your config")
+    t = ctx.cfg["train"]
+    return row(OK, "trainer settings", f"optimizer {t['optim']}, schedule {t['lr_scheduler']}, "
+                                       f"logging to {t['report_to']}")
+
+
 def _four_bit_note(ctx) -> str:
     """What the 4-bit matmuls compute in: the loader sets every 4-bit layer to the run's compute dtype
     (backends.set_4bit_compute_dtype), also over a pre-quantized checkpoint's own bnb_4bit_compute_dtype."""

@@ -11,7 +11,8 @@ from dporec.preflight.table import FAIL, OK, WARN, Facts, format_rows, run_check
 
 log = logging.getLogger(__name__)
 CHECKS = (env.check_python, env.check_backend, env.check_packages, env.check_gpu, env.check_xformers,
-          env.check_bnb_4bit, inputs.check_model, inputs.check_memory, env.check_needs_gpu,
+          env.check_bnb_4bit, inputs.check_model, inputs.check_trainer_names, inputs.check_memory,
+          env.check_needs_gpu,
           inputs.check_data, inputs.check_lengths, inputs.check_disk, inputs.check_adapters,
           inputs.check_time)
 

@@ -3,6 +3,7 @@ order and model (the prediction rows of dporec.analysis.metrics), written and re
 from __future__ import annotations
 
 import csv
+import math
 from pathlib import Path
 
 from dporec import UserError
@@ -44,7 +45,7 @@ def read_predictions(path) -> dict[str, list[dict]]:
     """
     path = Path(path)
     try:
-        with open(path, newline="", encoding="utf-8") as f:
+        with open(path, newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f)
             raw = [(reader.line_num, r) for r in reader]
             columns = reader.fieldnames or []
@@ -71,6 +72,8 @@ def read_predictions(path) -> dict[str, list[dict]]:
                     row[k] = float(v)
                 except ValueError:
                     raise UserError(f"{path}:{line}: column {k!r} must be a number, got {v!r}") from None
+                if not math.isfinite(row[k]):  # would decide every comparison it enters
+                    raise UserError(f"{path}:{line}: column {k!r} must be a finite number, got {v!r}")
             elif k in ("correct", "correct_full"):
                 if v not in ("True", "False"):
                     raise UserError(f"{path}:{line}: column {k!r} must be True or False, got {v!r}")

@@ -150,7 +150,18 @@ def check_adapter(path: str | Path, base_name: str | None = None) -> dict:
             raise UserError(f"adapter {path} does not fit model.name={base_name}: {problem}")
     if base_name:
         _check_same_base(path, base_name)
+    if (path / provenance.RUN_INFO).is_file():  # a trained stage: its own inputs still as they were
+        changed = provenance.changed_inputs(path)
+        if changed:
+            raise UserError(f"adapter {path} is stale: built from {', '.join(changed)}, which has changed "
+                            f"since; retrain it (python {_script(path)} ... --overwrite; run_experiment.py "
+                            "reruns stale stages itself)")
     return acfg
+
+
+def _script(folder: Path) -> str:
+    """The script that trains a stage folder, by its name (arms.stages())."""
+    return next((s.script for s in arms.stages() if s.name == Path(folder).name), "its training script")
 
 
 def _check_same_base(adapter: Path, base_name: str) -> None:

@@ -7,9 +7,12 @@ are the user's (config keys, --resume, --overwrite) or the orchestrator's (arms.
 """
 from __future__ import annotations
 
+import json
 import logging
+import os
 import re
 import shutil
+import socket
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,6 +23,7 @@ from dporec.runs import provenance
 log = logging.getLogger(__name__)
 
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+LOCK = ".running"  # in a stage folder while a process works in it: {"pid", "host"}
 CHECKPOINT_FILES = ("trainer_state.json", "optimizer.pt", "scheduler.pt")  # what a resume reads, with weights
 
 
@@ -29,6 +33,10 @@ def prepare_run_dir(path: Path, resume, overwrite: bool, done_marker: str) -> Pa
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise UserError(f"{path} is a file, not a folder: set output_dir to a folder")
+    check_lock(path)  # before anything here is deleted: another process may be writing it
+    if marker_broken(path, done_marker) and not overwrite:
+        raise UserError(f"{path / done_marker} is half-written or unreadable (an interrupted copy?): the "
+                        "stage did not finish as far as can be told. Pass --overwrite to run it again")
     finished = (path / done_marker).exists()
     if finished and resume is True:
         raise UserError(f"{path} holds a finished run ({done_marker} exists); nothing to resume. "
@@ -47,24 +55,61 @@ def prepare_run_dir(path: Path, resume, overwrite: bool, done_marker: str) -> Pa
     return path
 
 
-def stale_inputs(path: Path, done_marker: str) -> list[str] | None:
-    """None when the stage folder holds no finished run; else the inputs it was built from that have
-    changed since ([] when it is current). run_experiment.py reruns a stale stage; a script refuses it."""
+def marker_broken(path: Path, done_marker: str) -> bool:
+    """The stage's finished marker (a JSON file) exists but cannot be read: not a finished stage."""
+    marker = Path(path) / done_marker
+    if not marker.is_file() or marker.suffix != ".json":
+        return False
+    try:
+        json.loads(marker.read_text())
+    except (OSError, ValueError):
+        return True
+    return False
+
+
+def stale_inputs(path: Path, done_marker: str, recipe: dict | None = None) -> list[str] | None:
+    """None when the stage folder holds no finished run; else what it was built from that has changed
+    since ([] when it is current): input adapters retrained or replaced, and, given the present `recipe`
+    (provenance.recipe), settings that shape it and data files. run_experiment.py reruns a stale stage; a
+    script refuses it."""
     path = Path(path)
-    return provenance.changed_inputs(path) if (path / done_marker).is_file() else None
+    if not (path / done_marker).is_file() or marker_broken(path, done_marker):
+        return None
+    changed = [f"{c}, which has changed since" for c in provenance.changed_inputs(path)]
+    if recipe is not None:
+        changed += provenance.recipe_changes(path, recipe) or []
+    return changed
 
 
-def finished_already(path: Path, resume, done_marker: str) -> bool:
+def stale_message(path: Path, changed: list[str]) -> str:
+    return f"{path} is finished but stale: built from other inputs or settings: {'; '.join(changed)}"
+
+
+def finished_already(path: Path, resume, done_marker: str, recipe: dict | None = None) -> bool:
     """resume=auto and the stage is finished: say so and leave it (a stale one is refused instead)."""
     path = Path(path)
-    changed = stale_inputs(path, done_marker) if resume == "auto" else None
+    changed = stale_inputs(path, done_marker, recipe) if resume == "auto" else None
     if changed is None:
         return False
     if changed:
-        raise UserError(f"{path} is finished but stale: built from {', '.join(changed)}, which has changed "
-                        "since. Pass --overwrite (without resume) to build it again")
+        raise UserError(f"{stale_message(path, changed)}. Pass --overwrite (without resume) to build it "
+                        "again")
     log.info(f"[{path.name}] finished already ({path / done_marker}); resume=auto leaves it as it is")
     return True
+
+
+def start_recipe(path: Path, recipe: dict, continuing: bool) -> None:
+    """Record what a stage starting in `path` is built from. Continuing an unfinished one, refuse what would
+    mix two runs in one (other settings, data or inputs than it started with), naming the keys; more or
+    fewer steps to go are allowed (provenance.MAY_CHANGE_ON_RESUME)."""
+    path = Path(path)
+    if continuing:
+        changed = provenance.recipe_changes(path, recipe, may_change=provenance.MAY_CHANGE_ON_RESUME)
+        if changed:
+            raise UserError(f"{path} holds an unfinished run started with other settings or data: "
+                            f"{'; '.join(changed)}. Continue it with the settings it started with, or pass "
+                            "--overwrite (without resume) to start over with these")
+    provenance.write_recipe(path, recipe)
 
 
 def check_writable(path: Path) -> None:
@@ -91,18 +136,66 @@ def interrupt_advice(path: Path, resumable: bool) -> str:
             "rerun the same command to start again")
 
 
+def _single_process() -> bool:
+    # under `accelerate launch` the processes share one stage folder; the lock is for unrelated commands
+    return int(os.environ.get("WORLD_SIZE", "1")) <= 1
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, another user's
+        return True
+    return True
+
+
+def check_lock(path: Path) -> None:
+    """Refuse a stage folder another live process on this machine is working in (two runs into one
+    output_dir would replace each other's results); a lock left by a process that has ended is removed."""
+    lock = Path(path) / LOCK
+    if not lock.is_file() or not _single_process():
+        return
+    try:
+        held = json.loads(lock.read_text())
+        pid, host = int(held["pid"]), held["host"]
+    except (OSError, ValueError, KeyError, TypeError):
+        pid, host = None, None
+    me = socket.gethostname()
+    if host == me and pid == os.getpid():
+        return  # this process's own (an earlier stage of the same run_experiment.py)
+    if host == me and pid is not None and _alive(pid):
+        raise UserError(f"{path} is being written by another process (pid {pid}); wait for it to finish, "
+                        "or use another output_dir")
+    if host not in (None, me):
+        raise UserError(f"{path} is being written by a process on {host} (pid {pid}), or one that ended "
+                        f"there without cleaning up: if none runs, delete {lock}")
+    log.info(f"[{Path(path).name}] removing a lock left by an ended process ({lock})")
+    lock.unlink(missing_ok=True)
+
+
 @contextmanager
 def stage_guard(path: Path, resumable: bool = True):
-    """Around a stage's work in its folder: Ctrl-C says what can be resumed, and a failure that left the
-    folder empty removes it (an empty stage folder looks like a run that never was)."""
+    """Around a stage's work in its folder: a lock against a second process in the same folder, Ctrl-C says
+    what can be resumed, and a failure that left nothing but the start's recipe removes the folder (an
+    empty stage folder looks like a run that never was)."""
+    lock = Path(path) / LOCK
+    if _single_process():
+        check_lock(path)
+        lock.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
     try:
         yield
     except BaseException as e:
-        if path.is_dir() and not any(path.iterdir()):
-            path.rmdir()
+        lock.unlink(missing_ok=True)
+        # nothing but what the start recorded: a stage that never ran leaves no folder
+        if path.is_dir() and {p.name for p in path.iterdir()} <= {provenance.RECIPE}:
+            shutil.rmtree(path)
         if isinstance(e, KeyboardInterrupt) and not e.args:
             raise KeyboardInterrupt(interrupt_advice(path, resumable)) from None
         raise
+    finally:
+        lock.unlink(missing_ok=True)
 
 
 def checkpoints_in(path: Path) -> list[Path]:

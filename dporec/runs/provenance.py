@@ -1,18 +1,53 @@
 """What a stage recorded: the config as the user gave it, the spec the stage ran with, library versions,
-the git commit, and the inputs it was built from (with their hashes, so a changed input shows)."""
+the git commit, the inputs it was built from (with their hashes, so a changed input shows), and its recipe:
+the resolved settings that shape what it produces and the hashes of the data files it read. A finished
+stage whose recipe or inputs differ from the present ones is stale (run_experiment.py reruns it, a script
+refuses it); an unfinished one may be continued only with settings that cannot change what it has done.
+
+Inputs and data inside output_dir are recorded relative to it, so a run folder that was moved or copied
+still knows what it was built from; an input that cannot be found means "cannot tell", never "stale"."""
 from __future__ import annotations
 
 import json
+import logging
 import platform
 import subprocess
 import sys
 from pathlib import Path
 
 from dporec import ROOT, UserError, arms, weights
-from dporec.config import save_config
+from dporec.config import save_config, updated
 from dporec.files import read_json, read_yaml
 
+log = logging.getLogger(__name__)
 CONFIG, RUN_INFO = "config.yaml", "run_info.json"  # what every stage folder records beside its outputs
+RECIPE = "recipe.json"  # written when a stage starts: what it is being built from
+
+# The config keys that shape what each kind of stage produces (prefixes end in "."); a change reruns or
+# refuses the stage. Not among them: where things go and how often they are logged or saved, the data's
+# build settings (their effect is in the data files' hashes), and the input adapters' paths (their hashes
+# are the inputs').
+_TRAINING = ("seed", "model.", "lora.", "data.prompt_format", "data.max_train_examples",
+             "data.max_val_examples", "train.")
+SHAPING = {
+    "sft": (*_TRAINING, "sft."),
+    "dpo": (*_TRAINING, "dpo."),
+    "sampling": ("seed", "model.", "data.prompt_format", "data.max_train_examples", "onpolicy."),
+    "eval": ("seed", "model.", "data.prompt_format", "data.max_test_examples", "eval."),
+}
+# Settings of the evaluation that shape only the analysis of its scores: a change re-analyses the scores
+# (evaluation.stage.read_results), it does not score again.
+ANALYSIS_ONLY = ("eval.alpha", "eval.margin_points", "eval.ranking_margin", "eval.bootstrap_samples")
+NOT_SHAPING = (*ANALYSIS_ONLY, "model.backend", "model.allow_cpu", "train.gradient_checkpointing",
+               "train.logging_steps", "train.eval_steps", "train.save_steps", "train.save_total_limit",
+               "train.report_to", "dpo.sft_adapter", "eval.adapters", "eval.batch_size",
+               "onpolicy.batch_size")
+DATA_FILES = {"sft": ("train_file", "val_file"), "dpo": ("train_file", "val_file"),
+              "sampling": ("train_file",), "eval": ("test_file",)}
+# What an unfinished stage may be continued with although it differs: more or fewer steps to go; for
+# sampling, what only the pairing made from the samples depends on.
+MAY_CHANGE_ON_RESUME = ("sft.max_steps", "sft.epochs", "dpo.max_steps", "dpo.epochs", "onpolicy.max_prompts",
+                        "onpolicy.rejected", "onpolicy.balance_positions")
 PACKAGES = ("torch", "transformers", "trl", "peft", "bitsandbytes", "datasets", "accelerate",
             "unsloth", "unsloth_zoo", "xformers", "scipy", "numpy")
 
@@ -60,27 +95,107 @@ def write_run_info(path: Path, cfg: dict, **extra) -> None:
     (path / RUN_INFO).write_text(json.dumps(info, indent=2, default=str) + "\n")
 
 
-def input_record(adapters: dict) -> dict:
-    """{name: {"path", "sha256"}} of the adapters a stage is built from, for its run_info.json "inputs"."""
+def _relative(path, output_dir) -> str | None:
+    """`path` relative to output_dir when it lies inside it (what survives moving the run folder)."""
+    if output_dir is None:
+        return None
+    try:
+        return str(Path(path).resolve().relative_to(Path(output_dir).resolve()))
+    except (ValueError, OSError):
+        return None
+
+
+def _where(rec: dict, folder: Path) -> Path:
+    """Where a recorded input is now: inside the stage's run folder (folder.parent) when it was recorded
+    relative to it, else its recorded path."""
+    return Path(folder).parent / rec["relative"] if rec.get("relative") else Path(rec["path"])
+
+
+def input_record(adapters: dict, output_dir=None) -> dict:
+    """{name: {"path", "relative", "sha256"}} of the adapters a stage is built from, for its run_info.json
+    "inputs" ("relative": to output_dir, when the adapter lies inside it)."""
     out = {}
     for name, path in adapters.items():
         f = weights.adapter_weights_file(path) if path is not None else None
         if f is not None:
-            out[name] = {"path": str(path), "sha256": weights.fingerprint_file(f)}
+            out[name] = {"path": str(path), "relative": _relative(path, output_dir),
+                         "sha256": weights.fingerprint_file(f)}
     return out
 
 
 def changed_inputs(folder: Path) -> list[str]:
-    """The inputs a finished stage recorded (run_info.json "inputs") that have changed since: retrained,
-    replaced or gone. [] when all are as recorded, or nothing was recorded."""
+    """The inputs a finished stage recorded (run_info.json "inputs") that have changed since: retrained or
+    replaced. [] when all are as recorded, or nothing was recorded. An input that cannot be found is not
+    counted as changed (the run folder may have moved without it): it is logged as "cannot tell"."""
     info = Path(folder) / RUN_INFO
     recorded = read_json(info).get("inputs") or {} if info.is_file() else {}
     changed = []
     for name, rec in recorded.items():
-        f = weights.adapter_weights_file(rec["path"])
-        if f is None or weights.fingerprint_file(f) != rec["sha256"]:
-            changed.append(f"{name} ({rec['path']})")
+        where = _where(rec, folder)
+        f = weights.adapter_weights_file(where)
+        if f is None:
+            log.warning(f"[{Path(folder).name}] cannot tell whether its input {name} has changed: {where} "
+                        "is not there (moved?); leaving the finished stage as it is")
+        elif weights.fingerprint_file(f) != rec["sha256"]:
+            changed.append(f"{name} ({where})")
     return changed
+
+
+def _flat(cfg: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in cfg.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def _shapes(kind: str, key: str) -> bool:
+    return key not in NOT_SHAPING and any(key == p or (p.endswith(".") and key.startswith(p))
+                                          for p in SHAPING[kind])
+
+
+def recipe(cfg: dict, spec: arms.StageSpec) -> dict:
+    """What the stage of `spec` is built from under `cfg`: {"settings": {key: value} of its effective config
+    (arms.StageSpec.config_settings applied) that shape it, "data": {data key: {"relative", "sha256"}} of
+    the files it reads and of the adapter it starts from}."""
+    kind = spec.stage.kind
+    scfg = updated(cfg, spec.config_settings(cfg["output_dir"]))
+    settings = {k: v for k, v in _flat(scfg).items() if _shapes(kind, k)}
+    data = {}
+    for key in DATA_FILES[kind]:
+        path = Path(scfg["data"][key])
+        if path.is_file():
+            data[f"data.{key}"] = {"relative": _relative(path, cfg["output_dir"]),
+                                   "sha256": weights.fingerprint_file(path)}
+    start = weights.adapter_weights_file(spec.init_adapter) if spec.init_adapter else None
+    if start is not None:  # the adapter it starts from (DPO from SFT, the arms)
+        data["the adapter it starts from"] = {"relative": _relative(spec.init_adapter, cfg["output_dir"]),
+                                              "sha256": weights.fingerprint_file(start)}
+    return {"stage": kind, "settings": settings, "data": data}
+
+
+def write_recipe(folder: Path, rec: dict) -> None:
+    (Path(folder) / RECIPE).write_text(json.dumps(rec, indent=2, default=str) + "\n")
+
+
+def recipe_changes(folder: Path, now: dict, may_change=()) -> list[str] | None:
+    """How `now` differs from the recipe a stage folder recorded: ["dpo.beta: 0.1 -> 0.5", "data.test_file
+    (its contents)", ...]; None when none was recorded (a stage from an earlier version: cannot tell)."""
+    path = Path(folder) / RECIPE
+    if not path.is_file():
+        return None
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    out = []
+    a, b = old.get("settings", {}), json.loads(json.dumps(now["settings"], default=str))  # as recorded
+    for k in sorted(set(a) | set(b)):
+        if k not in may_change and a.get(k, "<unset>") != b.get(k, "<unset>"):
+            out.append(f"{k}: {a.get(k, '<unset>')} -> {b.get(k, '<unset>')}")
+    for k in sorted(set(old.get("data", {})) | set(now["data"])):
+        if (old.get("data", {}).get(k) or {}).get("sha256") != (now["data"].get(k) or {}).get("sha256"):
+            out.append(f"{k} (its contents)")
+    return out
 
 
 def stage_record(folder: Path) -> dict | None:

@@ -26,6 +26,28 @@ def precision_flags(cfg: dict, capability=...) -> dict:
     return {"bf16": dtype == torch.bfloat16, "fp16": dtype == torch.float16}
 
 
+def check_names(cfg: dict) -> None:
+    """train.optim, train.lr_scheduler and train.report_to as transformers knows them: a typo is named here,
+    before any model loads, with the nearest valid name, not as a traceback when the trainer is built."""
+    import difflib
+
+    from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK
+    from transformers.trainer_utils import SchedulerType
+    from transformers.training_args import OptimizerNames
+
+    from dporec import UserError
+    tc = cfg["train"]
+    reporters = tc["report_to"] if isinstance(tc["report_to"], list) else [tc["report_to"]]
+    for key, values, valid in (("optim", [tc["optim"]], [o.value for o in OptimizerNames]),
+                               ("lr_scheduler", [tc["lr_scheduler"]], [t.value for t in SchedulerType]),
+                               ("report_to", reporters, ["none", "all", *INTEGRATION_TO_CALLBACK])):
+        for v in values:
+            if v not in valid:
+                near = difflib.get_close_matches(str(v), valid, n=1)
+                hint = f" (did you mean {near[0]!r}?)" if near else f" (one of {', '.join(valid[:12])}, ...)"
+                raise UserError(f"'train.{key}': transformers knows no {v!r}{hint}")
+
+
 def resolve_optim(name: str) -> str:
     # bitsandbytes' 8-bit optimizers have no CPU kernels.
     if "8bit" in name and not torch.cuda.is_available():

@@ -51,6 +51,7 @@ def run_sft(cfg: dict, spec: arms.StageSpec | None = None, rt: runtime.Runtime |
     rt = rt or runtime.setup(cfg, "sft")
     backend = rt.check("sft", spec.stage.script)
     scfg = stage_config(cfg, spec)
+    arguments.check_names(scfg)
     train_exs, val_exs = load_stage_data(cfg, scfg)
     backends.check_model_name(cfg["model"]["name"])
     if spec.init_adapter:  # the control arm continues the run's SFT adapter
@@ -68,7 +69,7 @@ def run_sft(cfg: dict, spec: arms.StageSpec | None = None, rt: runtime.Runtime |
                          train_dataset=train_ds, eval_dataset=val_ds, processing_class=tok)
         inputs = {"init_adapter": spec.init_adapter} if spec.init_adapter else {}
         if _fit(sft, tok, out, cfg, scfg, spec, backend, resume_from, callbacks, train_exs, val_exs,
-                init_adapter=spec.init_adapter, inputs=provenance.input_record(inputs)):
+                init_adapter=spec.init_adapter, inputs=provenance.input_record(inputs, cfg["output_dir"])):
             log.info(f"[{spec.stage.name}] adapter saved to {out}")
     return 0
 
@@ -81,6 +82,7 @@ def run_dpo(cfg: dict, spec: arms.StageSpec | None = None, rt: runtime.Runtime |
     rt = rt or runtime.setup(cfg, "dpo")
     backend = rt.check("dpo", spec.stage.script)
     scfg = stage_config(cfg, spec)
+    arguments.check_names(scfg)
     train_exs, val_exs = load_stage_data(cfg, scfg)
     records.to_dpo_rows(train_exs + val_exs)  # rejected == chosen fails here, before any model loads
     backends.check_model_name(cfg["model"]["name"])
@@ -103,7 +105,7 @@ def run_dpo(cfg: dict, spec: arms.StageSpec | None = None, rt: runtime.Runtime |
         if _fit(dpo, tok, out, cfg, scfg, spec, backend, resume_from, callbacks, train_exs, val_exs,
                 init=scfg["dpo"]["init"], reference_model=reference, sft_adapter=adapter,
                 loss_type=scfg["dpo"]["loss_type"], beta=scfg["dpo"]["beta"],
-                inputs=provenance.input_record({"sft": adapter} if adapter else {})):
+                inputs=provenance.input_record({"sft": adapter} if adapter else {}, cfg["output_dir"])):
             log.info(f"[{spec.stage.name}] adapter saved to {out} (reference: {reference})")
     return 0
 
@@ -148,11 +150,15 @@ def _start(cfg: dict, spec: arms.StageSpec) -> tuple[Path, str | None] | None:
     """
     resume, overwrite = spec.mode(cfg)
     folder, marker = spec.stage.folder(cfg["output_dir"]), spec.stage.marker
-    if lifecycle.finished_already(folder, resume, marker):
+    recipe = provenance.recipe(cfg, spec)
+    if lifecycle.finished_already(folder, resume, marker, recipe):
         return None
     with processes().main_process_first():
         out = lifecycle.prepare_run_dir(folder, resume, overwrite, marker)
-        return out, lifecycle.resume_checkpoint(out, resume, overwrite)
+        checkpoint = lifecycle.resume_checkpoint(out, resume, overwrite)
+        if processes().is_main_process:  # a continued run only with what it started with
+            lifecycle.start_recipe(out, recipe, continuing=checkpoint is not None)
+        return out, checkpoint
 
 
 def to_dataset(rows: list[dict], shared_folder: Path | None = None):
@@ -202,6 +208,11 @@ def _fit(tr, tok, out, cfg: dict, scfg: dict, spec: arms.StageSpec, backend: str
         compat.policy_from_reference(tr.model)  # the policy starts exactly at the reference (SFT)
     start = metrics.checkpoint_state(resume_from)  # before training: the checkpoint may rotate away
     wall = train(tr, resume_from, callbacks=[health.make_callback(kind, cfg["health"]), *callbacks])
+    bad = [n for n, p in tr.model.named_parameters() if p.requires_grad and not torch.isfinite(p).all()]
+    if bad:  # the logged loss can stay finite (transformers filters non-finite losses): the weights cannot
+        raise UserError(f"[{spec.stage.name}] training diverged: {len(bad)} adapter tensors hold NaN or inf "
+                        f"(e.g. {bad[0]}); the stage is not marked finished. Lower the learning rate or "
+                        "train.max_grad_norm, then rerun with --overwrite")
     if kind == "dpo":  # whether each pair's prompt ran once, or why not (the first batch's check)
         facts["shared_prompt"] = getattr(tr, "shared_prompt", "off (the Unsloth backend)")
     facts.update(stage=kind, spec=spec.record(scfg), backend=backend, resumed_from=resume_from,

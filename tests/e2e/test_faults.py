@@ -192,7 +192,8 @@ def test_5_changed_input_makes_a_finished_stage_stale(tmp_path, capsys):
     assert experiment.run_stage(cfg, spec, train_dpo) == "skipped"
     (sft / "adapter_model.safetensors").write_bytes(b"trained again with another seed")
     assert experiment.run_stage(cfg, spec, train_dpo) == "done"
-    assert calls == [True] and f"stale: built from sft ({sft})" in capsys.readouterr().out
+    assert calls == [True] and f"stale: built from other inputs or settings (sft ({sft}), which has changed" \
+        in capsys.readouterr().out
     assert experiment.run_stage(cfg, spec, train_dpo) == "skipped"
 
 

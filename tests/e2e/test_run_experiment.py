@@ -94,21 +94,27 @@ def test_seeds_and_control_arm_end_to_end_then_skipped(capsys, tiny_data, tiny_m
             assert f"[{stage}] skipped: {out / f'seed-{s}' / stage}" in second
     assert _finished_files(out) == before
 
-    # SFT of seed 1 retrained by hand: every stage built on it is stale and runs again; seed 2 is untouched
+    # SFT of seed 1 retrained by hand with another seed: it is stale itself (its recipe says seed 7) and is
+    # trained again with the run's seed, which gives back the same adapter bit for bit, so every stage
+    # built on it is current again; seed 2 is untouched. (A changed SFT making its dependents stale:
+    # tests/e2e/test_faults_round_two.py, test_5_in_a_copy_a_retrained_sft_makes_its_dpo_stale.)
     seed1 = out / "seed-1"
+    old_sft = (seed1 / "sft" / "adapter_model.safetensors").read_bytes()
     old_dpo = (seed1 / "dpo" / "adapter_model.safetensors").read_bytes()
     assert sft_main(["--config", str(TINY_CONFIG), *tiny_overrides(tiny_data, tiny_model, seed1), *FAST,
                      "seed=7", "--overwrite"]) == 0
+    assert (seed1 / "sft" / "adapter_model.safetensors").read_bytes() != old_sft
     capsys.readouterr()
     assert experiment_main(argv) == 0
     third = capsys.readouterr().out
-    assert f"[sft] skipped: {seed1 / 'sft'}" in third
+    assert "[sft] stale: built from other inputs or settings (seed: 7 -> 1)" in third
+    assert (seed1 / "sft" / "adapter_model.safetensors").read_bytes() == old_sft
     for stage in ("dpo", "sft_control", "eval"):
-        assert f"[{stage}] stale: built from" in third
-        assert f"[{stage}] skipped: {out / 'seed-2' / stage}" in third
-    assert (seed1 / "dpo" / "adapter_model.safetensors").read_bytes() != old_dpo
+        for s in (1, 2):
+            assert f"[{stage}] skipped: {out / f'seed-{s}' / stage}" in third
+    assert (seed1 / "dpo" / "adapter_model.safetensors").read_bytes() == old_dpo
     inputs = json.loads((seed1 / "dpo" / "run_info.json").read_text())["inputs"]
-    assert inputs["sft"]["path"] == str(seed1 / "sft")
+    assert inputs["sft"]["path"] == str(seed1 / "sft") and inputs["sft"]["relative"] == "sft"
 
 
 def test_run_stage_skips_finished_and_resumes_unfinished(tmp_path):
