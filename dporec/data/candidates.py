@@ -111,10 +111,19 @@ def load(path, limit: int | None = None, rated: bool = True) -> list[dict]:
         for key, kind in _NEEDED.items():
             if not isinstance(rec.get(key), kind):
                 raise UserError(f"{where}: field '{key}' missing or not a {kind.__name__}")
+        if not rec["history"]:
+            raise UserError(f"{where}: 'history' needs at least one movie the user watched")
         for field in ("history", "candidates"):
             for k, m in enumerate(rec[field]):
                 if not isinstance(m, dict) or not all(x in m for x in _MOVIE):
                     raise UserError(f"{where}: {field}[{k}] needs 'title' and 'genres'")
+                if not isinstance(m["title"], str) or not m["title"].strip():
+                    raise UserError(f"{where}: {field}[{k}].title must be a non-empty string")
+                if isinstance(m["genres"], str):  # MovieLens' own "Comedy|Family" form
+                    m["genres"] = [g for g in m["genres"].split("|") if g]
+                if not isinstance(m["genres"], list) or not all(isinstance(g, str) for g in m["genres"]):
+                    raise UserError(f"{where}: {field}[{k}].genres must be a list of names or a "
+                                    "'Comedy|Family' string")
         ratings = [c.get("rating") for c in rec["candidates"]]
         if not rated:
             ratings = [0 if x is None else x for x in ratings]
@@ -125,6 +134,7 @@ def load(path, limit: int | None = None, rated: bool = True) -> list[dict]:
         ids = [c.get("item_id", c["title"]) for c in rec["candidates"]]
         if len(set(map(str, ids))) != len(ids):
             raise UserError(f"{where}: a movie appears twice in 'candidates'")
+        rec.setdefault("id", f"{path.name}:{where.rsplit(':', 1)[-1]}")  # a request may come without one
         out.append(rec)
         if limit is not None and len(out) >= limit:
             break

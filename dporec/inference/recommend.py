@@ -17,7 +17,7 @@ from dporec.data import candidates, records, task
 from dporec.data.pairs import movie_example
 from dporec.files import write_jsonl
 from dporec.modeling.adapters import active, load_with_adapters
-from dporec.runs.adapters import has_adapter, sft_adapter
+from dporec.runs.adapters import check_adapter, has_adapter, sft_adapter
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +79,8 @@ def recommend(cfg: dict, input_file: str, adapter: str | None, explain: bool = F
         raise UserError(f"{out_file} exists; pass --overwrite to replace it, or choose another --out")
     path = None if (adapter or "").lower() == "none" else Path(adapter) if adapter else default_adapter(cfg)
     name = "base" if path is None else path.name
+    if path is not None:  # a missing, cut or stale adapter is named before the base loads
+        check_adapter(path, cfg["model"]["name"])
     from dporec.evaluation import candidate_ranking, generation
     from dporec.modeling import backends, runtime
     rt = rt or runtime.setup(cfg, "eval")

@@ -25,7 +25,7 @@ from dporec.runs.adapters import FinishedRun, check_adapter, require_sft_adapter
 SAMPLES = "samples.jsonl"
 PAIRS, SUMMARY = arms.PAIRS.output, arms.PAIRS.marker  # what on-policy DPO reads, and the finished marker
 log = logging.getLogger(__name__)
-CHUNK = 64  # prompts generated between two appends to samples.jsonl: what an interruption can lose
+CHUNK = 64  # prompts generated together and appended at once: what an interruption can lose
 
 
 def settings(cfg: dict, adapter: Path) -> dict:
@@ -140,10 +140,10 @@ def run_sampling(cfg: dict, spec: arms.StageSpec | None = None, rt=None) -> int:
     out = lifecycle.prepare_run_dir(folder, False, overwrite, SUMMARY)
     lifecycle.start_recipe(out, recipe, continuing=(out / SAMPLES).is_file())
     wanted = settings(cfg, adapter)
-    done = read_samples(out / SAMPLES)
     asked = [(ex, order, e) for ex in examples for order, e in records.orders(ex)]
-    # each prompt keeps its place k in `asked`: its random stream is the same whether or not a run
-    # before this one was interrupted
+    done = unfinished_chunks(asked, read_samples(out / SAMPLES))
+    # each prompt keeps its place k in `asked`, each chunk of CHUNK places its seed: the samples are the
+    # same whether or not a run before this one was interrupted
     todo = [(k, *item) for k, item in enumerate(asked) if (item[0].pair_id, item[1]) not in done]
     log.info(f"[onpolicy] {len(examples)} training examples x 2 orders x {oc['samples_per_prompt']} samples"
              + (f"; continuing: {len(done)} prompts sampled already" if done else ""))
@@ -187,23 +187,51 @@ def run_sampling(cfg: dict, spec: arms.StageSpec | None = None, rt=None) -> int:
     return 0
 
 
+def unfinished_chunks(asked: list, done: dict) -> dict:
+    """`done` without the prompts of a chunk an interruption left partly sampled: such a chunk is sampled
+    again whole, so that every chunk is generated as one batch from its own seed, exactly as in an
+    uninterrupted run (a batch's random numbers depend on what else is in it)."""
+    keep = dict(done)
+    for j in range(0, len(asked), CHUNK):
+        keys = [(ex.pair_id, order) for ex, order, _ in asked[j:j + CHUNK]]
+        have = [k for k in keys if k in done]
+        if have and len(have) < len(keys):
+            for k in have:
+                keep.pop(k)
+    return keep
+
+
+def cut_to_last_line(path: Path) -> None:
+    """Drop a last line a kill cut short (no newline), so that what is appended next starts a line."""
+    if not path.is_file():
+        return
+    data = path.read_bytes()
+    end = data.rfind(b"\n") + 1
+    if end < len(data):
+        with path.open("r+b") as f:
+            f.truncate(end)
+
+
 def _sample(model, tok, todo, cfg: dict, path: Path) -> None:
-    """Generate for every (example, order) in `todo`, appending each chunk's samples to `path`."""
+    """Generate for every (k, example, order) in `todo`, chunk by chunk: chunk k // CHUNK of the asked
+    prompts, seeded by its index, its samples appended to `path` in one write."""
     import torch
     from tqdm.auto import tqdm
 
     from dporec.evaluation.generation import sample_answers
     oc, fmt = cfg["onpolicy"], cfg["data"]["prompt_format"]
+    chunks: dict[int, list] = {}
+    for item in todo:
+        chunks.setdefault(item[0] // CHUNK, []).append(item)
+    cut_to_last_line(path)
     with path.open("a", encoding="utf-8") as f:
-        for i in tqdm(range(0, len(todo), CHUNK), desc="[onpolicy] sampling", unit="chunk"):
-            chunk = todo[i:i + CHUNK]
-            torch.manual_seed(cfg["seed"] * 1_000_003 + chunk[0][0])
+        for j, chunk in tqdm(sorted(chunks.items()), desc="[onpolicy] sampling", unit="chunk"):
+            torch.manual_seed(cfg["seed"] * 1_000_003 + j)
             prompts = [records.format_prompt(e, fmt, tok) for _, _, _, e in chunk]
             texts = sample_answers(model, tok, prompts, oc["samples_per_prompt"], oc["temperature"],
                                    oc["top_p"], oc["max_new_tokens"], oc["batch_size"])
-            for (_, ex, order, _), t in zip(chunk, texts):
-                row = {"id": ex.pair_id, "order": order, "samples": t}
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            f.write("".join(json.dumps({"id": ex.pair_id, "order": order, "samples": t}, ensure_ascii=False)
+                            + "\n" for (_, ex, order, _), t in zip(chunk, texts)))
             f.flush()
 
 

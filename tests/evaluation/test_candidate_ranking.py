@@ -43,7 +43,7 @@ def test_spread_takes_every_rating_level_in_turn():
 def test_load_names_file_line_and_field(tmp_path):
     bad = tmp_path / "r.jsonl"
     one_movie = [{"title": "X (1990)", "genres": []}]
-    bad.write_text(json.dumps({"user_id": "1", "history": [], "candidates": one_movie})
+    bad.write_text(json.dumps({"user_id": "1", "history": one_movie, "candidates": one_movie})
                    + "\n")
     with pytest.raises(UserError, match=r"r\.jsonl:1: 'candidates' needs at least 2 movies"):
         candidates.load(bad)

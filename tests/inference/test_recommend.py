@@ -72,7 +72,8 @@ def test_rated_request_reports_tau_and_base_model(sft_cfg, tiny_data, tmp_path, 
 
 def test_bad_requests_are_named(sft_cfg, tiny_data, tmp_path):
     bad = tmp_path / "bad.jsonl"
-    bad.write_text('{"user_id": "1", "history": [], "candidates": [{"title": "X (1990)", "genres": []}]}\n')
+    bad.write_text('{"user_id": "1", "history": [{"title": "Y (1991)", "genres": []}], '
+                   '"candidates": [{"title": "X (1990)", "genres": []}]}\n')
     with pytest.raises(UserError, match=rf"{bad}:1: 'candidates' needs at least 2 movies"):
         recommend(sft_cfg, str(bad), None)
     out = tmp_path / "mine.jsonl"
@@ -80,3 +81,21 @@ def test_bad_requests_are_named(sft_cfg, tiny_data, tmp_path):
     with pytest.raises(UserError, match="pass --overwrite"):
         recommend(sft_cfg, str(requests(tiny_data, tmp_path)), None, out_file=str(out))
     assert out.read_text() == "keep me"
+
+
+def test_a_documented_request_without_id_with_genre_strings_ranks(sft_cfg, tmp_path, capsys):
+    """The README's request form: no "id", genres as MovieLens writes them ("Comedy|Family"); an empty
+    history and a missing adapter are named before any model loads."""
+    req = tmp_path / "req.jsonl"
+    req.write_text(json.dumps({"user_id": "u1", "history": [{"title": "Heat (1995)", "genres": "Crime"}],
+                               "candidates": [{"title": "Casper (1995)", "genres": "Comedy|Family"},
+                                              {"title": "Speed (1994)", "genres": ["Action"]}]}) + "\n")
+    [result] = recommend(sft_cfg, str(req), None)
+    assert result["id"] == "req.jsonl:1"
+    assert {tuple(r["genres"]) for r in result["ranking"]} == {("Comedy", "Family"), ("Action",)}
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text(req.read_text().replace('[{"title": "Heat (1995)", "genres": "Crime"}]', "[]"))
+    with pytest.raises(UserError, match=rf"{empty}:1: 'history' needs at least one movie"):
+        recommend(sft_cfg, str(empty), None)
+    with pytest.raises(UserError, match="adapter not found"):
+        recommend(sft_cfg, str(req), str(tmp_path / "no-adapter"))
