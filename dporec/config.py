@@ -9,8 +9,11 @@ from __future__ import annotations
 import argparse
 import copy
 import difflib
+import errno
 import math
 import os
+import pickle
+import signal
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -465,8 +468,27 @@ def save_config(cfg: dict, path: str | os.PathLike) -> Path:
     return path
 
 
+# Operating-system errors a user can act on, and what to do about each (anything else keeps its traceback)
+OS_ADVICE = {errno.ENOSPC: "the disk is full: free space (a Llama 3 8B run needs ~25 GB), then rerun (with "
+                           "--resume for a training stage)",
+             errno.EDQUOT: "the disk quota is used up: free space, then rerun (with --resume for training)",
+             errno.EROFS: "the file system is read-only: choose a writable output_dir",
+             errno.EACCES: "permission denied: choose a folder you may write, or fix its permissions"}
+
+
 def run_main(main: Callable[[], int | None]) -> None:
-    """Run a script's main(), turning UserError into a one-line message and exit status 2."""
+    """Run a script's main(), turning UserError (and an operating-system error a user can act on) into a
+    one-line message and exit status 2; Ctrl-C and SIGTERM say what can be resumed (130, 143)."""
+    terminated = []
+
+    def on_sigterm(signum, frame):  # a job scheduler's stop: the same resume advice as Ctrl-C
+        terminated.append(signum)
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, on_sigterm)
+    except ValueError:  # not the main thread (a notebook's worker): leave the default
+        previous = None
     try:
         code = main()
     except UserError as e:
@@ -474,5 +496,19 @@ def run_main(main: Callable[[], int | None]) -> None:
         sys.exit(2)
     except KeyboardInterrupt as e:  # the stage that was running says what can be resumed
         print(str(e) or "interrupted", file=sys.stderr)
-        sys.exit(130)
+        sys.exit(143 if terminated else 130)
+    except OSError as e:
+        if e.errno not in OS_ADVICE:
+            raise
+        print(f"error: {e.filename or ''}{': ' if e.filename else ''}{OS_ADVICE[e.errno]} ({e.strerror})",
+              file=sys.stderr)
+        sys.exit(2)
+    except pickle.UnpicklingError:  # torch refused a pickled file; its own message advises the unsafe way
+        print("error: a checkpoint or adapter file holds pickled Python objects, which are refused because "
+              "loading them could run code: use files saved as safetensors by a run you trust, or delete "
+              "that checkpoint and resume from an earlier one", file=sys.stderr)
+        sys.exit(2)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     sys.exit(code or 0)

@@ -87,7 +87,7 @@ def run_stage(cfg: dict, spec: arms.StageSpec, run, rerun: bool = False) -> str:
         log.info(f"[{stage.name}] stale: built from other inputs or settings ({'; '.join(changed)}); "
                  "running it again")
         overwrite = True
-    if not overwrite and lifecycle.checkpoints_in(folder):
+    if not overwrite and lifecycle.unfinished(folder, stage.marker):
         other = provenance.recipe_changes(folder, recipe, provenance.MAY_CHANGE_ON_RESUME)
         if other:
             log.info(f"[{stage.name}] {folder} holds an unfinished run started with other settings or data "

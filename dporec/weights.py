@@ -145,13 +145,22 @@ def base_config(name: str) -> dict | None:
         return None
 
 
+_FINGERPRINTS: dict[tuple, str] = {}  # (resolved path, size, mtime_ns) -> sha256: each file read once
+
+
 def fingerprint_file(path: Path) -> str:
-    """sha256 of a whole file (adapters: tens to hundreds of MB, well under a second)."""
-    h = hashlib.sha256()
-    with Path(path).open("rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
+    """sha256 of a whole file (adapters: tens to hundreds of MB, well under a second), read once per
+    version of the file in a process (a run's checks ask for the same adapter's several times)."""
+    path = Path(path)
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _FINGERPRINTS:
+        h = hashlib.sha256()
+        with path.open("rb") as f:
+            for block in iter(lambda: f.read(1 << 22), b""):
+                h.update(block)
+        _FINGERPRINTS[key] = h.hexdigest()
+    return _FINGERPRINTS[key]
 
 
 def fingerprint_model(folder: Path) -> str | None:

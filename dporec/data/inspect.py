@@ -39,12 +39,13 @@ def describe(examples: list[records.Example], path: Path | None = None) -> dict:
                             if records.REJECTED not in e.extra)}
 
 
-def leaks(loaded: dict[Path, list[records.Example]]) -> list[str]:
-    """'users: a.jsonl and b.jsonl share N (e.g. ...)' for each pair of files sharing users or ids."""
+def leaks(loaded: dict[Path, list[records.Example]], involving: Path | None = None) -> list[str]:
+    """'users: a.jsonl and b.jsonl share N (e.g. ...)' for each pair of files sharing users or ids (with
+    `involving`: only the pairs that include that file)."""
     out = []
     for what, key in (("users", lambda e: e.user_id), ("ids", lambda e: e.pair_id)):
         out += [f"{what}: {p} and {q} share {len(common)} (e.g. {', '.join(map(str, common[:5]))})"
-                for p, q, common in splits.shared_between(loaded, key)]
+                for p, q, common in splits.shared_between(loaded, key) if involving in (None, p, q)]
     return out
 
 
@@ -58,7 +59,7 @@ def check_held_out(test: Path, test_examples: list[records.Example], training: d
         elif path and Path(path).is_file():  # the test file IS a training file
             raise UserError(f"data.test_file {test} is also {key}: the evaluation would score training "
                             "pairs; point data.test_file at the held-out split")
-    found = [leak for leak in leaks(loaded) if str(test) in leak]
+    found = leaks(loaded, involving=Path(test))
     if found:
         raise UserError(f"data.test_file {test} shares users or pairs with the training data "
                         f"({'; '.join(found)}): the evaluation would score training users; rebuild the "

@@ -129,6 +129,11 @@ def parse_record(obj, where: str, default_id: str) -> Example:
             raise UserError(f"{where}: missing field '{key}'")
         if not isinstance(obj[key], str):
             raise UserError(f"{where}: field '{key}' must be a string")
+        try:  # a lone surrogate (\udXXX in the JSON) is valid JSON but no text a tokenizer can take
+            obj[key].encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise UserError(f"{where}: field '{key}' holds a character that is not text "
+                            f"({obj[key][e.start:e.end]!r} at position {e.start}): fix the file") from None
     spans = task.option_spans(obj["input"])
     if isinstance(spans, str):
         raise UserError(f"{where}: {spans}")

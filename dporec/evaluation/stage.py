@@ -146,12 +146,11 @@ def reanalyse(cfg: dict, source: Path, spec: arms.StageSpec | None = None) -> tu
     if in_place or inside:
         if results_file.is_file() and not lifecycle.marker_broken(eval_dir, arms.EVAL.marker):
             previous = read_json(results_file)
-        if inside and not in_place:
+        if inside and not in_place:  # run_info.json stays the scoring's: what the scores were built from
             data = source.read_bytes()
             if target.is_file():
                 _keep_previous(target)
             target.write_bytes(data)
-            provenance.write_run_info(eval_dir, cfg, stage="eval", reanalysed_from=str(source))
     else:
         data = source.read_bytes()  # before prepare_run_dir may clear a folder that holds the source
         eval_dir = lifecycle.prepare_run_dir(eval_dir, resume, overwrite, arms.EVAL.marker)

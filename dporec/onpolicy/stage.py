@@ -138,6 +138,8 @@ def run_sampling(cfg: dict, spec: arms.StageSpec | None = None, rt=None) -> int:
     # resume=true is how every run continues its samples: they are appended as they are made, and
     # continued only with the settings they were made with
     out = lifecycle.prepare_run_dir(folder, False, overwrite, SUMMARY)
+    if overwrite:  # sample again from scratch: an unfinished run's samples go too
+        (out / SAMPLES).unlink(missing_ok=True)
     lifecycle.start_recipe(out, recipe, continuing=(out / SAMPLES).is_file())
     wanted = settings(cfg, adapter)
     asked = [(ex, order, e) for ex in examples for order, e in records.orders(ex)]

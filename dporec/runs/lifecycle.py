@@ -75,9 +75,11 @@ def stale_inputs(path: Path, done_marker: str, recipe: dict | None = None) -> li
     path = Path(path)
     if not (path / done_marker).is_file() or marker_broken(path, done_marker):
         return None
-    changed = [f"{c}, which has changed since" for c in provenance.changed_inputs(path)]
-    if recipe is not None:
-        changed += provenance.recipe_changes(path, recipe) or []
+    inputs = provenance.changed_inputs(path)
+    changed = [f"{c}, which has changed since" for c in inputs]
+    if recipe is not None:  # (the starting adapter is an input too: named once)
+        changed += [c for c in provenance.recipe_changes(path, recipe) or []
+                    if not (inputs and c.startswith(provenance.START))]
     return changed
 
 
@@ -109,7 +111,20 @@ def start_recipe(path: Path, recipe: dict, continuing: bool) -> None:
             raise UserError(f"{path} holds an unfinished run started with other settings or data: "
                             f"{'; '.join(changed)}. Continue it with the settings it started with, or pass "
                             "--overwrite (without resume) to start over with these")
+        steps = [c for c in provenance.recipe_changes(path, recipe) or [] if c.split(":")[0]
+                 in provenance.MAY_CHANGE_ON_RESUME]
+        if steps:  # allowed, but the learning-rate schedule then differs from a run of either length
+            before = provenance.read_recipe(path).get("resumed_with", [])
+            recipe = {**recipe, "resumed_with": [*before, *steps]}
     provenance.write_recipe(path, recipe)
+
+
+def unfinished(path: Path, done_marker: str) -> bool:
+    """A stage folder a run started in and did not finish: checkpoints, or the recipe its start recorded
+    (sampling keeps no checkpoints), and no marker."""
+    path = Path(path)
+    return not (path / done_marker).is_file() and (bool(checkpoints_in(path))
+                                                   or (path / provenance.RECIPE).is_file())
 
 
 def check_writable(path: Path) -> None:
@@ -163,16 +178,33 @@ def check_lock(path: Path) -> None:
     except (OSError, ValueError, KeyError, TypeError):
         pid, host = None, None
     me = socket.gethostname()
-    if host == me and pid == os.getpid():
-        return  # this process's own (an earlier stage of the same run_experiment.py)
+    if host == me and pid == os.getpid():  # this process's own, left by an earlier stage: not a second run
+        lock.unlink(missing_ok=True)
+        return
     if host == me and pid is not None and _alive(pid):
-        raise UserError(f"{path} is being written by another process (pid {pid}); wait for it to finish, "
-                        "or use another output_dir")
-    if host not in (None, me):
-        raise UserError(f"{path} is being written by a process on {host} (pid {pid}), or one that ended "
-                        f"there without cleaning up: if none runs, delete {lock}")
-    log.info(f"[{Path(path).name}] removing a lock left by an ended process ({lock})")
+        raise UserError(f"{path} is being written by another process (pid {pid}, {lock}); wait for it to "
+                        f"finish, or use another output_dir. If no such run is going, delete {lock}")
+    if host not in (None, me):  # a folder on shared storage: that machine may be gone (a Colab VM)
+        log.warning(f"[{Path(path).name}] {lock} was left by a process on {host} (pid {pid}); taking the "
+                    "stage folder over. If that run is still going, stop this one: both write here")
+    else:
+        log.info(f"[{Path(path).name}] removing a lock left by an ended process ({lock})")
     lock.unlink(missing_ok=True)
+
+
+def _take_lock(path: Path) -> None:
+    """Create the stage folder's lock atomically (O_EXCL: two processes cannot both take it)."""
+    lock = Path(path) / LOCK
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            check_lock(path)  # refuses a live holder, clears an ended one
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
+        return
+    raise UserError(f"{path}: another process took {lock} at the same moment; rerun")
 
 
 @contextmanager
@@ -182,8 +214,7 @@ def stage_guard(path: Path, resumable: bool = True):
     empty stage folder looks like a run that never was)."""
     lock = Path(path) / LOCK
     if _single_process():
-        check_lock(path)
-        lock.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
+        _take_lock(path)
     try:
         yield
     except BaseException as e:

@@ -16,12 +16,14 @@ import sys
 from pathlib import Path
 
 from dporec import ROOT, UserError, arms, weights
+from dporec.config import defaults as config_defaults
 from dporec.config import save_config, updated
 from dporec.files import read_json, read_yaml
 
 log = logging.getLogger(__name__)
 CONFIG, RUN_INFO = "config.yaml", "run_info.json"  # what every stage folder records beside its outputs
 RECIPE = "recipe.json"  # written when a stage starts: what it is being built from
+START = "the adapter it starts from"  # the recipe's entry for it (also an input in run_info.json)
 
 # The config keys that shape what each kind of stage produces (prefixes end in "."); a change reruns or
 # refuses the stage. Not among them: where things go and how often they are logged or saved, the data's
@@ -41,7 +43,9 @@ ANALYSIS_ONLY = ("eval.alpha", "eval.margin_points", "eval.ranking_margin", "eva
 NOT_SHAPING = (*ANALYSIS_ONLY, "model.backend", "model.allow_cpu", "train.gradient_checkpointing",
                "train.logging_steps", "train.eval_steps", "train.save_steps", "train.save_total_limit",
                "train.report_to", "dpo.sft_adapter", "eval.adapters", "eval.batch_size",
-               "onpolicy.batch_size")
+               "onpolicy.batch_size",
+               # the same loss, metrics and gradients either way (tests/training/test_dpo_trainer.py)
+               "dpo.prefix_sharing", "dpo.precompute_ref_log_probs")
 DATA_FILES = {"sft": ("train_file", "val_file"), "dpo": ("train_file", "val_file"),
               "sampling": ("train_file",), "eval": ("test_file",)}
 # What an unfinished stage may be continued with although it differs: more or fewer steps to go; for
@@ -148,9 +152,12 @@ def _flat(cfg: dict, prefix: str = "") -> dict:
     return out
 
 
-def _shapes(kind: str, key: str) -> bool:
-    return key not in NOT_SHAPING and any(key == p or (p.endswith(".") and key.startswith(p))
-                                          for p in SHAPING[kind])
+def _shapes(kind: str, key: str, ranking: bool = False) -> bool:
+    """Whether `key` shapes what a stage of this kind produces. An analysis setting does for an evaluation
+    with the ranking on: the ranking's summary is computed when scoring, not re-analysed."""
+    if any(key == n or key.startswith(n + ".") for n in NOT_SHAPING):  # eval.adapters.NAME: an input
+        return kind == "eval" and ranking and key in ANALYSIS_ONLY
+    return any(key == p or (p.endswith(".") and key.startswith(p)) for p in SHAPING[kind])
 
 
 def recipe(cfg: dict, spec: arms.StageSpec) -> dict:
@@ -159,18 +166,31 @@ def recipe(cfg: dict, spec: arms.StageSpec) -> dict:
     the files it reads and of the adapter it starts from}."""
     kind = spec.stage.kind
     scfg = updated(cfg, spec.config_settings(cfg["output_dir"]))
-    settings = {k: v for k, v in _flat(scfg).items() if _shapes(kind, k)}
+    ranking = bool(scfg["eval"]["ranking"])
+    settings = {k: v for k, v in _flat(scfg).items() if _shapes(kind, k, ranking)}
     data = {}
-    for key in DATA_FILES[kind]:
-        path = Path(scfg["data"][key])
+    files = {key: scfg["data"][key] for key in DATA_FILES[kind]}
+    if kind == "eval" and ranking:  # the candidate sets the ranking scores
+        from dporec.data import candidates
+        d = scfg["data"]
+        files["ranking_file"] = d["ranking_file"] or candidates.default_path(d["test_file"])
+    for key, path in files.items():
+        path = Path(path)
         if path.is_file():
             data[f"data.{key}"] = {"relative": _relative(path, cfg["output_dir"]),
                                    "sha256": weights.fingerprint_file(path)}
     start = weights.adapter_weights_file(spec.init_adapter) if spec.init_adapter else None
     if start is not None:  # the adapter it starts from (DPO from SFT, the arms)
-        data["the adapter it starts from"] = {"relative": _relative(spec.init_adapter, cfg["output_dir"]),
+        data[START] = {"relative": _relative(spec.init_adapter, cfg["output_dir"]),
                                               "sha256": weights.fingerprint_file(start)}
     return {"stage": kind, "settings": settings, "data": data}
+
+
+def read_recipe(folder: Path) -> dict:
+    try:
+        return json.loads((Path(folder) / RECIPE).read_text())
+    except (OSError, ValueError):
+        return {}
 
 
 def write_recipe(folder: Path, rec: dict) -> None:
@@ -180,20 +200,23 @@ def write_recipe(folder: Path, rec: dict) -> None:
 def recipe_changes(folder: Path, now: dict, may_change=()) -> list[str] | None:
     """How `now` differs from the recipe a stage folder recorded: ["dpo.beta: 0.1 -> 0.5", "data.test_file
     (its contents)", ...]; None when none was recorded (a stage from an earlier version: cannot tell)."""
-    path = Path(folder) / RECIPE
-    if not path.is_file():
+    if not (Path(folder) / RECIPE).is_file():
         return None
-    try:
-        old = json.loads(path.read_text())
-    except (OSError, ValueError):
+    old = read_recipe(folder)
+    if not old:
         return None
     out = []
     a, b = old.get("settings", {}), json.loads(json.dumps(now["settings"], default=str))  # as recorded
+    defaults_ = json.loads(json.dumps(_flat(config_defaults()), default=str))
     for k in sorted(set(a) | set(b)):
-        if k not in may_change and a.get(k, "<unset>") != b.get(k, "<unset>"):
-            out.append(f"{k}: {a.get(k, '<unset>')} -> {b.get(k, '<unset>')}")
-    for k in sorted(set(old.get("data", {})) | set(now["data"])):
-        if (old.get("data", {}).get(k) or {}).get("sha256") != (now["data"].get(k) or {}).get("sha256"):
+        # a key a later version added is unchanged when the run uses its default (what the old code did)
+        before = a.get(k, defaults_.get(k, "<unset>"))
+        if k not in may_change and before != b.get(k, "<unset>"):
+            out.append(f"{k}: {before} -> {b.get(k, '<unset>')}")
+    for k in sorted(old.get("data", {})):
+        if k not in now["data"]:
+            log.warning(f"[{Path(folder).name}] cannot tell whether {k} has changed: it is not there now")
+        elif (old["data"][k] or {}).get("sha256") != now["data"][k].get("sha256"):
             out.append(f"{k} (its contents)")
     return out
 

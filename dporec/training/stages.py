@@ -211,8 +211,9 @@ def _fit(tr, tok, out, cfg: dict, scfg: dict, spec: arms.StageSpec, backend: str
     bad = [n for n, p in tr.model.named_parameters() if p.requires_grad and not torch.isfinite(p).all()]
     if bad:  # the logged loss can stay finite (transformers filters non-finite losses): the weights cannot
         raise UserError(f"[{spec.stage.name}] training diverged: {len(bad)} adapter tensors hold NaN or inf "
-                        f"(e.g. {bad[0]}); the stage is not marked finished. Lower the learning rate or "
-                        "train.max_grad_norm, then rerun with --overwrite")
+                        f"(e.g. {bad[0]}); the stage is not marked finished. Lower its learning rate (or "
+                        "train.max_grad_norm) and rerun: run_experiment.py starts the stage over by itself "
+                        "(its settings changed); the stage's script needs --overwrite")
     if kind == "dpo":  # whether each pair's prompt ran once, or why not (the first batch's check)
         facts["shared_prompt"] = getattr(tr, "shared_prompt", "off (the Unsloth backend)")
     facts.update(stage=kind, spec=spec.record(scfg), backend=backend, resumed_from=resume_from,

@@ -217,16 +217,20 @@ def test_4_overwrite_replaces_only_an_earlier_export(finished, tmp_path, capsys)
 # ---------------------------------------------------------------------------------------------
 # 9. Evaluation on training users is refused
 
-@pytest.mark.parametrize("which", ["train_file", "val_file", "shares a user"])
-def test_9_evaluation_on_training_users_is_refused(which, tiny_data, tiny_model, tmp_path, capsys):
+@pytest.mark.parametrize("which", ["train_file", "val_file", "shares a user", "shares a user, ./path"])
+def test_9_evaluation_on_training_users_is_refused(which, tiny_data, tiny_model, tmp_path, capsys,
+                                                   monkeypatch):
     from tests.helpers import evaluate_main
     test = tiny_data / ("train.jsonl" if which == "train_file" else "val.jsonl")
-    if which == "shares a user":  # the test file plus one training line
+    if which.startswith("shares a user"):  # the test file plus one training line
         test = tmp_path / "test.jsonl"
         train_line = (tiny_data / "train.jsonl").read_text().splitlines()[0]
         test.write_text((tiny_data / "test.jsonl").read_text() + train_line + "\n")
+    if which.endswith("./path"):  # the path as a user types it
+        monkeypatch.chdir(tmp_path)
+        test = Path("./test.jsonl")
     argv = argv_for(tiny_data, tiny_model, tmp_path / "run", f"data.test_file={test}", "eval.models=[base]")
-    says = ("shares users or pairs with the training data" if which == "shares a user"
+    says = ("shares users or pairs with the training data" if which.startswith("shares a user")
             else f"is also data.{which}")
     refused(evaluate_main, argv, capsys, says, str(test))
     assert not (tmp_path / "run" / "eval").exists()
@@ -288,7 +292,9 @@ def test_12_a_trainer_name_typo_is_named_before_the_model_loads(override, says, 
     ("output_dir=", "'output_dir' must name a folder"),
     ("output_dir=$NO_SUCH_VARIABLE_HERE/run", "names an environment variable that is not set"),
 ])
-def test_12_out_of_range_values_are_named(override, says, tiny_data, tiny_model, tmp_path, capsys):
+def test_12_out_of_range_values_are_named(override, says, tiny_data, tiny_model, tmp_path, capsys,
+                                          monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a check that let one through would write its run here, not in the checkout
     refused(sft_main, argv_for(tiny_data, tiny_model, tmp_path / "run", override), capsys, says)
 
 
@@ -341,7 +347,7 @@ def test_7_a_live_lock_refuses_a_second_process_and_a_dead_one_is_cleared(tiny_d
     try:
         lock.write_text(json.dumps({"pid": other.pid, "host": socket.gethostname()}))
         argv = argv_for(tiny_data, tiny_model, out, "sft.max_steps=1")
-        refused(sft_main, argv, capsys, f"is being written by another process (pid {other.pid})")
+        refused(sft_main, argv, capsys, f"is being written by another process (pid {other.pid}, {lock})")
     finally:
         other.kill()
         other.wait()
@@ -384,3 +390,88 @@ def test_15_reanalysing_an_edited_copy_in_the_eval_folder(finished, tiny_data, t
     assert (ev / "predictions.previous.csv").read_text() == scored  # the scored file, kept
     assert json.loads((ev / "results.previous.json").read_text()) == first  # the model-scored results
     assert (ev / "results.previous-2.json").is_file()  # the first re-analysis's, not replacing the above
+    # what the scores were built from is still recorded: a retrained DPO still makes the evaluation stale
+    assert json.loads((ev / "run_info.json").read_text())["inputs"]["dpo"]["relative"] == "dpo"
+
+
+# ---------------------------------------------------------------------------------------------
+# 13, 17. I/O faults as messages, not tracebacks
+
+def _exit_of(main, capsys) -> tuple[int, str]:
+    from dporec.config import run_main
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        run_main(main)
+    got = capsys.readouterr()
+    return e.value.code, got.err + got.out
+
+
+def test_13_a_full_disk_and_a_pickled_file_are_messages(capsys):
+    import errno
+    import pickle
+
+    def full():
+        raise OSError(errno.ENOSPC, "No space left on device", "runs/x/sft/README.md")
+
+    code, text = _exit_of(full, capsys)
+    assert code == 2 and "runs/x/sft/README.md: the disk is full" in text and "Traceback" not in text
+
+    def pickled():
+        raise pickle.UnpicklingError("Weights only load failed ... weights_only=False ...")
+
+    code, text = _exit_of(pickled, capsys)
+    assert code == 2 and "pickled Python objects, which are refused" in text
+    assert "weights_only=False" not in text  # never the unsafe advice
+
+
+def test_17_sigterm_says_what_can_be_resumed(capsys):
+    import os
+    import signal
+
+    def killed():
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise AssertionError("SIGTERM did not stop main()")
+
+    code, text = _exit_of(killed, capsys)
+    assert code == 143 and "interrupted" in text
+
+
+def test_13_a_lone_surrogate_in_a_title_is_named(tiny_data, tiny_model, tmp_path, capsys):
+    bad = tmp_path / "train.jsonl"
+    lines = (tiny_data / "train.jsonl").read_text().splitlines()
+    rec = json.loads(lines[2])
+    rec["input"] = rec["input"].replace("Option A: ", "Option A: \udc80", 1)
+    lines[2] = json.dumps(rec)  # \\udc80 in the file: valid JSON, not text
+    bad.write_text("\n".join(lines) + "\n")
+    refused(sft_main, argv_for(tiny_data, tiny_model, tmp_path / "run", f"data.train_file={bad}"), capsys,
+            f"{bad}:3: field 'input' holds a character that is not text")
+
+
+def test_7_a_lock_from_another_machine_is_taken_over_with_a_warning(tiny_data, tiny_model, tmp_path, capsys):
+    """A run folder on shared storage whose machine is gone (a Colab VM): the next run takes it over and
+    says so, instead of refusing forever."""
+    out = tmp_path / "run"
+    (out / "sft").mkdir(parents=True)
+    (out / "sft" / ".running").write_text(json.dumps({"pid": 12345, "host": "a-colab-vm-that-is-gone"}))
+    code, text = cli(sft_main, argv_for(tiny_data, tiny_model, out, "sft.max_steps=1"), capsys)
+    assert code == 0, text
+    assert "was left by a process on a-colab-vm-that-is-gone" in text
+
+
+def test_2_a_key_a_later_version_added_leaves_a_stage_current(finished, tmp_path):
+    """A finished stage recorded before a config key existed is current when the run uses that key's
+    default (what the earlier code did), stale when it sets another value."""
+    from dporec import arms
+    from dporec.config import load_config
+    from dporec.runs import provenance
+    run = copy_of(finished, tmp_path)
+    recorded = json.loads((run / "sft" / "recipe.json").read_text())
+    del recorded["settings"]["train.weight_decay"]
+    (run / "sft" / "recipe.json").write_text(json.dumps(recorded))
+    cfg = load_config(run / "sft" / "config.yaml", [f"output_dir={run}"])  # the run's own config
+    now = provenance.recipe(cfg, arms.StageSpec(arms.SFT))
+    assert provenance.recipe_changes(run / "sft", now) == []
+    cfg["train"]["weight_decay"] = 0.5
+    assert provenance.recipe_changes(run / "sft", provenance.recipe(cfg, arms.StageSpec(arms.SFT))) == [
+        f"train.weight_decay: {load_config(None)['train']['weight_decay']} -> 0.5"]
+

@@ -75,7 +75,8 @@ def test_read_samples_drops_a_line_cut_by_a_kill(tmp_path):
 
 def test_a_resumed_sampling_equals_an_uninterrupted_one(tiny_data, tiny_model, tmp_path, monkeypatch):
     """A kill mid-write leaves a cut line and a partly written chunk: the rerun cuts the line, samples the
-    partial chunk again whole from its own seed, and ends with the samples an uninterrupted run makes."""
+    partial chunk again whole from its own seed, and ends with the samples an uninterrupted run makes;
+    with --overwrite the unfinished samples are dropped and sampling starts over (the same samples)."""
     import pytest
 
     from dporec import UserError, arms
@@ -85,17 +86,18 @@ def test_a_resumed_sampling_equals_an_uninterrupted_one(tiny_data, tiny_model, t
     monkeypatch.setattr(stage, "CHUNK", 4)  # 10 prompts: chunks of 4, 4 and 2
     over = ["sft.max_steps=2", "onpolicy.max_prompts=5", "onpolicy.samples_per_prompt=2",
             "onpolicy.max_new_tokens=8", "onpolicy.batch_size=8", "experiment.on_policy_arm=true"]
+    from dporec.config import updated
     runs = {}
-    for name in ("straight", "killed"):
+    for name in ("straight", "killed", "overwritten"):
         cfg = load_config(TINY_CONFIG, tiny_overrides(tiny_data, tiny_model, tmp_path / name) + over)
         assert stages.run_sft(cfg) == 0
-        for attempt in (1, 2) if name == "killed" else (1,):
+        for attempt in (1, 2) if name != "straight" else (1,):
             try:
-                stage.run_sampling(cfg)
+                stage.run_sampling(updated(cfg, {"overwrite": name == "overwritten" and attempt == 2}))
             except UserError:
                 pass  # a random tiny model's samples may make no pair: the samples are what is compared
             samples = arms.PAIRS.folder(cfg["output_dir"]) / stage.SAMPLES
-            if name == "killed" and attempt == 1:  # killed while writing the second chunk's fifth line
+            if name != "straight" and attempt == 1:  # killed while writing the second chunk's fifth line
                 lines = samples.read_text().splitlines(keepends=True)
                 samples.write_text("".join(lines[:5]) + lines[5][:20])
                 for f in samples.parent.iterdir():
@@ -103,6 +105,6 @@ def test_a_resumed_sampling_equals_an_uninterrupted_one(tiny_data, tiny_model, t
                         f.unlink()
         runs[name] = stage.read_samples(samples)
     assert len(runs["straight"]) == 10
-    assert runs["killed"] == runs["straight"]
+    assert runs["killed"] == runs["straight"] == runs["overwritten"]
     with pytest.raises(AssertionError):  # the test can tell: a seed per chunk start would differ
         assert runs["killed"] == {k: [] for k in runs["straight"]}
