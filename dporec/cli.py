@@ -236,6 +236,8 @@ def prepare_movielens(argv: list[str] | None = None, doc: str = "") -> int:
     console.info(thesis_summary(summary) if summary.get("kind") == "thesis" else pairs_summary(summary))
     console.info(f"wrote {args.out}/train.jsonl, val.jsonl, "
              f"test.jsonl{', ranking_test.jsonl' if summary.get('ranking') else ''} and summary.json")
+    from dporec.data import built
+    built.check_not_empty(summary, source)  # written, but not data a run can use: a non-zero exit
     return 0
 
 

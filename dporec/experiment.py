@@ -59,6 +59,7 @@ def ensure_data(cfg: dict) -> str:
                         f"data.train_file/val_file/test_file at {expected[0]}, {expected[1]}, {expected[2]}")
     log.info(f"[data] building {folder} from {d['source']} (seed {cfg['seed']})")
     summary = sources.build(**sources.config_build(cfg))
+    built.check_not_empty(summary, d["source"])
     log.info(f"[data] {json.dumps(summary['splits'])}")
     for note in summary.get("notes", []):  # a thesis:FILE source says how its split relates to users
         log.info(f"[data] {note}")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -84,7 +85,8 @@ def jsonl_lines(path) -> Iterator[tuple[int, str, object]]:
     """(line number, "FILE:LINE", decoded object) for every non-blank line of a JSON Lines file; a line
     that is not JSON comes with a UserError naming it in place of the object, for the caller to collect,
     raise or pass over."""
-    for n, line in enumerate(read_text(path).split("\n"), 1):
+    # \r\n, \n and a lone \r (an old Mac file) all end a line; JSON escapes them inside strings
+    for n, line in enumerate(re.split(r"\r\n|\r|\n", read_text(path)), 1):
         if not line.strip():
             continue
         where = f"{path}:{n}"

@@ -66,3 +66,14 @@ def check_agrees(data: dict) -> None:
                         + "; ".join(problems) + ". Point data.train_file/val_file/test_file at another "
                         "folder and build it there (python data/prepare_movielens.py --config ...), or use "
                         "the config they were built with")
+
+
+def check_not_empty(summary: dict, source) -> None:
+    """Refuse a build that left a split empty (a run would stop later on the empty file): what the
+    commands that build data for a run check (data/prepare_movielens.py, run_experiment.py)."""
+    empty = [s for s, n in (summary.get("splits") or {}).items() if not (n or {}).get("examples")]
+    if empty:
+        raise UserError(f"{source}: the build left the {', '.join(empty)} split(s) empty "
+                        f"({summary.get('rating_users', '?')} users with ratings; each split needs users "
+                        "with a liked and a disliked movie): use a source with more users, or other split "
+                        "fractions")

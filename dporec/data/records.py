@@ -10,6 +10,7 @@ A record without them (the thesis's file) works everywhere; its pair id is "<fil
 """
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -138,7 +139,7 @@ def parse_record(obj, where: str, default_id: str) -> Example:
     if isinstance(spans, str):
         raise UserError(f"{where}: {spans}")
     opts = {L: obj["input"][a:b] for L, (a, b) in spans.items()}
-    if opts["A"] == opts["B"]:
+    if " ".join(opts["A"].split()) == " ".join(opts["B"].split()):  # the same movie, up to whitespace
         raise UserError(f"{where}: field 'input': Option A and Option B are the same movie ({opts['A']!r})")
     answer = task.parse_answer(obj["output"])
     if isinstance(answer, str):
@@ -160,6 +161,10 @@ def parse_record(obj, where: str, default_id: str) -> Example:
         if rejected.strip() == obj["output"].strip():
             raise UserError(f"{where}: field '{REJECTED}' equals 'output'; DPO would learn nothing")
     known = {"instruction", "input", "output", "id", "user_id", "label", "reasons"}
+    for key in obj:  # an optional field's typo would be kept as an unknown extra and silently do nothing
+        near = difflib.get_close_matches(key, [*known, REJECTED], n=1, cutoff=0.8)
+        if key not in known and key != REJECTED and near:
+            raise UserError(f"{where}: unknown field {key!r} (did you mean {near[0]!r}?)")
     return Example(
         instruction=obj["instruction"], input=obj["input"], output=obj["output"], label=label,
         option_a=opts["A"], option_b=opts["B"], reasoning=reasoning,

@@ -7,6 +7,7 @@ nothing finished was lost or silently reused.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -475,3 +476,30 @@ def test_2_a_key_a_later_version_added_leaves_a_stage_current(finished, tmp_path
     assert provenance.recipe_changes(run / "sft", provenance.recipe(cfg, arms.StageSpec(arms.SFT))) == [
         f"train.weight_decay: {load_config(None)['train']['weight_decay']} -> 0.5"]
 
+
+
+# ---------------------------------------------------------------------------------------------
+# 17. Smaller: data a user wrote by hand
+
+def test_17_hand_written_data_faults_are_named(tiny_data, tmp_path):
+    from dporec import UserError
+    from dporec.data import records, sources
+    line = json.loads((tiny_data / "train.jsonl").read_text().splitlines()[0])
+    option_a = re.search(r"Option A: (.*)\.\n", line["input"]).group(1)  # B becomes A up to whitespace
+    cases = {
+        "typo": ({**line, "rejectd": "The better recommendation is Option B."}, "unknown field 'rejectd' "
+                 "(did you mean 'rejected'?)"),
+        "same movie": ({**line, "input": re.sub(r"Option B: .*", lambda m: f"Option B:  {option_a}  .",
+                                                 line["input"])}, "Option A and Option B are the same movie"),
+    }
+    for name, (rec, says) in cases.items():
+        path = tmp_path / f"{name}.jsonl"
+        path.write_text(json.dumps(rec) + "\n")
+        with pytest.raises(UserError, match=re.escape(says)):
+            records.load_examples(path)
+    cr = tmp_path / "cr.jsonl"  # an old Mac file: lines end in a lone \r
+    cr.write_bytes("\r".join((tiny_data / "train.jsonl").read_text().splitlines()[:3]).encode() + b"\r")
+    assert len(records.load_examples(cr)) == 3
+    from dporec.data import built
+    with pytest.raises(UserError, match="synthetic:3: the build left the .* split\\(s\\) empty"):
+        built.check_not_empty(sources.build("synthetic:3", tmp_path / "three", seed=0), "synthetic:3")
