@@ -198,6 +198,12 @@ def test_4_export_refuses_the_run_folder_and_the_adapter(finished, tmp_path, cap
     refused(export_main, ["--adapter", str(run / "dpo"), "--out", str(run), "--overwrite"], capsys,
             "lies inside the adapter")
     assert mtimes(run) == before and (run / "eval" / "results.json").is_file()
+    other = tmp_path / "looks-like-an-export"  # an earlier export's mark, but a run inside it
+    shutil.copytree(run / "eval", other / "old-run" / "eval")
+    (other / "export_info.json").write_text("{}")
+    refused(export_main, ["--adapter", str(run / "sft"), "--out", str(other), "--overwrite"], capsys,
+            "holds a run", str(other / "old-run" / "eval"))
+    assert (other / "old-run" / "eval" / "results.json").is_file()
 
 
 def test_4_overwrite_replaces_only_an_earlier_export(finished, tmp_path, capsys):
