@@ -17,7 +17,7 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
-from dporec import UserError, weights
+from dporec import ROOT, UserError, weights
 from dporec.runs import provenance
 
 log = logging.getLogger(__name__)
@@ -46,6 +46,7 @@ def prepare_run_dir(path: Path, resume, overwrite: bool, done_marker: str) -> Pa
                         f"Use another output_dir, or pass --overwrite to replace it.")
     check_writable(path)
     if finished:
+        _refuse_to_delete(path)
         shutil.rmtree(path)
     try:
         path.mkdir(parents=True, exist_ok=True)
@@ -65,6 +66,17 @@ def marker_broken(path: Path, done_marker: str) -> bool:
     except (OSError, ValueError):
         return True
     return False
+
+
+def _refuse_to_delete(path: Path) -> None:
+    """A stage folder is replaced only when it is a stage's own folder inside a run folder: never the file
+    system's root, the home folder, the working folder or the project checkout (a run folder set to one of
+    them would otherwise be wiped with everything a user keeps there)."""
+    p = Path(path).resolve()
+    keep = {Path("/").resolve(), Path.home().resolve(), Path.cwd().resolve(), ROOT.resolve()}
+    if p in keep or p.parent == p:
+        raise UserError(f"refusing to delete {p}: a stage folder lives inside output_dir, never is one of "
+                        "your own folders; set output_dir to a folder of its own")
 
 
 def stale_inputs(path: Path, done_marker: str, recipe: dict | None = None) -> list[str] | None:

@@ -509,3 +509,22 @@ def test_17_hand_written_data_faults_are_named(tiny_data, tmp_path):
     from dporec.data import built
     with pytest.raises(UserError, match="synthetic:3: the build left the .* split\\(s\\) empty"):
         built.check_not_empty(sources.build("synthetic:3", tmp_path / "three", seed=0), "synthetic:3")
+
+
+# ---------------------------------------------------------------------------------------------
+# 8. A stage never deletes the user's own folders
+
+def test_8_a_finished_stage_folder_that_is_a_users_folder_is_never_deleted(tmp_path, monkeypatch):
+    from dporec import UserError
+    from dporec.runs import lifecycle
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "metrics.json").write_text("{}")  # looks like a finished stage
+    (home / "thesis.docx").write_text("a user's file")
+    monkeypatch.setenv("HOME", str(home))
+    (tmp_path / "metrics.json").write_text("{}")
+    monkeypatch.chdir(tmp_path)
+    for where in (home, Path(".")):  # the home folder, the working folder
+        with pytest.raises(UserError, match="refusing to delete"):
+            lifecycle.prepare_run_dir(where, False, True, "metrics.json")
+    assert (home / "thesis.docx").read_text() == "a user's file"
