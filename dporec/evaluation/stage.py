@@ -285,13 +285,13 @@ def read_results(cfg: dict, results_file: Path) -> tuple[dict, bool]:
     return (results, False) if current(results, cfg) else (refresh(cfg, results_file), True)
 
 
-def current(results: dict, cfg: dict | None = None) -> bool:
+def current(results: dict, cfg: dict) -> bool:
     """Whether results.json was written by this version (an earlier one lacks what the reports read now:
-    the comparisons' "ci" and the level) and, given the config, analysed with its settings."""
+    the comparisons' "ci" and the level) and analysed with the config's settings."""
     c = results.get(arms.MAIN.key)
     if "alpha" not in results or (c and "ci" not in c):
         return False
-    return cfg is None or results.get("analysis") == analysis_settings(cfg)
+    return results.get("analysis") == analysis_settings(cfg)
 
 
 def refresh(cfg: dict, results_file: Path) -> dict:

@@ -98,7 +98,7 @@ def export(adapter: str | Path, out: str | Path, dtype: str = "bfloat16", base: 
                 for d in buffers:
                     if d not in existed:
                         shutil.rmtree(d, ignore_errors=True)
-            dtype = written_dtype(tmp) or dtype  # what was written, recorded as such
+            dtype = checkpoint_dtype(str(tmp)) or dtype  # what was written, recorded as such
         else:
             model, tok = backends.load_base(cfg, chosen)
             if quantized_weights(model):
@@ -131,10 +131,6 @@ def checkpoint_dtype(name: str) -> str | None:
     from dporec.weights import base_config
     config = base_config(name) or {}
     return config.get("dtype") or config.get("torch_dtype")
-
-
-def written_dtype(out: Path) -> str | None:
-    return checkpoint_dtype(str(out))
 
 
 def unsloth_export_problem(adapter: Path, dtype: str, base: str | None, base_dtype: str | None) -> str | None:

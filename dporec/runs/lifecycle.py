@@ -95,10 +95,6 @@ def stale_inputs(path: Path, done_marker: str, recipe: dict | None = None) -> li
     return changed
 
 
-def stale_message(path: Path, changed: list[str]) -> str:
-    return f"{path} is finished but stale: built from other inputs or settings: {'; '.join(changed)}"
-
-
 def finished_already(path: Path, resume, done_marker: str, recipe: dict | None = None) -> bool:
     """resume=auto and the stage is finished: say so and leave it (a stale one is refused instead)."""
     path = Path(path)
@@ -106,8 +102,8 @@ def finished_already(path: Path, resume, done_marker: str, recipe: dict | None =
     if changed is None:
         return False
     if changed:
-        raise UserError(f"{stale_message(path, changed)}. Pass --overwrite (without resume) to build it "
-                        "again")
+        raise UserError(f"{path} is finished but stale: built from other inputs or settings: "
+                        f"{'; '.join(changed)}. Pass --overwrite (without resume) to build it again")
     log.info(f"[{path.name}] finished already ({path / done_marker}); resume=auto leaves it as it is")
     return True
 

@@ -63,7 +63,7 @@ def test_what_the_unsloth_merge_cannot_honour_is_refused(trained, tiny_model, tm
     """Under Unsloth the merge loads the base the adapter records and writes its checkpoint's dtype: another
     --base or --dtype is refused before anything loads, naming what it would write; the record reads the
     dtype from what was written."""
-    from dporec.inference.export import checkpoint_dtype, unsloth_export_problem, written_dtype
+    from dporec.inference.export import checkpoint_dtype, unsloth_export_problem
     adapter = Path(f"{trained['output_dir']}/sft")
     base_dtype = checkpoint_dtype(str(tiny_model))
     assert base_dtype == "float32"  # the tiny model is saved in fp32
@@ -72,4 +72,5 @@ def test_what_the_unsloth_merge_cannot_honour_is_refused(trained, tiny_model, tm
                                                                                      base_dtype)
     assert "--backend hf" in unsloth_export_problem(adapter, "float32", "another/base", base_dtype)
     out = export(adapter, tmp_path / "bf16")
-    assert written_dtype(out) == json.loads((out / "export_info.json").read_text())["dtype"] == "bfloat16"
+    recorded = json.loads((out / "export_info.json").read_text())["dtype"]
+    assert checkpoint_dtype(str(out)) == recorded == "bfloat16"
