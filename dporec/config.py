@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from dporec import UserError, arms, read_text
+from dporec import UserError, arms, not_found, read_text
 from dporec.data import built, sources, task
 from dporec.files import load_yaml
 
@@ -426,7 +426,7 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] = (), recor
         path = Path(path)
         recorded = recorded or (path.parent / "run_info.json").is_file()
         if not path.exists():
-            raise UserError(f"config file not found: {path}")
+            raise UserError(not_found(path, "config file"))
         data = load_yaml(read_text(path), path)  # a key given twice is refused, not silently replaced
         _merge(cfg, {} if data is None else data, SCHEMA, str(path), recorded=recorded)
     for item in overrides:

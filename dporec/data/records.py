@@ -14,7 +14,7 @@ import difflib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from dporec import UserError, files
+from dporec import UserError, files, not_found
 from dporec.data import task
 
 REJECTED = "rejected"  # an optional field: the record's own rejected answer (on-policy pairs)
@@ -195,7 +195,7 @@ def load_examples(path: str | Path, limit: int | None = None, max_errors: int = 
     """
     path = Path(path)
     if not path.exists():
-        raise UserError(f"data file not found: {path}")
+        raise UserError(not_found(path, "data file"))
     examples, errors, no_options, first, n_lines = [], [], 0, None, 0
     for n, where, obj in files.jsonl_lines(path):
         n_lines += 1

@@ -170,6 +170,9 @@ def parse_answer(output: str) -> tuple[str, str] | str:
         return letter, re.sub(r"^\.?\s*", "", rest).strip()
     named = named_letters(output)
     if not named:
+        if m_any := re.search(r"\boption\s+[ab]\b", output, re.IGNORECASE):
+            return (f"field 'output' writes {m_any.group(0)!r}; the decision must be written "
+                    f"'{ANSWER_PREFIX}A.' or '...B.' (capital O, capital letter)")
         return f"field 'output' names no option (expected '{ANSWER_PREFIX}A.' or '...B.')"
     if len(named) > 1:
         return f"field 'output' names both options and does not start with '{ANSWER_PREFIX}X.'"

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from dporec import UserError, compat, weights
+from dporec import UserError, broken_link, compat, weights
 from dporec.modeling.hardware import cuda_capability, dtype_for, return_freed_memory
 from dporec.runs.adapters import check_adapter
 from dporec.weights import is_local_name
@@ -116,7 +116,7 @@ def check_model_name(name: str) -> None:
         folder = Path(name).expanduser()
         if not folder.is_dir():
             hint = " (build it with: make models)" if "models/" in name else ""
-            raise UserError(f"model.name: folder not found: {name}{hint}")
+            raise UserError(f"model.name: {broken_link(folder) or f'folder not found: {name}{hint}'}")
         if not (folder / "config.json").is_file():
             raise UserError(f"model.name: {name} has no config.json: not a model folder")
         weights.check_model_files(folder)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
-from dporec import UserError
+from dporec import ROOT, UserError, broken_link
 
 OK, WARN, FAIL = "ok", "warn", "fail"
 GB = 1024 ** 3
@@ -101,14 +101,15 @@ class Facts:
         d = self.cfg["data"]
         files = {split: Path(d[f"{split}_file"]) for split in ("train", "val", "test")}
         loaded, errors = {}, {}
+        absent = [p for p in files.values() if not p.exists() and not broken_link(p)]  # not built yet
         for split, path in files.items():
-            if not path.is_file():
-                continue
+            if path in absent:
+                continue  # a folder, a broken link or a bad file is loaded, to say what is wrong with it
             try:
                 loaded[split] = records.load_examples(path)
             except UserError as e:
                 errors[split] = str(e)
-        return Loaded(loaded, errors, [str(p) for p in files.values() if not p.is_file()])
+        return Loaded(loaded, errors, [str(p) for p in absent])
 
     @cached_property
     def data_shape(self):
@@ -132,6 +133,24 @@ def row(status, name, detail, fix=""):
     return (status, name, detail, fix)
 
 
+def _where(e: BaseException) -> str:
+    """FILE:LINE of the project's line that failed, and of the library line under it when the error was
+    raised inside a library."""
+    def project(f) -> bool:  # the checkout's own files, not the libraries of a venv inside it
+        p = Path(f.filename).resolve()
+        return p.is_relative_to(ROOT) and "site-packages" not in p.parts
+
+    def at(f) -> str:
+        p = Path(f.filename)
+        return f"{p.resolve().relative_to(ROOT) if project(f) else p.name}:{f.lineno}"
+
+    frames = traceback.extract_tb(e.__traceback__.tb_next or e.__traceback__)  # below run_checks' own line
+    ours = [f for f in frames if project(f)]
+    if not ours or ours[-1] is frames[-1]:
+        return at(frames[-1])
+    return f"{at(ours[-1])}, raised in {at(frames[-1])}"
+
+
 def run_checks(checks, facts) -> list[tuple]:
     """Run each check; an unexpected exception becomes a ✗ row, never a traceback."""
     rows = []
@@ -140,9 +159,7 @@ def run_checks(checks, facts) -> list[tuple]:
         try:
             out = check(facts)
         except Exception as e:
-            last = traceback.extract_tb(e.__traceback__)[-1]
-            out = row(FAIL, name, f"the check itself failed: {type(e).__name__}: {e} "
-                                  f"({Path(last.filename).name}:{last.lineno})",
+            out = row(FAIL, name, f"the check itself failed: {type(e).__name__}: {e} ({_where(e)})",
                       "report this output; the other rows are still valid")
         rows += out if isinstance(out, list) else [out]
     return rows

@@ -6,7 +6,7 @@ import csv
 import math
 from pathlib import Path
 
-from dporec import UserError
+from dporec import UserError, broken_link
 
 FILE = "predictions.csv"  # in the evaluation folder
 
@@ -50,7 +50,7 @@ def read_predictions(path) -> dict[str, list[dict]]:
             raw = [(reader.line_num, r) for r in reader]
             columns = reader.fieldnames or []
     except (OSError, UnicodeDecodeError, csv.Error) as e:
-        raise UserError(f"cannot read {path}: {e}") from None
+        raise UserError(broken_link(path) or f"cannot read {path}: {e}") from None
     missing = [c for c in ("model", "pair_id", "order", "label", "logp_a", "logp_b") if c not in columns]
     if missing:
         raise UserError(f"{path}: not a predictions.csv: no column(s) {missing} (has {columns[:8]})")

@@ -246,6 +246,12 @@ def train(trainer, resume_from: str | None = None, callbacks=()) -> float:
         trainer.data_collator = ShardLog(trainer.data_collator)
     if resume_from:
         compat.load_trainable_adapter(trainer.model, resume_from)
+        # TRL counts num_tokens in the trainer, not the checkpoint: continue it from the last one logged
+        # rather than restart it at 0 in the resumed run's metrics.
+        state = metrics.checkpoint_state(resume_from)
+        logged = [h["num_tokens"] for h in state["log_history"] if "num_tokens" in h]
+        if logged and hasattr(trainer, "_total_train_tokens"):
+            trainer._total_train_tokens = int(logged[-1])
     start = time.perf_counter()
     try:
         trainer.train(resume_from_checkpoint=resume_from)

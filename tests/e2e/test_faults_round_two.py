@@ -503,6 +503,10 @@ def test_17_hand_written_data_faults_are_named(tiny_data, tmp_path):
         path.write_text(json.dumps(rec) + "\n")
         with pytest.raises(UserError, match=re.escape(says)):
             records.load_examples(path)
+    lower = {**line, "output": line["output"].replace("Option A", "option a").replace("Option B", "option b")}
+    (tmp_path / "lower.jsonl").write_text(json.dumps(lower) + "\n")
+    with pytest.raises(UserError, match=r"lower.jsonl:1: .*writes 'option [ab]'.*capital O, capital letter"):
+        records.load_examples(tmp_path / "lower.jsonl")
     cr = tmp_path / "cr.jsonl"  # an old Mac file: lines end in a lone \r
     cr.write_bytes("\r".join((tiny_data / "train.jsonl").read_text().splitlines()[:3]).encode() + b"\r")
     assert len(records.load_examples(cr)) == 3
@@ -528,3 +532,32 @@ def test_8_a_finished_stage_folder_that_is_a_users_folder_is_never_deleted(tmp_p
         with pytest.raises(UserError, match="refusing to delete"):
             lifecycle.prepare_run_dir(where, False, True, "metrics.json")
     assert (home / "thesis.docx").read_text() == "a user's file"
+
+
+# ---------------------------------------------------------------------------------------------
+# 17. Smaller: links that lead nowhere, a preflight check that fails in a library
+
+def test_17_a_symlink_loop_and_a_dangling_link_are_named_as_such(tiny_data, tiny_model, tmp_path, capsys):
+    (tmp_path / "a").symlink_to(tmp_path / "b")
+    (tmp_path / "b").symlink_to(tmp_path / "a")
+    (tmp_path / "gone").symlink_to(tmp_path / "moved-away.jsonl")
+    out = tmp_path / "out"
+    refused(sft_main, ["--config", str(tmp_path / "a")], capsys, "a is a symbolic link loop")
+    refused(sft_main, argv_for(tiny_data, tiny_model, out, f"data.train_file={tmp_path / 'gone'}"), capsys,
+            "gone is a symbolic link to", "moved-away.jsonl, which does not exist")
+    refused(sft_main, argv_for(tiny_data, tiny_model, out, f"data.train_file={tmp_path / 'a' / 'x.jsonl'}"),
+            capsys, "a is a symbolic link loop")
+    assert not out.exists()
+
+
+def test_17_a_check_that_fails_names_the_projects_line_and_the_librarys(tmp_path):
+    from dporec.preflight.table import FAIL, run_checks
+
+    def check_reads_json(facts):
+        return json.loads("{")  # raised inside the json library, called from this file
+
+    [(status, name, detail, fix)] = run_checks([check_reads_json], None)
+    assert status == FAIL and name == "reads json"
+    assert "the check itself failed: JSONDecodeError" in detail
+    assert re.search(r"\(tests/e2e/test_faults_round_two\.py:\d+, raised in decoder\.py:\d+\)$",
+                     detail), detail

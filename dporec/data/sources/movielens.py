@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from dporec import UserError
+from dporec import UserError, broken_link
 from dporec.data.ratings import COLUMNS, Movie
 
 MD5 = "c4d9eecfca2ab87c1945afe126590906"
@@ -102,6 +102,8 @@ def _texts(path: Path, allow_md5_mismatch: bool) -> dict[str, tuple[str, str]]:
                             "the unzipped ml-1m/ folder or ml-1m.zip")
         return {w: ((path / w).read_text(encoding="latin-1"), str(path / w)) for w in wanted}
     if not path.is_file():
+        if broken_link(path):
+            raise UserError(broken_link(path))
         raise UserError(f"data source not found: {path}. MovieLens-1M may not be redistributed: download "
                         f"ml-1m.zip yourself from {URL} (terms: "
                         f"https://grouplens.org/datasets/movielens/1m/) and put it at {path}, e.g. "
