@@ -61,7 +61,11 @@ def experiment_section() -> dict:
     return {**{a.switch: F(False, bool, help=a.help) for a in arms.ARMS},
             "launcher": F(None, str, NONE, help="run_experiment.py runs the training stages as child "
                                                 "processes under this command, e.g. 'accelerate launch "
-                                                "--num_processes 2'")}
+                                                "--num_processes 2'; command line only (COMMAND_LINE_ONLY)")}
+
+# Keys whose value is a command the scripts run: taken from the command line only, never from a YAML file
+# (a config shared with a thesis, or found in a notebook, must not be able to run a program)
+COMMAND_LINE_ONLY = ("experiment.launcher",)
 
 # The schema: every valid key, its default and its type. The defaults are the thesis's settings
 # (Llama 3 8B in 4-bit NF4, LoRA r=16, SFT then DPO from the SFT adapter); configs/*.yaml hold only
@@ -355,6 +359,12 @@ def _merge(cfg: dict, data: dict, schema: dict, where: str, prefix: str = "", re
             continue  # what an earlier version recorded: the stage's run_info.json says what it did
         if key not in schema:
             raise _unknown(full, where)
+        if full in COMMAND_LINE_ONLY and value is not None:
+            if recorded:
+                continue  # a run's own record says what ran; reading it back launches nothing
+            raise UserError(f"{where}: '{full}' runs a command, so it is taken from the command line only, "
+                            f"never from a config file: remove it here and give it as an override "
+                            f"(\"{full}={value}\")")
         if _is_section(schema[key]):
             # an empty section (`sft:`) is no settings; `model: 0` is not a section
             _merge(cfg[key], {} if value is None else value, schema[key], where, f"{full}.", recorded)

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from dporec import ROOT, UserError, arms, compat
-from dporec.config import save_config
+from dporec.config import save_config, updated
 from dporec.modeling import patches
 from dporec.modeling.backends import choose_backend, several_processes, world_size
 from dporec.modeling.hardware import cuda_capability, dtype_for, refuse_without_gpu, unsloth_dtype_note
@@ -154,7 +154,8 @@ def child(script: str, command: str | None = None, why: str | None = None):
         if why:
             log.info(f"[{spec.stage.name}] in a fresh process: {why}")
         with tempfile.TemporaryDirectory(prefix="dporec-launch-") as tmp:
-            config = save_config(cfg, Path(tmp) / "config.yaml")
+            # the child launches nothing itself, and takes a launcher from the command line only
+            config = save_config(updated(cfg, {"experiment.launcher": None}), Path(tmp) / "config.yaml")
             spec_file = Path(tmp) / "stage.json"
             spec_file.write_text(json.dumps(arms.spec_to_dict(spec)))
             cmd = [*shlex.split(command), str(ROOT / script), "--config", str(config),

@@ -2,6 +2,7 @@
 finished stages hand the arms, and the checks an adapter folder must pass before anything loads it."""
 from __future__ import annotations
 
+import re
 from functools import cached_property
 from pathlib import Path
 
@@ -91,6 +92,11 @@ def eval_adapters(cfg: dict) -> dict[str, Path | None]:
                             "sft, dpo or a name from eval.adapters")
     arm_models = {a.model.name: a.model.folder(cfg["output_dir"]) for a in arms.enabled(cfg)}
     for name, path in extra.items():
+        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", name):
+            # PEFT keeps each adapter under its name as a module key, where a dot is a path separator
+            suggestion = re.sub(r"[^A-Za-z0-9_-]+", "_", str(name)).strip("_") or "mine"
+            raise UserError(f"eval.adapters: the name {name!r} must be letters, digits, '_' or '-' (no dots "
+                            f"or spaces), e.g. {suggestion!r}")
         if name == "base" or name in built_in and name in cfg["eval"]["models"]:
             raise UserError(f"eval.adapters: the name {name!r} is taken by a built-in model; choose another")
         if name in arm_models and Path(str(path)).resolve() != arm_models[name].resolve():

@@ -561,3 +561,28 @@ def test_17_a_check_that_fails_names_the_projects_line_and_the_librarys(tmp_path
     assert "the check itself failed: JSONDecodeError" in detail
     assert re.search(r"\(tests/e2e/test_faults_round_two\.py:\d+, raised in decoder\.py:\d+\)$",
                      detail), detail
+
+
+def test_17_a_launcher_is_taken_from_the_command_line_only(tmp_path):
+    from dporec import UserError
+    from dporec.config import load_config
+    shared = tmp_path / "shared.yaml"
+    shared.write_text("experiment:\n  launcher: touch pwned\n")
+    with pytest.raises(UserError, match="shared.yaml: 'experiment.launcher' runs a command, so it is taken "
+                                        "from the command line only"):
+        load_config(shared)
+    assert load_config(None, ["experiment.launcher=accelerate launch"])["experiment"]["launcher"] == \
+        "accelerate launch"
+    (tmp_path / "run_info.json").write_text("{}")  # a stage's own record: read back, it launches nothing
+    assert load_config(shared)["experiment"]["launcher"] is None
+
+
+def test_12_an_adapter_name_with_a_dot_is_named_before_the_model_loads(finished, tiny_data, tiny_model,
+                                                                       tmp_path, capsys):
+    from tests.helpers import evaluate_main
+    out = tmp_path / "run"
+    shutil.copytree(finished, out)
+    refused(evaluate_main, argv_for(tiny_data, tiny_model, out, "--overwrite", "eval.models=[base]",
+                                    f"eval.adapters={{my.sft: {out / 'sft'}}}"), capsys,
+            "eval.adapters: the name 'my.sft' must be letters, digits, '_' or '-'", "e.g. 'my_sft'")
+    assert (out / "eval" / "results.json").is_file()  # the finished evaluation is untouched
