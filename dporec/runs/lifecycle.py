@@ -159,9 +159,12 @@ def interrupt_advice(path: Path, resumable: bool) -> str:
             "rerun the same command to start again")
 
 
-def _single_process() -> bool:
-    # under `accelerate launch` the processes share one stage folder; the lock is for unrelated commands
-    return int(os.environ.get("WORLD_SIZE", "1")) <= 1
+def _holder() -> dict:
+    """Who holds a stage folder's lock: this process, or under a launcher (`accelerate launch`, torchrun;
+    WORLD_SIZE > 1) the launcher's agent that started this group of processes, which they all share as
+    their parent: the group is one run, writing one folder."""
+    group = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return {"pid": os.getppid() if group else os.getpid(), "host": socket.gethostname(), "group": group}
 
 
 def _alive(pid: int) -> bool:
@@ -174,44 +177,50 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def check_lock(path: Path) -> None:
-    """Refuse a stage folder another live process on this machine is working in (two runs into one
-    output_dir would replace each other's results); a lock left by a process that has ended is removed."""
+def check_lock(path: Path) -> bool:
+    """Refuse a stage folder another live process (or launched group) on this machine is working in: two
+    runs into one output_dir would replace each other's results. A lock left by a process that has ended
+    is removed. True when the lock is this run's own group's (another process of it took it)."""
     lock = Path(path) / LOCK
-    if not lock.is_file() or not _single_process():
-        return
+    if not lock.is_file():
+        return False
     try:
         held = json.loads(lock.read_text())
         pid, host = int(held["pid"]), held["host"]
     except (OSError, ValueError, KeyError, TypeError):
         pid, host = None, None
-    me = socket.gethostname()
-    if host == me and pid == os.getpid():  # this process's own, left by an earlier stage: not a second run
-        lock.unlink(missing_ok=True)
-        return
-    if host == me and pid is not None and _alive(pid):
+    me = _holder()
+    if host == me["host"] and pid == me["pid"]:
+        if me["group"]:
+            return True  # taken by another process of this launched group
+        lock.unlink(missing_ok=True)  # this process's own, left by an earlier stage: not a second run
+        return False
+    if host == me["host"] and pid is not None and _alive(pid):
         raise UserError(f"{path} is being written by another process (pid {pid}, {lock}); wait for it to "
                         f"finish, or use another output_dir. If no such run is going, delete {lock}")
-    if host not in (None, me):  # a folder on shared storage: that machine may be gone (a Colab VM)
+    if host not in (None, me["host"]):  # a folder on shared storage: that machine may be gone (a Colab VM)
         log.warning(f"[{Path(path).name}] {lock} was left by a process on {host} (pid {pid}); taking the "
                     "stage folder over. If that run is still going, stop this one: both write here")
     else:
         log.info(f"[{Path(path).name}] removing a lock left by an ended process ({lock})")
     lock.unlink(missing_ok=True)
+    return False
 
 
-def _take_lock(path: Path) -> None:
-    """Create the stage folder's lock atomically (O_EXCL: two processes cannot both take it)."""
+def _take_lock(path: Path) -> bool:
+    """Create the stage folder's lock atomically (O_EXCL: two processes cannot both take it). False when
+    another process of this launched group holds it already (the group shares one lock)."""
     lock = Path(path) / LOCK
     for _ in range(2):
         try:
             fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
         except FileExistsError:
-            check_lock(path)  # refuses a live holder, clears an ended one
+            if check_lock(path):  # refuses a live holder, clears an ended one
+                return False
             continue
         with os.fdopen(fd, "w") as f:
-            f.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
-        return
+            f.write(json.dumps({k: v for k, v in _holder().items() if k != "group"}))
+        return True
     raise UserError(f"{path}: another process took {lock} at the same moment; rerun")
 
 
@@ -221,20 +230,23 @@ def stage_guard(path: Path, resumable: bool = True):
     what can be resumed, and a failure that left nothing but the start's recipe removes the folder (an
     empty stage folder looks like a run that never was)."""
     lock = Path(path) / LOCK
-    if _single_process():
-        _take_lock(path)
+    mine = _take_lock(path)  # the process that took it removes it
+
+    def release():
+        if mine:
+            lock.unlink(missing_ok=True)
     try:
         yield
     except BaseException as e:
-        lock.unlink(missing_ok=True)
+        release()
         # nothing but what the start recorded: a stage that never ran leaves no folder
         if path.is_dir() and {p.name for p in path.iterdir()} <= {provenance.RECIPE}:
-            shutil.rmtree(path)
+            shutil.rmtree(path, ignore_errors=True)  # another process of a launched group may remove it too
         if isinstance(e, KeyboardInterrupt) and not e.args:
             raise KeyboardInterrupt(interrupt_advice(path, resumable)) from None
         raise
     finally:
-        lock.unlink(missing_ok=True)
+        release()
 
 
 def checkpoints_in(path: Path) -> list[Path]:

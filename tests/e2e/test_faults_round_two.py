@@ -363,6 +363,38 @@ def test_7_a_live_lock_refuses_a_second_process_and_a_dead_one_is_cleared(tiny_d
     assert "removing a lock left by an ended process" in text and not lock.exists()
 
 
+def test_7_under_a_launcher_the_group_shares_one_lock_and_a_second_run_is_refused(tmp_path, monkeypatch):
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from dporec import UserError
+    from dporec.runs import lifecycle
+    stage = tmp_path / "sft"
+    stage.mkdir()
+    monkeypatch.setenv("WORLD_SIZE", "2")  # a process of an `accelerate launch` group
+    with lifecycle.stage_guard(stage):  # the first process of the group takes the lock for its agent
+        held = json.loads((stage / ".running").read_text())
+        assert held["pid"] == os.getppid()
+        with lifecycle.stage_guard(stage):  # another process of the same group works in the folder too
+            pass
+        assert (stage / ".running").is_file()  # it did not remove the group's lock
+        monkeypatch.setenv("WORLD_SIZE", "1")  # an unrelated single process while the group's agent lives
+        with pytest.raises(UserError, match=f"being written by another process \\(pid {os.getppid()}"):
+            lifecycle.prepare_run_dir(stage, False, True, "metrics.json")
+        monkeypatch.setenv("WORLD_SIZE", "2")
+    assert not (stage / ".running").exists()
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:  # a launched group is refused a folder a live unrelated run holds
+        (stage / ".running").write_text(json.dumps({"pid": other.pid, "host": socket.gethostname()}))
+        with pytest.raises(UserError, match=f"being written by another process \\(pid {other.pid}"):
+            lifecycle.prepare_run_dir(stage, False, True, "metrics.json")
+    finally:
+        other.kill()
+        other.wait()
+
+
 # ---------------------------------------------------------------------------------------------
 # 16. A half-written results.json is not a finished evaluation
 

@@ -40,6 +40,7 @@ def test_two_process_sft_then_dpo(tiny_data, tiny_model, tmp_path):
         out = tmp_path / "run" / stage
         assert (out / "adapter_model.safetensors").is_file()
         assert not (out / ".datasets").exists()  # the copies both processes read are cleaned up
+        assert not (out / ".running").exists()   # the group's one lock, released
         m = json.loads((out / "metrics.json").read_text())
         assert m["world_size"] == 2 and m["steps"] == 4
         shards = m["data_shards"]
