@@ -129,7 +129,26 @@ def find_adapters(cfg: dict, config_path: str) -> dict[str, Path | None]:
         if not has_adapter(path):
             raise UserError(missing_adapter_message(name, path, config_path))
         check_adapter(path, cfg["model"]["name"])
+        _check_recipe(cfg, path, config_path)
     return found
+
+
+def _check_recipe(cfg: dict, path: Path, config_path: str) -> None:
+    """A stage folder of this run trained under other settings or data than this config gives (dpo.beta
+    changed after DPO trained, data rebuilt) is refused: the evaluation would record settings its models
+    were not trained with. run_experiment.py retrains such a stage before it evaluates."""
+    stage = next((s for s in arms.stages() if s.kind in arms.TRAINING_KINDS
+                  and s.folder(cfg["output_dir"]).resolve() == Path(path).resolve()), None)
+    if stage is None or not (Path(path) / provenance.RECIPE).is_file():
+        return
+    spec = arms.spec_for(stage, cfg, FinishedRun(cfg, f"checking {path}"))
+    changed = provenance.recipe_changes(path, provenance.recipe(cfg, spec))
+    changed = [c for c in changed or [] if not c.startswith(provenance.START)]  # an input: checked above
+    if changed:
+        raise UserError(f"adapter {path} was trained with other settings or data than {config_path} gives: "
+                        f"{'; '.join(changed)}. Evaluate it with the config it was trained with "
+                        f"({path / provenance.CONFIG}), or retrain it (python {stage.script} --config "
+                        f"{config_path} --overwrite; run_experiment.py reruns such stages itself)")
 
 
 def check_adapter(path: str | Path, base_name: str | None = None) -> dict:
