@@ -133,6 +133,14 @@ def run_sampling(cfg: dict, spec: arms.StageSpec | None = None, rt=None) -> int:
     folder = spec.stage.folder(cfg["output_dir"])
     resume, overwrite = spec.mode(cfg)
     recipe = provenance.recipe(cfg, spec)
+    if not cfg["overwrite"] and only_pairing_changed(folder, recipe):
+        # the samples still hold: only what is made from them changes, so pair them again (sampling for
+        # any prompts onpolicy.max_prompts adds), rather than sample every prompt again
+        log.info(f"[onpolicy] only the pairing changed "
+                 f"({'; '.join(provenance.recipe_changes(folder, recipe))}): pairing the samples in "
+                 f"{folder / SAMPLES} again")
+        (folder / SUMMARY).unlink()
+        resume, overwrite = "auto", False
     if lifecycle.finished_already(folder, resume, SUMMARY, recipe):
         return 0
     # resume=true is how every run continues its samples: they are appended as they are made, and
@@ -187,6 +195,16 @@ def run_sampling(cfg: dict, spec: arms.StageSpec | None = None, rt=None) -> int:
         write_json(out / SUMMARY, summary)  # last: the stage's finished marker
     log.info(summary_line(summary, out))
     return 0
+
+
+def only_pairing_changed(folder: Path, recipe: dict) -> bool:
+    """A finished sampling whose samples still hold (the same SFT adapter, settings and data) and whose
+    recipe differs only in what the pairing depends on (provenance.MAY_CHANGE_ON_RESUME)."""
+    folder = Path(folder)
+    if lifecycle.stale_inputs(folder, SUMMARY, recipe) in (None, []) or not (folder / SAMPLES).is_file():
+        return False  # not finished, or nothing changed
+    return not provenance.changed_inputs(folder) and provenance.recipe_changes(
+        folder, recipe, may_change=provenance.MAY_CHANGE_ON_RESUME) == []
 
 
 def unfinished_chunks(asked: list, done: dict) -> dict:

@@ -339,14 +339,14 @@ def test_6_evaluating_a_dpo_built_from_a_retrained_sft_is_refused(finished, tiny
     assert (run / "eval" / "results.json").is_file()  # refused before the old evaluation was replaced
 
 
-def test_6_evaluating_with_settings_the_adapters_were_not_trained_with_is_refused(finished, tiny_data,
-                                                                                  tiny_model, tmp_path, capsys):
+def test_6_evaluating_with_settings_the_adapters_were_not_trained_with_is_refused(
+        finished, tiny_data, tiny_model, tmp_path, capsys):
     from tests.helpers import evaluate_main
     run = copy_of(finished, tmp_path)
     beta = json.loads((run / "dpo" / "recipe.json").read_text())["settings"]["dpo.beta"]
-    refused(evaluate_main, argv_for(tiny_data, tiny_model, run, *FAST, "dpo.beta=0.37", "--overwrite"), capsys,
-            f"adapter {run / 'dpo'} was trained with other settings or data", f"dpo.beta: {beta} -> 0.37",
-            "python train_dpo.py")
+    argv = argv_for(tiny_data, tiny_model, run, *FAST, "dpo.beta=0.37", "--overwrite")
+    refused(evaluate_main, argv, capsys, f"adapter {run / 'dpo'} was trained with other settings or data",
+            f"dpo.beta: {beta} -> 0.37", "python train_dpo.py")
     assert (run / "eval" / "results.json").is_file()
     # a setting of the evaluation alone is not the adapters' business
     code, text = cli(evaluate_main, argv_for(tiny_data, tiny_model, run, *FAST, "eval.batch_size=3",

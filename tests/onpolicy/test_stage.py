@@ -1,5 +1,7 @@
 """Pairs from judged samples (no model): which sample is chosen and which rejected, what is skipped and
 counted, and the position balance of what is kept."""
+import pytest
+
 from dporec import files
 from dporec.data import records, task
 from dporec.onpolicy import stage
@@ -108,3 +110,48 @@ def test_a_resumed_sampling_equals_an_uninterrupted_one(tiny_data, tiny_model, t
     assert runs["killed"] == runs["straight"] == runs["overwritten"]
     with pytest.raises(AssertionError):  # the test can tell: a seed per chunk start would differ
         assert runs["killed"] == {k: [] for k in runs["straight"]}
+
+
+def test_a_change_of_the_pairing_alone_pairs_the_samples_again(tiny_data, tiny_model, tmp_path, monkeypatch):
+    """A finished sampling asked for another onpolicy.rejected or balance_positions keeps its samples and
+    only pairs them again (no model loads); a setting the samples depend on samples again."""
+    import json
+
+    from dporec import UserError, arms
+    from dporec.config import load_config, updated
+    from dporec.training import stages
+    from tests.helpers import TINY_CONFIG, tiny_overrides
+    over = ["sft.max_steps=1", "onpolicy.max_prompts=4", "onpolicy.samples_per_prompt=2",
+            "onpolicy.max_new_tokens=8", "experiment.on_policy_arm=true"]
+    cfg = load_config(TINY_CONFIG, tiny_overrides(tiny_data, tiny_model, tmp_path) + over)
+    assert stages.run_sft(cfg) == 0
+    folder = arms.PAIRS.folder(cfg["output_dir"])
+    try:
+        stage.run_sampling(cfg)
+    except Exception:  # noqa: BLE001 - a random model's samples may pair nothing; they are replaced below
+        pass
+    # answers that pair: one right (no claims), one wrong, for every prompt in both orders
+    rows = [json.loads(line) for line in (folder / stage.SAMPLES).read_text().splitlines()]
+    exs = {ex.pair_id: ex for ex in stage.prompts_of(cfg)}
+    for row in rows:
+        label = dict(records.orders(exs[row["id"]]))[row["order"]].label
+        row["samples"] = [task.answer_text(label), task.answer_text("B" if label == "A" else "A")]
+    files.write_jsonl(folder / stage.SAMPLES, rows)
+    (folder / stage.SUMMARY).unlink(missing_ok=True)
+    stage.run_sampling(updated(cfg, {"resume": "auto"}))
+    assert json.loads((folder / stage.SUMMARY).read_text())["rejected_rule"] == "wrong_decision"
+    samples = (folder / stage.SAMPLES).read_text()
+
+    def no_model(*a, **k):
+        raise AssertionError("the model was loaded to pair samples that were all there")
+    monkeypatch.setattr(stage, "load_with_adapters", no_model)
+    changed = updated(cfg, {"onpolicy.rejected": "wrong_decision_or_false_claims",
+                            "onpolicy.balance_positions": False})
+    assert stage.run_sampling(changed) == 0
+    summary = json.loads((folder / stage.SUMMARY).read_text())
+    assert summary["rejected_rule"] == "wrong_decision_or_false_claims" and summary["pairs"] == 8
+    assert (folder / stage.SAMPLES).read_text() == samples
+    with pytest.raises(UserError, match="stale: .*onpolicy.temperature: 0.9 -> 0.5"):  # the samples' own
+        stage.run_sampling(updated(changed, {"onpolicy.temperature": 0.5, "resume": "auto"}))
+    with pytest.raises(AssertionError, match="the model was loaded"):  # --overwrite: sampled again
+        stage.run_sampling(updated(changed, {"overwrite": True}))
