@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 from pathlib import Path
 
@@ -83,9 +84,13 @@ def export(adapter: str | Path, out: str | Path, dtype: str = "bfloat16", base: 
         if problem:
             raise UserError(problem)
     adapter_sha256 = input_record({"a": adapter})["a"]["sha256"]  # before anything is written
-    # written into a temporary sibling and renamed into place: an interrupted export leaves --out as it was
-    tmp = out.parent / f".{out.name}.exporting"
+    target = out.resolve() if out.is_symlink() else out  # a link to a folder: written where it leads
+    # written into a temporary sibling and renamed into place: an interrupted export leaves --out as it was.
+    # A mount point cannot be renamed onto: there the temporary folder is inside it, moved up at the end.
+    in_place = target.is_dir() and os.path.ismount(target)
+    tmp = target / ".exporting" if in_place else target.parent / f".{target.name}.exporting"
     shutil.rmtree(tmp, ignore_errors=True)
+    _make_room(target, tmp.parent)
     try:
         if chosen == "unsloth":
             # Unsloth's merged save dequantizes the 4-bit base itself and writes the base checkpoint's dtype
@@ -115,11 +120,43 @@ def export(adapter: str | Path, out: str | Path, dtype: str = "bfloat16", base: 
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if out.exists():  # an earlier export (claim_out checked), or an empty folder
-        shutil.rmtree(out)
-    tmp.rename(out)
+    if in_place:
+        _clear(target, keep=tmp.name)
+        for p in tmp.iterdir():
+            p.rename(target / p.name)
+        tmp.rmdir()
+    else:
+        if target.exists():  # an earlier export (claim_out checked), or an empty folder
+            shutil.rmtree(target)
+        tmp.rename(target)
     log.info(f"[export] merged {adapter} into {cfg['model']['name']} -> {out} ({dtype}, {chosen})")
     return out
+
+
+def _clear(folder: Path, keep: str | None = None) -> None:
+    """Delete what is in `folder` (an earlier export: claim_out checked), except the entry `keep`."""
+    for p in folder.iterdir():
+        if p.name == keep:
+            continue
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        else:
+            p.unlink()
+
+
+def _make_room(target: Path, writes_in: Path) -> None:
+    """An earlier export in `target` stays until the new one is complete, so the disk holds both for a
+    while (16 GB each for Llama 3 8B in 16-bit). Where the free space cannot hold a second copy of it, the
+    earlier export is deleted first, saying so: then an interrupted export leaves none."""
+    if not (target / INFO).is_file():
+        return
+    size = sum(p.stat().st_size for p in target.rglob("*") if p.is_file() and not p.is_symlink())
+    free = shutil.disk_usage(writes_in).free
+    if free < 1.1 * size:
+        log.warning(f"[export] {writes_in} has {free / 1e9:.1f} GB free, too little to write the new export "
+                    f"beside the earlier one ({size / 1e9:.1f} GB): deleting the earlier export in {target} "
+                    "first (an interruption now leaves no export there)")
+        _clear(target)
 
 
 UNSLOTH_BUFFERS = "_unsloth_temporary_saved_buffers"  # unsloth/save.py's scratch folder for merges

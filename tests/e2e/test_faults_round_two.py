@@ -221,6 +221,38 @@ def test_4_overwrite_replaces_only_an_earlier_export(finished, tmp_path, capsys)
         assert (out / "export_info.json").is_file() and not (tmp_path / ".merged.exporting").exists()
 
 
+def test_4_overwrite_through_a_link_into_a_mount_point_and_on_a_full_disk(finished, tmp_path, capsys,
+                                                                          monkeypatch):
+    import os
+    from collections import namedtuple
+
+    from dporec.inference import export
+    run = copy_of(finished, tmp_path)
+    drive = tmp_path / "drive" / "merged"  # where the link leads (a Drive folder linked into the project)
+    link = tmp_path / "merged"
+    code, text = cli(export_main, ["--adapter", str(run / "sft"), "--out", str(drive)], capsys)
+    assert code == 0, text
+    link.symlink_to(drive, target_is_directory=True)
+    first = (drive / "export_info.json").stat().st_mtime_ns
+    code, text = cli(export_main, ["--adapter", str(run / "dpo"), "--out", str(link), "--overwrite"], capsys)
+    assert code == 0, text
+    assert link.is_symlink()
+    assert json.loads((drive / "export_info.json").read_text())["adapter"].endswith("dpo")
+    assert (drive / "export_info.json").stat().st_mtime_ns != first
+    # a mount point: the new export is written inside it and moved up; the earlier one's files go
+    (drive / "stale-shard.safetensors").write_text("from an earlier export")
+    real_ismount = os.path.ismount
+    monkeypatch.setattr(os.path, "ismount", lambda p: Path(p) == drive or real_ismount(p))
+    # ... on a disk too full to hold both: the earlier export is deleted first, saying so
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(export.shutil, "disk_usage", lambda p: usage(10**12, 10**12 - 1000, 1000))
+    code, text = cli(export_main, ["--adapter", str(run / "sft"), "--out", str(drive), "--overwrite"], capsys)
+    assert code == 0, text
+    assert "too little to write the new export beside the earlier one" in text
+    assert json.loads((drive / "export_info.json").read_text())["adapter"].endswith("sft")
+    assert not (drive / "stale-shard.safetensors").exists() and not (drive / ".exporting").exists()
+
+
 # ---------------------------------------------------------------------------------------------
 # 9. Evaluation on training users is refused
 
