@@ -18,7 +18,7 @@ import numpy as np
 from scipy.stats import kendalltau
 
 from dporec.analysis.comparison import margin_status, verdict
-from dporec.analysis.resampling import cluster_bootstrap_ci, paired_interval
+from dporec.analysis.resampling import cluster_bootstrap_ci, observed_bound, paired_interval
 
 METRICS = ("kendall_tau_b", "ndcg@3", "hit@1")
 LIKED = 4          # hit@1: rated at least this
@@ -111,7 +111,7 @@ def summarize(rows, n_boot: int, seed: int, alpha: float) -> dict:
     return out
 
 
-BOUNDS = {"kendall_tau_b": 2.0, "ndcg@3": 1.0, "hit@1": 1.0}  # the largest per-user difference possible
+RANGE = {"kendall_tau_b": 2.0, "ndcg@3": 1.0, "hit@1": 1.0}  # the largest per-user difference possible
 
 
 def compare(rows_a, rows_b, alpha: float, margin: float) -> dict:
@@ -122,7 +122,8 @@ def compare(rows_a, rows_b, alpha: float, margin: float) -> dict:
     for m in METRICS:
         users = [r["user_id"] for r in rows_b if r["user_id"] in by_user]
         diffs = [r[m] - by_user[r["user_id"]][m] for r in rows_b if r["user_id"] in by_user]
-        inf = paired_interval(diffs, users, alpha=alpha, bound=BOUNDS[m])
+        # pseudo-users at the largest observed difference (hit@1's is 1): resampling.observed_bound
+        inf = paired_interval(diffs, users, alpha=alpha, bound=observed_bound(diffs, RANGE[m]))
         out[m] = {"difference": inf["mean"], "ci": list(inf["ci"]), "p_value": inf["p_value"]}
     tau = out["kendall_tau_b"]
     tau.update(verdict=verdict(tau["ci"], margin), margin=margin,

@@ -48,6 +48,20 @@ def cluster_bootstrap_ci(values, clusters, n_boot: int = 2000, seed: int = 0, al
     return cis[0] if v.ndim == 1 else cis
 
 
+def _cr2(sums, sizes, alpha: float) -> dict:
+    """The cluster-robust t interval of a mean from per-cluster sums and sizes: CR2 variance, Bell-McCaffrey
+    degrees of freedom. Returns {center, se, df, half}: half is the interval's half-width."""
+    total = sizes.sum()
+    center = float(sums.sum() / total)
+    c = sizes / total  # each cluster's leverage in the intercept-only model
+    se = float(np.sqrt(np.sum((sums - center * sizes) ** 2 / (1 - c)) / total ** 2))
+    # Bell-McCaffrey: Satterthwaite degrees of freedom of the CR2 variance under a working model of
+    # independent, equal-variance items (G - 1 when all clusters have one size).
+    lev = c / (1 - c)
+    df = float(1.0 / (np.sum(lev ** 2) - 2 * np.sum(c * lev ** 2) + np.sum(c * lev) ** 2))
+    return {"center": center, "se": se, "df": df, "half": float(sps.t.ppf(1 - alpha / 2, df)) * se}
+
+
 def paired_interval(values, clusters, alpha: float = 0.05, bound: float = 1.0) -> dict:
     """Interval and two-sided p-value for the mean of paired differences, clustered by user.
 
@@ -56,27 +70,30 @@ def paired_interval(values, clusters, alpha: float = 0.05, bound: float = 1.0) -
     of mostly-zero differences collapses: three "DPO better" pairs among a hundred would give a
     standard error from three points, and identical models an interval of zero width. The pseudo-items
     shrink the center toward 0 by 2/(N+2) and keep the standard error honest, like the Agresti-Caffo
-    adjustment for proportions. CR2 and its degrees of freedom keep one user with many pairs from
-    dominating unnoticed. The p-value comes from the same t statistic, so the interval excludes 0
+    adjustment for proportions. The bound must be of the order of the differences' own spread: the
+    pairwise scores' differences are 0, +-0.5 or +-1 (bound 1); for continuous differences far narrower
+    than their range use observed_bound. CR2 and its degrees of freedom keep one user with many pairs
+    from dominating unnoticed. The p-value comes from the same t statistic, so the interval excludes 0
     exactly when p < alpha. Returns {mean, center, se, df, ci, p_value}; ci is clipped to +-bound.
     """
     v = np.asarray(values, dtype=float)
     sums, sizes = _cluster_sums(v, clusters)
     mean = float(sums.sum() / sizes.sum())
-    s = np.r_[sums, bound, -bound]
-    n = np.r_[sizes, 1.0, 1.0]
-    total = n.sum()
-    center = float(s.sum() / total)
-    c = n / total  # each cluster's leverage in the intercept-only model
-    se = float(np.sqrt(np.sum((s - center * n) ** 2 / (1 - c)) / total ** 2))
-    # Bell-McCaffrey: Satterthwaite degrees of freedom of the CR2 variance under a working model of
-    # independent, equal-variance items (G - 1 when all clusters have one size).
-    lev = c / (1 - c)
-    df = float(1.0 / (np.sum(lev ** 2) - 2 * np.sum(c * lev ** 2) + np.sum(c * lev) ** 2))
-    t = float(sps.t.ppf(1 - alpha / 2, df))
-    ci = (max(center - t * se, -bound), min(center + t * se, bound))
-    p = float(2 * sps.t.sf(abs(center) / se, df))
-    return {"mean": mean, "center": center, "se": se, "df": df, "ci": ci, "p_value": p}
+    r = _cr2(np.r_[sums, bound, -bound], np.r_[sizes, 1.0, 1.0], alpha)
+    ci = (max(r["center"] - r["half"], -bound), min(r["center"] + r["half"], bound))
+    p = float(2 * sps.t.sf(abs(r["center"]) / r["se"], r["df"]))
+    return {"mean": mean, "center": r["center"], "se": r["se"], "df": r["df"], "ci": ci, "p_value": p}
+
+
+def observed_bound(values, limit: float) -> float:
+    """The pseudo-items' bound for continuous differences: the largest difference observed, or `limit`
+    (the largest possible) when none differs. Per-user Kendall tau ranges over [-2, 2] but spreads ~0.1:
+    pseudo-users at +-2 would set the interval's width alone (a half-width near 0.06 tau at 93 users,
+    wider than the 0.04 margin with no spread in the data at all), and no pseudo-users under-cover where
+    few users differ (89% at 20 users of whom 70% are ranked alike). Pseudo-users at the observed
+    extreme cover at 94-99% from 5 to 150 users, dense or sparse (tests/analysis/test_resampling.py)."""
+    largest = float(np.max(np.abs(np.asarray(values, dtype=float)))) if len(values) else 0.0
+    return largest if largest > 0 else float(limit)
 
 
 # --------------------------------------------------------------------------------------------

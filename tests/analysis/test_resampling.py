@@ -150,3 +150,75 @@ def test_design_effect():
     same = np.repeat(rng.normal(size=100), 4)
     assert resampling.design_effect(same, np.repeat(np.arange(100), 4)) == pytest.approx(4.0, rel=0.05)
     assert resampling.design_effect(same, ["u"] * 400) == 1.0  # one user: cannot be estimated
+
+
+# --------------------------------------------------------------------------------------------
+# The ranking line: per-user Kendall tau differences, continuous and far narrower than their range
+
+def _tau_draw(users, delta, sd, equal=0.0):
+    """Per-user tau-b differences on 8 candidates (28 pairs: a grid of 1/28), a share `equal` of users
+    ranked identically by both models (exactly 0), the others spread around delta / (1 - equal)."""
+    def draw(rng):
+        d = rng.normal(delta / (1 - equal), sd, users)
+        d[rng.random(users) < equal] = 0.0
+        return np.clip(np.round(d * 28) / 28, -2, 2), np.arange(users)
+    return draw
+
+
+TAU_SCENARIOS = {  # name: (users, true mean difference, sd, share of users with no difference)
+    "93 users, no difference": (93, 0.0, 0.12, 0.0),
+    "93 users, +0.052, sd 0.07": (93, 0.052, 0.07, 0.0),
+    "93 users, +0.052, sd 0.17": (93, 0.052, 0.17, 0.0),
+    "sparse: DPO = SFT on half of 93 users": (93, 0.03, 0.12, 0.5),
+    "sparse: 95% of 93 users alike": (93, 0.01, 0.1, 0.95),
+    "small: 5 users": (5, 0.05, 0.15, 0.0),
+    "small and sparse: 10 users, half alike": (10, 0.05, 0.15, 0.5),
+    "small and sparse: 20 users, 70% alike": (20, 0.02, 0.1, 0.7),
+    "150 users, sd 0.07": (150, 0.02, 0.07, 0.0),
+}
+
+
+def _tau_interval(d, users):
+    return resampling.paired_interval(d, users, bound=resampling.observed_bound(d, 2.0))["ci"]
+
+
+@pytest.mark.parametrize("name", list(TAU_SCENARIOS))
+def test_the_ranking_interval_covers_at_the_nominal_level(name):
+    users, delta, sd, equal = TAU_SCENARIOS[name]
+    draw, rng = _tau_draw(users, delta, sd, equal), np.random.default_rng(11)
+    hits, reps = 0, 2000
+    for _ in range(reps):
+        lo, hi = _tau_interval(*draw(rng))
+        hits += lo <= delta <= hi
+    assert hits / reps >= 0.935, (name, hits / reps)
+
+
+def test_the_ranking_interval_can_decide_where_pseudo_users_at_2_could_not():
+    """True delta +0.052 tau at 93 users, per-user sd 0.12 (the review's case; margin 0.04): the interval
+    says the difference is above 0 most of the time; pseudo-users at +-2 set a half-width floor near 0.06
+    alone, so that line was INCONCLUSIVE by construction. Without pseudo-users the interval under-covers
+    where few users differ."""
+    draw, rng = _tau_draw(93, 0.052, 0.12), np.random.default_rng(5)
+    scaled = old = 0
+    for _ in range(500):
+        d, u = draw(rng)
+        scaled += _tau_interval(d, u)[0] > 0
+        old += resampling.paired_interval(d, u, bound=2.0)["ci"][0] > 0
+    assert scaled / 500 > 0.9 and old / 500 < 0.5
+    floor = resampling.paired_interval(np.zeros(93), np.arange(93), bound=2.0)["ci"][1]
+    assert floor > 0.05  # wider than the 0.04 margin with no spread in the data at all
+    # no difference observed: the metric's whole range bounds the pseudo-users, an honest width
+    assert resampling.observed_bound(np.zeros(93), 2.0) == 2.0
+    assert resampling.observed_bound([0.1, -0.3, 0.0], 2.0) == 0.3
+
+
+def test_without_pseudo_users_the_sparse_small_case_under_covers():
+    """Why the ranking keeps pseudo-users at all: the plain CR2 interval covers ~90% at 20 users of whom
+    70% are ranked alike by both models."""
+    draw, rng = _tau_draw(20, 0.02, 0.1, 0.7), np.random.default_rng(11)
+    hits = 0
+    for _ in range(2000):
+        d, _u = draw(rng)
+        r = resampling._cr2(d, np.ones(d.size), 0.05)
+        hits += r["center"] - r["half"] <= 0.02 <= r["center"] + r["half"]
+    assert hits / 2000 < 0.93
