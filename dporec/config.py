@@ -222,8 +222,10 @@ SCHEMA: dict[str, Any] = {
         "ranking": F(True, bool, help="also rank N rated candidates per test user from all their pairs "
                                       "(Kendall tau-b, NDCG@3, hit@1): the second verdict line"),
         "ranking_max_users": F(150, int, NONE, lo=1,
-                               help="rank the first this many candidate sets only: each "
-                                    "costs N(N-1) scored questions per model (null: all)"),
+                               help="rank this many candidate sets only, a seeded sample (the same "
+                                    "users for every training seed): each costs N(N-1) scored "
+                                    "questions per model; fewer users, a wider ranking interval "
+                                    "(null: all)"),
         "ranking_margin": F(0.04, float, lo=0,
                             help="the practical margin of the ranking verdict, in Kendall "
                                  "tau-b: +2 points of pairwise accuracy is +0.04 tau"),

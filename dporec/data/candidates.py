@@ -19,6 +19,7 @@ For one user, in the user's time order (ties: file order):
 """
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 import numpy as np
@@ -93,6 +94,9 @@ _NEEDED = {"user_id": str, "history": list, "candidates": list}
 _MOVIE = ("title", "genres")
 
 
+SAMPLE_SEED = 0  # which candidate sets eval.ranking_max_users keeps
+
+
 def load(path, limit: int | None = None, rated: bool = True) -> list[dict]:
     """Candidate sets from `path`, checked: FILE:LINE: field for anything a ranking cannot use.
 
@@ -136,10 +140,13 @@ def load(path, limit: int | None = None, rated: bool = True) -> list[dict]:
             raise UserError(f"{where}: a movie appears twice in 'candidates'")
         rec.setdefault("id", f"{path.name}:{where.rsplit(':', 1)[-1]}")  # a request may come without one
         out.append(rec)
-        if limit is not None and len(out) >= limit:
-            break
     if not out:
         raise UserError(f"{path}: no candidate sets")
+    if limit is not None and len(out) > limit:
+        # a seeded sample, not the first sets by user id (users in id order may differ from the rest), and
+        # the same whatever the training seed: every seed's models rank the same users
+        keep = sorted(random.Random(SAMPLE_SEED).sample(range(len(out)), limit))
+        out = [out[k] for k in keep]
     return out
 
 

@@ -34,6 +34,19 @@ def test_candidate_sets_are_test_users_rated_after_their_history(tiny_data):
         assert not {c["item_id"] for c in cands} & {h["item_id"] for h in hist}
 
 
+def test_ranking_max_users_keeps_a_seeded_sample_not_the_first_users(tmp_path):
+    one = {"history": [{"title": "Heat (1995)", "genres": ["Crime"]}],
+           "candidates": [{"title": "Se7en (1995)", "genres": ["Crime"], "rating": 5},
+                          {"title": "Casper (1995)", "genres": ["Comedy"], "rating": 1}]}
+    path = tmp_path / candidates.FILE
+    path.write_text("".join(json.dumps({**one, "id": f"u{k}", "user_id": str(k)}) + "\n" for k in range(40)))
+    kept = [s["user_id"] for s in candidates.load(path, limit=10)]
+    assert len(kept) == 10 and kept != [str(k) for k in range(10)]
+    assert kept == sorted(kept, key=int)  # in file order
+    assert kept == [s["user_id"] for s in candidates.load(path, limit=10)]  # the same every time
+    assert len(candidates.load(path, limit=100)) == 40
+
+
 def test_spread_takes_every_rating_level_in_turn():
     rng = np.random.default_rng(0)
     picked = candidates._spread(np.array([5, 5, 5, 5, 5, 1, 3, 3]), 3, rng)
