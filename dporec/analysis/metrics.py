@@ -13,10 +13,13 @@ Input: one row per (test pair, option order, model):
 
 Choices are re-derived from the log-probs (the scores are the source of truth) and checked against
 the stored "choice"/"correct" fields, so a scorer bug fails loudly instead of skewing the numbers.
-An exact tie (logp_a == logp_b) is choice "tie": wrong, and not a first-option pick.
+An exact tie (logp_a == logp_b) is choice "tie": half right (0.5 for that order, as a rule's tie), and
+not a first-option pick.
 
 Every test pair is scored in both option orders because position bias in LLM judges is large. The
-headline metric is the two-order accuracy: the mean of per-pair scores in {0, 0.5, 1}. Pairs of one
+headline metric is the two-order accuracy: the mean of per-pair scores in {0, 0.5, 1} (quarters where an
+order ties). Position-free accuracy (the sign of the margin averaged over both orders) is reported beside
+it: two-order accuracy also rewards a lower position bias. Pairs of one
 user share a history, so every interval resamples users; without user ids it resamples pairs and says so.
 """
 from __future__ import annotations
@@ -158,17 +161,25 @@ def bootstrap_label(clustering: str) -> str:
 # Per-pair outcomes and per-model metrics
 
 def pair_outcomes(pairs: dict, kind: str) -> dict[str, np.ndarray]:
-    """Per pair (sorted pair ids): score (two-order, 0/0.5/1), original, swapped, both (0/1),
+    """Per pair (sorted pair ids): score (two-order, 0/0.5/1; a tied order 0.5), original, swapped (each
+    order's credit), both (right in both, 0/1), position_free (sign of the two orders' mean margin),
     consistent (same movie chosen in both orders), first (A picks, 0-2), ties (0-2), margins (n x 2)."""
-    out = {k: [] for k in ("score", "original", "swapped", "both", "consistent", "first", "ties", "margins")}
+    out = {k: [] for k in ("score", "original", "swapped", "both", "position_free", "consistent", "first",
+                           "ties", "margins")}
     for pid in sorted(pairs):
         res = {o: decision(pairs[pid][o], kind) for o in ORDERS}
         ok = [res[o][1] for o in ORDERS]
+        # an exact tie is half right, as a rule's tie is: a tie scored 0 would make a model that ties
+        # more often look worse than an identical one
+        credit = [1.0 if res[o][1] else 0.5 if res[o][0] == TIE else 0.0 for o in ORDERS]
         picked = [_picked(pairs[pid][o], res[o][0]) for o in ORDERS]
-        out["score"].append(sum(ok) / 2)
-        out["original"].append(float(ok[0]))
-        out["swapped"].append(float(ok[1]))
+        out["score"].append(sum(credit) / 2)
+        out["original"].append(credit[0])
+        out["swapped"].append(credit[1])
         out["both"].append(float(all(ok)))
+        # the sign of the margin averaged over both orders: position bias cancels before the decision
+        mean_margin = (res[ORDERS[0]][2] + res[ORDERS[1]][2]) / 2
+        out["position_free"].append(1.0 if mean_margin > 0 else 0.5 if mean_margin == 0 else 0.0)
         out["consistent"].append(float(picked[0] is not None and picked[0] == picked[1]))
         out["first"].append(sum(res[o][0] == "A" for o in ORDERS))
         out["ties"].append(sum(res[o][0] == TIE for o in ORDERS))
@@ -179,7 +190,7 @@ def pair_outcomes(pairs: dict, kind: str) -> dict[str, np.ndarray]:
 def _accuracy_block(pairs: dict, kind: str, labels, alpha, n_boot, seed) -> dict:
     po = pair_outcomes(pairs, kind)
     n = len(pairs)
-    cols = ("score", "original", "swapped", "both")
+    cols = ("score", "original", "swapped", "both", "position_free")
     cis = cluster_bootstrap_ci(np.column_stack([po[c] for c in cols]), labels, n_boot=n_boot, seed=seed,
                                alpha=alpha)
     m = po["margins"].ravel()
@@ -192,6 +203,8 @@ def _accuracy_block(pairs: dict, kind: str, labels, alpha, n_boot, seed) -> dict
         "accuracy_swapped_order_ci": cis[2],
         "accuracy_both_orders": float(po["both"].mean()),
         "accuracy_both_orders_ci": cis[3],
+        "position_free_accuracy": float(po["position_free"].mean()),
+        "position_free_accuracy_ci": cis[4],
         "consistency": float(po["consistent"].mean()),
         "first_option_rate": float(po["first"].sum() / (2 * n)),
         "confidence": {
@@ -200,8 +213,8 @@ def _accuracy_block(pairs: dict, kind: str, labels, alpha, n_boot, seed) -> dict
             # sigmoid(margin) is the probability of the right letter when the choice is restricted to A/B
             "mean_prob_correct": float(np.mean(special.expit(m))),
         },
-        "counts": {"decisions": 2 * n, "correct": int(round(2 * po["score"].sum())),
-                   "ties": int(po["ties"].sum())},
+        "counts": {"decisions": 2 * n, "ties": int(po["ties"].sum()),
+                   "correct": int((po["original"] == 1).sum() + (po["swapped"] == 1).sum())},
     }
 
 

@@ -13,13 +13,15 @@ from dporec.report.tables import ranking_lines, sentence
 
 def _models_table(models: dict, block: str | None, lv: str) -> list[str]:
     lines = [f"| Model | Pairs | Two-order accuracy [{lv} CI] | Original | Swapped | Both orders | "
-             "Consistency | First-option rate | Mean margin |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "Position-free | Consistency | First-option rate | Mean margin |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, m in models.items():
         b = m if block is None else m[block]
+        free = b.get("position_free_accuracy")  # absent from an earlier version's results.json
         lines.append(f"| {name} | {m['n_pairs']} | {pct(b['accuracy'])} {ci_text(b['accuracy_ci'])} | "
                      f"{pct(b['accuracy_original_order'])} | {pct(b['accuracy_swapped_order'])} | "
-                     f"{pct(b['accuracy_both_orders'])} | {pct(b['consistency'])} | "
+                     f"{pct(b['accuracy_both_orders'])} | {'-' if free is None else pct(free)} | "
+                     f"{pct(b['consistency'])} | "
                      f"{pct(b['first_option_rate'])} | {b['confidence']['mean_margin']:+.2f} |")
     return lines
 

@@ -70,13 +70,15 @@ def ranking_lines(r: dict) -> list[str]:
 
 def format_table(results: dict) -> str:
     """Fixed-width plain-text table of the per-model metrics, then baselines and ranking, for the console."""
-    header = ("model", "pairs", "acc", f"{level(results.get('alpha'))} CI", "orig", "swap", "both", "consist",
-              "first-A", "margin")
+    header = ("model", "pairs", "acc", f"{level(results.get('alpha'))} CI", "orig", "swap", "both",
+              "pos-free", "consist", "first-A", "margin")
     rows = []
     for name, m in results["models"].items():
+        free = m.get("position_free_accuracy")  # absent from an earlier version's results.json
         rows.append((name, str(m["n_pairs"]), pct(m["accuracy"]), ci_text(m["accuracy_ci"]),
                      pct(m["accuracy_original_order"]), pct(m["accuracy_swapped_order"]),
-                     pct(m["accuracy_both_orders"]), pct(m["consistency"]),
+                     pct(m["accuracy_both_orders"]), "-" if free is None else pct(free),
+                     pct(m["consistency"]),
                      pct(m["first_option_rate"]), f"{m['confidence']['mean_margin']:+.2f}"))
     widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
 

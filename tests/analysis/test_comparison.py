@@ -207,3 +207,17 @@ def test_format_p():
     assert numbers.format_p(0.021484375) == "p = 0.021"
     assert numbers.format_p(1.0) == "p = 1.00"
     assert numbers.format_p(1e-5) == "p < 0.001"
+
+
+def test_exact_ties_on_one_model_do_not_make_identical_models_differ():
+    """The review's case: DPO the same as SFT except for exact ties on 5% of decisions, where SFT was right
+    half the time. A tie scored 0 made DPO "worse" by 2.5 points; scored 0.5 (as a rule's tie) the
+    difference is 0."""
+    spec = balanced_spec(200, ("good", "good"), users=100)
+    sft = rows_from("sft", [(p, u, lab, ("good", "bad") if i < 20 else picks)
+                            for i, (p, u, lab, picks) in enumerate(spec)])
+    dpo = rows_from("dpo", [(p, u, lab, ("tie", "bad") if i < 10 else ("good", "tie") if i < 20 else picks)
+                            for i, (p, u, lab, picks) in enumerate(spec)])
+    # 20 of 400 decisions tie in DPO; SFT is right on 10 of those and wrong on the other 10
+    c = comparison.compare(sft, dpo)
+    assert c["difference"] == pytest.approx(0.0) and c["ci"][0] < 0 < c["ci"][1]

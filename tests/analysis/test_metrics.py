@@ -42,11 +42,12 @@ def test_consistent_but_wrong_model_is_consistent():
     assert (m["accuracy"], m["consistency"]) == (0.0, 1.0)
 
 
-def test_ties_count_wrong_and_not_first_option():
+def test_ties_count_half_and_not_first_option():
     spec = balanced_spec(4, ("tie", "tie")) + [("x", "9", "A", ("good", "good"))]
     m = metrics.model_metrics(rows_from("sft", spec))
     assert m["counts"] == {"decisions": 10, "correct": 2, "ties": 8}
-    assert m["accuracy"] == pytest.approx(0.2)
+    assert m["accuracy"] == pytest.approx(0.6)  # a tied order is half right, as a rule's tie is
+    assert m["accuracy_original_order"] == pytest.approx(0.6) and m["accuracy_both_orders"] == 0.2
     assert m["first_option_rate"] == pytest.approx(0.1)  # only the real pair's "A" decision
     assert m["consistency"] == pytest.approx(0.2)
 
@@ -122,7 +123,7 @@ def test_per_pair_scores():
     spec = [("p1", "u1", "A", ("good", "good")), ("p2", "u2", "B", ("good", "bad")),
             ("p3", "u2", "A", ("bad", "tie"))]
     scores, users = metrics.per_pair_scores(rows_from("sft", spec))
-    assert scores == {"p1": 1.0, "p2": 0.5, "p3": 0.0}
+    assert scores == {"p1": 1.0, "p2": 0.5, "p3": 0.25}  # a tied order counts half
     assert users == {"p1": "u1", "p2": "u2", "p3": "u2"}
 
 
@@ -132,3 +133,21 @@ def test_records_without_movie_ids_still_measure_consistency():
         del r["option_a_id"], r["option_b_id"]
     m = metrics.model_metrics(rows, n_boot=50)
     assert m["consistency"] == 0.5 and m["accuracy"] == 0.75
+
+
+def test_position_free_accuracy_cancels_position_bias_before_deciding():
+    """A model that says A in both orders, more strongly when A is right: two-order accuracy 0.5, but the
+    margin averaged over both orders points at the right movie (position-free accuracy 1)."""
+    rows = []
+    for i in range(6):
+        pair = make_pair("m", f"p{i}", str(i), "A", ("A", "A"))
+        pair[0]["logp_b"] = pair[0]["logp_a"] - 3.0  # right in the original order by 3
+        pair[1]["logp_b"] = pair[1]["logp_a"] - 1.0  # wrong in the swapped order by 1
+        for r in pair:
+            r.pop("choice"), r.pop("correct")
+        rows += pair
+    m = metrics.model_metrics(rows)
+    assert m["accuracy"] == 0.5 and m["first_option_rate"] == 1.0
+    assert m["position_free_accuracy"] == 1.0
+    always_a = metrics.model_metrics(rows_from("a", balanced_spec(6, ("A", "A"))))
+    assert always_a["position_free_accuracy"] == 0.5  # equal margins both ways: a tie, half right
