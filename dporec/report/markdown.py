@@ -7,7 +7,7 @@ from pathlib import Path
 from dporec import arms
 from dporec.analysis.metrics import BY_USERS, bootstrap_label
 from dporec.report.numbers import ci_text, format_p, level, pct
-from dporec.report.sentences import LABEL_RULE, baseline_clause, comparison_lines
+from dporec.report.sentences import LABEL_RULE, PRIMARY, baseline_clause, comparison_lines, control_conclusion
 from dporec.report.tables import ranking_lines, sentence
 
 
@@ -50,8 +50,10 @@ def _arm_section(results: dict, arm: arms.Arm) -> list[str]:
         return []
     lines = ["", f"## {arm.title}", "", arm.about]
     for c in present:
-        lines += ["", f"### {c.title}", ""] + comparison_lines(results[c.key])
+        lines += ["", f"### {c.title} (secondary)", ""] + comparison_lines(results[c.key])
         lines += ["", f"**{sentence(results[c.key])}**"]
+    if arm is arms.CONTROL_ARM and control_conclusion(results):
+        lines += ["", f"**{control_conclusion(results)}**"]
     if arm.matched_to is None:
         return lines
     match = results.get(f"{arm.name}_arm")
@@ -106,7 +108,7 @@ def report_md(results: dict) -> str:
                   "For a model it is the Copeland rank score (0 = ranked last; two candidates share one only "
                   "when their wins and summed margins are equal); for a rule, the rule's own number (e.g. "
                   "the movie's mean rating before the cutoff)."]
-    lines += ["", f"## {arms.MAIN.title}", ""]
+    lines += ["", f"## {arms.MAIN.title} (primary)", "", f"This is {PRIMARY}.", ""]
     c = results.get(arms.MAIN.key)
     if c:
         lines += comparison_lines(c)

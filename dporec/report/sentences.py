@@ -5,8 +5,16 @@ from dporec.analysis.comparison import INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED
 from dporec.analysis.metrics import BY_PAIRS
 from dporec.report.numbers import about, format_p, level, pct, points, signed
 
+# The hypothesis the label tests, stated once (README "Reading the verdict", docs/statistics.md): superiority,
+# b better than a. Whether b is better by the practical margin (the thesis's "> 2%") is said beside it.
 LABEL_RULE = ("SUPPORTED when the whole interval is above 0; NOT SUPPORTED when the whole interval is below "
-              "the practical margin; INCONCLUSIVE otherwise")
+              "the practical margin; INCONCLUSIVE otherwise. The label tests superiority; the margin is "
+              "judged beside it (shown, ruled out or open)")
+
+
+# Declared once; the console, report.md and aggregate.md mark every other labelled line as secondary.
+PRIMARY = ("the primary, prespecified comparison: DPO vs SFT in two-order pairwise accuracy on the held-out "
+           "test pairs; every other labelled line (ranking, arms, baselines) is secondary")
 
 
 def _margin_points(c: dict) -> str:
@@ -19,8 +27,10 @@ def label_reason(c: dict, margin_text: str | None = None) -> str:
     if c["verdict"] == SUPPORTED:
         reason = "the whole interval is above 0"
         margin = {"shown": f"better by at least the {m}",
-                  "open": f"whether by the {m} is not settled"}.get(c["margin_status"], "")
-        return f"{reason}; {margin}" if margin else reason
+                  "open": f"whether by the {m} is not settled",
+                  "ruled out": f"better, but by less than the {m} (the whole interval is below it: the "
+                               f"margin is ruled out)"}[c["margin_status"]]
+        return f"{reason}; {margin}"
     if c["verdict"] == NOT_SUPPORTED:
         worse = f"; {c['names'][1]} is worse" if c["ci"][1] < 0 else ""
         return f"the whole interval is below the {m}{worse}"
@@ -37,13 +47,21 @@ def _sameness(c: dict) -> str:
             f"on {k:,} of {d:,} decisions")
 
 
+def label_text(c: dict, margin_text: str | None = None) -> str:
+    """The label as printed: SUPPORTED says so when the effect is smaller than the practical margin."""
+    if c["verdict"] == SUPPORTED and c.get("margin_status") == "ruled out":
+        return f"{SUPPORTED} (by less than the {margin_text or _margin_points(c)})"
+    return c["verdict"]
+
+
 def verdict_sentence(c: dict) -> str:
     """One honest sentence: the label, the accuracies, the difference with its interval and p, the label's
     reason, and the test size the prespecified margin needs."""
     a_name, b_name = c.get("names") or ("SFT", "DPO")
     lo, hi = c["ci"]
-    head = (f"{c['verdict']}: {b_name} {100 * c['b_accuracy']:.1f}% vs {a_name} {100 * c['a_accuracy']:.1f}% "
-            f"({points(c['difference'], 100 * c['margin'])} points, {level(c['alpha'])} CI "
+    head = (f"{label_text(c)}: {b_name} {100 * c['b_accuracy']:.1f}% vs {a_name} "
+            f"{100 * c['a_accuracy']:.1f}% ({points(c['difference'], 100 * c['margin'])} points, "
+            f"{level(c['alpha'])} CI "
             f"{signed(100 * lo)} to {signed(100 * hi)}, {format_p(c['p_value'])}; {label_reason(c)})")
     parts = [head]
     if c["pairs_b_higher"] + c["pairs_a_higher"] == 0:
@@ -81,7 +99,7 @@ def comparison_lines(c: dict) -> list[str]:
         f"- {level(c['alpha'])} CI of the difference: {signed(100 * lo)} to {signed(100 * hi)} "
         f"points, {format_p(c['p_value'])} ({interval_description(c)}; the interval excludes 0 exactly when "
         f"p < {c['alpha']:g})",
-        f"- Verdict {c['verdict']}: {LABEL_RULE} ({_margin_points(c)}); {label_reason(c)}",
+        f"- Verdict {label_text(c)}: {LABEL_RULE} ({_margin_points(c)}); {label_reason(c)}",
     ]
     need = c.get("pairs_for_margin")
     lines.append(f"- Test size for {100 * c['power']:g}% power to detect the {_margin_points(c)}, from the "
@@ -97,6 +115,24 @@ def comparison_lines(c: dict) -> list[str]:
               f"{signed(100 * spread['ci'][1])}")
         lines.append(f"- Each seed's difference in points: {diffs}{sd}{ci}")
     return lines
+
+
+def control_conclusion(results: dict) -> str | None:
+    """Preference signal or more training: DPO vs SFT and DPO vs the compute-matched control read together
+    (None unless both comparisons are there)."""
+    main, control = results.get("comparison"), results.get("comparison_control")
+    if not main or not control:
+        return None
+    vs = f"DPO vs SFT {label_text(main)}, DPO vs the compute-matched control {label_text(control)}"
+    if main["verdict"] != SUPPORTED:
+        return (f"Preference signal or more training: {vs}. DPO does not clearly beat SFT, so there is no "
+                "gain for the control to explain.")
+    if control["verdict"] == SUPPORTED:
+        return (f"Preference signal or more training: {vs}. DPO also beats SFT trained for as many more "
+                "steps, so more training alone does not explain its gain: it comes with the preference "
+                "signal.")
+    return (f"Preference signal or more training: {vs}. DPO beats SFT but not clearly the control, so more "
+            "training alone may explain its gain.")
 
 
 def baseline_clause(results: dict) -> str:
@@ -126,7 +162,9 @@ def ranking_verdict(r: dict) -> str | None:
         return None
     t = c["kendall_tau_b"]
     lo, hi = t["ci"]
-    reason = label_reason({**t, "ci": t["ci"], "names": ["SFT", "DPO"]}, f"margin of {t['margin']:g} tau")
-    return (f"Ranking adherence {t['verdict']}: DPO − SFT Kendall tau-b {t['difference']:+.3f} per user "
+    margin = f"margin of {t['margin']:g} tau"
+    reason = label_reason({**t, "ci": t["ci"], "names": ["SFT", "DPO"]}, margin)
+    return (f"Ranking adherence (secondary) {label_text(t, margin)}: DPO − SFT Kendall tau-b "
+            f"{t['difference']:+.3f} per user "
             f"({level(r.get('alpha'))} CI {lo:+.3f} to {hi:+.3f}, {format_p(t['p_value'])}; {reason}); "
             "pairwise two-order accuracy is the primary measure")

@@ -4,7 +4,14 @@ from __future__ import annotations
 from dporec import arms
 from dporec.analysis.rank_metrics import METRICS as RANKING_METRICS
 from dporec.report.numbers import ci_text, format_p, level, pct
-from dporec.report.sentences import baseline_clause, comparison_lines, ranking_verdict, verdict_sentence
+from dporec.report.sentences import (
+    PRIMARY,
+    baseline_clause,
+    comparison_lines,
+    control_conclusion,
+    ranking_verdict,
+    verdict_sentence,
+)
 
 
 def sentence(comparison: dict) -> str:
@@ -98,7 +105,7 @@ def format_verdict(results: dict) -> str:
     if not c:
         return "\n".join([rule, "No SFT-vs-DPO comparison (needs both 'sft' and 'dpo' predictions).", rule])
     task = (results.get("meta") or {}).get("task")
-    lines = [rule, arms.MAIN.lead + (f" (task: {task})" if task else "")]
+    lines = [rule, arms.MAIN.lead + (f" (task: {task})" if task else "") + f": {PRIMARY}"]
     lines += comparison_lines(c) + ["", sentence(c)]
     if results.get("ranking") and results["ranking"].get("comparison"):
         lines += [ranking_verdict(results["ranking"])]
@@ -107,11 +114,13 @@ def format_verdict(results: dict) -> str:
     for arm in arms.ARMS:
         for comp in arm.comparisons:
             if results.get(comp.key):
-                lines += ["", comp.lead, sentence(results[comp.key])]
+                lines += ["", f"{comp.lead} (secondary)", sentence(results[comp.key])]
         match = results.get(f"{arm.name}_arm")
         if match:
             missed = f"; NOT matched: {', '.join(match['not_matched'])}" if match["not_matched"] else ""
             lines.append(f"Matched: {', '.join(match['matched'])}{missed}")
+    if control_conclusion(results):
+        lines += ["", control_conclusion(results)]
     return "\n".join(lines + [rule])
 
 

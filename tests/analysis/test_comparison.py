@@ -200,6 +200,36 @@ def test_verdict_sentence_example():
     assert "vs SFT control 80.0%" in s
 
 
+def test_a_small_effect_with_a_narrow_interval_says_the_margin_is_ruled_out():
+    """The review's case: +1.0 point, CI +0.9 to +1.2. The label tests superiority, so it is SUPPORTED, but
+    the label and its reason say it is by less than the 2-point margin."""
+    ci = (0.009, 0.012)
+    c = {"verdict": comparison.verdict(ci, 0.02), "margin_status": comparison.margin_status(ci, 0.02),
+         "b_accuracy": 0.81, "a_accuracy": 0.80, "difference": 0.0104, "ci": ci, "p_value": 1e-9,
+         "alpha": 0.05, "margin": 0.02, "names": ["SFT", "DPO"], "pairs_b_higher": 900, "pairs_a_higher": 0,
+         "pairs_for_margin": 400, "n_pairs": 90000, "power": 0.8}
+    assert (c["verdict"], c["margin_status"]) == ("SUPPORTED", "ruled out")
+    s = sentences.verdict_sentence(c)
+    assert s.startswith("SUPPORTED (by less than the 2-point margin): DPO 81.0% vs SFT 80.0%")
+    assert ("the whole interval is above 0; better, but by less than the 2-point margin (the whole interval "
+            "is below it: the margin is ruled out)") in s
+    assert "The label tests superiority" in sentences.LABEL_RULE
+
+
+def test_the_control_is_read_together_with_the_main_comparison():
+    base = {"margin": 0.02, "margin_status": "open"}
+    main, control = {**base, "verdict": "SUPPORTED"}, {**base, "verdict": "INCONCLUSIVE"}
+    text = sentences.control_conclusion({"comparison": main, "comparison_control": control})
+    assert "DPO beats SFT but not clearly the control, so more training alone may explain its gain" in text
+    control["verdict"] = "SUPPORTED"
+    text = sentences.control_conclusion({"comparison": main, "comparison_control": control})
+    assert "more training alone does not explain its gain" in text
+    main["verdict"] = "NOT SUPPORTED"
+    assert "no gain for the control to explain" in sentences.control_conclusion(
+        {"comparison": main, "comparison_control": control})
+    assert sentences.control_conclusion({"comparison": main}) is None
+
+
 def test_format_p():
     assert numbers.format_p(0.41) == "p = 0.41"
     assert numbers.format_p(0.041234) == "p = 0.041"
