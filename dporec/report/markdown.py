@@ -174,7 +174,9 @@ def aggregate_markdown(agg: dict) -> str:
     for comp in arms.comparisons():
         pooled = agg.get(comp.pooled_key)
         if pooled:
-            lines += ["", f"## Pooled over seeds: {comp.title}", ""] + comparison_lines(pooled)
+            about = "about the method" if pooled.get("scope") == "method" else "these models"
+            tag = " (primary)" if comp is arms.MAIN else " (secondary)"
+            lines += ["", f"## Over seeds, {about}: {comp.title}{tag}", ""] + comparison_lines(pooled)
             lines += ["", f"**{sentence(pooled)}**"]
     lines += ["", f"Note: {agg['note']}."]
     return "\n".join(lines)

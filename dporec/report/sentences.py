@@ -78,8 +78,14 @@ def verdict_sentence(c: dict) -> str:
 
 def interval_description(c: dict) -> str:
     unit = "pairs (no user ids)" if c.get("clustering") == BY_PAIRS else "users"
+    i = c["interval"]
+    if c.get("scope") == "method":  # over seeds: the test pairs' sampling and the retraining, combined
+        return (f"about the method: the test pairs' cluster-robust t half-width over {unit} (CR2, "
+                f"{i['df_test']:.1f} df, one pseudo-pair of each sign) and the seeds' t half-width "
+                f"({i['df_seeds']} df, seed sd of the difference {100 * c['seed_spread']['sd']:.1f} points) "
+                "combined as a root sum of squares; p is the level at which it reaches 0")
     return (f"cluster-robust t interval over {unit} (CR2 variance, Bell-McCaffrey degrees of freedom "
-            f"{c['interval']['df']:.1f}) with one pseudo-pair of each sign; p from the same statistic")
+            f"{i['df']:.1f}) with one pseudo-pair of each sign; p from the same statistic")
 
 
 def comparison_lines(c: dict) -> list[str]:
@@ -114,6 +120,12 @@ def comparison_lines(c: dict) -> list[str]:
               f"; over seeds, {level(c['alpha'])} CI {signed(100 * spread['ci'][0])} to "
               f"{signed(100 * spread['ci'][1])}")
         lines.append(f"- Each seed's difference in points: {diffs}{sd}{ci}")
+    fixed = c.get("these_models")
+    if fixed:
+        lo, hi = fixed["ci"]
+        lines.append(f"- About these {runs} trained models only (test pairs' sampling, models held fixed): "
+                     f"{level(c['alpha'])} CI {signed(100 * lo)} to {signed(100 * hi)} points, "
+                     f"{format_p(fixed['p_value'])}, {fixed['verdict']}")
     return lines
 
 

@@ -186,6 +186,26 @@ def test_baselines_are_rendered_beside_the_models(tmp_path, results):
     assert "Strongest baseline" not in tables.format_verdict(results)  # no baselines, no clause
 
 
+def test_aggregate_of_three_seeds_whose_effects_differ_is_about_the_method(rows_by_model):
+    """Each seed's DPO differs from the others (its own training run): the headline interval adds the seeds'
+    variance to the test pairs', and the report says which interval is about what."""
+    by_seed, results = {}, {}
+    for s, strength in ((1, 0.95), (2, 0.8), (3, 0.6)):
+        rows = {"sft": rows_by_model["sft"], "dpo": fake_rows("dpo", 60, strength, 2 + s)}
+        by_seed[s] = rows
+        results[s] = {"models": {m: metrics.model_metrics(r, n_boot=50) for m, r in rows.items()},
+                      "comparison": comparison.compare(rows["sft"], rows["dpo"])}
+    agg = seeds.aggregate_seeds(results, by_seed, [arms.MAIN], margin=0.02, alpha=0.05)
+    pooled = agg["pooled"]
+    assert pooled["scope"] == "method" and pooled["seed_spread"]["sd"] > 0.05
+    lo, hi = pooled["ci"]
+    flo, fhi = pooled["these_models"]["ci"]
+    assert lo < flo and hi > fhi  # wider than the interval that holds the three models fixed
+    md = markdown.aggregate_markdown(jsonable(agg))
+    assert "## Over seeds, about the method: SFT vs DPO (primary)" in md
+    assert "seeds' t half-width (2 df" in md and "About these 3 trained models only" in md
+
+
 def test_aggregate_markdown_uses_the_pooled_paired_test(rows_by_model):
     res = {"models": {m: metrics.model_metrics(r, n_boot=50) for m, r in rows_by_model.items()},
            "comparison": comparison.compare(rows_by_model["sft"], rows_by_model["dpo"])}
@@ -195,4 +215,6 @@ def test_aggregate_markdown_uses_the_pooled_paired_test(rows_by_model):
     assert "averaged over 3 seeds first" in md and agg["pooled"]["n_pairs"] == 60
     assert sentences.verdict_sentence(agg["pooled"]) in md
     assert agg["pooled"]["seed_spread"]["sd"] == 0.0 and "Each seed's difference in points" in md
-    assert "covers the sampling of test pairs only" in md
+    assert "Its interval, p and label are about the method" in md and "About these 3 trained models" in md
+    # identical seeds: no seed variance, so the method's interval is the one about these models
+    assert agg["pooled"]["ci"] == pytest.approx(agg["pooled"]["these_models"]["ci"])
