@@ -240,8 +240,9 @@ ONPOLICY_ARM = Arm(
     about="DPO from the SFT adapter on pairs of the SFT model's own sampled answers: chosen, a right "
           "decision whose genre claims are all true; rejected, a wrong decision (judged from the user's "
           "ratings and the history, not by a model). The same steps, beta, learning rate and reference as "
-          "the off-policy DPO, so the two DPO arms differ only in their pairs. Pair counts: "
-          f"{PAIRS.name}/{PAIRS.marker}.",
+          "the off-policy DPO, so the two DPO arms differ only in their pairs. Its pairs hold both option "
+          "orders of a training example as two pairs, the off-policy DPO's one pair per example: steps "
+          f"are matched, examples are not. Pair counts: {PAIRS.name}/{PAIRS.marker}.",
     card="DPO from the run's SFT adapter on pairs of the SFT model's own sampled answers (the on-policy "
          "arm)",
     requires=(("dpo.init", "sft", "samples from the SFT model and trains DPO from it"),))
