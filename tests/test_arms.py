@@ -76,7 +76,7 @@ def test_every_comparison_of_every_arm_reaches_results_the_aggregate_and_the_rep
         pooled = agg[c.pooled_key]
         assert pooled["n_runs"] == 3 and len(pooled["seed_spread"]["differences"]) == 3, c.key
         assert all(agg["per_seed"][str(s)][c.key]["verdict"] for s in (1, 2, 3))
-        assert f"Pooled over seeds: {c.title}" in text and f"### {c.title}" in text
+        assert f"Over seeds, about the method: {c.title}" in text and f"### {c.title}" in text
     # the on-policy arm's comparison with off-policy DPO is pooled like every other
     assert agg["pooled_onpolicy_vs_dpo"]["names"] == ["off-policy DPO", "on-policy DPO"]
 

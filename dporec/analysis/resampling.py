@@ -70,11 +70,12 @@ def paired_interval(values, clusters, alpha: float = 0.05, bound: float = 1.0) -
     of mostly-zero differences collapses: three "DPO better" pairs among a hundred would give a
     standard error from three points, and identical models an interval of zero width. The pseudo-items
     shrink the center toward 0 by 2/(N+2) and keep the standard error honest, in the spirit of the
-    Agresti-Min adjustment for paired proportions (one added to each discordant cell). The bound must be of the order of the differences' own spread: the
-    pairwise scores' differences are 0, +-0.5 or +-1 (bound 1); for continuous differences far narrower
-    than their range use observed_bound. CR2 and its degrees of freedom keep one user with many pairs
-    from dominating unnoticed. The p-value comes from the same t statistic, so the interval excludes 0
-    exactly when p < alpha. Returns {mean, center, se, df, ci, p_value}; ci is clipped to +-bound.
+    Agresti-Min adjustment for paired proportions (one added to each discordant cell). The bound must
+    be of the order of the differences' own spread: the pairwise scores' differences lie in [-1, 1]
+    (bound 1); for continuous differences far narrower than their range use observed_bound. CR2 and
+    its degrees of freedom keep one user with many pairs from dominating unnoticed. The p-value comes
+    from the same t statistic, so the interval excludes 0 exactly when p < alpha. Returns {mean,
+    center, se, df, ci, p_value}; ci is clipped to +-bound.
     """
     v = np.asarray(values, dtype=float)
     sums, sizes = _cluster_sums(v, clusters)

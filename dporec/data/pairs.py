@@ -44,6 +44,9 @@ TASKS = {"disliked": "disliked negatives: general appeal (mean rating, popularit
 # mean-rating and popularity rules score near chance, loose enough to keep most targets.
 MATCH_STARS, MATCH_FACTOR = 0.5, 2.0
 MATCH_TRIES = 4  # candidate targets per example wanted, for the matched task
+# Written beside the splits of the default task: the test users' pairs of the personal task, which the
+# evaluation scores for a second verdict (general appeal matched away)
+PERSONAL_FILE = "test_matched.jsonl"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -269,7 +272,28 @@ def _build(ratings, movies, seed, history_len, train_pairs_per_user, eval_pairs_
         splits[split_of[user]].append(_example(user, k[i], item, ts, hist_items[i], hist_ts[i],
                                                chosen[i], kinds[i], movies))
     splits = {s: random_balanced_positions(exs, random.Random(f"{seed}-{s}")) for s, exs in splits.items()}
-    return splits, ratings, split_users, len(targets)
+    personal = None
+    if negatives == "disliked":  # the same test users on the personal task, for the second verdict
+        personal = _personal_test(ratings, movies, split_users, seed, history_len, eval_pairs_per_user,
+                                  like_threshold, dislike_threshold)
+    return splits, ratings, split_users, len(targets), personal
+
+
+def _personal_test(ratings, movies, split_users, seed, history_len, eval_pairs_per_user, like_threshold,
+                   dislike_threshold) -> list[records.Example]:
+    """The test users' pairs of the personal task (matched negatives), beside the default task's: how the
+    default task's verdict would read where general appeal cannot answer. Targets are drawn as the
+    matched task draws them, from the test users alone; the matching reads training users only."""
+    targets, hist_items, hist_ts = _pick_targets(ratings, like_threshold, history_len,
+                                                 eval_pairs_per_user * MATCH_TRIES, _rng(seed, "targets"))
+    keep = targets["user_id"].isin(split_users["test"]).to_numpy()
+    targets, hist_items, hist_ts = targets[keep].reset_index(drop=True), hist_items[keep], hist_ts[keep]
+    chosen = _matched_negatives(ratings, targets, dislike_threshold, split_users["train"], like_threshold,
+                                eval_pairs_per_user, _rng(seed, "personal negatives"))
+    k = targets.groupby("user_id").cumcount().to_numpy()
+    exs = [_example(user, f"m{k[i]}", item, ts, hist_items[i], hist_ts[i], chosen[i], "matched", movies)
+           for i, (user, item, ts) in enumerate(targets.itertuples(index=False)) if chosen[i] >= 0]
+    return random_balanced_positions(exs, random.Random(f"{seed}-personal"))
 
 
 def summarize(splits: dict[str, list[records.Example]]) -> dict:
@@ -295,10 +319,13 @@ def build(ratings: pd.DataFrame, movies: dict[int, Movie], out_dir: str | Path, 
               "val_fraction": val_fraction, "test_fraction": test_fraction,
               "like_threshold": like_threshold, "dislike_threshold": dislike_threshold,
               "negatives": negatives}
-    splits, prepared, split_users, tried = _build(ratings, movies, **params)
+    splits, prepared, split_users, tried, personal = _build(ratings, movies, **params)
     out = Path(out_dir)
     for s, exs in splits.items():
         files.write_jsonl(out / f"{s}.jsonl", (records.to_record(e) for e in exs))
+    (out / PERSONAL_FILE).unlink(missing_ok=True)  # a rebuild into the folder of another task's build
+    if personal:
+        files.write_jsonl(out / PERSONAL_FILE, (records.to_record(e) for e in personal))
     R.write_train_ratings(out, prepared[prepared["user_id"].isin(split_users["train"])], like_threshold)
     ranking = None
     if ranking_candidates:
@@ -311,6 +338,9 @@ def build(ratings: pd.DataFrame, movies: dict[int, Movie], out_dir: str | Path, 
                "rating_users": rating_users,
                "users_without_examples": rating_users - sum(s["users"] for s in per_split.values()),
                "task": TASKS[negatives], "candidate_targets": tried,
+               "personal_test": None if personal is None else {
+                   "file": PERSONAL_FILE, "task": TASKS["matched"], "examples": len(personal),
+                   "users": len({e.user_id for e in personal}), "test_users": len(split_users["test"])},
                "splits": per_split, "ranking": ranking, "seconds": round(time.perf_counter() - start, 2)}
     built.write_summary(out, summary)
     return summary

@@ -50,7 +50,7 @@ def test_seeds_and_control_arm_end_to_end_then_skipped(capsys, tiny_data, tiny_m
     assert agg["pooled"]["n_users"] == per_seed["comparison"]["n_users"]
     assert agg["pooled"]["n_runs"] == 2
     assert agg["pooled_control"]["n_pairs"] == agg["pooled"]["n_pairs"]
-    assert "Pooled over seeds" in (out / "aggregate.md").read_text()
+    assert "Over seeds, about the method: SFT vs DPO (primary)" in (out / "aggregate.md").read_text()
     assert agg["pooled"]["seed_spread"]["differences"] == [agg["per_seed"][s]["comparison"]["difference"]
                                                           for s in ("1", "2")]
     assert agg["pooled"]["verdict"] == comparison.verdict(agg["pooled"]["ci"], 0.02)
