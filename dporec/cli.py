@@ -234,8 +234,10 @@ def prepare_movielens(argv: list[str] | None = None, doc: str = "") -> int:
     summary = sources.build(source, args.out, seed=args.seed, allow_md5_mismatch=args.allow_md5_mismatch,
                             **settings)
     console.info(thesis_summary(summary) if summary.get("kind") == "thesis" else pairs_summary(summary))
-    console.info(f"wrote {args.out}/train.jsonl, val.jsonl, "
-             f"test.jsonl{', ranking_test.jsonl' if summary.get('ranking') else ''} and summary.json")
+    extra = [summary[k]["file"] if k == "personal_test" else "ranking_test.jsonl"
+             for k in ("ranking", "personal_test") if summary.get(k)]
+    console.info(f"wrote {args.out}/train.jsonl, val.jsonl, test.jsonl, "
+                 f"{''.join(f'{e}, ' for e in extra)}and summary.json")
     from dporec.data import built
     built.check_not_empty(summary, source)  # written, but not data a run can use: a non-zero exit
     return 0

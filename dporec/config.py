@@ -219,6 +219,10 @@ SCHEMA: dict[str, Any] = {
         "margin_points": F(2.0, float, lo=0,
                            help="the practical margin of the verdict, in points of two-order "
                                 "accuracy: the thesis asks whether DPO is better by 2 points"),
+        "personal_task": F(True, bool, help="also score the personal task's test pairs (test_matched.jsonl, "
+                                            "which the builder writes beside the default task's splits: "
+                                            "the same test users, general appeal matched away) for a second "
+                                            "verdict; about one more scoring pass per model"),
         "ranking": F(True, bool, help="also rank N rated candidates per test user from all their pairs "
                                       "(Kendall tau-b, NDCG@3, hit@1): the second verdict line"),
         "ranking_max_users": F(150, int, NONE, lo=1,

@@ -28,6 +28,7 @@ from dporec.modeling.backends import release_memory
 from dporec.onpolicy.stage import run_sampling
 from dporec.report import markdown, outputs, tables
 from dporec.report.predictions import FILE as PREDICTIONS_FILE
+from dporec.report.predictions import PERSONAL_FILE as PERSONAL_PREDICTIONS
 from dporec.report.predictions import read_predictions
 from dporec.report.sentences import verdict_sentence
 from dporec.runs import lifecycle, provenance
@@ -174,14 +175,18 @@ def run(cfg: dict, config_path: str = "<your config>") -> int:
         status.update({f"{k} (seed {s})": v for k, v in st.items()})
     eval_dirs = {s: arms.EVAL.folder(out_dir / f"seed-{s}") for s in seeds}
     rows = {s: read_predictions(eval_dirs[s] / PREDICTIONS_FILE) for s in seeds}
+    personal = {s: eval_dirs[s] / PERSONAL_PREDICTIONS for s in seeds}  # the second verdict's scores
+    personal_rows = ({s: read_predictions(p) for s, p in personal.items()}
+                     if all(p.is_file() for p in personal.values()) else None)
     ec = cfg["eval"]
     agg = aggregate_seeds(results_by_seed, rows, arms.comparisons(), margin=ec["margin_points"] / 100,
-                          alpha=ec["alpha"])
+                          alpha=ec["alpha"], personal_rows_by_seed=personal_rows)
     for s in seeds:
         agg["per_seed"][str(s)]["output_dir"] = str(out_dir / f"seed-{s}")
     for c in arms.comparisons():
-        if agg.get(c.pooled_key):
-            agg[c.pooled_key]["sentence"] = verdict_sentence(agg[c.pooled_key])
+        for where in (agg, agg["personal"] or {}):
+            if where.get(c.pooled_key):
+                where[c.pooled_key]["sentence"] = verdict_sentence(where[c.pooled_key])
     agg = outputs.write_aggregate(out_dir, agg)
 
     for s, results in results_by_seed.items():
@@ -190,7 +195,9 @@ def run(cfg: dict, config_path: str = "<your config>") -> int:
     log.info("")
     log.info(markdown.aggregate_markdown(agg))
     if agg[arms.MAIN.pooled_key]:
-        log.info(tables.format_verdict({arms.MAIN.key: agg[arms.MAIN.pooled_key]}))
+        personal = (agg["personal"] or {}).get(arms.MAIN.pooled_key)
+        log.info(tables.format_verdict({arms.MAIN.key: agg[arms.MAIN.pooled_key],
+                                        "personal": {arms.MAIN.key: personal} if personal else None}))
     _report_status(status, time.perf_counter() - t0)
     for s in seeds:
         log.info(f"results (seed {s}): {eval_dirs[s] / arms.EVAL.marker}")

@@ -79,10 +79,37 @@ def method_interval(center: float, se: float, df: float, differences, alpha: flo
             "verdict": verdict(ci, margin), "margin_status": margin_status(ci, margin)}
 
 
+def over_seeds(runs_a, runs_b, differences, names, margin: float, alpha: float) -> dict:
+    """One comparison over seeds: the pooled comparison (each test pair's scores averaged over the seeds
+    first), the seeds' spread, and, with 2 or more seeds, the interval, p and label about the method
+    (method_interval), the fixed-model ones kept as 'these_models'."""
+    pooled = compare_runs(runs_a, runs_b, names=names, margin=margin, alpha=alpha)
+    pooled["seed_spread"] = seed_spread(differences, alpha)
+    method = method_interval(**{k: pooled["interval"][k] for k in ("center", "se", "df")},
+                             differences=differences, alpha=alpha, margin=margin)
+    if method is None:
+        return {**pooled, "scope": "these models"}
+    pooled["these_models"] = {k: pooled[k] for k in (*method, "interval") if k in pooled}
+    return {**pooled, **method, "scope": "method"}
+
+
+def _pooled(comparisons, rows_by_seed: dict, results_by_seed: dict, margin: float, alpha: float) -> dict:
+    """{pooled_key: over_seeds(...), or None where a seed did not score both models}."""
+    out, runs = {}, list(rows_by_seed.values())
+    for c in comparisons:
+        scored = all(c.a in r and c.b in r for r in runs) and all(
+            results_by_seed[s].get(c.key) for s in rows_by_seed)
+        out[c.pooled_key] = None if not scored else over_seeds(
+            [r[c.a] for r in runs], [r[c.b] for r in runs],
+            [results_by_seed[s][c.key]["difference"] for s in rows_by_seed], c.names, margin, alpha)
+    return out
+
+
 def aggregate_seeds(results_by_seed: dict, rows_by_seed: dict, comparisons, margin: float,
-                    alpha: float) -> dict:
-    """Mean ± sd of each metric over seeds; per comparison each seed's result, the seeds' spread and the
-    pooled comparison (every test pair's scores averaged over seeds first, n = distinct pairs).
+                    alpha: float, personal_rows_by_seed: dict | None = None) -> dict:
+    """Mean ± sd of each metric over seeds; per comparison each seed's result and the comparison over seeds
+    (over_seeds: about the method, pooled pairs). personal_rows_by_seed: every seed's prediction rows on
+    the personal task's pairs, when all seeds scored them: the same, under "personal".
 
     comparisons: records with key (the per-seed results key), pooled_key, a, b (model names) and names
     (dporec.arms.Comparison); one whose models were not evaluated gives None.
@@ -92,25 +119,14 @@ def aggregate_seeds(results_by_seed: dict, rows_by_seed: dict, comparisons, marg
                    for k in SEED_METRICS} for m in models}
     per_seed = {str(s): {c.key: _brief(r.get(c.key)) for c in comparisons}
                 for s, r in results_by_seed.items()}
-    runs = list(rows_by_seed.values())
     out = {"seeds": list(results_by_seed), "models": models, "metrics": metrics, "per_seed": per_seed,
            "alpha": alpha}
-    for c in comparisons:
-        if c.a not in models or c.b not in models:
-            out[c.pooled_key] = None
-            continue
-        pooled = compare_runs([r[c.a] for r in runs], [r[c.b] for r in runs], names=c.names,
-                              margin=margin, alpha=alpha)
-        differences = [r[c.key]["difference"] for r in results_by_seed.values()]
-        pooled["seed_spread"] = seed_spread(differences, alpha)
-        method = method_interval(**{k: pooled["interval"][k] for k in ("center", "se", "df")},
-                                 differences=differences, alpha=alpha, margin=margin)
-        if method is not None:  # the headline speaks of the method; the pooled interval of these models
-            pooled["these_models"] = {k: pooled[k] for k in (*method, "interval") if k in pooled}
-            pooled.update(method, scope="method")
-        else:
-            pooled["scope"] = "these models"
-        out[c.pooled_key] = pooled
+    out.update(_pooled(comparisons, rows_by_seed, results_by_seed, margin, alpha))
+    personal = None
+    if personal_rows_by_seed:  # the second verdict's pairs, scored by every seed
+        personal = _pooled(comparisons, personal_rows_by_seed,
+                           {s: r.get("personal") or {} for s, r in results_by_seed.items()}, margin, alpha)
+    out["personal"] = personal if personal and any(personal.values()) else None
     out["note"] = ("each pooled comparison averages every test pair's two-order score over the seeds "
                    "first, so it counts distinct pairs and users. Its interval, p and label are about the "
                    "method: the test pairs' sampling variance plus the seeds' variance of the difference "

@@ -12,6 +12,16 @@ from dporec.files import read_json, write_json
 
 SUMMARY = "summary.json"
 SPLITS = ("train", "val", "test")
+# Written beside the splits of the default task (data.negatives: disliked): the test users' pairs of the
+# personal task (matched negatives), which the evaluation scores for a second verdict (eval.personal_task)
+PERSONAL_FILE = "test_matched.jsonl"
+
+
+def personal_test_file(test_file) -> Path | None:
+    """The personal task's test pairs beside a built test file, or None when the build wrote none (the
+    matched task itself, the thesis's file, files made by hand)."""
+    path = Path(test_file).parent / PERSONAL_FILE
+    return path if Path(test_file).name == "test.jsonl" and path.is_file() else None
 
 # How pairs are built from ratings (data.* config keys of the same names)
 DEFAULTS = {"history_len": 5, "train_pairs_per_user": 1, "eval_pairs_per_user": 3, "val_fraction": 0.1,

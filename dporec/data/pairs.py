@@ -43,10 +43,11 @@ TASKS = {"disliked": "disliked negatives: general appeal (mean rating, popularit
 # within this factor, both among training users before the target's time: close enough that the
 # mean-rating and popularity rules score near chance, loose enough to keep most targets.
 MATCH_STARS, MATCH_FACTOR = 0.5, 2.0
+# ... and its release year within this many years: the year is readable in the prompt, and the older movie
+# is the liked one in 62% of ML-100K's matched test pairs without it, 53% with it (182 pairs instead of 198)
+MATCH_YEARS = 5
 MATCH_TRIES = 4  # candidate targets per example wanted, for the matched task
-# Written beside the splits of the default task: the test users' pairs of the personal task, which the
-# evaluation scores for a second verdict (general appeal matched away)
-PERSONAL_FILE = "test_matched.jsonl"
+PERSONAL_FILE = built.PERSONAL_FILE  # the personal task's test pairs, beside the default task's splits
 
 
 # ---------------------------------------------------------------------------------------------
@@ -94,10 +95,12 @@ def _pick_negatives(ratings, targets, dislike_threshold, train_users, rng) -> tu
 
 
 def _matched_negatives(ratings, targets, dislike_threshold, train_users, like_threshold, per_user,
-                       rng) -> np.ndarray:
+                       rng, years: dict) -> np.ndarray:
     """A matched negative for up to `per_user` of each user's candidate targets (-1 for the others):
     among the user's disliked movies whose mean rating and rating count among training users before the
-    target's time are within MATCH_STARS and MATCH_FACTOR of the target's, a coin flip picks the side
+    target's time are within MATCH_STARS and MATCH_FACTOR of the target's, and whose release year is
+    within MATCH_YEARS of the target's (`years`: {item id: year or None}; an unknown year is not
+    compared), a coin flip picks the side
     (rated higher or lower than the target) and the nearest movie on that side is taken. A target with
     an empty side is skipped, so the side is independent of the data and the mean-rating rule is right
     half the time. Targets are tried in random order."""
@@ -113,12 +116,13 @@ def _matched_negatives(ratings, targets, dislike_threshold, train_users, like_th
         pool = [c for c in disliked.get(user, []) if c not in used.get(user, set())]
         if not pool:
             continue
-        m0, n0 = appeal.mean(item, t), appeal.count(item, t)
+        m0, n0, y0 = appeal.mean(item, t), appeal.count(item, t), years.get(item)
         near = []
         for c in pool:
-            m, n = appeal.mean(c, t), appeal.count(c, t)
+            m, n, y = appeal.mean(c, t), appeal.count(c, t), years.get(c)
             ratio = (n + 1) / (n0 + 1)
-            if abs(m - m0) <= MATCH_STARS and 1 / MATCH_FACTOR <= ratio <= MATCH_FACTOR:
+            close_in_time = y is None or y0 is None or abs(y - y0) <= MATCH_YEARS
+            if abs(m - m0) <= MATCH_STARS and 1 / MATCH_FACTOR <= ratio <= MATCH_FACTOR and close_in_time:
                 distance = abs(m - m0) / MATCH_STARS + abs(np.log(ratio)) / np.log(MATCH_FACTOR)
                 near.append((distance, m >= m0, c))
         higher = rng.random() < 0.5
@@ -127,6 +131,10 @@ def _matched_negatives(ratings, targets, dislike_threshold, train_users, like_th
             out[row] = side[0][2]
             used.setdefault(user, set()).add(side[0][2])
     return out
+
+
+def _years(movies: dict[int, Movie]) -> dict[int, int | None]:
+    return {item: m.year for item, m in movies.items()}
 
 
 def _popular_before(ratings, train_users, times) -> list[np.ndarray]:
@@ -256,7 +264,7 @@ def _build(ratings, movies, seed, history_len, train_pairs_per_user, eval_pairs_
     split_users = _split_users(targets["user_id"].unique(), val_fraction, test_fraction, _rng(seed, "split"))
     if negatives == "matched":
         chosen = _matched_negatives(ratings, targets, dislike_threshold, split_users["train"], like_threshold,
-                                    max_examples_per_user, _rng(seed, "negatives"))
+                                    max_examples_per_user, _rng(seed, "negatives"), _years(movies))
         kinds = np.full(len(targets), "matched")
     else:
         chosen, kinds = _pick_negatives(ratings, targets, dislike_threshold, split_users["train"],
@@ -284,12 +292,14 @@ def _personal_test(ratings, movies, split_users, seed, history_len, eval_pairs_p
     """The test users' pairs of the personal task (matched negatives), beside the default task's: how the
     default task's verdict would read where general appeal cannot answer. Targets are drawn as the
     matched task draws them, from the test users alone; the matching reads training users only."""
-    targets, hist_items, hist_ts = _pick_targets(ratings, like_threshold, history_len,
-                                                 eval_pairs_per_user * MATCH_TRIES, _rng(seed, "targets"))
+    # every eligible target is a candidate (the matching, not the draw, limits how many pairs a user gets):
+    # on ML-100K 182 pairs from 73 of 93 test users
+    targets, hist_items, hist_ts = _pick_targets(ratings, like_threshold, history_len, 1 << 30,
+                                                 _rng(seed, "targets"))
     keep = targets["user_id"].isin(split_users["test"]).to_numpy()
     targets, hist_items, hist_ts = targets[keep].reset_index(drop=True), hist_items[keep], hist_ts[keep]
     chosen = _matched_negatives(ratings, targets, dislike_threshold, split_users["train"], like_threshold,
-                                eval_pairs_per_user, _rng(seed, "personal negatives"))
+                                eval_pairs_per_user, _rng(seed, "personal negatives"), _years(movies))
     k = targets.groupby("user_id").cumcount().to_numpy()
     exs = [_example(user, f"m{k[i]}", item, ts, hist_items[i], hist_ts[i], chosen[i], "matched", movies)
            for i, (user, item, ts) in enumerate(targets.itertuples(index=False)) if chosen[i] >= 0]

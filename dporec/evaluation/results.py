@@ -37,13 +37,7 @@ def build_results(rows_by_model: dict[str, list[dict]], cfg: dict, meta: dict | 
                "alpha": ec["alpha"],
                # what the analysis was made with: another value re-analyses (evaluation.stage.read_results)
                "analysis": analysis_settings(cfg)}
-    for c in arms.comparisons():
-        if c.a in rows and c.b in rows:
-            results[c.key] = compare(rows[c.a], rows[c.b], names=c.names, margin=ec["margin_points"] / 100,
-                                     alpha=ec["alpha"])
-            results[c.key]["sentence"] = verdict_sentence(results[c.key])
-        else:
-            results[c.key] = None
+    results.update(comparisons(rows, cfg))
     out = cfg["output_dir"]
     for arm in arms.ARMS:
         if arm.matched_to is None:
@@ -55,6 +49,35 @@ def build_results(rows_by_model: dict[str, list[dict]], cfg: dict, meta: dict | 
                                       if model in rows and ref.name in rows else None)
     results["meta"] = dict(meta or {})
     return results
+
+
+def comparisons(rows: dict, cfg: dict) -> dict:
+    """{comparison key: compare(...) with its sentence, or None when one of its models was not scored} for
+    every comparison of dporec.arms."""
+    ec, out = cfg["eval"], {}
+    for c in arms.comparisons():
+        if c.a in rows and c.b in rows:
+            out[c.key] = compare(rows[c.a], rows[c.b], names=c.names, margin=ec["margin_points"] / 100,
+                                 alpha=ec["alpha"])
+            out[c.key]["sentence"] = verdict_sentence(out[c.key])
+        else:
+            out[c.key] = None
+    return out
+
+
+def personal_results(rows: dict, cfg: dict, test_file, where: str) -> dict:
+    """results.json's "personal": every model and comparison on the personal task's test pairs (the same
+    test users, general appeal matched away; data.built.PERSONAL_FILE), the second verdict."""
+    ec = cfg["eval"]
+    try:
+        out = {"test_file": str(test_file), "task": pairs.TASKS["matched"],
+               "models": {name: model_metrics(r, n_boot=ec["bootstrap_samples"], seed=cfg["seed"],
+                                              alpha=ec["alpha"]) for name, r in rows.items()},
+               **comparisons(rows, cfg)}
+    except ValueError as e:
+        raise UserError(f"{where}: {e}") from None
+    out["n_pairs"] = next(iter(out["models"].values()))["n_pairs"]
+    return out
 
 
 def analyse(rows: dict, cfg: dict, meta: dict, where: str, adapters: dict | None = None) -> dict:
@@ -79,12 +102,14 @@ def task_of(test_file, examples=None) -> str | None:
     return None
 
 
-def add_baselines(results: dict, cfg: dict, rows: dict, examples=None) -> None:
-    """Baselines on the scored pairs: the given test examples, or (re-analysis) those of data.test_file
-    that predictions.csv holds, when the file is there and holds them all. The strongest rule is chosen
-    on data.val_file's pairs."""
+def add_baselines(results: dict, cfg: dict, rows: dict, examples=None, test_file=None,
+                  choose_on_val: bool = True) -> None:
+    """Baselines on the scored pairs: the given test examples, or (re-analysis) those of `test_file`
+    (data.test_file) that the prediction rows hold, when the file is there and holds them all. The
+    strongest rule is chosen on data.val_file's pairs (choose_on_val: the personal task's pairs have no
+    validation pairs of their own, so there its rules are only reported)."""
     if examples is None:
-        test_file = Path(cfg["data"]["test_file"])
+        test_file = Path(test_file or cfg["data"]["test_file"])
         wanted = {r["pair_id"] for r in next(iter(rows.values()))}
         examples = [e for e in (records.load_examples(test_file) if test_file.is_file() else [])
                     if e.pair_id in wanted]
@@ -93,6 +118,6 @@ def add_baselines(results: dict, cfg: dict, rows: dict, examples=None) -> None:
                      f"the {len(wanted)} pairs of these predictions")
             return
     ec, val_file = cfg["eval"], Path(cfg["data"]["val_file"])
-    val = records.load_examples(val_file) if val_file.is_file() else None
+    val = records.load_examples(val_file) if choose_on_val and val_file.is_file() else None
     baselines.add_to_results(results, examples, cfg["data"]["train_file"], rows, val_examples=val,
                              n_boot=ec["bootstrap_samples"], seed=cfg["seed"], alpha=ec["alpha"])

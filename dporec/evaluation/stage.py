@@ -17,11 +17,12 @@ from pathlib import Path
 from dporec import UserError, arms
 from dporec.analysis.metrics import per_pair_scores
 from dporec.data import balance, built, candidates, inspect, records
-from dporec.evaluation.results import add_baselines, analyse, analysis_settings, task_of
+from dporec.evaluation.results import add_baselines, analyse, analysis_settings, personal_results, task_of
 from dporec.files import read_json
 from dporec.modeling import adapters as adapters_mod
 from dporec.report import outputs, tables
 from dporec.report.predictions import FILE as PREDICTIONS_FILE
+from dporec.report.predictions import PERSONAL_FILE as PERSONAL_PREDICTIONS
 from dporec.report.predictions import read_predictions
 from dporec.runs import lifecycle, provenance
 from dporec.runs.adapters import find_adapters
@@ -139,6 +140,9 @@ def reanalyse(cfg: dict, source: Path, spec: arms.StageSpec | None = None) -> tu
     target = eval_dir / PREDICTIONS_FILE
     in_place = target.is_file() and source.resolve() == target.resolve()
     rows = read_predictions(source)
+    personal_source = source.parent / PERSONAL_PREDICTIONS  # the personal task's scores, beside them
+    personal_rows = (read_predictions(personal_source)
+                     if cfg["eval"]["personal_task"] and personal_source.is_file() else None)
     previous = {}
     # a source inside the evaluation folder (an edited copy beside the scored one) is the user's file: the
     # folder is kept, and what the re-analysis replaces is kept under a .previous name
@@ -153,8 +157,11 @@ def reanalyse(cfg: dict, source: Path, spec: arms.StageSpec | None = None) -> tu
             target.write_bytes(data)
     else:
         data = source.read_bytes()  # before prepare_run_dir may clear a folder that holds the source
+        personal_data = personal_source.read_bytes() if personal_rows else None
         eval_dir = lifecycle.prepare_run_dir(eval_dir, resume, overwrite, arms.EVAL.marker)
         target.write_bytes(data)
+        if personal_data:
+            (eval_dir / PERSONAL_PREDICTIONS).write_bytes(personal_data)
         provenance.write_run_info(eval_dir, cfg, stage="eval", reanalysed_from=str(source))
     settings = {"bootstrap_samples": cfg["eval"]["bootstrap_samples"], "alpha": cfg["eval"]["alpha"],
                 "seed": cfg["seed"]}
@@ -162,6 +169,11 @@ def reanalyse(cfg: dict, source: Path, spec: arms.StageSpec | None = None) -> tu
     meta.setdefault("task", task_of(cfg["data"]["test_file"]))
     results = analyse(rows, cfg, meta, str(source), (previous.get("meta") or {}).get("adapters"))
     results["meta"]["n_pairs"] = next(iter(results["models"].values()))["n_pairs"]
+    if personal_rows:
+        personal_file = ((previous.get("personal") or {}).get("test_file")
+                         or built.personal_test_file(cfg["data"]["test_file"]) or built.PERSONAL_FILE)
+        results["personal"] = personal_results(personal_rows, cfg, personal_file, str(personal_source))
+        add_baselines(results["personal"], cfg, personal_rows, test_file=personal_file, choose_on_val=False)
     add_baselines(results, cfg, rows)
     for kept in ("stability", "ranking"):  # not in predictions.csv (ranking: ranking.csv)
         if kept in previous:
@@ -204,6 +216,11 @@ def evaluate(cfg: dict, rt=None, from_predictions: str | Path | None = None,
     warning = balance.balance_warning(examples, test_file)
     if warning:  # harmless for the two-order metrics, but worth knowing
         log.warning(warning)
+    personal_file = built.personal_test_file(test_file) if ec["personal_task"] else None
+    personal = None
+    if personal_file:  # the second verdict's pairs: the same test users, general appeal matched away
+        personal = records.load_examples(personal_file, limit=cfg["data"]["max_test_examples"])
+        inspect.check_held_out(personal_file, personal, training)
     ranking_file = sets = None
     if ec["ranking"]:  # read and checked before any model loads
         ranking_file = cfg["data"]["ranking_file"] or candidates.default_path(test_file)
@@ -214,12 +231,13 @@ def evaluate(cfg: dict, rt=None, from_predictions: str | Path | None = None,
     lifecycle.start_recipe(eval_dir, recipe, continuing=False)
     log.info(f"[eval] {len(examples)} test pairs from {test_file}; models: {', '.join(adapters)}")
     with lifecycle.stage_guard(eval_dir, resumable=False):
-        results, path = _score_and_write(cfg, backend, examples, adapters, eval_dir, ranking_file, sets)
+        results, path = _score_and_write(cfg, backend, examples, adapters, eval_dir, ranking_file, sets,
+                                         personal_file, personal)
     return _report(results, path)
 
 
 def _score_and_write(cfg: dict, backend: str, examples, adapters: dict, eval_dir: Path, ranking_file,
-                     sets) -> tuple[dict, Path]:
+                     sets, personal_file=None, personal=None) -> tuple[dict, Path]:
     """Load the base once, score every model in both orders (and rank), analyse, write eval_dir."""
     from dporec.evaluation import candidate_ranking, logprobs
     from dporec.modeling import backends
@@ -228,6 +246,9 @@ def _score_and_write(cfg: dict, backend: str, examples, adapters: dict, eval_dir
     model, tok = adapters_mod.load_with_adapters(cfg, backend, adapters)
     info = logprobs.ScoringInfo()
     rows, seconds = score_all(model, tok, examples, adapters, cfg, info=info)
+    personal_rows = None
+    if personal:  # decision scores only (the tag skips generation): the second verdict's pairs
+        personal_rows = score_all(model, tok, personal, adapters, cfg, tag=" (personal task)")[0]
     if ranking_file:
         rank_rows, rank_seconds = candidate_ranking.score_models(model, tok, sets, adapters, cfg)
     needed = _unquantized_bytes(model, backends.compute_dtype(cfg)) if ec["stability"] else 0
@@ -249,6 +270,10 @@ def _score_and_write(cfg: dict, backend: str, examples, adapters: dict, eval_dir
                             if p and (Path(p) / "training_curves.png").is_file()},
     }
     results = analyse(rows, cfg, meta, str(test_file), adapters)
+    if personal_rows:
+        results["personal"] = personal_results(personal_rows, cfg, personal_file, str(personal_file))
+        # the rules on the personal pairs: general appeal should sit near chance there
+        add_baselines(results["personal"], cfg, personal_rows, personal, choose_on_val=False)
     # simple rules on the same pairs (side files beside data.train_file), the strongest chosen on validation
     add_baselines(results, cfg, rows, examples)
     if ranking_file:
@@ -266,7 +291,8 @@ def _score_and_write(cfg: dict, backend: str, examples, adapters: dict, eval_dir
 
     provenance.write_run_info(eval_dir, cfg, stage="eval", backend=backend, adapters=meta["adapters"],
                               inputs=provenance.input_record(adapters, cfg["output_dir"]))
-    return results, outputs.write_evaluation(eval_dir, results, rows)  # results.json last: the marker
+    # results.json last: the marker
+    return results, outputs.write_evaluation(eval_dir, results, rows, personal_rows=personal_rows)
 
 
 def _report(results: dict, path: Path) -> dict:

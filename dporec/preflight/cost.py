@@ -48,6 +48,7 @@ class DataShape:
     answer: float              # mean tokens of a chosen answer (the rejected one is as long: mirrored)
     ranking_users: int = 0     # candidate sets in ranking_test.jsonl
     candidates: int = 0        # movies per set
+    personal_test: int = 0     # the personal task's test pairs (data.built.PERSONAL_FILE), when built
     measured: str = "characters / 4"
     notes: list = field(default_factory=list)
 
@@ -55,7 +56,7 @@ class DataShape:
 # An ML-1M-size build with the default settings (data/prepare_movielens.py on synthetic:6040, seed 42, a
 # stand-in for ml-1m.zip with MovieLens-1M's user and rating counts): pairs per split, characters / 4.
 ML1M_BUILD = DataShape(train=4370, val=1579, test=1572, prompt=136.0, answer=52.0, ranking_users=531,
-                       candidates=8, measured="an ML-1M-size build (characters / 4)")
+                       candidates=8, personal_test=763, measured="an ML-1M-size build (characters / 4)")
 
 
 def data_shape(cfg: dict, tokenizer=None) -> DataShape | None:
@@ -83,8 +84,11 @@ def data_shape(cfg: dict, tokenizer=None) -> DataShape | None:
     if cfg["eval"]["ranking"] and sets_file.is_file():
         sets = candidates.load(sets_file)
         users, n_cand = len(sets), max(len(s["candidates"]) for s in sets)
+    from dporec.data import built
+    personal = built.personal_test_file(d["test_file"]) if cfg["eval"]["personal_task"] else None
     return DataShape(train=len(train), val=n["val"], test=n["test"], prompt=sum(prompt) / len(prompt),
-                     answer=sum(answer) / len(answer), ranking_users=users, candidates=n_cand, measured=how)
+                     answer=sum(answer) / len(answer), ranking_users=users, candidates=n_cand,
+                     personal_test=len(records.load_examples(personal)) if personal else 0, measured=how)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -178,6 +182,11 @@ def _evaluation(cfg: dict, model: ModelShape, data: DataShape, backend: str, n_m
     tokens = n_test * 2 * per_order * n_models
     out = [Stage("evaluation", "eval", backend, forward_token_flops(model) * tokens, tokens,
                  f"{n_test} pairs x 2 orders x {n_models} models")]
+    if ec["personal_task"] and data.personal_test:  # the second verdict's pairs: the decision only
+        n_personal = min(data.personal_test, cfg["data"]["max_test_examples"] or data.personal_test)
+        personal_tokens = n_personal * 2 * (p + 7) * n_models
+        out.append(Stage("personal task", "eval", backend, forward_token_flops(model) * personal_tokens,
+                         personal_tokens, f"{n_personal} pairs x 2 orders x {n_models} models"))
     if ec["ranking"] and data.ranking_users:
         users = min(data.ranking_users, ec["ranking_max_users"] or data.ranking_users)
         questions = users * data.candidates * (data.candidates - 1)

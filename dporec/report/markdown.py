@@ -7,7 +7,14 @@ from pathlib import Path
 from dporec import arms
 from dporec.analysis.metrics import BY_USERS, bootstrap_label
 from dporec.report.numbers import ci_text, format_p, level, pct
-from dporec.report.sentences import LABEL_RULE, PRIMARY, baseline_clause, comparison_lines, control_conclusion
+from dporec.report.sentences import (
+    HYPOTHESIS,
+    LABEL_RULE,
+    PRIMARY,
+    baseline_clause,
+    comparison_lines,
+    control_conclusion,
+)
 from dporec.report.tables import ranking_lines, sentence
 
 
@@ -40,6 +47,29 @@ def baselines_section(results: dict) -> list[str]:
               "pair's target time; genre overlap and release year read the prompt. Intervals resample "
               "users. The strongest rule is chosen on the validation pairs."]
     return lines + ["", baseline_clause(results)]
+
+
+def _personal_section(results: dict) -> list[str]:
+    """The second verdict: the same models on the personal task's pairs (general appeal matched away)."""
+    p = results.get("personal")
+    if not p:
+        return []
+    lines = ["", "## Personal taste alone (secondary)", "",
+             f"The same test users' pairs with a disliked movie that training users rated about as well and "
+             f"as often as the liked one ({p['test_file']}, {p['n_pairs']:,} pairs): general appeal cannot "
+             "answer them, so what is left is the user's own taste. The main task's pairs test appeal and "
+             "taste together.", ""]
+    lines += _models_table(p["models"], None, level(results.get("alpha")))
+    if p.get("baselines"):
+        lines += ["", "Rules on the personal pairs (general appeal should be near 50% here):", "",
+                  f"| Rule | Two-order accuracy [{level(results.get('alpha'))} CI] |", "|---|---:|"]
+        lines += [f"| {v['label']} | {pct(v['accuracy'])} {ci_text(v['ci'])} |" if v["available"]
+                  else f"| {v['label']} | not available: {v['reason']} |" for v in p["baselines"].values()]
+    for c in arms.comparisons():
+        if p.get(c.key):
+            lines += ["", f"### {c.title}, personal task", ""] + comparison_lines(p[c.key])
+            lines += ["", f"**{sentence(p[c.key])}**"]
+    return lines
 
 
 def _arm_section(results: dict, arm: arms.Arm) -> list[str]:
@@ -112,9 +142,11 @@ def report_md(results: dict) -> str:
     c = results.get(arms.MAIN.key)
     if c:
         lines += comparison_lines(c)
-        lines += ["", f"**{sentence(c)}**", "", f"The label follows the interval: {LABEL_RULE}."]
+        lines += ["", f"**{sentence(c)}**", "",
+                  f"The label follows the interval: {LABEL_RULE}. {HYPOTHESIS}."]
     else:
         lines.append("No comparison: it needs predictions from both an `sft` and a `dpo` model.")
+    lines += _personal_section(results)
     for arm in arms.ARMS:
         lines += _arm_section(results, arm)
     curves = (results.get("meta") or {}).get("training_curves") or {}
@@ -178,5 +210,11 @@ def aggregate_markdown(agg: dict) -> str:
             tag = " (primary)" if comp is arms.MAIN else " (secondary)"
             lines += ["", f"## Over seeds, {about}: {comp.title}{tag}", ""] + comparison_lines(pooled)
             lines += ["", f"**{sentence(pooled)}**"]
+    personal = agg.get("personal") or {}
+    for comp in arms.comparisons():
+        if personal.get(comp.pooled_key):
+            lines += ["", f"## Over seeds, personal taste alone: {comp.title} (secondary)", ""]
+            lines += comparison_lines(personal[comp.pooled_key])
+            lines += ["", f"**{sentence(personal[comp.pooled_key])}**"]
     lines += ["", f"Note: {agg['note']}."]
     return "\n".join(lines)

@@ -9,6 +9,7 @@ from pathlib import Path
 from dporec import UserError, broken_link
 
 FILE = "predictions.csv"  # in the evaluation folder
+PERSONAL_FILE = "predictions_personal.csv"  # the personal task's pairs (eval.personal_task), beside it
 
 # predictions.csv columns, in this order; any other keys the scorer adds follow, sorted by name.
 PREDICTION_COLUMNS = (
@@ -19,13 +20,13 @@ PREDICTION_COLUMNS = (
 )
 
 
-def write_predictions(eval_dir, rows) -> Path:
-    """Write predictions.csv: one row per (test pair, order, model), columns PREDICTION_COLUMNS then
-    any extra keys sorted by name; missing values are empty cells."""
+def write_predictions(eval_dir, rows, name: str = FILE) -> Path:
+    """Write predictions.csv (or `name`): one row per (test pair, order, model), columns
+    PREDICTION_COLUMNS then any extra keys sorted by name; missing values are empty cells."""
     rows = list(rows)
     extra = sorted({k for r in rows for k in r} - set(PREDICTION_COLUMNS))
     columns = list(PREDICTION_COLUMNS) + extra
-    path = Path(eval_dir) / FILE
+    path = Path(eval_dir) / name
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=columns, restval="")

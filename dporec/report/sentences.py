@@ -8,8 +8,9 @@ from dporec.report.numbers import about, format_p, level, pct, points, signed
 # The hypothesis the label tests, stated once (README "Reading the verdict", docs/statistics.md): superiority,
 # b better than a. Whether b is better by the practical margin (the thesis's "> 2%") is said beside it.
 LABEL_RULE = ("SUPPORTED when the whole interval is above 0; NOT SUPPORTED when the whole interval is below "
-              "the practical margin; INCONCLUSIVE otherwise. The label tests superiority; the margin is "
-              "judged beside it (shown, ruled out or open)")
+              "the practical margin; INCONCLUSIVE otherwise")
+HYPOTHESIS = ("The label tests superiority (better at all); whether by the practical margin is judged beside "
+              "it: shown, ruled out or open")
 
 
 # Declared once; the console, report.md and aggregate.md mark every other labelled line as secondary.
@@ -105,7 +106,7 @@ def comparison_lines(c: dict) -> list[str]:
         f"- {level(c['alpha'])} CI of the difference: {signed(100 * lo)} to {signed(100 * hi)} "
         f"points, {format_p(c['p_value'])} ({interval_description(c)}; the interval excludes 0 exactly when "
         f"p < {c['alpha']:g})",
-        f"- Verdict {label_text(c)}: {LABEL_RULE} ({_margin_points(c)}); {label_reason(c)}",
+        f"- Verdict {label_text(c)}: {LABEL_RULE} ({_margin_points(c)}); {label_reason(c)}. {HYPOTHESIS}",
     ]
     need = c.get("pairs_for_margin")
     lines.append(f"- Test size for {100 * c['power']:g}% power to detect the {_margin_points(c)}, from the "
@@ -127,6 +128,17 @@ def comparison_lines(c: dict) -> list[str]:
                      f"{level(c['alpha'])} CI {signed(100 * lo)} to {signed(100 * hi)} points, "
                      f"{format_p(fixed['p_value'])}, {fixed['verdict']}")
     return lines
+
+
+def personal_verdict(results: dict) -> str | None:
+    """The second verdict: DPO vs SFT on the personal task's pairs (the same test users, general appeal
+    matched away), when the evaluation scored them."""
+    c = (results.get("personal") or {}).get("comparison")
+    if not c:
+        return None
+    return (f"Personal taste alone (secondary: the same test users' {c['n_pairs']:,} pairs with general "
+            f"appeal matched away, where the main task's pairs test appeal and taste together): "
+            f"{verdict_sentence(c)}")
 
 
 def control_conclusion(results: dict) -> str | None:

@@ -9,6 +9,7 @@ from dporec.report.sentences import (
     baseline_clause,
     comparison_lines,
     control_conclusion,
+    personal_verdict,
     ranking_verdict,
     verdict_sentence,
 )
@@ -107,6 +108,8 @@ def format_verdict(results: dict) -> str:
     task = (results.get("meta") or {}).get("task")
     lines = [rule, arms.MAIN.lead + (f" (task: {task})" if task else "") + f": {PRIMARY}"]
     lines += comparison_lines(c) + ["", sentence(c)]
+    if personal_verdict(results):
+        lines += ["", personal_verdict(results)]
     if results.get("ranking") and results["ranking"].get("comparison"):
         lines += [ranking_verdict(results["ranking"])]
     if results.get("baselines"):
@@ -143,6 +146,10 @@ def pairs_summary(summary: dict) -> str:
         left = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in r["left_out"].items())
         lines.append(f"ranking: {r['users']} test users x {r['candidates_per_user']} "
                      f"rated candidates ({left} left out)")
+    p = summary.get("personal_test")
+    if p:
+        lines.append(f"personal task ({p['file']}, general appeal matched): {p['examples']} test pairs from "
+                     f"{p['users']} of {p['test_users']} test users, for the second verdict")
     lines.append(f"built in {summary['seconds']:.1f} s")
     return "\n".join(lines)
 

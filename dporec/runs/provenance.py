@@ -174,6 +174,11 @@ def recipe(cfg: dict, spec: arms.StageSpec) -> dict:
         from dporec.data import candidates
         d = scfg["data"]
         files["ranking_file"] = d["ranking_file"] or candidates.default_path(d["test_file"])
+    if kind == "eval" and scfg["eval"]["personal_task"]:  # the second verdict's pairs, when built
+        from dporec.data import built
+        personal = built.personal_test_file(scfg["data"]["test_file"])
+        if personal:
+            files["personal_test_file"] = personal
     for key, path in files.items():
         path = Path(path)
         if path.is_file():

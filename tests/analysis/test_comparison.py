@@ -213,7 +213,12 @@ def test_a_small_effect_with_a_narrow_interval_says_the_margin_is_ruled_out():
     assert s.startswith("SUPPORTED (by less than the 2-point margin): DPO 81.0% vs SFT 80.0%")
     assert ("the whole interval is above 0; better, but by less than the 2-point margin (the whole interval "
             "is below it: the margin is ruled out)") in s
-    assert "The label tests superiority" in sentences.LABEL_RULE
+    assert "The label tests superiority" in sentences.HYPOTHESIS
+    assert sentences.HYPOTHESIS in "\n".join(sentences.comparison_lines({**c, "n_users": 900, "decisions": 2,
+                                                                         "decisions_differ": 1,
+                                                                         "interval": {"df": 99.0},
+                                                                         "sd_pair_difference": 0.1,
+                                                                         "design_effect": 1.0}))
 
 
 def test_the_control_is_read_together_with_the_main_comparison():

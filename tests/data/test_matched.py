@@ -18,7 +18,8 @@ from dporec.evaluation import baselines
 @pytest.fixture(scope="module")
 def matched(tmp_path_factory):
     out = tmp_path_factory.mktemp("matched")
-    summary = sources.build("synthetic:400", out, seed=0, negatives="matched", ranking_candidates=0)
+    # 800 users: matching on year as well leaves about a hundred val and test pairs to measure rules on
+    summary = sources.build("synthetic:800", out, seed=0, negatives="matched", ranking_candidates=0)
     return out, summary
 
 
@@ -60,6 +61,9 @@ def test_a_matched_negative_is_disliked_and_alike_in_general_appeal(matched):
             n0, n = appeal.count(liked, t), appeal.count(other, t)
             assert abs(m - m0) <= pairs.MATCH_STARS + 1e-9
             assert 1 / pairs.MATCH_FACTOR <= (n + 1) / (n0 + 1) <= pairs.MATCH_FACTOR
+            y0 = r["option_a" if r["label"] == "A" else "option_b"]["year"]
+            y = r["option_b" if r["label"] == "A" else "option_a"]["year"]
+            assert y is None or y0 is None or abs(y - y0) <= pairs.MATCH_YEARS
             higher += m >= m0
             checked += 1
     assert checked > 40 and 0.3 < higher / checked < 0.7  # the side is a coin flip
@@ -86,8 +90,28 @@ def test_general_appeal_rules_score_near_chance_on_ml100k(tmp_path):
     assert disliked["mean_rating"] > 0.68  # the usual task: knowing which films are good answers most
     assert matched["mean_rating"] <= 0.6 and matched["popularity"] <= 0.6, matched
     assert matched["item_cf"] >= 0.6, matched  # a personal signal remains
+    assert matched["older_year"] <= 0.6, matched  # matched on release year too
 
 
 def _rule_accuracy_built(out, negatives):
     sources.build("recbole:ml-100k", out, seed=0, negatives=negatives, ranking_candidates=0)
     return _rule_accuracy(out)
+
+
+def test_the_default_build_writes_the_personal_tasks_test_pairs_beside_it(tmp_path):
+    """The second verdict's pairs: the default task's test users only, matched negatives, time order kept;
+    a matched build has none (its test pairs are the personal task), and a rebuild removes a stale one."""
+    out = tmp_path / "data"
+    summary = sources.build("synthetic:400", out, seed=0, ranking_candidates=0)
+    personal = records.load_examples(out / pairs.PERSONAL_FILE)
+    test_users = {e.user_id for e in records.load_examples(out / "test.jsonl")}
+    assert personal and {e.user_id for e in personal} <= test_users
+    assert summary["personal_test"]["examples"] == len(personal)
+    assert all(e.extra["negative_kind"] == "matched" for e in personal)
+    assert all(h["timestamp"] < e.extra["target_timestamp"] for e in personal for h in e.extra["history"])
+    assert abs(2 * sum(e.label == "A" for e in personal) - len(personal)) <= 1
+    assert not {e.pair_id for e in personal} & {e.pair_id for e in records.load_examples(out / "test.jsonl")}
+    from dporec.data import built
+    assert built.personal_test_file(out / "test.jsonl") == out / pairs.PERSONAL_FILE
+    summary = sources.build("synthetic:400", out, seed=0, negatives="matched", ranking_candidates=0)
+    assert summary["personal_test"] is None and not (out / pairs.PERSONAL_FILE).exists()

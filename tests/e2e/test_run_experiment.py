@@ -51,6 +51,9 @@ def test_seeds_and_control_arm_end_to_end_then_skipped(capsys, tiny_data, tiny_m
     assert agg["pooled"]["n_runs"] == 2
     assert agg["pooled_control"]["n_pairs"] == agg["pooled"]["n_pairs"]
     assert "Over seeds, about the method: SFT vs DPO (primary)" in (out / "aggregate.md").read_text()
+    # the second verdict over seeds: the personal task's pairs, pooled the same way
+    assert agg["personal"]["pooled"]["scope"] == "method" and agg["personal"]["pooled"]["n_runs"] == 2
+    assert "Over seeds, personal taste alone: SFT vs DPO (secondary)" in (out / "aggregate.md").read_text()
     assert agg["pooled"]["seed_spread"]["differences"] == [agg["per_seed"][s]["comparison"]["difference"]
                                                           for s in ("1", "2")]
     assert agg["pooled"]["verdict"] == comparison.verdict(agg["pooled"]["ci"], 0.02)

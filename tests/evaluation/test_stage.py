@@ -102,6 +102,16 @@ def test_predictions_plots_and_report(evaluated):
     md = (evaluated / "report.md").read_text()
     assert res["comparison"]["verdict"] in md
     assert (evaluated / "run_info.json").is_file()
+    # the second verdict: the same models on the personal task's pairs (the build wrote them beside test)
+    personal = res["personal"]
+    assert personal["test_file"].endswith("test_matched.jsonl") and set(personal["models"]) == {"base", "sft",
+                                                                                                  "dpo"}
+    with open(evaluated / "predictions_personal.csv", newline="") as f:
+        assert len(list(csv.DictReader(f))) == 2 * personal["n_pairs"] * 3
+    assert personal["comparison"]["sentence"] in md and "## Personal taste alone (secondary)" in md
+    assert personal["baselines"]["mean_rating"]["available"] and personal["best_baseline"] is None
+    assert all(p.startswith("u") and "-m" in p for p in
+               {r["pair_id"] for r in csv.DictReader(open(evaluated / "predictions_personal.csv"))})
 
     # The DPO policy was evaluated, not the frozen ref/ copy of the SFT adapter it was trained from.
     full = {(r["model"], r["pair_id"], r["order"]): float(r["logp_a_full"]) for r in rows}
@@ -144,7 +154,7 @@ def test_malformed_test_file_names_file_and_line(tiny_data, tiny_model, tmp_path
 # ---------------------------------------------------------------- --from-predictions
 
 def _stats_part(res: dict) -> dict:
-    return {k: res[k] for k in ("models", "comparison", "comparison_control", "control_arm")}
+    return {k: res[k] for k in ("models", "comparison", "comparison_control", "control_arm", "personal")}
 
 
 def test_from_predictions_reproduces_the_evaluation(evaluated, trained_run, tmp_path, capsys):
@@ -158,6 +168,8 @@ def test_from_predictions_reproduces_the_evaluation(evaluated, trained_run, tmp_
     assert _stats_part(again) == _stats_part(original)
     assert again["meta"]["reanalysed_from"] == str(evaluated / "predictions.csv")
     assert (out / "predictions.csv").read_bytes() == (evaluated / "predictions.csv").read_bytes()
+    assert (out / "predictions_personal.csv").read_bytes() == \
+        (evaluated / "predictions_personal.csv").read_bytes()  # the second verdict re-analysed too
     for name in ("report.md", "accuracy.png", "confidence.png", "config.yaml"):
         assert (out / name).is_file(), name
     assert original["comparison"]["sentence"] in (out / "report.md").read_text()

@@ -84,7 +84,8 @@ def test_thesis_run_fits_three_hours_on_an_rtx_3090():
     cfg = load_config(THESIS)
     pred = cost.predict(cfg, LLAMA3_8B, cost.ML1M_BUILD, GPU_BACKENDS, RTX_3090)
     assert 1.5 < pred.hours <= 3.0
-    assert {s.name for s, _ in pred.rows} == {"SFT", "DPO", "DPO reference", "evaluation", "ranking"}
+    assert {s.name for s, _ in pred.rows} == {"SFT", "DPO", "DPO reference", "evaluation", "personal task",
+                                             "ranking"}
     assert max(pred.peak_gib.values()) < 24
     # what the savings are worth: without them the same run takes much longer
     before = load_config(THESIS, ["dpo.prefix_sharing=false", "dpo.precompute_ref_log_probs=false",
