@@ -161,7 +161,8 @@ def export(argv: list[str] | None = None, doc: str = "") -> int:
 # prepare_movielens.py's flags and the sources.config_build keys they stand for
 BUILD_FLAGS = (("source", "source"), ("out", "out_dir"), ("seed", "seed"),
                *((k, k) for k in ("history_len", "train_pairs_per_user", "eval_pairs_per_user",
-                                  "ranking_candidates", "negatives", "val_fraction", "test_fraction")))
+                                  "ranking_candidates", "negatives", "split", "val_fraction",
+                                  "test_fraction")))
 
 
 def _prepare_parser(doc: str) -> argparse.ArgumentParser:
@@ -189,6 +190,9 @@ def _prepare_parser(doc: str) -> argparse.ArgumentParser:
                    help="disliked: any movie the user rated <= 2 (general appeal answers most pairs); "
                         "matched: a disliked movie as popular and as well rated as the liked one "
                         "(personal taste); data.negatives")
+    p.add_argument("--split", choices=("users", "temporal"),
+                   help="users: random user-disjoint splits; temporal: also training pairs before the test "
+                        "period and val/test pairs in it (data.split)")
     p.add_argument("--val-fraction", type=float, help="share of users in val (data.val_fraction)")
     p.add_argument("--test-fraction", type=float, help="share of users in test (data.test_fraction)")
     p.add_argument("--allow-md5-mismatch", action="store_true",

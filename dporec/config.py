@@ -107,6 +107,11 @@ SCHEMA: dict[str, Any] = {
                             "source: disliked (any movie the user rated <= 2: general appeal alone answers "
                             "most pairs) or matched (a disliked movie as popular and as well rated as the "
                             "liked one: only personal taste answers it)"),
+        "split": F(built.DEFAULTS["split"], str, choices=built.SPLIT_KINDS,
+                   help="users: users drawn at random into train/val/test, each pair's target at any time "
+                        "(the thesis); temporal: the same user-disjoint splits, and a time cut as well: "
+                        "training pairs before the test period, val/test pairs in it (the models then "
+                        "know no later ratings than a deployed recommender would; fewer pairs)"),
         "train_pairs_per_user": F(built.DEFAULTS["train_pairs_per_user"], int, lo=1,
                                   help="pairs per training user when built from a source: 1, "
                                                      "as the thesis trained (one line per "

@@ -26,10 +26,11 @@ def personal_test_file(test_file) -> Path | None:
 # How pairs are built from ratings (data.* config keys of the same names)
 DEFAULTS = {"history_len": 5, "train_pairs_per_user": 1, "eval_pairs_per_user": 3, "val_fraction": 0.1,
             "test_fraction": 0.1, "like_threshold": 4, "dislike_threshold": 2, "ranking_candidates": 8,
-            "negatives": "disliked"}
+            "negatives": "disliked", "split": "users"}
+SPLIT_KINDS = ("users", "temporal")
 # what a config sets about its data when it builds them itself (data.source), and always
 BUILD_KEYS = ("negatives", "train_pairs_per_user", "eval_pairs_per_user", "history_len", "val_fraction",
-              "test_fraction")
+              "test_fraction", "split")
 TASK_KEYS = ("negatives",)
 
 

@@ -59,14 +59,18 @@ def _rng(seed: int, purpose: str) -> np.random.Generator:
     return np.random.default_rng([seed, zlib.crc32(purpose.encode())])
 
 
-def _pick_targets(ratings, like_threshold, history_len, max_per_user, rng):
+def _pick_targets(ratings, like_threshold, history_len, max_per_user, rng, keep=None):
     """Targets (DataFrame: user_id, item_id, timestamp) and their histories ((n, history_len) arrays
-    of item ids and timestamps). `ratings` is sorted by user, then time, then file order."""
+    of item ids and timestamps). `ratings` is sorted by user, then time, then file order. keep(user ids,
+    timestamps) -> bool mask: which eligible targets may be drawn (the temporal split's time cut)."""
     liked = ratings[ratings["rating"] >= like_threshold].reset_index(drop=True)
     position = liked.groupby("user_id").cumcount().to_numpy()
     # liked movies with the same timestamp as this one are not "strictly before" it
     n_before = position - liked.groupby(["user_id", "timestamp"]).cumcount().to_numpy()
     eligible = np.flatnonzero(n_before >= history_len)
+    if keep is not None:
+        eligible = eligible[keep(liked["user_id"].to_numpy()[eligible],
+                                 liked["timestamp"].to_numpy()[eligible])]
     draw = pd.DataFrame({"user_id": liked["user_id"].to_numpy()[eligible], "row": eligible,
                          "key": rng.random(eligible.size)})
     draw = draw.sort_values(["user_id", "key"])
@@ -244,24 +248,50 @@ def _check_args(history_len, train_pairs_per_user, eval_pairs_per_user, val_frac
                         f"be below like_threshold ({like_threshold})")
 
 
+def _temporal_cut(ratings, like_threshold, history_len, val_fraction, test_fraction, seed):
+    """The temporal split: (user splits, the test period's start, keep(user ids, timestamps)). Users are
+    split at random as usual; the test period is the last val_fraction + test_fraction of the eligible
+    targets' times: training users' pairs come from before it, val and test users' pairs from within it,
+    so no trained model has seen a rating made in the test period."""
+    every, _, _ = _pick_targets(ratings, like_threshold, history_len, 1 << 30, _rng(seed, "targets"))
+    if every.empty:
+        return None, None, None
+    start = int(np.quantile(every["timestamp"].to_numpy(), 1 - val_fraction - test_fraction))
+    split_users = _split_users(every["user_id"].unique(), val_fraction, test_fraction, _rng(seed, "split"))
+    train = np.asarray(sorted(split_users["train"]))
+
+    def keep(users, times):
+        return np.where(np.isin(users, train), times < start, times >= start)
+    return split_users, start, keep
+
+
 def _build(ratings, movies, seed, history_len, train_pairs_per_user, eval_pairs_per_user, val_fraction,
-           test_fraction, like_threshold, dislike_threshold, negatives="disliked"):
-    """({split: examples}, all ratings as the examples name movies, {split: users}, candidate targets)."""
+           test_fraction, like_threshold, dislike_threshold, negatives="disliked", split="users"):
+    """({split: examples}, all ratings as the examples name movies, {split: users}, candidate targets,
+    the personal task's test examples or None, the test period's start or None)."""
     _check_args(history_len, train_pairs_per_user, eval_pairs_per_user, val_fraction, test_fraction,
                 like_threshold, dislike_threshold)
     # targets are drawn for the larger cap, so a split's pairs do not depend on the other split's cap
     max_examples_per_user = max(train_pairs_per_user, eval_pairs_per_user)
     if negatives not in NEGATIVES:
         raise UserError(f"negatives must be one of {list(NEGATIVES)}, got {negatives!r}")
+    if split not in built.SPLIT_KINDS:
+        raise UserError(f"split must be one of {list(built.SPLIT_KINDS)}, got {split!r}")
     ratings = R.prepare(ratings, movies)
+    split_users = start = keep = None
+    if split == "temporal":
+        split_users, start, keep = _temporal_cut(ratings, like_threshold, history_len, val_fraction,
+                                                 test_fraction, seed)
     # matched negatives fit only some targets: draw more candidates per user, keep up to the maximum
     tries = max_examples_per_user * (MATCH_TRIES if negatives == "matched" else 1)
     targets, hist_items, hist_ts = _pick_targets(ratings, like_threshold, history_len, tries,
-                                                 _rng(seed, "targets"))
+                                                 _rng(seed, "targets"), keep)
     if targets.empty:
         raise UserError(f"no user has a liked movie (rating >= {like_threshold}) preceded by "
                         f"{history_len} liked movies; lower history_len")
-    split_users = _split_users(targets["user_id"].unique(), val_fraction, test_fraction, _rng(seed, "split"))
+    if split_users is None:
+        split_users = _split_users(targets["user_id"].unique(), val_fraction, test_fraction,
+                                   _rng(seed, "split"))
     if negatives == "matched":
         chosen = _matched_negatives(ratings, targets, dislike_threshold, split_users["train"], like_threshold,
                                     max_examples_per_user, _rng(seed, "negatives"), _years(movies))
@@ -283,21 +313,21 @@ def _build(ratings, movies, seed, history_len, train_pairs_per_user, eval_pairs_
     personal = None
     if negatives == "disliked":  # the same test users on the personal task, for the second verdict
         personal = _personal_test(ratings, movies, split_users, seed, history_len, eval_pairs_per_user,
-                                  like_threshold, dislike_threshold)
-    return splits, ratings, split_users, len(targets), personal
+                                  like_threshold, dislike_threshold, keep)
+    return splits, ratings, split_users, len(targets), personal, start
 
 
 def _personal_test(ratings, movies, split_users, seed, history_len, eval_pairs_per_user, like_threshold,
-                   dislike_threshold) -> list[records.Example]:
+                   dislike_threshold, keep=None) -> list[records.Example]:
     """The test users' pairs of the personal task (matched negatives), beside the default task's: how the
     default task's verdict would read where general appeal cannot answer. Targets are drawn as the
     matched task draws them, from the test users alone; the matching reads training users only."""
     # every eligible target is a candidate (the matching, not the draw, limits how many pairs a user gets):
     # on ML-100K 182 pairs from 73 of 93 test users
     targets, hist_items, hist_ts = _pick_targets(ratings, like_threshold, history_len, 1 << 30,
-                                                 _rng(seed, "targets"))
-    keep = targets["user_id"].isin(split_users["test"]).to_numpy()
-    targets, hist_items, hist_ts = targets[keep].reset_index(drop=True), hist_items[keep], hist_ts[keep]
+                                                 _rng(seed, "targets"), keep)
+    test = targets["user_id"].isin(split_users["test"]).to_numpy()
+    targets, hist_items, hist_ts = targets[test].reset_index(drop=True), hist_items[test], hist_ts[test]
     chosen = _matched_negatives(ratings, targets, dislike_threshold, split_users["train"], like_threshold,
                                 eval_pairs_per_user, _rng(seed, "personal negatives"), _years(movies))
     k = targets.groupby("user_id").cumcount().to_numpy()
@@ -319,7 +349,7 @@ def summarize(splits: dict[str, list[records.Example]]) -> dict:
 def build(ratings: pd.DataFrame, movies: dict[int, Movie], out_dir: str | Path, source: str, seed: int,
           history_len: int, train_pairs_per_user: int, eval_pairs_per_user: int, val_fraction: float,
           test_fraction: float, like_threshold: int, dislike_threshold: int, ranking_candidates: int,
-          negatives: str, start: float | None = None) -> dict:
+          negatives: str, split: str = "users", start: float | None = None) -> dict:
     """Write out_dir/{train,val,test}.jsonl, the training users' ratings beside them (for the baseline
     rules), the test users' candidate sets (ranking_candidates movies each; 0: none) and summary.json;
     return the summary. The settings' defaults: data.built.DEFAULTS (sources.build applies them)."""
@@ -328,8 +358,8 @@ def build(ratings: pd.DataFrame, movies: dict[int, Movie], out_dir: str | Path, 
               "eval_pairs_per_user": eval_pairs_per_user,
               "val_fraction": val_fraction, "test_fraction": test_fraction,
               "like_threshold": like_threshold, "dislike_threshold": dislike_threshold,
-              "negatives": negatives}
-    splits, prepared, split_users, tried, personal = _build(ratings, movies, **params)
+              "negatives": negatives, "split": split}
+    splits, prepared, split_users, tried, personal, period_start = _build(ratings, movies, **params)
     out = Path(out_dir)
     for s, exs in splits.items():
         files.write_jsonl(out / f"{s}.jsonl", (records.to_record(e) for e in exs))
@@ -348,6 +378,8 @@ def build(ratings: pd.DataFrame, movies: dict[int, Movie], out_dir: str | Path, 
                "rating_users": rating_users,
                "users_without_examples": rating_users - sum(s["users"] for s in per_split.values()),
                "task": TASKS[negatives], "candidate_targets": tried,
+               # the temporal split's test period starts here (unix time): training pairs lie before it
+               "test_period_start": period_start,
                "personal_test": None if personal is None else {
                    "file": PERSONAL_FILE, "task": TASKS["matched"], "examples": len(personal),
                    "users": len({e.user_id for e in personal}), "test_users": len(split_users["test"])},

@@ -107,9 +107,16 @@ def _time(ex) -> int | None:
     return int(t) if isinstance(t, (int, float)) and not isinstance(t, bool) else None
 
 
-def _values(ex, side: TrainRatings | None) -> dict[str, tuple]:
+# "As of" a moment after every rating: the rating rules read the training users' whole period, as the
+# models' training data does (pairs from the whole period), instead of only what came before the pair
+WHOLE_PERIOD = 2 ** 62
+
+
+def _values(ex, side: TrainRatings | None, whole_period: bool = False) -> dict[str, tuple]:
     """{rule: (value of option A, value of option B)}; a rule without what it needs gives None."""
     hist, t = _history(ex), _time(ex)
+    if whole_period and t is not None:
+        t = WHOLE_PERIOD
     va, vb = (option_values(hist, _option(ex, L), side, t) for L in task.LETTERS)
     return {r: None if va[r] is None or vb[r] is None else (va[r], vb[r]) for r in RULES}
 
@@ -129,13 +136,15 @@ def why_missing(rule: str, side_reason: str, timed: bool = True) -> str:
     return RULES[rule].missing
 
 
-def pair_scores(examples, side: TrainRatings | None, side_reason: str = "") -> dict[str, dict | str]:
-    """{rule: {pair_id: score in {0, 0.5, 1}}} or {rule: why it is not available}."""
+def pair_scores(examples, side: TrainRatings | None, side_reason: str = "",
+                whole_period: bool = False) -> dict[str, dict | str]:
+    """{rule: {pair_id: score in {0, 0.5, 1}}} or {rule: why it is not available}. whole_period: the rating
+    rules read every training rating, later ones included (the information the models trained on)."""
     per_rule: dict[str, dict] = {r: {} for r in RULES}
     missing = {r: False for r in RULES}
     timed = all(_time(ex) is not None for ex in examples)
     for ex in examples:
-        for rule, v in _values(ex, side).items():
+        for rule, v in _values(ex, side, whole_period).items():
             if v is None:  # the file lacks what the rule needs (e.g. item ids): not a per-pair gap
                 missing[rule] = True
             else:
@@ -156,14 +165,11 @@ def _accuracies(scores: dict) -> dict[str, float]:
     return {r: float(np.mean(list(s.values()))) for r, s in scores.items() if isinstance(s, dict) and s}
 
 
-def add_to_results(results: dict, examples, train_file, rows_by_model: dict, val_examples=None,
-                   n_boot: int = 2000, seed: int = 0, alpha: float = 0.05) -> dict:
-    """Fill results["baselines"] (each rule on the test pairs), results["best_baseline"] (the rule
-    strongest on the validation pairs) and each model's "vs_best_baseline" (model minus that rule on the
-    test pairs, paired over users). `examples`: the scored test examples; `rows_by_model`: their rows."""
-    side, side_reason = find_side(train_file)
-    users = _users(examples)
-    scores = pair_scores(examples, side, side_reason)
+def _rules(examples, val_examples, side, side_reason, users, n_boot, seed, alpha,
+           whole_period: bool = False) -> tuple[dict, dict | None, dict]:
+    """(each rule's accuracy and interval on the test pairs, the rule strongest on the validation pairs
+    or None, each rule's per-pair scores) with the rating rules time-cut or over the whole period."""
+    scores = pair_scores(examples, side, side_reason, whole_period)
     out = {}
     for rule, s in scores.items():
         entry = {"label": LABELS[rule], "n_pairs": len(examples)}
@@ -173,21 +179,48 @@ def add_to_results(results: dict, examples, train_file, rows_by_model: dict, val
         values, clusters = list(s.values()), [users[p] for p in s]
         lo, hi = cluster_bootstrap_ci(values, clusters, n_boot=n_boot, seed=seed, alpha=alpha)
         out[rule] = {**entry, "available": True, "accuracy": float(np.mean(values)), "ci": [lo, hi]}
-    results["baselines"] = out
-    val = _accuracies(pair_scores(val_examples, side, side_reason)) if val_examples else {}
+    val = (_accuracies(pair_scores(val_examples, side, side_reason, whole_period))
+           if val_examples else {})
     val = {r: a for r, a in val.items() if out[r]["available"]}
     best = max(val, key=val.get) if val else None
-    results["best_baseline"] = ({"rule": best, "label": LABELS[best], "chosen_on": "validation pairs",
-                                 "validation_accuracy": val[best], "n_validation_pairs": len(val_examples)}
-                                if best else None)
+    chosen = ({"rule": best, "label": LABELS[best], "chosen_on": "validation pairs",
+               "validation_accuracy": val[best], "n_validation_pairs": len(val_examples)} if best else None)
+    return out, chosen, scores
+
+
+def _versus(model_scores: dict, rule_scores: dict, users: dict, alpha: float) -> dict:
+    pids = list(rule_scores)
+    inf = paired_interval([model_scores[p] - rule_scores[p] for p in pids], [users[p] for p in pids],
+                          alpha=alpha)
+    return {"difference": inf["mean"], "ci": list(inf["ci"]), "p_value": inf["p_value"]}
+
+
+def add_to_results(results: dict, examples, train_file, rows_by_model: dict, val_examples=None,
+                   n_boot: int = 2000, seed: int = 0, alpha: float = 0.05) -> dict:
+    """Fill results["baselines"] (each rule on the test pairs, the rating rules reading only training
+    ratings made before each pair's time), results["best_baseline"] (the rule strongest on the validation
+    pairs) and each model's "vs_best_baseline" (model minus that rule on the test pairs, paired over
+    users). Beside them the information-matched comparator: the same with the rating rules reading the
+    training users' whole period, as the models' training pairs do ("baselines_whole_period",
+    "best_baseline_whole_period", "vs_best_baseline_whole_period"). `examples`: the scored test
+    examples; `rows_by_model`: their rows."""
+    side, side_reason = find_side(train_file)
+    users = _users(examples)
+    kw = dict(n_boot=n_boot, seed=seed, alpha=alpha)
+    out, best, scores = _rules(examples, val_examples, side, side_reason, users, **kw)
+    whole, best_whole, scores_whole = _rules(examples, val_examples, side, side_reason, users, **kw,
+                                             whole_period=True)
+    results["baselines"], results["best_baseline"] = out, best
+    results["baselines_whole_period"] = {r: whole[r] for r in RATING_RULES}
+    results["best_baseline_whole_period"] = best_whole
     for name, rows in rows_by_model.items():
         model_scores, _ = per_pair_scores(rows)
         m = results["models"][name]
-        m["vs_best_baseline"] = None
-        if best:
-            pids = list(scores[best])
-            inf = paired_interval([model_scores[p] - scores[best][p] for p in pids], [users[p] for p in pids],
-                                  alpha=alpha)
-            m["vs_best_baseline"] = {"baseline": best, "difference": inf["mean"], "ci": list(inf["ci"]),
-                                     "p_value": inf["p_value"]}
+        m["vs_best_baseline"] = (None if not best else
+                                 {"baseline": best["rule"], **_versus(model_scores, scores[best["rule"]],
+                                                                      users, alpha)})
+        m["vs_best_baseline_whole_period"] = (
+            None if not best_whole else
+            {"baseline": best_whole["rule"], **_versus(model_scores, scores_whole[best_whole["rule"]], users,
+                                                       alpha)})
     return out

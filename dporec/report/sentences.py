@@ -159,24 +159,41 @@ def control_conclusion(results: dict) -> str | None:
             "training alone may explain its gain.")
 
 
-def baseline_clause(results: dict) -> str:
-    """Whether each model beats the rule that was strongest on the validation pairs (paired interval)."""
-    best = results.get("best_baseline")
-    if not best:
-        return "No baseline could be chosen: no rule was available on the validation pairs."
-    test = results["baselines"][best["rule"]]
+def _versus_clause(results: dict, best: dict, table: dict, key: str) -> tuple[str, list[str]]:
+    """(the strongest rule's description, each model's comparison with it) for one set of rules."""
+    test = table.get(best["rule"]) or results["baselines"][best["rule"]]
+    head = (f"{best['label']} ({pct(best['validation_accuracy'])} on the validation pairs, "
+            f"{pct(test['accuracy'])} on the test pairs)")
     parts = []
     for name, m in results["models"].items():
-        vs = m.get("vs_best_baseline")
+        vs = m.get(key)
         if not vs:
             continue
         lo, hi = vs["ci"]
         how = "beats it" if lo > 0 else "falls below it" if hi < 0 else "does not differ clearly from it"
         parts.append(f"{name} {pct(m['accuracy'])} {how} ({signed(100 * vs['difference'])} points, "
                      f"{level(results.get('alpha'))} CI {signed(100 * lo)} to {signed(100 * hi)})")
-    head = (f"Strongest baseline on the validation pairs: {best['label']} "
-            f"({pct(best['validation_accuracy'])} there, {pct(test['accuracy'])} on the test pairs).")
-    return head + (" " + "; ".join(parts) + "." if parts else "")
+    return head, parts
+
+
+def baseline_clause(results: dict) -> str:
+    """Whether each model beats the rule that was strongest on the validation pairs (paired interval): with
+    the rating rules time-cut (what a recommender could have known at each pair's moment), and, where
+    results hold it, with them reading the training users' whole period (the information the models
+    trained on: the information-matched comparator)."""
+    best = results.get("best_baseline")
+    if not best:
+        return "No baseline could be chosen: no rule was available on the validation pairs."
+    head, parts = _versus_clause(results, best, results["baselines"], "vs_best_baseline")
+    out = (f"Strongest baseline on the validation pairs, rating rules time-cut (only ratings made before "
+           f"each pair): {head}." + (" " + "; ".join(parts) + "." if parts else ""))
+    whole = results.get("best_baseline_whole_period")
+    if whole:
+        head, parts = _versus_clause(results, whole, results.get("baselines_whole_period") or {},
+                                     "vs_best_baseline_whole_period")
+        out += (f" Information-matched comparator, rating rules over the training users' whole period (as "
+                f"the models' training pairs are): {head}." + (" " + "; ".join(parts) + "." if parts else ""))
+    return out
 
 
 def ranking_verdict(r: dict) -> str | None:

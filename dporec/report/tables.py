@@ -1,6 +1,8 @@
 """Console tables and blocks: the models, the baselines, the ranking, the verdict, and the data summaries."""
 from __future__ import annotations
 
+import datetime
+
 from dporec import arms
 from dporec.analysis.rank_metrics import METRICS as RANKING_METRICS
 from dporec.report.numbers import ci_text, format_p, level, pct
@@ -146,6 +148,11 @@ def pairs_summary(summary: dict) -> str:
         left = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in r["left_out"].items())
         lines.append(f"ranking: {r['users']} test users x {r['candidates_per_user']} "
                      f"rated candidates ({left} left out)")
+    if summary.get("test_period_start") is not None:
+        day = datetime.datetime.fromtimestamp(summary["test_period_start"], datetime.UTC).date()
+        share = summary["val_fraction"] + summary["test_fraction"]
+        lines.append(f"temporal split: training pairs before {day}, val/test pairs from then on (the last "
+                     f"{share:.0%} of the targets' times)")
     p = summary.get("personal_test")
     if p:
         lines.append(f"personal task ({p['file']}, general appeal matched): {p['examples']} test pairs from "

@@ -372,3 +372,25 @@ def test_pairs_per_user_are_capped_per_split_and_independent(tmp_path):
         one_text, three_text = ((tmp_path / k / f"{split}.jsonl").read_text() for k in ("one", "three"))
         assert one_text == three_text, split
     assert one["splits"]["train"]["examples"] < three["splits"]["train"]["examples"]
+
+
+def test_the_temporal_split_trains_before_the_test_period_and_tests_within_it(tmp_path):
+    """data.split=temporal: the same user-disjoint splits, and every training pair's target before the
+    test period's start, every val, test and personal-task pair's at or after it (the last 20% of the
+    targets' times)."""
+    users_split = sources.build("synthetic:300", tmp_path / "u", seed=0, ranking_candidates=0)
+    summary = sources.build("synthetic:300", tmp_path / "t", seed=0, ranking_candidates=0, split="temporal")
+    start = summary["test_period_start"]
+    assert summary["split"] == "temporal" and users_split["test_period_start"] is None
+    recs = {s: records.load_examples(tmp_path / "t" / f"{s}.jsonl") for s in (*pairs.SPLITS, "test_matched")}
+    assert all(e.extra["target_timestamp"] < start for e in recs["train"])
+    for s in ("val", "test", "test_matched"):
+        assert recs[s] and all(e.extra["target_timestamp"] >= start for e in recs[s]), s
+    times = sorted(e.extra["target_timestamp"] for s in pairs.SPLITS for e in recs[s])
+    assert times[0] < start <= times[-1]
+    users = {s: {e.user_id for e in recs[s]} for s in pairs.SPLITS}  # user-disjoint as ever
+    assert not users["train"] & users["test"] and not users["train"] & users["val"]
+    from dporec.report.tables import pairs_summary
+    assert "temporal split: training pairs before" in pairs_summary(summary)
+    with pytest.raises(UserError, match="split must be one of"):
+        sources.build("synthetic:300", tmp_path / "x", seed=0, split="random")

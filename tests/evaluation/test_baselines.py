@@ -85,6 +85,11 @@ def test_rules_read_only_ratings_made_before_the_pair(fixture_dir):
     assert scores["mean_rating"] == {"p1": 1.0}   # overall mean before 3, 3.67 > 2.0
     assert scores["popularity"] == {"p1": 0.0}    # 0 ratings < 2 ratings
     assert scores["item_cf"] == {"p1": 0.5}       # nobody had liked either yet: a tie (with the future: 1.0)
+    # the information-matched comparator reads the whole period, later ratings included
+    whole = baselines.pair_scores([early], side, whole_period=True)
+    assert whole["popularity"] == {"p1": 0.0}     # 2 ratings < 3 ratings, over the whole period
+    assert whole["item_cf"] == {"p1": 1.0}        # cos(10,30) + cos(11,30) = 1.5 > 0: the future decides
+    assert whole["genre_overlap"] == scores["genre_overlap"]  # the prompt's rules do not change
     untimed = record("p1", "9", [10, 11], 30, 20, "A")
     del untimed.extra["target_timestamp"]
     for rule in baselines.RATING_RULES:
@@ -130,12 +135,18 @@ def test_results_fields_and_the_strongest_rule_chosen_on_validation(fixture_dir)
     assert sft["vs_best_baseline"]["difference"] == pytest.approx(5 / 6 - 2 / 3)
     assert dpo["vs_best_baseline"]["difference"] == pytest.approx(1 / 6 - 2 / 3)
     assert "accuracy_personalised" not in sft
+    # beside them, the rating rules over the whole period (here every pair is asked after all ratings)
+    assert set(results["baselines_whole_period"]) == set(baselines.RATING_RULES)
+    assert results["best_baseline_whole_period"]["rule"] == "older_year"
+    assert sft["vs_best_baseline_whole_period"] == sft["vs_best_baseline"]
     text = "\n".join(tables.baseline_lines(results))
     assert "mean rating among training users" in text and "66.7%" in text
     clause = sentences.baseline_clause(results)
-    assert clause.startswith("Strongest baseline on the validation pairs: older release year (100.0% there, "
-                             "66.7% on the test pairs).")
+    assert clause.startswith("Strongest baseline on the validation pairs, rating rules time-cut (only "
+                             "ratings made before each pair): older release year (100.0% on the validation "
+                             "pairs, 66.7% on the test pairs).")
     assert "sft 83.3%" in clause and "dpo 16.7%" in clause
+    assert "Information-matched comparator, rating rules over the training users' whole period" in clause
     assert "## Baselines on the same test pairs" in markdown.baselines_section(results)
     json.dumps(results)  # results.json must be able to hold it
 

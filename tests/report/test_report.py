@@ -177,8 +177,9 @@ def test_baselines_are_rendered_beside_the_models(tmp_path, results):
     assert "| mean rating among training users | 75.0% [68.0, 81.0] |" in text
     assert "| genre overlap with the history | not available: the test file has no history genres |" in text
     verdict = tables.format_verdict(res)
-    assert ("Strongest baseline on the validation pairs: mean rating among training users (77.0% there, "
-            "75.0% on the test pairs).") in verdict
+    assert ("Strongest baseline on the validation pairs, rating rules time-cut (only ratings made before "
+            "each pair): mean rating among training users (77.0% on the validation pairs, 75.0% on the test "
+            "pairs).") in verdict
     assert "sft" in verdict and "beats it (+5.0 points" in verdict
     assert "does not differ clearly from it (\u22122.0 points" in verdict
     table = tables.format_table(res)
