@@ -175,9 +175,9 @@ def run(cfg: dict, config_path: str = "<your config>") -> int:
         status.update({f"{k} (seed {s})": v for k, v in st.items()})
     eval_dirs = {s: arms.EVAL.folder(out_dir / f"seed-{s}") for s in seeds}
     rows = {s: read_predictions(eval_dirs[s] / PREDICTIONS_FILE) for s in seeds}
-    personal = {s: eval_dirs[s] / PERSONAL_PREDICTIONS for s in seeds}  # the second verdict's scores
-    personal_rows = ({s: read_predictions(p) for s, p in personal.items()}
-                     if all(p.is_file() for p in personal.values()) else None)
+    personal_csv = {s: eval_dirs[s] / PERSONAL_PREDICTIONS for s in seeds}  # the second verdict's scores
+    personal_rows = ({s: read_predictions(p) for s, p in personal_csv.items()}
+                     if all(p.is_file() for p in personal_csv.values()) else None)
     ec = cfg["eval"]
     agg = aggregate_seeds(results_by_seed, rows, arms.comparisons(), margin=ec["margin_points"] / 100,
                           alpha=ec["alpha"], personal_rows_by_seed=personal_rows)

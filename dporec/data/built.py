@@ -64,8 +64,10 @@ def disagreements(data: dict) -> list[str]:
     if summary is None:
         return []
     keys = BUILD_KEYS if data.get("source") else TASK_KEYS
-    return [f"data.{k}={data[k]} but {folder} was built with {k}={summary[k]} ({summary_path(folder)})"
-            for k in keys if summary.get(k) is not None and summary[k] != data[k]]
+    # a key an earlier builder did not record was its default then (every earlier build split by users)
+    built_with = {k: summary.get(k, DEFAULTS.get(k)) for k in keys}
+    return [f"data.{k}={data[k]} but {folder} was built with {k}={built_with[k]} ({summary_path(folder)})"
+            for k in keys if built_with[k] is not None and built_with[k] != data[k]]
 
 
 def check_agrees(data: dict) -> None:

@@ -282,6 +282,12 @@ def _build(ratings, movies, seed, history_len, train_pairs_per_user, eval_pairs_
     if split == "temporal":
         split_users, start, keep = _temporal_cut(ratings, like_threshold, history_len, val_fraction,
                                                  test_fraction, seed)
+        if start is not None:
+            # the training users' test-period ratings are unseen by everything built from here: no negative,
+            # no appeal matching, no popularity and no baseline side file reads them, as no model trains
+            # on them
+            later = ratings["user_id"].isin(split_users["train"]) & (ratings["timestamp"] >= start)
+            ratings = ratings[~later].reset_index(drop=True)
     # matched negatives fit only some targets: draw more candidates per user, keep up to the maximum
     tries = max_examples_per_user * (MATCH_TRIES if negatives == "matched" else 1)
     targets, hist_items, hist_ts = _pick_targets(ratings, like_threshold, history_len, tries,
@@ -380,7 +386,7 @@ def build(ratings: pd.DataFrame, movies: dict[int, Movie], out_dir: str | Path, 
                "task": TASKS[negatives], "candidate_targets": tried,
                # the temporal split's test period starts here (unix time): training pairs lie before it
                "test_period_start": period_start,
-               "personal_test": None if personal is None else {
+               "personal_test": None if not personal else {
                    "file": PERSONAL_FILE, "task": TASKS["matched"], "examples": len(personal),
                    "users": len({e.user_id for e in personal}), "test_users": len(split_users["test"])},
                "splits": per_split, "ranking": ranking, "seconds": round(time.perf_counter() - start, 2)}

@@ -114,9 +114,7 @@ WHOLE_PERIOD = 2 ** 62
 
 def _values(ex, side: TrainRatings | None, whole_period: bool = False) -> dict[str, tuple]:
     """{rule: (value of option A, value of option B)}; a rule without what it needs gives None."""
-    hist, t = _history(ex), _time(ex)
-    if whole_period and t is not None:
-        t = WHOLE_PERIOD
+    hist, t = _history(ex), (WHOLE_PERIOD if whole_period else _time(ex))  # the whole period needs no time
     va, vb = (option_values(hist, _option(ex, L), side, t) for L in task.LETTERS)
     return {r: None if va[r] is None or vb[r] is None else (va[r], vb[r]) for r in RULES}
 
@@ -166,13 +164,17 @@ def _accuracies(scores: dict) -> dict[str, float]:
 
 
 def _rules(examples, val_examples, side, side_reason, users, n_boot, seed, alpha,
-           whole_period: bool = False) -> tuple[dict, dict | None, dict]:
+           whole_period: bool = False, known: dict | None = None) -> tuple[dict, dict | None, dict]:
     """(each rule's accuracy and interval on the test pairs, the rule strongest on the validation pairs
-    or None, each rule's per-pair scores) with the rating rules time-cut or over the whole period."""
+    or None, each rule's per-pair scores) with the rating rules time-cut or over the whole period. known:
+    entries already computed for the rules that read no ratings (the same either way)."""
     scores = pair_scores(examples, side, side_reason, whole_period)
     out = {}
     for rule, s in scores.items():
         entry = {"label": LABELS[rule], "n_pairs": len(examples)}
+        if known and rule not in RATING_RULES:
+            out[rule] = known[rule]
+            continue
         if isinstance(s, str):
             out[rule] = {**entry, "available": False, "accuracy": None, "ci": None, "reason": s}
             continue
@@ -209,7 +211,7 @@ def add_to_results(results: dict, examples, train_file, rows_by_model: dict, val
     kw = dict(n_boot=n_boot, seed=seed, alpha=alpha)
     out, best, scores = _rules(examples, val_examples, side, side_reason, users, **kw)
     whole, best_whole, scores_whole = _rules(examples, val_examples, side, side_reason, users, **kw,
-                                             whole_period=True)
+                                             whole_period=True, known=out)
     results["baselines"], results["best_baseline"] = out, best
     results["baselines_whole_period"] = {r: whole[r] for r in RATING_RULES}
     results["best_baseline_whole_period"] = best_whole

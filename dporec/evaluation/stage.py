@@ -16,6 +16,7 @@ from pathlib import Path
 
 from dporec import UserError, arms
 from dporec.analysis.metrics import per_pair_scores
+from dporec.config import updated
 from dporec.data import balance, built, candidates, inspect, records
 from dporec.evaluation.results import add_baselines, analyse, analysis_settings, personal_results, task_of
 from dporec.files import read_json
@@ -218,6 +219,10 @@ def evaluate(cfg: dict, rt=None, from_predictions: str | Path | None = None,
         log.warning(warning)
     personal_file = built.personal_test_file(test_file) if ec["personal_task"] else None
     personal = None
+    summary = built.read_summary(Path(test_file).parent) or {}
+    if ec["personal_task"] and "personal_test" not in summary and summary.get("negatives") == "disliked":
+        log.info(f"[eval] no {built.PERSONAL_FILE} beside {test_file} (built by an earlier version): rebuild "
+                 "the data (data/prepare_movielens.py --force) for the personal task's second verdict")
     if personal_file:  # the second verdict's pairs: the same test users, general appeal matched away
         personal = records.load_examples(personal_file, limit=cfg["data"]["max_test_examples"])
         inspect.check_held_out(personal_file, personal, training)
@@ -247,8 +252,9 @@ def _score_and_write(cfg: dict, backend: str, examples, adapters: dict, eval_dir
     info = logprobs.ScoringInfo()
     rows, seconds = score_all(model, tok, examples, adapters, cfg, info=info)
     personal_rows = None
-    if personal:  # decision scores only (the tag skips generation): the second verdict's pairs
-        personal_rows = score_all(model, tok, personal, adapters, cfg, tag=" (personal task)")[0]
+    if personal:  # the second verdict's pairs: decision scores only (the tag also skips generation)
+        decision_only = updated(cfg, {"eval.full_answer": False})
+        personal_rows = score_all(model, tok, personal, adapters, decision_only, tag=" (personal task)")[0]
     if ranking_file:
         rank_rows, rank_seconds = candidate_ranking.score_models(model, tok, sets, adapters, cfg)
     needed = _unquantized_bytes(model, backends.compute_dtype(cfg)) if ec["stability"] else 0
@@ -316,6 +322,9 @@ def current(results: dict, cfg: dict) -> bool:
     the comparisons' "ci" and the level) and analysed with the config's settings."""
     c = results.get(arms.MAIN.key)
     if "alpha" not in results or (c and "ci" not in c):
+        return False
+    # before ties counted half and position-free accuracy was reported: the same scores, analysed again
+    if any("position_free_accuracy" not in m for m in results.get("models", {}).values()):
         return False
     return results.get("analysis") == analysis_settings(cfg)
 

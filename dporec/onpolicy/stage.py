@@ -139,6 +139,7 @@ def run_sampling(cfg: dict, spec: arms.StageSpec | None = None, rt=None) -> int:
         log.info(f"[onpolicy] only the pairing changed "
                  f"({'; '.join(provenance.recipe_changes(folder, recipe))}): pairing the samples in "
                  f"{folder / SAMPLES} again")
+        lifecycle.check_lock(folder)  # not while another process works here: the marker goes first
         (folder / SUMMARY).unlink()
         resume, overwrite = "auto", False
     if lifecycle.finished_already(folder, resume, SUMMARY, recipe):

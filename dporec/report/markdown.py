@@ -33,15 +33,18 @@ def _models_table(models: dict, block: str | None, lv: str) -> list[str]:
     return lines
 
 
+def _rule_rows(rules: dict, lv: str) -> list[str]:
+    """A table of the rules' accuracies, or why a rule is not available."""
+    return [f"| Rule | Two-order accuracy [{lv} CI] |", "|---|---:|"] + [
+        f"| {v['label']} | {pct(v['accuracy'])} {ci_text(v['ci'])} |" if v["available"]
+        else f"| {v['label']} | not available: {v['reason']} |" for v in rules.values()]
+
+
 def baselines_section(results: dict) -> list[str]:
     b = results.get("baselines")
     if not b:
         return []
-    lines = ["## Baselines on the same test pairs", "",
-             f"| Rule | Two-order accuracy [{level(results.get('alpha'))} CI] |", "|---|---:|"]
-    for v in b.values():
-        lines.append(f"| {v['label']} | {pct(v['accuracy'])} {ci_text(v['ci'])} |" if v["available"]
-                     else f"| {v['label']} | not available: {v['reason']} |")
+    lines = ["## Baselines on the same test pairs", ""] + _rule_rows(b, level(results.get("alpha")))
     whole = results.get("baselines_whole_period") or {}
     lines += [f"| {v['label']}, whole period | {pct(v['accuracy'])} {ci_text(v['ci'])} |"
               for v in whole.values() if v["available"]]
@@ -67,10 +70,8 @@ def _personal_section(results: dict) -> list[str]:
              "taste together.", ""]
     lines += _models_table(p["models"], None, level(results.get("alpha")))
     if p.get("baselines"):
-        lines += ["", "Rules on the personal pairs (general appeal should be near 50% here):", "",
-                  f"| Rule | Two-order accuracy [{level(results.get('alpha'))} CI] |", "|---|---:|"]
-        lines += [f"| {v['label']} | {pct(v['accuracy'])} {ci_text(v['ci'])} |" if v["available"]
-                  else f"| {v['label']} | not available: {v['reason']} |" for v in p["baselines"].values()]
+        lines += ["", "Rules on the personal pairs (general appeal should be near 50% here):", ""]
+        lines += _rule_rows(p["baselines"], level(results.get("alpha")))
     for c in arms.comparisons():
         if p.get(c.key):
             lines += ["", f"### {c.title}, personal task", ""] + comparison_lines(p[c.key])

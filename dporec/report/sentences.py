@@ -124,8 +124,8 @@ def comparison_lines(c: dict) -> list[str]:
     fixed = c.get("these_models")
     if fixed:
         lo, hi = fixed["ci"]
-        lines.append(f"- About these {runs} trained models only (test pairs' sampling, models held fixed): "
-                     f"{level(c['alpha'])} CI {signed(100 * lo)} to {signed(100 * hi)} points, "
+        lines.append(f"- About these {runs} seeds' trained models only (test pairs' sampling, models held "
+                     f"fixed): {level(c['alpha'])} CI {signed(100 * lo)} to {signed(100 * hi)} points, "
                      f"{format_p(fixed['p_value'])}, {fixed['verdict']}")
     return lines
 

@@ -207,19 +207,36 @@ def check_lock(path: Path) -> bool:
     return False
 
 
+def _create(lock: Path, content: str) -> None:
+    """Create `lock` holding `content` in one step, or raise FileExistsError: written beside it first and
+    hard-linked into place, so no process ever reads it empty (a file opened with O_EXCL and written after
+    would be, for a moment, and a second process would take it for one a crash left). O_EXCL where the
+    file system has no hard links."""
+    tmp = lock.with_name(f"{lock.name}.{os.getpid()}.{socket.gethostname()}")
+    tmp.write_text(content)
+    try:
+        os.link(tmp, lock)
+    except FileExistsError:
+        raise
+    except OSError:  # no hard links here (some network and FUSE file systems)
+        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        with os.fdopen(fd, "w") as f:
+            f.write(content)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def _take_lock(path: Path) -> bool:
-    """Create the stage folder's lock atomically (O_EXCL: two processes cannot both take it). False when
-    another process of this launched group holds it already (the group shares one lock)."""
+    """Create the stage folder's lock atomically (two processes cannot both take it). False when another
+    process of this launched group holds it already (the group shares one lock)."""
     lock = Path(path) / LOCK
     for _ in range(2):
         try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            _create(lock, json.dumps({k: v for k, v in _holder().items() if k != "group"}))
         except FileExistsError:
             if check_lock(path):  # refuses a live holder, clears an ended one
                 return False
             continue
-        with os.fdopen(fd, "w") as f:
-            f.write(json.dumps({k: v for k, v in _holder().items() if k != "group"}))
         return True
     raise UserError(f"{path}: another process took {lock} at the same moment; rerun")
 

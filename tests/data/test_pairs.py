@@ -374,6 +374,11 @@ def test_pairs_per_user_are_capped_per_split_and_independent(tmp_path):
     assert one["splits"]["train"]["examples"] < three["splits"]["train"]["examples"]
 
 
+def synthetic_ratings(n_users: int) -> pd.DataFrame:
+    ratings, _ = sources.read_ratings(f"synthetic:{n_users}")
+    return ratings
+
+
 def test_the_temporal_split_trains_before_the_test_period_and_tests_within_it(tmp_path):
     """data.split=temporal: the same user-disjoint splits, and every training pair's target before the
     test period's start, every val, test and personal-task pair's at or after it (the last 20% of the
@@ -384,6 +389,18 @@ def test_the_temporal_split_trains_before_the_test_period_and_tests_within_it(tm
     assert summary["split"] == "temporal" and users_split["test_period_start"] is None
     recs = {s: records.load_examples(tmp_path / "t" / f"{s}.jsonl") for s in (*pairs.SPLITS, "test_matched")}
     assert all(e.extra["target_timestamp"] < start for e in recs["train"])
+    # nothing of the training users' test period: no negative (disliked or not) and no side-file rating
+    train_later = pd.read_csv(tmp_path / "t" / "train_ratings.csv.gz").query(f"timestamp >= {start}")
+    assert train_later.empty
+    full = synthetic_ratings(300)
+    rated_at = {(u, i): t for u, i, t in zip(full["user_id"], full["item_id"], full["timestamp"])}
+    for e in recs["train"]:
+        negative = e.extra["option_b" if e.label == "A" else "option_a"]["item_id"]
+        when = rated_at.get((int(e.user_id), negative))
+        if e.extra["negative_kind"] == "disliked":  # a rating the model may see: made before the period
+            assert when < start
+        else:  # unseen popular: not rated by the user as far as anything before the period tells
+            assert when is None or when >= start
     for s in ("val", "test", "test_matched"):
         assert recs[s] and all(e.extra["target_timestamp"] >= start for e in recs[s]), s
     times = sorted(e.extra["target_timestamp"] for s in pairs.SPLITS for e in recs[s])
@@ -394,3 +411,18 @@ def test_the_temporal_split_trains_before_the_test_period_and_tests_within_it(tm
     assert "temporal split: training pairs before" in pairs_summary(summary)
     with pytest.raises(UserError, match="split must be one of"):
         sources.build("synthetic:300", tmp_path / "x", seed=0, split="random")
+
+
+def test_an_earlier_build_without_a_split_record_is_a_users_split(tmp_path):
+    """A summary.json from before data.split existed: its folder was split by users, so a config asking
+    for the temporal split disagrees with it (the stages refuse to train on it)."""
+    from dporec.data import built
+    sources.build("synthetic:60", tmp_path, seed=0, ranking_candidates=0)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    del summary["split"]
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
+    data = {"train_file": str(tmp_path / "train.jsonl"), "source": "synthetic:60",
+            **{k: summary.get(k, v) for k, v in built.DEFAULTS.items()}}
+    assert built.disagreements(data) == []
+    [problem] = built.disagreements({**data, "split": "temporal"})
+    assert "data.split=temporal but" in problem and "was built with split=users" in problem

@@ -665,3 +665,24 @@ def test_12_an_adapter_name_with_a_dot_is_named_before_the_model_loads(finished,
                                     f"eval.adapters={{my.sft: {out / 'sft'}}}"), capsys,
             "eval.adapters: the name 'my.sft' must be letters, digits, '_' or '-'", "e.g. 'my_sft'")
     assert (out / "eval" / "results.json").is_file()  # the finished evaluation is untouched
+
+
+def test_7_a_lock_is_never_read_empty_by_a_second_process(tmp_path, monkeypatch):
+    """The lock is created holding its owner (hard-linked into place), so a process that finds it never
+    reads it empty and takes it for one a crash left."""
+    import os
+
+    from dporec.runs import lifecycle
+    stage = tmp_path / "sft"
+    stage.mkdir()
+    seen = []
+    real_link = os.link
+
+    def link_and_look(src, dst, *a, **k):  # the moment the lock appears, what would a reader see?
+        real_link(src, dst, *a, **k)
+        seen.append(Path(dst).read_text())
+    monkeypatch.setattr(os, "link", link_and_look)
+    with lifecycle.stage_guard(stage):
+        assert json.loads(seen[0])["pid"] == os.getpid()
+        assert [p.name for p in stage.iterdir()] == [".running"]  # no temporary file left beside it
+    assert not (stage / ".running").exists()

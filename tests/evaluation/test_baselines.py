@@ -192,3 +192,13 @@ def test_synthetic_ratings_follow_genre_tastes_strongly(tmp_path):
     side, _ = baselines.find_side(tmp_path / "train.jsonl")
     acc = {rule: sum(s.values()) / len(s) for rule, s in baselines.pair_scores(exs, side).items()}
     assert acc["genre_overlap"] >= 0.82 and acc["genre_overlap"] > acc["mean_rating"] + 0.05, acc
+
+
+def test_the_whole_period_rules_need_no_pair_time(fixture_dir):
+    """The information-matched comparator reads every training rating, so a record without a target time
+    still has it (the time-cut rules do not)."""
+    side, _ = baselines.find_side(fixture_dir / "train.jsonl")
+    untimed = record("p1", "9", [10, 11], 30, 20, "A")
+    del untimed.extra["target_timestamp"]
+    assert baselines.pair_scores([untimed], side)["mean_rating"] == baselines.NO_TIME
+    assert baselines.pair_scores([untimed], side, whole_period=True)["mean_rating"] == {"p1": 1.0}

@@ -204,7 +204,7 @@ def test_aggregate_of_three_seeds_whose_effects_differ_is_about_the_method(rows_
     assert lo < flo and hi > fhi  # wider than the interval that holds the three models fixed
     md = markdown.aggregate_markdown(jsonable(agg))
     assert "## Over seeds, about the method: SFT vs DPO (primary)" in md
-    assert "seeds' t half-width (2 df" in md and "About these 3 trained models only" in md
+    assert "seeds' t half-width (2 df" in md and "About these 3 seeds' trained models only" in md
 
 
 def test_aggregate_markdown_uses_the_pooled_paired_test(rows_by_model):
@@ -216,6 +216,7 @@ def test_aggregate_markdown_uses_the_pooled_paired_test(rows_by_model):
     assert "averaged over 3 seeds first" in md and agg["pooled"]["n_pairs"] == 60
     assert sentences.verdict_sentence(agg["pooled"]) in md
     assert agg["pooled"]["seed_spread"]["sd"] == 0.0 and "Each seed's difference in points" in md
-    assert "Its interval, p and label are about the method" in md and "About these 3 trained models" in md
+    assert "Its interval, p and label are about the method" in md
+    assert "About these 3 seeds' trained models" in md
     # identical seeds: no seed variance, so the method's interval is the one about these models
     assert agg["pooled"]["ci"] == pytest.approx(agg["pooled"]["these_models"]["ci"])

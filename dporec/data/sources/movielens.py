@@ -102,8 +102,9 @@ def _texts(path: Path, allow_md5_mismatch: bool) -> dict[str, tuple[str, str]]:
                             "the unzipped ml-1m/ folder or ml-1m.zip")
         return {w: ((path / w).read_text(encoding="latin-1"), str(path / w)) for w in wanted}
     if not path.is_file():
-        if broken_link(path):
-            raise UserError(broken_link(path))
+        broken = broken_link(path)
+        if broken:
+            raise UserError(broken)
         raise UserError(f"data source not found: {path}. MovieLens-1M may not be redistributed: download "
                         f"ml-1m.zip yourself from {URL} (terms: "
                         f"https://grouplens.org/datasets/movielens/1m/) and put it at {path}, e.g. "
