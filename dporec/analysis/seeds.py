@@ -89,7 +89,7 @@ def over_seeds(runs_a, runs_b, differences, names, margin: float, alpha: float) 
                              differences=differences, alpha=alpha, margin=margin)
     if method is None:
         return {**pooled, "scope": "these models"}
-    pooled["these_models"] = {k: pooled[k] for k in (*method, "interval") if k in pooled}
+    pooled["these_models"] = {k: pooled[k] for k in method if k in pooled}
     return {**pooled, **method, "scope": "method"}
 
 

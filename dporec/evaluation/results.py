@@ -65,9 +65,11 @@ def comparisons(rows: dict, cfg: dict) -> dict:
     return out
 
 
-def personal_results(rows: dict, cfg: dict, test_file, where: str) -> dict:
+def personal_results(rows: dict, cfg: dict, test_file, where: str, examples=None) -> dict:
     """results.json's "personal": every model and comparison on the personal task's test pairs (the same
-    test users, general appeal matched away; data.built.PERSONAL_FILE), the second verdict."""
+    test users, general appeal matched away; data.built.PERSONAL_FILE), the second verdict, and the rules
+    on those pairs (reported, not chosen: the personal task has no validation pairs of its own).
+    examples: the scored pairs; re-analysis reads them from test_file."""
     ec = cfg["eval"]
     try:
         out = {"test_file": str(test_file), "task": pairs.TASKS["matched"],
@@ -77,6 +79,7 @@ def personal_results(rows: dict, cfg: dict, test_file, where: str) -> dict:
     except ValueError as e:
         raise UserError(f"{where}: {e}") from None
     out["n_pairs"] = next(iter(out["models"].values()))["n_pairs"]
+    add_baselines(out, cfg, rows, examples, test_file=test_file, choose_on_val=False)
     return out
 
 

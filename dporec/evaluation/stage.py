@@ -174,7 +174,6 @@ def reanalyse(cfg: dict, source: Path, spec: arms.StageSpec | None = None) -> tu
         personal_file = ((previous.get("personal") or {}).get("test_file")
                          or built.personal_test_file(cfg["data"]["test_file"]) or built.PERSONAL_FILE)
         results["personal"] = personal_results(personal_rows, cfg, personal_file, str(personal_source))
-        add_baselines(results["personal"], cfg, personal_rows, test_file=personal_file, choose_on_val=False)
     add_baselines(results, cfg, rows)
     for kept in ("stability", "ranking"):  # not in predictions.csv (ranking: ranking.csv)
         if kept in previous:
@@ -277,9 +276,8 @@ def _score_and_write(cfg: dict, backend: str, examples, adapters: dict, eval_dir
     }
     results = analyse(rows, cfg, meta, str(test_file), adapters)
     if personal_rows:
-        results["personal"] = personal_results(personal_rows, cfg, personal_file, str(personal_file))
-        # the rules on the personal pairs: general appeal should sit near chance there
-        add_baselines(results["personal"], cfg, personal_rows, personal, choose_on_val=False)
+        results["personal"] = personal_results(personal_rows, cfg, personal_file, str(personal_file),
+                                               examples=personal)
     # simple rules on the same pairs (side files beside data.train_file), the strongest chosen on validation
     add_baselines(results, cfg, rows, examples)
     if ranking_file:

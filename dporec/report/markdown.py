@@ -64,10 +64,10 @@ def _personal_section(results: dict) -> list[str]:
     if not p:
         return []
     lines = ["", "## Personal taste alone (secondary)", "",
-             f"The same test users' pairs with a disliked movie that training users rated about as well and "
-             f"as often as the liked one ({p['test_file']}, {p['n_pairs']:,} pairs): general appeal cannot "
-             "answer them, so what is left is the user's own taste. The main task's pairs test appeal and "
-             "taste together.", ""]
+             "The same test users' pairs with a disliked movie that training users rated about as well and "
+             "as often as the liked one, released around the same time "
+             f"({p['test_file']}, {p['n_pairs']:,} pairs): general appeal cannot answer them, so what is "
+             "left is the user's own taste. The main task's pairs test appeal and taste together.", ""]
     lines += _models_table(p["models"], None, level(results.get("alpha")))
     if p.get("baselines"):
         lines += ["", "Rules on the personal pairs (general appeal should be near 50% here):", ""]

@@ -15,7 +15,7 @@ HYPOTHESIS = ("The label tests superiority (better at all); whether by the pract
 
 # Declared once; the console, report.md and aggregate.md mark every other labelled line as secondary.
 PRIMARY = ("the primary, prespecified comparison: DPO vs SFT in two-order pairwise accuracy on the held-out "
-           "test pairs; every other labelled line (ranking, arms, baselines) is secondary")
+           "test pairs; every other labelled line (personal task, ranking, arms, baselines) is secondary")
 
 
 def _margin_points(c: dict) -> str:
