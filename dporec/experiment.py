@@ -28,8 +28,8 @@ from dporec.modeling.backends import release_memory
 from dporec.onpolicy.stage import run_sampling
 from dporec.report import markdown, outputs, tables
 from dporec.report.predictions import FILE as PREDICTIONS_FILE
+from dporec.report.predictions import GENERATIONS_FILE, read_generations, read_predictions
 from dporec.report.predictions import PERSONAL_FILE as PERSONAL_PREDICTIONS
-from dporec.report.predictions import read_predictions
 from dporec.report.sentences import verdict_sentence
 from dporec.runs import lifecycle, provenance
 from dporec.runs.adapters import FinishedRun, eval_adapters, run_stages, sft_adapter, sft_adapter_given
@@ -178,13 +178,17 @@ def run(cfg: dict, config_path: str = "<your config>") -> int:
     personal_csv = {s: eval_dirs[s] / PERSONAL_PREDICTIONS for s in seeds}  # the second verdict's scores
     personal_rows = ({s: read_predictions(p) for s, p in personal_csv.items()}
                      if all(p.is_file() for p in personal_csv.values()) else None)
+    generations_csv = {s: eval_dirs[s] / GENERATIONS_FILE for s in seeds}  # the reasoning's answers
+    generation_rows = ({s: read_generations(p) for s, p in generations_csv.items()}
+                       if all(p.is_file() for p in generations_csv.values()) else None)
     ec = cfg["eval"]
     agg = aggregate_seeds(results_by_seed, rows, arms.comparisons(), margin=ec["margin_points"] / 100,
-                          alpha=ec["alpha"], personal_rows_by_seed=personal_rows)
+                          alpha=ec["alpha"], personal_rows_by_seed=personal_rows,
+                          generation_rows_by_seed=generation_rows)
     for s in seeds:
         agg["per_seed"][str(s)]["output_dir"] = str(out_dir / f"seed-{s}")
     for c in arms.comparisons():
-        for where in (agg, agg["personal"] or {}):
+        for where in (agg, agg["personal"] or {}, agg["reasoning"] or {}):
             if where.get(c.pooled_key):
                 where[c.pooled_key]["sentence"] = verdict_sentence(where[c.pooled_key])
     agg = outputs.write_aggregate(out_dir, agg)

@@ -35,13 +35,13 @@ def margin_status(ci, margin: float) -> str:
     return "shown" if lo >= margin else "ruled out" if hi < margin else "open"
 
 
-def pooled_pair_scores(runs) -> tuple[dict[str, float], dict[str, str | None]]:
-    """Per-pair two-order scores averaged over runs (seeds) of one model; every run must hold the
-    same test pairs with the same users."""
-    runs = list(runs)
-    if not runs:
+def pooled_pair_scores(tables) -> tuple[dict[str, float], dict[str, str | None]]:
+    """Per-pair scores averaged over runs (seeds) of one model, from each run's (scores, users) table
+    (metrics.per_pair_scores, or any per-pair score in [0, 1]); every run must hold the same test pairs
+    with the same users."""
+    tables = list(tables)
+    if not tables:
         raise ValueError("no runs to pool")
-    tables = [per_pair_scores(r) for r in runs]
     scores0, users = tables[0]
     for i, (scores, u) in enumerate(tables[1:], start=2):
         if set(scores) != set(scores0) or u != users:
@@ -70,8 +70,23 @@ def compare_runs(runs_a, runs_b, margin: float = 0.02, alpha: float = 0.05, powe
     detect the margin), alpha, power.
     """
     runs_a, runs_b = list(runs_a), list(runs_b)
-    a_scores, a_users = pooled_pair_scores(runs_a)
-    b_scores, b_users = pooled_pair_scores(runs_b)
+    out = compare_tables([per_pair_scores(r) for r in runs_a], [per_pair_scores(r) for r in runs_b],
+                         margin=margin, alpha=alpha, power=power, names=names)
+    choices = [(decisions(ra), decisions(rb)) for ra, rb in zip(runs_a, runs_b)]
+    out["decisions"] = sum(len(ca) for ca, _ in choices)
+    out["decisions_differ"] = sum(ca[k] != cb[k] for ca, cb in choices for k in ca)
+    return out
+
+
+def compare_tables(tables_a, tables_b, margin: float = 0.02, alpha: float = 0.05, power: float = 0.8,
+                   names: tuple[str, str] = ("SFT", "DPO")) -> dict:
+    """compare_runs from per-pair score tables ((scores, users) per run, metrics.per_pair_scores): the
+    one paired interval and label of every comparison, of two-order accuracy or of any other per-pair
+    score in [0, 1] (the reasoning's "right and truthful" rate). Every key of compare_runs but
+    decisions and decisions_differ."""
+    tables_a, tables_b = list(tables_a), list(tables_b)
+    a_scores, a_users = pooled_pair_scores(tables_a)
+    b_scores, b_users = pooled_pair_scores(tables_b)
     if set(a_scores) != set(b_scores):
         only_a = sorted(set(a_scores) - set(b_scores))
         only_b = sorted(set(b_scores) - set(a_scores))
@@ -88,16 +103,13 @@ def compare_runs(runs_a, runs_b, margin: float = 0.02, alpha: float = 0.05, powe
     diff = b - a
     labels, clustering = clusters(a_users)
     inf = paired_interval(diff, labels, alpha=alpha)
-    choices = [(decisions(ra), decisions(rb)) for ra, rb in zip(runs_a, runs_b)]
-    n_decisions = sum(len(ca) for ca, _ in choices)
-    differ = sum(ca[k] != cb[k] for ca, cb in choices for k in ca)
     sd = float(diff.std(ddof=1)) if diff.size > 1 else 0.0
     deff = design_effect(diff, labels)
     return {
         "names": list(names),
         "n_pairs": len(pids),
         "n_users": len({u for u in a_users.values() if u is not None}),
-        "n_runs": len(runs_a),
+        "n_runs": len(tables_a),
         "clustering": clustering,
         "unit": "pairs" if clustering == BY_PAIRS else "users",
         "a_accuracy": float(a.mean()),
@@ -112,8 +124,6 @@ def compare_runs(runs_a, runs_b, margin: float = 0.02, alpha: float = 0.05, powe
         "margin_status": margin_status(inf["ci"], margin),
         "pairs_b_higher": int(np.sum(diff > 0)),
         "pairs_a_higher": int(np.sum(diff < 0)),
-        "decisions": n_decisions,
-        "decisions_differ": differ,
         "sd_pair_difference": sd,
         "design_effect": deff,
         # None when no pair differs: there is no spread to size a test from

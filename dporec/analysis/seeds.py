@@ -5,7 +5,8 @@ import numpy as np
 from scipy import optimize
 from scipy import stats as sps
 
-from dporec.analysis.comparison import compare_runs, margin_status, verdict
+from dporec.analysis import reasoning
+from dporec.analysis.comparison import compare_runs, compare_tables, margin_status, verdict
 
 SEED_METRICS = ("accuracy", "accuracy_original_order", "accuracy_swapped_order", "accuracy_both_orders",
                 "consistency", "first_option_rate", "mean_margin")
@@ -79,11 +80,12 @@ def method_interval(center: float, se: float, df: float, differences, alpha: flo
             "verdict": verdict(ci, margin), "margin_status": margin_status(ci, margin)}
 
 
-def over_seeds(runs_a, runs_b, differences, names, margin: float, alpha: float) -> dict:
+def over_seeds(runs_a, runs_b, differences, names, margin: float, alpha: float, compare=compare_runs) -> dict:
     """One comparison over seeds: the pooled comparison (each test pair's scores averaged over the seeds
     first), the seeds' spread, and, with 2 or more seeds, the interval, p and label about the method
-    (method_interval), the fixed-model ones kept as 'these_models'."""
-    pooled = compare_runs(runs_a, runs_b, names=names, margin=margin, alpha=alpha)
+    (method_interval), the fixed-model ones kept as 'these_models'. compare: what pools the runs
+    (compare_runs for prediction rows; comparison.compare_tables for per-pair score tables)."""
+    pooled = compare(runs_a, runs_b, names=names, margin=margin, alpha=alpha)
     pooled["seed_spread"] = seed_spread(differences, alpha)
     method = method_interval(**{k: pooled["interval"][k] for k in ("center", "se", "df")},
                              differences=differences, alpha=alpha, margin=margin)
@@ -105,11 +107,38 @@ def _pooled(comparisons, rows_by_seed: dict, results_by_seed: dict, margin: floa
     return out
 
 
+def _reasoning(comparisons, gen_rows_by_seed: dict, results_by_seed: dict, margin: float, alpha: float
+               ) -> dict | None:
+    """The reasoning figures over seeds: each rate's mean and sd, and each comparison of the headline rate
+    over seeds (over_seeds on the per-pair rates, judged anew from every seed's generations)."""
+    blocks = {s: r.get("reasoning") for s, r in results_by_seed.items()}
+    if not gen_rows_by_seed or not all(blocks.values()):
+        return None
+    judged = {s: {m: reasoning.judge_rows(r) for m, r in rows.items()}
+              for s, rows in gen_rows_by_seed.items()}
+    models = list(next(iter(blocks.values()))["models"])
+    out = {"metrics": {m: {k: _mean_sd([b["models"].get(m, {}).get(k) for b in blocks.values()])
+                           for k, _, _ in reasoning.RATES} for m in models},
+           "headline": reasoning.HEADLINE}
+    for c in comparisons:
+        scored = all(blocks[s].get(c.key) and c.a in judged[s] and c.b in judged[s] for s in judged)
+        out[c.pooled_key] = None if not scored else {
+            **over_seeds([reasoning.pair_table(judged[s][c.a]) for s in judged],
+                         [reasoning.pair_table(judged[s][c.b]) for s in judged],
+                         [blocks[s][c.key]["difference"] for s in judged], c.names, margin, alpha,
+                         compare=compare_tables),
+            "measure": reasoning.HEADLINE, "measure_label": reasoning.LABELS[reasoning.HEADLINE]}
+    return out
+
+
 def aggregate_seeds(results_by_seed: dict, rows_by_seed: dict, comparisons, margin: float,
-                    alpha: float, personal_rows_by_seed: dict | None = None) -> dict:
+                    alpha: float, personal_rows_by_seed: dict | None = None,
+                    generation_rows_by_seed: dict | None = None) -> dict:
     """Mean ± sd of each metric over seeds; per comparison each seed's result and the comparison over seeds
     (over_seeds: about the method, pooled pairs). personal_rows_by_seed: every seed's prediction rows on
     the personal task's pairs, when all seeds scored them: the same, under "personal".
+    generation_rows_by_seed: every seed's generation rows (generations.csv), when all seeds generated:
+    the reasoning figures over seeds, under "reasoning".
 
     comparisons: records with key (the per-seed results key), pooled_key, a, b (model names) and names
     (dporec.arms.Comparison); one whose models were not evaluated gives None.
@@ -127,6 +156,7 @@ def aggregate_seeds(results_by_seed: dict, rows_by_seed: dict, comparisons, marg
         personal = _pooled(comparisons, personal_rows_by_seed,
                            {s: r.get("personal") or {} for s, r in results_by_seed.items()}, margin, alpha)
     out["personal"] = personal if personal and any(personal.values()) else None
+    out["reasoning"] = _reasoning(comparisons, generation_rows_by_seed, results_by_seed, margin, alpha)
     out["note"] = ("each pooled comparison averages every test pair's two-order score over the seeds "
                    "first, so it counts distinct pairs and users. Its interval, p and label are about the "
                    "method: the test pairs' sampling variance plus the seeds' variance of the difference "

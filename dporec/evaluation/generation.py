@@ -1,10 +1,15 @@
-"""Generate-and-parse: greedy answers in both option orders, parsed by the task's strict parser.
+"""Generation: greedy answers in both option orders (the reasoning-quality metric, judged by
+analysis.reasoning), recommend.py's explanation, and the on-policy stage's sampled answers.
 
-A second view next to likelihood scoring (the measure): an answer counts only when its decision
-sentence names exactly one option (task.parse_choice), so a parser can never prefer a letter.
+A second view next to likelihood scoring (the measure): a decision counts only when its sentence names
+exactly one option (task.parse_answer / task.parse_choice), so a parser can never prefer a letter.
 """
 from __future__ import annotations
 
+import json
+import random
+
+from dporec.analysis.reasoning import SAMPLE_SEED
 from dporec.data import records, task
 from dporec.data.records import orders
 from dporec.evaluation.batches import encode, model_device, pad, pad_id, run_batches
@@ -46,7 +51,7 @@ def generate_choices(model, tokenizer, examples, fmt: str, batch_size: int, max_
     """Greedy generation for every example in both orders, batched with left padding.
 
     Rows carry the identity fields of the scoring rows plus "generated" and "parsed" (A, B or
-    None); merge them into scoring rows with attach_generations().
+    None): recommend.py's explanation.
     """
     items = [(ex, order, e) for ex in examples for order, e in orders(ex)]
     prompt_ids = [encode(tokenizer, records.format_prompt(e, fmt, tokenizer)) for _, _, e in items]
@@ -59,22 +64,40 @@ def generate_choices(model, tokenizer, examples, fmt: str, batch_size: int, max_
     return rows
 
 
+def reasoning_subset(examples: list, n: int | None) -> list:
+    """The test pairs whose answers are generated and judged: all (n None or >= their number), or a
+    seeded sample of n, the same for every model and training seed, in the file's order."""
+    if n is None or n >= len(examples):
+        return list(examples)
+    keep = set(random.Random(f"reasoning-{SAMPLE_SEED}").sample(range(len(examples)), n))
+    return [e for i, e in enumerate(examples) if i in keep]
+
+
+def _history_field(e) -> str:
+    """The structured history as JSON where the prompt shows no genres (the judge needs it then), else ''."""
+    if task.shown_genres(task.history_text(e.input)) or not e.extra.get("history"):
+        return ""
+    return json.dumps(e.extra["history"], ensure_ascii=False)
+
+
+def generate_answers(model, tokenizer, examples, fmt: str, batch_size: int, max_new_tokens: int,
+                     model_name: str = "model", desc: str | None = None) -> list[dict]:
+    """Greedy answers for every example in both orders, stopping at EOS: the generation rows of
+    analysis.reasoning (what was asked, the answer, and the data's own answer to judge beside it)."""
+    items = [(ex, order, e) for ex in examples for order, e in orders(ex)]
+    prompt_ids = [encode(tokenizer, records.format_prompt(e, fmt, tokenizer)) for _, _, e in items]
+    texts = _generate(model, tokenizer, prompt_ids, max_new_tokens, batch_size, desc or "generating")
+    return [{"model": model_name, "pair_id": ex.pair_id, "order": order,
+             # without a user id, the pair is its own cluster (as in the prediction rows)
+             "user_id": str(ex.user_id) if ex.user_id is not None else ex.pair_id,
+             "label": e.label, "input": e.input, "history": _history_field(e), "generated": text.strip(),
+             "reference": records.sft_output(e)}
+            for (ex, order, e), (text,) in zip(items, texts)]
+
+
 def sample_answers(model, tokenizer, prompts: list[str], k: int, temperature: float, top_p: float,
                    max_new_tokens: int, batch_size: int, desc: str | None = None) -> list[list[str]]:
     """k sampled answers per prompt (temperature, top-p): the on-policy stage's generation. Returns one
     list of k texts per prompt, in the prompts' order."""
     return _generate(model, tokenizer, [encode(tokenizer, p) for p in prompts], max_new_tokens, batch_size,
                      desc or "sampling", k=k, do_sample=True, temperature=temperature, top_p=top_p)
-
-
-def attach_generations(rows: list[dict], gen_rows: list[dict]) -> list[dict]:
-    """Scoring rows with "generated"/"parsed" copied from the matching generation rows."""
-    gen = {(g["model"], g["pair_id"], g["order"]): g for g in gen_rows}
-    out = []
-    for r in rows:
-        g = gen.get((r["model"], r["pair_id"], r["order"]))
-        if g is None:
-            raise ValueError(f"no generation for model {r['model']!r}, pair "
-                             f"{r['pair_id']!r}, order {r['order']!r}")
-        out.append({**r, "generated": g["generated"], "parsed": g["parsed"]})
-    return out

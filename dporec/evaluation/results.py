@@ -8,6 +8,7 @@ import logging
 from pathlib import Path
 
 from dporec import UserError, arms
+from dporec.analysis import reasoning
 from dporec.analysis.comparison import compare
 from dporec.analysis.metrics import model_metrics
 from dporec.data import built, pairs, records
@@ -81,6 +82,24 @@ def personal_results(rows: dict, cfg: dict, test_file, where: str, examples=None
     out["n_pairs"] = next(iter(out["models"].values()))["n_pairs"]
     add_baselines(out, cfg, rows, examples, test_file=test_file, choose_on_val=False)
     return out
+
+
+def reasoning_results(gen_rows: dict, cfg: dict, where: str, subset: dict | None = None) -> tuple[dict, dict]:
+    """(results.json's "reasoning", the judged generation rows by model): every model's answers judged from
+    the data (analysis.reasoning), every comparison of dporec.arms on the headline rate with the main
+    verdict's interval, margin and label."""
+    ec = cfg["eval"]
+    try:
+        judged = {name: reasoning.judge_rows(r) for name, r in gen_rows.items()}
+        out = reasoning.reasoning_results(judged, arms.comparisons(), margin=ec["margin_points"] / 100,
+                                          alpha=ec["alpha"], n_boot=ec["bootstrap_samples"], seed=cfg["seed"],
+                                          subset=subset)
+    except ValueError as e:
+        raise UserError(f"{where}: {e}") from None
+    for c in arms.comparisons():
+        if out.get(c.key):
+            out[c.key]["sentence"] = verdict_sentence(out[c.key])
+    return out, judged
 
 
 def analyse(rows: dict, cfg: dict, meta: dict, where: str, adapters: dict | None = None) -> dict:

@@ -16,15 +16,23 @@ from pathlib import Path
 
 from dporec import UserError, arms
 from dporec.analysis.metrics import per_pair_scores
+from dporec.analysis.reasoning import subset_record
 from dporec.config import updated
 from dporec.data import balance, built, candidates, inspect, records
-from dporec.evaluation.results import add_baselines, analyse, analysis_settings, personal_results, task_of
+from dporec.evaluation.results import (
+    add_baselines,
+    analyse,
+    analysis_settings,
+    personal_results,
+    reasoning_results,
+    task_of,
+)
 from dporec.files import read_json
 from dporec.modeling import adapters as adapters_mod
 from dporec.report import outputs, tables
 from dporec.report.predictions import FILE as PREDICTIONS_FILE
+from dporec.report.predictions import GENERATIONS_FILE, read_generations, read_predictions
 from dporec.report.predictions import PERSONAL_FILE as PERSONAL_PREDICTIONS
-from dporec.report.predictions import read_predictions
 from dporec.runs import lifecycle, provenance
 from dporec.runs.adapters import find_adapters
 
@@ -35,25 +43,36 @@ log = logging.getLogger(__name__)
 
 def score_all(model, tok, examples, adapters: dict, cfg: dict, tag: str = "", info=None) -> tuple[dict, dict]:
     """({name: prediction rows}, {name: seconds}) for every model: decision rows, or with eval.full_answer
-    decision and full-answer rows; with eval.generate also greedy answers, parsed."""
-    from dporec.evaluation import generation, scoring
+    decision and full-answer rows."""
+    from dporec.evaluation import scoring
     ec, fmt = cfg["eval"], cfg["data"]["prompt_format"]
     score = scoring.score_answers if ec["full_answer"] else scoring.score_decisions
     rows, seconds = {}, {}
     for name in adapters:
         t0 = time.perf_counter()
         with adapters_mod.active(model, name, adapters):
-            r = score(model, tok, examples, fmt, ec["batch_size"], desc=f"scoring {name}{tag}",
-                      model_name=name, info=info)
-            if ec["generate"] and not tag:
-                gen = generation.generate_choices(model, tok, examples, fmt, ec["batch_size"],
-                                                  ec["max_new_tokens"], model_name=name,
-                                                  desc=f"generating {name}")
-                r = generation.attach_generations(r, gen)
-                valid = sum(g["parsed"] is not None for g in gen)
-                log.info(f"[eval] {name}: {valid}/{len(gen)} generated answers name exactly one option")
-        rows[name], seconds[name] = r, time.perf_counter() - t0
+            rows[name] = score(model, tok, examples, fmt, ec["batch_size"], desc=f"scoring {name}{tag}",
+                               model_name=name, info=info)
+        seconds[name] = time.perf_counter() - t0
         log.info(f"[eval] {name}{tag}: scored {len(examples)} pairs x 2 orders in {seconds[name]:.1f}s")
+    return rows, seconds
+
+
+def generate_all(model, tok, examples, adapters: dict, cfg: dict) -> tuple[dict, dict]:
+    """({name: generation rows}, {name: seconds}): every model's greedy answers in both orders for the
+    eval.reasoning_pairs subset of the test pairs (generation.reasoning_subset, the same for all)."""
+    from dporec.evaluation import generation
+    ec, fmt = cfg["eval"], cfg["data"]["prompt_format"]
+    subset = generation.reasoning_subset(examples, ec["reasoning_pairs"])
+    rows, seconds = {}, {}
+    for name in adapters:
+        t0 = time.perf_counter()
+        with adapters_mod.active(model, name, adapters):
+            rows[name] = generation.generate_answers(model, tok, subset, fmt, ec["batch_size"],
+                                                     ec["max_new_tokens"], model_name=name,
+                                                     desc=f"generating {name}")
+        seconds[name] = time.perf_counter() - t0
+        log.info(f"[eval] {name}: generated {len(subset)} pairs x 2 orders in {seconds[name]:.1f}s")
     return rows, seconds
 
 
@@ -132,6 +151,14 @@ def _keep_previous(path: Path) -> Path:
     return dst
 
 
+def _readable_json(path: Path) -> dict:
+    """A JSON file's content, or {} where it is missing or not readable JSON (optional context only)."""
+    try:
+        return read_json(path) if path.is_file() else {}
+    except (UserError, ValueError, OSError):
+        return {}
+
+
 def reanalyse(cfg: dict, source: Path, spec: arms.StageSpec | None = None) -> tuple[dict, Path]:
     """--from-predictions: every statistic, results.json, report.md and plots from a predictions.csv."""
     spec = spec or arms.StageSpec(arms.EVAL)
@@ -144,6 +171,8 @@ def reanalyse(cfg: dict, source: Path, spec: arms.StageSpec | None = None) -> tu
     personal_source = source.parent / PERSONAL_PREDICTIONS  # the personal task's scores, beside them
     personal_rows = (read_predictions(personal_source)
                      if cfg["eval"]["personal_task"] and personal_source.is_file() else None)
+    generations_source = source.parent / GENERATIONS_FILE  # the generated answers, judged anew
+    generations = read_generations(generations_source) if generations_source.is_file() else None
     previous = {}
     # a source inside the evaluation folder (an edited copy beside the scored one) is the user's file: the
     # folder is kept, and what the re-analysis replaces is kept under a .previous name
@@ -159,10 +188,13 @@ def reanalyse(cfg: dict, source: Path, spec: arms.StageSpec | None = None) -> tu
     else:
         data = source.read_bytes()  # before prepare_run_dir may clear a folder that holds the source
         personal_data = personal_source.read_bytes() if personal_rows else None
+        generations_data = generations_source.read_bytes() if generations else None
         eval_dir = lifecycle.prepare_run_dir(eval_dir, resume, overwrite, arms.EVAL.marker)
         target.write_bytes(data)
         if personal_data:
             (eval_dir / PERSONAL_PREDICTIONS).write_bytes(personal_data)
+        if generations_data:
+            (eval_dir / GENERATIONS_FILE).write_bytes(generations_data)
         provenance.write_run_info(eval_dir, cfg, stage="eval", reanalysed_from=str(source))
     settings = {"bootstrap_samples": cfg["eval"]["bootstrap_samples"], "alpha": cfg["eval"]["alpha"],
                 "seed": cfg["seed"]}
@@ -175,13 +207,20 @@ def reanalyse(cfg: dict, source: Path, spec: arms.StageSpec | None = None) -> tu
                          or built.personal_test_file(cfg["data"]["test_file"]) or built.PERSONAL_FILE)
         results["personal"] = personal_results(personal_rows, cfg, personal_file, str(personal_source))
     add_baselines(results, cfg, rows)
+    judged = None
+    if generations:
+        # how the answers were generated: from the scoring's results.json (in place or beside the source)
+        scored = previous or _readable_json(source.parent / arms.EVAL.marker)
+        bound = ((scored.get("reasoning") or {}).get("subset") or {}).get("max_new_tokens")
+        subset = subset_record(generations, results["meta"]["n_pairs"], bound)
+        results["reasoning"], judged = reasoning_results(generations, cfg, str(generations_source), subset)
     for kept in ("stability", "ranking"):  # not in predictions.csv (ranking: ranking.csv)
         if kept in previous:
             results[kept] = previous[kept]
     if previous:  # kept: the numbers it held were derived, but a user may want to compare
         _keep_previous(results_file)
     log.info(f"[eval] re-analysed {source}: models {', '.join(rows)}; no model loaded")
-    return results, outputs.write_evaluation(eval_dir, results, rows, predictions=False)
+    return results, outputs.write_evaluation(eval_dir, results, rows, predictions=False, generations=judged)
 
 
 def evaluate(cfg: dict, rt=None, from_predictions: str | Path | None = None,
@@ -256,6 +295,10 @@ def _score_and_write(cfg: dict, backend: str, examples, adapters: dict, eval_dir
         personal_rows = score_all(model, tok, personal, adapters, decision_only, tag=" (personal task)")[0]
     if ranking_file:
         rank_rows, rank_seconds = candidate_ranking.score_models(model, tok, sets, adapters, cfg)
+    gen_rows = gen_seconds = None
+    if ec["generate"]:  # the reasoning's answers: greedy, both orders, the same pairs for every model
+        backends.prepare_generation(model, backend)  # Unsloth's fast generation, after all scoring
+        gen_rows, gen_seconds = generate_all(model, tok, examples, adapters, cfg)
     needed = _unquantized_bytes(model, backends.compute_dtype(cfg)) if ec["stability"] else 0
     del model  # the 4-bit model goes before a 16-bit copy may be loaded
     backends.release_memory()
@@ -280,6 +323,11 @@ def _score_and_write(cfg: dict, backend: str, examples, adapters: dict, eval_dir
                                                examples=personal)
     # simple rules on the same pairs (side files beside data.train_file), the strongest chosen on validation
     add_baselines(results, cfg, rows, examples)
+    judged = None
+    if gen_rows:
+        subset = subset_record(gen_rows, len(examples), ec["max_new_tokens"])
+        results["reasoning"], judged = reasoning_results(gen_rows, cfg, "the generated answers", subset)
+        results["meta"]["generation_seconds_per_model"] = gen_seconds
     if ranking_file:
         rank_base = candidate_ranking.baseline_rows(sets, cfg["data"]["train_file"])
         results["ranking"] = candidate_ranking.results(sets, rank_rows, rank_base, rank_seconds, cfg,
@@ -296,7 +344,8 @@ def _score_and_write(cfg: dict, backend: str, examples, adapters: dict, eval_dir
     provenance.write_run_info(eval_dir, cfg, stage="eval", backend=backend, adapters=meta["adapters"],
                               inputs=provenance.input_record(adapters, cfg["output_dir"]))
     # results.json last: the marker
-    return results, outputs.write_evaluation(eval_dir, results, rows, personal_rows=personal_rows)
+    return results, outputs.write_evaluation(eval_dir, results, rows, personal_rows=personal_rows,
+                                             generations=judged)
 
 
 def _report(results: dict, path: Path) -> dict:

@@ -160,15 +160,23 @@ def _training(spec: arms.StageSpec, cfg: dict, model: ModelShape, data: DataShap
     return rows
 
 
+def _generation(label: str, model: ModelShape, data: DataShape, backend: str, prompts: int, k: int,
+                batch_size: int, max_new_tokens: int, what: str) -> Stage:
+    """Generating k answers for each of `prompts` prompts, `batch_size` prompts a call: the FLOPs of the
+    prompt and an answer as long as the builder's per sequence, plus the sequential decoding steps of
+    every call (each up to max_new_tokens, each reading every weight once)."""
+    tokens = prompts * k * (data.prompt + data.answer)
+    return Stage(label, "eval", backend, forward_token_flops(model) * tokens, tokens,
+                 f"{what}, up to {max_new_tokens} new tokens",
+                 decode_steps=math.ceil(prompts / batch_size) * max_new_tokens)
+
+
 def _sampling(cfg: dict, model: ModelShape, data: DataShape, backend: str, n_train: int,
               label: str) -> Stage:
     oc = cfg["onpolicy"]
     prompts, k = _sampled_pairs(cfg, n_train), oc["samples_per_prompt"]
-    # the prompt runs once per sampled sequence; an answer is about as long as the builder's
-    tokens = prompts * k * (data.prompt + data.answer)
-    return Stage(label, "eval", backend, forward_token_flops(model) * tokens, tokens,
-                 f"{prompts} prompts x {k} samples, up to {oc['max_new_tokens']} new tokens",
-                 decode_steps=math.ceil(prompts / oc["batch_size"]) * oc["max_new_tokens"])
+    return _generation(label, model, data, backend, prompts, k, oc["batch_size"], oc["max_new_tokens"],
+                       f"{prompts} prompts x {k} samples")
 
 
 def _evaluation(cfg: dict, model: ModelShape, data: DataShape, backend: str, n_models: int) -> list[Stage]:
@@ -187,6 +195,11 @@ def _evaluation(cfg: dict, model: ModelShape, data: DataShape, backend: str, n_m
         personal_tokens = n_personal * 2 * (p + 7) * n_models
         out.append(Stage("personal task", "eval", backend, forward_token_flops(model) * personal_tokens,
                          personal_tokens, f"{n_personal} pairs x 2 orders x {n_models} models"))
+    if ec["generate"]:  # the reasoning's greedy answers: every model, both orders, the judged subset
+        n_judged = min(n_test, ec["reasoning_pairs"] or n_test)
+        out.append(_generation("reasoning (generation)", model, data, backend, n_judged * 2 * n_models, 1,
+                               ec["batch_size"], ec["max_new_tokens"],
+                               f"{n_judged} pairs x 2 orders x {n_models} models"))
     if ec["ranking"] and data.ranking_users:
         users = min(data.ranking_users, ec["ranking_max_users"] or data.ranking_users)
         questions = users * data.candidates * (data.candidates - 1)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from dporec import arms
 from dporec.analysis.metrics import BY_USERS, bootstrap_label
+from dporec.analysis.reasoning import LABELS, RATES
 from dporec.report.numbers import ci_text, format_p, level, pct
 from dporec.report.sentences import (
     HYPOTHESIS,
@@ -15,7 +16,67 @@ from dporec.report.sentences import (
     comparison_lines,
     control_conclusion,
 )
-from dporec.report.tables import ranking_lines, sentence
+from dporec.report.tables import ranking_lines, reasoning_rows, sentence
+
+_MARK = {"true": ("**", "** (true)"), "false": ("~~", "~~ (false: {why})"),
+         "unchecked": ("_", "_ (unchecked)")}
+
+
+def _highlighted(answer: str, claims: list[dict]) -> str:
+    """The answer with each claim marked where it stands: true in bold, false struck through with what is
+    wrong, unchecked in italics."""
+    for c in claims:
+        head, tail = _MARK[c["status"]]
+        if c["text"] and c["text"] in answer:
+            answer = answer.replace(c["text"], f"{head}{c['text']}{tail.format(why=c['why'])}", 1)
+    return answer
+
+
+def _reasoning_section(results: dict) -> list[str]:
+    """The thesis's third metric: every model's greedy answers judged from the data, the comparisons on
+    the headline rate, and three answers per model with their claims marked."""
+    r = results.get("reasoning")
+    if not r:
+        return []
+    rows = reasoning_rows(results)
+    sub = r.get("subset") or {}
+    n = next(iter(r["models"].values()))["n_pairs"]
+    which = (f"a seeded sample of {n:,} of the {sub['of']:,} test pairs (the same for every model)"
+             if sub.get("of") and n < sub["of"] else f"all {n:,} test pairs")
+    lines = ["", "## Reasoning quality (secondary)", "",
+             f"Greedy answers on {which}, in both option orders, up to {sub.get('max_new_tokens', '?')} new "
+             "tokens, each judged from the data (dporec/data/judge.py): the decision against the user's "
+             "label; each claim about an option's genres and the history true, false, or unchecked where "
+             "the prompt shows no history genres (never counted true); coherent when the reasoning argues "
+             "for the option it chose. Right and truthful: the right decision, coherent, every claim "
+             "checked and true. Rates are over all answers (an unparseable one counts as wrong, incoherent "
+             "and claiming nothing); intervals: percentile bootstrap over users. The data's own answers "
+             "(what SFT trains on), judged the same way, show what copying them would score. Every answer "
+             "and its judgement: generations.csv.", "",
+             "| " + " | ".join(rows[0]) + " |", "|---|" + "---:|" * (len(rows[0]) - 1)]
+    lines += ["| " + " | ".join(x) + " |" for x in rows[1:]]
+    if not any(m["checkable"] for m in r["models"].values()):
+        lines += ["", "The prompts show no genres for the history (the thesis's file without its users "
+                      "recovered: data.source thesis:FILE?ml1m=ml-1m.zip), so no claim can be checked: the "
+                      "rates that need them are n/a and no comparison is made on them."]
+    for c in arms.comparisons():
+        if r.get(c.key):
+            tag = "(secondary to the primary measure)"
+            lines += ["", f"### {c.title}: right and truthful {tag}", ""] + comparison_lines(r[c.key])
+            lines += ["", f"**Right and truthful: {sentence(r[c.key])}**"]
+    if r.get("examples"):
+        lines += ["", "### Example answers", "",
+                  "Three per model (one with a true claim, one with a false claim, one that is not right and "
+                  "truthful, where there are such): **true**, ~~false~~, _unchecked_."]
+        for name, shown in r["examples"].items():
+            lines += ["", f"**{name}**", ""]
+            for e in shown:
+                verdict = "right and truthful" if e["right_and_truthful"] else e["kind"] + (
+                    ", coherent" if e["coherent"] else ", not coherent")
+                text = _highlighted(e["generated"] or "(empty)", e["claims_detail"]).replace("\n", " ")
+                lines.append(f"- pair {e['pair_id']} ({e['order']} order, label {e['label']}; {verdict}): "
+                             f"{text}")
+    return lines
 
 
 def _models_table(models: dict, block: str | None, lv: str) -> list[str]:
@@ -154,6 +215,7 @@ def report_md(results: dict) -> str:
     else:
         lines.append("No comparison: it needs predictions from both an `sft` and a `dpo` model.")
     lines += _personal_section(results)
+    lines += _reasoning_section(results)
     for arm in arms.ARMS:
         lines += _arm_section(results, arm)
     curves = (results.get("meta") or {}).get("training_curves") or {}
@@ -223,5 +285,20 @@ def aggregate_markdown(agg: dict) -> str:
             lines += ["", f"## Over seeds, personal taste alone: {comp.title} (secondary)", ""]
             lines += comparison_lines(personal[comp.pooled_key])
             lines += ["", f"**{sentence(personal[comp.pooled_key])}**"]
+    reasoned = agg.get("reasoning")
+    if reasoned:
+        keys = [k for k, _, _ in RATES]
+        lines += ["", "## Reasoning quality over seeds (secondary)", "",
+                  "Each seed's generated answers judged from the data; mean ± sample sd over seeds.", "",
+                  "| Model | " + " | ".join(LABELS[k] for k in keys) + " |", "|---|" + "---:|" * len(keys)]
+        for m, ms in reasoned["metrics"].items():
+            lines.append(f"| {m} | " + " | ".join(
+                "n/a" if ms[k]["mean"] is None else f"{ms[k]['mean']:.2f}" if k.endswith("_per_answer")
+                else _pm(ms[k], True) for k in keys) + " |")
+        for comp in arms.comparisons():
+            if reasoned.get(comp.pooled_key):
+                lines += ["", f"### Over seeds: {comp.title}, right and truthful (secondary)", ""]
+                lines += comparison_lines(reasoned[comp.pooled_key])
+                lines += ["", f"**Right and truthful: {sentence(reasoned[comp.pooled_key])}**"]
     lines += ["", f"Note: {agg['note']}."]
     return "\n".join(lines)

@@ -4,7 +4,8 @@ of an evaluation folder (in one call), and aggregate.json/.md over seeds.
 results.json's layout: {"models": {name: analysis.metrics.model_metrics}, one key per comparison of
 dporec.arms (analysis.comparison.compare, or None), "<arm>_arm" for an arm matched to another stage
 (runs.provenance.matching), "baselines" (evaluation.baselines), "ranking" (evaluation.candidate_ranking),
-"personal" (the same models and comparisons on the personal task's pairs), "stability", "meta"}. JSON
+"personal" (the same models and comparisons on the personal task's pairs), "reasoning" (every model's
+generated answers judged: analysis.reasoning), "stability", "meta"}. JSON
 files go through a temporary name, so a half-written one never looks finished.
 """
 from __future__ import annotations
@@ -18,7 +19,7 @@ from dporec.analysis.rank_metrics import METRICS as RANKING_METRICS
 from dporec.files import jsonable, write_json
 from dporec.report import plots
 from dporec.report.markdown import aggregate_markdown, write_report_md
-from dporec.report.predictions import PERSONAL_FILE, write_predictions
+from dporec.report.predictions import PERSONAL_FILE, write_generations, write_predictions
 
 RESULTS = arms.EVAL.marker  # results.json, written last
 
@@ -41,13 +42,16 @@ def write_ranking_csv(path: Path, rows: dict, base_rows: dict) -> None:
 
 
 def write_evaluation(eval_dir, results: dict, rows_by_model: dict, predictions: bool = True,
-                     personal_rows: dict | None = None) -> Path:
+                     personal_rows: dict | None = None, generations: dict | None = None) -> Path:
     """Every evaluation file; results.json last (its presence marks a finished evaluation). personal_rows:
-    the personal task's prediction rows, written to predictions_personal.csv."""
+    the personal task's prediction rows, written to predictions_personal.csv; generations: the judged
+    generation rows by model (analysis.reasoning), written to generations.csv."""
     if predictions:
         write_predictions(eval_dir, [r for rows in rows_by_model.values() for r in rows])
         if personal_rows:
             write_predictions(eval_dir, [r for rows in personal_rows.values() for r in rows], PERSONAL_FILE)
+    if generations:
+        write_generations(eval_dir, [r for rows in generations.values() for r in rows])
     plots.plot_accuracy(eval_dir, results)
     plots.plot_confidence(eval_dir, rows_by_model)
     if results.get("ranking"):

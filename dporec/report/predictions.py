@@ -3,6 +3,7 @@ order and model (the prediction rows of dporec.analysis.metrics), written and re
 from __future__ import annotations
 
 import csv
+import json
 import math
 from pathlib import Path
 
@@ -85,4 +86,56 @@ def read_predictions(path) -> dict[str, list[dict]]:
             if k not in row:
                 raise UserError(f"{path}:{line}: column {k!r} is empty")
         by_model.setdefault(row["model"], []).append(row)
+    return by_model
+
+
+# ---------------------------------------------------------------------------------------------
+# generations.csv: every generated answer and its judgement (analysis.reasoning)
+
+GENERATIONS_FILE = "generations.csv"  # beside predictions.csv
+GENERATION_COLUMNS = (
+    "model", "pair_id", "user_id", "order", "label", "parsed", "kind", "coherent", "argues_for",
+    "right_and_truthful", "all_claims_true", "claims", "false_claims", "unchecked_claims", "misquoted_titles",
+    "wording",
+    "generated", "claims_detail", "reference", "input", "history",
+)
+_GENERATION_NEEDS = ("model", "pair_id", "order", "label", "input", "generated")
+
+
+def write_generations(eval_dir, rows) -> Path:
+    """generations.csv: one row per (judged test pair, order, model), the judgement first, then the answer,
+    its claims (JSON), the data's own answer and what was asked (so re-judging needs no data files)."""
+    path = Path(eval_dir) / GENERATIONS_FILE
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=GENERATION_COLUMNS, restval="", extrasaction="ignore")
+        writer.writeheader()
+        for r in rows:
+            writer.writerow({k: ("" if v is None else json.dumps(v, ensure_ascii=False)
+                                 if k == "claims_detail" else v) for k, v in r.items()})
+    return path
+
+
+def read_generations(path) -> dict[str, list[dict]]:
+    """generations.csv back into generation rows by model (text columns only: the judgement is made anew
+    by analysis.reasoning.judge_rows). A malformed file raises UserError naming FILE:LINE and the column."""
+    path = Path(path)
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            raw = [(reader.line_num, r) for r in reader]
+            columns = reader.fieldnames or []
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise UserError(broken_link(path) or f"cannot read {path}: {e}") from None
+    missing = [c for c in _GENERATION_NEEDS if c not in columns]
+    if missing:
+        raise UserError(f"{path}: not a generations.csv: no column(s) {missing}")
+    by_model: dict[str, list[dict]] = {}
+    for line, r in raw:
+        if None in r:
+            raise UserError(f"{path}:{line}: more cells than the header has columns")
+        for k in ("model", "pair_id", "order", "label", "input"):
+            if not r.get(k):
+                raise UserError(f"{path}:{line}: column {k!r} is empty")
+        keep = ("model", "pair_id", "user_id", "order", "label", "input", "history", "generated", "reference")
+        by_model.setdefault(r["model"], []).append({k: r.get(k) or "" for k in keep})
     return by_model

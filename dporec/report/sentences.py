@@ -42,6 +42,8 @@ def label_reason(c: dict, margin_text: str | None = None) -> str:
 def _sameness(c: dict) -> str:
     """What 'no pair differs' means: the same choices, or other choices that happen to score the same."""
     n, k, d = c["n_pairs"], c.get("decisions_differ", 0), c.get("decisions", 0)
+    if "decisions" not in c:  # a comparison of another per-pair score (the reasoning's headline)
+        return f"every one of the {n:,} pairs scores the same for both models"
     if k == 0:
         return f"the two models make the same choice on all {d:,} decisions"
     return (f"every one of the {n:,} pairs scores the same for both models, although they choose differently "
@@ -98,11 +100,13 @@ def comparison_lines(c: dict) -> list[str]:
         f"- Test pairs: {c['n_pairs']:,} from {c['n_users']:,} users, each scored in both option orders"
         + (f"; each pair's score averaged over {runs} seeds first" if runs > 1 else "")
         + ("; no user ids, so every pair is its own cluster" if c.get("clustering") == BY_PAIRS else ""),
-        f"- Two-order accuracy: {a} {pct(c['a_accuracy'])}, {b} {pct(c['b_accuracy'])}; difference "
+        f"- {c.get('measure_label') or 'Two-order accuracy'}: {a} {pct(c['a_accuracy'])}, {b} "
+        f"{pct(c['b_accuracy'])}; difference "
         f"({b} \u2212 {a}) {signed(100 * c['difference'])} points; {b} scores higher on "
         f"{c['pairs_b_higher']} pair{'' if c['pairs_b_higher'] == 1 else 's'}, {a} on "
-        f"{c['pairs_a_higher']}; they choose differently on "
-        f"{c['decisions_differ']:,} of {c['decisions']:,} decisions",
+        f"{c['pairs_a_higher']}"
+        + (f"; they choose differently on {c['decisions_differ']:,} of {c['decisions']:,} decisions"
+           if "decisions" in c else ""),
         f"- {level(c['alpha'])} CI of the difference: {signed(100 * lo)} to {signed(100 * hi)} "
         f"points, {format_p(c['p_value'])} ({interval_description(c)}; the interval excludes 0 exactly when "
         f"p < {c['alpha']:g})",

@@ -5,6 +5,7 @@ import datetime
 
 from dporec import arms
 from dporec.analysis.rank_metrics import METRICS as RANKING_METRICS
+from dporec.analysis.reasoning import LABELS
 from dporec.report.numbers import ci_text, format_p, level, pct
 from dporec.report.sentences import (
     PRIMARY,
@@ -78,6 +79,47 @@ def ranking_lines(r: dict) -> list[str]:
     return lines
 
 
+REASONING_COLUMNS = ("parseable_rate", "accuracy", "coherence_rate", "all_claims_true_rate",
+                     "false_claims_per_answer", "right_and_truthful_rate", "misquoted_titles_per_answer")
+_PER_ANSWER = ("false_claims_per_answer", "misquoted_titles_per_answer")  # counts per answer, not rates
+
+
+def reasoning_rows(results: dict) -> list[tuple[str, ...]]:
+    """(header, then one row per model and the data's own answers) of the reasoning figures: each rate with
+    its interval; n/a where no claim can be checked (the prompts show no history genres)."""
+    r = results.get("reasoning")
+    if not r:
+        return []
+    lv = level(results.get("alpha"))
+    head = ("model", "answers", *(f"{LABELS[k]}" + ("" if k in _PER_ANSWER else f" [{lv} CI]")
+                                  for k in REASONING_COLUMNS))
+    out = [head]
+    blocks = [*r["models"].items(), *([("data's own answers", r["reference"])] if r.get("reference") else [])]
+    for name, b in blocks:
+        cells = []
+        for k in REASONING_COLUMNS:
+            v, ci = b.get(k), b.get(f"{k}_ci")
+            cells.append("n/a" if v is None else f"{v:.2f}" if k in _PER_ANSWER
+                         else f"{pct(v)} {ci_text(ci)}")
+        out.append((name, str(b["answers"]), *cells))
+    return out
+
+
+def reasoning_lines(results: dict) -> list[str]:
+    """The reasoning table in fixed width, for the console."""
+    rows = reasoning_rows(results)
+    if not rows:
+        return []
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    fmt = lambda r: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+    r = results["reasoning"]
+    sub = r.get("subset") or {}
+    of = f" of {sub['of']:,}" if sub.get("of") and sub.get("pairs") != sub.get("of") else ""
+    return ["", f"Reasoning quality: greedy answers on {next(iter(r['models'].values()))['n_pairs']:,}{of} "
+                "test pairs x 2 orders, judged from the data (generations.csv)",
+            fmt(rows[0]), "  ".join("-" * w for w in widths), *(fmt(x) for x in rows[1:])]
+
+
 def format_table(results: dict) -> str:
     """Fixed-width plain-text table of the per-model metrics, then baselines and ranking, for the console."""
     header = ("model", "pairs", "acc", f"{level(results.get('alpha'))} CI", "orig", "swap", "both",
@@ -97,7 +139,7 @@ def format_table(results: dict) -> str:
 
     ranking = ["", *ranking_lines(results["ranking"])] if results.get("ranking") else []
     return "\n".join([fmt(header), "  ".join("-" * w for w in widths)] + [fmt(r) for r in rows]
-                     + baseline_lines(results) + ranking)
+                     + baseline_lines(results) + ranking + reasoning_lines(results))
 
 
 def format_verdict(results: dict) -> str:
@@ -112,6 +154,9 @@ def format_verdict(results: dict) -> str:
     lines += comparison_lines(c) + ["", sentence(c)]
     if personal_verdict(results):
         lines += ["", personal_verdict(results)]
+    reasoned = (results.get("reasoning") or {}).get(arms.MAIN.key)
+    if reasoned:
+        lines += ["", f"Reasoning quality, right and truthful (secondary): {sentence(reasoned)}"]
     if results.get("ranking") and results["ranking"].get("comparison"):
         lines += [ranking_verdict(results["ranking"])]
     if results.get("baselines"):
@@ -120,6 +165,9 @@ def format_verdict(results: dict) -> str:
         for comp in arm.comparisons:
             if results.get(comp.key):
                 lines += ["", f"{comp.lead} (secondary)", sentence(results[comp.key])]
+            if (results.get("reasoning") or {}).get(comp.key):
+                lines += ["", f"{comp.lead}, reasoning: right and truthful (secondary)",
+                          sentence(results["reasoning"][comp.key])]
         match = results.get(f"{arm.name}_arm")
         if match:
             missed = f"; NOT matched: {', '.join(match['not_matched'])}" if match["not_matched"] else ""

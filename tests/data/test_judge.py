@@ -61,12 +61,13 @@ def test_a_history_without_genres_leaves_claims_unchecked():
     """The thesis's file shows history titles only: decisions are judged, claims cannot be."""
     ex = example("A", history=["Se7en (1995)", "Speed (1994)"], layout=task.inline_input)
     j = judge.judge("The better recommendation is Option A. Reasoning: Heat (1995) has Romance.", ex)
-    assert (j.kind, j.checked, j.claims) == (RIGHT, False, 0)
+    assert (j.kind, j.checked, j.claims, j.unchecked) == (RIGHT, False, 1, 1)
+    assert not j.all_true and not j.right_and_truthful  # unchecked is never counted as true
 
 
 def test_chosen_and_rejected_rules():
     right = judge.Judgement(RIGHT, "A")
-    false = judge.Judgement(RIGHT_FALSE_CLAIMS, "A", 1, ["x"])
+    false = judge.Judgement(RIGHT_FALSE_CLAIMS, "A", [judge.Claim("x", "A", judge.FALSE, "x")])
     wrong = judge.Judgement(WRONG, "B")
     bad = judge.Judgement(UNPARSEABLE)
     assert [judge.is_chosen(j) for j in (right, false, wrong, bad)] == [True, False, False, False]
@@ -91,3 +92,106 @@ def test_every_builder_reasoning_is_judged_true(tmp_path):
             assert j.kind == RIGHT and j.claims == 2, (e.pair_id, j)
             r = judge.judge(records.rejected_output(e), e)
             assert r.kind == WRONG and not r.false_claims, (e.pair_id, r)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reasoning quality: coherence, and the thesis's wording with and without the history's genres
+
+PRAISE_CASPER = ("Reasoning: Of the genres in the history, Casper (1995) (Adventure|Children's) has Action; "
+                 "Heat (1995) (Action|Crime|Thriller) has none of them.")
+
+
+@pytest.mark.parametrize("sample, argues, coherent, all_true, headline", [
+    # the builder's wording for the chosen option: coherent, true
+    ("The better recommendation is Option A. " + TRUE_REASONING, "A", True, True, True),
+    # the same reasoning under the other decision: it argues for Heat (A) but chose B
+    ("The better recommendation is Option B. " + TRUE_REASONING, "A", False, True, False),
+    # praises Casper's genres under "Option A": incoherent, and both claims are false
+    ("The better recommendation is Option A. " + PRAISE_CASPER, "B", False, False, False),
+    # one option said to share none: the reasoning argues for the other
+    ("The better recommendation is Option B. Reasoning: Option A has none of them.", "B", True, False, False),
+    # equal claimed counts: the option named first (the template names the chosen one first)
+    ("The better recommendation is Option A. Reasoning: Heat (1995) has Crime; Casper (1995) has Drama.",
+     "A", True, False, False),
+    # no reasoning, or reasoning that claims nothing: argues nothing, not coherent
+    ("The better recommendation is Option A.", None, False, False, False),
+    ("The better recommendation is Option A. Reasoning: it is a great film.", None, False, False, False),
+    ("The better recommendation is Option A or B.", None, False, False, False),
+])
+def test_coherence_of_hand_made_answers(sample, argues, coherent, all_true, headline):
+    j = judge.judge(sample, example("A"))
+    assert (j.argues_for, j.coherent, j.all_true, j.right_and_truthful) == (argues, coherent, all_true,
+                                                                             headline), j
+
+
+HEAT_G, CASPER_G = "Action|Crime|Thriller", "Adventure|Children's"
+
+
+def thesis_example(history_field=None, label="A"):
+    """A line in the thesis's layout: history titles only, options with genres, the thesis's reasoning."""
+    a, b = (HEAT, CASPER) if label == "A" else (CASPER, HEAT)
+    rec = {"instruction": task.INSTRUCTION, "output": task.answer_text(label),
+           "input": task.inline_input(["Se7en (1995)", "Speed (1994)"], a, b)}
+    if history_field is not None:
+        rec["history"] = history_field
+    return records.parse_record(rec, "contrastive_rec_train.jsonl:1", "x")
+
+
+RECOVERED = [{"item_id": 47, "title": "Se7en (1995)", "genres": ["Crime", "Thriller"]},
+             {"item_id": 377, "title": "Speed (1994)", "genres": ["Action", "Romance", "Thriller"]}]
+THESIS_TRUE = task.answer_text("A", task.thesis_reasoning(HEAT_G, "B", CASPER_G))
+
+
+def test_thesis_wording_without_the_history_genres_is_unchecked():
+    j = judge.judge(THESIS_TRUE, thesis_example())
+    assert j.wording == "thesis" and j.kind == RIGHT and j.coherent
+    assert [c.status for c in j.claim_list] == [judge.UNCHECKED, judge.UNCHECKED]
+    assert not j.right_and_truthful
+    # a wrong attribution needs no history to be false
+    wrong = task.answer_text("A", task.thesis_reasoning(HEAT_G, "B", "Drama"))
+    jw = judge.judge(wrong, thesis_example())
+    assert [c.status for c in jw.claim_list] == [judge.UNCHECKED, judge.FALSE]
+    assert jw.kind == RIGHT_FALSE_CLAIMS
+
+
+def test_thesis_wording_with_recovered_genres_is_checked():
+    ex = thesis_example(RECOVERED)
+    j = judge.judge(THESIS_TRUE, ex)
+    assert [c.status for c in j.claim_list] == [judge.TRUE, judge.TRUE] and j.right_and_truthful
+    # the mirrored answer praises Casper's genres (none in the history) and says Heat does not align
+    # (it shares Action, Crime and Thriller): both false, and coherent with its own (wrong) decision
+    mirrored = task.answer_text("B", task.thesis_reasoning(CASPER_G, "A", HEAT_G))
+    jm = judge.judge(mirrored, ex)
+    assert jm.kind == WRONG and jm.coherent and jm.argues_for == "B"
+    assert [c.status for c in jm.claim_list] == [judge.FALSE, judge.FALSE]
+    # the thesis's template under the other letter: praises A, decides B -> incoherent
+    ji = judge.judge(task.answer_text("B", task.thesis_reasoning(HEAT_G, "B",
+                                                                 CASPER_G)), ex)
+    assert ji.argues_for == "A" and not ji.coherent
+    # the swapped order: the letters move with the options
+    js = judge.judge(task.answer_text("B", task.thesis_reasoning(HEAT_G, "A",
+                                                                 CASPER_G)), records.swap(ex))
+    assert js.right_and_truthful
+
+
+def test_structured_history_genres_are_used_only_where_the_prompt_shows_none():
+    assert judge.history_genres("History: Se7en (1995)\nOption A: x.\nOption B: y.", RECOVERED) == {
+        "Crime", "Thriller", "Action", "Romance"}
+    shown = "History: Toy Story (1995) (Animation)\nOption A: x.\nOption B: y."
+    assert judge.history_genres(shown, RECOVERED) == {"Animation"}
+
+
+def test_misquoted_titles_and_movies_that_are_neither_option():
+    """An option named under another title but with its genres is that option, its claim judged and the
+    misquote counted apart; a movie that is neither option (other title, other genres) is a false claim."""
+    text = ("The better recommendation is Option A. Reasoning: Of the genres in the history, Heap (1995) "
+            "(Action|Crime|Thriller) has Action; Casper (1995) has none of them.")
+    j = judge.judge(text, example("A"))
+    assert [c.status for c in j.claim_list] == [judge.TRUE, judge.TRUE] and j.misquoted == 1
+    assert j.argues_for == "A" and j.right_and_truthful
+    made_up = text.replace("Heap (1995) (Action|Crime|Thriller)", "Ronin (1998) (Action|Crime)")
+    jm = judge.judge(made_up, example("A"))
+    assert [c.status for c in jm.claim_list] == [judge.FALSE, judge.TRUE] and jm.misquoted == 0
+    assert "neither option" in jm.false_claims[0]
+    assert jm.argues_for == "A"  # Casper said to share none: the reasoning argues against it
+    assert jm.kind == RIGHT_FALSE_CLAIMS and not jm.right_and_truthful

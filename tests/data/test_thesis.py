@@ -109,6 +109,30 @@ def test_recovery_reports_unmatched_and_users_with_two_lines_and_keeps_them_toge
     assert not (users["train"] & users["test"]) and not (users["train"] & users["val"])
 
 
+def test_recovery_writes_the_history_genres_that_make_claims_checkable(thesis_src, tmp_path):
+    """With ?ml1m= each matched line carries its history's movies and genres from movies.dat (the prompt
+    still shows titles only), so the judge checks the thesis wording's claims; without it they are
+    unchecked."""
+    from dporec.data import judge
+    from dporec.data.sources import movielens
+    path, ml1m = thesis_src
+    summary = sources.build(f"thesis:{path}?ml1m={ml1m}", tmp_path / "r", seed=0)
+    assert summary["recovery"]["histories_with_genres"] == N_USERS
+    _, movies = movielens.read(ml1m)
+    recovered = records.load_examples(tmp_path / "r" / "test.jsonl")
+    for ex in recovered:
+        titles = [m["title"] for m in ex.extra["history"]]
+        assert ", ".join(titles) == task.history_text(ex.input)  # the prompt's titles, in its order
+        assert all(m["genres"] == list(movies[m["item_id"]].genres) for m in ex.extra["history"])
+        assert task.shown_genres(task.history_text(ex.input)) == []
+        j = judge.judge(ex.output, ex)
+        assert j.wording == "thesis" and j.checked and j.claims == 2
+    sources.build(f"thesis:{path}", tmp_path / "plain", seed=0)
+    for ex in records.load_examples(tmp_path / "plain" / "test.jsonl"):
+        j = judge.judge(ex.output, ex)
+        assert j.wording == "thesis" and j.unchecked == 2 and not j.right_and_truthful
+
+
 def test_history_reading_joins_comma_pieces_into_known_titles():
     index = {"Hello, Stranger (1943)": [1], "Stranger (1943)": [2], "Bug's Life, A (1998)": [3],
              "Hello (1950)": [4]}

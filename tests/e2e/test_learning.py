@@ -6,12 +6,13 @@ and the same run on the same data with the training labels shuffled stays at 50%
 Either test fails when training or scoring is miswired: a wrong letter or flipped labels would send
 the real run below 50%, scoring the wrong token would leave it at chance, and a leak of the answer
 into the prompt (or scoring that ignores the model) would lift the shuffled control.
-Measured on 2 cores: base 44.0%, SFT 88.7%, DPO 90.7%, on-policy DPO 89.3% (22 position-balanced
-pairs of the 36 that 200 sampled prompts gave, none degenerate); shuffled SFT 42.7%, DPO 50.0%; the
-genre-overlap rule 86.7% on the same 75 test pairs. Whole file ~4.5 minutes.
+Measured on 2 cores: base 39.3%, SFT 95.3%, DPO 96.7%, on-policy DPO 94.7% (106 position-balanced
+pairs of the 114 that 200 sampled prompts gave, a wrong decision or a false claim rejected, none
+degenerate); shuffled SFT 42.7%, DPO 50.0%; the genre-overlap rule 86.7% on the same 75 test pairs.
 """
 from __future__ import annotations
 
+import csv
 import json
 import random
 import shutil
@@ -84,6 +85,28 @@ def learned(learn_inputs, tmp_path_factory) -> tuple[dict, Path]:
     results = json.loads((out / "eval" / "results.json").read_text())
     print(f"two-order accuracy { {m: r['accuracy'] for m, r in results['models'].items()} }")
     return results, out
+
+
+def test_reasoning_is_judged_for_every_model(learned):
+    """The generated answers, judged from the data: SFT's are parseable, right and argue for what they
+    chose, its genre claims mostly true; the base model's name no option. Measured on 2 cores (30 pairs x 2
+    orders): base 0% parseable; SFT 100% parseable, 95% right, 80% coherent, 50% right and truthful (its
+    false claims give the other option a genre it does not have, or name a movie that is neither option);
+    DPO 18% and on-policy DPO 27% right and truthful, with 0.28 and 0.05 false claims per answer."""
+    results, out = learned
+    r = results["reasoning"]
+    assert set(r["models"]) == {"base", "sft", "dpo", "dpo_onpolicy"} and r["subset"]["pairs"] == 30
+    base, sft = r["models"]["base"], r["models"]["sft"]
+    assert base["parseable_rate"] <= 0.2 and base["right_and_truthful_rate"] <= 0.1
+    assert sft["parseable_rate"] >= 0.9 and sft["accuracy"] >= 0.8 and sft["coherence_rate"] >= 0.6
+    assert sft["right_and_truthful_rate"] >= base["right_and_truthful_rate"] + 0.25
+    assert r["reference"]["right_and_truthful_rate"] == 1.0  # the data's own answers
+    assert r["comparison"]["measure"] == "right_and_truthful_rate"
+    md = (out / "eval" / "report.md").read_text()
+    assert "## Reasoning quality (secondary)" in md and "| base | 60 |" in md and "| sft | 60 |" in md
+    assert "** (true)" in md and "~~ (false: " in md
+    with open(out / "eval" / "generations.csv", newline="", encoding="utf-8") as f:
+        assert len(list(csv.DictReader(f))) == 4 * 60
 
 
 def test_sft_and_dpo_learn_what_the_genre_rule_knows(learned):

@@ -29,7 +29,8 @@ def _finished_files(root: Path) -> dict[Path, int]:
 def test_seeds_and_control_arm_end_to_end_then_skipped(capsys, tiny_data, tiny_model, tmp_path):
     out = tmp_path / "run"
     argv = ["--config", str(TINY_CONFIG), *tiny_overrides(tiny_data, tiny_model, out), *FAST,
-            "seeds=[1, 2]", "experiment.control_arm=true", "dpo.learning_rate=5e-4"]
+            "seeds=[1, 2]", "experiment.control_arm=true", "dpo.learning_rate=5e-4",
+            "eval.generate=true", "eval.reasoning_pairs=3", "eval.max_new_tokens=4"]
     assert experiment_main(argv) == 0
     first = capsys.readouterr().out
 
@@ -56,6 +57,13 @@ def test_seeds_and_control_arm_end_to_end_then_skipped(capsys, tiny_data, tiny_m
     assert "Over seeds, personal taste alone: SFT vs DPO (secondary)" in (out / "aggregate.md").read_text()
     assert agg["pooled"]["seed_spread"]["differences"] == [agg["per_seed"][s]["comparison"]["difference"]
                                                           for s in ("1", "2")]
+    # the reasoning figures over seeds: every seed judged the same 3 pairs, pooled the same way
+    reasoned = agg["reasoning"]
+    assert set(reasoned["metrics"]) == {"base", "sft", "dpo", "sft_control"}
+    assert len(reasoned["metrics"]["dpo"]["right_and_truthful_rate"]["values"]) == 2
+    assert reasoned["pooled"]["n_pairs"] == 3 and reasoned["pooled"]["n_runs"] == 2
+    assert reasoned["pooled"]["measure"] == "right_and_truthful_rate"
+    assert "Reasoning quality over seeds (secondary)" in (out / "aggregate.md").read_text()
     assert agg["pooled"]["verdict"] == comparison.verdict(agg["pooled"]["ci"], 0.02)
 
     # The control arm continues the SFT adapter for as many optimizer steps as DPO took, at DPO's

@@ -279,7 +279,13 @@ def test_generate_choices_rows(base_4bit, heldout_examples):
     gen_by = _by_key(gen)
     for g in single:
         assert g["generated"] == gen_by[(g["pair_id"], g["order"])]["generated"]
-    rows = scoring.score_answers(model, tok, exs, "alpaca", 8, model_name="base")
-    merged = generation.attach_generations(rows, gen)
-    m = metrics.model_metrics(merged)
-    assert m["generation"]["counts"]["decisions"] == 2 * len(exs)
+    # the reasoning's rows: the same greedy answers, with what was asked and the data's own answer
+    answers = generation.generate_answers(model, tok, exs, "alpaca", batch_size=4, max_new_tokens=6,
+                                          model_name="base")
+    assert [a["generated"] for a in answers] == [g["generated"].strip() for g in gen]
+    for a, (ex, (order, e)) in zip(answers, [(x, o) for x in exs for o in records.orders(x)]):
+        assert (a["pair_id"], a["order"], a["input"], a["label"]) == (ex.pair_id, order, e.input, e.label)
+        assert a["reference"] == records.sft_output(e)
+    subset = generation.reasoning_subset(heldout_examples, 2)
+    assert len(subset) == 2 and subset == generation.reasoning_subset(heldout_examples, 2)  # seeded
+    assert generation.reasoning_subset(heldout_examples, None) == list(heldout_examples)

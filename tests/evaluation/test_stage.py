@@ -59,7 +59,9 @@ def test_results_json(evaluated):
         assert 0.0 <= m["accuracy"] <= 1.0
         both = (m["accuracy_original_order"] + m["accuracy_swapped_order"]) / 2
         assert m["accuracy"] == pytest.approx(both)
-        assert m["generation"]["counts"]["decisions"] == 2 * n
+        # every test pair generated and judged in both orders (eval.reasoning_pairs: null)
+        r = res["reasoning"]["models"][name]
+        assert r["answers"] == 2 * n and r["n_pairs"] == n and 0 <= r["parseable_rate"] <= 1
     c = res["comparison"]
     for key in COMPARISON_KEYS:
         assert key in c, key
@@ -154,7 +156,8 @@ def test_malformed_test_file_names_file_and_line(tiny_data, tiny_model, tmp_path
 # ---------------------------------------------------------------- --from-predictions
 
 def _stats_part(res: dict) -> dict:
-    return {k: res[k] for k in ("models", "comparison", "comparison_control", "control_arm", "personal")}
+    return {k: res[k] for k in ("models", "comparison", "comparison_control", "control_arm", "personal",
+                                "reasoning")}
 
 
 def test_from_predictions_reproduces_the_evaluation(evaluated, trained_run, tmp_path, capsys):
@@ -170,6 +173,9 @@ def test_from_predictions_reproduces_the_evaluation(evaluated, trained_run, tmp_
     assert (out / "predictions.csv").read_bytes() == (evaluated / "predictions.csv").read_bytes()
     assert (out / "predictions_personal.csv").read_bytes() == \
         (evaluated / "predictions_personal.csv").read_bytes()  # the second verdict re-analysed too
+    # the generated answers re-judged from generations.csv alone: the same reasoning figures and file
+    assert (out / "generations.csv").read_bytes() == (evaluated / "generations.csv").read_bytes()
+    assert "## Reasoning quality (secondary)" in (out / "report.md").read_text()
     for name in ("report.md", "accuracy.png", "confidence.png", "config.yaml"):
         assert (out / name).is_file(), name
     assert original["comparison"]["sentence"] in (out / "report.md").read_text()

@@ -113,6 +113,18 @@ def _candidates(ex: records.Example, index, item_users) -> set:
     return found
 
 
+def _recovered_history(ex: records.Example, items: set, index, movies) -> list[dict] | None:
+    """The history's movies as its recovered user rated them ([{"item_id", "title", "genres"}], the
+    builder's structured `history` field), from the first reading whose every title is one the user
+    rated; None when no reading is."""
+    for reading in read_history(task.history_text(ex.input), index):
+        ids = [next((i for i in sorted(cands) if i in items), None) for cands in reading]
+        if None not in ids:
+            return [{"item_id": int(i), "title": movies[i].title, "genres": list(movies[i].genres)}
+                    for i in ids]
+    return None
+
+
 def match_users(examples: list[records.Example], ml1m: Path, allow_md5_mismatch: bool = False,
                 like_threshold: int = 4) -> dict:
     """Each line's MovieLens-1M user, found from its history and liked option.
@@ -121,7 +133,8 @@ def match_users(examples: list[records.Example], ml1m: Path, allow_md5_mismatch:
     in turn, to those who rated all of them >= like_threshold, then to those no other line matched
     alone (the thesis wrote one line per user). Returns {'user_ids': [id or None per line],
     'counts': matched/unmatched/ambiguous, 'tie_broken': lines matched only after narrowing,
-    'users_with_several_lines': users matched by more than one line (should be 0)}.
+    'users_with_several_lines': users matched by more than one line (should be 0), 'histories': each
+    matched line's history with its genres from movies.dat (_recovered_history; None where unmatched)}.
     """
     ratings, movies = movielens.read(ml1m, allow_md5_mismatch)
     index: dict[str, list[int]] = defaultdict(list)
@@ -150,7 +163,12 @@ def match_users(examples: list[records.Example], ml1m: Path, allow_md5_mismatch:
     counts = {"matched": sum(len(c) == 1 for c in cands), "unmatched": sum(not c for c in cands),
               "ambiguous": sum(len(c) > 1 for c in cands)}
     per_user = Counter(u for u in user_ids if u is not None)
-    return {"user_ids": user_ids, "counts": counts, "tie_broken": narrowed,
+    matched = {int(u) for u in per_user}
+    user_items = {u: set(g["item_id"].tolist()) for u, g in ratings[ratings["user_id"].isin(matched)]
+                  .groupby("user_id")}
+    histories = [None if u is None else _recovered_history(ex, user_items[int(u)], index, movies)
+                 for ex, u in zip(examples, user_ids)]
+    return {"user_ids": user_ids, "histories": histories, "counts": counts, "tie_broken": narrowed,
             "users_with_several_lines": sum(n > 1 for n in per_user.values()),
             "ml1m_users": int(ratings["user_id"].nunique())}
 
@@ -178,7 +196,11 @@ def build(source: str, out_dir: str | Path, seed: int, val_fraction: float, test
     notes, recovery = [], None
     if ml1m is not None:
         recovery = match_users(examples, ml1m, allow_md5_mismatch)
-        examples = [e if u is None else replace(e, user_id=u) for e, u in zip(examples, recovery["user_ids"])]
+        # the user id, and the history's genres (the prompt shows titles only): reasoning claims become
+        # checkable (data.judge); the prompt itself stays the thesis's
+        examples = [e if u is None else replace(e, user_id=u, extra={**e.extra, "history": h} if h
+                                                else e.extra)
+                    for e, u, h in zip(examples, recovery["user_ids"], recovery["histories"])]
         c = recovery["counts"]
         notes.append(f"user ids recovered from {ml1m}: {c['matched']:,} of {len(examples):,} lines matched "
                      f"exactly one user ({recovery['tie_broken']:,} of them after narrowing to ratings >= 4 "
@@ -215,7 +237,9 @@ def build(source: str, out_dir: str | Path, seed: int, val_fraction: float, test
         "kind": "thesis", "source": str(source), "file": str(path), "ml1m": str(ml1m) if ml1m else None,
         "seed": seed, "val_fraction": val_fraction, "test_fraction": test_fraction, "lines": len(examples),
         "layouts": dict(layouts), "answers_in_file": {"A": in_file["A"], "B": in_file["B"]},
-        "recovery": {k: v for k, v in recovery.items() if k != "user_ids"} if recovery else None,
+        "recovery": ({**{k: v for k, v in recovery.items() if k not in ("user_ids", "histories")},
+                      "histories_with_genres": sum(h is not None for h in recovery["histories"])}
+                     if recovery else None),
         "splits": {s: {"users": len({g for e, g in zip(examples, groups) if split_of[g] == s}),
                        "examples": len(exs), **{L: balance(exs)[L] for L in task.LETTERS}}
                    for s, exs in splits.items()},
