@@ -160,7 +160,8 @@ def test_a_new_arm_is_one_record(monkeypatch, tmp_path):
     shape = ModelShape.from_config({"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
                                     "num_attention_heads": 4, "vocab_size": 512})
     names = [s.name for s in cost.stages(cfg, shape, data, dict.fromkeys(runtime.KINDS, "hf"))]
-    assert names == ["SFT", "DPO", "DPO reference", "IPO", "IPO reference", "evaluation"]
+    assert names == ["SFT", "DPO", "DPO reference", "IPO", "IPO reference", "evaluation",
+                     "reasoning (generation)"]
     spec = arms.spec_for(IPO, cfg, arms.Predicted(str(tmp_path), "sft-adapter", 7, 1e-5))
     settings = spec.config_settings(cfg["output_dir"])
     assert settings == {"dpo.max_steps": 7, "dpo.loss_type": ["ipo"]}
@@ -206,4 +207,4 @@ def test_a_given_sft_adapter_is_neither_trained_nor_costed(tmp_path):
     shape = ModelShape.from_config({"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
                                     "num_attention_heads": 4, "vocab_size": 512})
     names = [s.name for s in cost.stages(cfg, shape, data, dict.fromkeys(runtime.KINDS, "hf"))]
-    assert names == ["DPO", "DPO reference", "SFT control", "evaluation"]
+    assert names == ["DPO", "DPO reference", "SFT control", "evaluation", "reasoning (generation)"]
