@@ -92,8 +92,8 @@ def main(argv=None) -> int:
             size["n_users"] = max(50, round(size["n_users"] * args.users))
             start = time.perf_counter()
             archive = synthetic.write_release(tmp / name, name, seed=0, zipped=True, **size)
-            print(f"wrote a synthetic {archive.name} in {sources.release(name).title}'s format "
-                  f"({archive.stat().st_size / 1e6:,.0f} MB) in {time.perf_counter() - start:.0f} s")
+            print(f"wrote a synthetic {archive.name}, {sources.release(name).title} format "
+                  f"({archive.stat().st_size / 1e6:,.0f} MB), in {time.perf_counter() - start:.0f} s")
             results[name] = build_in_child(archive, tmp / f"{name}-built")
             print(f"built it in {results[name][1]:.1f} s: {describe(results[name][0])}")
     print()

@@ -298,6 +298,10 @@ def _check_args(history_len, train_pairs_per_user, eval_pairs_per_user, val_frac
         raise UserError("history_len, train_pairs_per_user and eval_pairs_per_user must be at least 1")
     if min(val_fraction, test_fraction) < 0 or val_fraction + test_fraction >= 1:
         raise UserError("val_fraction and test_fraction must be >= 0 and sum to less than 1")
+    lo, hi = built.STARS
+    for name, value in (("like_threshold", like_threshold), ("dislike_threshold", dislike_threshold)):
+        if not lo <= value <= hi:
+            raise UserError(f"{name} must be {lo:g}-{hi:g} stars (MovieLens's scale), got {value}")
     if dislike_threshold >= like_threshold:
         raise UserError(f"dislike_threshold ({dislike_threshold}) must "
                         f"be below like_threshold ({like_threshold})")

@@ -108,8 +108,8 @@ def help_lines() -> list[str]:
 
 def expected_users(source: str | None, max_users: int | None = None) -> int | None:
     """How many users a build from `source` draws pairs from, before building it: the release's users
-    (told by the zip or folder name), synthetic:N's N, ML-100K's 943, the thesis file's 6,040 lines;
-    at most max_users. None when the name does not tell."""
+    (told by the zip or folder name), synthetic:N's N, ML-100K's 943; at most max_users. None when the
+    name does not tell, and for the thesis's file (split by line, not built from ratings)."""
     source = str(source or "")
     name = Path(source.split("?")[0]).name.removesuffix(".zip")
     users = next((r.users for r in RELEASES if name in (r.name, r.folder)), None)
@@ -120,7 +120,7 @@ def expected_users(source: str | None, max_users: int | None = None) -> int | No
         n = source.partition(":")[2]
         users = int(n) if n.isdigit() else synthetic.ML1M_USERS
     elif is_thesis(source):
-        users = release("ml-1m").users  # one line per MovieLens-1M user
+        users = None
     if users is None:
         return None
     return min(users, max_users) if max_users else users

@@ -1,4 +1,5 @@
-"""Synthetic ratings in the exact MovieLens-1M file format (the `synthetic:N` source, and every fixture).
+"""Synthetic ratings in the exact MovieLens-1M file format (the `synthetic:N` source, and every fixture),
+and in every other release's format (write_release: ML-10M's `::` files, the CSV releases' files).
 
 MovieLens may not be redistributed, so fixtures come from here, with a known ground truth: each user
 likes a few of the 18 ML genres and dislikes a few others; ratings >= 4 fall mostly on movies of
