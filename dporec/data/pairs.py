@@ -139,9 +139,10 @@ def _matched_negatives(ratings, targets, dislike_threshold, train_users, like_th
     used: dict[int, list] = {}  # a user's examples take distinct negatives
     users, items, times = (targets[c].to_numpy() for c in ("user_id", "item_id", "timestamp"))
     for row in rng.permutation(len(targets)):
-        user, item, t = users[row], int(items[row]), int(times[row])  # user keeps the ids' dtype: a Python
-        taken = used.get(user, ())                                    # int would make searchsorted copy
-        if len(taken) >= per_user:                                    # the whole array to int64 each time
+        # the user id keeps the ids' dtype: a Python int would make searchsorted copy bad_users to int64
+        user, item, t = users[row], int(items[row]), int(times[row])
+        taken = used.get(user, ())
+        if len(taken) >= per_user:
             continue
         pool = bad_items[np.searchsorted(bad_users, user, "left"):np.searchsorted(bad_users, user, "right")]
         if taken:

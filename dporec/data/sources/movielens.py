@@ -36,6 +36,7 @@ RATING_FIELDS = {"dat": ("UserID", "MovieID", "Rating", "Timestamp"),
                  "csv": ("userId", "movieId", "rating", "timestamp")}
 MOVIE_FIELDS = {"dat": ("MovieID", "Title", "Genres"), "csv": ("movieId", "title", "genres")}
 SEPARATED = {"dat": "'::'-separated", "csv": "comma-separated"}
+RATINGS_NAMES = ("ratings.dat", "ratings.csv")
 NO_GENRES = "(no genres listed)"  # how the CSV releases (and ML-10M) write a movie without genres
 # a CSV folder or zip whose name is none of RELEASES' (ml-latest, a trimmed copy): read as the CSV releases
 OTHER_CSV = Release("movielens-csv", "a MovieLens release in the CSV layout", "", "csv", True, 0, 0, 0, None,
@@ -108,6 +109,9 @@ def _not_found(path: Path) -> UserError:
 def locate(path: Path, allow_md5_mismatch: bool = False) -> tuple[Release, dict[str, _File], str]:
     """(the release, {file name: _File} of its ratings and movies files, what the checksum said)."""
     if path.is_dir():
+        inside = [d for d in path.iterdir() if d.is_dir() and any((d / n).is_file() for n in RATINGS_NAMES)]
+        if not any((path / n).is_file() for n in RATINGS_NAMES) and len(inside) == 1:
+            path = inside[0]  # the folder the zip was unpacked in, holding the release's own folder
         present = {p.name: p for p in path.iterdir() if p.is_file()}
         rel = _identify(path, set(present), {path.name})
         files = {n: _File(str(present[n]), lambda p=present[n]: p.open("rb")) for n in rel.files}
