@@ -187,7 +187,8 @@ def _prepare_parser(doc: str) -> argparse.ArgumentParser:
                    help="movies per test user in ranking_test.jsonl (eval.ranking; 0: no file; "
                         "data.ranking_candidates)")
     p.add_argument("--negatives", choices=("disliked", "matched"),
-                   help="disliked: any movie the user rated <= 2 (general appeal answers most pairs); "
+                   help="disliked: any movie the user rated <= data.dislike_threshold (2) (general appeal "
+                        "answers most pairs); "
                         "matched: a disliked movie as popular and as well rated as the liked one "
                         "(personal taste); data.negatives")
     p.add_argument("--split", choices=("users", "temporal"),

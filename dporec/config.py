@@ -104,9 +104,9 @@ SCHEMA: dict[str, Any] = {
                                           + sources.forms()),
         "negatives": F(built.DEFAULTS["negatives"], str, choices=("disliked", "matched"),
                        help="how run_experiment.py picks each pair's other movie when it builds from a "
-                            "source: disliked (any movie the user rated <= 2: general appeal alone answers "
-                            "most pairs) or matched (a disliked movie as popular and as well rated as the "
-                            "liked one: only personal taste answers it)"),
+                            "source: disliked (any movie the user rated <= dislike_threshold: general appeal "
+                            "alone answers most pairs) or matched (a disliked movie as popular and as well "
+                            "rated as the liked one: only personal taste answers it)"),
         "split": F(built.DEFAULTS["split"], str, choices=built.SPLIT_KINDS,
                    help="users: users drawn at random into train/val/test, each pair's target at any time "
                         "(the thesis); temporal: the same user-disjoint splits, and a time cut as well: "
