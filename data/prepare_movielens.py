@@ -13,16 +13,18 @@
         --out data/generated/ml-100k-matched
     # MovieLens-1M into another folder (download ml-1m.zip yourself, never commit it):
     python data/prepare_movielens.py --source data/ml-1m.zip --out data/generated/ml1m-other
+    # any other release's zip or folder (ml-10m, ml-20m, ml-25m, ml-32m, ml-latest-small: told by its
+    # files, its MD5 checked where published); 6,040 of ML-25M's users drawn with the seed:
+    python data/prepare_movielens.py --source data/ml-25m.zip --max-users 6040 --out data/generated/ml25m
     # the thesis's own finished file (one line per user): split it; with --ml1m, recover each line's user
     python data/prepare_movielens.py --source thesis:contrastive_rec_train.jsonl --out data/generated/thesis
     python data/prepare_movielens.py --source thesis:contrastive_rec_train.jsonl --ml1m data/ml-1m.zip \\
         --out data/generated/thesis
 
---config FILE [KEY=VALUE ...] takes --source, --out, --seed, --negatives, --ranking-candidates and the
-pairs per user from the config (data.source, the folder of data.train_file, seed, data.negatives,
-data.ranking_candidates, data.train_pairs_per_user, data.eval_pairs_per_user); a flag given as well
-wins. Without --config, --source and --out are required and --seed defaults to 42, the
-configs' seed.
+--config FILE [KEY=VALUE ...] takes --source, --out, --seed and every build setting from the config
+(data.source, the folder of data.train_file, seed, data.negatives, data.ranking_candidates, the pairs per
+user, data.max_users, data.like_threshold, data.dislike_threshold, ...); a flag given as well wins.
+Without --config, --source and --out are required and --seed defaults to 42, the configs' seed.
 
 Writes OUT/train.jsonl, val.jsonl, test.jsonl (users disjoint, answer in position A for half of each
 split), OUT/ranking_test.jsonl (N rated candidates per test user, for eval.ranking) and OUT/summary.json,

@@ -162,7 +162,7 @@ def export(argv: list[str] | None = None, doc: str = "") -> int:
 BUILD_FLAGS = (("source", "source"), ("out", "out_dir"), ("seed", "seed"),
                *((k, k) for k in ("history_len", "train_pairs_per_user", "eval_pairs_per_user",
                                   "ranking_candidates", "negatives", "split", "val_fraction",
-                                  "test_fraction")))
+                                  "test_fraction", "max_users", "like_threshold", "dislike_threshold")))
 
 
 def _prepare_parser(doc: str) -> argparse.ArgumentParser:
@@ -187,16 +187,24 @@ def _prepare_parser(doc: str) -> argparse.ArgumentParser:
                    help="movies per test user in ranking_test.jsonl (eval.ranking; 0: no file; "
                         "data.ranking_candidates)")
     p.add_argument("--negatives", choices=("disliked", "matched"),
-                   help="disliked: any movie the user rated <= 2 (general appeal answers most pairs); "
+                   help="disliked: any movie the user rated <= data.dislike_threshold (2) (general appeal "
+                        "answers most pairs); "
                         "matched: a disliked movie as popular and as well rated as the liked one "
                         "(personal taste); data.negatives")
     p.add_argument("--split", choices=("users", "temporal"),
                    help="users: random user-disjoint splits; temporal: also training pairs before the test "
                         "period and val/test pairs in it (data.split)")
+    p.add_argument("--max-users", type=int,
+                   help="draw this many users at random (seeded) from the source before building, e.g. 6040 "
+                        "for an ML-1M-size set from ML-25M (data.max_users; default: all)")
+    p.add_argument("--like-threshold", type=float,
+                   help="stars from which a rating counts as liked (data.like_threshold; default 4)")
+    p.add_argument("--dislike-threshold", type=float,
+                   help="stars up to which a rating counts as disliked (data.dislike_threshold; default 2)")
     p.add_argument("--val-fraction", type=float, help="share of users in val (data.val_fraction)")
     p.add_argument("--test-fraction", type=float, help="share of users in test (data.test_fraction)")
     p.add_argument("--allow-md5-mismatch", action="store_true",
-                   help="accept an ml-1m.zip whose MD5 differs from the published one")
+                   help="accept a release's zip whose MD5 differs from the published one")
     p.add_argument("--force", action="store_true", help="write into a non-empty --out folder")
     return p
 

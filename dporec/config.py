@@ -104,9 +104,9 @@ SCHEMA: dict[str, Any] = {
                                           + sources.forms()),
         "negatives": F(built.DEFAULTS["negatives"], str, choices=("disliked", "matched"),
                        help="how run_experiment.py picks each pair's other movie when it builds from a "
-                            "source: disliked (any movie the user rated <= 2: general appeal alone answers "
-                            "most pairs) or matched (a disliked movie as popular and as well rated as the "
-                            "liked one: only personal taste answers it)"),
+                            "source: disliked (any movie the user rated <= dislike_threshold: general appeal "
+                            "alone answers most pairs) or matched (a disliked movie as popular and as well "
+                            "rated as the liked one: only personal taste answers it)"),
         "split": F(built.DEFAULTS["split"], str, choices=built.SPLIT_KINDS,
                    help="users: users drawn at random into train/val/test, each pair's target at any time "
                         "(the thesis); temporal: the same user-disjoint splits, and a time cut as well: "
@@ -142,6 +142,18 @@ SCHEMA: dict[str, Any] = {
         "test_fraction": F(built.DEFAULTS["test_fraction"], float, lo=0, hi=1, open_hi=True,
                            help="share of users held out for the test when built from a source: more "
                                 "test pairs give the verdict more power, fewer leave more to train on"),
+        "max_users": F(built.DEFAULTS["max_users"], int, NONE, lo=1,
+                       help="users drawn at random (seeded) from the source before pairs are built; null: "
+                            "all. ML-25M and ML-32M have 162k-201k users, far more than a run trains on: "
+                            "6040 builds an ML-1M-size set from them; more users cost training time in "
+                            "proportion"),
+        "like_threshold": F(built.DEFAULTS["like_threshold"], float, lo=built.STARS[0], hi=built.STARS[1],
+                            help="stars from which a rating counts as liked (targets, histories, candidate "
+                                 "sets' hit@1, the baselines): higher keeps fewer, surer likes"),
+        "dislike_threshold": F(built.DEFAULTS["dislike_threshold"], float, lo=built.STARS[0],
+                               hi=built.STARS[1],
+                               help="stars up to which a rating counts as disliked (the negatives); between "
+                                    "the two thresholds a rating is neither (half stars: 2.5-3.5)"),
         "ranking_candidates": F(built.DEFAULTS["ranking_candidates"], int, lo=2, also=(0,),
                                 help="movies per test user in the candidate sets run_experiment.py "
                                      "builds (more: a finer ranking, N(N-1) scored questions)"),
@@ -422,6 +434,9 @@ def _check_together(cfg: dict, where: str) -> None:
     if dd["val_fraction"] + dd["test_fraction"] >= 1:
         raise UserError(f"{where}: 'data.val_fraction' + 'data.test_fraction' must be below 1, got "
                         f"{dd['val_fraction']} + {dd['test_fraction']}")
+    if dd["dislike_threshold"] >= dd["like_threshold"]:
+        raise UserError(f"{where}: 'data.dislike_threshold' ({dd['dislike_threshold']:g}) must be below "
+                        f"'data.like_threshold' ({dd['like_threshold']:g}): no rating can be both")
 
 
 def set_key(cfg: dict, dotted: str, value, where: str = "override"):

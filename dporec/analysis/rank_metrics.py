@@ -6,9 +6,10 @@ The pair's preference is the position-free mean of its two orders,
 
 so a model that always says "A" prefers nothing; the preferences become a ranking by Copeland. Against
 the user's ratings (ties allowed): Kendall's tau-b (a ranking with no order at all counts 0), NDCG@3
-(gain = rating - 1, so a 1-star movie adds nothing; tied scores share their group's mean gain) and
-hit@1 (the top movie rated >= 4; a tied top counts the share). Chance levels are exact expectations
-under a random order.
+(gain = rating - 1, so a 1-star movie, or a half-star one, adds nothing; tied scores share their group's
+mean gain) and hit@1 (the top movie liked: rated at least the build's like_threshold, 4 by default, by
+the rule the pairs use, dporec.data.ratings.liked; a tied top counts the share). Chance levels are exact
+expectations under a random order.
 """
 from __future__ import annotations
 
@@ -19,9 +20,11 @@ from scipy.stats import kendalltau
 
 from dporec.analysis.comparison import margin_status, verdict
 from dporec.analysis.resampling import cluster_bootstrap_ci, observed_bound, paired_interval
+from dporec.data.built import DEFAULTS
+from dporec.data.ratings import liked as is_liked
 
 METRICS = ("kendall_tau_b", "ndcg@3", "hit@1")
-LIKED = 4          # hit@1: rated at least this
+LIKED = DEFAULTS["like_threshold"]  # hit@1's threshold where a candidate set does not record its own
 TOP_K = 3          # ndcg@3
 LOWEST = 1         # the lowest rating: NDCG's gain is rating - LOWEST, so it starts at 0
 
@@ -66,7 +69,7 @@ def _discounts(k: int) -> np.ndarray:
 
 
 def ndcg_at_k(scores, ratings, k: int = TOP_K) -> float:
-    scores, gains = np.asarray(scores, float), np.asarray(ratings, float) - LOWEST
+    scores, gains = np.asarray(scores, float), np.maximum(np.asarray(ratings, float) - LOWEST, 0)
     k = min(k, len(gains))
     disc = _discounts(len(gains))
     dcg, pos = 0.0, 0
@@ -80,24 +83,24 @@ def ndcg_at_k(scores, ratings, k: int = TOP_K) -> float:
     return float(dcg / ideal) if ideal > 0 else 0.0
 
 
-def hit_at_1(scores, ratings) -> float:
+def hit_at_1(scores, ratings, liked=LIKED) -> float:
     scores, ratings = np.asarray(scores, float), np.asarray(ratings, float)
-    return float((ratings[scores == scores.max()] >= LIKED).mean())
+    return float(is_liked(ratings[scores == scores.max()], liked).mean())
 
 
-def metrics(scores, ratings) -> dict[str, float]:
+def metrics(scores, ratings, liked=LIKED) -> dict[str, float]:
     return {"kendall_tau_b": kendall_tau_b(scores, ratings), "ndcg@3": ndcg_at_k(scores, ratings),
-            "hit@1": hit_at_1(scores, ratings)}
+            "hit@1": hit_at_1(scores, ratings, liked)}
 
 
-def chance(ratings) -> dict[str, float]:
+def chance(ratings, liked=LIKED) -> dict[str, float]:
     """Each metric's expectation under a uniformly random order."""
     ratings = np.asarray(ratings, float)
-    gains = ratings - LOWEST
+    gains = np.maximum(ratings - LOWEST, 0)
     k = min(TOP_K, len(gains))
     ideal = (np.sort(gains)[::-1][:k] * _discounts(k)).sum()
     ndcg = float(gains.mean() * _discounts(k).sum() / ideal) if ideal else 0.0
-    return {"kendall_tau_b": 0.0, "ndcg@3": ndcg, "hit@1": float((ratings >= LIKED).mean())}
+    return {"kendall_tau_b": 0.0, "ndcg@3": ndcg, "hit@1": float(is_liked(ratings, liked).mean())}
 
 
 def summarize(rows, n_boot: int, seed: int, alpha: float) -> dict:

@@ -57,8 +57,19 @@ def random_balanced_positions(examples: list[Example], rng) -> list[Example]:
     Alternating letters over a shuffled order keeps every prefix balanced; the alternation itself
     is invisible to the model, which sees one example at a time (and the trainer reshuffles).
     """
-    order = list(examples)
-    rng.shuffle(order)
+    return [place(examples[i], letter) for i, letter in balanced_positions(len(examples), rng)]
+
+
+def balanced_positions(n: int, rng) -> list[tuple[int, str]]:
+    """(index, letter of the correct answer) for each place of random_balanced_positions' result: the same
+    order and letters for the same rng, without the examples themselves (a builder makes each example as it
+    writes it)."""
+    order = list(range(n))
+    rng.shuffle(order)  # the permutation depends on the length and the rng only
     first = rng.choice(LETTERS)
-    letters = [first if i % 2 == 0 else other_letter(first) for i in range(len(order))]
-    return [e if e.label == L else swap(e) for e, L in zip(order, letters)]
+    return [(i, first if k % 2 == 0 else other_letter(first)) for k, i in enumerate(order)]
+
+
+def place(example: Example, letter: str) -> Example:
+    """The example with its correct answer in position `letter` (options swapped if need be)."""
+    return example if example.label == letter else swap(example)

@@ -5,10 +5,15 @@ points at must agree: the stages, run_experiment.py and verify_setup.py all ask 
 """
 from __future__ import annotations
 
+import logging
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from dporec import UserError
 from dporec.files import read_json, write_json
+
+log = logging.getLogger(__name__)
 
 SUMMARY = "summary.json"
 SPLITS = ("train", "val", "test")
@@ -23,14 +28,17 @@ def personal_test_file(test_file) -> Path | None:
     path = Path(test_file).parent / PERSONAL_FILE
     return path if Path(test_file).name == "test.jsonl" and path.is_file() else None
 
-# How pairs are built from ratings (data.* config keys of the same names)
+# How pairs are built from ratings (data.* config keys of the same names). The thresholds are stars on
+# MovieLens's scale: a rating >= like_threshold is liked, <= dislike_threshold disliked, between them
+# neither (half stars: 4.0-5.0 liked, 0.5-2.0 disliked, 2.5-3.5 neither); max_users None: every user.
 DEFAULTS = {"history_len": 5, "train_pairs_per_user": 1, "eval_pairs_per_user": 3, "val_fraction": 0.1,
-            "test_fraction": 0.1, "like_threshold": 4, "dislike_threshold": 2, "ranking_candidates": 8,
-            "negatives": "disliked", "split": "users"}
+            "test_fraction": 0.1, "like_threshold": 4.0, "dislike_threshold": 2.0, "ranking_candidates": 8,
+            "negatives": "disliked", "split": "users", "max_users": None}
+STARS = (0.5, 5.0)  # the lowest and highest rating of every MovieLens release: the thresholds' range
 SPLIT_KINDS = ("users", "temporal")
 # what a config sets about its data when it builds them itself (data.source), and always
 BUILD_KEYS = ("negatives", "train_pairs_per_user", "eval_pairs_per_user", "history_len", "val_fraction",
-              "test_fraction", "split")
+              "test_fraction", "split", "like_threshold", "dislike_threshold", "max_users")
 TASK_KEYS = ("negatives",)
 
 
@@ -64,10 +72,11 @@ def disagreements(data: dict) -> list[str]:
     if summary is None:
         return []
     keys = BUILD_KEYS if data.get("source") else TASK_KEYS
-    # a key an earlier builder did not record was its default then (every earlier build split by users)
-    built_with = {k: summary.get(k, DEFAULTS.get(k)) for k in keys}
-    return [f"data.{k}={data[k]} but {folder} was built with {k}={built_with[k]} ({summary_path(folder)})"
-            for k in keys if built_with[k] is not None and built_with[k] != data[k]]
+    # a key an earlier builder did not record was its default then (every earlier build split by users,
+    # at 4 and 2 stars, from every user)
+    built_with = {k: summary.get(k, DEFAULTS[k]) for k in keys}
+    return [f"data.{k}={data[k]} but {folder} was built with {k}={v} ({summary_path(folder)})"
+            for k, v in built_with.items() if v != data[k]]
 
 
 def check_agrees(data: dict) -> None:
@@ -90,3 +99,33 @@ def check_not_empty(summary: dict, source) -> None:
                         f"({summary.get('rating_users', '?')} users with ratings; each split needs users "
                         "with a liked and a disliked movie): use a source with more users, or other split "
                         "fractions")
+
+
+def peak_rss_mib() -> int | None:
+    """This process's peak resident memory so far, in MiB (None where the OS does not say)."""
+    try:
+        import resource
+    except ImportError:  # not on Windows
+        return None
+    import sys
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(peak / (1 << 20 if sys.platform == "darwin" else 1 << 10))  # bytes on macOS, KiB on Linux
+
+
+class Phases:
+    """Wall time and peak resident memory of each phase of a build (read, pairs, splits, candidates,
+    baselines), one console line as each ends: a long build says where it is. `record` goes into
+    summary.json."""
+
+    def __init__(self):
+        self.record: dict[str, dict] = {}
+
+    @contextmanager
+    def __call__(self, name: str, what: str = ""):
+        start = time.perf_counter()
+        yield
+        seconds = time.perf_counter() - start
+        peak = peak_rss_mib()
+        self.record[name] = {"seconds": round(seconds, 2), "peak_rss_mib": peak}
+        log.info(f"[data] {name}: {seconds:.1f} s" + (f", peak memory so far {peak:,} MiB" if peak else "")
+                 + (f" ({what})" if what else ""))

@@ -3,9 +3,12 @@
 Written by the builder (dporec.data.pairs.build) beside the splits as `ranking_test.jsonl`,
 for TEST users only (the users of test.jsonl: none of them trains), one JSON object per line:
 
-    {"id": "u42-rank", "user_id": "42", "cutoff_timestamp": 881250949,
+    {"id": "u42-rank", "user_id": "42", "cutoff_timestamp": 881250949, "like_threshold": 4.0,
      "history":    [{"item_id", "title", "year", "genres", "timestamp"}, ...],   oldest first
      "candidates": [{"item_id", "title", "year", "genres", "rating"}, ...]}      in random order
+
+`like_threshold` is the build's: hit@1 counts a top candidate rated at least that as liked, the rule the
+pairs use (dporec.data.ratings.liked); a file without it was built at 4 stars.
 
 For one user, in the user's time order (ties: file order):
   pool        the user's last `pool_factor * N` ratings (fewer if the history needs the room), all
@@ -26,6 +29,8 @@ import numpy as np
 import pandas as pd
 
 from dporec import UserError, files
+from dporec.data import built
+from dporec.data import ratings as R
 from dporec.data.ratings import Movie
 
 FILE = "ranking_test.jsonl"
@@ -35,7 +40,7 @@ POOL_FACTOR = 3  # the pool is the last 3N ratings: recent enough to follow the 
 def _spread(ratings: np.ndarray, n: int, rng) -> np.ndarray:
     """Indices of n items, rating levels taking turns (highest first), a random item per level and turn."""
     by_level = {r: list(rng.permutation(np.flatnonzero(ratings == r)))
-                for r in sorted(set(ratings), reverse=True)}
+                for r in sorted(set(ratings.tolist()), reverse=True)}
     picked = []
     while len(picked) < n:
         for level in list(by_level):
@@ -44,44 +49,48 @@ def _spread(ratings: np.ndarray, n: int, rng) -> np.ndarray:
     return np.array(picked)
 
 
-def _one_user(r: pd.DataFrame, n: int, history_len: int, like_threshold: int, rng):
-    """(history rows, candidate rows, cutoff time) or the reason the user has no set."""
-    ts, liked = r["timestamp"].to_numpy(), (r["rating"] >= like_threshold).to_numpy()
+def _one_user(stars: np.ndarray, ts: np.ndarray, n: int, history_len: int, like_threshold, rng):
+    """(history rows, candidate rows, cutoff time) of one user's ratings (time order), or the reason the
+    user has no set."""
+    liked = R.liked(stars, like_threshold)
     # liked movies rated strictly before each position's time (ts is sorted: same-time ratings do not count)
     liked_before = np.r_[0, np.cumsum(liked)][np.searchsorted(ts, ts, "left")]
     # the cutoff: the first of the last 3N positions (or later) with enough liked movies strictly before it
-    ok = np.flatnonzero(liked_before[max(len(r) - POOL_FACTOR * n, 0):] >= history_len)
-    start = max(len(r) - POOL_FACTOR * n, 0) + (int(ok[0]) if ok.size else len(r))
-    if len(r) - start < n:
+    first = max(len(ts) - POOL_FACTOR * n, 0)
+    ok = np.flatnonzero(liked_before[first:] >= history_len)
+    start = first + (int(ok[0]) if ok.size else len(ts))
+    if len(ts) - start < n:
         return "too_few_ratings"
-    hist = r[(ts < ts[start]) & liked].tail(history_len)
-    pool = r.iloc[start:]
-    picked = pool.iloc[np.sort(_spread(pool["rating"].to_numpy(), n, rng))]
-    if picked["rating"].nunique() < 2:
+    hist = np.flatnonzero((ts < ts[start]) & liked)[-history_len:]
+    picked = start + np.sort(_spread(stars[start:], n, rng))
+    if np.unique(stars[picked]).size < 2:
         return "one_rating_level"
-    return hist, picked.iloc[rng.permutation(n)], int(ts[start])
+    return hist, picked[rng.permutation(n)], int(ts[start])
 
 
 def build(ratings: pd.DataFrame, movies: dict[int, Movie], users, n: int, history_len: int,
-          like_threshold: int, rng) -> tuple[list[dict], dict]:
+          like_threshold, rng) -> tuple[list[dict], dict]:
     """(records, counts) for `users`; `ratings` as dporec.data.ratings.prepare returns them (each user's
     ratings in time order, one per movie)."""
     if n < 2:
         raise UserError(f"ranking candidates: N must be at least 2, got {n}")
     records, left_out = [], {"too_few_ratings": 0, "one_rating_level": 0}
-    wanted = ratings[ratings["user_id"].isin(set(users))]
-    for user, r in wanted.groupby("user_id", sort=True):
-        got = _one_user(r.reset_index(drop=True), n, history_len, like_threshold, rng)
+    wanted = ratings[np.isin(ratings["user_id"].to_numpy(), np.fromiter(users, np.int64, len(users)))]
+    ids, items, stars, times = (wanted[c].to_numpy() for c in ("user_id", "item_id", "rating", "timestamp"))
+    bounds = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1], True])  # each user's rows, users in id order
+    for lo, hi in zip(bounds[:-1], bounds[1:]):
+        got = _one_user(stars[lo:hi], times[lo:hi], n, history_len, like_threshold, rng)
         if isinstance(got, str):
             left_out[got] += 1
             continue
-        hist, cands, cutoff = got
+        hist, cands, cutoff = (got[0] + lo, got[1] + lo, got[2])
         records.append({
-            "id": f"u{user}-rank", "user_id": str(user), "cutoff_timestamp": cutoff,
+            "id": f"u{ids[lo]}-rank", "user_id": str(ids[lo]), "cutoff_timestamp": cutoff,
+            "like_threshold": R.rating_value(like_threshold),
             "history": [{**movies[i].record(i), "timestamp": int(t)}
-                        for i, t in zip(hist["item_id"], hist["timestamp"])],
-            "candidates": [{**movies[i].record(i), "rating": int(x)}
-                           for i, x in zip(cands["item_id"], cands["rating"])],
+                        for i, t in zip(items[hist], times[hist])],
+            "candidates": [{**movies[i].record(i), "rating": R.rating_value(x)}
+                           for i, x in zip(items[cands], stars[cands])],
         })
     return records, {"users": len(records), "candidates_per_user": n, "left_out": left_out}
 
@@ -135,6 +144,9 @@ def load(path, limit: int | None = None, rated: bool = True) -> list[dict]:
             raise UserError(f"{where}: 'candidates' needs at least 2 movies, each with a numeric 'rating'"
                             if rated else f"{where}: 'candidates' needs at least 2 movies ('rating' "
                                           f"optional, a number when given)")
+        liked = rec.setdefault("like_threshold", built.DEFAULTS["like_threshold"])  # older files: 4 stars
+        if isinstance(liked, bool) or not isinstance(liked, (int, float)):
+            raise UserError(f"{where}: 'like_threshold' must be a number of stars, got {liked!r}")
         ids = [c.get("item_id", c["title"]) for c in rec["candidates"]]
         if len(set(map(str, ids))) != len(ids):
             raise UserError(f"{where}: a movie appears twice in 'candidates'")

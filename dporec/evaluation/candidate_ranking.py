@@ -40,6 +40,12 @@ def _ratings(cset) -> list[float]:
     return [c["rating"] for c in cset["candidates"]]
 
 
+def _liked(cset) -> float:
+    """The stars from which hit@1 counts a candidate as liked: the build's like_threshold
+    (candidates.load)."""
+    return cset.get("like_threshold", rank_metrics.LIKED)
+
+
 def preference_matrices(model, tok, sets: list[dict], fmt: str, batch_size: int, name: str) -> list:
     """Per set, the active model's N x N position-free preference matrix
     (analysis.rank_metrics.preferences)."""
@@ -55,7 +61,7 @@ def score_model(model, tok, sets: list[dict], fmt: str, batch_size: int, name: s
     for s, pref in zip(sets, preference_matrices(model, tok, sets, fmt, batch_size, name)):
         scores = rank_metrics.copeland(pref)
         out.append({"user_id": s["user_id"], "scores": scores.tolist(),
-                    **rank_metrics.metrics(scores, _ratings(s))})
+                    **rank_metrics.metrics(scores, _ratings(s), _liked(s))})
     return out
 
 
@@ -89,7 +95,7 @@ def baseline_rows(sets, train_file) -> dict[str, list[dict] | str]:
         if any(None in v for v in per_set):  # the files lack what the rule needs
             out[rule] = baselines.why_missing(rule, side_reason, timed)
             continue
-        out[rule] = [{"user_id": s["user_id"], "scores": v, **rank_metrics.metrics(v, _ratings(s))}
+        out[rule] = [{"user_id": s["user_id"], "scores": v, **rank_metrics.metrics(v, _ratings(s), _liked(s))}
                      for s, v in zip(sets, per_set)]
     return out
 
@@ -107,8 +113,9 @@ def results(sets, rows: dict, base_rows: dict, seconds: dict, cfg: dict, path) -
 
     out = {"file": str(path), "n_users": len(sets),
            "candidates_per_user": sorted({len(s["candidates"]) for s in sets}),
-           "method": "copeland (ties: summed margin), both option orders", "liked": rank_metrics.LIKED,
-           "chance": {m: float(np.mean([rank_metrics.chance(_ratings(s))[m] for s in sets]))
+           "method": "copeland (ties: summed margin), both option orders",
+           "liked": max(_liked(s) for s in sets),  # one build writes one threshold into all its sets
+           "chance": {m: float(np.mean([rank_metrics.chance(_ratings(s), _liked(s))[m] for s in sets]))
                       for m in rank_metrics.METRICS},
            "models": {n: rank_metrics.summarize(r, n_boot, seed, alpha) for n, r in rows.items()},
            "baselines": {rule: rule_block(rule, r) for rule, r in base_rows.items()},

@@ -57,6 +57,25 @@ class DataShape:
 # stand-in for ml-1m.zip with MovieLens-1M's user and rating counts): pairs per split, characters / 4.
 ML1M_BUILD = DataShape(train=4370, val=1579, test=1572, prompt=136.0, answer=52.0, ranking_users=531,
                        candidates=8, personal_test=763, measured="an ML-1M-size build (characters / 4)")
+ML1M_BUILD_USERS = 6040
+
+
+def expected_shape(cfg: dict) -> DataShape | None:
+    """The data a config's data.source would build, before it is built: the ML-1M-size build scaled to the
+    users the build draws from (the release's users, capped by data.max_users): pairs, candidate sets and
+    the personal task's pairs grow with the users, prompt and answer lengths do not. None when the source's
+    name does not tell its users."""
+    from dporec.data import sources
+    users = sources.expected_users(cfg["data"]["source"], cfg["data"]["max_users"])
+    if users is None:
+        return None
+    f = users / ML1M_BUILD_USERS
+    b = ML1M_BUILD
+    return DataShape(train=round(b.train * f), val=round(b.val * f), test=round(b.test * f), prompt=b.prompt,
+                     answer=b.answer, ranking_users=round(b.ranking_users * f), candidates=b.candidates,
+                     personal_test=round(b.personal_test * f),
+                     measured=f"an ML-1M-size build scaled to the {users:,} users this source builds from "
+                              f"(characters / 4)")
 
 
 def data_shape(cfg: dict, tokenizer=None) -> DataShape | None:

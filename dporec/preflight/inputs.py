@@ -90,7 +90,8 @@ def check_memory(ctx):
         backends = _backends(ctx)
     except UserError:  # the backend row says why; the memory of a DPO stage without a shared prompt
         backends = {"dpo": None}
-    peaks = cost.peak_memory(ctx.cfg, ctx.shape, data or cost.ML1M_BUILD, backends, gpu=ctx.cuda)
+    peaks = cost.peak_memory(ctx.cfg, ctx.shape, data or cost.expected_shape(ctx.cfg) or cost.ML1M_BUILD,
+                             backends, gpu=ctx.cuda)
     need = max(peaks.values()) * GB
     free, cap, where = free_memory(ctx.cuda)
     four_bit = ctx.cfg["model"]["load_in_4bit"]
@@ -293,11 +294,10 @@ def check_time(ctx):
     cfg = ctx.cfg
     if ctx.shape is None:
         return row(WARN, "time", "not predicted: the model's config.json is not on disk yet")
-    data = ctx.data_shape
+    # not built yet: what data.source builds (from data.max_users users at most)
+    data = ctx.data_shape or cost.expected_shape(cfg)
     if data is None:
-        if not str(cfg["data"]["source"] or "").endswith(("ml-1m.zip", "ml-1m", "ml-1m/")):
-            return row(WARN, "time", "not predicted: build the data first (its size decides the time)")
-        data = cost.ML1M_BUILD
+        return row(WARN, "time", "not predicted: build the data first (its size decides the time)")
     try:
         measured = cost.read_utilisation(ctx.utilisation) if ctx.utilisation else None
     except UserError as e:

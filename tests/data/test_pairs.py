@@ -256,7 +256,7 @@ def test_zip_and_folder_give_the_same_output_and_md5_is_checked(ml1m_dir, built,
             z.write(ml1m_dir / name, f"ml-1m/{name}")
     with pytest.raises(UserError, match=re.escape(f"{archive}: MD5 is ") + ".* but the published "
                                                                            "ml-1m.zip has "
-                       + ml1m.MD5):
+                       + sources.release("ml-1m").md5):
         sources.build(str(archive), tmp_path / "refused")
     sources.build(str(archive), tmp_path / "zip", allow_md5_mismatch=True)
     for split in pairs.SPLITS:

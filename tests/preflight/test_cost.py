@@ -185,3 +185,28 @@ def test_data_shape_reads_the_files(tiny_cfg, tiny_model):
     assert (shape.train, shape.val, shape.test) == (lines["train"], lines["val"], lines["test"])
     assert shape.measured == "the model's tokenizer" and 50 < shape.prompt < 600 and shape.answer > 5
     assert cost.data_shape(load_config(None, ["data.train_file=/nonexistent/train.jsonl"])) is None
+
+
+def test_the_time_row_predicts_from_what_data_max_users_builds(tmp_path):
+    """Before the data are built, verify_setup.py's time row prices the build the config's source and user
+    cap make: ML-25M capped at ML-1M's 6,040 users costs what an ML-1M run does; all of it ~27 times more."""
+    from types import SimpleNamespace
+
+    from dporec.preflight import inputs
+
+    def time_row(*overrides):
+        cfg = load_config(THESIS, [f"data.train_file={tmp_path}/none/train.jsonl", *overrides])
+        ctx = SimpleNamespace(cfg=cfg, shape=LLAMA3_8B, data_shape=None, utilisation=None, gpu_name=RTX_3090,
+                              cuda=False, has_unsloth=False)
+        return inputs.check_time(ctx)
+
+    ml1m = time_row()
+    capped = time_row("data.source=data/ml-25m.zip", "data.max_users=6040")
+    whole = time_row("data.source=data/ml-25m.zip")
+    assert "scaled to the 6,040 users" in capped[2] and "scaled to the 162,541 users" in whole[2]
+
+    def hours(row):  # the table's total line: "  total   PFLOP  hours"
+        return float(next(x for x in row[2].splitlines() if x.split()[:1] == ["total"]).split()[-1])
+    assert hours(capped) == pytest.approx(hours(ml1m), rel=0.01)
+    assert hours(whole) > 20 * hours(capped)
+    assert "build the data first" in time_row("data.source=thesis:x.jsonl")[2]

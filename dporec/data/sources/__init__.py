@@ -22,9 +22,67 @@ class Source:
     example: str    # a value that works
 
 
+@dataclass(frozen=True)
+class Release:
+    """A MovieLens release as GroupLens publishes it: https://files.grouplens.org/datasets/movielens/NAME.zip.
+
+    Counts and sizes are the release's own README's and download's. MD5s are the values GroupLens publishes
+    beside each zip (NAME.zip.md5), as quoted by public code that checks them; None where GroupLens
+    publishes none that stays valid (`md5_note` says why).
+    """
+    name: str          # the zip's name without .zip, e.g. "ml-25m"
+    title: str         # "MovieLens-25M"
+    folder: str        # the folder the zip unpacks into
+    layout: str        # "dat": ratings.dat, movies.dat ('::', no header); "csv": ratings.csv, movies.csv
+    half_stars: bool   # ratings 0.5-5.0 in half stars (else whole stars 1-5)
+    users: int
+    ratings: int
+    movies: int
+    zip_bytes: int | None
+    md5: str | None
+    md5_note: str = ""
+
+    @property
+    def url(self) -> str:
+        return f"https://files.grouplens.org/datasets/movielens/{self.name}.zip"
+
+    @property
+    def files(self) -> tuple[str, str]:
+        return ("ratings.dat", "movies.dat") if self.layout == "dat" else ("ratings.csv", "movies.csv")
+
+
+RELEASES = (
+    Release("ml-1m", "MovieLens-1M (the thesis's)", "ml-1m", "dat", False, 6_040, 1_000_209, 3_883, 5_917_549,
+            "c4d9eecfca2ab87c1945afe126590906"),
+    Release("ml-10m", "MovieLens-10M", "ml-10M100K", "dat", True, 71_567, 10_000_054, 10_681, 65_566_137,
+            "ce571fd55effeba0271552578f2648bd"),
+    Release("ml-20m", "MovieLens-20M", "ml-20m", "csv", True, 138_493, 20_000_263, 27_278, 198_702_078,
+            "cd245b17a1ae2cc31bb14903e1204af3"),
+    Release("ml-25m", "MovieLens-25M", "ml-25m", "csv", True, 162_541, 25_000_095, 62_423, 261_978_986,
+            "6b51fb2759a8657d3bfcbfc42b592ada"),
+    Release("ml-32m", "MovieLens-32M", "ml-32m", "csv", True, 200_948, 32_000_204, 87_585, 238_950_008,
+            "d472be332d4daa821edc399621853b57"),
+    Release("ml-latest-small", "MovieLens latest, small", "ml-latest-small", "csv", True, 610, 100_836, 9_742,
+            None, None, "a development release GroupLens regenerates in place: no checksum stays valid"),
+)
+
+
+def release(name: str) -> Release:
+    """The release called `name` (e.g. "ml-25m")."""
+    for r in RELEASES:
+        if r.name == name:
+            return r
+    raise KeyError(name)
+
+
+def _release_names() -> str:
+    return ", ".join(r.name for r in RELEASES)
+
+
 SOURCES = (
-    Source("PATH", "MovieLens-1M, the thesis's ratings: the ml-1m/ folder or ml-1m.zip (bring it yourself; "
-                   "the MD5 of a file named ml-1m.zip is checked)", "data/ml-1m.zip"),
+    Source("PATH", f"a MovieLens release, its zip or unpacked folder ({_release_names()}; bring it yourself; "
+                   "the release is told by its files, a zip's MD5 is checked where GroupLens publishes one)",
+           "data/ml-1m.zip"),
     Source("recbole:ml-100k", "MovieLens-100K, shipped inside the recbole package (no download)",
            "recbole:ml-100k"),
     Source("synthetic[:N]", "synthetic MovieLens-format ratings of N users "
@@ -36,8 +94,10 @@ SOURCES = (
 
 
 def forms() -> str:
-    """'PATH (an ml-1m/ folder or ml-1m.zip), recbole:ml-100k, synthetic[:N] or thesis:FILE[?ml1m=PATH]'."""
-    names = ["PATH (the ml-1m/ folder or ml-1m.zip)" if s.form == "PATH" else s.form for s in SOURCES]
+    """'PATH (a MovieLens release's zip or folder: ml-1m, ...), recbole:ml-100k, synthetic[:N] or
+    thesis:FILE[?ml1m=PATH]'."""
+    names = [f"PATH (a MovieLens release's zip or folder: {_release_names()})" if s.form == "PATH" else s.form
+             for s in SOURCES]
     return ", ".join(names[:-1]) + " or " + names[-1]
 
 
@@ -46,15 +106,42 @@ def help_lines() -> list[str]:
     return [f"{s.form:<24} {s.what}" for s in SOURCES]
 
 
+def expected_users(source: str | None, max_users: int | None = None) -> int | None:
+    """How many users a build from `source` draws pairs from, before building it: the release's users
+    (told by the zip or folder name), synthetic:N's N, ML-100K's 943; at most max_users. None when the
+    name does not tell, and for the thesis's file (split by line, not built from ratings)."""
+    source = str(source or "")
+    name = Path(source.split("?")[0]).name.removesuffix(".zip")
+    users = next((r.users for r in RELEASES if name in (r.name, r.folder)), None)
+    if source == "recbole:ml-100k":
+        users = 943
+    elif source == "synthetic" or source.startswith("synthetic:"):
+        from dporec.data.sources import synthetic
+        n = source.partition(":")[2]
+        users = int(n) if n.isdigit() else synthetic.ML1M_USERS
+    elif is_thesis(source):
+        users = None
+    if users is None:
+        return None
+    return min(users, max_users) if max_users else users
+
+
 def is_thesis(source: str) -> bool:
     return str(source).startswith("thesis:")
 
 
 def read_ratings(source: str, allow_md5_mismatch: bool = False):
     """(ratings, movies) of a ratings source: PATH, recbole:ml-100k or synthetic[:N_USERS]."""
+    ratings, movies, _ = read_source(source, allow_md5_mismatch)
+    return ratings, movies
+
+
+def read_source(source: str, allow_md5_mismatch: bool = False):
+    """(ratings, movies, what was read) of a ratings source (read_ratings): `what` names the release and
+    what its checksum said, for the summary."""
     if source == "recbole:ml-100k":
         from dporec.data.sources import recbole
-        return recbole.read_ml100k()
+        return (*recbole.read_ml100k(), {"release": "ml-100k (recbole)"})
     if source.startswith("recbole:"):
         raise UserError(f"unknown source {source!r}: recbole ships only 'recbole:ml-100k'")
     if source == "synthetic" or source.startswith("synthetic:"):
@@ -65,11 +152,12 @@ def read_ratings(source: str, allow_md5_mismatch: bool = False):
                             "synthetic:N_USERS (N a positive integer)")
         with tempfile.TemporaryDirectory() as tmp:
             # one fixed synthetic data set (seed 0): the build seed varies sampling and splits only
-            return movielens.read(synthetic.write_ml1m(tmp, n_users=int(n_users), seed=0))
+            folder = synthetic.write_ml1m(tmp, n_users=int(n_users), seed=0)
+            return (*movielens.read(folder), {"release": "synthetic (ML-1M format)"})
     if ":" in source.split("/")[0] and not Path(source).exists():
         raise UserError(f"unknown source {source!r}: expected {forms()}")
     from dporec.data.sources import movielens
-    return movielens.read(source, allow_md5_mismatch)
+    return movielens.read_release(source, allow_md5_mismatch)
 
 
 def config_build(cfg: dict) -> dict:
@@ -85,17 +173,26 @@ def build(source: str, out_dir: str | Path, seed: int = 0, allow_md5_mismatch: b
           **settings) -> dict:
     """Write out_dir/{train,val,test}.jsonl (and, from ratings, the baselines' training ratings and the
     test users' candidate sets) and summary.json; return the summary. `settings`: data.built.DEFAULTS'
-    keys, each defaulting to its value there."""
+    keys, each defaulting to its value there. Each phase logs a line with its time as it ends."""
     unknown = set(settings) - set(built.DEFAULTS)
     if unknown:
         raise TypeError(f"unknown build settings {sorted(unknown)}; known: {sorted(built.DEFAULTS)}")
     settings = {**built.DEFAULTS, **settings}
     source = str(source)
     if is_thesis(source):
+        if settings["max_users"] is not None:
+            raise UserError(f"{source}: max_users applies to ratings sources; the thesis's file has one line "
+                            "per user and is split as it is (leave data.max_users null)")
         from dporec.data.sources import thesis
         return thesis.build(source, out_dir, seed=seed, val_fraction=settings["val_fraction"],
                             test_fraction=settings["test_fraction"], allow_md5_mismatch=allow_md5_mismatch)
     from dporec.data import pairs
     start = time.perf_counter()
-    ratings, movies = read_ratings(source, allow_md5_mismatch)
-    return pairs.build(ratings, movies, out_dir, source=source, seed=seed, start=start, **settings)
+    phases = built.Phases()
+    with phases("read", "files parsed and checked, each user's ratings in time order"):
+        ratings, movies, about = read_source(source, allow_md5_mismatch)
+        # reassigned, so that the raw ratings are freed once they are in time order (ML-32M's: 0.8 GB)
+        ratings, facts = pairs.time_ordered(ratings, movies, settings["max_users"], seed)
+        about |= facts
+    return pairs.build(ratings, movies, out_dir, source=source, seed=seed, start=start, phases=phases,
+                       about=about, **settings)

@@ -1,4 +1,5 @@
-"""Synthetic ratings in the exact MovieLens-1M file format (the `synthetic:N` source, and every fixture).
+"""Synthetic ratings in the exact MovieLens-1M file format (the `synthetic:N` source, and every fixture),
+and in every other release's format (write_release: ML-10M's `::` files, the CSV releases' files).
 
 MovieLens may not be redistributed, so fixtures come from here, with a known ground truth: each user
 likes a few of the 18 ML genres and dislikes a few others; ratings >= 4 fall mostly on movies of
@@ -199,3 +200,156 @@ def write_ml1m_shared_tastes(out_dir: str | Path, n_users: int = 400, n_movies: 
                            "genres": [GENRES[g] for g in genre]})
     liked, disliked = _shared_tastes(rng, n_users)
     return _write_folder(out_dir, rng, movies, mask, liked, disliked, ratings_per_user)
+
+
+# ---------------------------------------------------------------------------------------------
+# Every release's own format (dporec.data.sources.RELEASES): the fixtures of each reader, and files of
+# ML-32M's size for benchmarks/bench_data.py. Drawn in chunks of users, vectorised: ML-32M's 32M ratings
+# take about a minute to write. Movie ids have gaps, as the releases' do; titles include what the readers
+# must handle: a comma (quoted in the CSV layout), double quotes, non-ASCII letters (UTF-8), and movies
+# with no genres ("(no genres listed)").
+
+RELEASE_START, RELEASE_END = 789652009, 1697068800  # the later releases' span: 1995-01-09 to 2023-10-12
+CHUNK_USERS = 20_000  # users drawn per step: bounds the memory of the (ratings x 18 genres) masks
+
+
+def release_titles(ids: np.ndarray, years: np.ndarray) -> list[str]:
+    """Synthetic titles in the releases' own style, every few with a comma, quotes or accents."""
+    out = []
+    for i, y in zip(ids, years):
+        if i % 7 == 3:
+            out.append(f"Synthetic Movie {i}, The ({y})")       # 'Lion King, The (1994)'
+        elif i % 11 == 5:
+            out.append(f'Synthetic "Movie" {i} ({y})')           # quotes, doubled in the CSV layout
+        elif i % 13 == 6:
+            out.append(f"Synthétique Café {i} ({y})")            # non-ASCII: the CSV releases are UTF-8
+        else:
+            out.append(f"Synthetic Movie {i} ({y})")
+    return out
+
+
+def _release_movies(rng, n_movies: int) -> tuple[np.ndarray, pd.DataFrame]:
+    """(genre mask, movies table with sparse ids, release-style titles, some without genres)."""
+    mask, table = _movies(rng, n_movies)
+    ids = np.cumsum(rng.integers(1, 4, n_movies))  # gaps between ids, as in the releases
+    years = table["title"].str.extract(r"\((\d{4})\)$")[0].astype(int).to_numpy()
+    genres = table["genres"].to_numpy().copy()
+    none = np.arange(n_movies) % 17 == 9
+    genres[none] = "(no genres listed)"
+    mask = mask & ~none[:, None]
+    return mask, pd.DataFrame({"id": ids, "title": release_titles(ids, years), "genres": genres})
+
+
+def _release_ratings(rng, users: np.ndarray, liked, disliked, genre_mask, ratings_per_user: int,
+                     half_stars: bool) -> pd.DataFrame:
+    """One chunk of users' ratings (0-based user and movie indices), in file order: by user, then movie."""
+    n_movies = genre_mask.shape[0]
+    extra = rng.exponential(ratings_per_user - MIN_RATINGS_PER_USER, users.size).astype(np.int64)
+    counts = np.minimum(MIN_RATINGS_PER_USER + extra, n_movies)
+    popularity = 1.0 / np.arange(1, n_movies + 1) ** 0.8
+    popularity = np.cumsum(popularity[np.random.default_rng(5).permutation(n_movies)])
+    # draw with replacement (a third more), keep each user's first `count` distinct movies in draw order
+    drawn = np.ceil(counts * 1.34 + 8).astype(np.int64)
+    who = np.repeat(np.arange(users.size), drawn)
+    movie = np.searchsorted(popularity, rng.random(who.size) * popularity[-1]).clip(0, n_movies - 1)
+    _, first = np.unique(who * n_movies + movie, return_index=True)
+    first = np.sort(first)
+    rank = np.arange(first.size) - np.searchsorted(who[first], who[first], "left")
+    first = first[rank < counts[who[first]]]
+    u, m = who[first], movie[first]
+    n = np.bincount(u, minlength=users.size)
+    likes = (genre_mask[m] & liked[users[u]]).any(axis=1)
+    dislikes = (genre_mask[m] & disliked[users[u]]).any(axis=1)
+    bias = rng.normal(0.0, USER_BIAS_SD, users.size)[u]
+    score = 3.0 + TASTE_EFFECT * (likes.astype(float) - dislikes) + bias + rng.normal(0.0, NOISE_SD, u.size)
+    stars = np.clip(np.rint(score * 2) / 2, 0.5, 5.0) if half_stars else np.clip(np.rint(score), 1, 5)
+    generous = (rng.random(users.size) < GENEROUS_FRACTION)[u]
+    stars = np.where(generous, np.maximum(stars, 3), stars)
+    gaps = rng.exponential(86400.0 * 3, u.size).astype(np.int64)
+    gaps[rng.random(u.size) < TIE_PROBABILITY] = 0
+    starts = np.r_[0, np.cumsum(n)[:-1]]
+    begin = rng.integers(RELEASE_START, RELEASE_END - 400 * 86400, users.size)
+    running = np.cumsum(gaps)
+    when = begin[u] + running - np.repeat(running[starts] - gaps[starts], n)
+    when = np.minimum(when, RELEASE_END)
+    # the file's order: by user, then movie id (not by time: the builder sorts)
+    order = np.lexsort((m, u))
+    return pd.DataFrame({"user": users[u][order] + 1, "movie": m[order], "rating": stars[order],
+                         "timestamp": when[order]})
+
+
+def _stars_text(stars: np.ndarray, layout: str) -> np.ndarray:
+    """Ratings as the layout writes them: '4' and '4.5' in ML-10M's ratings.dat, '4.0' and '4.5' in CSV."""
+    text = np.array([f"{k / 2:.1f}" for k in range(11)], dtype=object)
+    if layout == "dat":
+        text = np.array([f"{k / 2:g}" for k in range(11)], dtype=object)
+    return text[np.rint(np.asarray(stars) * 2).astype(int)]
+
+
+def write_release(out_dir: str | Path, name: str = "ml-32m", n_users: int = 200, n_movies: int = 400,
+                  ratings_per_user: int = 60, seed: int = 0, zipped: bool = False) -> Path:
+    """Synthetic ratings in the exact files and format of the release `name` (dporec.data.sources.RELEASES),
+    in out_dir/<the release's folder> (returned), or, zipped, in out_dir/<name>.zip (returned) holding that
+    folder as GroupLens's zip does. Deterministic for a seed; `n_users` and `ratings_per_user` as in
+    write_ml1m (release_size(name) gives the release's own)."""
+    import csv
+    import zipfile
+
+    from dporec.data.sources import release
+    rel = release(name)
+    if rel.name == "ml-1m":
+        folder = write_ml1m(Path(out_dir) / rel.folder, n_users, n_movies, ratings_per_user, seed)
+    else:
+        rng = np.random.default_rng(seed)
+        genre_mask, movies = _release_movies(rng, n_movies)
+        liked, disliked = _tastes(rng, n_users)
+        folder = Path(out_dir) / rel.folder
+        folder.mkdir(parents=True, exist_ok=True)
+        ratings_path, movies_path = (folder / f for f in rel.files)
+        with ratings_path.open("wb") as f:
+            if rel.layout == "csv":
+                f.write(b"userId,movieId,rating,timestamp\n")
+            for lo in range(0, n_users, CHUNK_USERS):
+                chunk = _release_ratings(rng, np.arange(lo, min(lo + CHUNK_USERS, n_users)), liked, disliked,
+                                         genre_mask, ratings_per_user, rel.half_stars)
+                chunk["movie"] = movies["id"].to_numpy()[chunk["movie"].to_numpy()]
+                chunk["rating"] = _stars_text(chunk["rating"].to_numpy(), rel.layout)
+                _write_rows(f, chunk, rel.layout)
+        if rel.layout == "dat":  # by hand: pandas would quote the titles with quotes, the release does not
+            movies_path.write_text("".join(f"{i}::{t}::{g}\n" for i, t, g in movies.itertuples(index=False)),
+                                   encoding="utf-8")
+            tags = pd.DataFrame({"user": [1, 2], "movie": movies["id"].to_numpy()[:2],
+                                 "tag": ["funny", "dark"],
+                                 "timestamp": [RELEASE_START + 1, RELEASE_START + 2]})
+            write_dat(folder / "tags.dat", tags)  # ML-10M's own companion file (it has no users.dat)
+        else:
+            with movies_path.open("w", encoding="utf-8", newline="") as f:
+                w = csv.writer(f, lineterminator="\n")  # quotes only a field that needs it, as GroupLens's
+                w.writerow(["movieId", "title", "genres"])
+                w.writerows(movies.itertuples(index=False))
+    if not zipped:
+        return folder
+    archive = Path(out_dir) / f"{rel.name}.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as z:
+        for path in sorted(folder.iterdir()):
+            z.write(path, f"{rel.folder}/{path.name}")
+    return archive
+
+
+def _write_rows(f, chunk: pd.DataFrame, layout: str) -> None:
+    """Append ratings rows to an open binary file: '::'-separated (dat) or CSV, no quotes (numbers only)."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+    if layout == "dat":  # pyarrow writes one-character separators only
+        text = chunk.to_csv(sep="\t", header=False, index=False, lineterminator="\n")
+        f.write(text.replace("\t", "::").encode())
+        return
+    table = pa.Table.from_pandas(chunk, preserve_index=False)
+    pacsv.write_csv(table, f, pacsv.WriteOptions(include_header=False, quoting_style="none"))
+
+
+def release_size(name: str) -> dict:
+    """write_release's arguments for the release's own size: its users, movies and ratings per user."""
+    from dporec.data.sources import release
+    rel = release(name)
+    return {"n_users": rel.users, "n_movies": rel.movies, "ratings_per_user": round(rel.ratings / rel.users)}

@@ -27,6 +27,7 @@ import numpy as np
 
 from dporec import UserError, files
 from dporec.data import built, records, task
+from dporec.data import ratings as R
 from dporec.data.balance import balance, random_balanced_positions
 from dporec.data.sources import movielens
 from dporec.data.splits import cut
@@ -141,7 +142,7 @@ def match_users(examples: list[records.Example], ml1m: Path, allow_md5_mismatch:
     for item, movie in movies.items():
         index[_norm(movie.title)].append(item)
     rated = _item_users(ratings)
-    liked = _item_users(ratings[ratings["rating"] >= like_threshold])
+    liked = _item_users(ratings[R.liked(ratings["rating"].to_numpy(), like_threshold)])
     cands = [_candidates(ex, index, rated) for ex in examples]
     narrowed = 0
     for i, c in enumerate(cands):
