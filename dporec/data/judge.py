@@ -38,8 +38,9 @@ REJECT_RULES = ("wrong_decision", "wrong_decision_or_false_claims")
 TRUE, FALSE, UNCHECKED = "true", "false", "unchecked"
 WORDINGS = ("builder", "thesis", "other", "none")  # how the reasoning was read; none: no reasoning
 
-# One claim: "<subject> has <genres or 'none of them'>", up to the clause's end.
-_CLAIM_RE = re.compile(r"(?P<subject>[^;:]+?)\s+has\s+(?P<what>[^;]+?)\s*$", re.IGNORECASE)
+# One claim: "<subject> has <genres or 'none of them'>", up to the clause's end (a subject may hold a colon:
+# "Wallace & Gromit: The Best of Aardman Animation (1996)")
+_CLAIM_RE = re.compile(r"(?P<subject>[^;]+?)\s+has\s+(?P<what>[^;]+?)\s*$", re.IGNORECASE)
 _NONE_RE = re.compile(r"^(none|no genres?)\b", re.IGNORECASE)
 _YEAR_RE = re.compile(r"\(\d{4}\)")
 # Clauses end at ';', a line break, or a sentence's period (not the one of "Mr. Holland's Opus").

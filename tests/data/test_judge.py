@@ -195,3 +195,26 @@ def test_misquoted_titles_and_movies_that_are_neither_option():
     assert "neither option" in jm.false_claims[0]
     assert jm.argues_for == "A"  # Casper said to share none: the reasoning argues against it
     assert jm.kind == RIGHT_FALSE_CLAIMS and not jm.right_and_truthful
+
+
+def test_titles_with_colons_commas_and_periods_are_the_options_they_name():
+    """MovieLens titles hold colons, commas and abbreviations: each claim is still about its option, never a
+    misquote, and the builder's own answers are judged true."""
+    gromit = "Wallace & Gromit: The Best of Aardman Animation (1996) (Animation)"
+    naked = "Naked Gun 33 1/3: The Final Insult (1994) (Comedy)"
+    holland = "Mr. Holland's Opus (1995) (Drama)"
+    ex = records.parse_record({"instruction": task.INSTRUCTION, "output": task.answer_text("A"),
+                               "input": task.own_line_input(["Toy Story (1995) (Animation|Comedy)",
+                                                             "Bug's Life, A (1998) (Drama)"], gromit, naked)},
+                              "x:1", "x")
+    text = task.answer_text("A", task.genre_reasoning(gromit, ["Animation"], naked, ["Comedy"]))
+    j = judge.judge(text, ex)
+    assert [(c.option, c.status, c.misquoted) for c in j.claim_list] == [("A", judge.TRUE, False),
+                                                                         ("B", judge.TRUE, False)]
+    bugs = ["Bug's Life, A (1998) (Drama)"]
+    ex2 = records.parse_record({"instruction": task.INSTRUCTION, "output": task.answer_text("B"),
+                                "input": task.own_line_input(bugs, naked, holland)}, "x:2", "x")
+    j2 = judge.judge(task.answer_text("B", task.genre_reasoning(holland, ["Drama"], naked, [])), ex2)
+    assert [(c.option, c.status, c.misquoted) for c in j2.claim_list] == [("B", judge.TRUE, False),
+                                                                          ("A", judge.TRUE, False)]
+    assert j2.right_and_truthful
