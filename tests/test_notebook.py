@@ -144,9 +144,10 @@ def test_stage_cells_resume_by_themselves(nb):
 
 
 def test_data_is_downloaded_and_md5_checked(nb):
-    from dporec.data.sources.movielens import MD5, URL
+    from dporec.data.sources.releases import release
+    ml1m = release("ml-1m")
     text = "".join(_code_cells(nb))
-    assert URL in text and MD5 in text and "!curl -L --fail" in text
+    assert ml1m.url in text and ml1m.md5 in text and "!curl -L --fail" in text
     settings = _settings(nb)
     assert settings["ZIP"].startswith(settings["DRIVE"] + "/")
     args = dict(kv.split("=", 1) for kv in settings["ARGS"].split())

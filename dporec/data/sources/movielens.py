@@ -30,7 +30,7 @@ import pandas as pd
 
 from dporec import UserError, broken_link
 from dporec.data.ratings import COLUMNS, Movie
-from dporec.data.sources import RELEASES, Release, release
+from dporec.data.sources.releases import RELEASES, Release, release
 
 RATING_FIELDS = {"dat": ("UserID", "MovieID", "Rating", "Timestamp"),
                  "csv": ("userId", "movieId", "rating", "timestamp")}

@@ -295,7 +295,7 @@ def write_release(out_dir: str | Path, name: str = "ml-32m", n_users: int = 200,
     import csv
     import zipfile
 
-    from dporec.data.sources import release
+    from dporec.data.sources.releases import release
     rel = release(name)
     if rel.name == "ml-1m":
         folder = write_ml1m(Path(out_dir) / rel.folder, n_users, n_movies, ratings_per_user, seed)
@@ -350,6 +350,6 @@ def _write_rows(f, chunk: pd.DataFrame, layout: str) -> None:
 
 def release_size(name: str) -> dict:
     """write_release's arguments for the release's own size: its users, movies and ratings per user."""
-    from dporec.data.sources import release
+    from dporec.data.sources.releases import release
     rel = release(name)
     return {"n_users": rel.users, "n_movies": rel.movies, "ratings_per_user": round(rel.ratings / rel.users)}
