@@ -37,6 +37,17 @@ def write_predictions(eval_dir, rows, name: str = FILE) -> Path:
     return path
 
 
+def _read_csv(path: Path) -> tuple[list[tuple[int, dict]], list[str]]:
+    """([(line number, row)], columns) of a CSV file the evaluation wrote; what keeps it from being read
+    (missing, a broken link, not UTF-8, malformed quoting) as a UserError naming the file."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            return [(reader.line_num, r) for r in reader], list(reader.fieldnames or [])
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise UserError(broken_link(path) or f"cannot read {path}: {e}") from None
+
+
 def read_predictions(path) -> dict[str, list[dict]]:
     """predictions.csv (write_predictions, this or any earlier version) back into typed prediction
     rows, by model, in file order.
@@ -46,13 +57,7 @@ def read_predictions(path) -> dict[str, list[dict]]:
     file raises UserError naming FILE:LINE and the column.
     """
     path = Path(path)
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            reader = csv.DictReader(f)
-            raw = [(reader.line_num, r) for r in reader]
-            columns = reader.fieldnames or []
-    except (OSError, UnicodeDecodeError, csv.Error) as e:
-        raise UserError(broken_link(path) or f"cannot read {path}: {e}") from None
+    raw, columns = _read_csv(path)
     missing = [c for c in ("model", "pair_id", "order", "label", "logp_a", "logp_b") if c not in columns]
     if missing:
         raise UserError(f"{path}: not a predictions.csv: no column(s) {missing} (has {columns[:8]})")
@@ -119,13 +124,7 @@ def read_generations(path) -> dict[str, list[dict]]:
     """generations.csv back into generation rows by model (text columns only: the judgement is made anew
     by analysis.reasoning.judge_rows). A malformed file raises UserError naming FILE:LINE and the column."""
     path = Path(path)
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            reader = csv.DictReader(f)
-            raw = [(reader.line_num, r) for r in reader]
-            columns = reader.fieldnames or []
-    except (OSError, UnicodeDecodeError, csv.Error) as e:
-        raise UserError(broken_link(path) or f"cannot read {path}: {e}") from None
+    raw, columns = _read_csv(path)
     missing = [c for c in _GENERATION_NEEDS if c not in columns]
     if missing:
         raise UserError(f"{path}: not a generations.csv: no column(s) {missing}")
