@@ -95,15 +95,19 @@ def over_seeds(runs_a, runs_b, differences, names, margin: float, alpha: float, 
     return {**pooled, **method, "scope": "method"}
 
 
-def _pooled(comparisons, rows_by_seed: dict, results_by_seed: dict, margin: float, alpha: float) -> dict:
-    """{pooled_key: over_seeds(...), or None where a seed did not score both models}."""
+def _pooled(comparisons, rows_by_seed: dict, results_by_seed: dict, margin: float, alpha: float,
+            compare=compare_runs) -> dict:
+    """{pooled_key: over_seeds(...), or None where a seed did not score both models}. rows_by_seed: per seed
+    {model: what `compare` pools}; results_by_seed: per seed the block holding each comparison's
+    difference."""
     out, runs = {}, list(rows_by_seed.values())
     for c in comparisons:
         scored = all(c.a in r and c.b in r for r in runs) and all(
             results_by_seed[s].get(c.key) for s in rows_by_seed)
         out[c.pooled_key] = None if not scored else over_seeds(
             [r[c.a] for r in runs], [r[c.b] for r in runs],
-            [results_by_seed[s][c.key]["difference"] for s in rows_by_seed], c.names, margin, alpha)
+            [results_by_seed[s][c.key]["difference"] for s in rows_by_seed], c.names, margin, alpha,
+            compare=compare)
     return out
 
 
@@ -114,20 +118,15 @@ def _reasoning(comparisons, gen_rows_by_seed: dict, results_by_seed: dict, margi
     blocks = {s: r.get("reasoning") for s, r in results_by_seed.items()}
     if not gen_rows_by_seed or not all(blocks.values()):
         return None
-    judged = {s: {m: reasoning.judge_rows(r) for m, r in rows.items()}
+    tables = {s: {m: reasoning.pair_table(reasoning.judge_rows(r)) for m, r in rows.items()}
               for s, rows in gen_rows_by_seed.items()}
     models = list(next(iter(blocks.values()))["models"])
     out = {"metrics": {m: {k: _mean_sd([b["models"].get(m, {}).get(k) for b in blocks.values()])
                            for k, _, _ in reasoning.RATES} for m in models},
            "headline": reasoning.HEADLINE}
-    for c in comparisons:
-        scored = all(blocks[s].get(c.key) and c.a in judged[s] and c.b in judged[s] for s in judged)
-        out[c.pooled_key] = None if not scored else {
-            **over_seeds([reasoning.pair_table(judged[s][c.a]) for s in judged],
-                         [reasoning.pair_table(judged[s][c.b]) for s in judged],
-                         [blocks[s][c.key]["difference"] for s in judged], c.names, margin, alpha,
-                         compare=compare_tables),
-            "measure": reasoning.HEADLINE, "measure_label": reasoning.LABELS[reasoning.HEADLINE]}
+    for key, c in _pooled(comparisons, tables, blocks, margin, alpha, compare=compare_tables).items():
+        out[key] = c and {**c, "measure": reasoning.HEADLINE,
+                          "measure_label": reasoning.LABELS[reasoning.HEADLINE]}
     return out
 
 

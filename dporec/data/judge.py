@@ -117,10 +117,6 @@ def history_genres(input_text: str, history: list | None = None) -> set[str]:
     return {g for m in history if isinstance(m, dict) for g in (m.get("genres") or [])}
 
 
-def example_history_genres(example) -> set[str]:
-    return history_genres(example.input, example.extra.get("history"))
-
-
 def _split_genres(what: str) -> list[str]:
     parts = re.split(r"\||,\s*|\s+and\s+", what.strip().rstrip("."))
     return [p.strip() for p in parts if p.strip()]
@@ -252,13 +248,6 @@ def read_reasoning(reasoning: str, input_text: str, options: dict[str, str], his
     if builder:
         return [c for c, _ in builder], _argued_for(builder), "builder"
     return [], None, "other"
-
-
-def check_claims(reasoning: str, input_text: str, options: dict[str, str]) -> tuple[int, list[str], bool]:
-    """(claims found, the false ones, whether every claim could be checked) for a reasoning text."""
-    claims, _, _ = read_reasoning(reasoning, input_text, options)
-    return (len(claims), [c.why for c in claims if c.status == FALSE],
-            not any(c.status == UNCHECKED for c in claims))
 
 
 def judge(sample: str, example) -> Judgement:

@@ -53,15 +53,18 @@ def generate_choices(model, tokenizer, examples, fmt: str, batch_size: int, max_
     Rows carry the identity fields of the scoring rows plus "generated" and "parsed" (A, B or
     None): recommend.py's explanation.
     """
+    return [{**row_identity(model_name, ex, order, e), "generated": text, "parsed": task.parse_choice(text)}
+            for ex, order, e, text in _greedy_both_orders(model, tokenizer, examples, fmt, batch_size,
+                                                          max_new_tokens, desc)]
+
+
+def _greedy_both_orders(model, tokenizer, examples, fmt: str, batch_size: int, max_new_tokens: int,
+                        desc: str | None) -> list[tuple]:
+    """(pair as in the file, order, pair in that order, greedy answer) for every example in both orders."""
     items = [(ex, order, e) for ex in examples for order, e in orders(ex)]
     prompt_ids = [encode(tokenizer, records.format_prompt(e, fmt, tokenizer)) for _, _, e in items]
     texts = _generate(model, tokenizer, prompt_ids, max_new_tokens, batch_size, desc or "generating")
-    rows = []
-    for (ex, order, e), (text,) in zip(items, texts):
-        row = row_identity(model_name, ex, order, e)
-        row.update({"generated": text, "parsed": task.parse_choice(text)})
-        rows.append(row)
-    return rows
+    return [(ex, order, e, text) for (ex, order, e), (text,) in zip(items, texts)]
 
 
 def reasoning_subset(examples: list, n: int | None) -> list:
@@ -84,15 +87,13 @@ def generate_answers(model, tokenizer, examples, fmt: str, batch_size: int, max_
                      model_name: str = "model", desc: str | None = None) -> list[dict]:
     """Greedy answers for every example in both orders, stopping at EOS: the generation rows of
     analysis.reasoning (what was asked, the answer, and the data's own answer to judge beside it)."""
-    items = [(ex, order, e) for ex in examples for order, e in orders(ex)]
-    prompt_ids = [encode(tokenizer, records.format_prompt(e, fmt, tokenizer)) for _, _, e in items]
-    texts = _generate(model, tokenizer, prompt_ids, max_new_tokens, batch_size, desc or "generating")
     return [{"model": model_name, "pair_id": ex.pair_id, "order": order,
              # without a user id, the pair is its own cluster (as in the prediction rows)
              "user_id": str(ex.user_id) if ex.user_id is not None else ex.pair_id,
              "label": e.label, "input": e.input, "history": _history_field(e), "generated": text.strip(),
              "reference": records.sft_output(e)}
-            for (ex, order, e), (text,) in zip(items, texts)]
+            for ex, order, e, text in _greedy_both_orders(model, tokenizer, examples, fmt, batch_size,
+                                                          max_new_tokens, desc)]
 
 
 def sample_answers(model, tokenizer, prompts: list[str], k: int, temperature: float, top_p: float,

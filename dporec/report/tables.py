@@ -110,14 +110,22 @@ def reasoning_lines(results: dict) -> list[str]:
     rows = reasoning_rows(results)
     if not rows:
         return []
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    fmt = lambda r: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
     r = results["reasoning"]
     sub = r.get("subset") or {}
     of = f" of {sub['of']:,}" if sub.get("of") and sub.get("pairs") != sub.get("of") else ""
     return ["", f"Reasoning quality: greedy answers on {next(iter(r['models'].values()))['n_pairs']:,}{of} "
                 "test pairs x 2 orders, judged from the data (generations.csv)",
-            fmt(rows[0]), "  ".join("-" * w for w in widths), *(fmt(x) for x in rows[1:])]
+            *_fixed_width(rows[0], rows[1:])]
+
+
+def _fixed_width(header, rows) -> list[str]:
+    """A plain-text table: the header, a rule, the rows; the first column left-aligned, the others right."""
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+
+    def fmt(r):
+        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+
+    return [fmt(header), "  ".join("-" * w for w in widths), *(fmt(r) for r in rows)]
 
 
 def format_table(results: dict) -> str:
@@ -132,14 +140,9 @@ def format_table(results: dict) -> str:
                      pct(m["accuracy_both_orders"]), "-" if free is None else pct(free),
                      pct(m["consistency"]),
                      pct(m["first_option_rate"]), f"{m['confidence']['mean_margin']:+.2f}"))
-    widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
-
-    def fmt(r):
-        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
-
     ranking = ["", *ranking_lines(results["ranking"])] if results.get("ranking") else []
-    return "\n".join([fmt(header), "  ".join("-" * w for w in widths)] + [fmt(r) for r in rows]
-                     + baseline_lines(results) + ranking + reasoning_lines(results))
+    return "\n".join([*_fixed_width(header, rows), *baseline_lines(results), *ranking,
+                      *reasoning_lines(results)])
 
 
 def format_verdict(results: dict) -> str:
